@@ -1,0 +1,55 @@
+//! `ghostwire`: one binary, one subcommand per container role.
+//!
+//! This crate only parses the command line, sets up logging and dispatches
+//! to the capability libraries; the work lives in those crates.
+
+mod exit;
+#[cfg(feature = "lab")]
+mod lab;
+mod logging;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "ghostwire",
+    version,
+    about = "Steers Kubernetes pod traffic from inside the pod's own network namespace",
+    long_about = None,
+)]
+struct Cli {
+    #[command(flatten)]
+    log: logging::LogArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Lab: an embedded Kubernetes API and pods as network namespaces on this machine.
+    #[cfg(feature = "lab")]
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = logging::init(&cli.log) {
+        eprintln!("ghostwire: {e}");
+        return exit::Code::Config.into();
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ghostwire: cannot start the async runtime: {e}");
+            return exit::Code::Failure.into();
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            #[cfg(feature = "lab")]
+            Command::Lab(cmd) => lab::run(cmd).await,
+        }
+    });
+    exit::report(result)
+}
