@@ -1,0 +1,247 @@
+//! Against the real kernel, each test in a network namespace of its own.
+
+use crate::model::tests::sample;
+use crate::{Action, Backend, BackendKind, Error, IptablesFlavour};
+use netns::Netns;
+
+/// A namespace named after the test; removed on drop, even when the test panics.
+struct TestNs(Netns);
+
+impl TestNs {
+    fn new(test: &str, backend: BackendKind) -> TestNs {
+        let name = format!("gwt-nr-{test}-{backend}-{}", std::process::id());
+        let _ = Netns::delete(&name);
+        TestNs(Netns::create(&name).expect("create netns"))
+    }
+
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        self.0.run(f).expect("run in netns")
+    }
+
+    /// Every rule, set, map and user chain in the namespace, from nftables and
+    /// from legacy iptables. Tables and empty built-in chains are left out: iptables-nft
+    /// creates those on first use and leaves them, empty, which changes no packet.
+    fn snapshot(&self) -> String {
+        self.run(|| {
+            let out = |p: &str, a: &[&str]| {
+                let o = std::process::Command::new(p).args(a).output().unwrap();
+                String::from_utf8_lossy(&o.stdout).into_owned()
+            };
+            let json: serde_json::Value =
+                serde_json::from_str(&out("nft", &["-j", "list", "ruleset"])).unwrap();
+            let mut items: Vec<String> = json["nftables"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|i| {
+                    i.get("rule").is_some()
+                        || i.get("set").is_some()
+                        || i.get("map").is_some()
+                        || i.get("chain").is_some_and(|c| c.get("hook").is_none())
+                })
+                .map(|i| {
+                    let mut i = i.clone();
+                    for v in i.as_object_mut().unwrap().values_mut() {
+                        v.as_object_mut().unwrap().remove("handle");
+                    }
+                    i.to_string()
+                })
+                .collect();
+            for tool in ["iptables-legacy-save", "ip6tables-legacy-save"] {
+                items.extend(
+                    out(tool, &["-t", "nat"])
+                        .lines()
+                        .filter(|l| {
+                            l.starts_with("-A") || (l.starts_with(':') && !l.contains("ACCEPT"))
+                        })
+                        .map(|l| format!("{tool}: {l}")),
+                );
+            }
+            items.sort();
+            items.join("\n")
+        })
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        let _ = Netns::delete(self.0.name());
+    }
+}
+
+const KINDS: [BackendKind; 3] = [
+    BackendKind::Nftables,
+    BackendKind::Iptables(IptablesFlavour::Nft),
+    BackendKind::Iptables(IptablesFlavour::Legacy),
+];
+
+/// Someone else's rules, in the same hooks we use.
+fn add_foreign_rules(ns: &TestNs, kind: BackendKind) {
+    ns.run(|| {
+        let sh = |script: &str| {
+            let st = std::process::Command::new("sh")
+                .args(["-c", script])
+                .status()
+                .unwrap();
+            assert!(st.success(), "{script}");
+        };
+        match kind {
+            BackendKind::Nftables => sh(
+                "nft add table inet theirs && nft add chain inet theirs out '{ type nat hook output priority -100; }' && nft add rule inet theirs out tcp dport 9 return",
+            ),
+            BackendKind::Iptables(IptablesFlavour::Legacy) => sh(
+                "iptables-legacy -t nat -N THEIRS && iptables-legacy -t nat -A OUTPUT -p tcp --dport 9 -j THEIRS",
+            ),
+            _ => sh(
+                "iptables-nft -t nat -N THEIRS && iptables-nft -t nat -A OUTPUT -p tcp --dport 9 -j THEIRS",
+            ),
+        }
+    });
+}
+
+#[test]
+fn apply_is_verified_idempotent_and_leaves_others_alone() {
+    for kind in KINDS {
+        let ns = TestNs::new("idem", kind);
+        add_foreign_rules(&ns, kind);
+        let before = ns.snapshot();
+        let b = Backend::new(kind);
+        let t = sample();
+        let first = ns.run(|| b.apply(&t)).unwrap();
+        assert_eq!(first, b.expected(&t).unwrap(), "{kind}");
+        let after_one = ns.snapshot();
+        assert_ne!(before, after_one, "{kind}: apply changed nothing");
+        ns.run(|| b.apply(&t)).unwrap();
+        assert_eq!(
+            after_one,
+            ns.snapshot(),
+            "{kind}: second apply changed the ruleset"
+        );
+        // Foreign rules survive both the applies and the cleanup.
+        assert!(after_one.to_lowercase().contains("theirs"), "{kind}");
+        ns.run(|| b.cleanup(&t.name)).unwrap();
+        assert_eq!(
+            before,
+            ns.snapshot(),
+            "{kind}: cleanup did not restore the namespace"
+        );
+        // Cleaning up twice is fine.
+        ns.run(|| b.cleanup(&t.name)).unwrap();
+    }
+}
+
+#[test]
+fn changed_model_replaces_old_content() {
+    for kind in KINDS {
+        let ns = TestNs::new("change", kind);
+        let b = Backend::new(kind);
+        let mut t = sample();
+        ns.run(|| b.apply(&t)).unwrap();
+        t.maps[0].entries.pop_first();
+        t.sets[0].elements.pop_first();
+        let got = ns.run(|| b.apply(&t)).unwrap();
+        assert_eq!(got, b.expected(&t).unwrap(), "{kind}");
+        // Dropping IPv6 content removes it from the kernel too.
+        t.maps.retain(|m| m.name != "dnat6");
+        t.sets.retain(|s| s.name != "exclude6");
+        t.chains[0].rules.retain(|r| {
+            !matches!(&r.action, Action::DnatMap(m) if m == "dnat6")
+                && r.matches != [crate::Match::DstInSet("exclude6".into())]
+        });
+        ns.run(|| b.apply(&t)).unwrap();
+        let v6 = ns.run(|| {
+            std::process::Command::new("ip6tables-legacy-save")
+                .output()
+                .unwrap()
+        });
+        assert!(
+            !String::from_utf8_lossy(&v6.stdout).contains("ghostwire"),
+            "{kind}"
+        );
+        ns.run(|| b.cleanup(&t.name)).unwrap();
+    }
+}
+
+#[test]
+fn verify_notices_tampering() {
+    for kind in KINDS {
+        let ns = TestNs::new("tamper", kind);
+        let b = Backend::new(kind);
+        let t = sample();
+        ns.run(|| b.apply(&t)).unwrap();
+        ns.run(|| {
+            let (p, a): (&str, &[&str]) = match kind {
+                BackendKind::Nftables => (
+                    "nft",
+                    &["flush", "chain", "inet", "ghostwire", "CANARY_DNAT"],
+                ),
+                BackendKind::Iptables(IptablesFlavour::Legacy) => {
+                    ("iptables-legacy", &["-t", "nat", "-F", "CANARY_DNAT"])
+                }
+                _ => ("iptables-nft", &["-t", "nat", "-F", "CANARY_DNAT"]),
+            };
+            assert!(
+                std::process::Command::new(p)
+                    .args(a)
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        });
+        let err = ns.run(|| b.verify(&t)).unwrap_err();
+        assert!(matches!(err, Error::Verify { .. }), "{kind}: {err}");
+        assert!(err.to_string().contains("CANARY_DNAT"), "{err}");
+        // Applying again repairs it.
+        ns.run(|| b.apply(&t)).unwrap();
+        ns.run(|| b.cleanup(&t.name)).unwrap();
+    }
+}
+
+#[test]
+fn jump_flips_alone_and_exactly_once() {
+    for kind in KINDS {
+        let ns = TestNs::new("jump", kind);
+        let b = Backend::new(kind);
+        let mut t = sample();
+        t.chain_mut("output").unwrap().rules.clear();
+        ns.run(|| b.apply(&t)).unwrap();
+        let with_jump = sample();
+        for _ in 0..2 {
+            let got = ns.run(|| b.apply_chain(&with_jump, "output")).unwrap();
+            let jumps = got
+                .chains
+                .iter()
+                .filter(|(k, _)| k.starts_with("OUTPUT") || k.as_str() == "output")
+                .flat_map(|(_, v)| v)
+                .filter(|l| l.contains("CANARY_DNAT"))
+                .count();
+            let families = if kind == BackendKind::Nftables { 1 } else { 2 };
+            assert_eq!(jumps, families, "{kind}: {got:?}");
+        }
+        // The DNAT content was not touched by the flip.
+        ns.run(|| b.verify(&with_jump)).unwrap();
+        let got = ns.run(|| b.apply_chain(&t, "output")).unwrap();
+        assert!(
+            !format!("{got:?}").contains("jump CANARY")
+                && !format!("{got:?}").contains("-j CANARY")
+        );
+        ns.run(|| b.cleanup(&t.name)).unwrap();
+    }
+}
+
+#[test]
+fn failed_transaction_changes_nothing() {
+    for kind in KINDS {
+        let ns = TestNs::new("atomic", kind);
+        let b = Backend::new(kind);
+        let before = ns.snapshot();
+        // Flipping the jump on before the chain it targets exists must fail as a whole.
+        let err = ns.run(|| b.apply_chain(&sample(), "output")).unwrap_err();
+        assert!(matches!(err, Error::Exec(_)), "{kind}: {err}");
+        assert_eq!(
+            before,
+            ns.snapshot(),
+            "{kind}: a failed transaction left rules behind"
+        );
+    }
+}

@@ -1,0 +1,516 @@
+//! The backend-neutral rule model.
+
+use ipnet::IpNet;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub fn of(addr: &IpAddr) -> Family {
+        match addr {
+            IpAddr::V4(_) => Family::Ipv4,
+            IpAddr::V6(_) => Family::Ipv6,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+
+    pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            "sctp" => Ok(Protocol::Sctp),
+            _ => Err(format!(
+                "unknown protocol {s:?} (expected TCP, UDP or SCTP)"
+            )),
+        }
+    }
+}
+
+/// Where a base chain hooks into the packet path. The chain's rules are NAT rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Hook {
+    /// Locally generated packets (a pod's own traffic).
+    Output,
+    /// Packets arriving on an interface, before routing.
+    Prerouting,
+    /// Packets leaving, after routing.
+    Postrouting,
+}
+
+impl Hook {
+    /// The iptables built-in chain of the `nat` table.
+    pub fn iptables_chain(self) -> &'static str {
+        match self {
+            Hook::Output => "OUTPUT",
+            Hook::Prerouting => "PREROUTING",
+            Hook::Postrouting => "POSTROUTING",
+        }
+    }
+
+    pub fn nft_hook(self) -> &'static str {
+        match self {
+            Hook::Output => "output",
+            Hook::Prerouting => "prerouting",
+            Hook::Postrouting => "postrouting",
+        }
+    }
+
+    /// nftables priority: dstnat (-100) for rewriting destinations, srcnat (100) after routing.
+    pub fn nft_priority(self) -> i32 {
+        match self {
+            Hook::Output | Hook::Prerouting => -100,
+            Hook::Postrouting => 100,
+        }
+    }
+}
+
+impl std::str::FromStr for Hook {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "OUTPUT" | "output" => Ok(Hook::Output),
+            "PREROUTING" | "prerouting" => Ok(Hook::Prerouting),
+            "POSTROUTING" | "postrouting" => Ok(Hook::Postrouting),
+            _ => Err(format!(
+                "unknown hook {s:?} (expected OUTPUT or PREROUTING)"
+            )),
+        }
+    }
+}
+
+/// A named set of address prefixes of one family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddrSet {
+    pub name: String,
+    pub family: Family,
+    pub elements: BTreeSet<IpNet>,
+}
+
+/// One mapping: packets to `dst:port/protocol` are rewritten to `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DnatEntry {
+    pub dst: IpAddr,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub to: SocketAddr,
+}
+
+/// A destination-NAT lookup table of one family. With nftables it is one map
+/// (one lookup per packet); iptables has no maps, so it becomes one rule per entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnatMap {
+    pub name: String,
+    pub family: Family,
+    pub entries: BTreeSet<DnatEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Match {
+    /// Destination address is in the named [`AddrSet`].
+    DstInSet(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Return,
+    Jump(String),
+    /// Rewrite the destination through the named [`DnatMap`]; no entry, no change.
+    DnatMap(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub matches: Vec<Match>,
+    pub action: Action,
+    /// Tags the rule in the kernel, so that operators (and read-back) can tell what it is.
+    pub comment: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub name: String,
+    /// A base chain hooks into the packet path; with iptables its rules go into
+    /// the built-in chain of that hook, tagged with the table's comment.
+    pub hook: Option<Hook>,
+    pub rules: Vec<Rule>,
+}
+
+/// Everything one ghostwire component owns in the kernel's NAT rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    /// nftables table name (family `inet`); with iptables the tag in every rule's comment.
+    pub name: String,
+    pub sets: Vec<AddrSet>,
+    pub maps: Vec<DnatMap>,
+    pub chains: Vec<Chain>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error("{what} name {name:?} is invalid: {reason}")]
+    BadName {
+        what: &'static str,
+        name: String,
+        reason: &'static str,
+    },
+    #[error("{what} {name:?} is defined twice")]
+    Duplicate { what: &'static str, name: String },
+    #[error("rule in chain {chain:?} refers to unknown {what} {name:?}")]
+    Unknown {
+        chain: String,
+        what: &'static str,
+        name: String,
+    },
+    #[error("comment {comment:?} in chain {chain:?} is invalid: {reason}")]
+    BadComment {
+        chain: String,
+        comment: String,
+        reason: &'static str,
+    },
+    #[error("{what} {name:?}: {reason}")]
+    Mismatch {
+        what: &'static str,
+        name: String,
+        reason: String,
+    },
+}
+
+/// iptables limits chain names to 28 characters; we keep that limit for both backends
+/// so a model that works on one works on the other.
+const MAX_NAME: usize = 28;
+
+fn check_name(what: &'static str, name: &str) -> Result<(), ModelError> {
+    let bad = |reason| {
+        Err(ModelError::BadName {
+            what,
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > MAX_NAME {
+        return bad("it is longer than 28 characters");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return bad("only letters, digits, '_' and '-' are allowed");
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return bad("it must start with a letter");
+    }
+    if ["OUTPUT", "PREROUTING", "POSTROUTING", "INPUT", "FORWARD"].contains(&name)
+        || [
+            "RETURN",
+            "ACCEPT",
+            "DROP",
+            "DNAT",
+            "SNAT",
+            "MASQUERADE",
+            "REDIRECT",
+        ]
+        .contains(&name)
+    {
+        return bad("it is a built-in chain or target name");
+    }
+    Ok(())
+}
+
+impl Table {
+    pub fn chain(&self, name: &str) -> Option<&Chain> {
+        self.chains.iter().find(|c| c.name == name)
+    }
+
+    pub fn chain_mut(&mut self, name: &str) -> Option<&mut Chain> {
+        self.chains.iter_mut().find(|c| c.name == name)
+    }
+
+    pub fn set(&self, name: &str) -> Option<&AddrSet> {
+        self.sets.iter().find(|s| s.name == name)
+    }
+
+    pub fn map(&self, name: &str) -> Option<&DnatMap> {
+        self.maps.iter().find(|m| m.name == name)
+    }
+
+    /// The tag written into every iptables rule's comment.
+    pub fn tag(&self) -> String {
+        format!("{}:", self.name)
+    }
+
+    /// Checks names, references and family consistency before anything is rendered.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        check_name("table", &self.name)?;
+        let mut seen = BTreeSet::new();
+        for (what, name) in self
+            .sets
+            .iter()
+            .map(|s| ("set", &s.name))
+            .chain(self.maps.iter().map(|m| ("map", &m.name)))
+            .chain(self.chains.iter().map(|c| ("chain", &c.name)))
+        {
+            check_name(what, name)?;
+            if !seen.insert(name.clone()) {
+                return Err(ModelError::Duplicate {
+                    what,
+                    name: name.clone(),
+                });
+            }
+        }
+        let mut hooks = BTreeSet::new();
+        for c in &self.chains {
+            if let Some(h) = c.hook
+                && !hooks.insert(h.nft_hook())
+            {
+                return Err(ModelError::Duplicate {
+                    what: "base chain for hook",
+                    name: h.iptables_chain().to_string(),
+                });
+            }
+        }
+        for s in &self.sets {
+            if let Some(e) = s.elements.iter().find(|e| family_of_net(e) != s.family) {
+                return Err(ModelError::Mismatch {
+                    what: "set",
+                    name: s.name.clone(),
+                    reason: format!("element {e} is not of the set's family {:?}", s.family),
+                });
+            }
+        }
+        for m in &self.maps {
+            if let Some(e) = m
+                .entries
+                .iter()
+                .find(|e| Family::of(&e.dst) != m.family || Family::of(&e.to.ip()) != m.family)
+            {
+                return Err(ModelError::Mismatch {
+                    what: "map",
+                    name: m.name.clone(),
+                    reason: format!(
+                        "entry {} -> {} is not of the map's family {:?}",
+                        e.dst, e.to, m.family
+                    ),
+                });
+            }
+        }
+        for c in &self.chains {
+            for r in &c.rules {
+                check_comment(&c.name, &r.comment)?;
+                let unknown = |what, name: &String| ModelError::Unknown {
+                    chain: c.name.clone(),
+                    what,
+                    name: name.clone(),
+                };
+                for Match::DstInSet(s) in &r.matches {
+                    if self.set(s).is_none() {
+                        return Err(unknown("set", s));
+                    }
+                }
+                match &r.action {
+                    Action::Return => {}
+                    Action::Jump(t) => match self.chain(t) {
+                        Some(target) if target.hook.is_none() => {}
+                        Some(_) => return Err(unknown("regular chain (it is a base chain)", t)),
+                        None => return Err(unknown("chain", t)),
+                    },
+                    Action::DnatMap(m) => {
+                        if self.map(m).is_none() {
+                            return Err(unknown("map", m));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_comment(chain: &str, comment: &str) -> Result<(), ModelError> {
+    let reason = if comment.is_empty() {
+        Some("every rule needs a comment so it can be identified in the kernel")
+    } else if comment.len() > 200 {
+        Some("longer than 200 characters")
+    } else if comment.contains(['"', '\\', '\n', '\'']) {
+        Some("quotes, backslashes and newlines are not allowed")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(ModelError::BadComment {
+            chain: chain.to_string(),
+            comment: comment.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+pub(crate) fn family_of_net(n: &IpNet) -> Family {
+    match n {
+        IpNet::V4(_) => Family::Ipv4,
+        IpNet::V6(_) => Family::Ipv6,
+    }
+}
+
+/// Formats an address for a `host:port` position (IPv6 in brackets).
+pub(crate) fn addr_port(a: &SocketAddr) -> String {
+    match a {
+        SocketAddr::V4(v) => format!("{}:{}", v.ip(), v.port()),
+        SocketAddr::V6(v) => format!("[{}]:{}", v.ip(), v.port()),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A small table used by the renderer tests of both backends.
+    pub fn sample() -> Table {
+        let entry = |d: &str, p, port, to: &str| DnatEntry {
+            dst: d.parse().unwrap(),
+            protocol: p,
+            port,
+            to: to.parse().unwrap(),
+        };
+        Table {
+            name: "ghostwire".into(),
+            sets: vec![
+                AddrSet {
+                    name: "exclude4".into(),
+                    family: Family::Ipv4,
+                    elements: ["169.254.169.254/32", "10.96.0.10/32", "10.3.0.0/16"]
+                        .iter()
+                        .map(|s| s.parse().unwrap())
+                        .collect(),
+                },
+                AddrSet {
+                    name: "exclude6".into(),
+                    family: Family::Ipv6,
+                    elements: BTreeSet::new(),
+                },
+            ],
+            maps: vec![
+                DnatMap {
+                    name: "dnat4".into(),
+                    family: Family::Ipv4,
+                    entries: [
+                        entry("10.96.0.5", Protocol::Tcp, 80, "10.96.0.6:8080"),
+                        entry("10.96.0.5", Protocol::Udp, 53, "10.96.0.6:53"),
+                    ]
+                    .into(),
+                },
+                DnatMap {
+                    name: "dnat6".into(),
+                    family: Family::Ipv6,
+                    entries: [entry("fd00::5", Protocol::Sctp, 80, "[fd00::6]:81")].into(),
+                },
+            ],
+            chains: vec![
+                Chain {
+                    name: "CANARY_DNAT".into(),
+                    hook: None,
+                    rules: vec![
+                        Rule {
+                            matches: vec![Match::DstInSet("exclude4".into())],
+                            action: Action::Return,
+                            comment: "ghostwire: excluded destinations".into(),
+                        },
+                        Rule {
+                            matches: vec![Match::DstInSet("exclude6".into())],
+                            action: Action::Return,
+                            comment: "ghostwire: excluded destinations".into(),
+                        },
+                        Rule {
+                            matches: vec![],
+                            action: Action::DnatMap("dnat4".into()),
+                            comment: "ghostwire: active to preview".into(),
+                        },
+                        Rule {
+                            matches: vec![],
+                            action: Action::DnatMap("dnat6".into()),
+                            comment: "ghostwire: active to preview".into(),
+                        },
+                    ],
+                },
+                Chain {
+                    name: "output".into(),
+                    hook: Some(Hook::Output),
+                    rules: vec![Rule {
+                        matches: vec![],
+                        action: Action::Jump("CANARY_DNAT".into()),
+                        comment: "ghostwire: preview jump".into(),
+                    }],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn sample_is_valid() {
+        sample().validate().unwrap();
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let mut t = sample();
+        t.chains[0].name = "BAD NAME".into();
+        let e = t.validate().unwrap_err().to_string();
+        assert!(e.contains("BAD NAME"), "{e}");
+
+        let mut t = sample();
+        t.chains[1].rules[0].action = Action::Jump("MISSING".into());
+        assert!(matches!(t.validate(), Err(ModelError::Unknown { .. })));
+
+        let mut t = sample();
+        t.chains[0].rules[0].comment = "has \"quotes\"".into();
+        assert!(matches!(t.validate(), Err(ModelError::BadComment { .. })));
+
+        let mut t = sample();
+        t.sets[0].elements.insert("fd00::/8".parse().unwrap());
+        assert!(matches!(t.validate(), Err(ModelError::Mismatch { .. })));
+
+        let mut t = sample();
+        t.chains[0].name = "x".repeat(29);
+        assert!(t.validate().is_err());
+
+        let mut t = sample();
+        t.chains.push(t.chains[1].clone());
+        assert!(matches!(t.validate(), Err(ModelError::Duplicate { .. })));
+    }
+}

@@ -1,0 +1,441 @@
+//! nftables: render a [`Table`] as one `nft -f -` transaction, parse `nft -j` read-back.
+//!
+//! The table lives in family `inet`, so one table serves IPv4 and IPv6. A full
+//! apply deletes and re-creates the table inside the same transaction: the
+//! kernel swaps old for new at once, with no moment without rules.
+
+use crate::model::{Action, AddrSet, Chain, DnatEntry, DnatMap, Family, Match, Protocol, Table};
+use crate::{Error, Observed, Result};
+use ipnet::IpNet;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::fmt::Write;
+use std::net::{IpAddr, SocketAddr};
+
+fn addr_type(f: Family) -> &'static str {
+    match f {
+        Family::Ipv4 => "ipv4_addr",
+        Family::Ipv6 => "ipv6_addr",
+    }
+}
+
+fn l3(f: Family) -> &'static str {
+    match f {
+        Family::Ipv4 => "ip",
+        Family::Ipv6 => "ip6",
+    }
+}
+
+fn set_decl(t: &str, s: &AddrSet, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "add set inet {t} {} {{ type {}; flags interval; }}",
+        s.name,
+        addr_type(s.family)
+    );
+    if !s.elements.is_empty() {
+        let elems: Vec<String> = s.elements.iter().map(|e| e.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "add element inet {t} {} {{ {} }}",
+            s.name,
+            elems.join(", ")
+        );
+    }
+}
+
+fn map_decl(t: &str, m: &DnatMap, out: &mut String) {
+    let a = addr_type(m.family);
+    let _ = writeln!(
+        out,
+        "add map inet {t} {} {{ type {a} . inet_proto . inet_service : {a} . inet_service; }}",
+        m.name
+    );
+    if !m.entries.is_empty() {
+        let elems: Vec<String> = m
+            .entries
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} . {} . {} : {} . {}",
+                    e.dst,
+                    e.protocol,
+                    e.port,
+                    e.to.ip(),
+                    e.to.port()
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "add element inet {t} {} {{ {} }}",
+            m.name,
+            elems.join(", ")
+        );
+    }
+}
+
+fn chain_decl(t: &str, c: &Chain, out: &mut String) {
+    match c.hook {
+        None => {
+            let _ = writeln!(out, "add chain inet {t} {}", c.name);
+        }
+        Some(h) => {
+            let _ = writeln!(
+                out,
+                "add chain inet {t} {} {{ type nat hook {} priority {}; policy accept; }}",
+                c.name,
+                h.nft_hook(),
+                h.nft_priority()
+            );
+        }
+    }
+}
+
+fn rule_text(table: &Table, r: &crate::Rule) -> String {
+    let mut s = String::new();
+    for Match::DstInSet(name) in &r.matches {
+        let fam = table.set(name).map_or(Family::Ipv4, |s| s.family);
+        let _ = write!(s, "{} daddr @{name} ", l3(fam));
+    }
+    match &r.action {
+        Action::Return => s.push_str("return"),
+        Action::Jump(c) => {
+            let _ = write!(s, "jump {c}");
+        }
+        Action::DnatMap(m) => {
+            let f = l3(table.map(m).map_or(Family::Ipv4, |m| m.family));
+            let _ = write!(
+                s,
+                "meta l4proto {{ tcp, udp, sctp }} dnat {f} to {f} daddr . meta l4proto . th dport map @{m}"
+            );
+        }
+    }
+    let _ = write!(s, " comment \"{}\"", r.comment);
+    s
+}
+
+fn chain_rules(t: &Table, c: &Chain, out: &mut String) {
+    for r in &c.rules {
+        let _ = writeln!(
+            out,
+            "add rule inet {} {} {}",
+            t.name,
+            c.name,
+            rule_text(t, r)
+        );
+    }
+}
+
+/// The whole table, replacing whatever is there, in one transaction.
+pub fn render_table(t: &Table) -> String {
+    let n = &t.name;
+    let mut out = format!("add table inet {n}\ndelete table inet {n}\nadd table inet {n}\n");
+    for s in &t.sets {
+        set_decl(n, s, &mut out);
+    }
+    for m in &t.maps {
+        map_decl(n, m, &mut out);
+    }
+    // Regular chains first, so jumps from base chains always find their target.
+    let mut chains: Vec<&Chain> = t.chains.iter().collect();
+    chains.sort_by_key(|c| c.hook.is_some());
+    for c in &chains {
+        chain_decl(n, c, &mut out);
+    }
+    for c in &chains {
+        chain_rules(t, c, &mut out);
+    }
+    out
+}
+
+/// Only one chain's rules, leaving the rest of the table as it is. Fails (and
+/// changes nothing) if the chain refers to something missing from the kernel.
+pub fn render_chain(t: &Table, c: &Chain) -> String {
+    let mut out = format!("add table inet {}\n", t.name);
+    chain_decl(&t.name, c, &mut out);
+    let _ = writeln!(out, "flush chain inet {} {}", t.name, c.name);
+    chain_rules(t, c, &mut out);
+    out
+}
+
+pub fn render_cleanup(table: &str) -> String {
+    format!("add table inet {table}\ndelete table inet {table}\n")
+}
+
+/// What the read-back of `t` must look like.
+pub fn expected(t: &Table) -> Observed {
+    let mut o = Observed::default();
+    for s in &t.sets {
+        o.sets.insert(s.name.clone(), s.elements.clone());
+    }
+    for m in &t.maps {
+        o.maps.insert(m.name.clone(), m.entries.clone());
+    }
+    for c in &t.chains {
+        let mut sigs = Vec::new();
+        if let Some(h) = c.hook {
+            sigs.push(format!("hook nat {} {}", h.nft_hook(), h.nft_priority()));
+        }
+        for r in &c.rules {
+            let mut sig = String::new();
+            for Match::DstInSet(s) in &r.matches {
+                let _ = write!(sig, "daddr@{s} ");
+            }
+            match &r.action {
+                Action::Return => sig.push_str("return"),
+                Action::Jump(j) => {
+                    let _ = write!(sig, "jump {j}");
+                }
+                Action::DnatMap(m) => {
+                    let _ = write!(sig, "dnat@{m}");
+                }
+            }
+            let _ = write!(sig, " # {}", r.comment);
+            sigs.push(sig);
+        }
+        o.chains.insert(c.name.clone(), sigs);
+    }
+    o
+}
+
+fn perr(reason: impl Into<String>) -> Error {
+    Error::Parse {
+        tool: "nft -j",
+        reason: reason.into(),
+    }
+}
+
+fn parse_addr(v: &Value) -> Result<IpAddr> {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| perr(format!("expected an address, got {v}")))
+}
+
+fn parse_net(v: &Value) -> Result<IpNet> {
+    if let Some(e) = v.get("elem") {
+        return parse_net(e.get("val").unwrap_or(e));
+    }
+    if let Some(p) = v.get("prefix") {
+        let addr = parse_addr(&p["addr"])?;
+        let len = p["len"]
+            .as_u64()
+            .and_then(|l| u8::try_from(l).ok())
+            .ok_or_else(|| perr(format!("bad prefix length in {v}")))?;
+        return IpNet::new(addr, len).map_err(|e| perr(format!("{v}: {e}")));
+    }
+    if v.get("range").is_some() {
+        return Err(perr(format!("unexpected address range {v}")));
+    }
+    Ok(IpNet::from(parse_addr(v)?))
+}
+
+fn parse_proto(v: &Value) -> Result<Protocol> {
+    match v {
+        Value::String(s) => s.parse().map_err(perr),
+        Value::Number(n) => match n.as_u64() {
+            Some(6) => Ok(Protocol::Tcp),
+            Some(17) => Ok(Protocol::Udp),
+            Some(132) => Ok(Protocol::Sctp),
+            _ => Err(perr(format!("unexpected protocol {n}"))),
+        },
+        _ => Err(perr(format!("unexpected protocol {v}"))),
+    }
+}
+
+fn parse_port(v: &Value) -> Result<u16> {
+    v.as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .ok_or_else(|| perr(format!("expected a port, got {v}")))
+}
+
+fn parse_map_elem(v: &Value) -> Result<DnatEntry> {
+    let pair = v
+        .as_array()
+        .filter(|a| a.len() == 2)
+        .ok_or_else(|| perr(format!("expected a key/value pair, got {v}")))?;
+    let key = pair[0]
+        .get("concat")
+        .and_then(Value::as_array)
+        .filter(|a| a.len() == 3)
+        .ok_or_else(|| perr(format!("unexpected map key {}", pair[0])))?;
+    let val = pair[1]
+        .get("concat")
+        .and_then(Value::as_array)
+        .filter(|a| a.len() == 2)
+        .ok_or_else(|| perr(format!("unexpected map value {}", pair[1])))?;
+    Ok(DnatEntry {
+        dst: parse_addr(&key[0])?,
+        protocol: parse_proto(&key[1])?,
+        port: parse_port(&key[2])?,
+        to: SocketAddr::new(parse_addr(&val[0])?, parse_port(&val[1])?),
+    })
+}
+
+fn rule_signature(rule: &Value) -> String {
+    let mut sig = String::new();
+    for e in rule["expr"].as_array().into_iter().flatten() {
+        if let Some(m) = e.get("match") {
+            if let Some(set) = m["right"].as_str().filter(|s| s.starts_with('@')) {
+                let _ = write!(sig, "daddr{set} ");
+            } else if m["left"].get("meta").is_none() {
+                let _ = write!(sig, "match{} ", m);
+            }
+        } else if let Some(d) = e.get("dnat") {
+            let data = d["addr"]["map"]["data"].as_str().unwrap_or("?");
+            let _ = write!(sig, "dnat{data}");
+        } else if let Some(j) = e.get("jump") {
+            let _ = write!(sig, "jump {}", j["target"].as_str().unwrap_or("?"));
+        } else if e.get("return").is_some() {
+            sig.push_str("return");
+        } else {
+            let _ = write!(sig, "{e} ");
+        }
+    }
+    let _ = write!(sig, " # {}", rule["comment"].as_str().unwrap_or(""));
+    sig
+}
+
+/// Parses `nft -j list table inet NAME` into the shape [`expected`] produces.
+pub fn parse(json: &str) -> Result<Observed> {
+    let doc: Value = serde_json::from_str(json).map_err(|e| perr(e.to_string()))?;
+    let items = doc["nftables"]
+        .as_array()
+        .ok_or_else(|| perr("no \"nftables\" array"))?;
+    let mut o = Observed::default();
+    for item in items {
+        if let Some(s) = item.get("set") {
+            let name = s["name"].as_str().unwrap_or_default().to_string();
+            let elems = s["elem"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(parse_net)
+                .collect::<Result<BTreeSet<_>>>()?;
+            o.sets.insert(name, elems);
+        } else if let Some(m) = item.get("map") {
+            let name = m["name"].as_str().unwrap_or_default().to_string();
+            let elems = m["elem"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(parse_map_elem)
+                .collect::<Result<BTreeSet<_>>>()?;
+            o.maps.insert(name, elems);
+        } else if let Some(c) = item.get("chain") {
+            let mut sigs = Vec::new();
+            if let Some(hook) = c["hook"].as_str() {
+                sigs.push(format!(
+                    "hook {} {hook} {}",
+                    c["type"].as_str().unwrap_or("?"),
+                    c["prio"]
+                ));
+            }
+            o.chains
+                .insert(c["name"].as_str().unwrap_or_default().to_string(), sigs);
+        } else if let Some(r) = item.get("rule") {
+            let chain = r["chain"].as_str().unwrap_or_default();
+            o.chains
+                .entry(chain.to_string())
+                .or_default()
+                .push(rule_signature(r));
+        }
+    }
+    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tests::sample;
+
+    #[test]
+    fn renders_one_replacing_transaction() {
+        let s = render_table(&sample());
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(
+            &lines[..3],
+            &[
+                "add table inet ghostwire",
+                "delete table inet ghostwire",
+                "add table inet ghostwire"
+            ]
+        );
+        assert!(s.contains(
+            "add element inet ghostwire dnat4 { 10.96.0.5 . tcp . 80 : 10.96.0.6 . 8080, 10.96.0.5 . udp . 53 : 10.96.0.6 . 53 }"
+        ));
+        assert!(
+            s.contains("add element inet ghostwire dnat6 { fd00::5 . sctp . 80 : fd00::6 . 81 }")
+        );
+        assert!(s.contains(
+            "add element inet ghostwire exclude4 { 10.3.0.0/16, 10.96.0.10/32, 169.254.169.254/32 }"
+        ));
+        // The empty set is declared, but gets no (invalid) empty element list.
+        assert!(s.contains("add set inet ghostwire exclude6 { type ipv6_addr; flags interval; }"));
+        assert!(!s.contains("exclude6 { }"));
+        assert!(s.contains(
+            "add rule inet ghostwire CANARY_DNAT meta l4proto { tcp, udp, sctp } dnat ip6 to ip6 daddr . meta l4proto . th dport map @dnat6 comment \"ghostwire: active to preview\""
+        ));
+        // The regular chain is declared before the base chain that jumps to it.
+        let regular = s.find("add chain inet ghostwire CANARY_DNAT").unwrap();
+        let base = s.find("add chain inet ghostwire output {").unwrap();
+        assert!(regular < base);
+    }
+
+    #[test]
+    fn chain_update_only_touches_that_chain() {
+        let t = sample();
+        let s = render_chain(&t, t.chain("output").unwrap());
+        assert!(!s.contains("delete"));
+        assert!(s.contains("flush chain inet ghostwire output"));
+        assert!(!s.contains("CANARY_DNAT ip"));
+        assert_eq!(s.matches("add rule").count(), 1);
+    }
+
+    #[test]
+    fn parses_what_the_kernel_prints() {
+        // Shape of `nft -j list table` (nftables 1.0.6) for a table like the sample.
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+ {"table": {"family": "inet", "name": "ghostwire", "handle": 2}},
+ {"set": {"family": "inet", "name": "exclude4", "table": "ghostwire", "type": "ipv4_addr", "flags": ["interval"],
+   "elem": [{"prefix": {"addr": "10.3.0.0", "len": 16}}, "10.96.0.10", "169.254.169.254"]}},
+ {"set": {"family": "inet", "name": "exclude6", "table": "ghostwire", "type": "ipv6_addr", "flags": ["interval"]}},
+ {"map": {"family": "inet", "name": "dnat4", "table": "ghostwire", "type": ["ipv4_addr", "inet_proto", "inet_service"], "map": "ipv4_addr . inet_service",
+   "elem": [[{"concat": ["10.96.0.5", "tcp", 80]}, {"concat": ["10.96.0.6", 8080]}], [{"concat": ["10.96.0.5", "udp", 53]}, {"concat": ["10.96.0.6", 53]}]]}},
+ {"map": {"family": "inet", "name": "dnat6", "table": "ghostwire", "type": ["ipv6_addr", "inet_proto", "inet_service"], "map": "ipv6_addr . inet_service",
+   "elem": [[{"concat": ["fd00::5", "sctp", 80]}, {"concat": ["fd00::6", 81]}]]}},
+ {"chain": {"family": "inet", "table": "ghostwire", "name": "CANARY_DNAT", "handle": 1}},
+ {"chain": {"family": "inet", "table": "ghostwire", "name": "output", "handle": 2, "type": "nat", "hook": "output", "prio": -100, "policy": "accept"}},
+ {"rule": {"family": "inet", "table": "ghostwire", "chain": "CANARY_DNAT", "handle": 7, "comment": "ghostwire: excluded destinations",
+   "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "@exclude4"}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "ghostwire", "chain": "CANARY_DNAT", "handle": 8, "comment": "ghostwire: excluded destinations",
+   "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": "@exclude6"}}, {"return": null}]}},
+ {"rule": {"family": "inet", "table": "ghostwire", "chain": "CANARY_DNAT", "handle": 10, "comment": "ghostwire: active to preview",
+   "expr": [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": {"set": ["tcp", "udp", "sctp"]}}},
+            {"dnat": {"family": "ip", "addr": {"map": {"key": {"concat": []}, "data": "@dnat4"}}}}]}},
+ {"rule": {"family": "inet", "table": "ghostwire", "chain": "CANARY_DNAT", "handle": 12, "comment": "ghostwire: active to preview",
+   "expr": [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": {"set": ["tcp", "udp", "sctp"]}}},
+            {"dnat": {"family": "ip6", "addr": {"map": {"key": {"concat": []}, "data": "@dnat6"}}}}]}},
+ {"rule": {"family": "inet", "table": "ghostwire", "chain": "output", "handle": 13, "comment": "ghostwire: preview jump",
+   "expr": [{"jump": {"target": "CANARY_DNAT"}}]}}]}"#;
+        let observed = parse(json).unwrap();
+        assert_eq!(observed, expected(&sample()));
+
+        // A flushed chain or a lost element is a difference.
+        let mut t = sample();
+        t.maps[0].entries.pop_first();
+        assert_ne!(observed, expected(&t));
+    }
+
+    #[test]
+    fn malformed_json_is_an_error_not_a_panic() {
+        assert!(parse("not json").is_err());
+        assert!(parse("{}").is_err());
+        assert!(
+            parse(
+                r#"{"nftables":[{"set":{"name":"s","elem":[{"range":["1.1.1.1","1.1.1.9"]}]}}]}"#
+            )
+            .is_err()
+        );
+    }
+}
