@@ -1,1 +1,907 @@
-//! placeholder
+//! The lab's network: a node namespace with a bridge, pods as namespaces on veths, ClusterIPs as
+//! kube-proxy-style DNAT, and echo backends — on the real kernel, isolated from the host.
+//!
+//! Every namespace a [`Lab`] makes is named `<prefix>-<what>` with prefix
+//! `gwl<pid>-<counter>-<label>`, so parallel labs never collide and [`cleanup_stale`] can tell a
+//! crashed run's leftovers (dead pid) from a live lab's. Nothing is ever added to the host's
+//! namespace: the bridge and all rules live in the lab's node namespace.
+//!
+//! Addresses (the same in every lab, as the labs are isolated from each other):
+//! - node bridge [`BRIDGE`]: 10.244.0.1/24, fd00:10:244::1/64; pods from .2 / ::2 up;
+//! - ClusterIPs: 10.96.0.N and fd00:10:96::N (same N) from N = 11; N = 10 is kept for cluster
+//!   DNS ([`DNS_IPV4`], [`DNS_IPV6`]) as in a kubeadm cluster.
+
+pub mod client;
+pub mod echo;
+pub mod nft;
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::io::Write as _;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+pub use client::HttpResponse;
+pub use echo::EchoServer;
+pub use netns::Netns;
+
+/// The node's bridge; pods' veths are its ports.
+pub const BRIDGE: &str = "gw0";
+/// Node (gateway) addresses on the bridge.
+pub const NODE_IPV4: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
+pub const NODE_IPV6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 1);
+/// ClusterIPs kept for cluster DNS, never handed to [`Lab::add_service`].
+pub const DNS_IPV4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+pub const DNS_IPV6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 10);
+/// The pod's interface name inside its namespace.
+pub const POD_IFACE: &str = "eth0";
+
+const FIRST_POD_HOST: u32 = 2;
+const LAST_POD_HOST: u32 = 254;
+const FIRST_SERVICE_ID: u32 = 11;
+/// ClusterIPv6 lives in a /112, so ids fit in the last 16 bits.
+const LAST_SERVICE_ID: u32 = 0xfffe;
+const MAX_LABEL: usize = 24;
+const MAX_NAME: usize = 40;
+
+/// Errors of the lab; each names the namespace, command or input involved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A command ran and failed.
+    #[error("`{command}` in namespace {netns} failed ({status}): {stderr}")]
+    Command {
+        command: String,
+        netns: String,
+        status: String,
+        stderr: String,
+    },
+    /// A command could not be started (is iproute2 / nftables installed?).
+    #[error("cannot run `{command}` for namespace {netns} (is it installed?): {source}")]
+    Spawn {
+        command: String,
+        netns: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Netns(#[from] netns::Error),
+    /// A per-namespace sysctl could not be written.
+    #[error("cannot set sysctl {key} in namespace {netns}: {source}")]
+    Sysctl {
+        key: String,
+        netns: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bad input from the caller.
+    #[error("invalid {field} {value:?}: {reason}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+    /// No address left in a pool.
+    #[error("lab {lab}: no free {pool} left")]
+    Exhausted { lab: String, pool: &'static str },
+    /// A socket operation in a pod failed.
+    #[error("{what} in pod {pod} (namespace {netns}): {source}")]
+    Io {
+        what: String,
+        pod: String,
+        netns: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An HTTP request got a non-2xx answer.
+    #[error("GET {path} to {addr} from pod {pod}: status {status}, body {body:?}")]
+    HttpStatus {
+        pod: String,
+        addr: SocketAddr,
+        path: String,
+        status: u16,
+        body: String,
+    },
+    /// The lab was shut down; it cannot be changed any more.
+    #[error("lab {0} was shut down")]
+    ShutDown(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A service protocol, as in a Kubernetes ServicePort.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    /// DNAT only: the echo servers speak TCP and UDP.
+    Sctp,
+}
+
+/// One port of a service: `port` on the ClusterIP goes to `target_port` on the backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub target_port: u16,
+    pub protocol: Protocol,
+}
+
+impl ServicePort {
+    pub fn tcp(port: u16, target_port: u16) -> ServicePort {
+        ServicePort {
+            name: None,
+            port,
+            target_port,
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    pub fn udp(port: u16, target_port: u16) -> ServicePort {
+        ServicePort {
+            protocol: Protocol::Udp,
+            ..ServicePort::tcp(port, target_port)
+        }
+    }
+
+    pub fn named(self, name: &str) -> ServicePort {
+        ServicePort {
+            name: Some(name.to_owned()),
+            ..self
+        }
+    }
+}
+
+/// A ClusterIP service of a lab.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
+    pub ports: Vec<ServicePort>,
+}
+
+impl Service {
+    /// `ipv4:port`.
+    pub fn addr_v4(&self, port: u16) -> SocketAddr {
+        (self.ipv4, port).into()
+    }
+
+    /// `[ipv6]:port`.
+    pub fn addr_v6(&self, port: u16) -> SocketAddr {
+        (self.ipv6, port).into()
+    }
+}
+
+/// A pod: its own namespace with `eth0` on the node's bridge.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub name: String,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
+    netns: Netns,
+}
+
+/// Lab-wide state; shared with [`ShutdownHandle`]s and the process-wide list behind
+/// [`shutdown_all`], so namespaces can be removed from a signal-handling path.
+#[derive(Debug)]
+struct Registry {
+    prefix: String,
+    state: Mutex<RegistryState>,
+}
+
+#[derive(Debug, Default)]
+struct RegistryState {
+    namespaces: Vec<String>,
+    shut_down: bool,
+}
+
+static LIVE_LABS: Mutex<Vec<Weak<Registry>>> = Mutex::new(Vec::new());
+static LAB_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not stop cleanup.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Registry {
+    fn add(&self, name: &str) -> Result<()> {
+        let mut state = lock(&self.state);
+        if state.shut_down {
+            return Err(Error::ShutDown(self.prefix.clone()));
+        }
+        state.namespaces.push(name.to_owned());
+        Ok(())
+    }
+
+    fn forget(&self, name: &str) {
+        lock(&self.state).namespaces.retain(|n| n != name);
+    }
+
+    fn check_live(&self) -> Result<()> {
+        if lock(&self.state).shut_down {
+            return Err(Error::ShutDown(self.prefix.clone()));
+        }
+        Ok(())
+    }
+
+    fn shutdown(&self) -> Result<()> {
+        let names = {
+            let mut state = lock(&self.state);
+            state.shut_down = true;
+            std::mem::take(&mut state.namespaces)
+        };
+        delete_namespaces(&names)
+    }
+}
+
+/// Removes a lab from another thread or a Ctrl-C handler; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(Arc<Registry>);
+
+impl ShutdownHandle {
+    /// Removes all namespaces of the lab; idempotent.
+    pub fn shutdown(&self) -> Result<()> {
+        self.0.shutdown()
+    }
+}
+
+/// Removes every lab of this process that is still up (for a Ctrl-C handler that holds no lab).
+pub fn shutdown_all() -> Result<()> {
+    let labs: Vec<Arc<Registry>> = lock(&LIVE_LABS)
+        .drain(..)
+        .filter_map(|w| w.upgrade())
+        .collect();
+    let mut first_error = None;
+    for lab in labs {
+        if let Err(e) = lab.shutdown() {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// A lab: the node namespace plus the pods and services added to it. Dropping it (also while
+/// unwinding from a panic) removes all its namespaces, and with them its links and rules.
+#[derive(Debug)]
+pub struct Lab {
+    prefix: String,
+    node: Netns,
+    registry: Arc<Registry>,
+    pods: Vec<Pod>,
+    next_host: u32,
+    services: Vec<nft::ServiceSpec>,
+}
+
+impl Lab {
+    /// Creates the node namespace with bridge [`BRIDGE`], forwarding on, and an empty DNAT
+    /// table. `label` (e.g. the test name) is sanitized into the prefix.
+    pub fn new(label: &str) -> Result<Lab> {
+        let label = sanitize_label(label);
+        let pid = std::process::id();
+        // A crashed run of an earlier process with our pid may have left names behind.
+        let prefix = loop {
+            let n = LAB_COUNTER.fetch_add(1, Ordering::Relaxed);
+            let prefix = format!("gwl{pid}-{n}-{label}");
+            if !Netns::exists(&format!("{prefix}-node")) {
+                break prefix;
+            }
+        };
+        let registry = Arc::new(Registry {
+            prefix: prefix.clone(),
+            state: Mutex::default(),
+        });
+        {
+            let mut live = lock(&LIVE_LABS);
+            live.retain(|w| w.strong_count() > 0);
+            live.push(Arc::downgrade(&registry));
+        }
+        let node_name = format!("{prefix}-node");
+        registry.add(&node_name)?;
+        // From here on, an early return drops `registry`'s owner below and cleans up.
+        let mut guard = ShutdownOnDrop(Some(registry.clone()));
+        let node = Netns::create(&node_name)?;
+        ip_batch(
+            &node_name,
+            &format!(
+                "link set lo up\n\
+                 link add {BRIDGE} address 02:00:0a:f4:00:01 type bridge\n\
+                 addr add {NODE_IPV4}/24 dev {BRIDGE}\n\
+                 addr add {NODE_IPV6}/64 dev {BRIDGE} nodad\n\
+                 link set {BRIDGE} up\n"
+            ),
+        )?;
+        set_sysctls(
+            &node,
+            &[
+                ("net/ipv4/ip_forward", "1"),
+                ("net/ipv6/conf/all/forwarding", "1"),
+            ],
+        )?;
+        // With br_netfilter loaded, DNAT would run at the bridge layer and a pod reaching its own
+        // service (hairpin) would be dropped; keep the node a plain router, whatever the host
+        // loaded. Absent files mean the module is not loaded: nothing to do.
+        set_optional_sysctls(
+            &node,
+            &[
+                ("net/bridge/bridge-nf-call-iptables", "0"),
+                ("net/bridge/bridge-nf-call-ip6tables", "0"),
+                ("net/bridge/bridge-nf-call-arptables", "0"),
+            ],
+        )?;
+        let lab = Lab {
+            prefix,
+            node,
+            registry,
+            pods: Vec::new(),
+            next_host: FIRST_POD_HOST,
+            services: Vec::new(),
+        };
+        lab.apply_services(&lab.services)?;
+        guard.0 = None;
+        tracing::debug!(prefix = lab.prefix, "lab up");
+        Ok(lab)
+    }
+
+    /// The node namespace (bridge, routing, DNAT).
+    pub fn node(&self) -> &Netns {
+        &self.node
+    }
+
+    /// `gwl<pid>-<counter>-<label>`: every namespace of this lab starts with it.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Pods added so far, in order.
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+
+    /// A handle that removes this lab from elsewhere (e.g. a Ctrl-C handler).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.registry.clone())
+    }
+
+    /// Removes all namespaces now; later changes fail with [`Error::ShutDown`]. Idempotent.
+    pub fn shutdown(&self) -> Result<()> {
+        self.registry.shutdown()
+    }
+
+    /// Adds pod `name` (namespace `<prefix>-<name>`): a veth `vpN` on the bridge, its peer
+    /// `eth0` in the pod with 10.244.0.N/24 and fd00:10:244::N/64, default routes via the node.
+    pub fn add_pod(&mut self, name: &str) -> Result<Pod> {
+        self.registry.check_live()?;
+        validate_name("pod name", name)?;
+        if name == "node" {
+            return Err(invalid(
+                "pod name",
+                name,
+                "\"node\" is the lab's node namespace",
+            ));
+        }
+        if self.pods.iter().any(|p| p.name == name) {
+            return Err(invalid("pod name", name, "already exists in this lab"));
+        }
+        let host = self.next_host;
+        if host > LAST_POD_HOST {
+            return Err(Error::Exhausted {
+                lab: self.prefix.clone(),
+                pool: "pod address in 10.244.0.0/24",
+            });
+        }
+        let ipv4 = Ipv4Addr::new(10, 244, 0, host as u8);
+        let ipv6 = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, host as u16);
+        let ns_name = format!("{}-{name}", self.prefix);
+        self.registry.add(&ns_name)?;
+        let setup = || -> Result<Netns> {
+            let netns = Netns::create(&ns_name)?;
+            ip_batch(
+                &format!("{}-node", self.prefix),
+                &format!(
+                    "link add vp{host} type veth peer name {POD_IFACE} netns {ns_name}\n\
+                     link set vp{host} master {BRIDGE}\n\
+                     link set vp{host} up\n"
+                ),
+            )?;
+            ip_batch(
+                &ns_name,
+                &format!(
+                    "link set lo up\n\
+                     addr add {ipv4}/24 dev {POD_IFACE}\n\
+                     addr add {ipv6}/64 dev {POD_IFACE} nodad\n\
+                     link set {POD_IFACE} up\n\
+                     route add default via {NODE_IPV4} dev {POD_IFACE}\n\
+                     route add default via {NODE_IPV6} dev {POD_IFACE}\n"
+                ),
+            )?;
+            Ok(netns)
+        };
+        let netns = match setup() {
+            Ok(netns) => netns,
+            Err(e) => {
+                // Deleting the namespace also deletes the veth pair.
+                let _ = delete_namespaces(std::slice::from_ref(&ns_name));
+                self.registry.forget(&ns_name);
+                return Err(e);
+            }
+        };
+        self.next_host += 1;
+        let pod = Pod {
+            name: name.to_owned(),
+            ipv4,
+            ipv6,
+            netns,
+        };
+        self.pods.push(pod.clone());
+        Ok(pod)
+    }
+
+    /// Adds a ClusterIP service with DNAT to `backends` (which may be empty: the ClusterIP is
+    /// then unreachable, which clients see at once).
+    pub fn add_service(
+        &mut self,
+        name: &str,
+        ports: &[ServicePort],
+        backends: &[&Pod],
+    ) -> Result<Service> {
+        self.registry.check_live()?;
+        validate_name("service name", name)?;
+        if self.services.iter().any(|s| s.name == name) {
+            return Err(invalid("service name", name, "already exists in this lab"));
+        }
+        validate_ports(ports)?;
+        let backends = self.backends(backends)?;
+        let used: BTreeSet<u32> = self.services.iter().map(|s| s.id).collect();
+        let id = (FIRST_SERVICE_ID..=LAST_SERVICE_ID)
+            .find(|id| !used.contains(id))
+            .ok_or_else(|| Error::Exhausted {
+                lab: self.prefix.clone(),
+                pool: "ClusterIP in 10.96.0.0/16",
+            })?;
+        let spec = nft::ServiceSpec {
+            name: name.to_owned(),
+            id,
+            ipv4: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + id),
+            ipv6: Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, id as u16),
+            ports: ports.to_vec(),
+            backends,
+        };
+        let mut next = self.services.clone();
+        next.push(spec.clone());
+        self.apply_services(&next)?;
+        self.services = next;
+        Ok(Service {
+            name: spec.name,
+            ipv4: spec.ipv4,
+            ipv6: spec.ipv6,
+            ports: spec.ports,
+        })
+    }
+
+    /// Replaces the service's backends in one atomic ruleset swap.
+    pub fn set_endpoints(&mut self, svc: &Service, backends: &[&Pod]) -> Result<()> {
+        self.registry.check_live()?;
+        let index = self.service_index(svc)?;
+        let mut next = self.services.clone();
+        next[index].backends = self.backends(backends)?;
+        self.apply_services(&next)?;
+        self.services = next;
+        Ok(())
+    }
+
+    /// Removes the service's ClusterIPs.
+    pub fn remove_service(&mut self, svc: &Service) -> Result<()> {
+        self.registry.check_live()?;
+        let index = self.service_index(svc)?;
+        let mut next = self.services.clone();
+        next.remove(index);
+        self.apply_services(&next)?;
+        self.services = next;
+        Ok(())
+    }
+
+    /// The nft script for the current services (what the node has applied).
+    pub fn ruleset(&self) -> String {
+        nft::render(&self.services)
+    }
+
+    fn service_index(&self, svc: &Service) -> Result<usize> {
+        self.services
+            .iter()
+            .position(|s| s.name == svc.name && s.ipv4 == svc.ipv4)
+            .ok_or_else(|| invalid("service", &svc.name, "not a service of this lab"))
+    }
+
+    fn backends(&self, pods: &[&Pod]) -> Result<Vec<nft::Backend>> {
+        pods.iter()
+            .map(|p| {
+                if self
+                    .pods
+                    .iter()
+                    .any(|own| own.netns.name() == p.netns.name())
+                {
+                    Ok(nft::Backend {
+                        ipv4: p.ipv4,
+                        ipv6: p.ipv6,
+                    })
+                } else {
+                    Err(invalid("backend pod", &p.name, "not a pod of this lab"))
+                }
+            })
+            .collect()
+    }
+
+    fn apply_services(&self, services: &[nft::ServiceSpec]) -> Result<()> {
+        let script = nft::render(services);
+        let netns = self.node.name().to_owned();
+        self.node
+            .run(|| run_command(Command::new("nft").args(["-f", "-"]), &netns, Some(&script)))??;
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Err(e) = self.registry.shutdown() {
+            tracing::warn!(prefix = self.prefix, error = %e, "lab cleanup incomplete");
+        }
+    }
+}
+
+/// Shuts a half-built lab down when `Lab::new` fails.
+struct ShutdownOnDrop(Option<Arc<Registry>>);
+
+impl Drop for ShutdownOnDrop {
+    fn drop(&mut self) {
+        if let Some(registry) = self.0.take() {
+            let _ = registry.shutdown();
+        }
+    }
+}
+
+impl Pod {
+    /// The pod's namespace, e.g. to bind sockets inside with [`Netns::run`].
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
+    /// A command that runs `program` inside the pod (via `ip netns exec`); add args and run it.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec"])
+            .arg(self.netns.name())
+            .arg(program);
+        cmd
+    }
+
+    /// Serves the echo protocol on `[::]` (dual-stack) at the given ports; port 0 picks one
+    /// (see [`EchoServer::tcp_addrs`]). Stops on drop.
+    pub fn serve_echo(
+        &self,
+        reply: &str,
+        tcp_ports: &[u16],
+        udp_ports: &[u16],
+    ) -> Result<EchoServer> {
+        let (tcp, udp) = self.netns.run(|| -> Result<_> {
+            let any = Ipv6Addr::UNSPECIFIED;
+            let tcp = tcp_ports
+                .iter()
+                .map(|&p| {
+                    std::net::TcpListener::bind((any, p))
+                        .map_err(|e| self.io_error(format!("bind tcp [::]:{p}"), e))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let udp = udp_ports
+                .iter()
+                .map(|&p| {
+                    std::net::UdpSocket::bind((any, p))
+                        .map_err(|e| self.io_error(format!("bind udp [::]:{p}"), e))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok((tcp, udp))
+        })??;
+        EchoServer::spawn(reply, tcp, udp)
+            .map_err(|e| self.io_error(format!("start echo server {reply:?}"), e))
+    }
+
+    /// One line over TCP from inside the pod; returns the (trimmed) reply.
+    pub fn tcp_request(&self, addr: SocketAddr) -> Result<String> {
+        self.netns
+            .run(|| client::tcp_request(addr))?
+            .map_err(|e| self.io_error(format!("tcp request to {addr}"), e))
+    }
+
+    /// One datagram from inside the pod (retried a few times); returns the (trimmed) reply.
+    pub fn udp_request(&self, addr: SocketAddr) -> Result<String> {
+        self.netns
+            .run(|| client::udp_request(addr))?
+            .map_err(|e| self.io_error(format!("udp request to {addr}"), e))
+    }
+
+    /// `GET path` from inside the pod; returns the body, or an error for a non-2xx status.
+    pub fn http_get(&self, addr: SocketAddr, path: &str) -> Result<String> {
+        let response = self.http(addr, path)?;
+        if (200..300).contains(&response.status) {
+            Ok(response.body)
+        } else {
+            Err(Error::HttpStatus {
+                pod: self.name.clone(),
+                addr,
+                path: path.to_owned(),
+                status: response.status,
+                body: response.body,
+            })
+        }
+    }
+
+    /// `GET path` from inside the pod; returns the whole response whatever its status.
+    pub fn http(&self, addr: SocketAddr, path: &str) -> Result<HttpResponse> {
+        self.netns
+            .run(|| client::http_request(addr, path))?
+            .map_err(|e| self.io_error(format!("GET {path} to {addr}"), e))
+    }
+
+    fn io_error(&self, what: String, source: std::io::Error) -> Error {
+        Error::Io {
+            what,
+            pod: self.name.clone(),
+            netns: self.netns.name().to_owned(),
+            source,
+        }
+    }
+}
+
+/// Removes the namespaces of labs whose owning process is gone (crashed runs); returns their
+/// names. A live process's labs are never touched.
+pub fn cleanup_stale() -> Result<Vec<String>> {
+    let stale: Vec<String> = Netns::list()?
+        .into_iter()
+        .filter(|name| {
+            owner_pid(name)
+                .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .collect();
+    delete_namespaces(&stale)?;
+    Ok(stale)
+}
+
+/// The pid in a lab namespace name `gwl<pid>-<counter>-...`, `None` for other names.
+pub fn owner_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("gwl")?;
+    let (pid, rest) = rest.split_once('-')?;
+    let (counter, _) = rest.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(counter) {
+        return None;
+    }
+    pid.parse().ok().filter(|&p| p > 0)
+}
+
+/// Lower-case alphanumerics and single dashes, at most [`MAX_LABEL`] bytes; "lab" if empty.
+pub fn sanitize_label(label: &str) -> String {
+    let mut out = String::new();
+    for c in label.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if !out.is_empty() && !out.ends_with('-') {
+            out.push('-');
+        }
+        if out.len() >= MAX_LABEL {
+            break;
+        }
+    }
+    let out = out.trim_end_matches('-');
+    if out.is_empty() {
+        "lab".to_owned()
+    } else {
+        out.to_owned()
+    }
+}
+
+fn invalid(field: &'static str, value: &str, reason: &str) -> Error {
+    Error::Invalid {
+        field,
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// DNS-label-like: `[a-z0-9]([a-z0-9-]*[a-z0-9])?`, at most [`MAX_NAME`] bytes.
+fn validate_name(field: &'static str, name: &str) -> Result<()> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if name.is_empty()
+        || name.len() > MAX_NAME
+        || !ok_chars
+        || name.starts_with('-')
+        || name.ends_with('-')
+    {
+        return Err(invalid(
+            field,
+            name,
+            &format!("must be 1-{MAX_NAME} lower-case letters, digits or inner '-'"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_ports(ports: &[ServicePort]) -> Result<()> {
+    if ports.is_empty() {
+        return Err(invalid(
+            "service ports",
+            "[]",
+            "a service needs at least one port",
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for p in ports {
+        let shown = format!("{}/{:?}", p.port, p.protocol);
+        if p.port == 0 || p.target_port == 0 {
+            return Err(invalid(
+                "service port",
+                &shown,
+                "port and target port must be 1-65535",
+            ));
+        }
+        if !seen.insert((p.port, p.protocol)) {
+            return Err(invalid("service port", &shown, "listed twice"));
+        }
+        if let Some(name) = &p.name {
+            validate_name("service port name", name)?;
+        }
+    }
+    Ok(())
+}
+
+fn set_sysctls(netns: &Netns, values: &[(&str, &str)]) -> Result<()> {
+    write_sysctls(netns, values, false)
+}
+
+/// Like [`set_sysctls`], skipping keys that do not exist.
+fn set_optional_sysctls(netns: &Netns, values: &[(&str, &str)]) -> Result<()> {
+    write_sysctls(netns, values, true)
+}
+
+fn write_sysctls(netns: &Netns, values: &[(&str, &str)], optional: bool) -> Result<()> {
+    netns.run(|| {
+        for (key, value) in values {
+            let path = format!("/proc/sys/{key}");
+            if optional && !std::path::Path::new(&path).exists() {
+                continue;
+            }
+            std::fs::write(path, value).map_err(|source| Error::Sysctl {
+                key: key.replace('/', "."),
+                netns: netns.name().to_owned(),
+                source,
+            })?;
+        }
+        Ok(())
+    })?
+}
+
+/// Runs several `ip` commands in one process (`ip -n NS -batch -`), stopping at the first error.
+fn ip_batch(netns: &str, script: &str) -> Result<()> {
+    run_command(
+        Command::new("ip").args(["-n", netns, "-batch", "-"]),
+        netns,
+        Some(script),
+    )
+    .map(drop)
+}
+
+/// Deletes named namespaces in one `ip -force -batch -`; those that remain are reported.
+fn delete_namespaces(names: &[String]) -> Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let script: String = names.iter().map(|n| format!("netns del {n}\n")).collect();
+    let result = run_command(
+        Command::new("ip").args(["-force", "-batch", "-"]),
+        &names.join(","),
+        Some(&script),
+    );
+    let left: Vec<&String> = names.iter().filter(|n| Netns::exists(n)).collect();
+    match (left.is_empty(), result) {
+        (true, _) => Ok(()),
+        (false, Err(e)) => Err(e),
+        (false, Ok(_)) => Err(Error::Command {
+            command: "ip -force -batch - (netns del)".to_owned(),
+            netns: left
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            status: "namespaces still present".to_owned(),
+            stderr: String::new(),
+        }),
+    }
+}
+
+/// Runs a command (in the calling thread's namespace), feeding `stdin`; returns stdout.
+fn run_command(cmd: &mut Command, netns: &str, stdin: Option<&str>) -> Result<String> {
+    let shown = format!(
+        "{} {}",
+        cmd.get_program().to_string_lossy(),
+        cmd.get_args()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let spawn_err = |source| Error::Spawn {
+        command: shown.clone(),
+        netns: netns.to_owned(),
+        source,
+    };
+    let mut child = cmd
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A write error shows up as the command's failure below.
+        let _ = pipe.write_all(input.as_bytes());
+    }
+    let output = child.wait_with_output().map_err(spawn_err)?;
+    tracing::trace!(command = shown, netns, status = %output.status, "ran");
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(Error::Command {
+            command: shown,
+            netns: netns.to_owned(),
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_sanitized() {
+        assert_eq!(sanitize_label("two_labs::Parallel"), "two-labs-parallel");
+        assert_eq!(sanitize_label("--"), "lab");
+        assert_eq!(sanitize_label(""), "lab");
+        assert_eq!(sanitize_label(&"x".repeat(100)).len(), MAX_LABEL);
+    }
+
+    #[test]
+    fn owner_pid_parses_only_lab_names() {
+        assert_eq!(owner_pid("gwl123-4-foo-node"), Some(123));
+        assert_eq!(owner_pid("gwl123-4-foo-a"), Some(123));
+        for other in [
+            "gwl-4-foo",
+            "gwlx-4-foo",
+            "gwl12-foo",
+            "gwl1-2",
+            "gwl0-1-a",
+            "cni-123",
+        ] {
+            assert_eq!(owner_pid(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn names_and_ports_are_validated() {
+        assert!(validate_name("pod", "web-1").is_ok());
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"a".repeat(41)] {
+            assert!(validate_name("pod", bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_ports(&[]).is_err());
+        assert!(validate_ports(&[ServicePort::tcp(0, 80)]).is_err());
+        assert!(validate_ports(&[ServicePort::tcp(80, 80), ServicePort::tcp(80, 81)]).is_err());
+        assert!(validate_ports(&[ServicePort::tcp(80, 80), ServicePort::udp(80, 80)]).is_ok());
+        assert!(validate_ports(&[ServicePort::tcp(80, 80).named("Bad Name")]).is_err());
+    }
+}
