@@ -20,7 +20,7 @@ pub use backend::{Backend, BackendKind, IptablesFlavour, Observed};
 pub use exec::ExecError;
 pub use model::{
     Action, AddrSet, Chain, DnatEntry, DnatMap, Family, Hook, Match, ModelError, Protocol, Rule,
-    Table,
+    Table, check_name,
 };
 
 /// Errors from applying, reading or removing rules.

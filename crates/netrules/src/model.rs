@@ -212,7 +212,8 @@ pub enum ModelError {
 /// so a model that works on one works on the other.
 const MAX_NAME: usize = 28;
 
-fn check_name(what: &'static str, name: &str) -> Result<(), ModelError> {
+/// Checks a table, chain, set or map name against the rules of both backends.
+pub fn check_name(what: &'static str, name: &str) -> Result<(), ModelError> {
     let bad = |reason| {
         Err(ModelError::BadName {
             what,

@@ -1,0 +1,525 @@
+//! The preview switch's settings: one table of knobs, resolved with the
+//! precedence flag > `GW_*` environment > defaults file > built-in default,
+//! and validated into typed [`Settings`] before anything is touched.
+
+use ipnet::IpNet;
+use netrules::{BackendKind, Hook};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One configuration knob. The table [`KNOBS`] is the single source for the
+/// CLI flags, the env names, the defaults and docs/configuration.md.
+#[derive(Debug, Clone, Copy)]
+pub struct Knob {
+    pub env: &'static str,
+    pub flag: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+macro_rules! knobs {
+    ($($id:ident = $env:literal, $flag:literal, $default:literal, $help:literal;)*) => {
+        $(pub const $id: &str = $env;)*
+        pub const KNOBS: &[Knob] = &[$(Knob { env: $env, flag: $flag, default: $default, help: $help }),*];
+    };
+}
+
+knobs! {
+    NAMESPACE = "GW_NAMESPACE", "namespace", "",
+        "Namespace whose Services are paired. Empty: POD_NAMESPACE, else `default`.";
+    ROLE_LABEL_KEY = "GW_ROLE_LABEL_KEY", "role-label-key", "role",
+        "Pod label that says whether this pod is active or preview.";
+    ROLE_ACTIVE = "GW_ROLE_ACTIVE", "role-active", "active",
+        "Label value meaning active: the jump is off.";
+    ROLE_PREVIEW = "GW_ROLE_PREVIEW", "role-preview", "preview",
+        "Label value meaning preview: the jump is on.";
+    SVC_PREVIEW_PATTERN = "GW_SVC_PREVIEW_PATTERN", "svc-preview-pattern", "{{name}}-preview",
+        "Name of the preview Service of Service `name`; must contain `{{name}}`.";
+    ACTIVE_SUFFIX = "GW_ACTIVE_SUFFIX", "active-suffix", "-active",
+        "A Service `X<active-suffix>` pairs with `X<preview-suffix>`. Empty: off.";
+    PREVIEW_SUFFIX = "GW_PREVIEW_SUFFIX", "preview-suffix", "-preview",
+        "Suffix paired with the active suffix.";
+    DNS_SUFFIX = "GW_DNS_SUFFIX", "dns-suffix", ".svc.cluster.local",
+        "Cluster DNS suffix, used for the names in the DNAT map.";
+    NAT_CHAIN = "GW_NAT_CHAIN", "nat-chain", "CANARY_DNAT",
+        "Name of the DNAT chain (letters, digits, `_`, `-`; at most 28).";
+    DNAT_MAP = "GW_IPTABLES_DNAT_MAP", "dnat-map", "/shared/dnat.map",
+        "Where init writes the audit map of its mappings. Empty: do not write it.";
+    JUMP_HOOK = "GW_JUMP_HOOK", "jump-hook", "OUTPUT",
+        "Where the jump to the chain goes: OUTPUT (the pod's own traffic) or PREROUTING.";
+    EXCLUDE_CIDRS = "GW_EXCLUDE_CIDRS", "exclude-cidrs", "auto",
+        "Comma-separated CIDRs never rewritten. `auto`: the IMDS addresses and the nameservers of /etc/resolv.conf.";
+    POLL_INTERVAL = "GW_POLL_INTERVAL", "poll-interval", "2s",
+        "Watcher: how often to read the Pod while no watch can be held.";
+    REFRESH_INTERVAL = "GW_REFRESH_INTERVAL", "refresh-interval", "",
+        "Watcher: rebuild the DNAT mappings from the Services this often. Empty: never.";
+    IPV6 = "GW_IPV6", "ipv6", "false",
+        "Also map the IPv6 ClusterIPs of dual-stack Services.";
+    BACKEND = "GW_BACKEND", "backend", "auto",
+        "Rule backend: auto, nftables, iptables, iptables-nft or iptables-legacy.";
+    API_TIMEOUT = "GW_API_TIMEOUT", "api-timeout", "30s",
+        "How long to keep retrying an unreachable Kubernetes API before giving up.";
+}
+
+/// The IMDS addresses excluded by default (AWS, GCP, Azure use the IPv4 one; AWS also the IPv6 one).
+pub const IMDS: [&str; 2] = ["169.254.169.254/32", "fd00:ec2::254/128"];
+
+/// The nftables table (iptables comment tag) that holds the switch's rules.
+pub const TABLE: &str = "ghostwire_switch";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{knob}={value:?} is invalid: {reason} (flag --{flag})")]
+pub struct ConfigError {
+    pub knob: &'static str,
+    pub flag: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+/// Where raw values come from, highest precedence first.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    /// Values given as flags or `GW_*` environment variables (clap merges the two).
+    pub cli: BTreeMap<String, String>,
+    /// The defaults file (a mounted ConfigMap).
+    pub file: BTreeMap<String, String>,
+    /// `POD_NAMESPACE` from the downward API.
+    pub pod_namespace: Option<String>,
+    /// Contents of /etc/resolv.conf, for the `auto` exclusions.
+    pub resolv_conf: String,
+}
+
+/// The name of a preview Service, made from the active one's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    prefix: String,
+    suffix: String,
+}
+
+impl Pattern {
+    /// Accepts `{{name}}`, with optional spaces and Go template forms `{{.name}}` / `{{.Name}}`.
+    pub fn parse(s: &str) -> Result<Pattern, String> {
+        let open = s.find("{{").ok_or("it has no {{name}} placeholder")?;
+        let close = s[open..]
+            .find("}}")
+            .map(|i| open + i)
+            .ok_or("unclosed {{")?;
+        let inner = s[open + 2..close].trim();
+        if !matches!(inner, "name" | ".name" | ".Name") {
+            return Err(format!(
+                "unknown placeholder {{{{{inner}}}}}, expected {{{{name}}}}"
+            ));
+        }
+        let (prefix, suffix) = (&s[..open], &s[close + 2..]);
+        if suffix.contains("{{") || prefix.contains("}}") {
+            return Err("it may contain only one placeholder".into());
+        }
+        if prefix.is_empty() && suffix.is_empty() {
+            return Err("the preview name would equal the active name".into());
+        }
+        let ok = |p: &str| {
+            p.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        };
+        if !ok(prefix) || !ok(suffix) {
+            return Err("the text around {{name}} may hold only a-z, 0-9 and '-'".into());
+        }
+        Ok(Pattern {
+            prefix: prefix.into(),
+            suffix: suffix.into(),
+        })
+    }
+
+    pub fn apply(&self, name: &str) -> String {
+        format!("{}{name}{}", self.prefix, self.suffix)
+    }
+}
+
+/// Which rule backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    Auto,
+    Fixed(BackendKind),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub namespace: String,
+    pub role_label_key: String,
+    pub role_active: String,
+    pub role_preview: String,
+    pub preview_pattern: Pattern,
+    pub active_suffix: String,
+    pub preview_suffix: String,
+    pub dns_suffix: String,
+    pub nat_chain: String,
+    pub dnat_map: Option<PathBuf>,
+    pub jump_hook: Hook,
+    pub exclude_cidrs: Vec<IpNet>,
+    pub poll_interval: Duration,
+    pub refresh_interval: Option<Duration>,
+    pub ipv6: bool,
+    pub backend: BackendChoice,
+    pub api_timeout: Duration,
+}
+
+/// Parses `500ms`, `2s`, `15m`, `1h`, `1m30s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!(
+                "expected a number at {rest:?} (e.g. 2s, 500ms, 15m)"
+            ));
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| "number too large")?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let d = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "" => return Err(format!("missing unit after {n} (use ms, s, m or h)")),
+            u => return Err(format!("unknown unit {u:?} (use ms, s, m or h)")),
+        };
+        total = total.saturating_add(d);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+/// The nameserver addresses of a resolv.conf, as host prefixes.
+pub fn resolv_nameservers(resolv_conf: &str) -> Vec<IpNet> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().split('%').next()?.parse::<std::net::IpAddr>().ok())
+        .map(IpNet::from)
+        .collect()
+}
+
+/// Reads a defaults file: `KEY=VALUE` lines (`#` comments), or a directory with
+/// one file per key, as a ConfigMap volume mounts it.
+pub fn read_defaults_file(path: &std::path::Path) -> std::io::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    if path.is_dir() {
+        for e in std::fs::read_dir(path)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            // ConfigMap volumes hold `..data` links and dotfiles beside the keys.
+            if name.starts_with('.') || !e.path().is_file() {
+                continue;
+            }
+            out.insert(name, std::fs::read_to_string(e.path())?.trim().to_string());
+        }
+        return Ok(out);
+    }
+    for (i, line) in std::fs::read_to_string(path)?.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (k, v) = line.split_once('=').ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("line {}: expected KEY=VALUE, got {line:?}", i + 1),
+            )
+        })?;
+        out.insert(k.trim().to_string(), v.trim().trim_matches('"').to_string());
+    }
+    Ok(out)
+}
+
+impl Settings {
+    /// Resolves every knob and validates it; the first bad one is reported with its name and value.
+    pub fn resolve(src: &Sources) -> Result<Settings, ConfigError> {
+        let raw = |env: &'static str| -> (String, &'static Knob) {
+            let knob = KNOBS.iter().find(|k| k.env == env).expect("knob in table");
+            let v = src
+                .cli
+                .get(env)
+                .or_else(|| src.file.get(env))
+                .cloned()
+                .unwrap_or_else(|| knob.default.to_string());
+            (v, knob)
+        };
+        let get = |env| raw(env).0;
+        let check = |env: &'static str, f: &dyn Fn(&str) -> Result<(), String>| {
+            let (v, k) = raw(env);
+            f(&v).map_err(|reason| ConfigError {
+                knob: k.env,
+                flag: k.flag,
+                value: v.clone(),
+                reason,
+            })
+        };
+        fn parsed<T>(
+            raw: &dyn Fn(&'static str) -> (String, &'static Knob),
+            env: &'static str,
+            f: impl Fn(&str) -> Result<T, String>,
+        ) -> Result<T, ConfigError> {
+            let (v, k) = raw(env);
+            f(&v).map_err(|reason| ConfigError {
+                knob: k.env,
+                flag: k.flag,
+                value: v,
+                reason,
+            })
+        }
+        let non_empty = |s: &str| {
+            if s.trim().is_empty() {
+                Err("must not be empty".to_string())
+            } else {
+                Ok(())
+            }
+        };
+        for k in [ROLE_LABEL_KEY, ROLE_ACTIVE, ROLE_PREVIEW] {
+            check(k, &non_empty)?;
+        }
+        check(PREVIEW_SUFFIX, &non_empty)?;
+        check(NAT_CHAIN, &|s| {
+            netrules::check_name("chain", s).map_err(|e| e.to_string())
+        })?;
+        let ipv6 = parsed(&raw, IPV6, parse_bool)?;
+        let exclude_cidrs = parsed(&raw, EXCLUDE_CIDRS, |s| {
+            if s.trim() == "auto" {
+                let mut v: Vec<IpNet> = IMDS.iter().map(|c| c.parse().expect("valid")).collect();
+                v.extend(resolv_nameservers(&src.resolv_conf));
+                return Ok(v);
+            }
+            s.split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(|c| {
+                    c.parse::<IpNet>()
+                        .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
+                        .map(|n| n.trunc())
+                        .map_err(|_| format!("{c:?} is not a CIDR (e.g. 10.0.0.0/8) or an address"))
+                })
+                .collect()
+        })?;
+        let refresh_interval = parsed(&raw, REFRESH_INTERVAL, |s| {
+            if s.trim().is_empty() {
+                Ok(None)
+            } else {
+                parse_duration(s).map(Some)
+            }
+        })?;
+        let positive = |s: &str| match parse_duration(s)? {
+            d if d.is_zero() => Err("must be greater than zero".to_string()),
+            d => Ok(d),
+        };
+        let namespace = match get(NAMESPACE) {
+            ns if !ns.is_empty() => ns,
+            _ => src
+                .pod_namespace
+                .clone()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| "default".into()),
+        };
+        Ok(Settings {
+            namespace,
+            role_label_key: get(ROLE_LABEL_KEY),
+            role_active: get(ROLE_ACTIVE),
+            role_preview: get(ROLE_PREVIEW),
+            preview_pattern: parsed(&raw, SVC_PREVIEW_PATTERN, Pattern::parse)?,
+            active_suffix: get(ACTIVE_SUFFIX),
+            preview_suffix: get(PREVIEW_SUFFIX),
+            dns_suffix: get(DNS_SUFFIX),
+            nat_chain: get(NAT_CHAIN),
+            dnat_map: Some(get(DNAT_MAP))
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+            jump_hook: parsed(&raw, JUMP_HOOK, |s| match s {
+                "OUTPUT" => Ok(Hook::Output),
+                "PREROUTING" => Ok(Hook::Prerouting),
+                _ => Err("expected OUTPUT or PREROUTING".into()),
+            })?,
+            exclude_cidrs: exclude_cidrs
+                .into_iter()
+                .filter(|c| ipv6 || matches!(c, IpNet::V4(_)))
+                .collect(),
+            poll_interval: parsed(&raw, POLL_INTERVAL, positive)?,
+            refresh_interval,
+            ipv6,
+            backend: parsed(&raw, BACKEND, |s| match s {
+                "auto" => Ok(BackendChoice::Auto),
+                other => other.parse().map(BackendChoice::Fixed),
+            })?,
+            api_timeout: parsed(&raw, API_TIMEOUT, positive)?,
+        })
+    }
+}
+
+/// Renders the knob table as Markdown (docs/configuration.md is checked against it).
+pub fn knobs_markdown() -> String {
+    let mut s = String::from("| env | flag | default | what it does |\n|---|---|---|---|\n");
+    for k in KNOBS {
+        let default = if k.default.is_empty() {
+            "(empty)"
+        } else {
+            k.default
+        };
+        s.push_str(&format!(
+            "| `{}` | `--{}` | `{}` | {} |\n",
+            k.env, k.flag, default, k.help
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(pairs: &[(&str, &str)]) -> Sources {
+        Sources {
+            cli: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            resolv_conf: "search x\nnameserver 10.96.0.10\nnameserver fd00:10:96::a\n".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let s = Settings::resolve(&with(&[])).unwrap();
+        assert_eq!(s.namespace, "default");
+        assert_eq!(s.nat_chain, "CANARY_DNAT");
+        assert_eq!(s.jump_hook, Hook::Output);
+        assert_eq!(s.poll_interval, Duration::from_secs(2));
+        assert_eq!(s.refresh_interval, None);
+        assert_eq!(s.dnat_map, Some(PathBuf::from("/shared/dnat.map")));
+        assert_eq!(s.preview_pattern.apply("orders"), "orders-preview");
+        // IPv4 IMDS and the cluster DNS from resolv.conf; IPv6 ones only with GW_IPV6.
+        let ex: Vec<String> = s.exclude_cidrs.iter().map(|c| c.to_string()).collect();
+        assert_eq!(ex, ["169.254.169.254/32", "10.96.0.10/32"]);
+        let s = Settings::resolve(&with(&[(IPV6, "true")])).unwrap();
+        assert_eq!(s.exclude_cidrs.len(), 4);
+    }
+
+    #[test]
+    fn precedence_is_cli_then_file_then_default() {
+        let mut src = with(&[(NAT_CHAIN, "FROM_CLI")]);
+        src.file.insert(NAT_CHAIN.into(), "FROM_FILE".into());
+        src.file.insert(JUMP_HOOK.into(), "PREROUTING".into());
+        let s = Settings::resolve(&src).unwrap();
+        assert_eq!(s.nat_chain, "FROM_CLI");
+        assert_eq!(s.jump_hook, Hook::Prerouting);
+        assert_eq!(s.role_label_key, "role");
+    }
+
+    #[test]
+    fn namespace_falls_back_to_pod_namespace() {
+        let mut src = with(&[]);
+        src.pod_namespace = Some("shop".into());
+        assert_eq!(Settings::resolve(&src).unwrap().namespace, "shop");
+        src.cli.insert(NAMESPACE.into(), "prod".into());
+        assert_eq!(Settings::resolve(&src).unwrap().namespace, "prod");
+    }
+
+    #[test]
+    fn bad_values_name_the_knob_and_value() {
+        for (knob, value) in [
+            (JUMP_HOOK, "INPUT"),
+            (EXCLUDE_CIDRS, "10.0.0.0/33"),
+            (EXCLUDE_CIDRS, "not-a-cidr"),
+            (POLL_INTERVAL, "2 parsecs"),
+            (POLL_INTERVAL, "0s"),
+            (REFRESH_INTERVAL, "15"),
+            (SVC_PREVIEW_PATTERN, "preview"),
+            (SVC_PREVIEW_PATTERN, "{{svc}}-preview"),
+            (NAT_CHAIN, "has space"),
+            (IPV6, "maybe"),
+            (BACKEND, "pf"),
+            (ROLE_LABEL_KEY, ""),
+        ] {
+            let err = Settings::resolve(&with(&[(knob, value)])).unwrap_err();
+            assert_eq!(err.knob, knob);
+            let msg = err.to_string();
+            assert!(
+                msg.contains(knob) && msg.contains(&format!("{value:?}")),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn explicit_exclusions_replace_the_defaults() {
+        let s = Settings::resolve(&with(&[(
+            EXCLUDE_CIDRS,
+            "169.254.169.254/32, 10.3.0.7/16,10.0.0.1",
+        )]))
+        .unwrap();
+        let ex: Vec<String> = s.exclude_cidrs.iter().map(|c| c.to_string()).collect();
+        assert_eq!(ex, ["169.254.169.254/32", "10.3.0.0/16", "10.0.0.1/32"]);
+        let s = Settings::resolve(&with(&[(EXCLUDE_CIDRS, "")])).unwrap();
+        assert!(s.exclude_cidrs.is_empty());
+    }
+
+    #[test]
+    fn durations_and_patterns() {
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("5d").is_err());
+        for p in [
+            "{{name}}-preview",
+            "{{ name }}-preview",
+            "{{.Name}}-preview",
+            "preview-{{name}}",
+        ] {
+            assert!(Pattern::parse(p).is_ok(), "{p}");
+        }
+        assert_eq!(Pattern::parse("pv-{{ .name }}").unwrap().apply("a"), "pv-a");
+        assert!(Pattern::parse("{{name}}").is_err());
+        assert!(Pattern::parse("{{name}}-{{name}}").is_err());
+        assert!(Pattern::parse("{{name}}_Preview").is_err());
+    }
+
+    #[test]
+    fn defaults_file_forms() {
+        let dir = std::env::temp_dir().join(format!("gw-cfg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("cm")).unwrap();
+        std::fs::write(
+            dir.join("env"),
+            "# defaults\nGW_NAT_CHAIN=FILE_CHAIN\nGW_IPV6=\"true\"\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("cm/GW_JUMP_HOOK"), "PREROUTING\n").unwrap();
+        std::fs::write(dir.join("cm/.hidden"), "x").unwrap();
+        let f = read_defaults_file(&dir.join("env")).unwrap();
+        assert_eq!(f["GW_NAT_CHAIN"], "FILE_CHAIN");
+        assert_eq!(f["GW_IPV6"], "true");
+        let d = read_defaults_file(&dir.join("cm")).unwrap();
+        assert_eq!(d.len(), 1);
+        assert_eq!(d["GW_JUMP_HOOK"], "PREROUTING");
+        std::fs::write(dir.join("bad"), "GW_NAT_CHAIN\n").unwrap();
+        let e = read_defaults_file(&dir.join("bad")).unwrap_err();
+        assert!(e.to_string().contains("line 1"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,183 @@
+//! The audit map: one readable line per mapping, written atomically.
+
+use crate::config::Settings;
+use crate::pairing::{Mapping, Plan};
+use serde::Serialize;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+fn fqdn(name: &str, s: &Settings) -> String {
+    format!("{name}.{}{}", s.namespace, s.dns_suffix)
+}
+
+fn line(m: &Mapping, s: &Settings) -> String {
+    format!(
+        "{} {} port={} {} -> {} {}",
+        m.protocol,
+        fqdn(&m.active, s),
+        m.port_name.as_deref().unwrap_or("-"),
+        m.active_addr,
+        fqdn(&m.preview, s),
+        m.preview_addr
+    )
+}
+
+/// The map file's text: a header, then one line per mapping in a stable order.
+pub fn render(plan: &Plan, s: &Settings) -> String {
+    let mut out = format!(
+        "# ghostwire dnat map: namespace={} chain={} mappings={}\n# protocol active port=NAME active-address -> preview preview-address\n",
+        s.namespace,
+        s.nat_chain,
+        plan.mappings.len()
+    );
+    for m in &plan.mappings {
+        out.push_str(&line(m, s));
+        out.push('\n');
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct JsonMap<'a> {
+    namespace: &'a str,
+    chain: &'a str,
+    mappings: &'a [Mapping],
+    skipped: &'a [crate::pairing::Skipped],
+}
+
+/// The same content as JSON, for `--output json`.
+pub fn render_json(plan: &Plan, s: &Settings) -> String {
+    serde_json::to_string_pretty(&JsonMap {
+        namespace: &s.namespace,
+        chain: &s.nat_chain,
+        mappings: &plan.mappings,
+        skipped: &plan.skipped,
+    })
+    .expect("plain data serialises")
+}
+
+/// A file written beside its destination and renamed into place on
+/// [`Staged::commit`]; dropped without commit, it is removed. Readers only
+/// ever see the old file or the whole new one.
+#[derive(Debug)]
+pub struct Staged {
+    tmp: PathBuf,
+    dest: PathBuf,
+    done: bool,
+}
+
+impl Staged {
+    pub fn write(dest: &Path, content: &str) -> std::io::Result<Staged> {
+        let name = dest
+            .file_name()
+            .ok_or_else(|| std::io::Error::other("the path names no file"))?;
+        let tmp = dest.with_file_name(format!(
+            ".{}.{}.tmp",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let staged = Staged {
+            tmp: tmp.clone(),
+            dest: dest.to_path_buf(),
+            done: false,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        f.write_all(content.as_bytes())?;
+        f.sync_all()?;
+        Ok(staged)
+    }
+
+    pub fn commit(mut self) -> std::io::Result<()> {
+        std::fs::rename(&self.tmp, &self.dest)?;
+        self.done = true;
+        if let Some(dir) = self.dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // Make the rename itself durable.
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Sources;
+    use crate::pairing::{plan, tests::svc};
+    use netrules::Protocol;
+
+    fn sample() -> (Plan, Settings) {
+        let s = Settings::resolve(&Sources {
+            pod_namespace: Some("shop".into()),
+            cli: [("GW_IPV6".to_string(), "true".to_string())].into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let p = plan(
+            &[
+                svc(
+                    "orders",
+                    &["10.96.0.5", "fd00::5"],
+                    &[(Some("http"), 80, Protocol::Tcp)],
+                ),
+                svc(
+                    "orders-preview",
+                    &["10.96.0.6", "fd00::6"],
+                    &[(Some("http"), 8080, Protocol::Tcp)],
+                ),
+            ],
+            &s,
+        );
+        (p, s)
+    }
+
+    #[test]
+    fn one_readable_line_per_mapping() {
+        let (p, s) = sample();
+        let text = render(&p, &s);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            lines,
+            [
+                "tcp orders.shop.svc.cluster.local port=http 10.96.0.5:80 -> orders-preview.shop.svc.cluster.local 10.96.0.6:8080",
+                "tcp orders.shop.svc.cluster.local port=http [fd00::5]:80 -> orders-preview.shop.svc.cluster.local [fd00::6]:8080",
+            ]
+        );
+        let json: serde_json::Value = serde_json::from_str(&render_json(&p, &s)).unwrap();
+        assert_eq!(json["mappings"][0]["preview_addr"], "10.96.0.6:8080");
+        assert_eq!(json["mappings"][1]["protocol"], "tcp");
+    }
+
+    #[test]
+    fn staged_write_is_all_or_nothing() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("gw-map-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dest = dir.join("dnat.map");
+        std::fs::write(&dest, "old\n").unwrap();
+        // Not committed: the old file stays, the temp file is gone.
+        drop(Staged::write(&dest, "new\n").unwrap());
+        assert_eq!(std::fs::read_to_string(&dest).unwrap(), "old\n");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        Staged::write(&dest, "new\n").unwrap().commit().unwrap();
+        assert_eq!(std::fs::read_to_string(&dest).unwrap(), "new\n");
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o022, 0, "writable by others: {mode:o}");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        assert!(Staged::write(&dir.join("missing/dnat.map"), "x").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

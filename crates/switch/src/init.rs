@@ -1,0 +1,110 @@
+//! `ghostwire init`: discover → pair → rules + map → apply → verify → commit the map.
+
+use crate::config::{BackendChoice, Settings, TABLE};
+use crate::dnat_map::{self, Staged};
+use crate::pairing::{self, Plan, Svc};
+use crate::rules;
+use k8s_openapi::api::core::v1::Service;
+use netrules::Backend;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Rules(#[from] netrules::Error),
+    #[error("cannot write the DNAT map {path} (GW_IPTABLES_DNAT_MAP): {source}")]
+    Map {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Picks the configured backend, or detects one.
+pub fn backend(s: &Settings) -> Result<Backend, netrules::Error> {
+    match s.backend {
+        BackendChoice::Auto => Backend::detect(),
+        BackendChoice::Fixed(kind) => Ok(Backend::new(kind)),
+    }
+}
+
+/// Pairs the Services and logs every skipped one with its reason.
+pub fn plan(services: &[Service], s: &Settings) -> Plan {
+    let svcs: Vec<Svc> = services.iter().map(Svc::from_service).collect();
+    let plan = pairing::plan(&svcs, s);
+    for k in &plan.skipped {
+        tracing::info!(service = %k.service, reason = %k.reason, "skipped");
+    }
+    for m in &plan.mappings {
+        tracing::debug!(active = %m.active_addr, preview = %m.preview_addr, protocol = %m.protocol, service = %m.active, "mapping");
+    }
+    plan
+}
+
+/// What init will do about the jump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Jump {
+    /// Add it (`--activate`).
+    On,
+    /// Leave it as it is: init never adds or removes it on its own.
+    Keep,
+}
+
+/// The table to apply: the jump is on with `Jump::On`, else as the kernel has it now.
+pub fn desired(
+    backend: &Backend,
+    plan: &Plan,
+    s: &Settings,
+    jump: Jump,
+) -> netrules::Result<netrules::Table> {
+    let on = rules::table(plan, s, true);
+    let keep_on = match jump {
+        Jump::On => true,
+        Jump::Keep => {
+            let current = backend.read(&on)?;
+            rules::jump_is_on(backend, &current, &on, s)?
+        }
+    };
+    Ok(if keep_on {
+        on
+    } else {
+        rules::table(plan, s, false)
+    })
+}
+
+/// Applies the table and then, only if that succeeded, puts the map in place.
+pub fn apply(
+    backend: &Backend,
+    table: &netrules::Table,
+    plan: &Plan,
+    s: &Settings,
+) -> Result<(), InitError> {
+    let staged = match &s.dnat_map {
+        Some(path) => Some(
+            Staged::write(path, &dnat_map::render(plan, s)).map_err(|source| InitError::Map {
+                path: path.display().to_string(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    backend.apply(table)?;
+    if let (Some(staged), Some(path)) = (staged, &s.dnat_map) {
+        staged.commit().map_err(|source| InitError::Map {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    tracing::info!(
+        backend = %backend,
+        table = TABLE,
+        chain = %s.nat_chain,
+        mappings = plan.mappings.len(),
+        "DNAT rules applied and verified"
+    );
+    Ok(())
+}
+
+/// Removes all of the switch's rules (both families) and nothing else.
+pub fn cleanup(backend: &Backend) -> Result<(), netrules::Error> {
+    backend.cleanup(TABLE)
+}

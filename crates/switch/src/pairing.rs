@@ -1,0 +1,432 @@
+//! Pairing active Services with their preview Services: a pure function from
+//! the Services of a namespace to the list of DNAT mappings.
+
+use crate::config::Settings;
+use k8s_openapi::api::core::v1::Service;
+use netrules::{Family, Protocol};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+/// What pairing needs of a Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Svc {
+    pub name: String,
+    pub kind: SvcKind,
+    pub ports: Vec<SvcPort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SvcKind {
+    ClusterIp(Vec<IpAddr>),
+    Headless,
+    ExternalName,
+    /// Not allocated yet, or unparsable: nothing to map.
+    NoClusterIp(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SvcPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl Svc {
+    /// Reads the fields pairing needs; never fails: odd Services become kinds that are skipped.
+    pub fn from_service(s: &Service) -> Svc {
+        let name = s.metadata.name.clone().unwrap_or_default();
+        let spec = s.spec.clone().unwrap_or_default();
+        let kind = if spec.type_.as_deref() == Some("ExternalName") {
+            SvcKind::ExternalName
+        } else {
+            let ips: Vec<String> = match (&spec.cluster_ips, &spec.cluster_ip) {
+                (Some(ips), _) if !ips.is_empty() => ips.clone(),
+                (_, Some(ip)) => vec![ip.clone()],
+                _ => vec![],
+            };
+            if ips.iter().any(|i| i == "None") {
+                SvcKind::Headless
+            } else if ips.is_empty() {
+                SvcKind::NoClusterIp("no ClusterIP allocated".into())
+            } else {
+                match ips
+                    .iter()
+                    .map(|i| i.parse())
+                    .collect::<Result<Vec<IpAddr>, _>>()
+                {
+                    Ok(v) => SvcKind::ClusterIp(v),
+                    Err(_) => SvcKind::NoClusterIp(format!("unparsable clusterIPs {ips:?}")),
+                }
+            }
+        };
+        let ports = spec
+            .ports
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| {
+                Some(SvcPort {
+                    name: p.name.filter(|n| !n.is_empty()),
+                    port: u16::try_from(p.port).ok()?,
+                    protocol: p.protocol.as_deref().unwrap_or("TCP").parse().ok()?,
+                })
+            })
+            .collect();
+        Svc { name, kind, ports }
+    }
+}
+
+/// One active ClusterIP:port rewritten to the preview ClusterIP:port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Mapping {
+    pub active: String,
+    pub preview: String,
+    pub port_name: Option<String>,
+    #[serde(serialize_with = "ser_proto")]
+    pub protocol: Protocol,
+    pub active_addr: SocketAddr,
+    pub preview_addr: SocketAddr,
+}
+
+fn ser_proto<S: serde::Serializer>(p: &Protocol, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(p.as_str())
+}
+
+impl Mapping {
+    pub fn family(&self) -> Family {
+        Family::of(&self.active_addr.ip())
+    }
+}
+
+/// Something that was looked at and deliberately not mapped, with why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    pub service: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub mappings: Vec<Mapping>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// The preview Service names to try for `name`, in order: the pattern, then the suffix pair.
+fn preview_candidates(name: &str, s: &Settings) -> Vec<String> {
+    let mut c = vec![s.preview_pattern.apply(name)];
+    if !s.active_suffix.is_empty()
+        && let Some(base) = name.strip_suffix(&s.active_suffix)
+        && !base.is_empty()
+    {
+        c.push(format!("{base}{}", s.preview_suffix));
+    }
+    c
+}
+
+fn pair_port<'a>(a: &SvcPort, preview: &'a [SvcPort]) -> Option<&'a SvcPort> {
+    let by_name = a
+        .name
+        .as_ref()
+        .and_then(|n| preview.iter().find(|p| p.name.as_ref() == Some(n)));
+    by_name.filter(|p| p.protocol == a.protocol).or_else(|| {
+        preview
+            .iter()
+            .find(|p| p.port == a.port && p.protocol == a.protocol)
+    })
+}
+
+/// Pairs the Services of one namespace. Ports pair by name when the active
+/// port has a name the preview also has, else by number; the protocol must match.
+pub fn plan(services: &[Svc], settings: &Settings) -> Plan {
+    let by_name: BTreeMap<&str, &Svc> = services.iter().map(|s| (s.name.as_str(), s)).collect();
+    let is_preview_of_other = |name: &str| {
+        services.iter().any(|o| {
+            o.name != name
+                && preview_candidates(&o.name, settings)
+                    .iter()
+                    .any(|c| c == name)
+        })
+    };
+    let mut skipped: Vec<Skipped> = Vec::new();
+    let mut skip = |service: &str, reason: String| {
+        skipped.push(Skipped {
+            service: service.to_string(),
+            reason,
+        })
+    };
+    let mut mappings = Vec::new();
+    for active in by_name.values() {
+        if is_preview_of_other(&active.name) {
+            continue;
+        }
+        let Some(preview) = preview_candidates(&active.name, settings)
+            .iter()
+            .find_map(|c| by_name.get(c.as_str()))
+        else {
+            continue; // No preview: traffic stays on active, by design.
+        };
+        let (a_ips, p_ips) = match (&active.kind, &preview.kind) {
+            (SvcKind::ClusterIp(a), SvcKind::ClusterIp(p)) => (a, p),
+            (k, _) if !matches!(k, SvcKind::ClusterIp(_)) => {
+                skip(
+                    &active.name,
+                    format!("{} (preview {})", describe(k), preview.name),
+                );
+                continue;
+            }
+            (_, k) => {
+                skip(
+                    &active.name,
+                    format!("its preview {} is {}", preview.name, describe(k)),
+                );
+                continue;
+            }
+        };
+        for a_port in &active.ports {
+            let Some(p_port) = pair_port(a_port, &preview.ports) else {
+                skip(
+                    &active.name,
+                    format!(
+                        "port {} ({}) has no match by name or number in {}",
+                        a_port.name.as_deref().unwrap_or("-"),
+                        format_args!("{}/{}", a_port.port, a_port.protocol),
+                        preview.name
+                    ),
+                );
+                continue;
+            };
+            for a_ip in a_ips {
+                let fam = Family::of(a_ip);
+                if fam == Family::Ipv6 && !settings.ipv6 {
+                    continue;
+                }
+                let Some(p_ip) = p_ips.iter().find(|p| Family::of(p) == fam) else {
+                    skip(
+                        &active.name,
+                        format!("{a_ip} has no {fam:?} counterpart in {}", preview.name),
+                    );
+                    continue;
+                };
+                mappings.push(Mapping {
+                    active: active.name.clone(),
+                    preview: preview.name.clone(),
+                    port_name: a_port.name.clone(),
+                    protocol: a_port.protocol,
+                    active_addr: SocketAddr::new(*a_ip, a_port.port),
+                    preview_addr: SocketAddr::new(*p_ip, p_port.port),
+                });
+            }
+        }
+    }
+    for s in services {
+        if matches!(s.kind, SvcKind::Headless | SvcKind::ExternalName)
+            && !skipped.iter().any(|k| k.service == s.name)
+        {
+            skipped.push(Skipped {
+                service: s.name.clone(),
+                reason: describe(&s.kind),
+            });
+        }
+    }
+    mappings.sort();
+    mappings.dedup();
+    skipped.sort_by(|a, b| a.service.cmp(&b.service));
+    Plan { mappings, skipped }
+}
+
+fn describe(k: &SvcKind) -> String {
+    match k {
+        SvcKind::Headless => "headless (clusterIP: None): no virtual IP to rewrite".into(),
+        SvcKind::ExternalName => "ExternalName: resolved by DNS, no virtual IP to rewrite".into(),
+        SvcKind::NoClusterIp(why) => why.clone(),
+        SvcKind::ClusterIp(_) => "a ClusterIP Service".into(),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::{Settings, Sources};
+
+    pub fn svc(name: &str, ips: &[&str], ports: &[(Option<&str>, u16, Protocol)]) -> Svc {
+        Svc {
+            name: name.into(),
+            kind: SvcKind::ClusterIp(ips.iter().map(|i| i.parse().unwrap()).collect()),
+            ports: ports
+                .iter()
+                .map(|(n, p, proto)| SvcPort {
+                    name: n.map(String::from),
+                    port: *p,
+                    protocol: *proto,
+                })
+                .collect(),
+        }
+    }
+
+    fn settings(pairs: &[(&str, &str)]) -> Settings {
+        Settings::resolve(&Sources {
+            cli: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    const TCP: Protocol = Protocol::Tcp;
+
+    #[test]
+    fn pattern_pairs_and_no_preview_means_no_rule() {
+        let s = settings(&[]);
+        let svcs = [
+            svc("orders", &["10.96.0.5"], &[(Some("http"), 80, TCP)]),
+            svc(
+                "orders-preview",
+                &["10.96.0.6"],
+                &[(Some("http"), 8080, TCP)],
+            ),
+            svc("payments", &["10.96.0.7"], &[(None, 80, TCP)]),
+        ];
+        let p = plan(&svcs, &s);
+        assert_eq!(p.mappings.len(), 1);
+        let m = &p.mappings[0];
+        assert_eq!(
+            (m.active.as_str(), m.preview.as_str()),
+            ("orders", "orders-preview")
+        );
+        assert_eq!(m.active_addr, "10.96.0.5:80".parse().unwrap());
+        // Paired by name: the preview listens on another port number.
+        assert_eq!(m.preview_addr, "10.96.0.6:8080".parse().unwrap());
+        assert!(p.skipped.is_empty());
+    }
+
+    #[test]
+    fn suffix_pairs() {
+        let s = settings(&[]);
+        let svcs = [
+            svc("orders-active", &["10.96.0.5"], &[(None, 80, TCP)]),
+            svc("orders-preview", &["10.96.0.6"], &[(None, 80, TCP)]),
+        ];
+        let p = plan(&svcs, &s);
+        assert_eq!(p.mappings.len(), 1);
+        assert_eq!(p.mappings[0].active, "orders-active");
+        // Custom suffixes.
+        let s = settings(&[
+            ("GW_ACTIVE_SUFFIX", "-blue"),
+            ("GW_PREVIEW_SUFFIX", "-green"),
+        ]);
+        let svcs = [
+            svc("web-blue", &["10.96.0.5"], &[(None, 80, TCP)]),
+            svc("web-green", &["10.96.0.6"], &[(None, 80, TCP)]),
+        ];
+        assert_eq!(plan(&svcs, &s).mappings[0].preview, "web-green");
+    }
+
+    #[test]
+    fn ports_pair_by_name_then_number_and_protocol_must_match() {
+        let s = settings(&[]);
+        let svcs = [
+            svc(
+                "a",
+                &["10.96.0.5"],
+                &[
+                    (Some("http"), 80, TCP),
+                    (None, 53, Protocol::Udp),
+                    (Some("metrics"), 9090, TCP),
+                    (None, 7, TCP),
+                ],
+            ),
+            svc(
+                "a-preview",
+                &["10.96.0.6"],
+                &[
+                    (Some("http"), 81, TCP),
+                    (Some("dns"), 53, Protocol::Udp),
+                    (None, 9090, TCP),
+                    (None, 7, Protocol::Udp),
+                ],
+            ),
+        ];
+        let p = plan(&svcs, &s);
+        let got: Vec<String> = p
+            .mappings
+            .iter()
+            .map(|m| format!("{}/{}->{}", m.active_addr, m.protocol, m.preview_addr))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "10.96.0.5:53/udp->10.96.0.6:53",
+                "10.96.0.5:80/tcp->10.96.0.6:81",
+                "10.96.0.5:9090/tcp->10.96.0.6:9090",
+            ]
+        );
+        assert_eq!(p.skipped.len(), 1);
+        assert!(p.skipped[0].reason.contains("7/tcp"), "{:?}", p.skipped);
+    }
+
+    #[test]
+    fn headless_and_external_name_are_skipped_with_a_reason() {
+        let s = settings(&[]);
+        let mut headless = svc("db", &[], &[(None, 5432, TCP)]);
+        headless.kind = SvcKind::Headless;
+        let mut ext = svc("ext", &[], &[]);
+        ext.kind = SvcKind::ExternalName;
+        let svcs = [
+            headless,
+            svc("db-preview", &["10.96.0.9"], &[(None, 5432, TCP)]),
+            ext,
+        ];
+        let p = plan(&svcs, &s);
+        assert!(p.mappings.is_empty());
+        let reasons: Vec<&str> = p.skipped.iter().map(|k| k.reason.as_str()).collect();
+        assert_eq!(p.skipped.len(), 2, "{reasons:?}");
+        assert!(reasons[0].contains("headless"));
+        assert!(reasons[1].contains("ExternalName"));
+    }
+
+    #[test]
+    fn dual_stack_only_with_ipv6() {
+        let svcs = [
+            svc("a", &["10.96.0.5", "fd00:10:96::5"], &[(None, 80, TCP)]),
+            svc(
+                "a-preview",
+                &["10.96.0.6", "fd00:10:96::6"],
+                &[(None, 80, TCP)],
+            ),
+        ];
+        assert_eq!(plan(&svcs, &settings(&[])).mappings.len(), 1);
+        let p = plan(&svcs, &settings(&[("GW_IPV6", "true")]));
+        assert_eq!(p.mappings.len(), 2);
+        assert_eq!(
+            p.mappings[1].preview_addr,
+            "[fd00:10:96::6]:80".parse().unwrap()
+        );
+        // A single-stack preview: the IPv6 side stays on active, and says so.
+        let svcs = [
+            svcs[0].clone(),
+            svc("a-preview", &["10.96.0.6"], &[(None, 80, TCP)]),
+        ];
+        let p = plan(&svcs, &settings(&[("GW_IPV6", "true")]));
+        assert_eq!(p.mappings.len(), 1);
+        assert!(p.skipped[0].reason.contains("Ipv6"));
+    }
+
+    #[test]
+    fn previews_are_not_paired_again_and_output_is_stable() {
+        let s = settings(&[]);
+        let mut svcs = vec![
+            svc("b", &["10.96.0.7"], &[(None, 80, TCP)]),
+            svc("b-preview", &["10.96.0.8"], &[(None, 80, TCP)]),
+            svc("b-preview-preview", &["10.96.0.9"], &[(None, 80, TCP)]),
+            svc("a", &["10.96.0.5"], &[(None, 80, TCP)]),
+            svc("a-preview", &["10.96.0.6"], &[(None, 80, TCP)]),
+        ];
+        let p1 = plan(&svcs, &s);
+        svcs.reverse();
+        assert_eq!(p1, plan(&svcs, &s));
+        let actives: Vec<&str> = p1.mappings.iter().map(|m| m.active.as_str()).collect();
+        assert_eq!(actives, ["a", "b"]);
+    }
+}
