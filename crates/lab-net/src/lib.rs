@@ -35,6 +35,11 @@ pub const NODE_IPV6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 1
 /// ClusterIPs kept for cluster DNS, never handed to [`Lab::add_service`].
 pub const DNS_IPV4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 pub const DNS_IPV6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 10);
+/// ClusterIP ranges. The node routes them to itself, so a ClusterIP without endpoints (or an
+/// unknown port) is refused at once (TCP reset, ICMP port unreachable) like kube-proxy's reject,
+/// and node processes may bind ClusterIPs (e.g. a DNS server on [`DNS_IPV4`]).
+pub const SERVICE_CIDR_V4: &str = "10.96.0.0/16";
+pub const SERVICE_CIDR_V6: &str = "fd00:10:96::/112";
 /// The pod's interface name inside its namespace.
 pub const POD_IFACE: &str = "eth0";
 
@@ -309,7 +314,9 @@ impl Lab {
                  link add {BRIDGE} address 02:00:0a:f4:00:01 type bridge\n\
                  addr add {NODE_IPV4}/24 dev {BRIDGE}\n\
                  addr add {NODE_IPV6}/64 dev {BRIDGE} nodad\n\
-                 link set {BRIDGE} up\n"
+                 link set {BRIDGE} up\n\
+                 route add local {SERVICE_CIDR_V4} dev lo\n\
+                 route add local {SERVICE_CIDR_V6} dev lo\n"
             ),
         )?;
         set_sysctls(

@@ -31,8 +31,8 @@ pub struct ServiceSpec {
     pub backends: Vec<Backend>,
 }
 
-/// Renders the whole table for `services`. A service without backends gets no map entry, so
-/// its traffic finds no route in the node and the client gets "unreachable" at once.
+/// Renders the whole table for `services`. A service without backends gets no map entry: its
+/// traffic is not translated and the node refuses it (see `SERVICE_CIDR_V4`).
 pub fn render(services: &[ServiceSpec]) -> String {
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();

@@ -13,6 +13,10 @@ fn v6(pod: &Pod, port: u16) -> SocketAddr {
     (pod.ipv6, port).into()
 }
 
+fn refused(err: &lab_net::Error) -> bool {
+    matches!(err, lab_net::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::ConnectionRefused)
+}
+
 fn lab_namespaces(prefix: &str) -> Vec<String> {
     let prefix = format!("{prefix}-");
     Netns::list()
@@ -118,14 +122,20 @@ fn set_endpoints_moves_traffic_and_remove_service_stops_it() {
     // Applying the same state again is harmless.
     lab.set_endpoints(&svc, &[&green]).unwrap();
     assert_eq!(client.tcp_request(svc.addr_v4(80)).unwrap(), "green");
-    // No endpoints: unreachable, reported as an error (not a hang).
+    // No endpoints: refused at once, like kube-proxy's reject.
     lab.set_endpoints(&svc, &[]).unwrap();
-    assert!(client.tcp_request(svc.addr_v4(80)).is_err());
+    for addr in [svc.addr_v4(80), svc.addr_v6(80)] {
+        let err = client.tcp_request(addr).unwrap_err();
+        assert!(refused(&err), "{err}");
+    }
     lab.set_endpoints(&svc, &[&blue]).unwrap();
     assert_eq!(client.tcp_request(svc.addr_v4(80)).unwrap(), "blue");
     lab.remove_service(&svc).unwrap();
     let err = client.tcp_request(svc.addr_v4(80)).unwrap_err();
-    assert!(err.to_string().contains("10.96.0.11:80"), "{err}");
+    assert!(
+        err.to_string().contains("10.96.0.11:80") && refused(&err),
+        "{err}"
+    );
     assert!(lab.set_endpoints(&svc, &[&blue]).is_err());
     // The freed ClusterIP is handed out again.
     let again = lab
@@ -217,4 +227,60 @@ fn bad_input_is_an_error_not_a_panic() {
         err.to_string().contains("10.244.0.2:1") && err.to_string().contains("pod a"),
         "{err}"
     );
+}
+
+#[test]
+fn udp_to_service_without_endpoints_is_refused() {
+    let mut lab = Lab::new("udp_refused").unwrap();
+    let client = lab.add_pod("client").unwrap();
+    let svc = lab
+        .add_service("dns", &[ServicePort::udp(53, 53)], &[])
+        .unwrap();
+    for addr in [svc.addr_v4(53), svc.addr_v6(53)] {
+        let err = client.udp_request(addr).unwrap_err();
+        assert!(refused(&err), "{err}");
+    }
+}
+
+#[test]
+fn cleanup_stale_removes_dead_labs_only() {
+    let live = Lab::new("live").unwrap();
+    // A pid that surely ran and ended: our own finished child.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    let stale = format!("gwl{dead_pid}-0-crashed-node");
+    struct Remove(String);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = Netns::delete(&self.0);
+        }
+    }
+    let _guard = Remove(stale.clone());
+    Netns::create(&stale).unwrap();
+    let removed = lab_net::cleanup_stale().unwrap();
+    assert!(!Netns::exists(&stale), "stale namespace left: {removed:?}");
+    assert!(
+        removed
+            .iter()
+            .all(|n| lab_net::owner_pid(n) != Some(std::process::id()))
+    );
+    assert_eq!(
+        lab_namespaces(live.prefix()),
+        [format!("{}-node", live.prefix())]
+    );
+}
+
+#[test]
+fn prefix_carries_pid_and_label() {
+    let lab = Lab::new("My Test::Name").unwrap();
+    let pid = std::process::id();
+    assert!(
+        lab.prefix().starts_with(&format!("gwl{pid}-")),
+        "{}",
+        lab.prefix()
+    );
+    assert!(lab.prefix().ends_with("-my-test-name"), "{}", lab.prefix());
+    assert_eq!(lab.node().name(), format!("{}-node", lab.prefix()));
+    assert_eq!(lab_net::owner_pid(lab.node().name()), Some(pid));
 }
