@@ -282,7 +282,7 @@ impl EchoServer {
         let (stop, stopped) = oneshot::channel::<()>();
         let reply = reply.to_owned();
         let thread = std::thread::Builder::new()
-            .name(format!("echo-{reply}"))
+            .name("lab-echo".to_owned())
             .spawn(move || {
                 runtime.block_on(async move {
                     tokio::select! {

@@ -185,6 +185,8 @@ pub struct Pod {
     pub name: String,
     pub ipv4: Ipv4Addr,
     pub ipv6: Ipv6Addr,
+    /// N in 10.244.0.N and in the node-side veth name `vpN`.
+    host: u32,
     netns: Netns,
 }
 
@@ -275,7 +277,9 @@ pub struct Lab {
     node: Netns,
     registry: Arc<Registry>,
     pods: Vec<Pod>,
-    next_host: u32,
+    /// Last host number handed out: allocation goes round-robin like host-local IPAM, so a
+    /// removed pod's address is reused as late as possible.
+    last_host: u32,
     services: Vec<nft::ServiceSpec>,
 }
 
@@ -342,7 +346,7 @@ impl Lab {
             node,
             registry,
             pods: Vec::new(),
-            next_host: FIRST_POD_HOST,
+            last_host: FIRST_POD_HOST - 1,
             services: Vec::new(),
         };
         lab.apply_services(&lab.services)?;
@@ -391,15 +395,24 @@ impl Lab {
         if self.pods.iter().any(|p| p.name == name) {
             return Err(invalid("pod name", name, "already exists in this lab"));
         }
-        let host = self.next_host;
-        if host > LAST_POD_HOST {
-            return Err(Error::Exhausted {
-                lab: self.prefix.clone(),
-                pool: "pod address in 10.244.0.0/24",
-            });
-        }
+        let used: BTreeSet<u32> = self.pods.iter().map(|p| p.host).collect();
+        let (host, reused) = next_host(&used, self.last_host).ok_or_else(|| Error::Exhausted {
+            lab: self.prefix.clone(),
+            pool: "pod address in 10.244.0.0/24",
+        })?;
         let ipv4 = Ipv4Addr::new(10, 244, 0, host as u8);
         let ipv6 = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, host as u16);
+        if reused {
+            // Other pods may still hold the removed pod's MAC for this address.
+            for pod in &self.pods {
+                ip_batch(
+                    pod.netns.name(),
+                    &format!(
+                        "neigh flush to {ipv4} dev {POD_IFACE}\nneigh flush to {ipv6} dev {POD_IFACE}\n"
+                    ),
+                )?;
+            }
+        }
         let ns_name = format!("{}-{name}", self.prefix);
         self.registry.add(&ns_name)?;
         let setup = || -> Result<Netns> {
@@ -434,15 +447,54 @@ impl Lab {
                 return Err(e);
             }
         };
-        self.next_host += 1;
+        self.last_host = host;
         let pod = Pod {
             name: name.to_owned(),
             ipv4,
             ipv6,
+            host,
             netns,
         };
         self.pods.push(pod.clone());
         Ok(pod)
+    }
+
+    /// Removes a pod: drops it from every service's backends, deletes its veth and namespace.
+    /// Its address may be handed to a later pod.
+    pub fn remove_pod(&mut self, pod: &Pod) -> Result<()> {
+        self.registry.check_live()?;
+        let index = self
+            .pods
+            .iter()
+            .position(|p| p.netns.name() == pod.netns.name())
+            .ok_or_else(|| invalid("pod", &pod.name, "not a pod of this lab"))?;
+        let removed = &self.pods[index];
+        let gone = nft::Backend {
+            ipv4: removed.ipv4,
+            ipv6: removed.ipv6,
+        };
+        let mut next = self.services.clone();
+        for svc in &mut next {
+            svc.backends.retain(|b| *b != gone);
+        }
+        if next != self.services {
+            self.apply_services(&next)?;
+            self.services = next;
+        }
+        // Deleting the veth is synchronous; a namespace lives on while handles to it are open,
+        // and with it the veth, which would block reusing the name `vpN`.
+        ip_batch(
+            self.node.name(),
+            &format!(
+                "link del vp{}\nneigh flush to {} dev {BRIDGE}\nneigh flush to {} dev {BRIDGE}\n",
+                removed.host, removed.ipv4, removed.ipv6
+            ),
+        )?;
+        let ns_name = removed.netns.name().to_owned();
+        delete_namespaces(std::slice::from_ref(&ns_name))?;
+        self.registry.forget(&ns_name);
+        self.pods.remove(index);
+        Ok(())
     }
 
     /// Adds a ClusterIP service with DNAT to `backends` (which may be empty: the ClusterIP is
@@ -660,6 +712,17 @@ impl Pod {
     }
 }
 
+/// The next free host number after `last` (wrapping), and whether it wraps around to numbers
+/// handed out before.
+fn next_host(used: &BTreeSet<u32>, last: u32) -> Option<(u32, bool)> {
+    let after = (last + 1).max(FIRST_POD_HOST)..=LAST_POD_HOST;
+    let before = FIRST_POD_HOST..=last.min(LAST_POD_HOST);
+    after
+        .map(|h| (h, false))
+        .chain(before.map(|h| (h, true)))
+        .find(|(h, _)| !used.contains(h))
+}
+
 /// Removes the namespaces of labs whose owning process is gone (crashed runs); returns their
 /// names. A live process's labs are never touched.
 pub fn cleanup_stale() -> Result<Vec<String>> {
@@ -686,7 +749,7 @@ pub fn owner_pid(name: &str) -> Option<u32> {
     pid.parse().ok().filter(|&p| p > 0)
 }
 
-/// Lower-case alphanumerics and single dashes, at most [`MAX_LABEL`] bytes; "lab" if empty.
+/// Lower-case alphanumerics and single dashes, at most 24 bytes; "lab" if empty.
 pub fn sanitize_label(label: &str) -> String {
     let mut out = String::new();
     for c in label.chars() {
@@ -874,6 +937,18 @@ fn run_command(cmd: &mut Command, netns: &str, stdin: Option<&str>) -> Result<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_go_round_robin() {
+        let used = |hs: &[u32]| hs.iter().copied().collect::<BTreeSet<u32>>();
+        assert_eq!(next_host(&used(&[]), 1), Some((2, false)));
+        assert_eq!(next_host(&used(&[2, 3]), 3), Some((4, false)));
+        // 3 was freed, but 4.. come first.
+        assert_eq!(next_host(&used(&[2, 4]), 4), Some((5, false)));
+        assert_eq!(next_host(&used(&[2, 254]), 254), Some((3, true)));
+        let all: Vec<u32> = (2..=254).collect();
+        assert_eq!(next_host(&used(&all), 100), None);
+    }
 
     #[test]
     fn labels_are_sanitized() {

@@ -284,3 +284,40 @@ fn prefix_carries_pid_and_label() {
     assert_eq!(lab.node().name(), format!("{}-node", lab.prefix()));
     assert_eq!(lab_net::owner_pid(lab.node().name()), Some(pid));
 }
+
+#[test]
+fn remove_pod_drops_backend_and_frees_address() {
+    let mut lab = Lab::new("remove_pod").unwrap();
+    let client = lab.add_pod("client").unwrap();
+    let a = lab.add_pod("a").unwrap();
+    let b = lab.add_pod("b").unwrap();
+    let _a = a.serve_echo("a", &[8080], &[]).unwrap();
+    let _b = b.serve_echo("b", &[8080], &[]).unwrap();
+    let svc = lab
+        .add_service("svc", &[ServicePort::tcp(80, 8080)], &[&a, &b])
+        .unwrap();
+    // Warm the node's and the client's neighbour caches with a's MAC.
+    let seen: BTreeSet<String> = (0..2)
+        .map(|_| client.tcp_request(svc.addr_v4(80)).unwrap())
+        .collect();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(client.tcp_request(v4(&a, 8080)).unwrap(), "a");
+    assert_eq!(client.tcp_request(v6(&a, 8080)).unwrap(), "a");
+    // `a` (and its echo server) still hold the namespace open: removal must work regardless.
+    lab.remove_pod(&a).unwrap();
+    assert!(!Netns::exists(a.netns().name()));
+    for _ in 0..4 {
+        assert_eq!(client.tcp_request(svc.addr_v4(80)).unwrap(), "b");
+    }
+    let c = lab.add_pod("c").unwrap();
+    // Addresses go round-robin: the freed one is not reused while others are free.
+    assert_eq!(c.ipv4.to_string(), "10.244.0.5");
+    let _c = c.serve_echo("c", &[8080], &[]).unwrap();
+    lab.set_endpoints(&svc, &[&c]).unwrap();
+    assert_eq!(client.tcp_request(svc.addr_v4(80)).unwrap(), "c");
+    assert_eq!(client.tcp_request(svc.addr_v6(80)).unwrap(), "c");
+    assert_eq!(client.tcp_request(v4(&c, 8080)).unwrap(), "c");
+    assert_eq!(client.tcp_request(v6(&c, 8080)).unwrap(), "c");
+    assert!(lab.remove_pod(&a).is_err());
+    assert_eq!(lab.pods().len(), 3);
+}
