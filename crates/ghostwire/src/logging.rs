@@ -15,7 +15,13 @@ pub struct LogArgs {
     #[arg(long, env = "GW_LOG_LEVEL", default_value = "info", global = true)]
     pub log_level: String,
     /// Log format.
-    #[arg(long, env = "GW_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "GW_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     pub log_format: LogFormat,
 }
 
@@ -24,6 +30,7 @@ pub fn init(args: &LogArgs) -> Result<(), String> {
         .map_err(|e| format!("GW_LOG_LEVEL: bad value {:?}: {e}", args.log_level))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Text => builder.init(),

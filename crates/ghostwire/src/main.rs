@@ -4,6 +4,8 @@
 //! to the capability libraries; the work lives in those crates.
 
 mod exit;
+mod init;
+mod knobs;
 #[cfg(feature = "lab")]
 mod lab;
 mod logging;
@@ -26,6 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Preview switch init container: pair Services and build the DNAT chain.
+    Init(init::InitArgs),
     /// Lab: an embedded Kubernetes API and pods as network namespaces on this machine.
     #[cfg(feature = "lab")]
     #[command(subcommand)]
@@ -47,6 +51,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Init(args) => init::run(args).await,
             #[cfg(feature = "lab")]
             Command::Lab(cmd) => lab::run(cmd).await,
         }

@@ -18,48 +18,8 @@ impl TestNs {
         self.0.run(f).expect("run in netns")
     }
 
-    /// Every rule, set, map and user chain in the namespace, from nftables and
-    /// from legacy iptables. Tables and empty built-in chains are left out: iptables-nft
-    /// creates those on first use and leaves them, empty, which changes no packet.
     fn snapshot(&self) -> String {
-        self.run(|| {
-            let out = |p: &str, a: &[&str]| {
-                let o = std::process::Command::new(p).args(a).output().unwrap();
-                String::from_utf8_lossy(&o.stdout).into_owned()
-            };
-            let json: serde_json::Value =
-                serde_json::from_str(&out("nft", &["-j", "list", "ruleset"])).unwrap();
-            let mut items: Vec<String> = json["nftables"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|i| {
-                    i.get("rule").is_some()
-                        || i.get("set").is_some()
-                        || i.get("map").is_some()
-                        || i.get("chain").is_some_and(|c| c.get("hook").is_none())
-                })
-                .map(|i| {
-                    let mut i = i.clone();
-                    for v in i.as_object_mut().unwrap().values_mut() {
-                        v.as_object_mut().unwrap().remove("handle");
-                    }
-                    i.to_string()
-                })
-                .collect();
-            for tool in ["iptables-legacy-save", "ip6tables-legacy-save"] {
-                items.extend(
-                    out(tool, &["-t", "nat"])
-                        .lines()
-                        .filter(|l| {
-                            l.starts_with("-A") || (l.starts_with(':') && !l.contains("ACCEPT"))
-                        })
-                        .map(|l| format!("{tool}: {l}")),
-                );
-            }
-            items.sort();
-            items.join("\n")
-        })
+        self.run(crate::fingerprint).expect("read rules")
     }
 }
 

@@ -10,6 +10,7 @@
 
 mod backend;
 mod exec;
+mod fingerprint;
 mod iptables;
 #[cfg(test)]
 mod kernel_tests;
@@ -18,6 +19,7 @@ mod nft;
 
 pub use backend::{Backend, BackendKind, IptablesFlavour, Observed};
 pub use exec::ExecError;
+pub use fingerprint::fingerprint;
 pub use model::{
     Action, AddrSet, Chain, DnatEntry, DnatMap, Family, Hook, Match, ModelError, Protocol, Rule,
     Table, check_name,

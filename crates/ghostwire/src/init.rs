@@ -1,0 +1,110 @@
+//! `ghostwire init`: the preview switch's init container.
+
+use crate::exit::{Code, Exit, WithCode};
+use crate::knobs::KnobArgs;
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+use switch::config::{Settings, Sources, read_defaults_file};
+use switch::init::{self as sw, Jump};
+use switch::{discover, dnat_map};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub knobs: KnobArgs,
+    /// Defaults file: KEY=VALUE lines, or a directory with one file per key (a mounted ConfigMap).
+    #[arg(long, env = "GW_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Read Services from this file (`kubectl get svc -o json` or `-o yaml`) instead of the API.
+    #[arg(long, value_name = "PATH")]
+    pub from_file: Option<PathBuf>,
+    /// Also add the jump, so routing is on without a watcher.
+    #[arg(long, conflicts_with = "cleanup")]
+    pub activate: bool,
+    /// Print the ruleset and the map; touch neither the kernel nor the file.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Remove all of the switch's rules (both families) and nothing else, then exit.
+    #[arg(long)]
+    pub cleanup: bool,
+    /// Format of the map printed on stdout.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
+}
+
+/// Resolves settings from flags, env, the defaults file and built-in defaults.
+pub fn settings(knobs: &KnobArgs, config: Option<&PathBuf>) -> Result<Settings, Exit> {
+    let file = match config {
+        Some(p) => read_defaults_file(p)
+            .with_context(|| format!("GW_CONFIG={:?}: cannot read the defaults file", p.display()))
+            .code(Code::Config)?,
+        None => Default::default(),
+    };
+    for k in file.keys() {
+        if !switch::config::KNOBS.iter().any(|n| n.env == *k) {
+            tracing::warn!(key = %k, "unknown key in the defaults file; ignored");
+        }
+    }
+    let sources = Sources {
+        cli: knobs.0.clone(),
+        file,
+        pod_namespace: std::env::var("POD_NAMESPACE").ok(),
+        resolv_conf: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    };
+    Settings::resolve(&sources).code(Code::Config)
+}
+
+pub async fn run(args: InitArgs) -> Result<(), Exit> {
+    let s = settings(&args.knobs, args.config.as_ref())?;
+    if args.cleanup {
+        let backend = sw::backend(&s).code(Code::Kernel)?;
+        sw::cleanup(&backend).code(Code::Kernel)?;
+        tracing::info!(backend = %backend, "removed all preview-switch rules");
+        return Ok(());
+    }
+    let services = match &args.from_file {
+        Some(path) => discover::services_from_file(path).code(Code::Config)?,
+        None => {
+            let client = kube_util::client().await.code(Code::Api)?;
+            discover::services_from_api(client, &s.namespace, s.api_timeout)
+                .await
+                .code(Code::Api)?
+        }
+    };
+    tracing::info!(namespace = %s.namespace, services = services.len(), "discovered Services");
+    let plan = sw::plan(&services, &s);
+    let backend = sw::backend(&s).code(Code::Kernel)?;
+    let jump = if args.activate { Jump::On } else { Jump::Keep };
+    let map = match args.output {
+        Output::Text => dnat_map::render(&plan, &s),
+        Output::Json => dnat_map::render_json(&plan, &s) + "\n",
+    };
+    if args.dry_run {
+        // Reading the current jump needs the kernel; without it, assume what --activate says.
+        let table = sw::desired(&backend, &plan, &s, jump)
+            .unwrap_or_else(|_| switch::rules::table(&plan, &s, args.activate));
+        let rules = backend.render(&table).code(Code::Config)?;
+        println!("# ruleset ({backend}, not applied)\n{rules}\n# dnat map (not written)\n{map}");
+        return Ok(());
+    }
+    let table = sw::desired(&backend, &plan, &s, jump).code(Code::Kernel)?;
+    sw::apply(&backend, &table, &plan, &s).map_err(|e| match e {
+        sw::InitError::Rules(e) => Exit {
+            code: Code::Kernel,
+            error: e.into(),
+        },
+        e @ sw::InitError::Map { .. } => Exit {
+            code: Code::Failure,
+            error: e.into(),
+        },
+    })?;
+    print!("{map}");
+    Ok(())
+}

@@ -1,0 +1,329 @@
+//! `ghostwire init` on the real kernel, in lab pods: both backends (and both
+//! iptables flavours), IPv4 and IPv6.
+
+mod common;
+
+use common::*;
+use lab_net::{Lab, Pod, Service, ServicePort};
+use std::net::SocketAddr;
+
+struct World {
+    lab: Lab,
+    orders: Service,
+    payments: Service,
+    dns: Service,
+    dir: TempDir,
+    _echo: Vec<lab_net::echo::EchoServer>,
+}
+
+impl World {
+    /// orders + orders-preview, payments (no preview), dns + dns-preview; each backend
+    /// pod answers with its Service's name on TCP 8080 and UDP 5353.
+    fn new(test: &str) -> World {
+        let mut lab = Lab::new(test).unwrap();
+        let ports = [
+            ServicePort::tcp(80, 8080).named("http"),
+            ServicePort::udp(53, 5353).named("dns"),
+        ];
+        let mut echo = Vec::new();
+        let mut svc = |lab: &mut Lab, name: &str| {
+            let pod = lab.add_pod(&format!("{name}-be")).unwrap();
+            echo.push(pod.serve_echo(name, &[8080], &[5353]).unwrap());
+            lab.add_service(name, &ports, &[&pod]).unwrap()
+        };
+        let orders = svc(&mut lab, "orders");
+        let orders_preview = svc(&mut lab, "orders-preview");
+        let payments = svc(&mut lab, "payments");
+        let dns = svc(&mut lab, "dns");
+        let dns_preview = svc(&mut lab, "dns-preview");
+        let dir = TempDir::new(test);
+        std::fs::write(
+            dir.path("services.json"),
+            services_json(&[&orders, &orders_preview, &payments, &dns, &dns_preview]),
+        )
+        .unwrap();
+        World {
+            lab,
+            orders,
+            payments,
+            dns,
+            dir,
+            _echo: echo,
+        }
+    }
+
+    fn services_file(&self) -> String {
+        self.dir.path("services.json").display().to_string()
+    }
+
+    fn init(&self, pod: &Pod, extra: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        let map = self.dir.path(&format!("{}.map", pod.name));
+        let mut args = vec!["init", "--from-file"];
+        let file = self.services_file();
+        args.push(&file);
+        let map = map.display().to_string();
+        args.extend(["--dnat-map", &map]);
+        args.extend(extra);
+        run_in(pod, &args, env)
+    }
+}
+
+fn addr(s: &Service, port: u16, v6: bool) -> SocketAddr {
+    if v6 { s.addr_v6(port) } else { s.addr_v4(port) }
+}
+
+fn foreign_rule(pod: &Pod, backend: &str) {
+    let script = match backend {
+        "nftables" => {
+            "nft add table inet theirs && nft add chain inet theirs out '{ type nat hook output priority -100; }' && nft add rule inet theirs out tcp dport 9 return"
+        }
+        "iptables-legacy" => {
+            "iptables-legacy -t nat -A OUTPUT -p tcp --dport 9 -j RETURN && ip6tables-legacy -t nat -A OUTPUT -p tcp --dport 9 -j RETURN"
+        }
+        _ => {
+            "iptables-nft -t nat -A OUTPUT -p tcp --dport 9 -j RETURN && ip6tables-nft -t nat -A OUTPUT -p tcp --dport 9 -j RETURN"
+        }
+    };
+    let out = pod.command("sh").args(["-c", script]).output().unwrap();
+    assert_ok(&out, script);
+}
+
+fn check_routing(test: &str, backend: &str, v6: bool) {
+    let mut w = World::new(test);
+    let preview = w.lab.add_pod("client-preview").unwrap();
+    let active = w.lab.add_pod("client-active").unwrap();
+    // The pods' DNS server is the dns Service, which has a preview: the default
+    // exclusions (resolv.conf nameservers) must keep it on active.
+    let dns_ip = if v6 {
+        w.dns.ipv6.to_string()
+    } else {
+        w.dns.ipv4.to_string()
+    };
+    let _r1 = PodResolv::new(&preview, &dns_ip);
+    let _r2 = PodResolv::new(&active, &dns_ip);
+    let ipv6 = if v6 { "true" } else { "false" };
+    let env = [("GW_BACKEND", backend), ("GW_IPV6", ipv6)];
+
+    foreign_rule(&preview, backend);
+    let before = fingerprint(&preview);
+
+    assert_ok(&w.init(&preview, &["--activate"], &env), "init --activate");
+    assert_ok(&w.init(&active, &[], &env), "init");
+
+    let orders = addr(&w.orders, 80, v6);
+    assert_eq!(
+        preview.tcp_request(orders).unwrap(),
+        "orders-preview",
+        "preview pod, TCP"
+    );
+    assert_eq!(
+        preview.udp_request(addr(&w.orders, 53, v6)).unwrap(),
+        "orders-preview",
+        "preview pod, UDP"
+    );
+    assert_eq!(active.tcp_request(orders).unwrap(), "orders", "active pod");
+    assert_eq!(
+        preview.tcp_request(addr(&w.payments, 80, v6)).unwrap(),
+        "payments",
+        "no preview: fallback"
+    );
+    assert_eq!(
+        preview.tcp_request(addr(&w.dns, 80, v6)).unwrap(),
+        "dns",
+        "cluster DNS is excluded"
+    );
+
+    // Running init again changes nothing.
+    let applied = fingerprint(&preview);
+    assert_ok(&w.init(&preview, &["--activate"], &env), "second init");
+    assert_eq!(
+        applied,
+        fingerprint(&preview),
+        "re-running init changed the rules"
+    );
+    // Without --activate, init keeps the jump it finds.
+    assert_ok(&w.init(&preview, &[], &env), "init without --activate");
+    assert_eq!(applied, fingerprint(&preview));
+    assert!(!before.is_empty());
+    for line in before.lines() {
+        assert!(
+            applied.lines().any(|l| l == line),
+            "foreign rule lost: {line}"
+        );
+    }
+
+    // The audit map: one line per mapping, mode 0644.
+    let map_path = w.dir.path("client-preview.map");
+    let map = std::fs::read_to_string(&map_path).unwrap();
+    let o = if v6 {
+        format!("[{}]:80", w.orders.ipv6)
+    } else {
+        format!("{}:80", w.orders.ipv4)
+    };
+    assert!(
+        map.lines().any(
+            |l| l.starts_with("tcp orders.default.svc.cluster.local port=http ") && l.contains(&o)
+        ),
+        "{map}"
+    );
+    assert!(!map.contains("payments"), "{map}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&map_path).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+
+    // Cleanup leaves the namespace exactly as it was, foreign rule included.
+    assert_ok(
+        &run_in(&preview, &["init", "--cleanup"], &env),
+        "init --cleanup",
+    );
+    assert_eq!(
+        before,
+        fingerprint(&preview),
+        "cleanup did not restore the namespace"
+    );
+    assert_eq!(preview.tcp_request(orders).unwrap(), "orders");
+}
+
+macro_rules! routing_tests {
+    ($($name:ident: $backend:literal, $v6:literal;)*) => {
+        $(#[test]
+        fn $name() {
+            check_routing(stringify!($name), $backend, $v6);
+        })*
+    };
+}
+
+routing_tests! {
+    routes_nftables_v4: "nftables", false;
+    routes_nftables_v6: "nftables", true;
+    routes_iptables_nft_v4: "iptables-nft", false;
+    routes_iptables_nft_v6: "iptables-nft", true;
+    routes_iptables_legacy_v4: "iptables-legacy", false;
+    routes_iptables_legacy_v6: "iptables-legacy", true;
+}
+
+#[test]
+fn explicit_exclusions_stay_on_active() {
+    let mut w = World::new("excl");
+    let pod = w.lab.add_pod("client").unwrap();
+    let cidr = format!("{}/32", w.orders.ipv4);
+    let out = w.init(&pod, &["--activate"], &[("GW_EXCLUDE_CIDRS", &cidr)]);
+    assert_ok(&out, "init");
+    assert_eq!(pod.tcp_request(w.orders.addr_v4(80)).unwrap(), "orders");
+    assert_ok(&run_in(&pod, &["init", "--cleanup"], &[]), "cleanup");
+}
+
+#[test]
+fn dry_run_touches_nothing_and_json_output() {
+    let mut w = World::new("dryrun");
+    let pod = w.lab.add_pod("client").unwrap();
+    let before = fingerprint(&pod);
+    let out = w.init(&pod, &["--dry-run", "--activate"], &[]);
+    assert_ok(&out, "dry run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("add rule inet ghostwire_switch output jump CANARY_DNAT"),
+        "{text}"
+    );
+    assert!(text.contains("tcp orders.default"), "{text}");
+    assert_eq!(before, fingerprint(&pod), "dry run changed rules");
+    assert!(!w.dir.path("client.map").exists(), "dry run wrote the map");
+
+    let out = w.init(
+        &pod,
+        &["--output", "json"],
+        &[("GW_BACKEND", "iptables-legacy")],
+    );
+    assert_ok(&out, "json");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mappings"].as_array().unwrap().len(), 4, "{v}");
+    assert_eq!(v["mappings"][0]["active"], "dns");
+    assert_ok(
+        &run_in(
+            &pod,
+            &["init", "--cleanup", "--backend", "iptables-legacy"],
+            &[],
+        ),
+        "cleanup",
+    );
+    assert_eq!(before, fingerprint(&pod));
+}
+
+#[test]
+fn bad_input_exits_2_and_names_the_problem() {
+    let dir = TempDir::new("badinput");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = std::process::Command::new(ghostwire());
+        c.args(args).envs(env.iter().copied());
+        c.output().unwrap()
+    };
+    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+        (
+            &["init", "--dry-run"],
+            &[("GW_JUMP_HOOK", "INPUT")],
+            "GW_JUMP_HOOK=\"INPUT\"",
+        ),
+        (
+            &["init", "--dry-run"],
+            &[("GW_EXCLUDE_CIDRS", "10.0.0.0/99")],
+            "GW_EXCLUDE_CIDRS",
+        ),
+        (
+            &["init", "--dry-run", "--poll-interval", "soon"],
+            &[],
+            "GW_POLL_INTERVAL=\"soon\"",
+        ),
+        (
+            &["init", "--dry-run"],
+            &[("GW_SVC_PREVIEW_PATTERN", "preview")],
+            "{{name}}",
+        ),
+        (
+            &["init", "--dry-run", "--config", "/nonexistent/gw.env"],
+            &[],
+            "GW_CONFIG",
+        ),
+    ];
+    for (args, env, needle) in cases {
+        let out = run(args, env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let bad = dir.path("bad.json");
+    std::fs::write(&bad, "{\"kind\": \"List\",\n \"items\": [{\"kind\": \"Service\", \"spec\": {\"ports\": [{\"port\": \"x\"}]}}]}").unwrap();
+    let out = run(
+        &["init", "--dry-run", "--from-file", bad.to_str().unwrap()],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn unreachable_api_exits_3_after_bounded_retries() {
+    let dir = TempDir::new("noapi");
+    let kubeconfig = dir.path("kubeconfig");
+    // Port 1 on loopback: nothing listens there, so every attempt is refused at once.
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:1\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: x\n  context: {cluster: c, user: u}\ncurrent-context: x\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(ghostwire())
+        .args(["init", "--dry-run", "--api-timeout", "1s"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("gave up after") && err.contains("namespace \"default\""),
+        "{err}"
+    );
+}
