@@ -10,6 +10,20 @@
 //! - node bridge [`BRIDGE`]: 10.244.0.1/24, fd00:10:244::1/64; pods from .2 / ::2 up;
 //! - ClusterIPs: 10.96.0.N and fd00:10:96::N (same N) from N = 11; N = 10 is kept for cluster
 //!   DNS ([`DNS_IPV4`], [`DNS_IPV6`]) as in a kubeadm cluster.
+//!
+//! ```no_run
+//! use lab_net::{Lab, ServicePort};
+//! # fn main() -> lab_net::Result<()> {
+//! let mut lab = Lab::new("my_test")?;
+//! let client = lab.add_pod("client")?;
+//! let web = lab.add_pod("web")?;
+//! let _echo = web.serve_echo("web", &[8080], &[8080])?;
+//! let svc = lab.add_service("web", &[ServicePort::tcp(80, 8080)], &[&web])?;
+//! assert_eq!(client.tcp_request(svc.addr_v4(80))?, "web");
+//! assert_eq!(client.http_get(svc.addr_v6(80), "/")?, "web\n");
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod client;
 pub mod echo;

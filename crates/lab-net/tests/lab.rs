@@ -75,6 +75,19 @@ fn cluster_ip_tcp_udp_http_both_families() {
     for addr in [svc.addr_v4(53), svc.addr_v6(53)] {
         assert_eq!(client.udp_request(addr).unwrap(), "web", "{addr}");
     }
+    // SCTP ports are programmed too (no SCTP echo: the ruleset must just apply).
+    let sctp = ServicePort {
+        name: Some("sctp".into()),
+        port: 3868,
+        target_port: 3868,
+        protocol: lab_net::Protocol::Sctp,
+    };
+    lab.add_service("diameter", &[sctp], &[&web, &other])
+        .unwrap();
+    assert!(
+        lab.ruleset()
+            .contains("meta l4proto sctp dnat ip to numgen")
+    );
     // A backend reaching its own service (hairpin) works too.
     assert_eq!(web.tcp_request(svc.addr_v4(80)).unwrap(), "web");
     assert_eq!(web.udp_request(svc.addr_v6(53)).unwrap(), "web");
