@@ -1,1 +1,94 @@
-//! placeholder
+//! The lab's Kubernetes API server: a small, faithful stand-in for kube-apiserver, served over
+//! HTTPS with its own CA, for `ghostwire lab`, `ghostwire demo` and every API-facing test.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), lab_api::Error> {
+//! let server = lab_api::Server::start(lab_api::Options::default()).await?;
+//! let client = server.client().await?;
+//! # let _ = client; Ok(()) }
+//! ```
+//!
+//! Where it differs from a real API server, the real one is right; what it leaves out it refuses
+//! with the status a real server would give.
+#![forbid(unsafe_code)]
+
+mod admission;
+mod api;
+mod clock;
+mod crd;
+mod discovery;
+mod http;
+mod openapi;
+mod patch;
+mod persist;
+mod pki;
+mod resources;
+mod selectors;
+mod server;
+mod status;
+mod store;
+mod table;
+mod typed;
+mod validation;
+mod watch;
+
+pub use server::RunningServer;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How to run a server.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where to listen; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Keep state (objects and PKI) here across restarts; in memory when `None`.
+    pub data_dir: Option<PathBuf>,
+    /// Where to write the admin kubeconfig; a private temp dir (removed on drop) when `None`.
+    pub kubeconfig: Option<PathBuf>,
+    /// How often watches that allow bookmarks get one.
+    pub bookmark_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: None,
+            kubeconfig: None,
+            bookmark_interval: Duration::from_secs(15),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error("data dir: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("building a client: {0}")]
+    Client(String),
+}
+
+/// Entry point: `Server::start(options)`.
+pub struct Server;
+
+impl Server {
+    pub async fn start(opts: Options) -> Result<RunningServer, Error> {
+        RunningServer::start(opts).await
+    }
+}

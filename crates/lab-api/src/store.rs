@@ -1,0 +1,293 @@
+//! Object storage: JSON objects keyed by group/resource/namespace/name, one global increasing
+//! resourceVersion, a bounded event history for watches (older versions answer 410 Gone), and
+//! optional persistence through [`crate::persist`].
+
+use crate::persist::{Persist, Record};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+
+/// Where an object lives. The version is not part of it: all versions of a resource share storage.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Key {
+    pub group: String,
+    pub resource: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+/// One change, as watches see it. `prev` lets a filtered watch turn a change that moves an object
+/// in or out of its selector into ADDED or DELETED, as the real server does.
+#[derive(Debug)]
+pub struct Event {
+    pub rv: u64,
+    pub kind: EventType,
+    pub key: Key,
+    pub object: Arc<Value>,
+    pub prev: Option<Arc<Value>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object already exists")]
+    Exists,
+    #[error("object not found")]
+    NotFound,
+    #[error("resourceVersion conflict")]
+    Conflict,
+    #[error("too old resource version: {requested} ({oldest})")]
+    Gone { requested: u64, oldest: u64 },
+    #[error("storage write failed: {0}")]
+    Persist(#[from] crate::persist::PersistError),
+}
+
+/// Events to replay and a receiver for the ones after them.
+pub type Subscription = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
+
+/// How many events a watch can resume from before it must relist.
+const HISTORY: usize = 20_000;
+
+struct Inner {
+    objects: BTreeMap<Key, Arc<Value>>,
+    rv: u64,
+    history: VecDeque<Arc<Event>>,
+    /// Watches must start at or after this version; older ones get 410.
+    horizon: u64,
+    persist: Option<Persist>,
+}
+
+pub struct Store {
+    inner: Mutex<Inner>,
+    events: broadcast::Sender<Arc<Event>>,
+}
+
+pub fn object_rv(obj: &Value) -> Option<u64> {
+    obj.pointer("/metadata/resourceVersion")?
+        .as_str()?
+        .parse()
+        .ok()
+}
+
+fn with_rv(mut obj: Value, rv: u64) -> Value {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
+    }
+    obj
+}
+
+impl Store {
+    /// An in-memory store, or one loaded from and written to `data_dir`.
+    pub fn open(data_dir: Option<&Path>) -> Result<Self, StoreError> {
+        let mut objects = BTreeMap::new();
+        let mut rv = 1;
+        let persist = match data_dir {
+            Some(dir) => {
+                let (p, loaded, last_rv) = Persist::open(dir)?;
+                for (k, v) in loaded {
+                    objects.insert(k, Arc::new(v));
+                }
+                rv = rv.max(last_rv);
+                Some(p)
+            }
+            None => None,
+        };
+        let (events, _) = broadcast::channel(4096);
+        Ok(Store {
+            inner: Mutex::new(Inner {
+                objects,
+                rv,
+                history: VecDeque::new(),
+                horizon: rv,
+                persist,
+            }),
+            events,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("store lock poisoned")
+    }
+
+    pub fn current_rv(&self) -> u64 {
+        self.lock().rv
+    }
+
+    pub fn get(&self, key: &Key) -> Option<Arc<Value>> {
+        self.lock().objects.get(key).cloned()
+    }
+
+    /// All objects of a resource (in one namespace, or all), in key order, and the list's version.
+    pub fn list(
+        &self,
+        group: &str,
+        resource: &str,
+        namespace: Option<&str>,
+    ) -> (Vec<Arc<Value>>, u64) {
+        let (items, rv, _) = self.list_and_watch(group, resource, namespace);
+        (items, rv)
+    }
+
+    pub fn create(&self, key: &Key, obj: Value) -> Result<Arc<Value>, StoreError> {
+        let mut inner = self.lock();
+        if inner.objects.contains_key(key) {
+            return Err(StoreError::Exists);
+        }
+        self.commit(&mut inner, key, Some(obj), None, EventType::Added)
+    }
+
+    /// Replaces an object; with `expect`, only if it is still at that resourceVersion.
+    pub fn update(
+        &self,
+        key: &Key,
+        expect: Option<u64>,
+        obj: Value,
+    ) -> Result<Arc<Value>, StoreError> {
+        let mut inner = self.lock();
+        let prev = inner
+            .objects
+            .get(key)
+            .cloned()
+            .ok_or(StoreError::NotFound)?;
+        if expect.is_some_and(|e| Some(e) != object_rv(&prev)) {
+            return Err(StoreError::Conflict);
+        }
+        self.commit(&mut inner, key, Some(obj), Some(prev), EventType::Modified)
+    }
+
+    /// Removes an object; returns it stamped with the deletion's resourceVersion.
+    pub fn delete(&self, key: &Key, expect: Option<u64>) -> Result<Arc<Value>, StoreError> {
+        let mut inner = self.lock();
+        let prev = inner
+            .objects
+            .get(key)
+            .cloned()
+            .ok_or(StoreError::NotFound)?;
+        if expect.is_some_and(|e| Some(e) != object_rv(&prev)) {
+            return Err(StoreError::Conflict);
+        }
+        self.commit(&mut inner, key, None, Some(prev), EventType::Deleted)
+    }
+
+    fn commit(
+        &self,
+        inner: &mut Inner,
+        key: &Key,
+        obj: Option<Value>,
+        prev: Option<Arc<Value>>,
+        kind: EventType,
+    ) -> Result<Arc<Value>, StoreError> {
+        let rv = inner.rv + 1;
+        let stored = obj.map(|o| Arc::new(with_rv(o, rv)));
+        if let Some(p) = inner.persist.as_mut() {
+            p.append(&Record {
+                rv,
+                key: key.clone(),
+                object: stored.as_deref().cloned(),
+            })?;
+        }
+        inner.rv = rv;
+        let object = match &stored {
+            Some(o) => {
+                inner.objects.insert(key.clone(), o.clone());
+                o.clone()
+            }
+            None => {
+                inner.objects.remove(key);
+                Arc::new(with_rv(prev.as_deref().cloned().unwrap_or(Value::Null), rv))
+            }
+        };
+        let event = Arc::new(Event {
+            rv,
+            kind,
+            key: key.clone(),
+            object: object.clone(),
+            prev,
+        });
+        if inner.history.len() >= HISTORY
+            && let Some(old) = inner.history.pop_front()
+        {
+            inner.horizon = old.rv;
+        }
+        inner.history.push_back(event.clone());
+        if inner
+            .persist
+            .as_ref()
+            .is_some_and(Persist::wants_compaction)
+        {
+            let snapshot: Vec<(Key, Value)> = inner
+                .objects
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_ref().clone()))
+                .collect();
+            if let Some(p) = inner.persist.as_mut() {
+                p.compact(rv, &snapshot)?;
+            }
+        }
+        // No receivers is normal: nobody watches.
+        let _ = self.events.send(event);
+        Ok(object)
+    }
+
+    /// The events after `since` (which must not be older than the history) and a receiver for
+    /// later ones, taken together so that nothing falls between them.
+    pub fn watch(&self, since: Option<u64>) -> Result<Subscription, StoreError> {
+        let inner = self.lock();
+        let rx = self.events.subscribe();
+        let backlog = match since {
+            None => Vec::new(),
+            Some(r) if r < inner.horizon => {
+                return Err(StoreError::Gone {
+                    requested: r,
+                    oldest: inner.horizon,
+                });
+            }
+            Some(r) => inner.history.iter().filter(|e| e.rv > r).cloned().collect(),
+        };
+        Ok((backlog, rx))
+    }
+
+    /// A list and a receiver for the changes after it, taken together.
+    pub fn list_and_watch(
+        &self,
+        group: &str,
+        resource: &str,
+        namespace: Option<&str>,
+    ) -> (Vec<Arc<Value>>, u64, broadcast::Receiver<Arc<Event>>) {
+        let inner = self.lock();
+        let rx = self.events.subscribe();
+        let start = Key {
+            group: group.into(),
+            resource: resource.into(),
+            namespace: namespace.unwrap_or("").into(),
+            name: String::new(),
+        };
+        let items = inner
+            .objects
+            .range(start..)
+            .take_while(|(k, _)| {
+                k.group == group
+                    && k.resource == resource
+                    && namespace.is_none_or(|ns| k.namespace == ns)
+            })
+            .map(|(_, v)| v.clone())
+            .collect();
+        (items, inner.rv, rx)
+    }
+
+    /// Forgets the watch history, as etcd compaction does: watches from older versions get 410.
+    pub fn compact(&self) {
+        let mut inner = self.lock();
+        inner.history.clear();
+        inner.horizon = inner.rv;
+    }
+}

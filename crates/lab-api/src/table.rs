@@ -1,0 +1,166 @@
+//! Server-side printing: `meta.k8s.io/v1` Tables, which `kubectl get` asks for, with the columns
+//! the real server shows for the common types.
+
+use crate::clock;
+use crate::resources::ResourceType;
+use serde_json::{Value, json};
+
+/// Whether the Accept header asks for a Table.
+pub fn wanted(accept: &str) -> bool {
+    accept
+        .split(',')
+        .next()
+        .is_some_and(|first| first.contains("as=Table"))
+}
+
+fn columns(rt: &ResourceType) -> Vec<(&'static str, &'static str, i32)> {
+    let mut c = vec![("Name", "string", 0)];
+    match rt.resource.as_str() {
+        "pods" if rt.crd.is_none() => c.extend([
+            ("Ready", "string", 0),
+            ("Status", "string", 0),
+            ("Restarts", "string", 0),
+        ]),
+        "services" if rt.crd.is_none() => c.extend([
+            ("Type", "string", 0),
+            ("Cluster-IP", "string", 0),
+            ("External-IP", "string", 0),
+            ("Port(s)", "string", 0),
+        ]),
+        "deployments" => c.extend([
+            ("Ready", "string", 0),
+            ("Up-to-date", "string", 0),
+            ("Available", "string", 0),
+        ]),
+        "namespaces" => c.push(("Status", "string", 0)),
+        "configmaps" => c.push(("Data", "integer", 0)),
+        "secrets" => c.extend([("Type", "string", 0), ("Data", "integer", 0)]),
+        _ => {}
+    }
+    c.push(("Age", "string", 0));
+    if rt.resource == "pods" && rt.crd.is_none() {
+        c.extend([("IP", "string", 1), ("Node", "string", 1)]);
+    }
+    c
+}
+
+fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
+    let s = |p: &str| {
+        o.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or("<none>")
+            .to_string()
+    };
+    let mut c = vec![json!(o["metadata"]["name"])];
+    match rt.resource.as_str() {
+        "pods" if rt.crd.is_none() => {
+            let total = o["spec"]["containers"].as_array().map_or(0, Vec::len);
+            let statuses = o["status"]["containerStatuses"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let ready = statuses
+                .iter()
+                .filter(|c| c["ready"] == json!(true))
+                .count();
+            let restarts: i64 = statuses
+                .iter()
+                .filter_map(|c| c["restartCount"].as_i64())
+                .sum();
+            let status = if o["metadata"]["deletionTimestamp"].is_string() {
+                "Terminating".into()
+            } else {
+                s("/status/phase")
+            };
+            c.extend([
+                json!(format!("{ready}/{total}")),
+                json!(status),
+                json!(restarts.to_string()),
+            ]);
+        }
+        "services" if rt.crd.is_none() => {
+            let ports: Vec<String> = o["spec"]["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| match p["nodePort"].as_i64() {
+                    Some(n) => format!(
+                        "{}:{n}/{}",
+                        p["port"],
+                        p["protocol"].as_str().unwrap_or("TCP")
+                    ),
+                    None => format!("{}/{}", p["port"], p["protocol"].as_str().unwrap_or("TCP")),
+                })
+                .collect();
+            let ext = o["spec"]["externalName"].as_str().unwrap_or("<none>");
+            let ports = if ports.is_empty() {
+                "<none>".to_string()
+            } else {
+                ports.join(",")
+            };
+            c.extend([
+                json!(s("/spec/type")),
+                json!(s("/spec/clusterIP")),
+                json!(ext),
+                json!(ports),
+            ]);
+        }
+        "deployments" => {
+            let n = |p: &str| o.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+            c.extend([
+                json!(format!(
+                    "{}/{}",
+                    n("/status/readyReplicas"),
+                    n("/spec/replicas")
+                )),
+                json!(n("/status/updatedReplicas")),
+                json!(n("/status/availableReplicas")),
+            ]);
+        }
+        "namespaces" => c.push(json!(s("/status/phase"))),
+        "configmaps" => {
+            let n = o["data"].as_object().map_or(0, |m| m.len())
+                + o["binaryData"].as_object().map_or(0, |m| m.len());
+            c.push(json!(n));
+        }
+        "secrets" => c.extend([
+            json!(s("/type")),
+            json!(o["data"].as_object().map_or(0, |m| m.len())),
+        ]),
+        _ => {}
+    }
+    c.push(json!(clock::age(
+        o["metadata"]["creationTimestamp"]
+            .as_str()
+            .unwrap_or_default()
+    )));
+    if rt.resource == "pods" && rt.crd.is_none() {
+        c.extend([json!(s("/status/podIP")), json!(s("/spec/nodeName"))]);
+    }
+    c
+}
+
+/// A Table of `items`; each row carries the object's metadata (`includeObject=Metadata`).
+pub fn render(
+    rt: &ResourceType,
+    items: &[&Value],
+    list_meta: Value,
+    include_object: &str,
+) -> Value {
+    let defs: Vec<Value> = columns(rt)
+        .into_iter()
+        .map(|(name, ty, priority)| json!({"name": name, "type": ty, "format": if name == "Name" { "name" } else { "" }, "description": "", "priority": priority}))
+        .collect();
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|o| {
+            let object = match include_object {
+                "None" => Value::Null,
+                "Object" => (*o).clone(),
+                _ => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}),
+            };
+            json!({"cells": cells(rt, o), "object": object})
+        })
+        .collect();
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta, "columnDefinitions": defs, "rows": rows})
+}

@@ -1,0 +1,315 @@
+//! The real kube-rs client against the lab API: CRUD, selectors, patches, status codes, watches.
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use lab_api::{Options, Server};
+use serde_json::json;
+
+fn service(name: &str, labels: serde_json::Value) -> Service {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]}
+    }))
+    .unwrap()
+}
+
+fn api_code(e: kube::Error) -> u16 {
+    match e {
+        kube::Error::Api(s) => s.code,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn namespaces_exist_and_services_get_cluster_ips() {
+    let server = Server::start(Options::default()).await.unwrap();
+    let client = server.client().await.unwrap();
+    let ns: Api<Namespace> = Api::all(client.clone());
+    let names: Vec<String> = ns
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    for want in ["default", "kube-system", "kube-public"] {
+        assert!(names.contains(&want.to_string()), "{names:?}");
+    }
+
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let a = svcs
+        .create(
+            &PostParams::default(),
+            &service("a", json!({"tier": "web"})),
+        )
+        .await
+        .unwrap();
+    let b = svcs
+        .create(&PostParams::default(), &service("b", json!({"tier": "db"})))
+        .await
+        .unwrap();
+    let ip_a = a.spec.as_ref().unwrap().cluster_ip.clone().unwrap();
+    let ip_b = b.spec.as_ref().unwrap().cluster_ip.clone().unwrap();
+    assert!(ip_a.starts_with("10.9") && ip_a != ip_b, "{ip_a} {ip_b}");
+    assert_eq!(
+        a.spec.as_ref().unwrap().ip_families.as_deref(),
+        Some(&["IPv4".to_string()][..])
+    );
+
+    assert_eq!(
+        api_code(
+            svcs.create(&PostParams::default(), &service("a", json!({})))
+                .await
+                .unwrap_err()
+        ),
+        409
+    );
+    assert_eq!(api_code(svcs.get("missing").await.unwrap_err()), 404);
+
+    let web = svcs
+        .list(&ListParams::default().labels("tier in (web, x)"))
+        .await
+        .unwrap();
+    assert_eq!(web.items.len(), 1);
+    let not_web = svcs
+        .list(&ListParams::default().labels("tier!=web,tier"))
+        .await
+        .unwrap();
+    assert_eq!(not_web.items[0].metadata.name.as_deref(), Some("b"));
+    let by_name = svcs
+        .list(&ListParams::default().fields("metadata.name=b"))
+        .await
+        .unwrap();
+    assert_eq!(by_name.items.len(), 1);
+
+    let patched = svcs
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"tier": "edge"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.metadata.labels.unwrap()["tier"], "edge");
+    assert!(patched.metadata.resource_version > a.metadata.resource_version);
+
+    // A stale resourceVersion is a conflict.
+    let mut stale = a.clone();
+    stale.metadata.labels = Some([("x".to_string(), "y".to_string())].into());
+    assert_eq!(
+        api_code(
+            svcs.replace("a", &PostParams::default(), &stale)
+                .await
+                .unwrap_err()
+        ),
+        409
+    );
+
+    // A bad spec is 422 naming the field.
+    let mut bad = service("c", json!({}));
+    bad.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 0;
+    match svcs.create(&PostParams::default(), &bad).await.unwrap_err() {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 422);
+            assert!(s.message.contains("spec.ports[0].port"), "{}", s.message);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    svcs.delete("a", &DeleteParams::default()).await.unwrap();
+    assert_eq!(api_code(svcs.get("a").await.unwrap_err()), 404);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn dual_stack_services_and_taken_ips() {
+    let server = Server::start(Options::default()).await.unwrap();
+    let svcs: Api<Service> = Api::namespaced(server.client().await.unwrap(), "default");
+    let mut s = service("dual", json!({}));
+    s.spec.as_mut().unwrap().ip_family_policy = Some("RequireDualStack".into());
+    s.spec.as_mut().unwrap().ip_families = Some(vec!["IPv6".into(), "IPv4".into()]);
+    let got = svcs.create(&PostParams::default(), &s).await.unwrap();
+    let spec = got.spec.unwrap();
+    let ips = spec.cluster_ips.unwrap();
+    assert_eq!(ips.len(), 2);
+    assert!(ips[0].contains(':') && !ips[1].contains(':'), "{ips:?}");
+    assert_eq!(spec.ip_families.unwrap(), vec!["IPv6", "IPv4"]);
+
+    let mut taken = service("taken", json!({}));
+    taken.spec.as_mut().unwrap().cluster_ip = Some(ips[1].clone());
+    match svcs
+        .create(&PostParams::default(), &taken)
+        .await
+        .unwrap_err()
+    {
+        kube::Error::Api(s) => assert!(
+            s.code == 422 && s.message.contains("already allocated"),
+            "{s:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let mut single = service("single", json!({}));
+    single.spec.as_mut().unwrap().ip_families = Some(vec!["IPv4".into(), "IPv6".into()]);
+    single.spec.as_mut().unwrap().ip_family_policy = Some("SingleStack".into());
+    match svcs
+        .create(&PostParams::default(), &single)
+        .await
+        .unwrap_err()
+    {
+        kube::Error::Api(s) => assert!(
+            s.code == 422 && s.message.contains("spec.ipFamilyPolicy"),
+            "{s:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn pods_status_subresource_and_generate_name() {
+    let server = Server::start(Options::default()).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(server.client().await.unwrap(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"generateName": "web-"},
+        "spec": {"containers": [{"name": "c", "image": "nginx:1.27"}]}
+    }))
+    .unwrap();
+    let created = pods.create(&PostParams::default(), &pod).await.unwrap();
+    let name = created.metadata.name.clone().unwrap();
+    assert!(name.starts_with("web-") && name.len() == 9, "{name}");
+    assert_eq!(
+        created.status.as_ref().unwrap().phase.as_deref(),
+        Some("Pending")
+    );
+
+    let st = pods
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Running", "podIP": "10.244.0.5"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st.status.unwrap().pod_ip.as_deref(), Some("10.244.0.5"));
+    // The main resource ignores status changes.
+    let again = pods
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Failed"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.status.unwrap().phase.as_deref(), Some("Running"));
+
+    let dry = pods
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &pod,
+        )
+        .await
+        .unwrap();
+    assert!(dry.metadata.name.is_some());
+    assert_eq!(
+        pods.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
+
+    // Strategic merge keeps other containers.
+    let two = pods
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Strategic(
+                json!({"spec": {"containers": [{"name": "c", "image": "nginx:1.28"}]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        two.spec.unwrap().containers[0].image.as_deref(),
+        Some("nginx:1.28")
+    );
+}
+
+#[tokio::test]
+async fn list_pages_with_limit_and_continue() {
+    let server = Server::start(Options::default()).await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(server.client().await.unwrap(), "default");
+    for i in 0..7 {
+        let cm: ConfigMap = serde_json::from_value(
+            json!({"metadata": {"name": format!("cm-{i}")}, "data": {"i": i.to_string()}}),
+        )
+        .unwrap();
+        cms.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut lp = ListParams::default().limit(3);
+    loop {
+        let page = cms.list(&lp).await.unwrap();
+        seen.extend(
+            page.items
+                .into_iter()
+                .filter_map(|c| c.metadata.name)
+                .filter(|n| n.starts_with("cm-")),
+        );
+        match page.metadata.continue_ {
+            Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
+            _ => break,
+        }
+    }
+    assert_eq!(seen.len(), 7);
+}
+
+#[tokio::test]
+async fn watcher_sees_changes_and_survives_410() {
+    let server = Server::start(Options::default()).await.unwrap();
+    let client = server.client().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let mut events = watcher(cms.clone(), watcher::Config::default().labels("app=w")).boxed();
+
+    // Initial list completes.
+    loop {
+        if let watcher::Event::InitDone = events.try_next().await.unwrap().unwrap() {
+            break;
+        }
+    }
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "w1", "labels": {"app": "w"}}}))
+            .unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    match events.try_next().await.unwrap().unwrap() {
+        watcher::Event::Apply(o) => assert_eq!(o.metadata.name.as_deref(), Some("w1")),
+        other => panic!("{other:?}"),
+    }
+    cms.delete("w1", &DeleteParams::default()).await.unwrap();
+    match events.try_next().await.unwrap().unwrap() {
+        watcher::Event::Delete(o) => assert_eq!(o.metadata.name.as_deref(), Some("w1")),
+        other => panic!("{other:?}"),
+    }
+    let _ = events;
+
+    // A watch from a compacted version is told 410 Gone.
+    let old = server.resource_version();
+    let cm2: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "w2", "labels": {"app": "w"}}}))
+            .unwrap();
+    cms.create(&PostParams::default(), &cm2).await.unwrap();
+    server.compact();
+    let mut raw = cms
+        .watch(&kube::api::WatchParams::default(), &old.to_string())
+        .await
+        .unwrap()
+        .boxed();
+    match raw.try_next().await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 410),
+        Ok(Some(kube::api::WatchEvent::Error(s))) => assert_eq!(s.code, 410),
+        other => panic!("expected 410, got {other:?}"),
+    }
+}
