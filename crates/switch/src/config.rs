@@ -16,48 +16,58 @@ pub struct Knob {
     pub flag: &'static str,
     pub default: &'static str,
     pub help: &'static str,
+    /// The `ghostwire.dev/*` workload annotation the injector maps to this env, if any.
+    pub annotation: Option<&'static str>,
 }
 
 macro_rules! knobs {
-    ($($id:ident = $env:literal, $flag:literal, $default:literal, $help:literal;)*) => {
+    ($($id:ident = $env:literal, $flag:literal, $default:literal, $help:literal $(, @$ann:literal)?;)*) => {
         $(pub const $id: &str = $env;)*
-        pub const KNOBS: &[Knob] = &[$(Knob { env: $env, flag: $flag, default: $default, help: $help }),*];
+        pub const KNOBS: &[Knob] = &[$(Knob {
+            env: $env,
+            flag: $flag,
+            default: $default,
+            help: $help,
+            annotation: knobs!(@ann $($ann)?),
+        }),*];
     };
+    (@ann) => { None };
+    (@ann $a:literal) => { Some(concat!("ghostwire.dev/", $a)) };
 }
 
 knobs! {
     NAMESPACE = "GW_NAMESPACE", "namespace", "",
-        "Namespace whose Services are paired. Empty: POD_NAMESPACE, else `default`.";
+        "Namespace whose Services are paired. Empty: POD_NAMESPACE, else `default`.", @"namespace";
     ROLE_LABEL_KEY = "GW_ROLE_LABEL_KEY", "role-label-key", "role",
-        "Pod label that says whether this pod is active or preview.";
+        "Pod label that says whether this pod is active or preview.", @"roleLabelKey";
     ROLE_ACTIVE = "GW_ROLE_ACTIVE", "role-active", "active",
-        "Label value meaning active: the jump is off.";
+        "Label value meaning active: the jump is off.", @"roleActive";
     ROLE_PREVIEW = "GW_ROLE_PREVIEW", "role-preview", "preview",
-        "Label value meaning preview: the jump is on.";
+        "Label value meaning preview: the jump is on.", @"rolePreview";
     SVC_PREVIEW_PATTERN = "GW_SVC_PREVIEW_PATTERN", "svc-preview-pattern", "{{name}}-preview",
-        "Name of the preview Service of Service `name`; must contain `{{name}}`.";
+        "Name of the preview Service of Service `name`; must contain `{{name}}`.", @"svcPreviewPattern";
     ACTIVE_SUFFIX = "GW_ACTIVE_SUFFIX", "active-suffix", "-active",
-        "A Service `X<active-suffix>` pairs with `X<preview-suffix>`. Empty: off.";
+        "A Service `X<active-suffix>` pairs with `X<preview-suffix>`. Empty: off.", @"activeSuffix";
     PREVIEW_SUFFIX = "GW_PREVIEW_SUFFIX", "preview-suffix", "-preview",
-        "Suffix paired with the active suffix.";
+        "Suffix paired with the active suffix.", @"previewSuffix";
     DNS_SUFFIX = "GW_DNS_SUFFIX", "dns-suffix", ".svc.cluster.local",
-        "Cluster DNS suffix, used for the names in the DNAT map.";
+        "Cluster DNS suffix, used for the names in the DNAT map.", @"dnsSuffix";
     NAT_CHAIN = "GW_NAT_CHAIN", "nat-chain", "CANARY_DNAT",
-        "Name of the DNAT chain (letters, digits, `_`, `-`; at most 28).";
+        "Name of the DNAT chain (letters, digits, `_`, `-`; at most 28).", @"natChain";
     DNAT_MAP = "GW_IPTABLES_DNAT_MAP", "dnat-map", "/shared/dnat.map",
         "Where init writes the audit map of its mappings. Empty: do not write it.";
     JUMP_HOOK = "GW_JUMP_HOOK", "jump-hook", "OUTPUT",
-        "Where the jump to the chain goes: OUTPUT (the pod's own traffic) or PREROUTING.";
+        "Where the jump to the chain goes: OUTPUT (the pod's own traffic) or PREROUTING.", @"jumpHook";
     EXCLUDE_CIDRS = "GW_EXCLUDE_CIDRS", "exclude-cidrs", "auto",
-        "Comma-separated CIDRs never rewritten. `auto`: the IMDS addresses and the nameservers of /etc/resolv.conf.";
+        "Comma-separated CIDRs never rewritten. `auto`: the IMDS addresses and the nameservers of /etc/resolv.conf.", @"excludeCidrs";
     POLL_INTERVAL = "GW_POLL_INTERVAL", "poll-interval", "2s",
-        "Watcher: how often to read the Pod while no watch can be held.";
+        "Watcher: how often to read the Pod while no watch can be held.", @"pollInterval";
     REFRESH_INTERVAL = "GW_REFRESH_INTERVAL", "refresh-interval", "",
-        "Watcher: rebuild the DNAT mappings from the Services this often. Empty: never.";
+        "Watcher: rebuild the DNAT mappings from the Services this often. Empty: never.", @"refreshInterval";
     IPV6 = "GW_IPV6", "ipv6", "false",
-        "Also map the IPv6 ClusterIPs of dual-stack Services.";
+        "Also map the IPv6 ClusterIPs of dual-stack Services.", @"ipv6";
     BACKEND = "GW_BACKEND", "backend", "auto",
-        "Rule backend: auto, nftables, iptables, iptables-nft or iptables-legacy.";
+        "Rule backend: auto, nftables, iptables, iptables-nft or iptables-legacy.", @"backend";
     API_TIMEOUT = "GW_API_TIMEOUT", "api-timeout", "30s",
         "How long to keep retrying an unreachable Kubernetes API before giving up.";
 }
@@ -373,15 +383,18 @@ impl Settings {
 
 /// Renders the knob table as Markdown (docs/configuration.md is checked against it).
 pub fn knobs_markdown() -> String {
-    let mut s = String::from("| env | flag | default | what it does |\n|---|---|---|---|\n");
+    let mut s = String::from(
+        "| env | flag | workload annotation | default | what it does |\n|---|---|---|---|---|\n",
+    );
     for k in KNOBS {
         let default = if k.default.is_empty() {
             "(empty)"
         } else {
             k.default
         };
+        let ann = k.annotation.map_or("-".to_string(), |a| format!("`{a}`"));
         s.push_str(&format!(
-            "| `{}` | `--{}` | `{}` | {} |\n",
+            "| `{}` | `--{}` | {ann} | `{}` | {} |\n",
             k.env, k.flag, default, k.help
         ));
     }
@@ -521,5 +534,30 @@ mod tests {
         let e = read_defaults_file(&dir.join("bad")).unwrap_err();
         assert!(e.to_string().contains("line 1"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod docs_tests {
+    /// docs/configuration.md carries the knob table verbatim between markers;
+    /// `GW_UPDATE_DOCS=1 cargo test -p switch docs` rewrites it.
+    #[test]
+    fn docs_table_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md");
+        let doc = std::fs::read_to_string(path).expect("docs/configuration.md exists");
+        let (begin, end) = ("<!-- knobs:begin -->\n", "<!-- knobs:end -->");
+        let start = doc.find(begin).expect("begin marker") + begin.len();
+        let stop = doc.find(end).expect("end marker");
+        let table = super::knobs_markdown();
+        if std::env::var("GW_UPDATE_DOCS").is_ok() {
+            let new = format!("{}{table}{}", &doc[..start], &doc[stop..]);
+            std::fs::write(path, new).unwrap();
+            return;
+        }
+        assert_eq!(
+            &doc[start..stop],
+            table,
+            "run GW_UPDATE_DOCS=1 cargo test -p switch docs"
+        );
     }
 }
