@@ -455,7 +455,9 @@ impl Lab {
         let netns = match setup() {
             Ok(netns) => netns,
             Err(e) => {
-                // Deleting the namespace also deletes the veth pair.
+                // Best effort: the veth pair may not exist; deleting it is synchronous, unlike
+                // the namespace teardown, so a retry can reuse the name `vpN`.
+                let _ = ip_batch(self.node.name(), &format!("link del vp{host}\n"));
                 let _ = delete_namespaces(std::slice::from_ref(&ns_name));
                 self.registry.forget(&ns_name);
                 return Err(e);
