@@ -30,7 +30,10 @@ pub struct Exit {
 
 impl<E: Into<anyhow::Error>> From<E> for Exit {
     fn from(e: E) -> Self {
-        Exit { code: Code::Failure, error: e.into() }
+        Exit {
+            code: Code::Failure,
+            error: e.into(),
+        }
     }
 }
 
@@ -40,7 +43,10 @@ pub trait WithCode<T> {
 
 impl<T, E: Into<anyhow::Error>> WithCode<T> for Result<T, E> {
     fn code(self, code: Code) -> Result<T, Exit> {
-        self.map_err(|e| Exit { code, error: e.into() })
+        self.map_err(|e| Exit {
+            code,
+            error: e.into(),
+        })
     }
 }
 
