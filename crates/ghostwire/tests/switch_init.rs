@@ -39,7 +39,10 @@ impl World {
         let dir = TempDir::new(test);
         std::fs::write(
             dir.path("services.json"),
-            services_json(&[&orders, &orders_preview, &payments, &dns, &dns_preview]),
+            lab_net::kube_json::service_list(
+                &[&orders, &orders_preview, &payments, &dns, &dns_preview],
+                "default",
+            ),
         )
         .unwrap();
         World {

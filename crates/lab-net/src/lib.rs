@@ -27,6 +27,7 @@
 
 pub mod client;
 pub mod echo;
+pub mod kube_json;
 pub mod nft;
 
 use std::collections::BTreeSet;

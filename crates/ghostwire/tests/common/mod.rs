@@ -2,7 +2,7 @@
 //! `ghostwire` binary inside lab pods on the real kernel.
 #![allow(dead_code)]
 
-use lab_net::{Pod, Protocol, Service};
+use lab_net::Pod;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -55,41 +55,6 @@ impl Drop for PodResolv {
         // Remove /etc/netns too if we were the last to use it, as the host had it.
         let _ = std::fs::remove_dir(Path::new("/etc/netns"));
     }
-}
-
-/// The Services as `kubectl get svc -o json` prints a List of them.
-pub fn services_json(services: &[&Service]) -> String {
-    let items: Vec<serde_json::Value> = services
-        .iter()
-        .map(|s| {
-            let ports: Vec<serde_json::Value> = s
-                .ports
-                .iter()
-                .map(|p| {
-                    serde_json::json!({
-                        "name": p.name,
-                        "port": p.port,
-                        "targetPort": p.target_port,
-                        "protocol": match p.protocol { Protocol::Tcp => "TCP", Protocol::Udp => "UDP", Protocol::Sctp => "SCTP" },
-                    })
-                })
-                .collect();
-            serde_json::json!({
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": s.name, "namespace": "default"},
-                "spec": {
-                    "type": "ClusterIP",
-                    "clusterIP": s.ipv4.to_string(),
-                    "clusterIPs": [s.ipv4.to_string(), s.ipv6.to_string()],
-                    "ipFamilies": ["IPv4", "IPv6"],
-                    "ipFamilyPolicy": "PreferDualStack",
-                    "ports": ports,
-                }
-            })
-        })
-        .collect();
-    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
 }
 
 /// Runs `ghostwire ARGS` inside the pod with only the given GW_* environment.
