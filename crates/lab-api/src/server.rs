@@ -27,6 +27,8 @@ pub struct State {
     tokens: Mutex<HashMap<String, String>>,
     pub bookmark_interval: Duration,
     pub shutdown: watch::Receiver<bool>,
+    /// Bumped to end every open watch (clients resume from their last version).
+    pub watch_reset: watch::Sender<u64>,
     pub pki: Pki,
 }
 
@@ -213,6 +215,7 @@ impl RunningServer {
             tokens: Mutex::new(tokens),
             bookmark_interval: opts.bookmark_interval,
             shutdown,
+            watch_reset: watch::Sender::new(0),
             pki,
         });
         bootstrap(&state);
@@ -293,10 +296,12 @@ impl RunningServer {
         self.state.store.current_rv()
     }
 
-    /// Forgets the watch history, as etcd compaction does: watches resuming from an older
-    /// resourceVersion get 410 Gone and must relist.
+    /// Compacts the watch history and ends every open watch, as an etcd compaction followed by
+    /// an API server restart does: clients resuming from any version seen so far get 410 Gone
+    /// and must relist.
     pub fn compact(&self) {
         self.state.store.compact();
+        self.state.watch_reset.send_modify(|n| *n += 1);
     }
 
     /// Stops accepting, ends open connections and watches, and waits until the port is free.

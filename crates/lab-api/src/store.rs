@@ -284,10 +284,11 @@ impl Store {
         (items, inner.rv, rx)
     }
 
-    /// Forgets the watch history, as etcd compaction does: watches from older versions get 410.
+    /// Forgets the watch history up to and including the current version, as etcd compaction
+    /// does: watches resuming from any version seen so far get 410.
     pub fn compact(&self) {
         let mut inner = self.lock();
         inner.history.clear();
-        inner.horizon = inner.rv;
+        inner.horizon = inner.rv + 1;
     }
 }

@@ -172,6 +172,7 @@ pub fn serve(
     };
     let interval = state.bookmark_interval;
     let mut shutdown = state.shutdown.clone();
+    let mut reset = state.watch_reset.subscribe();
     tokio::spawn(async move {
         for line in first {
             if tx.send(line).await.is_err() {
@@ -203,6 +204,7 @@ pub fn serve(
                     return;
                 }
                 _ = shutdown.changed() => return,
+                _ = reset.changed() => return,
                 _ = tx.closed() => return,
                 _ = ticker.tick(), if bookmarks => {
                     if tx.send(shape.bookmark(last, false)).await.is_err() {

@@ -1,0 +1,370 @@
+//! The real `kubectl` against the lab API. Each test has its own server and kubeconfig.
+
+use lab_api::{Options, RunningServer, Server};
+use std::path::PathBuf;
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+/// A server whose kubeconfig sits in its own temp dir (removed with the server).
+async fn lab() -> RunningServer {
+    Server::start(Options::default()).await.unwrap()
+}
+
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn cmd(s: &RunningServer, args: &[&str]) -> Command {
+    let mut c = Command::new("kubectl");
+    c.arg("--kubeconfig").arg(s.kubeconfig_path());
+    // A cache per server: discovery of one server never leaks into another's test.
+    let cache: PathBuf = s.kubeconfig_path().parent().unwrap().join("cache");
+    c.arg("--cache-dir").arg(cache);
+    c.args(args);
+    c.kill_on_drop(true);
+    c
+}
+
+async fn kubectl(s: &RunningServer, args: &[&str], stdin: Option<&str>) -> Out {
+    let mut c = cmd(s, args);
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("kubectl runs");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).await.unwrap();
+    }
+    drop(input);
+    let o = child.wait_with_output().await.unwrap();
+    Out {
+        ok: o.status.success(),
+        stdout: String::from_utf8_lossy(&o.stdout).into(),
+        stderr: String::from_utf8_lossy(&o.stderr).into(),
+    }
+}
+
+async fn ok(s: &RunningServer, args: &[&str], stdin: Option<&str>) -> String {
+    let o = kubectl(s, args, stdin).await;
+    assert!(o.ok, "kubectl {args:?} failed: {}{}", o.stdout, o.stderr);
+    o.stdout
+}
+
+const DEPLOY: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: c
+        image: nginx:1.27
+        ports: [{containerPort: 80}]
+      - name: sidecar
+        image: busybox:1.36
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+";
+
+#[tokio::test]
+async fn version_api_resources_and_get() {
+    let s = lab().await;
+    let v = ok(&s, &["version", "-o", "json"], None).await;
+    let v: serde_json::Value = serde_json::from_str(&v).unwrap();
+    assert_eq!(v["serverVersion"]["major"], "1");
+    let r = ok(&s, &["api-resources"], None).await;
+    for want in [
+        "pods",
+        "services",
+        "endpointslices",
+        "deployments",
+        "leases",
+        "customresourcedefinitions",
+    ] {
+        assert!(r.contains(want), "{r}");
+    }
+    let ns = ok(&s, &["get", "namespaces", "-o", "name"], None).await;
+    assert!(
+        ns.contains("namespace/default") && ns.contains("namespace/kube-system"),
+        "{ns}"
+    );
+    let j = ok(&s, &["get", "svc", "kubernetes", "-o", "json"], None).await;
+    let j: serde_json::Value = serde_json::from_str(&j).unwrap();
+    assert_eq!(j["spec"]["clusterIP"], "10.96.0.1");
+    let y = ok(&s, &["get", "svc", "kubernetes", "-o", "yaml"], None).await;
+    assert!(y.contains("clusterIP: 10.96.0.1"), "{y}");
+    let table = ok(&s, &["get", "svc"], None).await;
+    assert!(
+        table.contains("CLUSTER-IP") && table.contains("10.96.0.1"),
+        "{table}"
+    );
+    let missing = kubectl(&s, &["get", "pod", "nope"], None).await;
+    assert!(
+        !missing.ok && missing.stderr.contains("NotFound"),
+        "{}",
+        missing.stderr
+    );
+}
+
+#[tokio::test]
+async fn apply_create_unchanged_configured_and_replace() {
+    let s = lab().await;
+    let first = ok(&s, &["apply", "-f", "-"], Some(DEPLOY)).await;
+    assert!(
+        first.contains("deployment.apps/web created") && first.contains("service/web created"),
+        "{first}"
+    );
+    let again = ok(&s, &["apply", "-f", "-"], Some(DEPLOY)).await;
+    assert!(
+        again.contains("deployment.apps/web unchanged") && again.contains("service/web unchanged"),
+        "{again}"
+    );
+    let changed = DEPLOY
+        .replace("replicas: 2", "replicas: 3")
+        .replace("nginx:1.27", "nginx:1.28");
+    let third = ok(&s, &["apply", "-f", "-"], Some(&changed)).await;
+    assert!(third.contains("deployment.apps/web configured"), "{third}");
+    let d: serde_json::Value =
+        serde_json::from_str(&ok(&s, &["get", "deploy", "web", "-o", "json"], None).await).unwrap();
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:1.28"
+    );
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][1]["name"],
+        "sidecar"
+    );
+    assert_eq!(d["metadata"]["generation"], 2);
+
+    // Unknown fields are refused: kubectl validates on the server (fieldValidation=Strict).
+    let bad = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: bad}\ndata: {a: b}\nbogus: 1\n";
+    let o = kubectl(&s, &["apply", "-f", "-"], Some(bad)).await;
+    assert!(
+        !o.ok && o.stderr.contains("unknown field \"bogus\""),
+        "{}",
+        o.stderr
+    );
+
+    let created = ok(
+        &s,
+        &["create", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c1}\ndata: {a: b}\n"),
+    )
+    .await;
+    assert!(created.contains("configmap/c1 created"), "{created}");
+    let dup = kubectl(
+        &s,
+        &["create", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c1}\n"),
+    )
+    .await;
+    assert!(
+        !dup.ok && dup.stderr.contains("AlreadyExists"),
+        "{}",
+        dup.stderr
+    );
+    let replaced = ok(
+        &s,
+        &["replace", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c1}\ndata: {a: c}\n"),
+    )
+    .await;
+    assert!(replaced.contains("configmap/c1 replaced"), "{replaced}");
+    let a = ok(&s, &["get", "cm", "c1", "-o", "jsonpath={.data.a}"], None).await;
+    assert_eq!(a, "c");
+    let svc: serde_json::Value =
+        serde_json::from_str(&ok(&s, &["get", "svc", "web", "-o", "json"], None).await).unwrap();
+    let ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
+    // replace without clusterIP keeps the allocated one.
+    ok(
+        &s,
+        &["replace", "-f", "-"],
+        Some(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{port: 81}]\n",
+        ),
+    )
+    .await;
+    let ip2 = ok(
+        &s,
+        &["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"],
+        None,
+    )
+    .await;
+    assert_eq!(ip, ip2);
+}
+
+#[tokio::test]
+async fn label_annotate_patch_delete() {
+    let s = lab().await;
+    ok(&s, &["apply", "-f", "-"], Some(DEPLOY)).await;
+    ok(&s, &["label", "svc", "web", "tier=a"], None).await;
+    let no = kubectl(&s, &["label", "svc", "web", "tier=b"], None).await;
+    assert!(
+        !no.ok && no.stderr.contains("--overwrite is false"),
+        "{}",
+        no.stderr
+    );
+    ok(&s, &["label", "svc", "web", "tier=b", "--overwrite"], None).await;
+    ok(&s, &["annotate", "svc", "web", "note=hi"], None).await;
+    ok(
+        &s,
+        &[
+            "patch",
+            "svc",
+            "web",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"metadata":{"labels":{"m":"1"}}}"#,
+        ],
+        None,
+    )
+    .await;
+    ok(
+        &s,
+        &[
+            "patch",
+            "svc",
+            "web",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"add","path":"/metadata/labels/j","value":"2"}]"#,
+        ],
+        None,
+    )
+    .await;
+    ok(
+        &s,
+        &[
+            "patch",
+            "deploy",
+            "web",
+            "--type",
+            "strategic",
+            "-p",
+            r#"{"spec":{"template":{"spec":{"containers":[{"name":"c","image":"nginx:1.29"}]}}}}"#,
+        ],
+        None,
+    )
+    .await;
+    let svc: serde_json::Value =
+        serde_json::from_str(&ok(&s, &["get", "svc", "web", "-o", "json"], None).await).unwrap();
+    let labels = &svc["metadata"]["labels"];
+    assert_eq!(
+        (
+            labels["tier"].as_str(),
+            labels["m"].as_str(),
+            labels["j"].as_str()
+        ),
+        (Some("b"), Some("1"), Some("2"))
+    );
+    assert_eq!(svc["metadata"]["annotations"]["note"], "hi");
+    let sel = ok(
+        &s,
+        &["get", "svc", "-l", "tier in (b),j", "-o", "name"],
+        None,
+    )
+    .await;
+    assert_eq!(sel.trim(), "service/web");
+    let d: serde_json::Value =
+        serde_json::from_str(&ok(&s, &["get", "deploy", "web", "-o", "json"], None).await).unwrap();
+    let cs = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!((cs.len(), cs[0]["image"].as_str()), (2, Some("nginx:1.29")));
+    let bad = kubectl(
+        &s,
+        &[
+            "patch",
+            "svc",
+            "web",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"remove","path":"/spec/nothing"}]"#,
+        ],
+        None,
+    )
+    .await;
+    assert!(!bad.ok, "{}", bad.stdout);
+    let desc = ok(&s, &["describe", "svc", "web"], None).await;
+    assert!(desc.contains("Name:") && desc.contains("web"), "{desc}");
+    let del = ok(&s, &["delete", "svc", "web"], None).await;
+    assert!(del.contains("service \"web\" deleted"), "{del}");
+    let gone = kubectl(&s, &["get", "svc", "web"], None).await;
+    assert!(
+        !gone.ok && gone.stderr.contains("NotFound"),
+        "{}",
+        gone.stderr
+    );
+    let forbidden = kubectl(&s, &["delete", "ns", "default"], None).await;
+    assert!(
+        !forbidden.ok && forbidden.stderr.contains("Forbidden"),
+        "{}",
+        forbidden.stderr
+    );
+}
+
+#[tokio::test]
+async fn get_watch_output_watch_events() {
+    let s = lab().await;
+    ok(
+        &s,
+        &["create", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: w0}\n"),
+    )
+    .await;
+    let mut c = cmd(&s, &["get", "configmaps", "-w", "--output-watch-events"]);
+    c.stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    // The initial list comes first; events after it are delivered from its resourceVersion on.
+    let name_of = |l: &str| l.split_whitespace().nth(1).unwrap_or_default().to_string();
+    while !seen.iter().any(|l: &String| name_of(l) == "w0") {
+        seen.push(lines.next_line().await.unwrap().expect("watch output"));
+    }
+    ok(
+        &s,
+        &["create", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: w1}\n"),
+    )
+    .await;
+    ok(&s, &["label", "cm", "w1", "x=y"], None).await;
+    ok(&s, &["delete", "cm", "w1"], None).await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let l = lines.next_line().await.unwrap().expect("watch output");
+        if name_of(&l) == "w1" {
+            got.push(l.split_whitespace().next().unwrap().to_string());
+        }
+    }
+    assert_eq!(got, ["ADDED", "MODIFIED", "DELETED"]);
+    child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn explain_reads_openapi() {
+    let s = lab().await;
+    let e = ok(&s, &["explain", "pods"], None).await;
+    assert!(
+        e.contains("KIND:") && e.contains("Pod") && e.contains("spec"),
+        "{e}"
+    );
+}
