@@ -3,6 +3,8 @@
 //! This crate only parses the command line, sets up logging and dispatches
 //! to the capability libraries; the work lives in those crates.
 
+#[cfg(feature = "lab")]
+mod demo;
 mod exit;
 mod init;
 mod knobs;
@@ -30,6 +32,9 @@ struct Cli {
 enum Command {
     /// Preview switch init container: pair Services and build the DNAT chain.
     Init(init::InitArgs),
+    /// Show the preview switch working end to end in a lab on this machine (needs root).
+    #[cfg(feature = "lab")]
+    Demo(demo::DemoArgs),
     /// Lab: an embedded Kubernetes API and pods as network namespaces on this machine.
     #[cfg(feature = "lab")]
     #[command(subcommand)]
@@ -52,6 +57,8 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Init(args) => init::run(args).await,
+            #[cfg(feature = "lab")]
+            Command::Demo(args) => demo::run(args).await,
             #[cfg(feature = "lab")]
             Command::Lab(cmd) => lab::run(cmd).await,
         }
