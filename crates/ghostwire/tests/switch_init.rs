@@ -262,7 +262,8 @@ fn bad_input_exits_2_and_names_the_problem() {
         c.args(args).envs(env.iter().copied());
         c.output().unwrap()
     };
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         (
             &["init", "--dry-run"],
             &[("GW_JUMP_HOOK", "INPUT")],

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the system packages ghostwire's demo and tests use (Debian/Ubuntu), when missing.
+set -euo pipefail
+need=()
+command -v nft >/dev/null || need+=(nftables)
+command -v iptables-legacy >/dev/null || need+=(iptables)
+command -v ip >/dev/null || need+=(iproute2)
+command -v conntrack >/dev/null || need+=(conntrack)
+command -v curl >/dev/null || need+=(curl)
+command -v ps >/dev/null || need+=(procps)
+command -v python3 >/dev/null || need+=(python3)
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "ghostwire's lab creates network namespaces: run as root (sudo)." >&2
+  exit 1
+fi

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs everything CI runs: formatting, lints, and all tests (unit, real-kernel, API, kubectl).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+if ! command -v kubectl >/dev/null; then
+  echo "warning: kubectl not found; the lab API's kubectl tests need it at /usr/bin/kubectl" >&2
+fi
+start=$(date +%s)
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+  cargo test --workspace --doc
+else
+  cargo test --workspace --no-fail-fast
+fi
+# The tests must leave the host as they found it.
+left=$(ip netns list | grep -E '^(gwl[0-9]|gwt-)' || true)
+if [ -n "$left" ]; then
+  echo "tests left network namespaces behind:" >&2
+  echo "$left" >&2
+  exit 1
+fi
+echo "all checks passed in $(( $(date +%s) - start ))s"
