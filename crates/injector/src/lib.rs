@@ -1,0 +1,177 @@
+//! ghostwire's mutating admission webhook: one webhook for every capability. A Pod CREATE is
+//! answered with a JSON Patch that adds the init containers, sidecars, volumes and env of each
+//! capability its workload's `ghostwire.dev/*` annotations ask for.
+//!
+//! AdmissionReview → effective settings (Pod annotations over owner annotations over the
+//! defaults ConfigMap over built-ins) → [`capability::Capability`] patches → response.
+//!
+//! ```no_run
+//! # async fn demo(client: kube::Client, config: injector::Config) -> Result<(), injector::Error> {
+//! let running = injector::start(config, client).await?;
+//! println!("webhook on https://{}/mutate", running.webhook_addr);
+//! running.stop().await;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod capability;
+pub mod defaults;
+pub mod metrics;
+pub mod owner;
+pub mod preview_switch;
+pub mod review;
+pub mod server;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone)]
+pub enum TlsMode {
+    /// Mounted files (cert-manager's Secret), reloaded when they change.
+    Files {
+        files: tls::CertFiles,
+        reload_every: Duration,
+    },
+    /// A CA and certificate made at start-up for the Service's names; the CA goes into the
+    /// MutatingWebhookConfiguration's `caBundle`. One replica only: each makes its own CA.
+    SelfSigned {
+        service: String,
+        webhook_config: String,
+        recheck_every: Duration,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HTTPS listener of `/mutate` and `/healthz`.
+    pub listen: SocketAddr,
+    /// Plain-HTTP listener of `/healthz` and `/metrics`.
+    pub admin_listen: SocketAddr,
+    pub tls: TlsMode,
+    /// The injector's own namespace (of the defaults ConfigMap and the Service).
+    pub namespace: String,
+    /// Name of the defaults ConfigMap; `None`: built-in defaults only.
+    pub defaults_configmap: Option<String>,
+    /// How long a read of the defaults ConfigMap is reused.
+    pub defaults_ttl: Duration,
+    /// The preview switch's images and ports.
+    pub preview_switch: preview_switch::PreviewSwitch,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("serving certificate: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A started injector; [`Running::stop`] ends it.
+pub struct Running {
+    pub webhook_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// The CA to trust (self-signed mode only).
+    pub ca_pem: Option<String>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Stops accepting connections and background work.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Listen { addr, source })
+}
+
+/// Loads or makes the certificate, binds both listeners and starts serving.
+pub async fn start(config: Config, client: kube::Client) -> Result<Running, Error> {
+    let mut tasks = JoinSet::new();
+    let (certs, ca_pem) = match &config.tls {
+        TlsMode::Files {
+            files,
+            reload_every,
+        } => {
+            let certs = tls::Reloading::new(files.load()?);
+            tasks.spawn(certs.clone().follow(files.clone(), *reload_every));
+            (certs, None)
+        }
+        TlsMode::SelfSigned {
+            service,
+            webhook_config,
+            recheck_every,
+        } => {
+            let made = tls::SelfSigned::generate(tls::service_names(service, &config.namespace))?;
+            tasks.spawn(tls::keep_ca_bundle(
+                client.clone(),
+                webhook_config.clone(),
+                made.ca_pem.clone(),
+                *recheck_every,
+            ));
+            (
+                tls::Reloading::new(made.certified_key()?),
+                Some(made.ca_pem),
+            )
+        }
+    };
+    let tls_config = tls::server_config(certs)?;
+    let webhook = bind(config.listen).await?;
+    let admin = bind(config.admin_listen).await?;
+    let webhook_addr = webhook.local_addr().map_err(|source| Error::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let admin_addr = admin.local_addr().map_err(|source| Error::Listen {
+        addr: config.admin_listen,
+        source,
+    })?;
+
+    let defaults = defaults::Defaults::new(
+        client.clone(),
+        &config.namespace,
+        config.defaults_configmap.clone(),
+        config.defaults_ttl,
+    );
+    let capabilities: Vec<Box<dyn capability::Capability>> =
+        vec![Box::new(config.preview_switch.clone())];
+    let app = Arc::new(server::App {
+        injector: review::Injector::new(capabilities, client, defaults),
+        metrics: metrics::Metrics::default(),
+    });
+    let (shutdown, stop) = watch::channel(false);
+    tasks.spawn(server::serve(
+        webhook,
+        Some(tls_config),
+        app.clone(),
+        server::Routes::Webhook,
+        stop.clone(),
+    ));
+    tasks.spawn(server::serve(admin, None, app, server::Routes::Admin, stop));
+    tracing::info!(%webhook_addr, %admin_addr, "injector serving");
+    Ok(Running {
+        webhook_addr,
+        admin_addr,
+        ca_pem,
+        shutdown,
+        tasks,
+    })
+}

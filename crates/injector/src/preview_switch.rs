@@ -1,0 +1,198 @@
+//! The preview switch as a [`Capability`]: the `ghostwire init` init container, the
+//! `ghostwire watcher` sidecar and the volume they share, configured from the workload's
+//! `ghostwire.dev/*` annotations through the switch's own knob table.
+
+use crate::capability::{Capability, Denial, PodPatch, Workload};
+use k8s_openapi::api::core::v1::{Container, Pod, Volume, VolumeMount};
+use serde_json::json;
+use std::collections::BTreeMap;
+use switch::config::{KNOBS, Settings, Sources};
+
+/// The opt-in annotation (the seed's "enable injection").
+pub const ENABLED: &str = "ghostwire.dev/enabled";
+pub const INIT: &str = "ghostwire-init";
+pub const WATCHER: &str = "ghostwire-watcher";
+pub const SHARED_VOLUME: &str = "ghostwire-shared";
+/// Where the shared volume is mounted; the default `GW_IPTABLES_DNAT_MAP` lives here.
+pub const SHARED_PATH: &str = "/shared";
+/// Where the ServiceAccount admission plugin mounts the API token.
+const TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// What the injector's own configuration says about the switch's containers.
+#[derive(Debug, Clone)]
+pub struct PreviewSwitch {
+    pub image: String,
+    pub pull_policy: String,
+    /// The watcher's HTTP port (`/healthz`, `/readyz`, `/metrics`), set as `GW_HTTP_ADDR`.
+    pub watcher_port: u16,
+}
+
+impl PreviewSwitch {
+    /// The `GW_*` env the workload sets (annotations over ConfigMap defaults), validated by
+    /// resolving the switch's settings exactly as the containers will.
+    pub fn env(&self, w: &Workload) -> Result<BTreeMap<&'static str, String>, Denial> {
+        let mut cli = BTreeMap::new();
+        let mut file = BTreeMap::new();
+        for k in KNOBS {
+            if let Some(v) = k.annotation.and_then(|a| w.annotations.get(a)) {
+                cli.insert(k.env.to_string(), v.clone());
+            }
+            if let Some(v) = w.defaults.get(k.env) {
+                file.insert(k.env.to_string(), v.clone());
+            }
+        }
+        let sources = Sources {
+            cli,
+            file,
+            pod_namespace: Some(w.namespace.clone()),
+            ..Default::default()
+        };
+        if let Err(e) = Settings::resolve(&sources) {
+            let knob = KNOBS.iter().find(|k| k.env == e.knob);
+            let annotation = knob.and_then(|k| k.annotation).unwrap_or("(none)");
+            return Err(if sources.cli.contains_key(e.knob) {
+                Denial::Annotation {
+                    annotation: annotation.into(),
+                    value: e.value,
+                    reason: e.reason,
+                }
+            } else {
+                Denial::Default {
+                    key: e.knob.into(),
+                    value: e.value,
+                    reason: e.reason,
+                    annotation: annotation.into(),
+                }
+            });
+        }
+        let mut env = BTreeMap::new();
+        for (k, v) in sources.file.into_iter().chain(sources.cli) {
+            if let Some(knob) = KNOBS.iter().find(|n| n.env == k) {
+                env.insert(knob.env, v);
+            }
+        }
+        Ok(env)
+    }
+
+    /// One of the switch's containers: root with NET_ADMIN and nothing else, because the
+    /// kernel drops a non-root process's capabilities on exec and Kubernetes sets no
+    /// ambient ones; a read-only root filesystem, no privilege escalation.
+    fn container(
+        &self,
+        name: &str,
+        subcommand: &str,
+        env: &[serde_json::Value],
+        mounts: &[serde_json::Value],
+    ) -> serde_json::Value {
+        json!({
+            "name": name,
+            "image": self.image,
+            "imagePullPolicy": self.pull_policy,
+            "args": [subcommand],
+            "env": env,
+            "volumeMounts": mounts,
+            "securityContext": {
+                "capabilities": {"add": ["NET_ADMIN"], "drop": ["ALL"]},
+                "allowPrivilegeEscalation": false,
+                "privileged": false,
+                "readOnlyRootFilesystem": true,
+                "runAsUser": 0,
+                "runAsNonRoot": false,
+            },
+            "resources": {
+                "requests": {"cpu": "10m", "memory": "16Mi"},
+                "limits": {"cpu": "200m", "memory": "64Mi"},
+            },
+        })
+    }
+}
+
+fn downward(name: &str, field: &str) -> serde_json::Value {
+    json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": field}}})
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+    serde_json::from_value(v).expect("the switch's container and volume literals are valid")
+}
+
+/// The API token mount of the Pod's own containers. Admission plugins that add it run before
+/// webhooks, so containers added here would otherwise have no credentials.
+fn token_mount(pod: &Pod) -> Option<VolumeMount> {
+    pod.spec
+        .iter()
+        .flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        })
+        .flat_map(|c| c.volume_mounts.iter().flatten())
+        .find(|m| m.mount_path == TOKEN_PATH)
+        .cloned()
+}
+
+impl Capability for PreviewSwitch {
+    fn name(&self) -> &'static str {
+        "preview-switch"
+    }
+
+    fn annotations(&self) -> Vec<&'static str> {
+        std::iter::once(ENABLED)
+            .chain(KNOBS.iter().filter_map(|k| k.annotation))
+            .collect()
+    }
+
+    fn wants(&self, w: &Workload) -> Result<bool, Denial> {
+        match w.annotations.get(ENABLED).map(String::as_str) {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(other) => Err(Denial::Annotation {
+                annotation: ENABLED.into(),
+                value: other.into(),
+                reason: "expected \"true\" or \"false\"".into(),
+            }),
+        }
+    }
+
+    fn patch(&self, pod: &Pod, w: &Workload, out: &mut PodPatch) -> Result<(), Denial> {
+        let knobs: Vec<_> = self
+            .env(w)?
+            .into_iter()
+            .map(|(k, v)| json!({"name": k, "value": v}))
+            .collect();
+        // Only these two containers mount the shared volume, so no other container of the
+        // Pod can read or write the map, whatever the emptyDir's file mode.
+        let mut mounts = vec![json!({"name": SHARED_VOLUME, "mountPath": SHARED_PATH})];
+        match token_mount(pod) {
+            Some(m) => mounts.push(serde_json::to_value(m).unwrap_or_default()),
+            None => out.warn(format!(
+                "ghostwire: no container of this Pod mounts a service account token at {TOKEN_PATH}; {INIT} and {WATCHER} need one to read Services and their Pod"
+            )),
+        }
+
+        let mut init_env = vec![downward("POD_NAMESPACE", "metadata.namespace")];
+        init_env.extend(knobs.iter().cloned());
+        let init: Container = from_json(self.container(INIT, "init", &init_env, &mounts));
+
+        let mut watcher_env = vec![
+            downward("POD_NAME", "metadata.name"),
+            downward("POD_NAMESPACE", "metadata.namespace"),
+            json!({"name": "GW_HTTP_ADDR", "value": format!(":{}", self.watcher_port)}),
+        ];
+        watcher_env.extend(knobs);
+        let mut watcher = self.container(WATCHER, "watcher", &watcher_env, &mounts);
+        watcher["ports"] =
+            json!([{"name": "gw-watcher", "containerPort": self.watcher_port, "protocol": "TCP"}]);
+        watcher["readinessProbe"] = json!({
+            "httpGet": {"path": "/healthz", "port": self.watcher_port},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        });
+
+        let shared: Volume =
+            from_json(json!({"name": SHARED_VOLUME, "emptyDir": {"sizeLimit": "16Mi"}}));
+        out.add_volume(shared)?;
+        out.add_init_container(init)?;
+        out.add_container(from_json(watcher))?;
+        Ok(())
+    }
+}

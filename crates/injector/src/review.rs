@@ -1,0 +1,178 @@
+//! One AdmissionReview in, one out: decode, decide which capabilities a Pod CREATE wants
+//! (annotations of the Pod over its owners' over the defaults ConfigMap), and answer with a
+//! JSON Patch or a denial. Anything that is not a Pod CREATE is allowed unchanged.
+
+use crate::capability::{Capability, Denial, PodPatch, Workload};
+use crate::defaults::Defaults;
+use crate::metrics::Outcome;
+use crate::owner::{self, OwnerError};
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::DynamicObject;
+use kube::core::admission::{
+    AdmissionRequest, AdmissionResponse, AdmissionReview, META_API_VERSION_V1, META_KIND, Operation,
+};
+
+/// Records which capabilities a Pod already got, so reinvocations and re-created Pods
+/// (`kubectl get -o yaml | kubectl create -f -`) are not injected twice.
+pub const INJECTED: &str = "ghostwire.dev/injected";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    /// The body is not an `admission.k8s.io/v1` AdmissionReview with a usable request.
+    #[error("malformed AdmissionReview: {0}")]
+    Malformed(String),
+    #[error(transparent)]
+    Owner(#[from] OwnerError),
+    #[error("reading the defaults ConfigMap: {0}")]
+    Defaults(#[source] kube::Error),
+    #[error("cannot encode the response: {0}")]
+    Encode(String),
+}
+
+pub struct Injector {
+    capabilities: Vec<Box<dyn Capability>>,
+    client: kube::Client,
+    defaults: Defaults,
+}
+
+/// The answer to one review: the response body and how it ended.
+pub struct Reviewed {
+    pub body: Vec<u8>,
+    pub outcome: Outcome,
+}
+
+impl Injector {
+    pub fn new(
+        capabilities: Vec<Box<dyn Capability>>,
+        client: kube::Client,
+        defaults: Defaults,
+    ) -> Self {
+        Injector {
+            capabilities,
+            client,
+            defaults,
+        }
+    }
+
+    /// Answers one AdmissionReview request body.
+    pub async fn review(&self, body: &[u8]) -> Result<Reviewed, ReviewError> {
+        let malformed = |m: String| ReviewError::Malformed(m);
+        let review: AdmissionReview<DynamicObject> =
+            serde_json::from_slice(body).map_err(|e| malformed(e.to_string()))?;
+        if review.types.api_version != META_API_VERSION_V1 || review.types.kind != META_KIND {
+            return Err(malformed(format!(
+                "expected apiVersion {META_API_VERSION_V1:?} and kind {META_KIND:?}, got {:?} and {:?}",
+                review.types.api_version, review.types.kind
+            )));
+        }
+        let request: AdmissionRequest<DynamicObject> = review
+            .try_into()
+            .map_err(|_| malformed("it has no request".into()))?;
+        let (response, outcome) = self.admit(&request).await?;
+        let body = serde_json::to_vec(&response.into_review())
+            .map_err(|e| ReviewError::Encode(e.to_string()))?;
+        Ok(Reviewed { body, outcome })
+    }
+
+    async fn admit(
+        &self,
+        req: &AdmissionRequest<DynamicObject>,
+    ) -> Result<(AdmissionResponse, Outcome), ReviewError> {
+        let response = AdmissionResponse::from(req);
+        let is_pod =
+            req.kind.group.is_empty() && req.kind.version == "v1" && req.kind.kind == "Pod";
+        if !is_pod || req.operation != Operation::Create || req.sub_resource.is_some() {
+            return Ok((response, Outcome::Unchanged));
+        }
+        let object = req
+            .object
+            .as_ref()
+            .ok_or_else(|| ReviewError::Malformed("a Pod CREATE without an object".into()))?;
+        let pod: Pod = serde_json::to_value(object)
+            .and_then(serde_json::from_value)
+            .map_err(|e| ReviewError::Malformed(format!("request.object is not a Pod: {e}")))?;
+        let namespace = req
+            .namespace
+            .clone()
+            .or_else(|| pod.metadata.namespace.clone())
+            .unwrap_or_else(|| "default".into());
+        let mut annotations = owner::annotations(&self.client, &namespace, &pod.metadata).await?;
+        annotations.extend(owner::ghostwire_annotations(&pod.metadata));
+        let workload = Workload {
+            annotations,
+            defaults: self.defaults.get().await.map_err(ReviewError::Defaults)?,
+            namespace,
+        };
+        let patch = match self.mutate(&pod, &workload) {
+            Ok(patch) => patch,
+            Err(denial) => {
+                tracing::info!(namespace = %workload.namespace, pod = %pod_name(&pod), reason = %denial, "denied");
+                return Ok((response.deny(denial), Outcome::Denied));
+            }
+        };
+        let changed = !patch.is_empty();
+        let (ops, warnings) = patch.into_parts();
+        let mut response = if changed {
+            tracing::info!(namespace = %workload.namespace, pod = %pod_name(&pod), "injected");
+            response
+                .with_patch(ops)
+                .map_err(|e| ReviewError::Encode(e.to_string()))?
+        } else {
+            response
+        };
+        if !warnings.is_empty() {
+            response.warnings = Some(warnings);
+        }
+        Ok((
+            response,
+            if changed {
+                Outcome::Injected
+            } else {
+                Outcome::Unchanged
+            },
+        ))
+    }
+
+    /// The patch for a Pod: each wanted capability not injected yet adds its pieces.
+    fn mutate(&self, pod: &Pod, workload: &Workload) -> Result<PodPatch, Denial> {
+        let mut patch = PodPatch::new(pod)?;
+        let done: Vec<&str> = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(INJECTED))
+            .map(|v| v.split(',').map(str::trim).collect())
+            .unwrap_or_default();
+        let mut injected = done.clone();
+        for cap in &self.capabilities {
+            if cap.wants(workload)? && !done.contains(&cap.name()) {
+                cap.patch(pod, workload, &mut patch)?;
+                injected.push(cap.name());
+            }
+        }
+        for key in workload.annotations.keys() {
+            let known = key == INJECTED
+                || self
+                    .capabilities
+                    .iter()
+                    .any(|c| c.annotations().contains(&key.as_str()));
+            if !known {
+                patch.warn(format!(
+                    "ghostwire: unknown annotation {key} ignored (see docs/configuration.md)"
+                ));
+            }
+        }
+        if injected.len() > done.len() {
+            patch.set_annotation(INJECTED, &injected.join(","));
+        }
+        Ok(patch)
+    }
+}
+
+fn pod_name(pod: &Pod) -> &str {
+    pod.metadata
+        .name
+        .as_deref()
+        .or(pod.metadata.generate_name.as_deref())
+        .unwrap_or("")
+}
