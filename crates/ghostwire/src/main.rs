@@ -7,6 +7,7 @@
 mod demo;
 mod exit;
 mod init;
+mod injector;
 mod knobs;
 #[cfg(feature = "lab")]
 mod lab;
@@ -32,6 +33,8 @@ struct Cli {
 enum Command {
     /// Preview switch init container: pair Services and build the DNAT chain.
     Init(init::InitArgs),
+    /// Mutating admission webhook: adds the containers each workload's ghostwire.dev/* annotations ask for.
+    Injector(Box<injector::InjectorArgs>),
     /// Show the preview switch working end to end in a lab on this machine (needs root).
     #[cfg(feature = "lab")]
     Demo(demo::DemoArgs),
@@ -57,6 +60,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Init(args) => init::run(args).await,
+            Command::Injector(args) => injector::run(*args).await,
             #[cfg(feature = "lab")]
             Command::Demo(args) => demo::run(args).await,
             #[cfg(feature = "lab")]

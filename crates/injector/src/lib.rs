@@ -38,10 +38,11 @@ pub enum TlsMode {
         files: tls::CertFiles,
         reload_every: Duration,
     },
-    /// A CA and certificate made at start-up for the Service's names; the CA goes into the
-    /// MutatingWebhookConfiguration's `caBundle`. One replica only: each makes its own CA.
+    /// A CA and certificate made at start-up for `names` (see [`tls::service_names`]); the CA
+    /// goes into the MutatingWebhookConfiguration's `caBundle`. One replica only: each
+    /// replica would make its own CA.
     SelfSigned {
-        service: String,
+        names: Vec<String>,
         webhook_config: String,
         recheck_every: Duration,
     },
@@ -116,11 +117,11 @@ pub async fn start(config: Config, client: kube::Client) -> Result<Running, Erro
             (certs, None)
         }
         TlsMode::SelfSigned {
-            service,
+            names,
             webhook_config,
             recheck_every,
         } => {
-            let made = tls::SelfSigned::generate(tls::service_names(service, &config.namespace))?;
+            let made = tls::SelfSigned::generate(names.clone())?;
             tasks.spawn(tls::keep_ca_bundle(
                 client.clone(),
                 webhook_config.clone(),
