@@ -69,9 +69,10 @@ impl Injector {
             .try_into()
             .map_err(|_| malformed("it has no request".into()))?;
         let (response, outcome) = self.admit(&request).await?;
-        let body = serde_json::to_vec(&response.into_review())
-            .map_err(|e| ReviewError::Encode(e.to_string()))?;
-        Ok(Reviewed { body, outcome })
+        Ok(Reviewed {
+            body: encode(response)?,
+            outcome,
+        })
     }
 
     async fn admit(
@@ -167,6 +168,22 @@ impl Injector {
         }
         Ok(patch)
     }
+}
+
+/// The response review as JSON. kube writes the patch bytes as an array of numbers; the API
+/// server's Go decoder takes that too, but base64 is what Go itself writes for `[]byte` and
+/// what every other consumer (the lab API included) reads.
+fn encode(response: AdmissionResponse) -> Result<Vec<u8>, ReviewError> {
+    use base64::Engine;
+    let encoding = |e: serde_json::Error| ReviewError::Encode(e.to_string());
+    let mut review = serde_json::to_value(response.into_review()).map_err(encoding)?;
+    if let Some(patch) = review.pointer_mut("/response/patch") {
+        let bytes: Vec<u8> = serde_json::from_value(patch.take()).map_err(encoding)?;
+        *patch = base64::engine::general_purpose::STANDARD
+            .encode(bytes)
+            .into();
+    }
+    serde_json::to_vec(&review).map_err(encoding)
 }
 
 fn pod_name(pod: &Pod) -> &str {
