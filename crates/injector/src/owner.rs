@@ -25,7 +25,7 @@ pub struct OwnerError {
     namespace: String,
     name: String,
     #[source]
-    source: kube::Error,
+    source: Box<kube::Error>,
 }
 
 /// The `ghostwire.dev/*` annotations of a Pod's controllers, nearest last overriding farthest,
@@ -60,7 +60,7 @@ pub async fn annotations(
                     kind: kind.into(),
                     namespace: namespace.into(),
                     name: owner.name.clone(),
-                    source,
+                    source: Box::new(source),
                 });
             }
         };

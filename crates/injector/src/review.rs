@@ -24,7 +24,7 @@ pub enum ReviewError {
     #[error(transparent)]
     Owner(#[from] OwnerError),
     #[error("reading the defaults ConfigMap: {0}")]
-    Defaults(#[source] kube::Error),
+    Defaults(#[source] Box<kube::Error>),
     #[error("cannot encode the response: {0}")]
     Encode(String),
 }
@@ -101,7 +101,11 @@ impl Injector {
         annotations.extend(owner::ghostwire_annotations(&pod.metadata));
         let workload = Workload {
             annotations,
-            defaults: self.defaults.get().await.map_err(ReviewError::Defaults)?,
+            defaults: self
+                .defaults
+                .get()
+                .await
+                .map_err(|e| ReviewError::Defaults(Box::new(e)))?,
             namespace,
         };
         let patch = match self.mutate(&pod, &workload) {
