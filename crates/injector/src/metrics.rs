@@ -1,6 +1,6 @@
 //! The injector's Prometheus metrics: how many admissions ended which way, and how long they took.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -8,7 +8,7 @@ use prometheus_client::registry::Registry;
 use std::time::Duration;
 
 /// How one admission request ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// A Pod was patched.
     Injected,
@@ -20,6 +20,25 @@ pub enum Outcome {
     Invalid,
     /// The injector could not decide (API unreachable, …; HTTP 500, so failurePolicy applies).
     Error,
+}
+
+impl Outcome {
+    /// The `result` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Injected => "injected",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Denied => "denied",
+            Outcome::Invalid => "invalid",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

@@ -89,7 +89,7 @@ async fn mutate(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
         },
     };
     app.metrics.observe(outcome, start.elapsed());
-    tracing::debug!(status = status.as_u16(), ?outcome, took = ?start.elapsed(), "admission");
+    tracing::debug!(status = status.as_u16(), result = outcome.as_str(), took = ?start.elapsed(), "admission");
     response
 }
 
