@@ -152,3 +152,33 @@ async fn metrics_count_admissions_by_result() {
     );
     assert!(samples["ghostwire_injector_admission_duration_seconds_sum"] > 0.0);
 }
+
+/// When the API cannot be read the injector does not guess: HTTP 500, so the webhook's
+/// failurePolicy decides.
+#[tokio::test]
+async fn api_errors_are_500() {
+    let dir = common::TempDir::new("apidown");
+    let files = injector::tls::CertFiles {
+        cert: dir.0.join("tls.crt"),
+        key: dir.0.join("tls.key"),
+    };
+    let ca = common::write_cert(&files);
+    let nowhere = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+    let client = kube::Client::try_from(nowhere).unwrap();
+    let running = injector::start(common::config(&files), client)
+        .await
+        .unwrap();
+    let mut https = common::Https::connect(running.webhook_addr, &ca)
+        .await
+        .unwrap();
+    let (status, body) = https
+        .post(
+            "/mutate",
+            review("CREATE", pod("a", json!({"ghostwire.dev/enabled": "true"}))).to_string(),
+        )
+        .await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("defaults ConfigMap"), "{body}");
+    running.stop().await;
+}

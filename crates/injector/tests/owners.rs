@@ -1,0 +1,216 @@
+//! Opt-in and settings through the owner chain and the defaults ConfigMap, against the lab API.
+
+mod common;
+
+use common::{Harness, apply, pod};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use serde_json::{Value, json};
+
+async fn create(
+    client: &kube::Client,
+    api_version: &str,
+    kind: &str,
+    plural: &str,
+    obj: Value,
+) -> Value {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let ar =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+    let api: Api<DynamicObject> = match obj["metadata"]["namespace"].as_str() {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    };
+    let mut obj = obj;
+    obj["apiVersion"] = api_version.into();
+    obj["kind"] = kind.into();
+    let made = api
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(obj).unwrap(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("creating {kind}: {e}"));
+    serde_json::to_value(made).unwrap()
+}
+
+fn owner_ref(obj: &Value) -> Value {
+    json!([{
+        "apiVersion": obj["apiVersion"], "kind": obj["kind"],
+        "name": obj["metadata"]["name"], "uid": obj["metadata"]["uid"],
+        "controller": true, "blockOwnerDeletion": true,
+    }])
+}
+
+fn template() -> Value {
+    json!({"metadata": {"labels": {"app": "orders"}}, "spec": {"containers": [{"name": "app", "image": "x"}]}})
+}
+
+fn workload_spec() -> Value {
+    json!({"replicas": 1, "selector": {"matchLabels": {"app": "orders"}}, "template": template()})
+}
+
+async fn namespace(client: &kube::Client, name: &str) {
+    create(
+        client,
+        "v1",
+        "Namespace",
+        "namespaces",
+        json!({"metadata": {"name": name}}),
+    )
+    .await;
+}
+
+/// A Pod owned by `owner` (its ownerReferences), with `annotations`.
+fn owned_pod(name: &str, owner: &Value, annotations: Value) -> Value {
+    let mut p = pod(name, annotations);
+    p["metadata"]["ownerReferences"] = owner_ref(owner);
+    p
+}
+
+fn env_of(pod: &k8s_openapi::api::core::v1::Pod, var: &str) -> Option<String> {
+    pod.spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == "ghostwire-watcher")?
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == var)?
+        .value
+        .clone()
+}
+
+#[tokio::test]
+async fn deployment_statefulset_and_rollout_opt_in() {
+    let h = Harness::start("owners").await;
+    let c = &h.client;
+    namespace(c, "shop").await;
+    let ann = json!({"ghostwire.dev/enabled": "true", "ghostwire.dev/jumpHook": "PREROUTING", "ghostwire.dev/pollInterval": "7s"});
+
+    // Pod → ReplicaSet → Deployment.
+    let deploy = create(c, "apps/v1", "Deployment", "deployments", json!({
+        "metadata": {"name": "orders", "namespace": "shop", "annotations": ann}, "spec": workload_spec()})).await;
+    let rs = create(c, "apps/v1", "ReplicaSet", "replicasets", json!({
+        "metadata": {"name": "orders-5d4f", "namespace": "shop", "ownerReferences": owner_ref(&deploy),
+                     "annotations": {"ghostwire.dev/pollInterval": "3s"}},
+        "spec": workload_spec()})).await;
+    // The Pod's own annotation wins over the ReplicaSet's, which wins over the Deployment's.
+    let input = owned_pod(
+        "orders-5d4f-x",
+        &rs,
+        json!({"ghostwire.dev/jumpHook": "OUTPUT"}),
+    );
+    let resp = h.admit(input.clone()).await;
+    assert_eq!(resp["allowed"], true, "{resp}");
+    let (_, p) = apply(&input, &resp);
+    assert_eq!(env_of(&p, "GW_JUMP_HOOK").as_deref(), Some("OUTPUT"));
+    assert_eq!(env_of(&p, "GW_POLL_INTERVAL").as_deref(), Some("3s"));
+
+    // The Pod can opt out of what its Deployment asks for.
+    let resp = h
+        .admit(owned_pod(
+            "orders-5d4f-y",
+            &rs,
+            json!({"ghostwire.dev/enabled": "false"}),
+        ))
+        .await;
+    assert!(resp.get("patch").is_none(), "{resp}");
+
+    // Pod → StatefulSet.
+    let mut sts_spec = workload_spec();
+    sts_spec["serviceName"] = "db".into();
+    let sts = create(c, "apps/v1", "StatefulSet", "statefulsets", json!({
+        "metadata": {"name": "db", "namespace": "shop", "annotations": {"ghostwire.dev/enabled": "true"}}, "spec": sts_spec})).await;
+    let resp = h.admit(owned_pod("db-0", &sts, json!({}))).await;
+    assert!(resp["patch"].is_string(), "{resp}");
+
+    // Pod → ReplicaSet → Argo Rollout (a CRD).
+    create(c, "apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", json!({
+        "metadata": {"name": "rollouts.argoproj.io"},
+        "spec": {"group": "argoproj.io", "scope": "Namespaced",
+                 "names": {"plural": "rollouts", "singular": "rollout", "kind": "Rollout", "listKind": "RolloutList"},
+                 "versions": [{"name": "v1alpha1", "served": true, "storage": true,
+                               "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}})).await;
+    let rollout = create(c, "argoproj.io/v1alpha1", "Rollout", "rollouts", json!({
+        "metadata": {"name": "checkout", "namespace": "shop", "annotations": {"ghostwire.dev/enabled": "true", "ghostwire.dev/roleLabelKey": "rollouts-pod-template-hash"}},
+        "spec": workload_spec()})).await;
+    let rs2 = create(c, "apps/v1", "ReplicaSet", "replicasets", json!({
+        "metadata": {"name": "checkout-77f", "namespace": "shop", "ownerReferences": owner_ref(&rollout)},
+        "spec": workload_spec()})).await;
+    let input = owned_pod("checkout-77f-z", &rs2, json!({}));
+    let resp = h.admit(input.clone()).await;
+    let (_, p) = apply(&input, &resp);
+    assert_eq!(
+        env_of(&p, "GW_ROLE_LABEL_KEY").as_deref(),
+        Some("rollouts-pod-template-hash")
+    );
+
+    // A bad value on the Deployment is denied, naming the annotation and the value.
+    let bad = create(c, "apps/v1", "Deployment", "deployments", json!({
+        "metadata": {"name": "bad", "namespace": "shop", "annotations": {"ghostwire.dev/enabled": "true", "ghostwire.dev/refreshInterval": "soon"}},
+        "spec": workload_spec()})).await;
+    let bad_rs = create(c, "apps/v1", "ReplicaSet", "replicasets", json!({
+        "metadata": {"name": "bad-1", "namespace": "shop", "ownerReferences": owner_ref(&bad)}, "spec": workload_spec()})).await;
+    let resp = h.admit(owned_pod("bad-1-a", &bad_rs, json!({}))).await;
+    assert_eq!(resp["allowed"], false);
+    let msg = resp["status"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("ghostwire.dev/refreshInterval") && msg.contains("\"soon\""),
+        "{msg}"
+    );
+
+    // An owner that is gone (or not yet visible) contributes nothing; the Pod is not refused.
+    let mut ghost = rs.clone();
+    ghost["metadata"]["name"] = "gone".into();
+    let resp = h.admit(owned_pod("orphan", &ghost, json!({}))).await;
+    assert_eq!(resp["allowed"], true);
+    assert!(resp.get("patch").is_none());
+}
+
+#[tokio::test]
+async fn defaults_configmap_sits_below_annotations() {
+    let h = Harness::start("defaults").await;
+    let c = &h.client;
+    namespace(c, "ghostwire-system").await;
+    create(c, "v1", "ConfigMap", "configmaps", json!({
+        "metadata": {"name": "ghostwire-defaults", "namespace": "ghostwire-system"},
+        "data": {"GW_NAT_CHAIN": "TEAM_DNAT", "GW_JUMP_HOOK": "PREROUTING", "GW_API_TIMEOUT": "5s"}})).await;
+    let input = pod(
+        "d",
+        json!({"ghostwire.dev/enabled": "true", "ghostwire.dev/jumpHook": "OUTPUT"}),
+    );
+    let resp = h.admit(input.clone()).await;
+    let (_, p) = apply(&input, &resp);
+    assert_eq!(env_of(&p, "GW_NAT_CHAIN").as_deref(), Some("TEAM_DNAT"));
+    assert_eq!(env_of(&p, "GW_JUMP_HOOK").as_deref(), Some("OUTPUT"));
+    // Knobs without an annotation can still be defaulted cluster-wide.
+    assert_eq!(env_of(&p, "GW_API_TIMEOUT").as_deref(), Some("5s"));
+
+    // A bad default is denied naming the ConfigMap key, and the annotation that overrides it.
+    let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(c.clone(), "ghostwire-system");
+    api.patch(
+        "ghostwire-defaults",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"data": {"GW_NAT_CHAIN": "has space"}})),
+    )
+    .await
+    .unwrap();
+    let resp = h
+        .admit(pod("e", json!({"ghostwire.dev/enabled": "true"})))
+        .await;
+    assert_eq!(resp["allowed"], false);
+    let msg = resp["status"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("GW_NAT_CHAIN=\"has space\"") && msg.contains("ghostwire.dev/natChain"),
+        "{msg}"
+    );
+    let resp = h
+        .admit(pod(
+            "f",
+            json!({"ghostwire.dev/enabled": "true", "ghostwire.dev/natChain": "MINE"}),
+        ))
+        .await;
+    assert_eq!(resp["allowed"], true, "{resp}");
+}
