@@ -191,6 +191,9 @@ async fn route(
         return discovery::resources(&state.registry, group, version)
             .map(|v| json_response(200, &v));
     }
+    if let ("", "v1", ["namespaces", ns, "pods", name, "log"]) = (group, version, rest) {
+        return crate::pod_logs::serve(state, &req, ns, name).await;
+    }
     let find = |r: &str| state.registry.find(group, version, r);
     let target = match rest {
         ["namespaces", ns, r, tail @ ..]

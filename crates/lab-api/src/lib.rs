@@ -22,6 +22,7 @@ mod openapi;
 mod patch;
 mod persist;
 mod pki;
+mod pod_logs;
 mod resources;
 mod selectors;
 mod server;
@@ -32,6 +33,7 @@ mod typed;
 mod validation;
 mod watch;
 
+pub use pod_logs::{LogRequest, PodLogError, PodLogs, PodLogsHandle};
 pub use server::RunningServer;
 
 use std::net::SocketAddr;
@@ -49,6 +51,8 @@ pub struct Options {
     pub kubeconfig: Option<PathBuf>,
     /// How often watches that allow bookmarks get one.
     pub bookmark_interval: Duration,
+    /// Serves `pods/{name}/log` (the lab node); without one, log requests are refused.
+    pub pod_logs: Option<PodLogsHandle>,
 }
 
 impl Default for Options {
@@ -58,6 +62,7 @@ impl Default for Options {
             data_dir: None,
             kubeconfig: None,
             bookmark_interval: Duration::from_secs(15),
+            pod_logs: None,
         }
     }
 }

@@ -109,6 +109,12 @@ impl Pki {
             "localhost".to_string(),
             "127.0.0.1".to_string(),
             "::1".to_string(),
+            // What in-cluster clients dial: the `kubernetes` Service's name and ClusterIP.
+            "kubernetes".to_string(),
+            "kubernetes.default".to_string(),
+            "kubernetes.default.svc".to_string(),
+            "kubernetes.default.svc.cluster.local".to_string(),
+            "10.96.0.1".to_string(),
         ];
         names.extend(
             ips.iter()

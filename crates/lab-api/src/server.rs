@@ -30,6 +30,8 @@ pub struct State {
     /// Bumped to end every open watch (clients resume from their last version).
     pub watch_reset: watch::Sender<u64>,
     pub pki: Pki,
+    /// Where `pods/{name}/log` requests go (the lab node).
+    pub pod_logs: Option<crate::PodLogsHandle>,
 }
 
 impl State {
@@ -217,6 +219,7 @@ impl RunningServer {
             shutdown,
             watch_reset: watch::Sender::new(0),
             pki,
+            pod_logs: opts.pod_logs,
         });
         bootstrap(&state);
         let (scratch, kubeconfig) = match opts.kubeconfig {
