@@ -12,6 +12,7 @@ mod knobs;
 #[cfg(feature = "lab")]
 mod lab;
 mod logging;
+mod watcher;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +34,8 @@ struct Cli {
 enum Command {
     /// Preview switch init container: pair Services and build the DNAT chain.
     Init(init::InitArgs),
+    /// Preview switch sidecar: follow the Pod's role label and flip the jump.
+    Watcher(watcher::WatcherArgs),
     /// Mutating admission webhook: adds the containers each workload's ghostwire.dev/* annotations ask for.
     Injector(Box<injector::InjectorArgs>),
     /// Show the preview switch working end to end in a lab on this machine (needs root).
@@ -60,6 +63,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Init(args) => init::run(args).await,
+            Command::Watcher(args) => watcher::run(args).await,
             Command::Injector(args) => injector::run(*args).await,
             #[cfg(feature = "lab")]
             Command::Demo(args) => demo::run(args).await,

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "no Kubernetes configuration found: not in a pod (no service account) and no usable KUBECONFIG or ~/.kube/config: {0}"
+        "no Kubernetes configuration found: not in a pod (no service account) and no usable KUBECONFIG or ~/.kube/config"
     )]
     Config(#[source] kube::Error),
     #[error("{what}: the API server refused it ({code} {reason}): {message}{hint}")]

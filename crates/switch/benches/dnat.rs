@@ -19,7 +19,11 @@ use switch::pairing::{Mapping, Plan};
 
 fn settings() -> Settings {
     Settings::resolve(&Sources {
-        cli: [("GW_EXCLUDE_CIDRS".to_string(), "169.254.169.254/32".to_string())].into(),
+        cli: [(
+            "GW_EXCLUDE_CIDRS".to_string(),
+            "169.254.169.254/32".to_string(),
+        )]
+        .into(),
         ..Default::default()
     })
     .expect("settings")
@@ -30,7 +34,8 @@ fn settings() -> Settings {
 fn synthetic(n: usize) -> Vec<Mapping> {
     (0..n)
         .map(|i| {
-            let host = |net: u8| IpAddr::V4(Ipv4Addr::new(10, net, (i / 250) as u8, (i % 250 + 1) as u8));
+            let host =
+                |net: u8| IpAddr::V4(Ipv4Addr::new(10, net, (i / 250) as u8, (i % 250 + 1) as u8));
             Mapping {
                 active: format!("svc{i}"),
                 preview: format!("svc{i}-preview"),
@@ -105,7 +110,15 @@ fn naive_time(n: usize) -> Duration {
             let ok = std::process::Command::new("iptables-legacy")
                 .args(["-w", "5", "-t", "nat", "-A", "CANARY_DNAT", "-d"])
                 .arg(m.active_addr.ip().to_string())
-                .args(["-p", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination"])
+                .args([
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    "80",
+                    "-j",
+                    "DNAT",
+                    "--to-destination",
+                ])
                 .arg(m.preview_addr.to_string())
                 .status()
                 .expect("iptables")
@@ -128,9 +141,15 @@ fn connect_latency(kind: BackendKind, n: usize, samples: usize) -> (Duration, Du
     let active_be = lab.add_pod("active-be").expect("pod");
     let preview_be = lab.add_pod("preview-be").expect("pod");
     let _e1 = active_be.serve_echo("orders", &[8080], &[]).expect("echo");
-    let _e2 = preview_be.serve_echo("orders-preview", &[8080], &[]).expect("echo");
-    let orders = lab.add_service("orders", &ports, &[&active_be]).expect("svc");
-    let preview = lab.add_service("orders-preview", &ports, &[&preview_be]).expect("svc");
+    let _e2 = preview_be
+        .serve_echo("orders-preview", &[8080], &[])
+        .expect("echo");
+    let orders = lab
+        .add_service("orders", &ports, &[&active_be])
+        .expect("svc");
+    let preview = lab
+        .add_service("orders-preview", &ports, &[&preview_be])
+        .expect("svc");
     let client = lab.add_pod("client").expect("pod");
     let mut mappings = synthetic(n - 1);
     mappings.push(Mapping {
@@ -141,16 +160,29 @@ fn connect_latency(kind: BackendKind, n: usize, samples: usize) -> (Duration, Du
         active_addr: orders.addr_v4(80),
         preview_addr: preview.addr_v4(80),
     });
-    let table = switch::rules::table(&Plan { mappings, skipped: vec![] }, &settings(), true);
+    let table = switch::rules::table(
+        &Plan {
+            mappings,
+            skipped: vec![],
+        },
+        &settings(),
+        true,
+    );
     let backend = Backend::new(kind);
-    client.netns().run(|| backend.apply(&table).expect("apply")).expect("netns");
+    client
+        .netns()
+        .run(|| backend.apply(&table).expect("apply"))
+        .expect("netns");
     let target = orders.addr_v4(80);
     let mut lat = client
         .netns()
         .run(move || {
             // Warm up caches and the echo server, then measure.
             for _ in 0..50 {
-                assert_eq!(lab_net::client::tcp_request(target).expect("request"), "orders-preview");
+                assert_eq!(
+                    lab_net::client::tcp_request(target).expect("request"),
+                    "orders-preview"
+                );
             }
             (0..samples)
                 .map(|_| {
@@ -187,11 +219,17 @@ fn main() {
         let cells: Vec<String> = kinds.iter().map(|&k| ms(apply_time(k, n))).collect();
         println!("| {n} | {} |", cells.join(" | "));
     }
-    println!("\nnaive, one iptables-legacy process per rule, 1000 pairs: {}", ms(naive_time(1_000)));
+    println!(
+        "\nnaive, one iptables-legacy process per rule, 1000 pairs: {}",
+        ms(naive_time(1_000))
+    );
     println!("\n## Connection set-up through the DNAT (connect + one echo), 2,000 samples\n");
     println!("| backend | pairs | p50 | p99 |");
     println!("|---|---|---|---|");
-    for kind in [BackendKind::Nftables, BackendKind::Iptables(IptablesFlavour::Legacy)] {
+    for kind in [
+        BackendKind::Nftables,
+        BackendKind::Iptables(IptablesFlavour::Legacy),
+    ] {
         for n in [10, 10_000] {
             let (p50, p99) = connect_latency(kind, n, 2_000);
             println!("| {kind} | {n} | {} | {} |", us(p50), us(p99));

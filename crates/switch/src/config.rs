@@ -68,6 +68,10 @@ knobs! {
         "Also map the IPv6 ClusterIPs of dual-stack Services.", @"ipv6";
     BACKEND = "GW_BACKEND", "backend", "auto",
         "Rule backend: auto, nftables, iptables, iptables-nft or iptables-legacy.", @"backend";
+    HTTP_ADDR = "GW_HTTP_ADDR", "http-addr", "0.0.0.0:8081",
+        "Watcher: address of /healthz, /readyz and /metrics.";
+    FLUSH_CONNTRACK = "GW_FLUSH_CONNTRACK", "flush-conntrack", "false",
+        "Watcher: on a flip, cut tracked connections to the remapped ClusterIPs so long-lived clients move too.", @"flushConntrack";
     API_TIMEOUT = "GW_API_TIMEOUT", "api-timeout", "30s",
         "How long to keep retrying an unreachable Kubernetes API before giving up.";
 }
@@ -172,6 +176,8 @@ pub struct Settings {
     pub ipv6: bool,
     pub backend: BackendChoice,
     pub api_timeout: Duration,
+    pub http_addr: std::net::SocketAddr,
+    pub flush_conntrack: bool,
 }
 
 /// Parses `500ms`, `2s`, `15m`, `1h`, `1m30s`.
@@ -377,6 +383,12 @@ impl Settings {
                 other => other.parse().map(BackendChoice::Fixed),
             })?,
             api_timeout: parsed(&raw, API_TIMEOUT, positive)?,
+            http_addr: parsed(&raw, HTTP_ADDR, |s| {
+                s.parse().map_err(|_| {
+                    "expected ADDRESS:PORT, e.g. 0.0.0.0:8081 or [::]:8081".to_string()
+                })
+            })?,
+            flush_conntrack: parsed(&raw, FLUSH_CONNTRACK, parse_bool)?,
         })
     }
 }
@@ -468,6 +480,8 @@ mod tests {
             (IPV6, "maybe"),
             (BACKEND, "pf"),
             (ROLE_LABEL_KEY, ""),
+            (HTTP_ADDR, ":8081"),
+            (FLUSH_CONNTRACK, "sometimes"),
         ] {
             let err = Settings::resolve(&with(&[(knob, value)])).unwrap_err();
             assert_eq!(err.knob, knob);

@@ -11,3 +11,4 @@ pub mod dnat_map;
 pub mod init;
 pub mod pairing;
 pub mod rules;
+pub mod watcher;

@@ -1,0 +1,113 @@
+//! The watcher's Prometheus metrics (names pinned by a test; dashboards depend on them).
+
+use crate::pairing::Plan;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
+
+type Labels = Vec<(String, String)>;
+
+fn label(k: &str, v: &str) -> Labels {
+    vec![(k.to_string(), v.to_string())]
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    dnat_rules: Family<Labels, Gauge>,
+    jump_state: Family<Labels, Gauge>,
+    errors: Family<Labels, Counter>,
+    flips: Family<Labels, Counter>,
+    flip_seconds: Histogram,
+    rebuilds: Counter,
+}
+
+impl Metrics {
+    /// Registers the metrics under `registry` (give it the `ghostwire` prefix).
+    pub fn new(registry: &mut Registry) -> Metrics {
+        let m = Metrics {
+            dnat_rules: Family::default(),
+            jump_state: Family::default(),
+            errors: Family::default(),
+            flips: Family::default(),
+            // 1 ms … ~4 s: a flip is a watch event plus one small kernel transaction.
+            flip_seconds: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 13),
+            ),
+            rebuilds: Counter::default(),
+        };
+        registry.register(
+            "dnat_rules",
+            "DNAT mappings currently programmed, per active Service",
+            m.dnat_rules.clone(),
+        );
+        registry.register(
+            "jump_state",
+            "Whether the jump to the DNAT chain is on (state=on) or off (state=off): 1 for the current one",
+            m.jump_state.clone(),
+        );
+        registry.register(
+            "errors",
+            "Errors by type (api, kernel, drift, conntrack)",
+            m.errors.clone(),
+        );
+        registry.register(
+            "flips",
+            "Jump changes, by the state flipped to",
+            m.flips.clone(),
+        );
+        registry.register(
+            "flip_duration_seconds",
+            "From seeing the label change to the jump being in place",
+            m.flip_seconds.clone(),
+        );
+        registry.register(
+            "rebuilds",
+            "Full rebuilds of the DNAT chain",
+            m.rebuilds.clone(),
+        );
+        m.set_jump(false);
+        for t in ["api", "kernel", "drift", "conntrack"] {
+            let _ = m.errors.get_or_create(&label("type", t));
+        }
+        m
+    }
+
+    pub fn set_jump(&self, on: bool) {
+        self.jump_state
+            .get_or_create(&label("state", "on"))
+            .set(i64::from(on));
+        self.jump_state
+            .get_or_create(&label("state", "off"))
+            .set(i64::from(!on));
+    }
+
+    pub fn error(&self, kind: &str) {
+        self.errors.get_or_create(&label("type", kind)).inc();
+    }
+
+    pub fn flipped(&self, on: bool, seconds: f64) {
+        let to = if on { "on" } else { "off" };
+        self.flips.get_or_create(&label("to", to)).inc();
+        self.flip_seconds.observe(seconds);
+        self.set_jump(on);
+    }
+
+    pub fn rebuilt(&self) {
+        self.rebuilds.inc();
+    }
+
+    /// Publishes the mappings of the plan now in the kernel.
+    pub fn set_plan(&self, plan: &Plan) {
+        self.dnat_rules.clear();
+        let mut per: BTreeMap<&str, i64> = BTreeMap::new();
+        for m in &plan.mappings {
+            *per.entry(&m.active).or_default() += 1;
+        }
+        for (svc, n) in per {
+            self.dnat_rules.get_or_create(&label("service", svc)).set(n);
+        }
+    }
+}
