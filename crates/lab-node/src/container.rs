@@ -1,0 +1,193 @@
+//! How a container becomes a process: `ip netns exec POD` (the pod's network namespace, and a
+//! private mount namespace that `ip` makes) → `unshare --uts` (the pod's hostname) → `sh -c` that
+//! bind-mounts the volumes at their mount paths and changes directory → `setpriv` (user, group,
+//! capability bounding set) → the container's program. Every step `exec`s, so the process the
+//! node spawns *is* the container's main process, in its own process group.
+//!
+//! Containers share the host's root filesystem: a mount path that does not exist is created on
+//! the host (empty) so the bind mount has a target; the mount itself is private to the container.
+
+use crate::util::sh_quote;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The capabilities a container runtime grants by default (containerd's set).
+pub const DEFAULT_CAPS: &[&str] = &[
+    "chown",
+    "dac_override",
+    "fowner",
+    "fsetid",
+    "kill",
+    "setgid",
+    "setuid",
+    "setpcap",
+    "net_bind_service",
+    "net_raw",
+    "sys_chroot",
+    "mknod",
+    "audit_write",
+    "setfcap",
+];
+
+/// A bind mount into the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub source: PathBuf,
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// Everything needed to start one container instance.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    pub netns: String,
+    pub hostname: String,
+    pub mounts: Vec<Mount>,
+    pub workdir: Option<String>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// The bounding set; `None` for a privileged container (all capabilities).
+    pub caps: Option<Vec<String>>,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+/// The effective capability set from `securityContext.capabilities` (`add`, `drop`, "ALL").
+pub fn capabilities(add: &[String], drop: &[String]) -> Vec<String> {
+    let norm = |c: &String| c.to_lowercase().trim_start_matches("cap_").to_string();
+    let drop: Vec<String> = drop.iter().map(norm).collect();
+    let mut caps: Vec<String> = if drop.iter().any(|d| d == "all") {
+        Vec::new()
+    } else {
+        DEFAULT_CAPS
+            .iter()
+            .map(|c| c.to_string())
+            .filter(|c| !drop.contains(c))
+            .collect()
+    };
+    for a in add.iter().map(norm) {
+        if a == "all" {
+            return vec!["all".to_string()];
+        }
+        if !caps.contains(&a) {
+            caps.push(a);
+        }
+    }
+    caps
+}
+
+/// The setup script run by `sh -c` before the program.
+pub fn script(l: &Launch) -> String {
+    let mut s = String::from("set -e\n");
+    if !l.hostname.is_empty() {
+        s.push_str(&format!("hostname {}\n", sh_quote(&l.hostname)));
+    }
+    for m in &l.mounts {
+        let (src, dst) = (
+            sh_quote(&m.source.display().to_string()),
+            sh_quote(&m.target),
+        );
+        if m.source.is_dir() {
+            s.push_str(&format!("mkdir -p {dst}\n"));
+        } else {
+            s.push_str(&format!(
+                "mkdir -p \"$(dirname {dst})\"\n[ -e {dst} ] || touch {dst}\n"
+            ));
+        }
+        s.push_str(&format!("mount --bind {src} {dst}\n"));
+        if m.read_only {
+            s.push_str(&format!("mount -o remount,bind,ro {dst}\n"));
+        }
+    }
+    if let Some(w) = &l.workdir {
+        s.push_str(&format!("mkdir -p {0}\ncd {0}\n", sh_quote(w)));
+    }
+    let mut setpriv = String::from("exec setpriv");
+    if let Some(g) = l.gid {
+        setpriv.push_str(&format!(" --regid {g} --clear-groups"));
+    }
+    if let Some(u) = l.uid {
+        setpriv.push_str(&format!(" --reuid {u}"));
+        if l.gid.is_none() {
+            setpriv.push_str(" --clear-groups");
+        }
+    }
+    if let Some(caps) = &l.caps
+        && !caps.iter().any(|c| c == "all")
+    {
+        let mut spec = String::from("-all");
+        for c in caps {
+            spec.push_str(",+");
+            spec.push_str(c);
+        }
+        setpriv.push_str(&format!(" --bounding-set {spec}"));
+    }
+    setpriv.push_str(" -- \"$@\"\n");
+    s.push_str(&setpriv);
+    s
+}
+
+/// The command that starts the container (spawn it in its own process group).
+pub fn command(l: &Launch) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns", "exec", &l.netns, "unshare", "--uts", "--", "sh", "-c",
+    ])
+    .arg(script(l))
+    .arg("sh")
+    .args(&l.argv)
+    .env_clear()
+    .envs(l.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn capabilities_add_and_drop() {
+        let caps = capabilities(&s(&["NET_ADMIN"]), &s(&["NET_RAW"]));
+        assert!(caps.contains(&"net_admin".to_string()));
+        assert!(!caps.contains(&"net_raw".to_string()));
+        assert_eq!(
+            capabilities(&s(&["CAP_NET_ADMIN"]), &s(&["ALL"])),
+            s(&["net_admin"])
+        );
+        assert_eq!(capabilities(&s(&["ALL"]), &[]), s(&["all"]));
+    }
+
+    #[test]
+    fn script_mounts_then_drops_privileges() {
+        let l = Launch {
+            hostname: "web".into(),
+            mounts: vec![Mount {
+                source: "/nonexistent/file".into(),
+                target: "/etc/it's".into(),
+                read_only: true,
+            }],
+            workdir: Some("/work".into()),
+            uid: Some(1000),
+            gid: Some(2000),
+            caps: Some(s(&["net_admin"])),
+            ..Launch::default()
+        };
+        let sc = script(&l);
+        assert!(sc.contains("hostname 'web'\n"));
+        assert!(sc.contains("mount --bind '/nonexistent/file' '/etc/it'\\''s'\n"));
+        assert!(sc.contains("mount -o remount,bind,ro '/etc/it'\\''s'\n"));
+        assert!(sc.contains("cd '/work'\n"));
+        assert!(sc.ends_with(
+            "exec setpriv --regid 2000 --clear-groups --reuid 1000 --bounding-set -all,+net_admin -- \"$@\"\n"
+        ));
+        let privileged = Launch {
+            caps: None,
+            ..Launch::default()
+        };
+        assert!(script(&privileged).ends_with("exec setpriv -- \"$@\"\n"));
+    }
+}

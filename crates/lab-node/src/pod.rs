@@ -1,0 +1,707 @@
+//! The kubelet part: one worker per Pod — network namespace and addresses, volumes, init
+//! containers in order, then containers as processes with restarts, probes and status; on
+//! deletion SIGTERM, the grace period, SIGKILL, and the namespace removed.
+
+use crate::container::{self, Launch, Mount};
+use crate::state::{CState, PodRt, Stop, restarts_after};
+use crate::util::{arr, now, str_of};
+use crate::volumes::{self, SA_MOUNT};
+use crate::{Shared, env, images, probes};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Waits until the pod must stop, or `d` passes; returns whether it must stop.
+async fn sleep_or_stop(stop: &mut watch::Receiver<Option<Stop>>, d: Duration) -> bool {
+    if stop.borrow().is_some() {
+        return true;
+    }
+    let sleep = tokio::time::sleep(d);
+    tokio::select! {
+        _ = sleep => {}
+        () = stopped(stop) => return true,
+    }
+    stop.borrow().is_some()
+}
+
+/// Resolves once the pod must stop.
+async fn stopped(stop: &mut watch::Receiver<Option<Stop>>) {
+    let _ = stop.wait_for(Option::is_some).await;
+}
+
+/// Kubelet-style back-off: initial, doubled per restart, capped.
+fn backoff(shared: &Shared, restarts: u32) -> Duration {
+    let d = shared
+        .backoff_initial
+        .saturating_mul(1u32 << restarts.min(16));
+    d.min(shared.backoff_max)
+}
+
+/// Runs one pod until it is deleted (or the node shuts down).
+pub async fn run(shared: Arc<Shared>, rt: Arc<PodRt>) {
+    let writer = tokio::spawn(status_writer(shared.clone(), rt.clone()));
+    let mut stop = rt.stop.subscribe();
+    lifecycle(&shared, &rt, &mut stop).await;
+    // A finished pod keeps its (stopped) sandbox until it is deleted.
+    let _ = stop.wait_for(Option::is_some).await;
+    let why = rt.stopping().unwrap_or(Stop::Gone);
+    let netns = rt.lock().netns.take();
+    if let Some(netns) = netns {
+        let shared2 = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(lab) = crate::lock(&shared2.lab).as_mut()
+                && let Err(e) = lab.remove_pod(&netns)
+            {
+                tracing::warn!(error = %e, "removing a pod's namespace");
+            }
+        })
+        .await;
+    }
+    writer.abort();
+    crate::lock(&shared.pods.0).remove(&rt.uid);
+    if matches!(why, Stop::Delete { .. }) {
+        let api: Api<Pod> = Api::namespaced(shared.client.clone(), &rt.namespace);
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(kube::api::Preconditions {
+                uid: Some(rt.uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        if let Err(e) = api.delete(&rt.name, &dp).await {
+            tracing::debug!(pod = rt.name, error = %e, "final delete");
+        }
+    }
+    if !matches!(why, Stop::NodeShutdown { .. }) {
+        let _ = std::fs::remove_dir_all(&rt.dir);
+    }
+    tracing::debug!(pod = rt.name, ?why, "pod stopped");
+}
+
+async fn status_writer(shared: Arc<Shared>, rt: Arc<PodRt>) {
+    let api: Api<Pod> = Api::namespaced(shared.client.clone(), &rt.namespace);
+    let mut last = Value::Null;
+    loop {
+        rt.changed.notified().await;
+        let mut status = rt.status(&lab_net::NODE_IPV4.to_string());
+        // Transition times aside, an unchanged status is not written again.
+        if status == last {
+            continue;
+        }
+        last = status.clone();
+        if let Some(o) = status.as_object_mut() {
+            o.retain(|_, v| !v.is_null());
+        }
+        let patch = json!({"metadata": {"uid": rt.uid}, "status": status});
+        match api
+            .patch_status(&rt.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(p) => {
+                rt.lock().pod = serde_json::to_value(&p).unwrap_or(Value::Null);
+                shared.status_written.send_modify(|n| *n += 1);
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => return,
+            Err(e) => {
+                tracing::warn!(pod = rt.name, error = %e, "writing pod status");
+                last = Value::Null;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                rt.changed.notify_one();
+            }
+        }
+    }
+}
+
+async fn lifecycle(
+    shared: &Arc<Shared>,
+    rt: &Arc<PodRt>,
+    stop: &mut watch::Receiver<Option<Stop>>,
+) {
+    let pod = rt.lock().pod.clone();
+    let api: Api<Pod> = Api::namespaced(shared.client.clone(), &rt.namespace);
+    // Binding: the node takes the pod (the lab has a single node and no scheduler).
+    if str_of(&pod, "/spec/nodeName").is_empty() {
+        let patch = json!({"metadata": {"uid": rt.uid}, "spec": {"nodeName": shared.node_name}});
+        match api
+            .patch(&rt.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(p) => rt.lock().pod = serde_json::to_value(&p).unwrap_or(pod.clone()),
+            Err(e) => tracing::warn!(pod = rt.name, error = %e, "binding pod to node"),
+        }
+    }
+    rt.lock().start_time = Some(now());
+    rt.touch();
+    // The sandbox: a network namespace on the node's bridge.
+    let lab_name = shared.lab_pod_name(&rt.name);
+    let mut attempt = 0;
+    let netns = loop {
+        let shared2 = shared.clone();
+        let name = lab_name.clone();
+        let made = tokio::task::spawn_blocking(move || match crate::lock(&shared2.lab).as_mut() {
+            Some(lab) => lab.add_pod(&name).map_err(|e| e.to_string()),
+            None => Err("node is shut down".to_string()),
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match made {
+            Ok(p) => break p,
+            Err(e) => {
+                tracing::warn!(pod = rt.name, error = %e, "creating the pod sandbox");
+                if sleep_or_stop(stop, backoff(shared, attempt)).await {
+                    return;
+                }
+                attempt += 1;
+            }
+        }
+    };
+    {
+        let mut st = rt.lock();
+        st.ipv4 = Some(netns.ipv4);
+        st.ipv6 = Some(netns.ipv6);
+        st.netns = Some(netns);
+        st.sandbox_ready = true;
+    }
+    rt.touch();
+    // Volumes; a missing ConfigMap or Secret keeps the pod in ContainerCreating, retried.
+    let mut attempt = 0;
+    let vols = loop {
+        let pod = pod_with_status(rt);
+        match volumes::prepare(shared, &pod, &rt.dir).await {
+            Ok(v) => break v,
+            Err(e) => {
+                tracing::warn!(pod = rt.name, error = %e, "MountVolume failed");
+                if sleep_or_stop(stop, backoff(shared, attempt)).await {
+                    return;
+                }
+                attempt += 1;
+            }
+        }
+    };
+    let vols = Arc::new(vols);
+    // Init containers, in order, each to completion.
+    let n_init = arr(&pod, "/spec/initContainers").len();
+    for i in 0..n_init {
+        loop {
+            let Some(code) = instance(shared, rt, true, i, &vols, stop).await else {
+                return;
+            };
+            if code == 0 {
+                rt.update(true, i, |c| c.done = true);
+                break;
+            }
+            if pod["spec"]["restartPolicy"] == "Never" {
+                rt.update(true, i, |c| c.done = true);
+                rt.lock().failed = true;
+                rt.touch();
+                return;
+            }
+            let restarts = rt.lock().init[i].restarts;
+            set_back_off(rt, true, i);
+            if sleep_or_stop(stop, backoff(shared, restarts)).await {
+                return;
+            }
+            rt.update(true, i, |c| c.restarts += 1);
+        }
+    }
+    {
+        let mut st = rt.lock();
+        st.initialized = true;
+        for c in &mut st.containers {
+            c.state = CState::Waiting {
+                reason: "ContainerCreating".into(),
+                message: None,
+            };
+        }
+    }
+    rt.touch();
+    let n = arr(&pod, "/spec/containers").len();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (shared, rt, vols) = (shared.clone(), rt.clone(), vols.clone());
+        let mut stop = stop.clone();
+        set.spawn(async move {
+            loop {
+                let Some(code) = instance(&shared, &rt, false, i, &vols, &mut stop).await else {
+                    return;
+                };
+                let pod = rt.lock().pod.clone();
+                if !restarts_after(&pod, code) {
+                    rt.update(false, i, |c| c.done = true);
+                    return;
+                }
+                let restarts = rt.lock().containers[i].restarts;
+                set_back_off(&rt, false, i);
+                if sleep_or_stop(&mut stop, backoff(&shared, restarts)).await {
+                    return;
+                }
+                rt.update(false, i, |c| c.restarts += 1);
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+}
+
+fn set_back_off(rt: &PodRt, init: bool, i: usize) {
+    let pod = format!("{}_{}({})", rt.name, rt.namespace, rt.uid);
+    rt.update(init, i, |c| {
+        if let CState::Terminated(t) = &c.state {
+            c.last = Some(t.clone());
+        }
+        c.state = CState::Waiting {
+            reason: "CrashLoopBackOff".into(),
+            message: Some(format!(
+                "back-off restarting failed container {} in pod {pod}",
+                c.name
+            )),
+        };
+    });
+}
+
+/// The Pod object with the status the node knows (pod IPs for the downward API).
+fn pod_with_status(rt: &PodRt) -> Value {
+    let st = rt.lock();
+    let mut pod = st.pod.clone();
+    if let (Some(v4), Some(v6)) = (st.ipv4, st.ipv6) {
+        pod["status"]["podIP"] = json!(v4.to_string());
+        pod["status"]["podIPs"] = json!([{"ip": v4.to_string()}, {"ip": v6.to_string()}]);
+    }
+    pod["status"]["hostIP"] = json!(lab_net::NODE_IPV4.to_string());
+    pod["status"]["hostIPs"] = json!([{"ip": lab_net::NODE_IPV4.to_string()}]);
+    if str_of(&pod, "/spec/serviceAccountName").is_empty() {
+        pod["spec"]["serviceAccountName"] = json!("default");
+    }
+    pod
+}
+
+fn spec_of(pod: &Value, init: bool, i: usize) -> Value {
+    let list = if init {
+        "/spec/initContainers"
+    } else {
+        "/spec/containers"
+    };
+    arr(pod, list).get(i).cloned().unwrap_or(Value::Null)
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect()
+}
+
+/// The container's environment, in Kubernetes order: service links, envFrom, env.
+async fn environment(
+    shared: &Shared,
+    pod: &Value,
+    spec: &Value,
+) -> Result<Vec<(String, String)>, String> {
+    let ns = str_of(pod, "/metadata/namespace");
+    let mut vars: Vec<(String, String)> = vec![
+        (
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
+        ("HOSTNAME".into(), str_of(pod, "/metadata/name").into()),
+    ];
+    let mut links = Vec::new();
+    if pod["spec"]["enableServiceLinks"] != false {
+        let svcs = Api::<Service>::namespaced(shared.client.clone(), ns)
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| format!("listing services for service links: {e}"))?;
+        for s in svcs {
+            let s = serde_json::to_value(&s).unwrap_or_default();
+            let ip = str_of(&s, "/spec/clusterIP");
+            if ip.is_empty() || ip == "None" {
+                continue;
+            }
+            env::service_link_vars(
+                str_of(&s, "/metadata/name"),
+                ip,
+                arr(&s, "/spec/ports"),
+                &mut links,
+            );
+        }
+    }
+    if ns != "default" || links.iter().all(|(k, _)| k != "KUBERNETES_SERVICE_HOST") {
+        env::service_link_vars(
+            "kubernetes",
+            "10.96.0.1",
+            &[json!({"name": "https", "port": 443, "protocol": "TCP"})],
+            &mut links,
+        );
+    }
+    vars.extend(links);
+    let mut resolved: BTreeMap<String, String> = vars.iter().cloned().collect();
+    let set = |vars: &mut Vec<(String, String)>,
+               resolved: &mut BTreeMap<String, String>,
+               k: String,
+               v: String| {
+        vars.retain(|(n, _)| *n != k);
+        resolved.insert(k.clone(), v.clone());
+        vars.push((k, v));
+    };
+    for from in arr(spec, "/envFrom") {
+        let prefix = str_of(from, "/prefix");
+        let (data, optional) = if let Some(cm) = from.get("configMapRef").filter(|v| v.is_object())
+        {
+            let name = str_of(cm, "/name");
+            let got = Api::<ConfigMap>::namespaced(shared.client.clone(), ns)
+                .get_opt(name)
+                .await
+                .map_err(|e| e.to_string())?;
+            (
+                got.map(|c| c.data.unwrap_or_default().into_iter().collect::<Vec<_>>()),
+                cm["optional"] == true,
+            )
+        } else if let Some(s) = from.get("secretRef").filter(|v| v.is_object()) {
+            let name = str_of(s, "/name");
+            let got = Api::<Secret>::namespaced(shared.client.clone(), ns)
+                .get_opt(name)
+                .await
+                .map_err(|e| e.to_string())?;
+            (
+                got.map(|s| {
+                    s.data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                        .collect::<Vec<_>>()
+                }),
+                s["optional"] == true,
+            )
+        } else {
+            continue;
+        };
+        match data {
+            Some(d) => {
+                for (k, v) in d {
+                    set(&mut vars, &mut resolved, format!("{prefix}{k}"), v);
+                }
+            }
+            None if optional => {}
+            None => {
+                return Err(format!(
+                    "envFrom source of container {} not found",
+                    str_of(spec, "/name")
+                ));
+            }
+        }
+    }
+    for e in arr(spec, "/env") {
+        let name = str_of(e, "/name").to_string();
+        let value = if let Some(v) = e["value"].as_str() {
+            env::expand(v, &resolved)
+        } else if let Some(f) = e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+            env::field(pod, f).ok_or_else(|| format!("env {name}: unsupported fieldPath {f:?}"))?
+        } else if let Some(r) = e["valueFrom"]["resourceFieldRef"]["resource"].as_str() {
+            env::resource_field(r)
+        } else if let Some(k) = e["valueFrom"]["configMapKeyRef"].as_object() {
+            let cm_name = k.get("name").and_then(Value::as_str).unwrap_or_default();
+            let key = k.get("key").and_then(Value::as_str).unwrap_or_default();
+            let optional = k.get("optional") == Some(&json!(true));
+            let got = Api::<ConfigMap>::namespaced(shared.client.clone(), ns)
+                .get_opt(cm_name)
+                .await
+                .map_err(|e| e.to_string())?;
+            match got.and_then(|c| c.data.unwrap_or_default().get(key).cloned()) {
+                Some(v) => v,
+                None if optional => continue,
+                None => {
+                    return Err(format!(
+                        "couldn't find key {key} in ConfigMap {ns}/{cm_name}"
+                    ));
+                }
+            }
+        } else if let Some(k) = e["valueFrom"]["secretKeyRef"].as_object() {
+            let s_name = k.get("name").and_then(Value::as_str).unwrap_or_default();
+            let key = k.get("key").and_then(Value::as_str).unwrap_or_default();
+            let optional = k.get("optional") == Some(&json!(true));
+            let got = Api::<Secret>::namespaced(shared.client.clone(), ns)
+                .get_opt(s_name)
+                .await
+                .map_err(|e| e.to_string())?;
+            match got.and_then(|s| s.data.unwrap_or_default().get(key).cloned()) {
+                Some(v) => String::from_utf8_lossy(&v.0).into_owned(),
+                None if optional => continue,
+                None => return Err(format!("couldn't find key {key} in Secret {ns}/{s_name}")),
+            }
+        } else {
+            String::new()
+        };
+        set(&mut vars, &mut resolved, name, value);
+    }
+    Ok(vars)
+}
+
+fn security(pod: &Value, spec: &Value) -> (Option<u32>, Option<u32>, Option<Vec<String>>) {
+    let pick = |f: &str| {
+        spec["securityContext"][f]
+            .as_u64()
+            .or_else(|| pod["spec"]["securityContext"][f].as_u64())
+            .map(|v| v as u32)
+    };
+    let sc = &spec["securityContext"];
+    let caps = if sc["privileged"] == true {
+        None
+    } else {
+        Some(container::capabilities(
+            &strings(&sc["capabilities"]["add"]),
+            &strings(&sc["capabilities"]["drop"]),
+        ))
+    };
+    (pick("runAsUser"), pick("runAsGroup"), caps)
+}
+
+/// Runs one instance of a container; returns its exit code, or `None` when the pod is stopping.
+async fn instance(
+    shared: &Arc<Shared>,
+    rt: &Arc<PodRt>,
+    init: bool,
+    i: usize,
+    vols: &HashMap<String, PathBuf>,
+    stop: &mut watch::Receiver<Option<Stop>>,
+) -> Option<i64> {
+    let pod = pod_with_status(rt);
+    let spec = spec_of(&pod, init, i);
+    let cname = str_of(&spec, "/name").to_string();
+    let image = str_of(&spec, "/image").to_string();
+    // "Pulling": the image table.
+    let mut pulls = 0;
+    let argv = loop {
+        match images::argv(
+            &image,
+            &strings(&spec["command"]),
+            &strings(&spec["args"]),
+            &shared.ghostwire_bin,
+        ) {
+            Ok(a) => break Ok(a),
+            Err(e @ images::ImageError::NotFound(_)) => {
+                rt.update(init, i, |c| {
+                    c.state = CState::Waiting {
+                        reason: "ErrImagePull".into(),
+                        message: Some(e.to_string()),
+                    }
+                });
+                if sleep_or_stop(stop, shared.backoff_initial.min(Duration::from_secs(1))).await {
+                    return None;
+                }
+                rt.update(init, i, |c| {
+                    c.state = CState::Waiting {
+                        reason: "ImagePullBackOff".into(),
+                        message: Some(format!(
+                            "Back-off pulling image \"{}\"",
+                            images::full_name(&image)
+                        )),
+                    }
+                });
+                if sleep_or_stop(stop, backoff(shared, pulls)).await {
+                    return None;
+                }
+                pulls += 1;
+            }
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    let mut attempt = 0;
+    let env = loop {
+        match environment(shared, &pod, &spec).await {
+            Ok(e) => break e,
+            Err(e) => {
+                rt.update(init, i, |c| {
+                    c.state = CState::Waiting {
+                        reason: "CreateContainerConfigError".into(),
+                        message: Some(e.clone()),
+                    }
+                });
+                if sleep_or_stop(stop, backoff(shared, attempt)).await {
+                    return None;
+                }
+                attempt += 1;
+            }
+        }
+    };
+    let mut mounts = Vec::new();
+    let mut has_sa = false;
+    for m in arr(&spec, "/volumeMounts") {
+        let Some(src) = vols.get(str_of(m, "/name")) else {
+            continue;
+        };
+        let sub = str_of(m, "/subPath");
+        let source = if sub.is_empty() {
+            src.clone()
+        } else {
+            src.join(sub)
+        };
+        if !sub.is_empty() && !source.exists() {
+            let _ = std::fs::create_dir_all(&source);
+        }
+        let target = str_of(m, "/mountPath").to_string();
+        has_sa |= target.trim_end_matches('/') == SA_MOUNT;
+        mounts.push(Mount {
+            source,
+            target,
+            read_only: m["readOnly"] == true,
+        });
+    }
+    if let Some(sa) = vols.get("")
+        && !has_sa
+    {
+        mounts.push(Mount {
+            source: sa.clone(),
+            target: SA_MOUNT.into(),
+            read_only: true,
+        });
+    }
+    let home = rt.dir.join("home").join(&cname);
+    let _ = std::fs::create_dir_all(&home);
+    let mut env = env;
+    if !env.iter().any(|(k, _)| k == "HOME") {
+        // Not /root: the host's ~/.kube/config must not leak into the pod's in-cluster config.
+        env.push(("HOME".into(), home.display().to_string()));
+    }
+    let (uid, gid, caps) = security(&pod, &spec);
+    let netns_name = rt
+        .lock()
+        .netns
+        .as_ref()
+        .map(|p| p.netns().name().to_string())
+        .unwrap_or_default();
+    let wd = str_of(&spec, "/workingDir");
+    let launch = Launch {
+        netns: netns_name,
+        hostname: rt.name.clone(),
+        mounts,
+        workdir: (!wd.is_empty()).then(|| wd.to_string()),
+        uid,
+        gid,
+        caps,
+        argv: argv.clone().unwrap_or_default(),
+        env: env.clone(),
+    };
+    // Log file of this instance.
+    let instance_no = rt.lock().containers_of(init)[i]
+        .instance
+        .map_or(0, |n| n + 1);
+    let log = crate::logs::log_path(&rt.dir, &cname, instance_no);
+    let _ = std::fs::create_dir_all(log.parent().unwrap_or(&rt.dir));
+    let started_at = now();
+    let spawned = match (&argv, std::fs::File::create(&log)) {
+        (Err(e), _) => Err(e.clone()),
+        (_, Err(e)) => Err(format!("{}: {e}", log.display())),
+        (Ok(_), Ok(file)) => {
+            let mut cmd = container::command(&launch);
+            let err = file.try_clone();
+            cmd.stdin(std::process::Stdio::null()).stdout(file);
+            if let Ok(err) = err {
+                cmd.stderr(err);
+            }
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+            tokio::process::Command::from(cmd)
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| e.to_string())
+        }
+    };
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(msg) => {
+            let t = json!({"exitCode": 128, "reason": "StartError", "message": msg,
+                           "startedAt": "1970-01-01T00:00:00Z", "finishedAt": now()});
+            rt.update(init, i, |c| {
+                c.instance = Some(instance_no);
+                c.state = CState::Terminated(t);
+                c.ready = false;
+            });
+            return Some(128);
+        }
+    };
+    let pgid = child.id().map(|p| p as i32);
+    if let Some(p) = pgid {
+        crate::lock(&shared.pgids).insert(p);
+    }
+    let has_readiness = spec["readinessProbe"].is_object() && !init;
+    rt.update(init, i, |c| {
+        c.instance = Some(instance_no);
+        c.pgid = pgid;
+        c.state = CState::Running {
+            started_at: started_at.clone(),
+        };
+        c.ready = !init && !has_readiness;
+    });
+    let probe_task = (!init && pgid.is_some()).then(|| {
+        tokio::spawn(probes::run(
+            shared.clone(),
+            rt.clone(),
+            i,
+            spec.clone(),
+            env.clone(),
+            pgid.unwrap_or(0),
+        ))
+    });
+    let status = tokio::select! {
+        s = child.wait() => s.ok(),
+        () = stopped(stop) => {
+            let grace = rt.stopping().map_or(0, Stop::grace).max(0) as u64;
+            terminate(&mut child, pgid, Duration::from_secs(grace)).await
+        }
+    };
+    if let Some(t) = probe_task {
+        t.abort();
+    }
+    if let Some(p) = pgid {
+        // The main process is gone; so must be the rest of its group.
+        let _ = killpg(Pid::from_raw(p), Signal::SIGKILL);
+        crate::lock(&shared.pgids).remove(&p);
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .map(|s| {
+            s.code()
+                .map_or_else(|| 128 + i64::from(s.signal().unwrap_or(9)), i64::from)
+        })
+        .unwrap_or(137);
+    let reason = if code == 0 { "Completed" } else { "Error" };
+    let t = json!({"exitCode": code, "reason": reason, "startedAt": started_at, "finishedAt": now(),
+                   "containerID": format!("lab://{}/{}/{}", rt.uid, cname, instance_no)});
+    rt.update(init, i, |c| {
+        c.state = CState::Terminated(t);
+        c.ready = false;
+        c.pgid = None;
+    });
+    if rt.stopping().is_some() {
+        return None;
+    }
+    Some(code)
+}
+
+/// SIGTERM to the container's process group, up to `grace`, then SIGKILL.
+pub async fn terminate(
+    child: &mut tokio::process::Child,
+    pgid: Option<i32>,
+    grace: Duration,
+) -> Option<std::process::ExitStatus> {
+    if let Some(p) = pgid {
+        let _ = killpg(Pid::from_raw(p), Signal::SIGTERM);
+    }
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(s) => s.ok(),
+        Err(_) => {
+            if let Some(p) = pgid {
+                let _ = killpg(Pid::from_raw(p), Signal::SIGKILL);
+            }
+            child.wait().await.ok()
+        }
+    }
+}
