@@ -1,24 +1,29 @@
-//! `ghostwire demo`: the preview switch end to end in a lab on this machine.
+//! `ghostwire demo`: the preview switch end to end on the lab cluster on this machine.
 //!
-//! Builds a lab (pods as network namespaces), runs the real `ghostwire init`
-//! inside two client pods, turns the jump on in the preview one, and shows
-//! which backend each pod reaches before and after. Exit 0 only if every
-//! route is the expected one.
+//! Starts the lab cluster (API + node), creates orders, orders-preview and payments (echo pods
+//! behind ClusterIP Services) and two shop pods, and records which backend each shop pod reaches.
+//! Then it rolls the shop pods out again with `ghostwire init` as their init container (the
+//! preview one with `--activate`, as no watcher runs here), which reaches the API in-cluster,
+//! and records again. Exit 0 only if every route is the expected one.
 
 use crate::exit::{Code, Exit, WithCode};
 use anyhow::{Context, anyhow};
 use clap::Args;
-use lab_net::{Lab, Pod, Service, ServicePort};
+use lab_node::{Cluster, ClusterOptions, scenario};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(120);
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Rule backend for the pods' init: auto, nftables, iptables, iptables-nft, iptables-legacy.
     #[arg(long, env = "GW_BACKEND", default_value = "auto")]
     pub backend: String,
-    /// Use the Services' IPv6 ClusterIPs (dual-stack).
+    /// Use the Services' IPv6 ClusterIPs (dual-stack Services).
     #[arg(long)]
     pub ipv6: bool,
-    /// Keep the lab up after the demo until Ctrl-C, to look around with `ip netns exec`.
+    /// Keep the lab cluster up after the demo until Ctrl-C, to look around with kubectl.
     #[arg(long)]
     pub hold: bool,
 }
@@ -32,128 +37,147 @@ struct Row {
     want: &'static str,
 }
 
-/// Removes the demo's scratch directory on drop.
-struct Scratch(std::path::PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+const CLIENTS: [(&str, &str); 2] = [("shop-active", "active"), ("shop-preview", "preview")];
 
 pub async fn run(args: DemoArgs) -> Result<(), Exit> {
-    // Ctrl-C or SIGTERM: remove the lab's namespaces, then leave.
-    tokio::spawn(async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        }
-        eprintln!("\nghostwire demo: interrupted, removing the lab");
-        let _ = lab_net::shutdown_all();
-        std::process::exit(130);
-    });
-    tokio::task::spawn_blocking(move || demo(&args))
-        .await
-        .context("demo task")?
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = demo(&args) => r,
+        _ = tokio::signal::ctrl_c() => interrupted(),
+        _ = term.recv() => interrupted(),
+    }
 }
 
-fn reach(pod: &Pod, svc: &Service, v6: bool) -> String {
-    let addr = if v6 { svc.addr_v6(80) } else { svc.addr_v4(80) };
-    pod.tcp_request(addr)
-        .unwrap_or_else(|e| format!("error: {e}"))
+/// Runs after the demo's future (and with it the cluster: containers killed, namespaces
+/// removed) was dropped.
+fn interrupted() -> Result<(), Exit> {
+    eprintln!("\nghostwire demo: interrupted, lab removed");
+    std::process::exit(130);
 }
 
-fn demo(args: &DemoArgs) -> Result<(), Exit> {
+async fn reach(cluster: &Cluster, pod: &str, addr: SocketAddr) -> String {
+    let Some(p) = cluster.node().pod_netns("default", pod) else {
+        return format!("error: pod {pod} not running");
+    };
+    tokio::task::spawn_blocking(move || {
+        p.tcp_request(addr)
+            .unwrap_or_else(|e| format!("error: {e}"))
+    })
+    .await
+    .unwrap_or_else(|e| format!("error: {e}"))
+}
+
+async fn demo(args: &DemoArgs) -> Result<(), Exit> {
     let exe = std::env::current_exe().context("cannot find the ghostwire binary")?;
-    let scratch =
-        Scratch(std::env::temp_dir().join(format!("ghostwire-demo-{}", std::process::id())));
-    std::fs::create_dir_all(&scratch.0).context("scratch directory")?;
-
-    println!("ghostwire demo: building a lab (node bridge, pods as network namespaces)…");
-    let mut lab = Lab::new("demo").context("creating the lab (are you root?)")?;
-    let ports = [ServicePort::tcp(80, 8080).named("http")];
-    let mut servers = Vec::new();
-    let mut services = Vec::new();
+    println!(
+        "ghostwire demo: starting a lab cluster (Kubernetes API + node, pods as network namespaces)…"
+    );
+    let mut opts = ClusterOptions::new("demo", exe);
+    opts.backoff_initial = Duration::from_secs(1);
+    let cluster = Cluster::start(opts)
+        .await
+        .context("starting the lab cluster (are you root?)")?;
+    let client = cluster.client().await?;
     for name in ["orders", "orders-preview", "payments"] {
-        let pod = lab.add_pod(&format!("{name}-backend"))?;
-        servers.push(pod.serve_echo(name, &[8080], &[])?);
-        services.push(lab.add_service(name, &ports, &[&pod])?);
+        scenario::apply(&client, "default", &scenario::service(name, args.ipv6)).await?;
+        scenario::apply(&client, "default", &scenario::echo_pod(name, None)).await?;
     }
-    let (orders, payments) = (&services[0], &services[2]);
-    for s in &services {
-        println!("  Service {:<15} ClusterIP {} / {}", s.name, s.ipv4, s.ipv6);
+    scenario::wait_ready(
+        &client,
+        "default",
+        &["orders", "orders-preview", "payments"],
+        WAIT,
+    )
+    .await?;
+    let mut addrs = Vec::new();
+    for name in ["orders", "orders-preview", "payments"] {
+        let ips = scenario::cluster_ips(&client, "default", name).await?;
+        let shown: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
+        println!("  Service {name:<15} ClusterIPs {}", shown.join(" / "));
+        let ip = ips
+            .iter()
+            .find(|i| i.is_ipv6() == args.ipv6)
+            .copied()
+            .ok_or_else(|| {
+                anyhow!(
+                    "Service {name} has no {} ClusterIP",
+                    if args.ipv6 { "IPv6" } else { "IPv4" }
+                )
+            })?;
+        addrs.push(SocketAddr::new(ip, 80));
     }
-    let active = lab.add_pod("shop-active")?;
-    let preview = lab.add_pod("shop-preview")?;
-    let clients = [
-        (&active, "shop-active", "active"),
-        (&preview, "shop-preview", "preview"),
-    ];
+    let (orders, payments) = (addrs[0], addrs[2]);
 
+    println!("  shop pods without ghostwire…");
+    for (name, role) in CLIENTS {
+        scenario::apply(
+            &client,
+            "default",
+            &scenario::client_pod(name, role, None, &[]),
+        )
+        .await?;
+    }
+    scenario::wait_ready(&client, "default", &["shop-active", "shop-preview"], WAIT).await?;
     let mut rows = Vec::new();
-    for (pod, name, role) in clients {
-        for (svc, sname) in [(orders, "orders"), (payments, "payments")] {
-            let want = match (role, sname) {
-                ("preview", "orders") => "orders-preview",
-                _ => sname,
+    for (pod, role) in CLIENTS {
+        for (service, addr) in [("orders", orders), ("payments", payments)] {
+            let want = if role == "preview" && service == "orders" {
+                "orders-preview"
+            } else {
+                service
             };
             rows.push(Row {
-                pod: name,
+                pod,
                 role,
-                service: sname,
-                before: reach(pod, svc, args.ipv6),
+                service,
+                before: reach(&cluster, pod, addr).await,
                 after: String::new(),
                 want,
             });
         }
     }
 
-    let file = scratch.0.join("services.json");
-    let refs: Vec<&Service> = services.iter().collect();
-    std::fs::write(&file, lab_net::kube_json::service_list(&refs, "default"))
-        .context("writing services.json")?;
-    for (pod, name, role) in clients {
-        let map = scratch.0.join(format!("{name}.map"));
-        let mut cmd = pod.command(&exe);
-        cmd.arg("init")
-            .arg("--from-file")
-            .arg(&file)
-            .arg("--dnat-map")
-            .arg(&map)
-            .args(["--backend", &args.backend])
-            .args(["--ipv6", if args.ipv6 { "true" } else { "false" }]);
-        if role == "preview" {
-            // No watcher yet in this demo: init turns the jump on itself.
-            cmd.arg("--activate");
-        }
-        println!(
-            "  {name}: ghostwire init{}",
-            if role == "preview" { " --activate" } else { "" }
-        );
-        let out = cmd.output().context("running ghostwire init")?;
-        if !out.status.success() {
-            return Err(anyhow!(
-                "ghostwire init in {name} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ))
-            .code(Code::Kernel);
-        }
-        if role == "preview" {
-            println!("\n  DNAT map written by init in {name}:");
-            for line in std::fs::read_to_string(&map).unwrap_or_default().lines() {
-                println!("    {line}");
-            }
+    println!(
+        "  shop pods again, with the init container `ghostwire init` (in-cluster API access)…"
+    );
+    scenario::delete_pods(&client, "default", &["shop-active", "shop-preview"], WAIT).await?;
+    let ipv6 = if args.ipv6 { "true" } else { "false" };
+    for (name, role) in CLIENTS {
+        // No watcher in this demo: init turns the preview pod's jump on itself.
+        let init: &[&str] = if role == "preview" {
+            &["init", "--activate", "--ipv6", ipv6]
+        } else {
+            &["init", "--ipv6", ipv6]
+        };
+        println!("  {name}: ghostwire {}", init.join(" "));
+        let pod = scenario::client_pod(name, role, Some(init), &[("GW_BACKEND", &args.backend)]);
+        scenario::apply(&client, "default", &pod).await?;
+    }
+    if let Err(e) =
+        scenario::wait_ready(&client, "default", &["shop-active", "shop-preview"], WAIT).await
+    {
+        return Err(anyhow!("{e}; see `kubectl logs <pod> -c ghostwire-init`")).code(Code::Kernel);
+    }
+    if let Some(dir) = cluster
+        .node()
+        .volume_dir("default", "shop-preview", "shared")
+    {
+        println!("\n  DNAT map written by init in shop-preview (/shared/dnat.map):");
+        for line in std::fs::read_to_string(dir.join("dnat.map"))
+            .unwrap_or_default()
+            .lines()
+        {
+            println!("    {line}");
         }
     }
-    let mut i = 0;
-    for (pod, _, _) in clients {
-        for svc in [orders, payments] {
-            rows[i].after = reach(pod, svc, args.ipv6);
-            i += 1;
-        }
+    for row in &mut rows {
+        let addr = if row.service == "orders" {
+            orders
+        } else {
+            payments
+        };
+        row.after = reach(&cluster, row.pod, addr).await;
     }
 
     println!(
@@ -176,15 +200,13 @@ fn demo(args: &DemoArgs) -> Result<(), Exit> {
     }
     if args.hold {
         println!(
-            "\nghostwire demo: holding the lab; its namespaces start with {}. Ctrl-C removes it.",
-            lab.prefix()
+            "\nghostwire demo: holding the lab; kubeconfig {} (kubectl --kubeconfig … get pods); its namespaces start with {}. Ctrl-C removes it.",
+            cluster.kubeconfig_path().display(),
+            cluster.node().prefix()
         );
-        loop {
-            std::thread::park();
-        }
+        std::future::pending::<()>().await;
     }
-    drop(servers);
-    lab.shutdown().context("removing the lab")?;
+    cluster.shutdown(Duration::from_secs(2)).await;
     if ok {
         println!(
             "\nghostwire demo: routing is right — the preview pod reaches orders-preview through the orders ClusterIP; everything else stays on active."

@@ -1,4 +1,5 @@
-//! `ghostwire demo` end to end: passes, and leaves nothing behind, also when stopped by a signal.
+//! `ghostwire demo` end to end on the lab cluster: passes, and leaves nothing behind (no
+//! namespaces, no container processes), also when stopped by a signal.
 
 mod common;
 
@@ -13,10 +14,49 @@ fn leftovers(pid: u32) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn demo_routes_right_and_cleans_up() {
+fn ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid …`; comm may contain spaces, so split after the last ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Every live process below `root`.
+fn descendants(root: u32) -> Vec<u32> {
+    let all: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let mut out = vec![root];
+    let mut grew = true;
+    while grew {
+        grew = false;
+        for &p in &all {
+            if !out.contains(&p) && ppid(p).is_some_and(|pp| out.contains(&pp)) {
+                out.push(p);
+                grew = true;
+            }
+        }
+    }
+    out.retain(|&p| p != root);
+    out
+}
+
+fn alive(pids: &[u32]) -> Vec<u32> {
+    pids.iter()
+        .copied()
+        .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+        .collect()
+}
+
+fn run_demo(args: &[&str]) {
     let child = Command::new(common::ghostwire())
-        .args(["demo", "--backend", "nftables"])
+        .arg("demo")
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -37,7 +77,25 @@ fn demo_routes_right_and_cleans_up() {
         preview_row.contains("orders-preview") && preview_row.ends_with('✓'),
         "{preview_row}"
     );
+    // Before init every pod reached the active backend.
+    assert!(
+        text.lines()
+            .filter(|l| l.trim_start().starts_with("shop-") && l.ends_with('✓'))
+            .all(|l| !l.contains("before")
+                && l.split_whitespace().nth(3) == l.split_whitespace().nth(2)),
+        "{text}"
+    );
     assert!(leftovers(pid).is_empty(), "{:?}", leftovers(pid));
+}
+
+#[test]
+fn demo_routes_right_and_cleans_up() {
+    run_demo(&["--backend", "nftables"]);
+}
+
+#[test]
+fn demo_routes_right_over_ipv6_with_iptables() {
+    run_demo(&["--backend", "iptables-nft", "--ipv6"]);
 }
 
 #[test]
@@ -54,13 +112,37 @@ fn sigterm_removes_the_lab() {
     let held = lines
         .by_ref()
         .map_while(Result::ok)
-        .any(|l| l.contains("holding the lab"));
-    assert!(held, "demo never reached the hold");
+        .find(|l| l.contains("holding the lab"))
+        .expect("demo never reached the hold");
     assert!(!leftovers(pid).is_empty(), "the held lab should exist");
+    // The held cluster answers the real kubectl.
+    let kubeconfig = held
+        .split_once("kubeconfig ")
+        .and_then(|(_, r)| r.split_whitespace().next())
+        .expect("kubeconfig path in the hold line");
+    let out = Command::new("kubectl")
+        .args(["--kubeconfig", kubeconfig, "get", "pods", "--no-headers"])
+        .output()
+        .unwrap();
+    let pods = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        pods.lines()
+            .any(|l| l.starts_with("shop-preview") && l.contains("Running")),
+        "{pods}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Container processes (echo servers, sleeps) run below the demo until it stops.
+    let procs = descendants(pid);
+    assert!(!procs.is_empty());
     nix_kill(pid);
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     assert!(leftovers(pid).is_empty(), "{:?}", leftovers(pid));
+    assert!(
+        alive(&procs).is_empty(),
+        "processes left: {:?}",
+        alive(&procs)
+    );
 }
 
 fn nix_kill(pid: u32) {

@@ -33,6 +33,7 @@ mod pod;
 mod probes;
 pub mod proxy;
 mod relay;
+pub mod scenario;
 mod state;
 mod util;
 mod volumes;
@@ -234,6 +235,14 @@ impl Node {
             .values()
             .find(|rt| rt.namespace == namespace && rt.name == name)
             .and_then(|rt| rt.lock().netns.clone())
+    }
+
+    /// The host directory of a running Pod's volume (e.g. an emptyDir).
+    pub fn volume_dir(&self, namespace: &str, name: &str, volume: &str) -> Option<PathBuf> {
+        lock(&self.shared.pods.0)
+            .values()
+            .find(|rt| rt.namespace == namespace && rt.name == name)
+            .map(|rt| rt.dir.join("volumes").join(volume))
     }
 
     /// The rules kube-proxy applied last.

@@ -1,0 +1,166 @@
+//! Building blocks for scripted use of a lab cluster (`ghostwire demo`, tests, benchmarks):
+//! objects as JSON, applied with server-side apply, and bounded waits on Pod conditions.
+
+use crate::{Error, Result};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::wait::{await_condition, conditions};
+use serde_json::{Value, json};
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// An echo Pod (`ghostwire/echo`) labelled `app: NAME`, answering with its name (and `VERSION`)
+/// on port 8080 (named `http`), ready once its HTTP readiness probe passes.
+pub fn echo_pod(name: &str, version: Option<&str>) -> Value {
+    let mut c = json!({
+        "name": "echo", "image": "ghostwire/echo:dev",
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+    });
+    if let Some(v) = version {
+        c["env"] = json!([{"name": "VERSION", "value": v}]);
+    }
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "labels": {"app": name}},
+           "spec": {"terminationGracePeriodSeconds": 2, "containers": [c]}})
+}
+
+/// A ClusterIP Service `NAME` → Pods `app: NAME`, port 80 → `http`; dual-stack if asked.
+pub fn service(name: &str, dual_stack: bool) -> Value {
+    let mut s = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+                       "spec": {"selector": {"app": name},
+                                "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}});
+    if dual_stack {
+        s["spec"]["ipFamilyPolicy"] = json!("RequireDualStack");
+        s["spec"]["ipFamilies"] = json!(["IPv4", "IPv6"]);
+    }
+    s
+}
+
+/// Applies a Pod or Service (server-side apply, field manager `lab`).
+pub async fn apply(client: &kube::Client, ns: &str, obj: &Value) -> Result<()> {
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    let pp = PatchParams::apply("lab").force();
+    match obj["kind"].as_str() {
+        Some("Service") => {
+            Api::<Service>::namespaced(client.clone(), ns)
+                .patch(name, &pp, &Patch::Apply(obj))
+                .await?;
+        }
+        _ => {
+            Api::<Pod>::namespaced(client.clone(), ns)
+                .patch(name, &pp, &Patch::Apply(obj))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Waits until every named Pod is Ready.
+pub async fn wait_ready(
+    client: &kube::Client,
+    ns: &str,
+    names: &[&str],
+    timeout: Duration,
+) -> Result<()> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    for name in names {
+        let cond = |p: Option<&Pod>| p.is_some_and(is_ready);
+        match tokio::time::timeout(timeout, await_condition(api.clone(), name, cond)).await {
+            Ok(Ok(_)) => {}
+            _ => {
+                let status = api
+                    .get_opt(name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|p| p.status);
+                return Err(Error::Timeout(
+                    timeout,
+                    format!(
+                        "pod {ns}/{name} to be Ready (status: {})",
+                        serde_json::to_string(&status).unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes Pods and waits until they are gone (processes stopped, namespaces removed).
+pub async fn delete_pods(
+    client: &kube::Client,
+    ns: &str,
+    names: &[&str],
+    timeout: Duration,
+) -> Result<()> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    for name in names {
+        let Some(p) = api.get_opt(name).await? else {
+            continue;
+        };
+        let uid = p.metadata.uid.unwrap_or_default();
+        api.delete(name, &DeleteParams::default()).await?;
+        tokio::time::timeout(
+            timeout,
+            await_condition(api.clone(), name, conditions::is_deleted(&uid)),
+        )
+        .await
+        .map_err(|_| Error::Timeout(timeout, format!("pod {ns}/{name} to be deleted")))?
+        .map_err(|e| Error::Timeout(timeout, format!("pod {ns}/{name} to be deleted: {e}")))?;
+    }
+    Ok(())
+}
+
+/// A Service's ClusterIPs, IPv4 first.
+pub async fn cluster_ips(client: &kube::Client, ns: &str, name: &str) -> Result<Vec<IpAddr>> {
+    let svc = Api::<Service>::namespaced(client.clone(), ns)
+        .get(name)
+        .await?;
+    Ok(svc
+        .spec
+        .and_then(|s| s.cluster_ips)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|ip| ip.parse().ok())
+        .collect())
+}
+
+/// A client Pod labelled `app: shop, role: ROLE` whose container only sleeps (the caller
+/// reaches Services from its namespace). With `init_args`, an init container runs this build's
+/// `ghostwire` with them, as an injected init container would: `POD_NAMESPACE` from the
+/// downward API, NET_ADMIN, an emptyDir at /shared, plus `init_env`.
+pub fn client_pod(
+    name: &str,
+    role: &str,
+    init_args: Option<&[&str]>,
+    init_env: &[(&str, &str)],
+) -> Value {
+    let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "shop", "role": role}},
+        "spec": {"terminationGracePeriodSeconds": 2,
+                 "containers": [{"name": "shop", "image": "busybox", "command": ["sleep", "1000000"],
+                                 "volumeMounts": [{"name": "shared", "mountPath": "/shared"}]}],
+                 "volumes": [{"name": "shared", "emptyDir": {}}]}});
+    if let Some(args) = init_args {
+        let mut env = vec![
+            json!({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}),
+        ];
+        env.extend(init_env.iter().map(|(k, v)| json!({"name": k, "value": v})));
+        pod["spec"]["initContainers"] = json!([{
+            "name": "ghostwire-init", "image": "ghostwire:dev", "args": args, "env": env,
+            "securityContext": {"capabilities": {"add": ["NET_ADMIN"]}},
+            "volumeMounts": [{"name": "shared", "mountPath": "/shared"}],
+        }]);
+    }
+    pod
+}
