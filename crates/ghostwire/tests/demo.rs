@@ -98,16 +98,30 @@ fn demo_routes_right_over_ipv6_with_iptables() {
     run_demo(&["--backend", "iptables-nft", "--ipv6"]);
 }
 
+/// Stops a held demo if the test fails before it does (SIGTERM: the demo removes its lab).
+struct Held(std::process::Child);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            nix_kill(self.0.id());
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn sigterm_removes_the_lab() {
-    let mut child = Command::new(common::ghostwire())
-        .args(["demo", "--hold", "--backend", "iptables-legacy"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut child = Held(
+        Command::new(common::ghostwire())
+            .args(["demo", "--hold", "--backend", "iptables-legacy"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.0.id();
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
     // Wait until the lab is up and held (the line is printed only then).
     let held = lines
         .by_ref()
@@ -135,7 +149,7 @@ fn sigterm_removes_the_lab() {
     let procs = descendants(pid);
     assert!(!procs.is_empty());
     nix_kill(pid);
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     assert!(leftovers(pid).is_empty(), "{:?}", leftovers(pid));
     assert!(
