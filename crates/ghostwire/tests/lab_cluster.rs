@@ -149,3 +149,314 @@ async fn preview_switch_with_kubectl() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_follow_readiness_and_clusterips_follow_endpoints() {
+    use lab_node::scenario;
+    use serde_json::{Value, json};
+    let c = cluster("endpoints").await;
+    let client = c.client().await.unwrap();
+    let mut svc = scenario::service("web", true);
+    svc["spec"]["ports"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "udp", "port": 53, "protocol": "UDP", "targetPort": 8080}));
+    scenario::apply(&client, "default", &svc).await.unwrap();
+    let mut a = scenario::echo_pod("web-a", None);
+    a["metadata"]["labels"]["app"] = json!("web");
+    scenario::apply(&client, "default", &a).await.unwrap();
+    // web-b never passes its readiness probe (nothing listens on 9999).
+    let mut b = scenario::echo_pod("web-b", None);
+    b["metadata"]["labels"]["app"] = json!("web");
+    b["spec"]["containers"][0]["readinessProbe"] =
+        json!({"tcpSocket": {"port": 9999}, "periodSeconds": 1});
+    scenario::apply(&client, "default", &b).await.unwrap();
+    scenario::apply(
+        &client,
+        "default",
+        &scenario::client_pod("client", "active", None, &[]),
+    )
+    .await
+    .unwrap();
+    scenario::wait_ready(&client, "default", &["web-a", "client"], TIMEOUT)
+        .await
+        .unwrap();
+    let ips = scenario::cluster_ips(&client, "default", "web")
+        .await
+        .unwrap();
+    assert_eq!(ips.len(), 2, "{ips:?}");
+    let (v4, v6) = (ips[0], ips[1]);
+    // The slices (as kubectl shows them): both pods, only web-a ready, the named port resolved.
+    let (ok, out, err) = kubectl(
+        &c,
+        &[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{out}");
+    for s in items {
+        let eps = s["endpoints"].as_array().unwrap();
+        assert_eq!(eps.len(), 2, "{s}");
+        let ready: Vec<&str> = eps
+            .iter()
+            .filter(|e| e["conditions"]["ready"] == true)
+            .map(|e| e["targetRef"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(ready, ["web-a"], "{s}");
+        assert!(
+            s["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "http" && p["port"] == 8080)
+        );
+    }
+    // kube-proxy: the ClusterIPs lead to web-a only, over TCP and UDP, IPv4 and IPv6.
+    let only_a = |rules: &[lab_node::proxy::PortRule]| {
+        rules.iter().filter(|r| r.ip == v4 || r.ip == v6).count() == 4
+            && rules
+                .iter()
+                .filter(|r| r.ip == v4 || r.ip == v6)
+                .all(|r| r.endpoints.len() == 1)
+    };
+    c.node()
+        .wait_for_rules("web → web-a", TIMEOUT, only_a)
+        .await
+        .unwrap();
+    let client_ns = c.node().pod_netns("default", "client").unwrap();
+    let probe = client_ns.clone();
+    let got = tokio::task::spawn_blocking(move || {
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            got.push(probe.tcp_request((v4, 80).into()).unwrap());
+            got.push(probe.tcp_request((v6, 80).into()).unwrap());
+        }
+        got.push(probe.udp_request((v4, 53).into()).unwrap());
+        got.push(probe.udp_request((v6, 53).into()).unwrap());
+        got
+    })
+    .await
+    .unwrap();
+    assert!(got.iter().all(|g| g == "web-a"), "{got:?}");
+    // web-a goes away and web-c comes: the DNAT follows.
+    scenario::delete_pods(&client, "default", &["web-a"], TIMEOUT)
+        .await
+        .unwrap();
+    c.node()
+        .wait_for_rules("web without endpoints", TIMEOUT, |rules| {
+            rules
+                .iter()
+                .filter(|r| r.ip == v4)
+                .all(|r| r.endpoints.is_empty())
+        })
+        .await
+        .unwrap();
+    let probe = client_ns.clone();
+    let refused = tokio::task::spawn_blocking(move || probe.tcp_request((v4, 80).into()))
+        .await
+        .unwrap();
+    assert!(refused.is_err(), "{refused:?}");
+    let mut cpod = scenario::echo_pod("web-c", None);
+    cpod["metadata"]["labels"]["app"] = json!("web");
+    scenario::apply(&client, "default", &cpod).await.unwrap();
+    scenario::wait_ready(&client, "default", &["web-c"], TIMEOUT)
+        .await
+        .unwrap();
+    c.node()
+        .wait_for_rules("web → web-c", TIMEOUT, only_a)
+        .await
+        .unwrap();
+    let probe = client_ns.clone();
+    let got = tokio::task::spawn_blocking(move || probe.tcp_request((v4, 80).into()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(got, "web-c");
+    // Deleting the Service removes its slices and its ClusterIPs.
+    let (ok, _, err) = kubectl(&c, &["delete", "service", "web"]).await;
+    assert!(ok, "{err}");
+    c.node()
+        .wait_for_rules("no web rules", TIMEOUT, |rules| {
+            rules.iter().all(|r| r.ip != v4)
+        })
+        .await
+        .unwrap();
+    let (_, out, _) = kubectl(
+        &c,
+        &[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web",
+            "-o",
+            "name",
+        ],
+    )
+    .await;
+    assert_eq!(out.trim(), "");
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status();
+}
+
+/// Stops a `lab up` child when the test ends early.
+struct Up(std::process::Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            signal(self.0.id(), "TERM");
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn lab_up(dir: &std::path::Path) -> (Up, String) {
+    use std::io::BufRead;
+    let mut child = Up(std::process::Command::new(env!("CARGO_BIN_EXE_ghostwire"))
+        .args(["lab", "up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    let mut lines = std::io::BufReader::new(child.0.stdout.take().unwrap()).lines();
+    let kubeconfig = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("kubeconfig: ").map(str::to_string))
+        .expect("lab up prints the kubeconfig");
+    // Keep reading so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, kubeconfig)
+}
+
+fn kubectl_sync(kubeconfig: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("kubectl")
+        .args(["--kubeconfig", kubeconfig])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn lab_namespaces(pid: u32) -> Vec<String> {
+    netns::Netns::list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("gwl{pid}-")))
+        .collect()
+}
+
+const ECHO_POD: &str = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "echo"},
+  "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "echo", "image": "ghostwire/echo:dev",
+  "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}}"#;
+
+#[test]
+fn lab_up_serves_kubectl_and_tears_down_on_sigterm() {
+    let dir = std::env::temp_dir().join(format!("gw-lab-up-{}", std::process::id()));
+    let (mut up, kubeconfig) = lab_up(&dir);
+    let pid = up.0.id();
+    let manifest = dir.join("echo.json");
+    std::fs::write(&manifest, ECHO_POD).unwrap();
+    let out = kubectl_sync(&kubeconfig, &["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kubectl_sync(
+        &kubeconfig,
+        &["wait", "--for=condition=Ready", "pod/echo", "--timeout=60s"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!lab_namespaces(pid).is_empty());
+    signal(pid, "TERM");
+    let status = up.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(lab_namespaces(pid).is_empty(), "{:?}", lab_namespaces(pid));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn lab_down_removes_what_a_killed_lab_up_left() {
+    let dir = std::env::temp_dir().join(format!("gw-lab-down-{}", std::process::id()));
+    let (mut up, kubeconfig) = lab_up(&dir);
+    let pid = up.0.id();
+    let manifest = dir.join("echo.json");
+    std::fs::write(&manifest, ECHO_POD).unwrap();
+    let out = kubectl_sync(&kubeconfig, &["apply", "-f", manifest.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kubectl_sync(
+        &kubeconfig,
+        &["wait", "--for=condition=Ready", "pod/echo", "--timeout=60s"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The echo container: a child of lab up in the pod's namespace.
+    let echo: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|p: &u32| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse::<u32>()
+                        .ok()
+                })
+                == Some(pid)
+        })
+        .collect();
+    assert!(!echo.is_empty());
+    // A crash: nothing gets to clean up.
+    signal(pid, "KILL");
+    up.0.wait().unwrap();
+    assert!(!lab_namespaces(pid).is_empty());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ghostwire"))
+        .args(["lab", "down"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(lab_namespaces(pid).is_empty(), "{:?}", lab_namespaces(pid));
+    // Dead or a zombie (reaped by init in its own time) counts as gone.
+    let alive: Vec<&u32> = echo
+        .iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').map(|(_, r)| !r.trim_start().starts_with('Z')))
+                .unwrap_or(false)
+        })
+        .collect();
+    assert!(alive.is_empty(), "{alive:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -154,6 +154,7 @@ pub fn cleanup_stale() -> Result<Vec<String>> {
         .filter_map(|n| std::fs::metadata(Path::new(netns::NETNS_RUN_DIR).join(n)).ok())
         .map(|m| (m.dev(), m.ino()))
         .collect();
+    let mut killed = Vec::new();
     if let Ok(procs) = std::fs::read_dir("/proc") {
         for p in procs.filter_map(|e| e.ok()) {
             let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
@@ -166,8 +167,25 @@ pub fn cleanup_stale() -> Result<Vec<String>> {
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
+                killed.push(pid);
             }
         }
     }
+    // SIGKILL is delivered asynchronously: wait (bounded) until each is dead or a zombie.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while killed.iter().any(|p| running(*p)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     Ok(lab_net::cleanup_stale()?)
+}
+
+/// Whether a process exists and is not a zombie.
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
 }
