@@ -656,15 +656,16 @@ async fn apply_update(
                 .unwrap_or(0)
                 > 0);
     if finished {
-        state
+        let last = state
             .store
             .update(&key, expect, new)
             .map_err(|e| store_error(e, t, name))?;
-        let gone = state
-            .store
-            .delete(&key, None)
-            .map_err(|e| store_error(e, t, name))?;
-        return Ok(Some(gone));
+        // Someone else (the namespace terminator) may have removed it in between.
+        return match state.store.delete(&key, None) {
+            Ok(gone) => Ok(Some(gone)),
+            Err(StoreError::NotFound) => Ok(Some(last)),
+            Err(e) => Err(store_error(e, t, name)),
+        };
     }
     match state.store.update(&key, expect, new) {
         Ok(o) => Ok(Some(o)),

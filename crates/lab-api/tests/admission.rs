@@ -38,20 +38,26 @@ async fn webhook() -> (String, String, Arc<AtomicUsize>) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "webhook-ca");
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "webhook-ca");
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::new(ca, &ca_key);
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
-    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
         .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
+        .signed_by(&key, &issuer)
         .unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}/mutate", listener.local_addr().unwrap());
@@ -63,14 +69,18 @@ async fn webhook() -> (String, String, Arc<AtomicUsize>) {
             let acceptor = acceptor.clone();
             let counter = counter.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let counter = counter.clone();
                     async move {
                         counter.fetch_add(1, Ordering::SeqCst);
                         let body = req.into_body().collect().await.unwrap().to_bytes();
                         let out = review(&serde_json::from_slice(&body).unwrap());
-                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(out.to_string()))))
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                            out.to_string(),
+                        ))))
                     }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -82,7 +92,13 @@ async fn webhook() -> (String, String, Arc<AtomicUsize>) {
     (url, ca_cert.pem(), calls)
 }
 
-fn config(name: &str, url: &str, ca_pem: &str, failure: &str, object_selector: Value) -> MutatingWebhookConfiguration {
+fn config(
+    name: &str,
+    url: &str,
+    ca_pem: &str,
+    failure: &str,
+    object_selector: Value,
+) -> MutatingWebhookConfiguration {
     serde_json::from_value(json!({
         "metadata": {"name": name},
         "webhooks": [{
@@ -114,25 +130,47 @@ async fn webhook_patches_and_denies_pods() {
     let client = server.client().await.unwrap();
     let mwcs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let selector = json!({"matchExpressions": [{"key": "skip", "operator": "DoesNotExist"}]});
-    mwcs.create(&PostParams::default(), &config("inject", &url, &ca, "Fail", selector)).await.unwrap();
+    mwcs.create(
+        &PostParams::default(),
+        &config("inject", &url, &ca, "Fail", selector),
+    )
+    .await
+    .unwrap();
     let pods: Api<Pod> = Api::namespaced(client, "default");
 
-    let p = pods.create(&PostParams::default(), &pod("a", json!({"app": "a"}))).await.unwrap();
+    let p = pods
+        .create(&PostParams::default(), &pod("a", json!({"app": "a"})))
+        .await
+        .unwrap();
     assert_eq!(p.metadata.labels.unwrap()["mutated"], "yes");
     let stored = pods.get("a").await.unwrap();
     assert_eq!(stored.metadata.labels.unwrap()["mutated"], "yes");
 
-    match pods.create(&PostParams::default(), &pod("b", json!({"deny": "1"}))).await.unwrap_err() {
+    match pods
+        .create(&PostParams::default(), &pod("b", json!({"deny": "1"})))
+        .await
+        .unwrap_err()
+    {
         kube::Error::Api(s) => {
             assert_eq!(s.code, 403);
-            assert_eq!(s.message, "admission webhook \"inject.lab.test\" denied the request: no thanks");
+            assert_eq!(
+                s.message,
+                "admission webhook \"inject.lab.test\" denied the request: no thanks"
+            );
         }
         other => panic!("{other:?}"),
     }
     let before = calls.load(Ordering::SeqCst);
-    let skipped = pods.create(&PostParams::default(), &pod("c", json!({"skip": "1"}))).await.unwrap();
+    let skipped = pods
+        .create(&PostParams::default(), &pod("c", json!({"skip": "1"})))
+        .await
+        .unwrap();
     assert!(!skipped.metadata.labels.unwrap().contains_key("mutated"));
-    assert_eq!(calls.load(Ordering::SeqCst), before, "objectSelector excludes the pod");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before,
+        "objectSelector excludes the pod"
+    );
 }
 
 #[tokio::test]
@@ -147,13 +185,34 @@ async fn failure_policy_decides_when_the_webhook_is_down() {
     let client = server.client().await.unwrap();
     let mwcs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let pods: Api<Pod> = Api::namespaced(client, "default");
-    mwcs.create(&PostParams::default(), &config("lenient", &dead, &ca, "Ignore", Value::Null)).await.unwrap();
-    pods.create(&PostParams::default(), &pod("ok", json!({}))).await.unwrap();
-    mwcs.create(&PostParams::default(), &config("strict", &dead, &ca, "Fail", Value::Null)).await.unwrap();
-    match pods.create(&PostParams::default(), &pod("refused", json!({}))).await.unwrap_err() {
+    mwcs.create(
+        &PostParams::default(),
+        &config("lenient", &dead, &ca, "Ignore", Value::Null),
+    )
+    .await
+    .unwrap();
+    pods.create(&PostParams::default(), &pod("ok", json!({})))
+        .await
+        .unwrap();
+    mwcs.create(
+        &PostParams::default(),
+        &config("strict", &dead, &ca, "Fail", Value::Null),
+    )
+    .await
+    .unwrap();
+    match pods
+        .create(&PostParams::default(), &pod("refused", json!({})))
+        .await
+        .unwrap_err()
+    {
         kube::Error::Api(s) => {
             assert_eq!(s.code, 500);
-            assert!(s.message.contains("failed calling webhook \"strict.lab.test\""), "{}", s.message);
+            assert!(
+                s.message
+                    .contains("failed calling webhook \"strict.lab.test\""),
+                "{}",
+                s.message
+            );
         }
         other => panic!("{other:?}"),
     }

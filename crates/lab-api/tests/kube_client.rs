@@ -426,3 +426,145 @@ async fn state_and_watchers_survive_a_restart() {
     assert_eq!(next_named(&mut events, "after").await, "apply");
     second.shutdown().await;
 }
+
+#[tokio::test]
+async fn finalizers_hold_deletion_and_namespaces_terminate() {
+    let server = Server::start(Options::default()).await.unwrap();
+    let client = server.client().await.unwrap();
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "scratch"}})).unwrap();
+    nss.create(&PostParams::default(), &ns).await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "scratch");
+    let cm: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "held", "finalizers": ["lab.test/hold"]}}),
+    )
+    .unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    cms.delete("held", &DeleteParams::default()).await.unwrap();
+    let held = cms.get("held").await.unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some());
+
+    let mut events = watcher(
+        nss.clone(),
+        watcher::Config::default().fields("metadata.name=scratch"),
+    )
+    .boxed();
+    // Watchers are lazy: let its initial list finish before the namespace goes.
+    while !matches!(
+        events.try_next().await.unwrap().unwrap(),
+        watcher::Event::InitDone
+    ) {}
+    nss.delete("scratch", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        nss.get("scratch")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .phase
+            .as_deref(),
+        Some("Terminating")
+    );
+    let refused = cms
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "new"}})).unwrap(),
+        )
+        .await;
+    assert_eq!(api_code(refused.unwrap_err()), 403);
+
+    // Removing the last finalizer lets the object, and then its namespace, go.
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(api_code(cms.get("held").await.unwrap_err()), 404);
+    loop {
+        if let watcher::Event::Delete(n) = events.try_next().await.unwrap().unwrap() {
+            assert_eq!(n.metadata.name.as_deref(), Some("scratch"));
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn auth_bearer_tokens_and_anonymous() {
+    let server = Server::start(Options::default()).await.unwrap();
+    let base = server.kube_config().await.unwrap();
+    let mut anon = kube::Config::new(base.cluster_url.clone());
+    anon.root_cert = base.root_cert.clone();
+    let anon_ns: Api<Namespace> = Api::all(kube::Client::try_from(anon.clone()).unwrap());
+    assert_eq!(
+        api_code(anon_ns.list(&ListParams::default()).await.unwrap_err()),
+        401
+    );
+
+    let mut admin = anon.clone();
+    admin.auth_info.token = Some(server.token().to_string().into());
+    let ns: Api<Namespace> = Api::all(kube::Client::try_from(admin).unwrap());
+    assert!(ns.get("default").await.is_ok());
+
+    // A ServiceAccount token (TokenRequest) authenticates too.
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(server.client().await.unwrap(), "default");
+    let tr: k8s_openapi::api::authentication::v1::TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": ["lab"], "expirationSeconds": 3600}}))
+            .unwrap();
+    let issued = sas
+        .create_token_request("default", &PostParams::default(), &tr)
+        .await
+        .unwrap();
+    let mut sa = anon;
+    sa.auth_info.token = Some(issued.status.unwrap().token.into());
+    let ns: Api<Namespace> = Api::all(kube::Client::try_from(sa).unwrap());
+    assert!(ns.get("default").await.is_ok());
+}
+
+#[tokio::test]
+async fn protobuf_bodies_are_refused_with_415() {
+    let server = Server::start(Options::default()).await.unwrap();
+    let client = server.client().await.unwrap();
+    let req = http::Request::post("/api/v1/namespaces/default/configmaps")
+        .header("Content-Type", "application/vnd.kubernetes.protobuf")
+        .body(b"k8s\0".to_vec())
+        .unwrap();
+    match client.request::<ConfigMap>(req).await.unwrap_err() {
+        kube::Error::Api(s) => {
+            assert_eq!((s.code, s.reason.as_str()), (415, "UnsupportedMediaType"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn watches_send_bookmarks_and_end_at_their_timeout() {
+    let opts = Options {
+        bookmark_interval: std::time::Duration::from_millis(50),
+        ..Default::default()
+    };
+    let server = Server::start(opts).await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(server.client().await.unwrap(), "default");
+    let rv = server.resource_version().to_string();
+    let wp = kube::api::WatchParams {
+        bookmarks: true,
+        ..Default::default()
+    }
+    .timeout(1);
+    let mut stream = cms.watch(&wp, &rv).await.unwrap().boxed();
+    let mut bookmarks = 0;
+    // The server ends the watch after timeoutSeconds; bookmarks arrive meanwhile.
+    while let Some(ev) = stream.try_next().await.unwrap() {
+        if let kube::api::WatchEvent::Bookmark(b) = ev {
+            assert!(
+                b.metadata.resource_version.parse::<u64>().unwrap() >= rv.parse::<u64>().unwrap()
+            );
+            bookmarks += 1;
+        }
+    }
+    assert!(bookmarks > 0);
+}
