@@ -6,7 +6,7 @@ use crate::capability::{Capability, Denial, PodPatch, Workload};
 use k8s_openapi::api::core::v1::{Container, Pod, Volume, VolumeMount};
 use serde_json::json;
 use std::collections::BTreeMap;
-use switch::config::{KNOBS, Settings, Sources};
+use switch::config::{HTTP_ADDR, KNOBS, Settings, Sources};
 
 /// The opt-in annotation (the seed's "enable injection").
 pub const ENABLED: &str = "ghostwire.dev/enabled";
@@ -154,9 +154,12 @@ impl Capability for PreviewSwitch {
     }
 
     fn patch(&self, pod: &Pod, w: &Workload, out: &mut PodPatch) -> Result<(), Denial> {
+        // The watcher's address is the injector's to choose: its port is also the probe's
+        // and the declared containerPort's, so a GW_HTTP_ADDR default does not apply.
         let knobs: Vec<_> = self
             .env(w)?
             .into_iter()
+            .filter(|(k, _)| *k != HTTP_ADDR)
             .map(|(k, v)| json!({"name": k, "value": v}))
             .collect();
         // Only these two containers mount the shared volume, so no other container of the
@@ -176,7 +179,7 @@ impl Capability for PreviewSwitch {
         let mut watcher_env = vec![
             downward("POD_NAME", "metadata.name"),
             downward("POD_NAMESPACE", "metadata.namespace"),
-            json!({"name": "GW_HTTP_ADDR", "value": format!(":{}", self.watcher_port)}),
+            json!({"name": HTTP_ADDR, "value": format!("0.0.0.0:{}", self.watcher_port)}),
         ];
         watcher_env.extend(knobs);
         let mut watcher = self.container(WATCHER, "watcher", &watcher_env, &mounts);

@@ -88,7 +88,10 @@ fn seed_shape(p: &Pod) {
         env(watcher, "POD_NAME").as_deref(),
         Some("fieldRef:metadata.name")
     );
-    assert_eq!(env(watcher, "GW_HTTP_ADDR").as_deref(), Some(":8081"));
+    assert_eq!(
+        env(watcher, "GW_HTTP_ADDR").as_deref(),
+        Some("0.0.0.0:8081")
+    );
     assert_eq!(env(init, "POD_NAME"), None);
     let probe = watcher
         .readiness_probe
@@ -297,6 +300,7 @@ async fn every_annotation_maps_to_its_env() {
         "GW_REFRESH_INTERVAL" => "15m",
         "GW_IPV6" => "true",
         "GW_BACKEND" => "iptables-nft",
+        "GW_FLUSH_CONNTRACK" => "true",
         other => panic!("no test value for {other}; add one"),
     };
     let mut annotations = json!({"ghostwire.dev/enabled": "true"});

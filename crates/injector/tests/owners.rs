@@ -175,7 +175,7 @@ async fn defaults_configmap_sits_below_annotations() {
     namespace(c, "ghostwire-system").await;
     create(c, "v1", "ConfigMap", "configmaps", json!({
         "metadata": {"name": "ghostwire-defaults", "namespace": "ghostwire-system"},
-        "data": {"GW_NAT_CHAIN": "TEAM_DNAT", "GW_JUMP_HOOK": "PREROUTING", "GW_API_TIMEOUT": "5s"}})).await;
+        "data": {"GW_NAT_CHAIN": "TEAM_DNAT", "GW_JUMP_HOOK": "PREROUTING", "GW_API_TIMEOUT": "5s", "GW_HTTP_ADDR": "0.0.0.0:9999"}})).await;
     let input = pod(
         "d",
         json!({"ghostwire.dev/enabled": "true", "ghostwire.dev/jumpHook": "OUTPUT"}),
@@ -186,6 +186,23 @@ async fn defaults_configmap_sits_below_annotations() {
     assert_eq!(env_of(&p, "GW_JUMP_HOOK").as_deref(), Some("OUTPUT"));
     // Knobs without an annotation can still be defaulted cluster-wide.
     assert_eq!(env_of(&p, "GW_API_TIMEOUT").as_deref(), Some("5s"));
+    // Except the watcher's address: the injector owns its port (probe, containerPort).
+    let watcher = p
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers
+        .iter()
+        .find(|c| c.name == "ghostwire-watcher")
+        .unwrap();
+    let addrs: Vec<_> = watcher
+        .env
+        .iter()
+        .flatten()
+        .filter(|e| e.name == "GW_HTTP_ADDR")
+        .collect();
+    assert_eq!(addrs.len(), 1);
+    assert_eq!(addrs[0].value.as_deref(), Some("0.0.0.0:8081"));
 
     // A bad default is denied naming the ConfigMap key, and the annotation that overrides it.
     let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
