@@ -2,6 +2,8 @@
 //! `ghostwire` binary inside lab pods on the real kernel.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use lab_net::Pod;
 use std::path::{Path, PathBuf};
 use std::process::Output;
