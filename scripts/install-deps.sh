@@ -15,6 +15,11 @@ if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# Schema validation of deploy/ (its schemas ship with the package; it runs offline).
+if ! command -v kubernetes-validate >/dev/null; then
+  echo "installing: kubernetes-validate (PyPI)"
+  python3 -m pip install -q kubernetes-validate
+fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "ghostwire's lab creates network namespaces: run as root (sudo)." >&2
   exit 1
