@@ -203,6 +203,7 @@ impl Node {
                 what: "kube-proxy".into(),
                 source: std::io::Error::other(e),
             })?;
+        register(&shared).await?;
         let mut tasks = Vec::new();
         let relay_node = node_netns.clone();
         let api = opts.api_addr;
@@ -314,6 +315,57 @@ impl Drop for Node {
         // Dropping the lab removes its namespaces (also while unwinding from a panic).
         drop(lock(&self.shared.lab).take());
     }
+}
+
+/// Registers the Node object with its status, as a kubelet does at start-up.
+async fn register(shared: &Shared) -> Result<()> {
+    use k8s_openapi::api::core::v1::Node as KNode;
+    let api: Api<KNode> = Api::all(shared.client.clone());
+    let name = shared.node_name.as_str();
+    let node = serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {
+            "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": std::env::consts::ARCH, "node-role.kubernetes.io/control-plane": ""}},
+        "spec": {"podCIDR": "10.244.0.0/24", "podCIDRs": ["10.244.0.0/24", "fd00:10:244::/64"]},
+    });
+    api.patch(
+        name,
+        &kube::api::PatchParams::apply("lab-node").force(),
+        &kube::api::Patch::Apply(&node),
+    )
+    .await?;
+    let now = util::now();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let condition = |ty: &str, status: &str, reason: &str, message: &str| {
+        serde_json::json!({"type": ty, "status": status, "reason": reason, "message": message,
+                           "lastHeartbeatTime": now, "lastTransitionTime": now})
+    };
+    let capacity = serde_json::json!({"cpu": cpus.to_string(), "memory": env::resource_field("limits.memory"), "pods": "253"});
+    let status = serde_json::json!({"status": {
+        "conditions": [
+            condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+            condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+            condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+            condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+        ],
+        "addresses": [{"type": "InternalIP", "address": lab_net::NODE_IPV4.to_string()},
+                      {"type": "InternalIP", "address": lab_net::NODE_IPV6.to_string()},
+                      {"type": "Hostname", "address": name}],
+        "capacity": capacity, "allocatable": capacity,
+        "nodeInfo": {"kubeletVersion": "v1.33.0-lab", "kubeProxyVersion": "v1.33.0-lab",
+                     "containerRuntimeVersion": "lab://0.1.0", "operatingSystem": "linux",
+                     "architecture": std::env::consts::ARCH, "kernelVersion": kernel.trim(),
+                     "osImage": "ghostwire lab", "machineID": "", "systemUUID": "", "bootID": ""},
+    }});
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&status),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Watches Pods and runs each on the node.

@@ -72,6 +72,10 @@ async fn simple_pod_runs_reports_status_and_is_removed() {
     );
     assert!(out.contains(&format!("inet {ip}/24")), "{out}");
     assert!(out.lines().any(|l| l == "web"), "hostname: {out}");
+    // The node registered itself, Ready.
+    let ready = "jsonpath={.status.conditions[?(@.type=='Ready')].status}";
+    let (ok, out, err) = kubectl(&cluster, &["get", "node", "lab-node", "-o", ready]).await;
+    assert!(ok && out == "True", "{out}{err}");
     // kubectl wait works on the conditions the node writes.
     let (ok, _, err) = kubectl(
         &cluster,
