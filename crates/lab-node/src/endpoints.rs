@@ -157,10 +157,11 @@ pub fn desired(services: &[Value], pods: &[Value], node_name: &str) -> BTreeMap<
 
 /// Whether an existing slice already says what `want` says.
 pub fn same(existing: &Value, want: &Value) -> bool {
-    let norm = |v: &Value| v.clone();
-    ["addressType", "endpoints", "ports"].iter().all(|f| {
-        norm(&existing[*f]) == norm(&want[*f]) || (existing[*f].is_null() && want[*f] == json!([]))
-    }) && existing["metadata"]["labels"] == want["metadata"]["labels"]
+    let list = |v: &Value| if v.is_null() { json!([]) } else { v.clone() };
+    existing["addressType"] == want["addressType"]
+        && list(&existing["endpoints"]) == list(&want["endpoints"])
+        && list(&existing["ports"]) == list(&want["ports"])
+        && existing["metadata"]["labels"] == want["metadata"]["labels"]
 }
 
 #[cfg(test)]
@@ -232,6 +233,18 @@ mod tests {
             json!(["10.244.0.1"])
         );
         assert_eq!(got["default/kubernetes"]["ports"][0]["port"], 6443);
+    }
+
+    #[test]
+    fn unchanged_slices_are_not_rewritten() {
+        let got = desired(&[svc(json!(["IPv4"]))], &[], "n");
+        let want = &got["default/web-ipv4"];
+        let mut stored = want.clone();
+        stored["endpoints"] = Value::Null;
+        stored["metadata"]["resourceVersion"] = json!("7");
+        assert!(same(&stored, want));
+        stored["addressType"] = json!("IPv6");
+        assert!(!same(&stored, want));
     }
 
     #[test]
