@@ -453,7 +453,10 @@ fn lab_down_removes_what_a_killed_lab_up_left() {
         .filter(|p| {
             std::fs::read_to_string(format!("/proc/{p}/stat"))
                 .ok()
-                .and_then(|s| s.rsplit_once(')').map(|(_, r)| !r.trim_start().starts_with('Z')))
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, r)| !r.trim_start().starts_with('Z'))
+                })
                 .unwrap_or(false)
         })
         .collect();
