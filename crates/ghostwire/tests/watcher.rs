@@ -231,3 +231,34 @@ fn sigterm_and_pod_deletion_end_the_watcher_cleanly() {
     assert_eq!(w.wait_exit(20), Some(0), "{}", w.logs());
     assert!(w.logs().contains("Pod"), "{}", w.logs());
 }
+
+#[test]
+fn init_discovers_services_through_the_api() {
+    let c = Cluster::new("initapi");
+    let out = Command::new(ghostwire())
+        .args(["init", "--dry-run", "--activate", "--output", "json"])
+        .env("KUBECONFIG", c.kubeconfig())
+        .env("GW_NAMESPACE", "default")
+        .output()
+        .unwrap();
+    assert_ok(&out, "init --dry-run against the lab API");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json = &text[text
+        .find("{\n")
+        .unwrap_or_else(|| panic!("no JSON map in {text}"))..];
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(v["mappings"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["mappings"][0]["active"], "orders");
+    assert_eq!(
+        v["mappings"][0]["preview_addr"],
+        c.orders_preview.addr_v4(80).to_string()
+    );
+    // A namespace without Services pairs nothing, and that is not an error.
+    let out = Command::new(ghostwire())
+        .args(["init", "--dry-run", "--namespace", "kube-public"])
+        .env("KUBECONFIG", c.kubeconfig())
+        .output()
+        .unwrap();
+    assert_ok(&out, "init in an empty namespace");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mappings=0"));
+}
