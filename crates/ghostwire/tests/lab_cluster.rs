@@ -310,6 +310,15 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
+/// A directory removed on drop (also when the test fails).
+struct Dir(std::path::PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Stops a `lab up` child when the test ends early.
 struct Up(std::process::Child);
 
@@ -365,6 +374,7 @@ const ECHO_POD: &str = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name
 #[test]
 fn lab_up_serves_kubectl_and_tears_down_on_sigterm() {
     let dir = std::env::temp_dir().join(format!("gw-lab-up-{}", std::process::id()));
+    let _cleanup = Dir(dir.clone());
     let (mut up, kubeconfig) = lab_up(&dir);
     let pid = up.0.id();
     let manifest = dir.join("echo.json");
@@ -389,12 +399,12 @@ fn lab_up_serves_kubectl_and_tears_down_on_sigterm() {
     let status = up.0.wait().unwrap();
     assert!(status.success(), "{status}");
     assert!(lab_namespaces(pid).is_empty(), "{:?}", lab_namespaces(pid));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn lab_down_removes_what_a_killed_lab_up_left() {
     let dir = std::env::temp_dir().join(format!("gw-lab-down-{}", std::process::id()));
+    let _cleanup = Dir(dir.clone());
     let (mut up, kubeconfig) = lab_up(&dir);
     let pid = up.0.id();
     let manifest = dir.join("echo.json");
@@ -461,5 +471,4 @@ fn lab_down_removes_what_a_killed_lab_up_left() {
         })
         .collect();
     assert!(alive.is_empty(), "{alive:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
