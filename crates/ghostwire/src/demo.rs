@@ -2,16 +2,26 @@
 //!
 //! Starts the lab cluster (API + node), creates orders, orders-preview and payments (echo pods
 //! behind ClusterIP Services) and two shop pods, and records which backend each shop pod reaches.
-//! Then it rolls the shop pods out again with `ghostwire init` as their init container (the
-//! preview one with `--activate`, as no watcher runs here), which reaches the API in-cluster,
-//! and records again. Exit 0 only if every route is the expected one.
+//! Then it registers `ghostwire injector` as the cluster's mutating webhook and rolls the shop
+//! pods out again with `ghostwire.dev/enabled: "true"`: the injector adds the `init` container
+//! and the `watcher` sidecar, which reach the API in-cluster. It records the routes again, then
+//! flips the preview pod's role label back and forth through the API (as `kubectl label`
+//! would) and times how long routing takes to follow each flip. Exit 0 only if every route is
+//! the expected one.
 
 use crate::exit::{Code, Exit, WithCode};
 use anyhow::{Context, anyhow};
 use clap::Args;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
 use lab_node::{Cluster, ClusterOptions, scenario};
+use serde_json::json;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// The webhook configuration the demo registers (and the injector keeps the caBundle of).
+const WEBHOOK: &str = "ghostwire-injector";
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -139,29 +149,49 @@ async fn demo(args: &DemoArgs) -> Result<(), Exit> {
     }
 
     println!(
-        "  shop pods again, with the init container `ghostwire init` (in-cluster API access)…"
+        "  registering `ghostwire injector` as the mutating webhook for pods labelled app=shop…"
+    );
+    let injector = start_injector(&client).await?;
+    println!(
+        "  shop pods again, annotated ghostwire.dev/enabled=true (the injector adds init + watcher)…"
     );
     scenario::delete_pods(&client, "default", &["shop-active", "shop-preview"], WAIT).await?;
     let ipv6 = if args.ipv6 { "true" } else { "false" };
     for (name, role) in CLIENTS {
-        // No watcher in this demo: init turns the preview pod's jump on itself.
-        let init: &[&str] = if role == "preview" {
-            &["init", "--activate", "--ipv6", ipv6]
-        } else {
-            &["init", "--ipv6", ipv6]
-        };
-        println!("  {name}: ghostwire {}", init.join(" "));
-        let pod = scenario::client_pod(name, role, Some(init), &[("GW_BACKEND", &args.backend)]);
+        let mut pod = scenario::client_pod(name, role, None, &[]);
+        pod["metadata"]["annotations"] = json!({
+            "ghostwire.dev/enabled": "true",
+            "ghostwire.dev/backend": args.backend,
+            "ghostwire.dev/ipv6": ipv6,
+            "ghostwire.dev/pollInterval": "1s",
+        });
         scenario::apply(&client, "default", &pod).await?;
     }
     if let Err(e) =
         scenario::wait_ready(&client, "default", &["shop-active", "shop-preview"], WAIT).await
     {
-        return Err(anyhow!("{e}; see `kubectl logs <pod> -c ghostwire-init`")).code(Code::Kernel);
+        return Err(anyhow!(
+            "{e}; see `kubectl logs <pod> -c ghostwire-init` and `-c ghostwire-watcher`"
+        ))
+        .code(Code::Kernel);
     }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let injected = pods
+        .get("shop-preview")
+        .await
+        .context("reading shop-preview")?;
+    let names = |l: &Option<Vec<k8s_openapi::api::core::v1::Container>>| -> Vec<String> {
+        l.iter().flatten().map(|c| c.name.clone()).collect()
+    };
+    let spec = injected.spec.unwrap_or_default();
+    println!(
+        "  shop-preview as admitted: init containers {:?}, containers {:?}",
+        names(&spec.init_containers),
+        names(&Some(spec.containers))
+    );
     if let Some(dir) = cluster
         .node()
-        .volume_dir("default", "shop-preview", "shared")
+        .volume_dir("default", "shop-preview", "ghostwire-shared")
     {
         println!("\n  DNAT map written by init in shop-preview (/shared/dnat.map):");
         for line in std::fs::read_to_string(dir.join("dnat.map"))
@@ -182,7 +212,7 @@ async fn demo(args: &DemoArgs) -> Result<(), Exit> {
 
     println!(
         "\n  {:<13} {:<8} {:<9} {:<16} {:<16} ok",
-        "pod", "role", "calls", "before init", "after init"
+        "pod", "role", "calls", "no ghostwire", "injected"
     );
     let mut ok = true;
     for r in &rows {
@@ -198,6 +228,36 @@ async fn demo(args: &DemoArgs) -> Result<(), Exit> {
             if good { "✓" } else { "✗" }
         );
     }
+    println!(
+        "\n  flips (the role label of shop-preview, patched through the API as `kubectl label` does):"
+    );
+    for (role, want) in [
+        ("active", "orders"),
+        ("preview", "orders-preview"),
+        ("active", "orders"),
+        ("preview", "orders-preview"),
+    ] {
+        let patch = json!({"metadata": {"labels": {"role": role}}});
+        pods.patch(
+            "shop-preview",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .context("patching the role label")?;
+        let started = Instant::now();
+        let mut got = reach(&cluster, "shop-preview", orders).await;
+        while got != want && started.elapsed() < Duration::from_secs(30) {
+            got = reach(&cluster, "shop-preview", orders).await;
+        }
+        let good = got == want;
+        ok &= good;
+        println!(
+            "    role={role:<8} orders reached: {got:<16} after {:>6.1} ms {}",
+            started.elapsed().as_secs_f64() * 1e3,
+            if good { "✓" } else { "✗" }
+        );
+    }
     if args.hold {
         println!(
             "\nghostwire demo: holding the lab; kubeconfig {} (kubectl --kubeconfig … get pods); its namespaces start with {}. Ctrl-C removes it.",
@@ -206,13 +266,90 @@ async fn demo(args: &DemoArgs) -> Result<(), Exit> {
         );
         std::future::pending::<()>().await;
     }
+    injector.stop().await;
     cluster.shutdown(Duration::from_secs(2)).await;
     if ok {
         println!(
-            "\nghostwire demo: routing is right — the preview pod reaches orders-preview through the orders ClusterIP; everything else stays on active."
+            "\nghostwire demo: routing is right — the preview pod reaches orders-preview through the orders ClusterIP and follows its label; everything else stays on active."
         );
         Ok(())
     } else {
         Err(anyhow!("routing is wrong: see the ✗ rows above")).code(Code::Failure)
     }
+}
+
+/// Registers the webhook (URL on loopback, where the lab API calls it), starts the injector
+/// in this process with a self-signed CA, and waits until it has written the caBundle.
+async fn start_injector(client: &kube::Client) -> Result<injector::Running, Exit> {
+    let config = injector::Config {
+        listen: "127.0.0.1:0".parse().expect("literal"),
+        admin_listen: "127.0.0.1:0".parse().expect("literal"),
+        tls: injector::TlsMode::SelfSigned {
+            names: vec!["127.0.0.1".into()],
+            webhook_config: WEBHOOK.into(),
+            recheck_every: Duration::from_secs(1),
+        },
+        namespace: "default".into(),
+        defaults_configmap: None,
+        defaults_ttl: Duration::from_secs(10),
+        preview_switch: injector::preview_switch::PreviewSwitch {
+            image: "ghostwire:dev".into(),
+            pull_policy: "IfNotPresent".into(),
+            watcher_port: 8081,
+        },
+    };
+    // The webhook's port is only known once the injector is bound: register the configuration
+    // first (nothing it selects exists yet), then point it at the injector.
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let register = |url: String| {
+        let api = api.clone();
+        async move {
+            let webhook = webhook_config(&url);
+            api.patch(
+                WEBHOOK,
+                &PatchParams::apply("ghostwire-demo").force(),
+                &Patch::Apply(&webhook),
+            )
+            .await
+            .context("registering the webhook")
+        }
+    };
+    register("https://127.0.0.1:1/mutate".into()).await?;
+    let running = injector::start(config, client.clone())
+        .await
+        .context("starting the injector")?;
+    register(format!("https://{}/mutate", running.webhook_addr)).await?;
+    let started = Instant::now();
+    loop {
+        let has_ca = api
+            .get(WEBHOOK)
+            .await
+            .ok()
+            .and_then(|w| w.webhooks)
+            .is_some_and(|hooks| hooks.iter().all(|h| h.client_config.ca_bundle.is_some()));
+        if has_ca {
+            return Ok(running);
+        }
+        if started.elapsed() > WAIT {
+            return Err(anyhow!("the injector did not write the webhook's caBundle"))
+                .code(Code::Api);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The demo's MutatingWebhookConfiguration: Pod CREATE of pods labelled app=shop.
+fn webhook_config(url: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": WEBHOOK},
+        "webhooks": [{
+            "name": "inject.ghostwire.dev",
+            "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "failurePolicy": "Fail", "reinvocationPolicy": "IfNeeded", "timeoutSeconds": 10,
+            "clientConfig": {"url": url},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+            "objectSelector": {"matchLabels": {"app": "shop"}},
+        }],
+    })
 }

@@ -85,6 +85,19 @@ fn run_demo(args: &[&str]) {
                 && l.split_whitespace().nth(3) == l.split_whitespace().nth(2)),
         "{text}"
     );
+    // The injector added init and watcher; the watcher made routing follow every flip.
+    assert!(
+        text.contains(
+            r#"init containers ["ghostwire-init"], containers ["shop", "ghostwire-watcher"]"#
+        ),
+        "{text}"
+    );
+    let flips: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("role="))
+        .collect();
+    assert_eq!(flips.len(), 4, "{text}");
+    assert!(flips.iter().all(|l| l.ends_with('✓')), "{text}");
     assert!(leftovers(pid).is_empty(), "{:?}", leftovers(pid));
 }
 

@@ -6,7 +6,7 @@ use crate::capability::{Capability, Denial, PodPatch, Workload};
 use k8s_openapi::api::core::v1::{Container, Pod, Volume, VolumeMount};
 use serde_json::json;
 use std::collections::BTreeMap;
-use switch::config::{HTTP_ADDR, KNOBS, Settings, Sources};
+use switch::config::{BACKEND, HTTP_ADDR, KNOBS, Settings, Sources};
 
 /// The opt-in annotation (the seed's "enable injection").
 pub const ENABLED: &str = "ghostwire.dev/enabled";
@@ -76,13 +76,15 @@ impl PreviewSwitch {
 
     /// One of the switch's containers: root with NET_ADMIN and nothing else, because the
     /// kernel drops a non-root process's capabilities on exec and Kubernetes sets no
-    /// ambient ones; a read-only root filesystem, no privilege escalation.
+    /// ambient ones; a read-only root filesystem, no privilege escalation. `caps` is
+    /// NET_ADMIN, plus NET_RAW only where legacy iptables may be used (it opens a raw socket).
     fn container(
         &self,
         name: &str,
         subcommand: &str,
         env: &[serde_json::Value],
         mounts: &[serde_json::Value],
+        caps: &[&str],
     ) -> serde_json::Value {
         json!({
             "name": name,
@@ -92,7 +94,7 @@ impl PreviewSwitch {
             "env": env,
             "volumeMounts": mounts,
             "securityContext": {
-                "capabilities": {"add": ["NET_ADMIN"], "drop": ["ALL"]},
+                "capabilities": {"add": caps, "drop": ["ALL"]},
                 "allowPrivilegeEscalation": false,
                 "privileged": false,
                 "readOnlyRootFilesystem": true,
@@ -156,8 +158,14 @@ impl Capability for PreviewSwitch {
     fn patch(&self, pod: &Pod, w: &Workload, out: &mut PodPatch) -> Result<(), Denial> {
         // The watcher's address is the injector's to choose: its port is also the probe's
         // and the declared containerPort's, so a GW_HTTP_ADDR default does not apply.
-        let knobs: Vec<_> = self
-            .env(w)?
+        let env = self.env(w)?;
+        // Legacy iptables talks to the kernel over a raw socket, which needs NET_RAW;
+        // nftables and iptables-nft (and `auto`, which prefers nftables) need NET_ADMIN only.
+        let caps: &[&str] = match env.get(BACKEND).map(String::as_str) {
+            Some("iptables-legacy" | "iptables") => &["NET_ADMIN", "NET_RAW"],
+            _ => &["NET_ADMIN"],
+        };
+        let knobs: Vec<_> = env
             .into_iter()
             .filter(|(k, _)| *k != HTTP_ADDR)
             .map(|(k, v)| json!({"name": k, "value": v}))
@@ -174,7 +182,7 @@ impl Capability for PreviewSwitch {
 
         let mut init_env = vec![downward("POD_NAMESPACE", "metadata.namespace")];
         init_env.extend(knobs.iter().cloned());
-        let init: Container = from_json(self.container(INIT, "init", &init_env, &mounts));
+        let init: Container = from_json(self.container(INIT, "init", &init_env, &mounts, caps));
 
         let mut watcher_env = vec![
             downward("POD_NAME", "metadata.name"),
@@ -182,7 +190,7 @@ impl Capability for PreviewSwitch {
             json!({"name": HTTP_ADDR, "value": format!("0.0.0.0:{}", self.watcher_port)}),
         ];
         watcher_env.extend(knobs);
-        let mut watcher = self.container(WATCHER, "watcher", &watcher_env, &mounts);
+        let mut watcher = self.container(WATCHER, "watcher", &watcher_env, &mounts, caps);
         watcher["ports"] =
             json!([{"name": "gw-watcher", "containerPort": self.watcher_port, "protocol": "TCP"}]);
         watcher["readinessProbe"] = json!({

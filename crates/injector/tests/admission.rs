@@ -118,6 +118,26 @@ fn seed_shape(p: &Pod) {
     assert_eq!(ann["ghostwire.dev/enabled"], "true");
 }
 
+/// Legacy iptables opens a raw socket: its containers also get NET_RAW, and still nothing else.
+fn legacy_caps(p: &Pod) {
+    for name in ["ghostwire-init", "ghostwire-watcher"] {
+        let c = container(p, name);
+        let caps = c
+            .security_context
+            .as_ref()
+            .unwrap()
+            .capabilities
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            caps.add.as_deref(),
+            Some(&["NET_ADMIN".to_string(), "NET_RAW".to_string()][..])
+        );
+        assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+        assert_eq!(env(c, "GW_BACKEND").as_deref(), Some("iptables-legacy"));
+    }
+}
+
 fn bare_pod() -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": "bare", "namespace": "shop", "annotations": {"ghostwire.dev/enabled": "true"}},
@@ -158,6 +178,14 @@ async fn fixtures() {
             "opted in on the Pod",
             pod("a", enabled(json!({}))),
             Want::Injected(seed_shape),
+        ),
+        (
+            "legacy iptables backend",
+            pod(
+                "legacy",
+                enabled(json!({"ghostwire.dev/backend": "iptables-legacy"})),
+            ),
+            Want::Injected(legacy_caps),
         ),
         ("no annotations at all", no_annotations_map, Want::Unchanged),
         (
