@@ -14,7 +14,7 @@
 
 mod admission;
 mod api;
-mod clock;
+pub mod clock;
 mod crd;
 mod discovery;
 mod http;

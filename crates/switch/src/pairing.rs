@@ -263,7 +263,8 @@ pub(crate) mod tests {
         }
     }
 
-    fn settings(pairs: &[(&str, &str)]) -> Settings {
+    /// Settings with these knobs given (as flags would), everything else default.
+    pub fn settings(pairs: &[(&str, &str)]) -> Settings {
         Settings::resolve(&Sources {
             cli: pairs
                 .iter()

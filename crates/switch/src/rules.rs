@@ -129,20 +129,11 @@ pub fn jump_is_on(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Sources;
-    use crate::pairing::{plan, tests::svc};
+    use crate::pairing::{
+        plan,
+        tests::{settings, svc},
+    };
     use netrules::Protocol;
-
-    fn settings(pairs: &[(&str, &str)]) -> Settings {
-        Settings::resolve(&Sources {
-            cli: pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        })
-        .unwrap()
-    }
 
     #[test]
     fn builds_exclusions_first_then_maps_and_an_optional_jump() {
