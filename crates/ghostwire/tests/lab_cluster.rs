@@ -472,3 +472,197 @@ fn lab_down_removes_what_a_killed_lab_up_left() {
         .collect();
     assert!(alive.is_empty(), "{alive:?}");
 }
+
+/// Issue 7's end to end: the real `ghostwire injector` process is the lab cluster's webhook;
+/// a Pod owned by a ReplicaSet of an annotated Deployment (the Pod itself carries no
+/// annotation) is created with the real kubectl; the injected init and watcher run in it, and
+/// routing follows `kubectl label`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injector_with_kubectl() {
+    let c = cluster("e2e-injector").await;
+    // The backends (the first six objects of the preview-switch example).
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/lab/preview-switch.yaml"
+    ))
+    .unwrap();
+    let backends: Vec<&str> = example.split("\n---\n").take(6).collect();
+    assert!(backends.last().unwrap().contains("name: payments"));
+    apply_stdin(&c, &backends.join("\n---\n")).await;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut injector = tokio::process::Command::new(env!("CARGO_BIN_EXE_ghostwire"))
+        .args([
+            "injector",
+            "--self-signed",
+            "--listen",
+            &listen,
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--tls-san",
+            "127.0.0.1",
+            "--namespace",
+            "default",
+            "--defaults-configmap",
+            "",
+        ])
+        .args(["--image", "ghostwire:dev"])
+        .env("KUBECONFIG", c.kubeconfig_path())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let webhook = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/lab/injector.yaml"
+    ))
+    .unwrap()
+    .replace("127.0.0.1:8443", &listen);
+    apply_stdin(&c, &webhook).await;
+    let ca = || {
+        kubectl(
+            &c,
+            &[
+                "get",
+                "mutatingwebhookconfiguration",
+                "ghostwire-injector",
+                "-o",
+                "jsonpath={.webhooks[0].clientConfig.caBundle}",
+            ],
+        )
+    };
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while ca().await.1.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the injector never set the caBundle"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Deployment (annotated) → ReplicaSet → Pod, as the Deployment controller would make them.
+    apply_stdin(&c, "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: shop\n  annotations: {ghostwire.dev/enabled: \"true\", ghostwire.dev/pollInterval: 1s}\nspec:\n  selector: {matchLabels: {app: shop}}\n  template:\n    metadata: {labels: {app: shop, role: preview}}\n    spec: {containers: [{name: shop, image: busybox}]}\n").await;
+    let uid = |kind: &'static str, name: &'static str| {
+        let c = &c;
+        async move {
+            let (ok, uid, err) =
+                kubectl(c, &["get", kind, name, "-o", "jsonpath={.metadata.uid}"]).await;
+            assert!(ok && !uid.is_empty(), "{err}");
+            uid
+        }
+    };
+    let dep = uid("deployment", "shop").await;
+    apply_stdin(&c, &format!("apiVersion: apps/v1\nkind: ReplicaSet\nmetadata:\n  name: shop-5d8f\n  ownerReferences: [{{apiVersion: apps/v1, kind: Deployment, name: shop, uid: {dep}, controller: true}}]\nspec:\n  selector: {{matchLabels: {{app: shop}}}}\n  template:\n    metadata: {{labels: {{app: shop, role: preview}}}}\n    spec: {{containers: [{{name: shop, image: busybox}}]}}\n")).await;
+    let rs = uid("replicaset", "shop-5d8f").await;
+    let shop_cmd = r#"while :; do curl -s --max-time 2 "http://$ORDERS_SERVICE_HOST/" || echo unreachable; sleep 0.2; done"#;
+    apply_stdin(&c, &format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: shop-5d8f-x2k9q\n  labels: {{app: shop, role: preview}}\n  ownerReferences: [{{apiVersion: apps/v1, kind: ReplicaSet, name: shop-5d8f, uid: {rs}, controller: true}}]\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: shop\n    image: busybox\n    command: [sh, -c, '{shop_cmd}']\n")).await;
+    let (ok, out, err) = kubectl(
+        &c,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/shop-5d8f-x2k9q",
+            "--timeout=90s",
+        ],
+    )
+    .await;
+    assert!(
+        ok,
+        "{out}{err}\n{}",
+        kubectl(&c, &["get", "pod", "shop-5d8f-x2k9q", "-o", "yaml"])
+            .await
+            .1
+    );
+    let (_, names, _) = kubectl(
+        &c,
+        &[
+            "get",
+            "pod",
+            "shop-5d8f-x2k9q",
+            "-o",
+            "jsonpath={.spec.initContainers[*].name}/{.spec.containers[*].name}",
+        ],
+    )
+    .await;
+    assert_eq!(names, "ghostwire-init/shop ghostwire-watcher");
+    // The app's own calls reach orders-preview once the injected watcher turned the jump on.
+    let pod = ["shop-5d8f-x2k9q", "-c", "shop"];
+    follow_until(&c, &pod, |l| l == "orders-preview v2").await;
+    // Relabelling moves it back and forth; checked from inside the pod's namespace.
+    let (_, ip, _) = kubectl(
+        &c,
+        &["get", "svc", "orders", "-o", "jsonpath={.spec.clusterIP}"],
+    )
+    .await;
+    let orders: std::net::SocketAddr = format!("{ip}:80").parse().unwrap();
+    let netns = c.node().pod_netns("default", "shop-5d8f-x2k9q").unwrap();
+    for (role, want) in [
+        ("active", "orders v1"),
+        ("preview", "orders-preview v2"),
+        ("active", "orders v1"),
+    ] {
+        let (ok, _, err) = kubectl(
+            &c,
+            &[
+                "label",
+                "pod",
+                "shop-5d8f-x2k9q",
+                &format!("role={role}"),
+                "--overwrite",
+            ],
+        )
+        .await;
+        assert!(ok, "{err}");
+        let ns = netns.clone();
+        let reached = tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let got = ns.tcp_request(orders).unwrap_or_default();
+                if got == want || std::time::Instant::now() > deadline {
+                    return got;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(reached, want, "after role={role}");
+    }
+    let (ok, logs, _) = kubectl(&c, &["logs", "shop-5d8f-x2k9q", "-c", "ghostwire-watcher"]).await;
+    assert!(ok && logs.contains("jump flipped"), "{logs}");
+    injector.kill().await.unwrap();
+    c.shutdown(Duration::from_secs(2)).await;
+}
+
+async fn apply_stdin(c: &Cluster, yaml: &str) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(c.kubeconfig_path())
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .await
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}{}\n{yaml}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
