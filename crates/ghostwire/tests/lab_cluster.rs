@@ -371,29 +371,31 @@ const ECHO_POD: &str = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name
   "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "echo", "image": "ghostwire/echo:dev",
   "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}}"#;
 
+/// `lab up` with one echo pod applied by kubectl and Ready.
+fn lab_up_with_echo(dir: &std::path::Path) -> (Up, String) {
+    let (up, kubeconfig) = lab_up(dir);
+    let manifest = dir.join("echo.json");
+    std::fs::write(&manifest, ECHO_POD).unwrap();
+    for args in [
+        &["apply", "-f", manifest.to_str().unwrap()][..],
+        &["wait", "--for=condition=Ready", "pod/echo", "--timeout=60s"],
+    ] {
+        let out = kubectl_sync(&kubeconfig, args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (up, kubeconfig)
+}
+
 #[test]
 fn lab_up_serves_kubectl_and_tears_down_on_sigterm() {
     let dir = std::env::temp_dir().join(format!("gw-lab-up-{}", std::process::id()));
     let _cleanup = Dir(dir.clone());
-    let (mut up, kubeconfig) = lab_up(&dir);
+    let (mut up, kubeconfig) = lab_up_with_echo(&dir);
     let pid = up.0.id();
-    let manifest = dir.join("echo.json");
-    std::fs::write(&manifest, ECHO_POD).unwrap();
-    let out = kubectl_sync(&kubeconfig, &["apply", "-f", manifest.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = kubectl_sync(
-        &kubeconfig,
-        &["wait", "--for=condition=Ready", "pod/echo", "--timeout=60s"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(!lab_namespaces(pid).is_empty());
     signal(pid, "TERM");
     let status = up.0.wait().unwrap();
@@ -405,25 +407,8 @@ fn lab_up_serves_kubectl_and_tears_down_on_sigterm() {
 fn lab_down_removes_what_a_killed_lab_up_left() {
     let dir = std::env::temp_dir().join(format!("gw-lab-down-{}", std::process::id()));
     let _cleanup = Dir(dir.clone());
-    let (mut up, kubeconfig) = lab_up(&dir);
+    let (mut up, kubeconfig) = lab_up_with_echo(&dir);
     let pid = up.0.id();
-    let manifest = dir.join("echo.json");
-    std::fs::write(&manifest, ECHO_POD).unwrap();
-    let out = kubectl_sync(&kubeconfig, &["apply", "-f", manifest.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = kubectl_sync(
-        &kubeconfig,
-        &["wait", "--for=condition=Ready", "pod/echo", "--timeout=60s"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     // The echo container: a child of lab up in the pod's namespace.
     let echo: Vec<u32> = std::fs::read_dir("/proc")
         .unwrap()
