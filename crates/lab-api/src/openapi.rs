@@ -1,16 +1,22 @@
 //! OpenAPI v3: a root index and one document per group/version. kubectl reads it to learn that
 //! the server validates fields itself (the `fieldValidation` parameter on PATCH operations), so
 //! it validates manifests server-side, and `kubectl explain` reads the kinds' schemas from it.
-//! Schemas describe the top-level fields; kubectl computes strategic patches from its built-in
-//! types when a schema does not go deeper.
+//! Built-in kinds have their full, deep schemas (from k8s-openapi's types); custom kinds their
+//! CRD's `openAPIV3Schema`. PATCH bodies are declared JSON only, so kubectl still computes
+//! strategic merge patches from its own built-in types (it uses the OpenAPI v3 schema for that
+//! only when a PATCH operation lists the strategic merge patch media type).
 
 use crate::http::{Body, json_response};
-use crate::resources::ResourceType;
+use crate::resources::{Registry, ResourceType};
 use crate::server::State;
 use crate::status::ApiError;
+use crate::typed::{WithType, with_type};
 use hyper::Response;
+use k8s_openapi::schemars::JsonSchema;
+use k8s_openapi::schemars::generate::{SchemaGenerator, SchemaSettings};
+use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Map, Value, json};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() {
@@ -20,13 +26,9 @@ fn gv_path(group: &str, version: &str) -> String {
     }
 }
 
-fn schema_name(rt: &ResourceType) -> String {
-    let g = if rt.group.is_empty() {
-        "core".to_string()
-    } else {
-        rt.group.clone()
-    };
-    format!("{g}.{}.{}", rt.version, rt.kind)
+/// Schema name of a custom type (built-in kinds use their real names, `io.k8s.api.core.v1.Pod`).
+fn custom_schema_name(rt: &ResourceType) -> String {
+    format!("{}.{}.{}", rt.group, rt.version, rt.kind)
 }
 
 fn param(name: &str, description: &str) -> Value {
@@ -37,8 +39,9 @@ fn gvk(rt: &ResourceType) -> Value {
     json!([{"group": rt.group, "version": rt.version, "kind": rt.kind}])
 }
 
-fn op(rt: &ResourceType, action: &str, params: Vec<Value>) -> Value {
-    let body = json!({"content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{}", schema_name(rt))}}}});
+fn op(rt: &ResourceType, schema: &str, action: &str, params: Vec<Value>) -> Value {
+    let body =
+        json!({"content": {"application/json": {"schema": {"$ref": format!("{REF}{schema}")}}}});
     let mut o = json!({
         "description": format!("{action} the specified {}", rt.kind),
         "operationId": format!("{action}{}", rt.kind),
@@ -53,57 +56,93 @@ fn op(rt: &ResourceType, action: &str, params: Vec<Value>) -> Value {
     o
 }
 
-fn schema(rt: &ResourceType, crd_schema: Option<Value>) -> Value {
-    if let Some(mut s) = crd_schema {
-        s["x-kubernetes-group-version-kind"] = gvk(rt);
-        return s;
-    }
-    let string = |d: &str| json!({"type": "string", "description": d});
-    let mut props = Map::new();
-    props.insert(
-        "apiVersion".into(),
-        string("APIVersion defines the versioned schema of this representation of an object."),
-    );
-    props.insert(
-        "kind".into(),
-        string("Kind is a string value representing the REST resource this object represents."),
-    );
-    props.insert(
-        "metadata".into(),
-        json!({"type": "object", "description": "Standard object's metadata.", "x-kubernetes-preserve-unknown-fields": true}),
-    );
-    let top: &[&str] = match rt.kind.as_str() {
-        "ConfigMap" => &["data", "binaryData", "immutable"],
-        "Secret" => &["data", "stringData", "type", "immutable"],
-        "ServiceAccount" => &[
-            "secrets",
-            "imagePullSecrets",
-            "automountServiceAccountToken",
-        ],
-        "Event" => &[
-            "involvedObject",
-            "reason",
-            "message",
-            "source",
-            "type",
-            "count",
-            "firstTimestamp",
-            "lastTimestamp",
-        ],
-        "Endpoints" => &["subsets"],
-        "EndpointSlice" => &["addressType", "endpoints", "ports"],
-        "MutatingWebhookConfiguration" => &["webhooks"],
-        _ => &["spec", "status"],
-    };
-    for f in top {
-        props.insert((*f).into(), json!({"description": format!("{} of the {}.", f, rt.kind), "x-kubernetes-preserve-unknown-fields": true}));
-    }
-    json!({
-        "description": format!("{} (served by the ghostwire lab API).", rt.kind),
-        "type": "object",
-        "properties": props,
-        "x-kubernetes-group-version-kind": gvk(rt),
+const REF: &str = "#/components/schemas/";
+
+/// The schemas of every built-in kind and of all they refer to, by name; generated once from
+/// the k8s-openapi types, so `kubectl explain` reaches every nested field with its real docs.
+fn builtin_definitions() -> &'static Map<String, Value> {
+    static DEFS: OnceLock<Map<String, Value>> = OnceLock::new();
+    DEFS.get_or_init(|| {
+        let mut generator = SchemaSettings::openapi3().into_generator();
+        for rt in Registry::builtin().all() {
+            with_type(&rt, Subschema(&mut generator));
+        }
+        generator.take_definitions(true)
     })
+}
+
+/// Adds a kind's schema to the generator; gives its name.
+struct Subschema<'a>(&'a mut SchemaGenerator);
+
+impl WithType for Subschema<'_> {
+    type Out = String;
+    fn with<T: DeserializeOwned + Serialize + JsonSchema>(self) -> String {
+        self.0.subschema_for::<T>();
+        T::schema_name().into_owned()
+    }
+}
+
+/// Inserts schema `name` and, transitively, every built-in schema it refers to.
+fn insert_with_refs(name: &str, defs: &Map<String, Value>, out: &mut Map<String, Value>) {
+    fn refs<'v>(v: &'v Value, found: &mut Vec<&'v str>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(r) = m
+                    .get("$ref")
+                    .and_then(Value::as_str)
+                    .and_then(|r| r.strip_prefix(REF))
+                {
+                    found.push(r);
+                }
+                m.values().for_each(|x| refs(x, found));
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, found)),
+            _ => {}
+        }
+    }
+    let mut todo = vec![name];
+    while let Some(n) = todo.pop() {
+        if out.contains_key(n) {
+            continue;
+        }
+        let Some(s) = defs.get(n) else { continue };
+        refs(s, &mut todo);
+        out.insert(n.to_string(), s.clone());
+    }
+}
+
+/// Adds a kind's schema (and what it refers to) to `schemas`, marked with its
+/// group/version/kind as kubectl looks kinds up; gives the schema's name.
+fn add_schema(state: &State, rt: &ResourceType, schemas: &mut Map<String, Value>) -> String {
+    let (name, mut schema) = match with_type(rt, SchemaName) {
+        Some(name) => {
+            insert_with_refs(&name, builtin_definitions(), schemas);
+            let s = schemas
+                .get(&name)
+                .cloned()
+                .unwrap_or_else(|| json!({"type": "object"}));
+            (name, s)
+        }
+        None => (
+            custom_schema_name(rt),
+            crate::crd::schema_of(state, rt).unwrap_or_else(
+                || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+            ),
+        ),
+    };
+    schema["x-kubernetes-group-version-kind"] = gvk(rt);
+    schemas.insert(name.clone(), schema);
+    name
+}
+
+/// A kind's schema name, without generating anything.
+struct SchemaName;
+
+impl WithType for SchemaName {
+    type Out = String;
+    fn with<T: DeserializeOwned + Serialize + JsonSchema>(self) -> String {
+        T::schema_name().into_owned()
+    }
 }
 
 fn document(state: &State, group: &str, version: &str) -> Option<Value> {
@@ -137,27 +176,25 @@ fn document(state: &State, group: &str, version: &str) -> Option<Value> {
         } else {
             format!("{prefix}/{}", rt.resource)
         };
+        let name = add_schema(state, rt, &mut schemas);
+        let op = |action: &str, params: Vec<Value>| op(rt, &name, action, params);
         let writes = vec![dry.clone(), fm.clone(), fv.clone()];
         paths.insert(
             base.clone(),
-            json!({"get": op(rt, "list", vec![]), "post": op(rt, "post", writes.clone())}),
+            json!({"get": op("list", vec![]), "post": op("post", writes.clone())}),
         );
         paths.insert(
             format!("{base}/{{name}}"),
             json!({
-                "get": op(rt, "get", vec![]),
-                "put": op(rt, "put", writes.clone()),
-                "patch": op(rt, "patch", writes.clone()),
-                "delete": op(rt, "delete", vec![dry.clone()]),
+                "get": op("get", vec![]),
+                "put": op("put", writes.clone()),
+                "patch": op("patch", writes.clone()),
+                "delete": op("delete", vec![dry.clone()]),
             }),
         );
         if rt.has_status() {
-            paths.insert(format!("{base}/{{name}}/status"), json!({"get": op(rt, "get", vec![]), "put": op(rt, "put", writes.clone()), "patch": op(rt, "patch", writes.clone())}));
+            paths.insert(format!("{base}/{{name}}/status"), json!({"get": op("get", vec![]), "put": op("put", writes.clone()), "patch": op("patch", writes.clone())}));
         }
-        schemas.insert(
-            schema_name(rt),
-            schema(rt, crate::crd::schema_of(state, rt)),
-        );
     }
     Some(json!({
         "openapi": "3.0.0",

@@ -1,8 +1,10 @@
 //! Decoding through the real types (k8s-openapi) of the built-in resources: a value of the wrong
 //! type is a 400, as in the real server, and fields the type does not know are found (for
-//! `fieldValidation`) and dropped, as the real server's decoder drops them.
+//! `fieldValidation`) and dropped, as the real server's decoder drops them. The same types give
+//! the OpenAPI schemas (their `JsonSchema`, generated from the real API's definitions).
 
 use crate::resources::ResourceType;
+use k8s_openapi::schemars::JsonSchema;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
@@ -54,39 +56,60 @@ fn through<T: DeserializeOwned + Serialize>(obj: &Value) -> Result<Option<Decode
     }
 }
 
-/// Decodes a built-in object through its type; `Ok(None)` for types without one (CRDs) or when
-/// required fields are missing (validation reports those).
-pub fn decode(rt: &ResourceType, obj: &Value) -> Result<Option<Decoded>, String> {
+/// Something done with the k8s-openapi type of a built-in kind: decoding an object through it,
+/// or generating its schema. One trait, so the kind-to-type table exists once.
+pub trait WithType {
+    type Out;
+    fn with<T: DeserializeOwned + Serialize + JsonSchema>(self) -> Self::Out;
+}
+
+/// Calls `f` with the type of a built-in kind; `None` for CRDs and kinds without one.
+pub fn with_type<F: WithType>(rt: &ResourceType, f: F) -> Option<F::Out> {
     use k8s_openapi::api::{
         admissionregistration::v1 as adm, apps::v1 as apps, coordination::v1 as coord,
         core::v1 as core, discovery::v1 as disc,
     };
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as ext;
     if rt.crd.is_some() {
-        return Ok(None);
+        return None;
     }
-    match (rt.group.as_str(), rt.resource.as_str()) {
-        ("", "namespaces") => through::<core::Namespace>(obj),
-        ("", "services") => through::<core::Service>(obj),
-        ("", "pods") => through::<core::Pod>(obj),
-        ("", "configmaps") => through::<core::ConfigMap>(obj),
-        ("", "secrets") => through::<core::Secret>(obj),
-        ("", "serviceaccounts") => through::<core::ServiceAccount>(obj),
-        ("", "events") => through::<core::Event>(obj),
-        ("", "endpoints") => through::<core::Endpoints>(obj),
-        ("", "nodes") => through::<core::Node>(obj),
-        ("discovery.k8s.io", "endpointslices") => through::<disc::EndpointSlice>(obj),
-        ("apps", "deployments") => through::<apps::Deployment>(obj),
-        ("apps", "replicasets") => through::<apps::ReplicaSet>(obj),
-        ("apps", "statefulsets") => through::<apps::StatefulSet>(obj),
-        ("apps", "daemonsets") => through::<apps::DaemonSet>(obj),
-        ("coordination.k8s.io", "leases") => through::<coord::Lease>(obj),
+    Some(match (rt.group.as_str(), rt.resource.as_str()) {
+        ("", "namespaces") => f.with::<core::Namespace>(),
+        ("", "services") => f.with::<core::Service>(),
+        ("", "pods") => f.with::<core::Pod>(),
+        ("", "configmaps") => f.with::<core::ConfigMap>(),
+        ("", "secrets") => f.with::<core::Secret>(),
+        ("", "serviceaccounts") => f.with::<core::ServiceAccount>(),
+        ("", "events") => f.with::<core::Event>(),
+        ("", "endpoints") => f.with::<core::Endpoints>(),
+        ("", "nodes") => f.with::<core::Node>(),
+        ("discovery.k8s.io", "endpointslices") => f.with::<disc::EndpointSlice>(),
+        ("apps", "deployments") => f.with::<apps::Deployment>(),
+        ("apps", "replicasets") => f.with::<apps::ReplicaSet>(),
+        ("apps", "statefulsets") => f.with::<apps::StatefulSet>(),
+        ("apps", "daemonsets") => f.with::<apps::DaemonSet>(),
+        ("coordination.k8s.io", "leases") => f.with::<coord::Lease>(),
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations") => {
-            through::<adm::MutatingWebhookConfiguration>(obj)
+            f.with::<adm::MutatingWebhookConfiguration>()
         }
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
-            through::<ext::CustomResourceDefinition>(obj)
+            f.with::<ext::CustomResourceDefinition>()
         }
-        _ => Ok(None),
+        _ => return None,
+    })
+}
+
+struct Decode<'a>(&'a Value);
+
+impl WithType for Decode<'_> {
+    type Out = Result<Option<Decoded>, String>;
+    fn with<T: DeserializeOwned + Serialize + JsonSchema>(self) -> Self::Out {
+        through::<T>(self.0)
     }
+}
+
+/// Decodes a built-in object through its type; `Ok(None)` for types without one (CRDs) or when
+/// required fields are missing (validation reports those).
+pub fn decode(rt: &ResourceType, obj: &Value) -> Result<Option<Decoded>, String> {
+    with_type(rt, Decode(obj)).unwrap_or(Ok(None))
 }

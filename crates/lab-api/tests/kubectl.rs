@@ -360,11 +360,49 @@ async fn get_watch_output_watch_events() {
 }
 
 #[tokio::test]
-async fn explain_reads_openapi() {
+async fn explain_reads_deep_openapi_schemas() {
     let s = lab().await;
     let e = ok(&s, &["explain", "pods"], None).await;
     assert!(
         e.contains("KIND:") && e.contains("Pod") && e.contains("spec"),
         "{e}"
     );
+    let c = ok(&s, &["explain", "pod.spec.containers"], None).await;
+    assert!(
+        c.contains("FIELD: containers <[]Container>")
+            && c.contains("imagePullPolicy")
+            && c.contains("livenessProbe"),
+        "{c}"
+    );
+    let p = ok(
+        &s,
+        &["explain", "deployment.spec.template.spec.containers.ports"],
+        None,
+    )
+    .await;
+    assert!(
+        p.contains("GROUP:      apps")
+            && p.contains("containerPort\t<integer> -required-")
+            && p.contains("Number of port to expose"),
+        "{p}"
+    );
+    let r = ok(&s, &["explain", "svc.spec.ports.targetPort"], None).await;
+    assert!(r.contains("IntOrString"), "{r}");
+}
+
+#[tokio::test]
+async fn misspelt_nested_fields_are_refused() {
+    let s = lab().await;
+    let bad = DEPLOY.replace("containerPort: 80", "containerPrt: 80");
+    let o = kubectl(&s, &["apply", "-f", "-"], Some(&bad)).await;
+    assert!(
+        !o.ok
+            && o.stderr.contains(
+                "unknown field \"spec.template.spec.containers[0].ports[0].containerPrt\""
+            ),
+        "{}",
+        o.stderr
+    );
+    let o = kubectl(&s, &["create", "-f", "-"], Some(&bad)).await;
+    assert!(!o.ok && o.stderr.contains("containerPrt"), "{}", o.stderr);
 }
