@@ -394,7 +394,7 @@ fn lab_up_with_echo(dir: &std::path::Path) -> (Up, String) {
 fn lab_up_serves_kubectl_and_tears_down_on_sigterm() {
     let dir = std::env::temp_dir().join(format!("gw-lab-up-{}", std::process::id()));
     let _cleanup = Dir(dir.clone());
-    let (mut up, kubeconfig) = lab_up_with_echo(&dir);
+    let (mut up, _) = lab_up_with_echo(&dir);
     let pid = up.0.id();
     assert!(!lab_namespaces(pid).is_empty());
     signal(pid, "TERM");
@@ -407,7 +407,7 @@ fn lab_up_serves_kubectl_and_tears_down_on_sigterm() {
 fn lab_down_removes_what_a_killed_lab_up_left() {
     let dir = std::env::temp_dir().join(format!("gw-lab-down-{}", std::process::id()));
     let _cleanup = Dir(dir.clone());
-    let (mut up, kubeconfig) = lab_up_with_echo(&dir);
+    let (mut up, _) = lab_up_with_echo(&dir);
     let pid = up.0.id();
     // The echo container: a child of lab up in the pod's namespace.
     let echo: Vec<u32> = std::fs::read_dir("/proc")
