@@ -460,7 +460,7 @@ async fn create_object(state: &Arc<State>, req: &Request, t: &Target, mut obj: V
     // Allocation and storage under one lock, so two creates never take the same ClusterIP.
     let stored = {
         let _alloc = state.alloc.lock().expect("alloc lock");
-        validation::validate(rt, &mut obj, None, &state.store, &state.cidrs)?;
+        validation::validate(rt, &mut obj, None, None, &state.store, &state.cidrs)?;
         if dry {
             if state.store.get(&t.key(&name)).is_some() {
                 return Err(ApiError::already_exists(t.subject(&name)));
@@ -546,29 +546,9 @@ async fn apply_update(
             o
         }
         Some("ephemeralcontainers") => {
+            // Only the ephemeral containers are taken; validation checks the existing ones.
             let mut o = cur.clone();
-            let old_ec = cur["spec"]["ephemeralContainers"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let new_ec = new["spec"]["ephemeralContainers"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            for (i, c) in old_ec.iter().enumerate() {
-                if new_ec.get(i) != Some(c) {
-                    return Err(ApiError::invalid(
-                        &rt.group,
-                        &rt.kind,
-                        name,
-                        vec![Cause::forbidden(
-                            "spec.ephemeralContainers",
-                            "existing ephemeral containers may not be changed",
-                        )],
-                    ));
-                }
-            }
-            o["spec"]["ephemeralContainers"] = json!(new_ec);
+            o["spec"]["ephemeralContainers"] = new["spec"]["ephemeralContainers"].clone();
             validation::default_object(rt, &mut o);
             o
         }
@@ -642,7 +622,7 @@ async fn apply_update(
     let expect = precondition.or_else(|| object_rv(cur));
     let key = t.key(name);
     let _alloc = state.alloc.lock().expect("alloc lock");
-    validation::validate(rt, &mut new, Some(cur), &state.store, &state.cidrs)?;
+    validation::validate(rt, &mut new, Some(cur), sub, &state.store, &state.cidrs)?;
     if dry {
         return Ok(Some(Arc::new(new)));
     }

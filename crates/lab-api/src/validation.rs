@@ -240,12 +240,14 @@ pub fn default_object(rt: &ResourceType, obj: &mut Value) {
     }
 }
 
-/// Validates `obj` (and for updates, what may not change from `old`); allocates Service IPs and
-/// node ports. The caller holds the allocation lock until the object is stored.
+/// Validates `obj` (and for updates, what may not change from `old`, which depends on the
+/// subresource `sub` written through); allocates Service IPs and node ports. The caller holds
+/// the allocation lock until the object is stored.
 pub fn validate(
     rt: &ResourceType,
     obj: &mut Value,
     old: Option<&Value>,
+    sub: Option<&str>,
     store: &Store,
     cidrs: &ServiceCidrs,
 ) -> Result<(), ApiError> {
@@ -262,7 +264,7 @@ pub fn validate(
     }
     match (rt.group.as_str(), rt.resource.as_str()) {
         ("", "services") if rt.crd.is_none() => service(obj, old, store, cidrs, &mut causes),
-        ("", "pods") => pod(obj, old, &mut causes),
+        ("", "pods") => pod(obj, old, sub, &mut causes),
         ("", "secrets" | "configmaps") => immutable_data(obj, old, &mut causes),
         ("apps", _) => workload(obj, old, &mut causes),
         _ => {}
@@ -331,7 +333,16 @@ fn workload(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
     }
 }
 
-fn pod(obj: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+/// Fields an ephemeral container may not have (it is not part of the pod's resources or routing).
+const NOT_EPHEMERAL: &[&str] = &[
+    "ports",
+    "livenessProbe",
+    "readinessProbe",
+    "startupProbe",
+    "lifecycle",
+];
+
+fn pod(obj: &mut Value, old: Option<&Value>, sub: Option<&str>, causes: &mut Vec<Cause>) {
     let containers = obj["spec"]["containers"]
         .as_array()
         .cloned()
@@ -364,38 +375,79 @@ fn pod(obj: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
             {
                 causes.push(Cause::required(format!("spec.{list}[{i}].image")));
             }
-        }
-    }
-    if let Some(old) = old {
-        // Pod specs are immutable but for images and a few scheduling fields.
-        let strip = |v: &Value| {
-            let mut s = v["spec"].clone();
-            for list in ["initContainers", "containers"] {
-                if let Some(cs) = s.get_mut(list).and_then(Value::as_array_mut) {
-                    for c in cs {
-                        c.as_object_mut().map(|m| m.remove("image"));
+            if list == "ephemeralContainers" {
+                for f in NOT_EPHEMERAL {
+                    if c.get(*f).is_some_and(|v| !v.is_null()) {
+                        causes.push(Cause::forbidden(
+                            format!("spec.{list}[{i}].{f}"),
+                            "cannot be set for an Ephemeral Container",
+                        ));
                     }
                 }
             }
-            if let Some(m) = s.as_object_mut() {
-                for k in [
-                    "activeDeadlineSeconds",
-                    "tolerations",
-                    "terminationGracePeriodSeconds",
-                    "schedulingGates",
-                    "ephemeralContainers",
-                ] {
-                    m.remove(k);
+        }
+    }
+    let ephemeral = |v: &Value| {
+        v["spec"]["ephemeralContainers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    match old {
+        None if !ephemeral(obj).is_empty() => causes.push(Cause::forbidden(
+            "spec.ephemeralContainers",
+            "cannot be set on create",
+        )),
+        // The subresource only adds ephemeral containers; the rest of the spec is the stored one.
+        Some(old) if sub == Some("ephemeralcontainers") => {
+            let new = ephemeral(obj);
+            for c in ephemeral(old) {
+                let name = c["name"].as_str().unwrap_or_default();
+                let verb = match new.iter().find(|n| n["name"] == c["name"]) {
+                    None => "removed",
+                    Some(n) if *n != c => "changed",
+                    Some(_) => continue,
+                };
+                causes.push(Cause::forbidden(
+                    "spec.ephemeralContainers",
+                    format!("existing ephemeral containers {name:?} may not be {verb}"),
+                ));
+            }
+        }
+        Some(old) => pod_spec_update(obj, old, causes),
+        None => {}
+    }
+}
+
+/// Pod specs are immutable but for images and a few scheduling fields; ephemeral containers
+/// change only through their subresource.
+fn pod_spec_update(obj: &Value, old: &Value, causes: &mut Vec<Cause>) {
+    let strip = |v: &Value| {
+        let mut s = v["spec"].clone();
+        for list in ["initContainers", "containers"] {
+            if let Some(cs) = s.get_mut(list).and_then(Value::as_array_mut) {
+                for c in cs {
+                    c.as_object_mut().map(|m| m.remove("image"));
                 }
             }
-            s
-        };
-        if strip(obj) != strip(old) && obj["spec"]["nodeName"] == old["spec"]["nodeName"] {
-            causes.push(Cause::forbidden(
-                "spec",
-                "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
-            ));
         }
+        if let Some(m) = s.as_object_mut() {
+            for k in [
+                "activeDeadlineSeconds",
+                "tolerations",
+                "terminationGracePeriodSeconds",
+                "schedulingGates",
+            ] {
+                m.remove(k);
+            }
+        }
+        s
+    };
+    if strip(obj) != strip(old) && obj["spec"]["nodeName"] == old["spec"]["nodeName"] {
+        causes.push(Cause::forbidden(
+            "spec",
+            "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
+        ));
     }
 }
 

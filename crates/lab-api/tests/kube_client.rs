@@ -239,6 +239,139 @@ async fn pods_status_subresource_and_generate_name() {
 }
 
 #[tokio::test]
+async fn ephemeral_containers_only_through_their_subresource() {
+    let server = Server::start(Options::default()).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(server.client().await.unwrap(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "app"},
+        "spec": {"containers": [{"name": "c", "image": "nginx:1.27"}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let ec_names = |p: &Pod| -> Vec<String> {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.ephemeral_containers.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|c| c.name.clone())
+            .collect()
+    };
+
+    // A plain update may not add one (a real server: "pod updates may not change fields …").
+    let mut with_ec = pods.get("app").await.unwrap();
+    with_ec.spec.as_mut().unwrap().ephemeral_containers = Some(vec![
+        serde_json::from_value(json!({"name": "debug", "image": "busybox:1.36"})).unwrap(),
+    ]);
+    let refused = pods
+        .replace("app", &PostParams::default(), &with_ec)
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(refused), 422);
+    let refused = pods
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"ephemeralContainers": [
+                {"name": "debug", "image": "busybox:1.36"}
+            ]}})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(refused), 422);
+    assert!(ec_names(&pods.get("app").await.unwrap()).is_empty());
+
+    // PATCH pods/app/ephemeralcontainers adds one; the rest of the pod is not touched by it.
+    let patched = pods
+        .patch_ephemeral_containers(
+            "app",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {
+                "containers": [{"name": "c", "image": "nginx:9"}],
+                "ephemeralContainers": [{"name": "debug", "image": "busybox:1.36", "stdin": true, "tty": true}]
+            }})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ec_names(&patched), ["debug"]);
+    let spec = patched.spec.as_ref().unwrap();
+    assert_eq!(spec.containers[0].image.as_deref(), Some("nginx:1.27"));
+    let ec = &spec.ephemeral_containers.as_ref().unwrap()[0];
+    assert_eq!(ec.image_pull_policy.as_deref(), Some("IfNotPresent"));
+
+    // PUT pods/app/ephemeralcontainers adds another, keeping the first.
+    let mut current = pods.get_ephemeral_containers("app").await.unwrap();
+    let ecs = current
+        .spec
+        .as_mut()
+        .unwrap()
+        .ephemeral_containers
+        .as_mut()
+        .unwrap();
+    ecs.push(serde_json::from_value(json!({"name": "debug2", "image": "busybox:1.36"})).unwrap());
+    let replaced = pods
+        .replace_ephemeral_containers("app", &PostParams::default(), &current)
+        .await
+        .unwrap();
+    assert_eq!(ec_names(&replaced), ["debug", "debug2"]);
+
+    // Existing ones may not be changed or removed, through the subresource or not.
+    let mut changed = replaced.clone();
+    changed
+        .spec
+        .as_mut()
+        .unwrap()
+        .ephemeral_containers
+        .as_mut()
+        .unwrap()[0]
+        .image = Some("busybox:1.37".into());
+    let refused = pods
+        .replace_ephemeral_containers("app", &PostParams::default(), &changed)
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(refused), 422);
+    let mut removed = replaced.clone();
+    removed.spec.as_mut().unwrap().ephemeral_containers = None;
+    let refused = pods
+        .replace("app", &PostParams::default(), &removed)
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(refused), 422);
+    // A name taken by a container is refused, and so are ports (nothing routes to one).
+    for bad in [
+        json!({"name": "c", "image": "busybox:1.36"}),
+        json!({"name": "d3", "image": "busybox:1.36", "ports": [{"containerPort": 80}]}),
+    ] {
+        let refused = pods
+            .patch_ephemeral_containers(
+                "app",
+                &PatchParams::default(),
+                &Patch::Strategic(json!({"spec": {"ephemeralContainers": [bad]}})),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(api_code(refused), 422);
+    }
+    // Nor may a pod be created with them.
+    let mut born_with = with_ec.clone();
+    born_with.metadata = serde_json::from_value(json!({"name": "app2"})).unwrap();
+    let refused = pods
+        .create(&PostParams::default(), &born_with)
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(refused), 422);
+
+    // A plain update that leaves them as they are still works.
+    let mut same = pods.get("app").await.unwrap();
+    same.spec.as_mut().unwrap().containers[0].image = Some("nginx:1.28".into());
+    let updated = pods
+        .replace("app", &PostParams::default(), &same)
+        .await
+        .unwrap();
+    assert_eq!(ec_names(&updated), ["debug", "debug2"]);
+}
+
+#[tokio::test]
 async fn list_pages_with_limit_and_continue() {
     let server = Server::start(Options::default()).await.unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(server.client().await.unwrap(), "default");
