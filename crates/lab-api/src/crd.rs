@@ -1,7 +1,7 @@
 //! CustomResourceDefinitions: validating them, and serving (or no longer serving) their
 //! resources as soon as one is stored, like the real server's apiextensions controller.
 
-use crate::resources::ResourceType;
+use crate::resources::{PrinterColumn, ResourceType};
 use crate::server::State;
 use crate::status::{ApiError, Cause};
 use crate::store::Key;
@@ -116,6 +116,34 @@ pub fn default_status(obj: &mut Value) {
     });
 }
 
+/// A served version's printer columns; without any, Age (the real server's default).
+fn printer_columns(version: &Value) -> Vec<PrinterColumn> {
+    let columns = match version["additionalPrinterColumns"].as_array() {
+        Some(c) if !c.is_empty() => c.clone(),
+        _ => {
+            vec![json!({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"})]
+        }
+    };
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    columns
+        .iter()
+        .map(|c| PrinterColumn {
+            name: s(&c["name"]),
+            ty: s(&c["type"]),
+            format: s(&c["format"]),
+            description: match c["description"].as_str() {
+                Some(d) if !d.is_empty() => d.into(),
+                _ => format!(
+                    "Custom resource definition column (in JSONPath format): {}",
+                    s(&c["jsonPath"])
+                ),
+            },
+            priority: c["priority"].as_i64().unwrap_or(0),
+            json_path: s(&c["jsonPath"]),
+        })
+        .collect()
+}
+
 fn served(crd: &Value) -> Vec<ResourceType> {
     let spec = &crd["spec"];
     let names = &spec["names"];
@@ -159,6 +187,7 @@ fn served(crd: &Value) -> Vec<ResourceType> {
                 subresources,
                 field_labels: vec![],
                 crd: crd["metadata"]["name"].as_str().map(String::from),
+                printer_columns: printer_columns(v),
             }
         })
         .collect()

@@ -20,6 +20,20 @@ pub struct ResourceType {
     pub field_labels: Vec<String>,
     /// Set for types defined by a CustomResourceDefinition (its name).
     pub crd: Option<String>,
+    /// A custom type's Table columns after Name (its CRD's `additionalPrinterColumns`).
+    pub printer_columns: Vec<PrinterColumn>,
+}
+
+/// One of a CRD version's `additionalPrinterColumns`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrinterColumn {
+    pub name: String,
+    /// integer, number, string, boolean or date.
+    pub ty: String,
+    pub format: String,
+    pub description: String,
+    pub priority: i64,
+    pub json_path: String,
 }
 
 impl ResourceType {
@@ -120,6 +134,7 @@ impl Registry {
                     subresources: b.sub.iter().map(|s| s.to_string()).collect(),
                     field_labels: b.fields.iter().map(|s| s.to_string()).collect(),
                     crd: None,
+                    printer_columns: vec![],
                 })
             })
             .collect();

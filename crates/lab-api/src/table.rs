@@ -1,8 +1,8 @@
 //! Server-side printing: `meta.k8s.io/v1` Tables, which `kubectl get` asks for, with the columns
-//! the real server shows for the common types.
+//! the real server shows for the common types, and for custom types their CRD's printer columns.
 
 use crate::clock;
-use crate::resources::ResourceType;
+use crate::resources::{PrinterColumn, ResourceType};
 use serde_json::{Value, json};
 
 /// Whether the Accept header asks for a Table.
@@ -13,15 +13,16 @@ pub fn wanted(accept: &str) -> bool {
         .is_some_and(|first| first.contains("as=Table"))
 }
 
+/// The columns of a built-in type.
 fn columns(rt: &ResourceType) -> Vec<(&'static str, &'static str, i32)> {
     let mut c = vec![("Name", "string", 0)];
     match rt.resource.as_str() {
-        "pods" if rt.crd.is_none() => c.extend([
+        "pods" => c.extend([
             ("Ready", "string", 0),
             ("Status", "string", 0),
             ("Restarts", "string", 0),
         ]),
-        "services" if rt.crd.is_none() => c.extend([
+        "services" => c.extend([
             ("Type", "string", 0),
             ("Cluster-IP", "string", 0),
             ("External-IP", "string", 0),
@@ -38,12 +39,44 @@ fn columns(rt: &ResourceType) -> Vec<(&'static str, &'static str, i32)> {
         _ => {}
     }
     c.push(("Age", "string", 0));
-    if rt.resource == "pods" && rt.crd.is_none() {
+    if rt.resource == "pods" {
         c.extend([("IP", "string", 1), ("Node", "string", 1)]);
     }
     c
 }
 
+/// The value at a CRD column's simple JSONPath (`.a.b`, `.a[0].b`), as the real server reads it.
+fn at_path<'v>(o: &'v Value, path: &str) -> Option<&'v Value> {
+    let mut v = o;
+    for part in path.strip_prefix('.')?.split('.') {
+        let (key, indexes) = part.split_once('[').unwrap_or((part, ""));
+        if !key.is_empty() {
+            v = v.get(key)?;
+        }
+        for ix in indexes.split('[').filter(|s| !s.is_empty()) {
+            v = v.get(ix.strip_suffix(']')?.parse::<usize>().ok()?)?;
+        }
+    }
+    Some(v)
+}
+
+/// A custom column's cell: typed as the column says, null (shown `<none>`) when absent or
+/// of another type.
+fn custom_cell(col: &PrinterColumn, o: &Value) -> Value {
+    let Some(v) = at_path(o, &col.json_path) else {
+        return Value::Null;
+    };
+    match (col.ty.as_str(), v) {
+        ("integer", Value::Number(n)) => n.as_i64().map_or(Value::Null, |i| json!(i)),
+        ("number", Value::Number(_)) | ("boolean", Value::Bool(_)) => v.clone(),
+        ("date", Value::String(ts)) => json!(clock::age(ts)),
+        ("string", Value::String(_)) => v.clone(),
+        ("string", other) => json!(other.to_string()),
+        _ => Value::Null,
+    }
+}
+
+/// The cells of a built-in type's row.
 fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
     let s = |p: &str| {
         o.pointer(p)
@@ -53,7 +86,7 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
     };
     let mut c = vec![json!(o["metadata"]["name"])];
     match rt.resource.as_str() {
-        "pods" if rt.crd.is_none() => {
+        "pods" => {
             let total = o["spec"]["containers"].as_array().map_or(0, Vec::len);
             let statuses = o["status"]["containerStatuses"]
                 .as_array()
@@ -78,7 +111,7 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
                 json!(restarts.to_string()),
             ]);
         }
-        "services" if rt.crd.is_none() => {
+        "services" => {
             let ports: Vec<String> = o["spec"]["ports"]
                 .as_array()
                 .into_iter()
@@ -134,7 +167,7 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
             .as_str()
             .unwrap_or_default()
     )));
-    if rt.resource == "pods" && rt.crd.is_none() {
+    if rt.resource == "pods" {
         c.extend([json!(s("/status/podIP")), json!(s("/spec/nodeName"))]);
     }
     c
@@ -147,10 +180,17 @@ pub fn render(
     list_meta: Value,
     include_object: &str,
 ) -> Value {
-    let defs: Vec<Value> = columns(rt)
-        .into_iter()
-        .map(|(name, ty, priority)| json!({"name": name, "type": ty, "format": if name == "Name" { "name" } else { "" }, "description": "", "priority": priority}))
-        .collect();
+    let defs: Vec<Value> = if rt.crd.is_some() {
+        let name = json!({"name": "Name", "type": "string", "format": "name", "description": "", "priority": 0});
+        std::iter::once(name)
+            .chain(rt.printer_columns.iter().map(|c| json!({"name": c.name, "type": c.ty, "format": c.format, "description": c.description, "priority": c.priority})))
+            .collect()
+    } else {
+        columns(rt)
+            .into_iter()
+            .map(|(name, ty, priority)| json!({"name": name, "type": ty, "format": if name == "Name" { "name" } else { "" }, "description": "", "priority": priority}))
+            .collect()
+    };
     let rows: Vec<Value> = items
         .iter()
         .map(|o| {
@@ -159,8 +199,54 @@ pub fn render(
                 "Object" => (*o).clone(),
                 _ => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}),
             };
-            json!({"cells": cells(rt, o), "object": object})
+            let cells = if rt.crd.is_some() {
+                std::iter::once(o["metadata"]["name"].clone())
+                    .chain(rt.printer_columns.iter().map(|c| custom_cell(c, o)))
+                    .collect()
+            } else {
+                cells(rt, o)
+            };
+            json!({"cells": cells, "object": object})
         })
         .collect();
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta, "columnDefinitions": defs, "rows": rows})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn custom_columns_read_simple_json_paths() {
+        let o = json!({"spec": {"replicas": 2, "ports": [{"port": 80}]}, "status": {"phase": "Healthy"}});
+        let col = |ty: &str, path: &str| PrinterColumn {
+            name: "x".into(),
+            ty: ty.into(),
+            format: String::new(),
+            description: String::new(),
+            priority: 0,
+            json_path: path.into(),
+        };
+        assert_eq!(custom_cell(&col("integer", ".spec.replicas"), &o), json!(2));
+        assert_eq!(
+            custom_cell(&col("integer", ".spec.ports[0].port"), &o),
+            json!(80)
+        );
+        assert_eq!(
+            custom_cell(&col("string", ".status.phase"), &o),
+            json!("Healthy")
+        );
+        assert_eq!(
+            custom_cell(&col("string", ".spec.replicas"), &o),
+            json!("2")
+        );
+        assert_eq!(
+            custom_cell(&col("integer", ".status.missing"), &o),
+            Value::Null
+        );
+        assert_eq!(
+            custom_cell(&col("integer", ".status.phase"), &o),
+            Value::Null
+        );
+    }
 }

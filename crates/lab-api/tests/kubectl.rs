@@ -406,3 +406,139 @@ async fn misspelt_nested_fields_are_refused() {
     let o = kubectl(&s, &["create", "-f", "-"], Some(&bad)).await;
     assert!(!o.ok && o.stderr.contains("containerPrt"), "{}", o.stderr);
 }
+
+/// Argo Rollouts' `Rollout` CRD in its real shape (printer columns, status and scale
+/// subresources), with the schema cut down to what keeps unknown fields.
+const ROLLOUT_CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: rollouts.argoproj.io
+  labels: {app.kubernetes.io/name: argo-rollouts, app.kubernetes.io/part-of: argo-rollouts}
+spec:
+  group: argoproj.io
+  names: {kind: Rollout, listKind: RolloutList, plural: rollouts, shortNames: [ro], singular: rollout}
+  scope: Namespaced
+  versions:
+  - name: v1alpha1
+    served: true
+    storage: true
+    additionalPrinterColumns:
+    - {description: Number of desired pods, jsonPath: .spec.replicas, name: Desired, type: integer}
+    - {description: Total number of non-terminated pods targeted by this rollout, jsonPath: .status.replicas, name: Current, type: integer}
+    - {description: Total number of non-terminated pods targeted by this rollout that have the desired template spec, jsonPath: .status.updatedReplicas, name: Up-to-date, type: integer}
+    - {description: Total number of available pods (ready for at least minReadySeconds) targeted by this rollout, jsonPath: .status.availableReplicas, name: Available, type: integer}
+    - {jsonPath: .metadata.creationTimestamp, name: Age, type: date}
+    schema:
+      openAPIV3Schema:
+        type: object
+        required: [spec]
+        properties:
+          apiVersion: {type: string}
+          kind: {type: string}
+          metadata: {type: object}
+          spec: {type: object, x-kubernetes-preserve-unknown-fields: true}
+          status: {type: object, x-kubernetes-preserve-unknown-fields: true}
+    subresources:
+      status: {}
+      scale: {labelSelectorPath: .status.selector, specReplicasPath: .spec.replicas, statusReplicasPath: .status.HPAReplicas}
+";
+
+const ROLLOUT: &str = "apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata: {name: orders}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: orders}}
+  template:
+    metadata: {labels: {app: orders}}
+    spec:
+      containers: [{name: orders, image: nginx:1.27}]
+  strategy:
+    blueGreen: {activeService: orders, previewService: orders-preview, autoPromotionEnabled: false}
+";
+
+#[tokio::test]
+async fn argo_rollouts_crd_and_a_rollout() {
+    use kube::api::{Api, ApiResource, DynamicObject};
+    use kube::core::GroupVersionKind;
+
+    let s = lab().await;
+    let crd = ok(&s, &["apply", "-f", "-"], Some(ROLLOUT_CRD)).await;
+    assert!(
+        crd.contains("customresourcedefinition.apiextensions.k8s.io/rollouts.argoproj.io created"),
+        "{crd}"
+    );
+    let est = ok(
+        &s,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/rollouts.argoproj.io",
+        ],
+        None,
+    )
+    .await;
+    assert!(est.contains("condition met"), "{est}");
+
+    let created = ok(&s, &["apply", "-f", "-"], Some(ROLLOUT)).await;
+    assert!(
+        created.contains("rollout.argoproj.io/orders created"),
+        "{created}"
+    );
+    let again = ok(&s, &["apply", "-f", "-"], Some(ROLLOUT)).await;
+    assert!(
+        again.contains("rollout.argoproj.io/orders unchanged"),
+        "{again}"
+    );
+    let table = ok(&s, &["get", "rollouts"], None).await;
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "DESIRED",
+            "CURRENT",
+            "UP-TO-DATE",
+            "AVAILABLE",
+            "AGE"
+        ],
+        "{table}"
+    );
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[..2], ["orders", "2"], "{table}");
+    let by_short = ok(&s, &["get", "ro", "orders", "-o", "name"], None).await;
+    assert_eq!(by_short.trim(), "rollout.argoproj.io/orders");
+    let active = ok(
+        &s,
+        &[
+            "get",
+            "rollout",
+            "orders",
+            "-o",
+            "jsonpath={.spec.strategy.blueGreen.activeService}",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(active, "orders");
+    let explained = ok(&s, &["explain", "rollouts"], None).await;
+    assert!(
+        explained.contains("GROUP:      argoproj.io") && explained.contains("KIND:       Rollout"),
+        "{explained}"
+    );
+
+    let gvk = GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Rollout");
+    let ar = ApiResource::from_gvk_with_plural(&gvk, "rollouts");
+    let rollouts: Api<DynamicObject> =
+        Api::namespaced_with(s.client().await.unwrap(), "default", &ar);
+    let r = rollouts.get("orders").await.unwrap();
+    assert_eq!(r.types.as_ref().unwrap().kind, "Rollout");
+    assert_eq!(r.data["spec"]["replicas"], 2);
+    assert_eq!(
+        r.data["spec"]["strategy"]["blueGreen"]["previewService"],
+        "orders-preview"
+    );
+    let listed = rollouts.list(&Default::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+}
