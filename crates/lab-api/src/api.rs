@@ -7,6 +7,7 @@ use crate::clock;
 use crate::http::{Body, Request, json_response};
 use crate::patch;
 use crate::resources::ResourceType;
+use crate::scale;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::server::State;
 use crate::status::{ApiError, Cause, Subject};
@@ -98,12 +99,20 @@ fn respond(req: &Request, rt: &ResourceType, code: u16, obj: &Value) -> Reply {
     Ok(json_response(code, &with_kind(rt, obj)))
 }
 
+/// The reply of a request on one object, through its subresource's view (a Scale for `scale`).
+fn respond_to(req: &Request, t: &Target, code: u16, obj: &Value) -> Reply {
+    if t.sub.as_deref() == Some("scale") {
+        return Ok(json_response(code, &scale::to_scale(&t.rt, obj)));
+    }
+    respond(req, &t.rt, code, obj)
+}
+
 fn get(state: &State, req: &Request, t: &Target, name: &str) -> Reply {
     let obj = state
         .store
         .get(&t.key(name))
         .ok_or_else(|| ApiError::not_found(t.subject(name)))?;
-    respond(req, &t.rt, 200, &obj)
+    respond_to(req, t, 200, &obj)
 }
 
 /// `continue` tokens: the last key returned and the list's resourceVersion.
@@ -538,6 +547,7 @@ async fn apply_update(
         }
     }
     let mut new = decode_typed(req, rt, new, warnings)?;
+    // A `scale` write arrives here as the stored object with the new replica count.
     let sub = t.sub.as_deref();
     new = match sub {
         Some("status") => {
@@ -550,11 +560,6 @@ async fn apply_update(
             let mut o = cur.clone();
             o["spec"]["ephemeralContainers"] = new["spec"]["ephemeralContainers"].clone();
             validation::default_object(rt, &mut o);
-            o
-        }
-        Some("scale") => {
-            let mut o = cur.clone();
-            o["spec"]["replicas"] = new["spec"]["replicas"].clone();
             o
         }
         _ => {
@@ -670,18 +675,14 @@ async fn update(state: &Arc<State>, req: &Request, t: &Target, name: &str) -> Re
             .store
             .get(&t.key(name))
             .ok_or_else(|| ApiError::not_found(t.subject(name)))?;
-        if let Some(o) = apply_update(
-            state,
-            req,
-            t,
-            &cur,
-            new.clone(),
-            precondition,
-            &mut warnings,
-        )
-        .await?
+        let new = if t.sub.as_deref() == Some("scale") {
+            scale::apply(&t.rt, &cur, &new)?
+        } else {
+            new.clone()
+        };
+        if let Some(o) = apply_update(state, req, t, &cur, new, precondition, &mut warnings).await?
         {
-            return Ok(with_warnings(respond(req, &t.rt, 200, &o)?, &warnings));
+            return Ok(with_warnings(respond_to(req, t, 200, &o)?, &warnings));
         }
     }
 }
@@ -712,7 +713,13 @@ async fn patch(state: &Arc<State>, req: &Request, t: &Target, name: &str) -> Rep
             }
             None => return Err(ApiError::not_found(t.subject(name))),
         };
-        let cur_v = with_kind(&t.rt, &cur);
+        let scaling = t.sub.as_deref() == Some("scale");
+        // A patch to `scale` applies to the Scale, not to the object.
+        let cur_v = if scaling {
+            scale::to_scale(&t.rt, &cur)
+        } else {
+            with_kind(&t.rt, &cur)
+        };
         let new = match ct.as_str() {
             "application/merge-patch+json" => {
                 let mut n = cur_v.clone();
@@ -721,7 +728,7 @@ async fn patch(state: &Arc<State>, req: &Request, t: &Target, name: &str) -> Rep
             }
             "application/json-patch+json" => patch::json_patch(&cur_v, &body)?,
             "application/strategic-merge-patch+json" => {
-                if t.rt.crd.is_some() {
+                if t.rt.crd.is_some() && !scaling {
                     return Err(ApiError::unsupported_media_type(&ct));
                 }
                 patch::strategic(&cur_v, &body)?
@@ -739,6 +746,11 @@ async fn patch(state: &Arc<State>, req: &Request, t: &Target, name: &str) -> Rep
             }
             other => return Err(ApiError::unsupported_media_type(other)),
         };
+        let new = if scaling {
+            scale::apply(&t.rt, &cur, &new)?
+        } else {
+            new
+        };
         let precondition = new["metadata"]["resourceVersion"]
             .as_str()
             .and_then(|s| s.parse::<u64>().ok());
@@ -747,7 +759,7 @@ async fn patch(state: &Arc<State>, req: &Request, t: &Target, name: &str) -> Rep
             return Err(ApiError::stale(t.subject(name)));
         }
         if let Some(o) = apply_update(state, req, t, &cur, new, None, &mut warnings).await? {
-            return Ok(with_warnings(respond(req, &t.rt, 200, &o)?, &warnings));
+            return Ok(with_warnings(respond_to(req, t, 200, &o)?, &warnings));
         }
     }
 }

@@ -2,6 +2,7 @@
 //! resources as soon as one is stored, like the real server's apiextensions controller.
 
 use crate::resources::{PrinterColumn, ResourceType};
+use crate::scale::ScalePaths;
 use crate::server::State;
 use crate::status::{ApiError, Cause};
 use crate::store::Key;
@@ -73,6 +74,27 @@ pub fn validate(
                 format!("spec.versions[{i}].name"),
                 &v["name"],
             ));
+        }
+        let scale = &v["subresources"]["scale"];
+        if scale.is_object() {
+            for (key, prefix) in [
+                ("specReplicasPath", ".spec."),
+                ("statusReplicasPath", ".status."),
+            ] {
+                let field = format!("spec.versions[{i}].subresources.scale.{key}");
+                match scale[key].as_str() {
+                    None | Some("") => causes.push(Cause::required(field)),
+                    Some(p) if !p.starts_with(prefix) => causes.push(Cause::invalid(
+                        field,
+                        &scale[key],
+                        format!(
+                            "should be a json path under {}",
+                            prefix.trim_end_matches('.')
+                        ),
+                    )),
+                    Some(_) => {}
+                }
+            }
         }
         if v["schema"]["openAPIV3Schema"].is_null() {
             causes.push(Cause::required(format!(
@@ -169,9 +191,11 @@ fn served(crd: &Value) -> Vec<ResourceType> {
             if v["subresources"]["status"].is_object() {
                 subresources.push("status".to_string());
             }
-            if v["subresources"]["scale"].is_object() {
+            let scale = &v["subresources"]["scale"];
+            if scale.is_object() {
                 subresources.push("scale".to_string());
             }
+            let path = |k: &str| scale[k].as_str().map(String::from);
             ResourceType {
                 group: spec["group"].as_str().unwrap_or_default().into(),
                 version: v["name"].as_str().unwrap_or_default().into(),
@@ -187,6 +211,11 @@ fn served(crd: &Value) -> Vec<ResourceType> {
                 subresources,
                 field_labels: vec![],
                 crd: crd["metadata"]["name"].as_str().map(String::from),
+                scale: scale.is_object().then(|| ScalePaths {
+                    spec_replicas: path("specReplicasPath").unwrap_or_default(),
+                    status_replicas: path("statusReplicasPath").unwrap_or_default(),
+                    label_selector: path("labelSelectorPath"),
+                }),
                 printer_columns: printer_columns(v),
             }
         })

@@ -24,6 +24,7 @@ mod persist;
 mod pki;
 mod pod_logs;
 mod resources;
+mod scale;
 mod selectors;
 mod server;
 mod status;

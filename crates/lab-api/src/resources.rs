@@ -1,6 +1,7 @@
 //! The resource types the server serves: the built-in ones and those CustomResourceDefinitions
 //! add at run time. Discovery, routing and storage all read this one registry.
 
+use crate::scale::ScalePaths;
 use std::sync::{Arc, RwLock};
 
 /// One served resource (a group/version/plural), as discovery describes it.
@@ -20,6 +21,8 @@ pub struct ResourceType {
     pub field_labels: Vec<String>,
     /// Set for types defined by a CustomResourceDefinition (its name).
     pub crd: Option<String>,
+    /// Where the `scale` subresource reads and writes replicas (types that serve it).
+    pub scale: Option<ScalePaths>,
     /// A custom type's Table columns after Name (its CRD's `additionalPrinterColumns`).
     pub printer_columns: Vec<PrinterColumn>,
 }
@@ -134,6 +137,7 @@ impl Registry {
                     subresources: b.sub.iter().map(|s| s.to_string()).collect(),
                     field_labels: b.fields.iter().map(|s| s.to_string()).collect(),
                     crd: None,
+                    scale: b.sub.contains(&"scale").then(ScalePaths::builtin),
                     printer_columns: vec![],
                 })
             })

@@ -45,25 +45,10 @@ fn columns(rt: &ResourceType) -> Vec<(&'static str, &'static str, i32)> {
     c
 }
 
-/// The value at a CRD column's simple JSONPath (`.a.b`, `.a[0].b`), as the real server reads it.
-fn at_path<'v>(o: &'v Value, path: &str) -> Option<&'v Value> {
-    let mut v = o;
-    for part in path.strip_prefix('.')?.split('.') {
-        let (key, indexes) = part.split_once('[').unwrap_or((part, ""));
-        if !key.is_empty() {
-            v = v.get(key)?;
-        }
-        for ix in indexes.split('[').filter(|s| !s.is_empty()) {
-            v = v.get(ix.strip_suffix(']')?.parse::<usize>().ok()?)?;
-        }
-    }
-    Some(v)
-}
-
 /// A custom column's cell: typed as the column says, null (shown `<none>`) when absent or
 /// of another type.
 fn custom_cell(col: &PrinterColumn, o: &Value) -> Value {
-    let Some(v) = at_path(o, &col.json_path) else {
+    let Some(v) = crate::scale::at_path(o, &col.json_path) else {
         return Value::Null;
     };
     match (col.ty.as_str(), v) {

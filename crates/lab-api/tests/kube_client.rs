@@ -372,6 +372,67 @@ async fn ephemeral_containers_only_through_their_subresource() {
 }
 
 #[tokio::test]
+async fn scale_subresource_reads_and_writes_a_scale() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::autoscaling::v1::Scale;
+    let server = Server::start(Options::default()).await.unwrap();
+    let deploys: Api<Deployment> = Api::namespaced(server.client().await.unwrap(), "default");
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "c", "image": "nginx:1.27"}]}}
+        }
+    }))
+    .unwrap();
+    deploys.create(&PostParams::default(), &d).await.unwrap();
+
+    let sc = deploys.get_scale("web").await.unwrap();
+    assert_eq!(sc.spec.as_ref().unwrap().replicas, Some(2));
+    assert_eq!(
+        sc.status.as_ref().unwrap().selector.as_deref(),
+        Some("app=web")
+    );
+
+    let patched = deploys
+        .patch_scale(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.spec.unwrap().replicas, Some(3));
+    let mut sc: Scale = deploys.get_scale("web").await.unwrap();
+    sc.spec.as_mut().unwrap().replicas = Some(4);
+    let replaced = deploys
+        .replace_scale("web", &PostParams::default(), &sc)
+        .await
+        .unwrap();
+    assert_eq!(replaced.spec.unwrap().replicas, Some(4));
+    // The Scale's resourceVersion is a precondition.
+    let stale = deploys
+        .replace_scale("web", &PostParams::default(), &sc)
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(stale), 409);
+    let negative = deploys
+        .patch_scale(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": -1}})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(negative), 422);
+    let d = deploys.get("web").await.unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(4));
+    assert_eq!(d.metadata.generation, Some(3));
+}
+
+#[tokio::test]
 async fn list_pages_with_limit_and_continue() {
     let server = Server::start(Options::default()).await.unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(server.client().await.unwrap(), "default");

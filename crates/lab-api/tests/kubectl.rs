@@ -1,6 +1,7 @@
 //! The real `kubectl` against the lab API. Each test has its own server and kubeconfig.
 
 use lab_api::{Options, RunningServer, Server};
+use serde_json::json;
 use std::path::PathBuf;
 use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -149,6 +150,15 @@ async fn apply_create_unchanged_configured_and_replace() {
         "sidecar"
     );
     assert_eq!(d["metadata"]["generation"], 2);
+    let scaled = ok(&s, &["scale", "deploy", "web", "--replicas=5"], None).await;
+    assert!(scaled.contains("deployment.apps/web scaled"), "{scaled}");
+    let n = ok(
+        &s,
+        &["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"],
+        None,
+    )
+    .await;
+    assert_eq!(n, "5");
 
     // Unknown fields are refused: kubectl validates on the server (fieldValidation=Strict).
     let bad = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: bad}\ndata: {a: b}\nbogus: 1\n";
@@ -522,6 +532,29 @@ async fn argo_rollouts_crd_and_a_rollout() {
     )
     .await;
     assert_eq!(active, "orders");
+    // kubectl scale goes through the CRD's scale subresource (specReplicasPath).
+    let scaled = ok(&s, &["scale", "rollout", "orders", "--replicas=4"], None).await;
+    assert!(
+        scaled.contains("rollout.argoproj.io/orders scaled"),
+        "{scaled}"
+    );
+    let sc: serde_json::Value = serde_json::from_str(
+        &ok(
+            &s,
+            &[
+                "get",
+                "--raw",
+                "/apis/argoproj.io/v1alpha1/namespaces/default/rollouts/orders/scale",
+            ],
+            None,
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(
+        (&sc["kind"], &sc["spec"]["replicas"]),
+        (&json!("Scale"), &json!(4))
+    );
     let explained = ok(&s, &["explain", "rollouts"], None).await;
     assert!(
         explained.contains("GROUP:      argoproj.io") && explained.contains("KIND:       Rollout"),
@@ -534,7 +567,7 @@ async fn argo_rollouts_crd_and_a_rollout() {
         Api::namespaced_with(s.client().await.unwrap(), "default", &ar);
     let r = rollouts.get("orders").await.unwrap();
     assert_eq!(r.types.as_ref().unwrap().kind, "Rollout");
-    assert_eq!(r.data["spec"]["replicas"], 2);
+    assert_eq!(r.data["spec"]["replicas"], 4);
     assert_eq!(
         r.data["spec"]["strategy"]["blueGreen"]["previewService"],
         "orders-preview"
