@@ -71,14 +71,13 @@ fn builtin_definitions() -> &'static Map<String, Value> {
     })
 }
 
-/// Adds a kind's schema to the generator; gives its name.
+/// Adds a kind's schema, and those it refers to, to the generator's definitions.
 struct Subschema<'a>(&'a mut SchemaGenerator);
 
 impl WithType for Subschema<'_> {
-    type Out = String;
-    fn with<T: DeserializeOwned + Serialize + JsonSchema>(self) -> String {
+    type Out = ();
+    fn with<T: DeserializeOwned + Serialize + JsonSchema>(self) {
         self.0.subschema_for::<T>();
-        T::schema_name().into_owned()
     }
 }
 
@@ -135,7 +134,7 @@ fn add_schema(state: &State, rt: &ResourceType, schemas: &mut Map<String, Value>
     name
 }
 
-/// A kind's schema name, without generating anything.
+/// A kind's schema name (its definition's key).
 struct SchemaName;
 
 impl WithType for SchemaName {
