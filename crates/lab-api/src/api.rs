@@ -276,12 +276,13 @@ fn decode_typed(
     obj: Value,
     warnings: &mut Vec<String>,
 ) -> Result<Value, ApiError> {
-    let decoded = typed::decode(rt, &obj).map_err(|e| {
+    let cannot = |e: String| {
         ApiError::bad_request(format!(
             "{} in version \"{}\" cannot be handled as a {}: {e}",
             rt.kind, rt.version, rt.kind
         ))
-    })?;
+    };
+    let decoded = typed::decode(rt, &obj).map_err(cannot)?;
     let Some(d) = decoded else { return Ok(obj) };
     let mode = req.param("fieldValidation").unwrap_or("Warn");
     match mode {
@@ -291,7 +292,7 @@ fn decode_typed(
                 .iter()
                 .map(|f| format!("unknown field \"{f}\""))
                 .collect();
-            Err(ApiError::bad_request(format!(
+            Err(cannot(format!(
                 "strict decoding error: {}",
                 list.join(", ")
             )))

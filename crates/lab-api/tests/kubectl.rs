@@ -408,7 +408,8 @@ async fn misspelt_nested_fields_are_refused() {
     assert!(
         !o.ok
             && o.stderr.contains(
-                "unknown field \"spec.template.spec.containers[0].ports[0].containerPrt\""
+                "Deployment in version \"v1\" cannot be handled as a Deployment: strict decoding \
+                 error: unknown field \"spec.template.spec.containers[0].ports[0].containerPrt\""
             ),
         "{}",
         o.stderr
