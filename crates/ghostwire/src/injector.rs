@@ -75,7 +75,7 @@ pub struct InjectorArgs {
         default_value = "ghostwire-defaults"
     )]
     pub defaults_configmap: String,
-    /// How long one read of the defaults ConfigMap is reused.
+    /// How long one read of the defaults ConfigMap, or of a Pod's owner, is reused.
     #[arg(long, env = "GW_INJECTOR_DEFAULTS_TTL", default_value = "10s", value_parser = duration)]
     pub defaults_ttl: Duration,
     /// Image of the injected `ghostwire init` and `ghostwire watcher` containers.

@@ -59,7 +59,7 @@ pub struct Config {
     pub namespace: String,
     /// Name of the defaults ConfigMap; `None`: built-in defaults only.
     pub defaults_configmap: Option<String>,
-    /// How long a read of the defaults ConfigMap is reused.
+    /// How long a read of the defaults ConfigMap, or of a Pod's owner, is reused.
     pub defaults_ttl: Duration,
     /// The preview switch's images and ports.
     pub preview_switch: preview_switch::PreviewSwitch,
@@ -155,7 +155,11 @@ pub async fn start(config: Config, client: kube::Client) -> Result<Running, Erro
     let capabilities: Vec<Box<dyn capability::Capability>> =
         vec![Box::new(config.preview_switch.clone())];
     let app = Arc::new(server::App {
-        injector: review::Injector::new(capabilities, client, defaults),
+        injector: review::Injector::new(
+            capabilities,
+            owner::Owners::new(client, config.defaults_ttl),
+            defaults,
+        ),
         metrics: metrics::Metrics::default(),
     });
     let (shutdown, stop) = watch::channel(false);

@@ -1,11 +1,21 @@
 //! Workload annotations live on the Deployment, StatefulSet or Rollout, not on the Pods they
 //! create; this walks a Pod's controller chain through the API (Pod → ReplicaSet → Deployment
 //! or Rollout; Pod → StatefulSet) and collects the `ghostwire.dev/*` annotations on the way.
+//!
+//! A rollout admits many Pods of the same ReplicaSet within seconds, so each owner read is
+//! kept for a short while (keyed by UID, so a recreated owner is read afresh): a burst of
+//! Pods costs one read per owner instead of two API round trips per Pod.
 
 use crate::capability::ANNOTATION_PREFIX;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Entries kept at most; past this, expired ones are dropped first, then everything.
+const MAX_CACHED: usize = 4096;
 
 /// The controllers followed: (apiVersion, kind, plural). Others end the walk.
 const KINDS: &[(&str, &str, &str)] = &[
@@ -28,52 +38,119 @@ pub struct OwnerError {
     source: Box<kube::Error>,
 }
 
-/// The `ghostwire.dev/*` annotations of a Pod's controllers, nearest last overriding farthest,
-/// so that the caller can lay the Pod's own on top.
-pub async fn annotations(
-    client: &kube::Client,
-    namespace: &str,
-    pod: &ObjectMeta,
-) -> Result<BTreeMap<String, String>, OwnerError> {
-    let mut chain = Vec::new();
-    let mut next = controller(pod).cloned();
-    while let Some(owner) = next.take() {
-        let Some(&(api_version, kind, plural)) = KINDS
-            .iter()
-            .find(|(v, k, _)| *v == owner.api_version && *k == owner.kind)
-        else {
-            break;
-        };
+/// What is kept of one owner: its ghostwire annotations and its own controller.
+#[derive(Clone)]
+struct Node {
+    annotations: BTreeMap<String, String>,
+    controller: Option<OwnerReference>,
+}
+
+/// Reads owner chains, keeping each owner for `ttl`.
+pub struct Owners {
+    client: kube::Client,
+    ttl: Duration,
+    cache: Mutex<HashMap<String, (Instant, Node)>>,
+}
+
+impl Owners {
+    pub fn new(client: kube::Client, ttl: Duration) -> Self {
+        Owners {
+            client,
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cached(&self, uid: &str) -> Option<Node> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get(uid)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, n)| n.clone())
+    }
+
+    fn keep(&self, uid: &str, node: Node) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= MAX_CACHED {
+            cache.retain(|_, (at, _)| at.elapsed() < self.ttl);
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+        }
+        cache.insert(uid.to_string(), (Instant::now(), node));
+    }
+
+    /// One owner: from the cache, or read through the API. `None`: gone (or not yet visible).
+    async fn node(
+        &self,
+        namespace: &str,
+        owner: &OwnerReference,
+        api_version: &str,
+        kind: &str,
+        plural: &str,
+    ) -> Result<Option<Node>, OwnerError> {
+        if let Some(n) = self.cached(&owner.uid) {
+            return Ok(Some(n));
+        }
         let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
         let resource =
             ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
-        let obj = match api.get_opt(&owner.name).await {
-            Ok(Some(obj)) => obj,
-            // Gone already (or not yet visible): nothing to inherit from it.
-            Ok(None) => {
-                tracing::debug!(kind, name = %owner.name, "owner not found");
-                break;
-            }
-            Err(source) => {
-                return Err(OwnerError {
-                    kind: kind.into(),
-                    namespace: namespace.into(),
-                    name: owner.name.clone(),
-                    source: Box::new(source),
-                });
-            }
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), namespace, &resource);
+        let obj = api
+            .get_opt(&owner.name)
+            .await
+            .map_err(|source| OwnerError {
+                kind: kind.into(),
+                namespace: namespace.into(),
+                name: owner.name.clone(),
+                source: Box::new(source),
+            })?;
+        // A different UID is a newer object of the same name, not this Pod's owner.
+        let Some(obj) = obj.filter(|o| o.metadata.uid.as_deref() == Some(owner.uid.as_str()))
+        else {
+            tracing::debug!(kind, name = %owner.name, "owner not found");
+            return Ok(None);
         };
-        next = controller(&obj.metadata)
-            .filter(|_| chain.len() + 1 < MAX_DEPTH)
-            .cloned();
-        chain.push(ghostwire_annotations(&obj.metadata));
+        let node = Node {
+            annotations: ghostwire_annotations(&obj.metadata),
+            controller: controller(&obj.metadata).cloned(),
+        };
+        self.keep(&owner.uid, node.clone());
+        Ok(Some(node))
     }
-    let mut merged = BTreeMap::new();
-    for a in chain.into_iter().rev() {
-        merged.extend(a);
+
+    /// The `ghostwire.dev/*` annotations of a Pod's controllers, nearest last overriding
+    /// farthest, so that the caller can lay the Pod's own on top.
+    pub async fn annotations(
+        &self,
+        namespace: &str,
+        pod: &ObjectMeta,
+    ) -> Result<BTreeMap<String, String>, OwnerError> {
+        let mut chain = Vec::new();
+        let mut next = controller(pod).cloned();
+        while let Some(owner) = next.take() {
+            let Some(&(api_version, kind, plural)) = KINDS
+                .iter()
+                .find(|(v, k, _)| *v == owner.api_version && *k == owner.kind)
+            else {
+                break;
+            };
+            let Some(node) = self
+                .node(namespace, &owner, api_version, kind, plural)
+                .await?
+            else {
+                break;
+            };
+            next = node.controller.filter(|_| chain.len() + 1 < MAX_DEPTH);
+            chain.push(node.annotations);
+        }
+        let mut merged = BTreeMap::new();
+        for a in chain.into_iter().rev() {
+            merged.extend(a);
+        }
+        Ok(merged)
     }
-    Ok(merged)
 }
 
 fn controller(meta: &ObjectMeta) -> Option<&OwnerReference> {

@@ -31,7 +31,7 @@ pub enum ReviewError {
 
 pub struct Injector {
     capabilities: Vec<Box<dyn Capability>>,
-    client: kube::Client,
+    owners: owner::Owners,
     defaults: Defaults,
 }
 
@@ -44,12 +44,12 @@ pub struct Reviewed {
 impl Injector {
     pub fn new(
         capabilities: Vec<Box<dyn Capability>>,
-        client: kube::Client,
+        owners: owner::Owners,
         defaults: Defaults,
     ) -> Self {
         Injector {
             capabilities,
-            client,
+            owners,
             defaults,
         }
     }
@@ -97,7 +97,7 @@ impl Injector {
             .clone()
             .or_else(|| pod.metadata.namespace.clone())
             .unwrap_or_else(|| "default".into());
-        let mut annotations = owner::annotations(&self.client, &namespace, &pod.metadata).await?;
+        let mut annotations = self.owners.annotations(&namespace, &pod.metadata).await?;
         annotations.extend(owner::ghostwire_annotations(&pod.metadata));
         let workload = Workload {
             annotations,

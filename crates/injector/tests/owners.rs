@@ -231,3 +231,61 @@ async fn defaults_configmap_sits_below_annotations() {
         .await;
     assert_eq!(resp["allowed"], true, "{resp}");
 }
+
+/// Owners are read once per TTL (a rollout's Pods share their ReplicaSet), keyed by UID: a
+/// recreated owner of the same name is not taken for the Pod's.
+#[tokio::test]
+async fn owner_reads_are_cached_by_uid() {
+    let h = Harness::start("owner-cache").await;
+    let c = &h.client;
+    namespace(c, "shop").await;
+    let deploy = create(c, "apps/v1", "Deployment", "deployments", json!({
+        "metadata": {"name": "web", "namespace": "shop", "annotations": {"ghostwire.dev/enabled": "true"}},
+        "spec": workload_spec()})).await;
+    let rs = create(
+        c,
+        "apps/v1",
+        "ReplicaSet",
+        "replicasets",
+        json!({
+        "metadata": {"name": "web-1", "namespace": "shop", "ownerReferences": owner_ref(&deploy)},
+        "spec": workload_spec()}),
+    )
+    .await;
+    let pod_meta = |name: &str| -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        serde_json::from_value(owned_pod(name, &rs, json!({}))["metadata"].clone()).unwrap()
+    };
+    let cached = injector::owner::Owners::new(c.clone(), std::time::Duration::from_secs(600));
+    let uncached = injector::owner::Owners::new(c.clone(), std::time::Duration::ZERO);
+    let enabled =
+        |m: &std::collections::BTreeMap<String, String>| m.get("ghostwire.dev/enabled").cloned();
+    assert_eq!(
+        enabled(&cached.annotations("shop", &pod_meta("a")).await.unwrap()).as_deref(),
+        Some("true")
+    );
+
+    // The Deployment is recreated under the same name, without the opt-in.
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        c.clone(),
+        "shop",
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("apps", "v1", "Deployment"),
+            "deployments",
+        ),
+    );
+    api.delete("web", &Default::default()).await.unwrap();
+    create(c, "apps/v1", "Deployment", "deployments", json!({
+        "metadata": {"name": "web", "namespace": "shop", "annotations": {"ghostwire.dev/enabled": "false"}},
+        "spec": workload_spec()})).await;
+
+    // Within the TTL the chain is served from the cache, with no API read.
+    assert_eq!(
+        enabled(&cached.annotations("shop", &pod_meta("b")).await.unwrap()).as_deref(),
+        Some("true")
+    );
+    // Read afresh, the new Deployment has another UID: it is not this ReplicaSet's owner.
+    assert_eq!(
+        enabled(&uncached.annotations("shop", &pod_meta("c")).await.unwrap()),
+        None
+    );
+}
