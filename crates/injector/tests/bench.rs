@@ -188,7 +188,7 @@ async fn admissions_over_https() {
         drive(addr, &ca, &direct, Some(500), 10).await,
     );
     report(
-        "owner chain (2 API reads), 500/s",
+        "owner chain (2 API reads per owner TTL), 500/s",
         drive(addr, &ca, &owned, Some(500), 10).await,
     );
     report(

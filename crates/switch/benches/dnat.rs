@@ -212,6 +212,10 @@ fn main() {
         BackendKind::Iptables(IptablesFlavour::Nft),
         BackendKind::Iptables(IptablesFlavour::Legacy),
     ];
+    // Warm up each tool once (binary and library loading, nft's caches), untimed.
+    for &k in &kinds {
+        apply_time(k, 10);
+    }
     println!("## Apply time (render + transaction + read-back + verify), median of 3\n");
     println!("| pairs | nftables | iptables-nft | iptables-legacy |");
     println!("|---|---|---|---|");
