@@ -69,66 +69,72 @@ fn write_keys(
     Ok(())
 }
 
+type Files = Vec<(String, Vec<u8>)>;
+
+/// Reads one named object and turns it into files; `optional` makes a missing one empty.
+async fn source<K>(
+    shared: &Shared,
+    ns: &str,
+    name: &str,
+    optional: bool,
+    what: &str,
+    files: impl FnOnce(K) -> Files,
+) -> Result<Files, String>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + k8s_openapi::serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    match Api::<K>::namespaced(shared.client.clone(), ns)
+        .get_opt(name)
+        .await
+    {
+        Ok(Some(obj)) => Ok(files(obj)),
+        Ok(None) if optional => Ok(Vec::new()),
+        Ok(None) => Err(format!("{what} \"{name}\" not found")),
+        Err(e) => Err(format!("{what} \"{name}\": {e}")),
+    }
+}
+
 async fn config_map(
     shared: &Shared,
     ns: &str,
     name: &str,
     optional: bool,
-) -> Result<Vec<(String, Vec<u8>)>, String> {
-    match Api::<ConfigMap>::namespaced(shared.client.clone(), ns)
-        .get_opt(name)
-        .await
-    {
-        Ok(Some(cm)) => {
-            let mut out: Vec<(String, Vec<u8>)> = cm
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.into_bytes()))
-                .collect();
-            out.extend(
-                cm.binary_data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.0)),
-            );
-            Ok(out)
-        }
-        Ok(None) if optional => Ok(Vec::new()),
-        Ok(None) => Err(format!("configmap \"{name}\" not found")),
-        Err(e) => Err(format!("configmap \"{name}\": {e}")),
-    }
+) -> Result<Files, String> {
+    source(shared, ns, name, optional, "configmap", |cm: ConfigMap| {
+        let text = cm
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()));
+        let binary = cm
+            .binary_data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0));
+        text.chain(binary).collect()
+    })
+    .await
 }
 
-async fn secret(
-    shared: &Shared,
-    ns: &str,
-    name: &str,
-    optional: bool,
-) -> Result<Vec<(String, Vec<u8>)>, String> {
-    match Api::<Secret>::namespaced(shared.client.clone(), ns)
-        .get_opt(name)
-        .await
-    {
-        Ok(Some(s)) => {
-            let mut out: Vec<(String, Vec<u8>)> = s
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect();
-            out.extend(
-                s.string_data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_bytes())),
-            );
-            Ok(out)
-        }
-        Ok(None) if optional => Ok(Vec::new()),
-        Ok(None) => Err(format!("secret \"{name}\" not found")),
-        Err(e) => Err(format!("secret \"{name}\": {e}")),
-    }
+async fn secret(shared: &Shared, ns: &str, name: &str, optional: bool) -> Result<Files, String> {
+    source(shared, ns, name, optional, "secret", |s: Secret| {
+        let data = s
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0));
+        let text = s
+            .string_data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()));
+        data.chain(text).collect()
+    })
+    .await
 }
 
 /// A token for the pod's service account (TokenRequest, bound to the pod).
