@@ -3,6 +3,7 @@
 //! pod's init container is `ghostwire init --activate` reaching the API in-cluster; its app
 //! reaches orders-preview through the orders ClusterIP while another pod reaches orders.
 
+use lab_node::scenario::kubectl;
 use lab_node::{Cluster, ClusterOptions};
 use std::process::Stdio;
 use std::time::Duration;
@@ -16,21 +17,6 @@ async fn cluster(test: &str) -> Cluster {
     Cluster::start(opts)
         .await
         .expect("lab cluster (needs root)")
-}
-
-async fn kubectl(c: &Cluster, args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(c.kubeconfig_path())
-        .args(args)
-        .output()
-        .await
-        .expect("kubectl runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// `kubectl logs -f` until a line satisfies `pred` (bounded); returns that line.

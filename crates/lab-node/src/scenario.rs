@@ -164,3 +164,21 @@ pub fn client_pod(
     }
     pod
 }
+
+/// The real `kubectl` against the cluster: (exited 0, stdout, stderr).
+pub async fn kubectl(cluster: &crate::Cluster, args: &[&str]) -> (bool, String, String) {
+    match tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig_path())
+        .args(args)
+        .output()
+        .await
+    {
+        Ok(out) => (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ),
+        Err(e) => (false, String::new(), format!("cannot run kubectl: {e}")),
+    }
+}

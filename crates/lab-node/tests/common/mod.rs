@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::wait::{await_condition, conditions};
+pub use lab_node::scenario::kubectl;
 use lab_node::{Cluster, ClusterOptions};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -95,20 +96,4 @@ pub async fn wait_gone(client: &kube::Client, ns: &str, name: &str) {
     .await
     .expect("pod deleted in time")
     .expect("watch");
-}
-
-/// `kubectl --kubeconfig K args…`: (status ok, stdout, stderr).
-pub async fn kubectl(cluster: &Cluster, args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig_path())
-        .args(args)
-        .output()
-        .await
-        .expect("kubectl runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
