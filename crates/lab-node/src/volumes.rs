@@ -137,6 +137,33 @@ async fn secret(shared: &Shared, ns: &str, name: &str, optional: bool) -> Result
     .await
 }
 
+/// Which object a volume source reads its keys from.
+#[derive(Clone, Copy)]
+enum Kind {
+    ConfigMap,
+    Secret,
+}
+
+/// Writes the keys of a ConfigMap or Secret source (a volume, or one projected source);
+/// `name_at` is where the source names its object (`/secretName` in a secret volume).
+async fn write_source(
+    shared: &Shared,
+    ns: &str,
+    dir: &Path,
+    src: &Value,
+    kind: Kind,
+    name_at: &str,
+    default_mode: u32,
+) -> Result<(), String> {
+    let optional = src["optional"] == true;
+    let name = str_of(src, name_at);
+    let data = match kind {
+        Kind::ConfigMap => config_map(shared, ns, name, optional).await?,
+        Kind::Secret => secret(shared, ns, name, optional).await?,
+    };
+    write_keys(dir, &data, arr(src, "/items"), default_mode, name, optional)
+}
+
 /// A token for the pod's service account (TokenRequest, bound to the pod).
 pub async fn token(
     shared: &Shared,
@@ -215,27 +242,11 @@ pub async fn prepare(
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
                 .map_err(|e| format!("{}: {e}", dir.display()))?;
         } else if let Some(cm) = vol.get("configMap").filter(|v| v.is_object()) {
-            let optional = cm["optional"] == true;
-            let data = config_map(shared, ns, str_of(cm, "/name"), optional).await?;
-            write_keys(
-                &dir,
-                &data,
-                arr(cm, "/items"),
-                mode(&cm["defaultMode"], 0o644),
-                str_of(cm, "/name"),
-                optional,
-            )?;
+            let m = mode(&cm["defaultMode"], 0o644);
+            write_source(shared, ns, &dir, cm, Kind::ConfigMap, "/name", m).await?;
         } else if let Some(s) = vol.get("secret").filter(|v| v.is_object()) {
-            let optional = s["optional"] == true;
-            let data = secret(shared, ns, str_of(s, "/secretName"), optional).await?;
-            write_keys(
-                &dir,
-                &data,
-                arr(s, "/items"),
-                mode(&s["defaultMode"], 0o644),
-                str_of(s, "/secretName"),
-                optional,
-            )?;
+            let m = mode(&s["defaultMode"], 0o644);
+            write_source(shared, ns, &dir, s, Kind::Secret, "/secretName", m).await?;
         } else if let Some(d) = vol.get("downwardAPI").filter(|v| v.is_object()) {
             downward(&dir, pod, arr(d, "/items"), mode(&d["defaultMode"], 0o644))?;
         } else if let Some(p) = vol.get("projected").filter(|v| v.is_object()) {
@@ -256,27 +267,10 @@ pub async fn prepare(
                         mode(&t["mode"], default_mode),
                     )?;
                 } else if let Some(cm) = src.get("configMap").filter(|v| v.is_object()) {
-                    let optional = cm["optional"] == true;
-                    let data = config_map(shared, ns, str_of(cm, "/name"), optional).await?;
-                    write_keys(
-                        &dir,
-                        &data,
-                        arr(cm, "/items"),
-                        default_mode,
-                        str_of(cm, "/name"),
-                        optional,
-                    )?;
+                    write_source(shared, ns, &dir, cm, Kind::ConfigMap, "/name", default_mode)
+                        .await?;
                 } else if let Some(s) = src.get("secret").filter(|v| v.is_object()) {
-                    let optional = s["optional"] == true;
-                    let data = secret(shared, ns, str_of(s, "/name"), optional).await?;
-                    write_keys(
-                        &dir,
-                        &data,
-                        arr(s, "/items"),
-                        default_mode,
-                        str_of(s, "/name"),
-                        optional,
-                    )?;
+                    write_source(shared, ns, &dir, s, Kind::Secret, "/name", default_mode).await?;
                 } else if let Some(d) = src.get("downwardAPI").filter(|v| v.is_object()) {
                     downward(&dir, pod, arr(d, "/items"), default_mode)?;
                 }
