@@ -57,6 +57,19 @@ pub type Subscription = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
 /// How many events a watch can resume from before it must relist.
 const HISTORY: usize = 20_000;
 
+/// The object stored under `key`, if its resourceVersion is `expect` (when given).
+fn current(inner: &Inner, key: &Key, expect: Option<u64>) -> Result<Arc<Value>, StoreError> {
+    let prev = inner
+        .objects
+        .get(key)
+        .cloned()
+        .ok_or(StoreError::NotFound)?;
+    if expect.is_some_and(|e| Some(e) != object_rv(&prev)) {
+        return Err(StoreError::Conflict);
+    }
+    Ok(prev)
+}
+
 struct Inner {
     objects: BTreeMap<Key, Arc<Value>>,
     rv: u64,
@@ -153,28 +166,14 @@ impl Store {
         obj: Value,
     ) -> Result<Arc<Value>, StoreError> {
         let mut inner = self.lock();
-        let prev = inner
-            .objects
-            .get(key)
-            .cloned()
-            .ok_or(StoreError::NotFound)?;
-        if expect.is_some_and(|e| Some(e) != object_rv(&prev)) {
-            return Err(StoreError::Conflict);
-        }
+        let prev = current(&inner, key, expect)?;
         self.commit(&mut inner, key, Some(obj), Some(prev), EventType::Modified)
     }
 
     /// Removes an object; returns it stamped with the deletion's resourceVersion.
     pub fn delete(&self, key: &Key, expect: Option<u64>) -> Result<Arc<Value>, StoreError> {
         let mut inner = self.lock();
-        let prev = inner
-            .objects
-            .get(key)
-            .cloned()
-            .ok_or(StoreError::NotFound)?;
-        if expect.is_some_and(|e| Some(e) != object_rv(&prev)) {
-            return Err(StoreError::Conflict);
-        }
+        let prev = current(&inner, key, expect)?;
         self.commit(&mut inner, key, None, Some(prev), EventType::Deleted)
     }
 
