@@ -38,7 +38,7 @@ enum Command {
     Watcher(watcher::WatcherArgs),
     /// Mutating admission webhook: adds the containers each workload's ghostwire.dev/* annotations ask for.
     Injector(Box<injector::InjectorArgs>),
-    /// Show the preview switch working end to end in a lab on this machine (needs root).
+    /// Show each capability end to end in a lab cluster on this machine (needs root).
     #[cfg(feature = "lab")]
     Demo(demo::DemoArgs),
     /// Lab: an embedded Kubernetes API and pods as network namespaces on this machine.

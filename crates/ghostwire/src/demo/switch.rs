@@ -1,4 +1,4 @@
-//! `ghostwire demo`: the preview switch end to end on the lab cluster on this machine.
+//! `ghostwire demo switch`: the preview switch end to end on the lab cluster on this machine.
 //!
 //! Starts the lab cluster (API + node), creates orders, orders-preview and payments (echo pods
 //! behind ClusterIP Services) and two shop pods, and records which backend each shop pod reaches.
@@ -9,9 +9,9 @@
 //! would) and times how long routing takes to follow each flip. Exit 0 only if every route is
 //! the expected one.
 
+use super::DemoArgs;
 use crate::exit::{Code, Exit, WithCode};
 use anyhow::{Context, anyhow};
-use clap::Args;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
@@ -25,19 +25,6 @@ const WEBHOOK: &str = "ghostwire-injector";
 
 const WAIT: Duration = Duration::from_secs(120);
 
-#[derive(Args, Debug)]
-pub struct DemoArgs {
-    /// Rule backend for the pods' init: auto, nftables, iptables, iptables-nft, iptables-legacy.
-    #[arg(long, env = "GW_BACKEND", default_value = "auto")]
-    pub backend: String,
-    /// Use the Services' IPv6 ClusterIPs (dual-stack Services).
-    #[arg(long)]
-    pub ipv6: bool,
-    /// Keep the lab cluster up after the demo until Ctrl-C, to look around with kubectl.
-    #[arg(long)]
-    pub hold: bool,
-}
-
 struct Row {
     pod: &'static str,
     role: &'static str,
@@ -48,23 +35,6 @@ struct Row {
 }
 
 const CLIENTS: [(&str, &str); 2] = [("shop-active", "active"), ("shop-preview", "preview")];
-
-pub async fn run(args: DemoArgs) -> Result<(), Exit> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        r = demo(&args) => r,
-        _ = tokio::signal::ctrl_c() => interrupted(),
-        _ = term.recv() => interrupted(),
-    }
-}
-
-/// Runs after the demo's future (and with it the cluster: containers killed, namespaces
-/// removed) was dropped.
-fn interrupted() -> Result<(), Exit> {
-    eprintln!("\nghostwire demo: interrupted, lab removed");
-    std::process::exit(130);
-}
 
 async fn reach(cluster: &Cluster, pod: &str, addr: SocketAddr) -> String {
     let Some(p) = cluster.node().pod_netns("default", pod) else {
@@ -78,10 +48,11 @@ async fn reach(cluster: &Cluster, pod: &str, addr: SocketAddr) -> String {
     .unwrap_or_else(|e| format!("error: {e}"))
 }
 
-async fn demo(args: &DemoArgs) -> Result<(), Exit> {
+/// Runs the preview switch demo on its own lab cluster; Ok only if every route is right.
+pub async fn run(args: &DemoArgs) -> Result<(), Exit> {
     let exe = std::env::current_exe().context("cannot find the ghostwire binary")?;
     println!(
-        "ghostwire demo: starting a lab cluster (Kubernetes API + node, pods as network namespaces)…"
+        "ghostwire demo switch: starting a lab cluster (Kubernetes API + node, pods as network namespaces)…"
     );
     let mut opts = ClusterOptions::new("demo", exe);
     opts.backoff_initial = Duration::from_secs(1);
@@ -260,7 +231,7 @@ async fn demo(args: &DemoArgs) -> Result<(), Exit> {
     }
     if args.hold {
         println!(
-            "\nghostwire demo: holding the lab; kubeconfig {} (kubectl --kubeconfig … get pods); its namespaces start with {}. Ctrl-C removes it.",
+            "\nghostwire demo switch: holding the lab; kubeconfig {} (kubectl --kubeconfig … get pods); its namespaces start with {}. Ctrl-C removes it.",
             cluster.kubeconfig_path().display(),
             cluster.node().prefix()
         );
@@ -270,7 +241,7 @@ async fn demo(args: &DemoArgs) -> Result<(), Exit> {
     cluster.shutdown(Duration::from_secs(2)).await;
     if ok {
         println!(
-            "\nghostwire demo: routing is right — the preview pod reaches orders-preview through the orders ClusterIP and follows its label; everything else stays on active."
+            "\nghostwire demo switch: routing is right — the preview pod reaches orders-preview through the orders ClusterIP and follows its label; everything else stays on active."
         );
         Ok(())
     } else {
