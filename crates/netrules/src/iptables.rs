@@ -44,7 +44,25 @@ pub fn families(t: &Table) -> BTreeSet<Family> {
 pub fn expected(t: &Table, family: Family) -> Result<Owned> {
     let tag = t.tag();
     let mut owned = Owned::default();
+    let unsupported = |chain: &str, what: &str| {
+        Error::Model(ModelError::Mismatch {
+            what: "chain",
+            name: chain.to_string(),
+            reason: format!("the iptables backend does not support {what} yet; use nftables"),
+        })
+    };
     for c in &t.chains {
+        if c.hook.is_some_and(|h| h.is_filter()) {
+            return Err(unsupported(&c.name, "filter chains"));
+        }
+        for r in &c.rules {
+            if r.matches.iter().any(|m| !matches!(m, Match::DstInSet(_))) {
+                return Err(unsupported(
+                    &c.name,
+                    "matches other than a set of destinations",
+                ));
+            }
+        }
         let name = c.hook.map_or(c.name.as_str(), |h| h.iptables_chain());
         let lines = owned.chains.entry(name.to_string()).or_default();
         for r in &c.rules {
@@ -81,6 +99,12 @@ pub fn expected(t: &Table, family: Family) -> Result<Owned> {
                 match &r.action {
                     Action::Return => lines.push(format!("-A {name}{d} {cm} -j RETURN")),
                     Action::Jump(j) => lines.push(format!("-A {name}{d} {cm} -j {j}")),
+                    Action::Accept
+                    | Action::Drop
+                    | Action::Masquerade
+                    | Action::Snat(_)
+                    | Action::Dnat(_)
+                    | Action::ClampMss => return Err(unsupported(&c.name, "this action")),
                     Action::DnatMap(m) => {
                         let Some(map) = t.map(m).filter(|m| m.family == family) else {
                             continue;

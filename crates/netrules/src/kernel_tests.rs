@@ -205,3 +205,114 @@ fn failed_transaction_changes_nothing() {
         );
     }
 }
+
+/// A gateway-like table: filter chains with accept/drop, MSS clamping, masquerade, SNAT and
+/// DNAT to a port. nftables applies, reads back and verifies it; iptables refuses it whole.
+#[test]
+fn filter_and_nat_statements_round_trip_through_nftables() {
+    use crate::{Chain, Hook, Match, Protocol, Rule, Table};
+    let rule = |matches: Vec<Match>, action: Action, comment: &str| Rule {
+        matches,
+        action,
+        comment: comment.into(),
+    };
+    let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+    let t = Table {
+        name: "gwtest".into(),
+        sets: vec![],
+        maps: vec![],
+        chains: vec![
+            Chain {
+                name: "forward".into(),
+                hook: Some(Hook::FilterForward),
+                rules: vec![
+                    rule(vec![Match::TcpSyn], Action::ClampMss, "clamp"),
+                    rule(vec![Match::Established], Action::Accept, "est"),
+                    rule(
+                        vec![
+                            Match::InIface("vxlan0".into()),
+                            Match::OutIface("tun0".into()),
+                        ],
+                        Action::Accept,
+                        "out",
+                    ),
+                    rule(vec![Match::Dst(net("fd00::/64"))], Action::Accept, "v6"),
+                    rule(vec![Match::Dst(net("10.0.0.1/32"))], Action::Accept, "host"),
+                    rule(vec![], Action::Drop, "rest"),
+                ],
+            },
+            Chain {
+                name: "output".into(),
+                hook: Some(Hook::FilterOutput),
+                rules: vec![
+                    rule(
+                        vec![Match::DstPort(Protocol::Udp, 443)],
+                        Action::Accept,
+                        "vpn",
+                    ),
+                    rule(vec![Match::L4(Protocol::Udp)], Action::Drop, "udp"),
+                ],
+            },
+            Chain {
+                name: "prerouting".into(),
+                hook: Some(Hook::Prerouting),
+                rules: vec![
+                    rule(
+                        vec![
+                            Match::InIface("tun0".into()),
+                            Match::DstPort(Protocol::Tcp, 8080),
+                        ],
+                        Action::Dnat("172.16.0.10:80".parse().unwrap()),
+                        "fwd",
+                    ),
+                    rule(
+                        vec![
+                            Match::InIface("tun0".into()),
+                            Match::DstPort(Protocol::Udp, 53),
+                        ],
+                        Action::Dnat("[fd00::a]:5353".parse().unwrap()),
+                        "fwd6",
+                    ),
+                ],
+            },
+            Chain {
+                name: "postrouting".into(),
+                hook: Some(Hook::Postrouting),
+                rules: vec![
+                    rule(
+                        vec![
+                            Match::OutIface("tun0".into()),
+                            Match::Src(net("172.16.0.0/24")),
+                        ],
+                        Action::Masquerade,
+                        "masq",
+                    ),
+                    rule(
+                        vec![Match::OutIface("eth1".into())],
+                        Action::Snat("192.0.2.7".parse().unwrap()),
+                        "snat",
+                    ),
+                ],
+            },
+        ],
+    };
+    let ns = TestNs::new("filter", BackendKind::Nftables);
+    let b = Backend::new(BackendKind::Nftables);
+    ns.run(|| b.apply(&t)).unwrap();
+    let once = ns.snapshot();
+    ns.run(|| b.apply(&t)).unwrap();
+    assert_eq!(once, ns.snapshot(), "second apply changed the ruleset");
+    // A rule changed behind our back is a verification failure.
+    ns.run(|| {
+        std::process::Command::new("nft")
+            .args(["flush", "chain", "inet", "gwtest", "output"])
+            .status()
+            .unwrap()
+    });
+    assert!(matches!(ns.run(|| b.verify(&t)), Err(Error::Verify { .. })));
+    ns.run(|| b.cleanup("gwtest")).unwrap();
+
+    let ipt = Backend::new(BackendKind::Iptables(IptablesFlavour::Nft));
+    let e = ns.run(|| ipt.apply(&t)).unwrap_err().to_string();
+    assert!(e.contains("does not support filter chains"), "{e}");
+}

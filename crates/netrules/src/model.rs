@@ -59,7 +59,8 @@ impl std::str::FromStr for Protocol {
     }
 }
 
-/// Where a base chain hooks into the packet path. The chain's rules are NAT rules.
+/// Where a base chain hooks into the packet path. The first three hold NAT rules, the
+/// `Filter*` ones accept or drop (nftables only, for now).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Hook {
     /// Locally generated packets (a pod's own traffic).
@@ -68,31 +69,56 @@ pub enum Hook {
     Prerouting,
     /// Packets leaving, after routing.
     Postrouting,
+    /// Filter: packets for this host.
+    FilterInput,
+    /// Filter: packets routed through this host.
+    FilterForward,
+    /// Filter: packets this host sends.
+    FilterOutput,
 }
 
 impl Hook {
-    /// The iptables built-in chain of the `nat` table.
+    /// The iptables built-in chain (of the `nat` table, or `filter` for filter hooks).
     pub fn iptables_chain(self) -> &'static str {
         match self {
-            Hook::Output => "OUTPUT",
+            Hook::Output | Hook::FilterOutput => "OUTPUT",
             Hook::Prerouting => "PREROUTING",
             Hook::Postrouting => "POSTROUTING",
+            Hook::FilterInput => "INPUT",
+            Hook::FilterForward => "FORWARD",
         }
     }
 
     pub fn nft_hook(self) -> &'static str {
         match self {
-            Hook::Output => "output",
+            Hook::Output | Hook::FilterOutput => "output",
             Hook::Prerouting => "prerouting",
             Hook::Postrouting => "postrouting",
+            Hook::FilterInput => "input",
+            Hook::FilterForward => "forward",
         }
     }
 
-    /// nftables priority: dstnat (-100) for rewriting destinations, srcnat (100) after routing.
+    /// Whether the chain filters (accept/drop) rather than rewrites addresses.
+    pub fn is_filter(self) -> bool {
+        matches!(
+            self,
+            Hook::FilterInput | Hook::FilterForward | Hook::FilterOutput
+        )
+    }
+
+    /// The nftables chain type.
+    pub fn nft_type(self) -> &'static str {
+        if self.is_filter() { "filter" } else { "nat" }
+    }
+
+    /// nftables priority: dstnat (-100) for rewriting destinations, srcnat (100) after
+    /// routing, filter (0).
     pub fn nft_priority(self) -> i32 {
         match self {
             Hook::Output | Hook::Prerouting => -100,
             Hook::Postrouting => 100,
+            Hook::FilterInput | Hook::FilterForward | Hook::FilterOutput => 0,
         }
     }
 }
@@ -141,6 +167,22 @@ pub struct DnatMap {
 pub enum Match {
     /// Destination address is in the named [`AddrSet`].
     DstInSet(String),
+    /// Arrived on this interface (by name, so the interface may come later).
+    InIface(String),
+    /// Leaves on this interface (by name).
+    OutIface(String),
+    /// Source address in this prefix (also restricts the rule to its family).
+    Src(IpNet),
+    /// Destination address in this prefix (also restricts the rule to its family).
+    Dst(IpNet),
+    /// This transport protocol and destination port.
+    DstPort(Protocol, u16),
+    /// This transport protocol (use [`Match::DstPort`] instead when a port is matched too).
+    L4(Protocol),
+    /// Part of a connection already allowed (conntrack state established or related).
+    Established,
+    /// A TCP segment opening a connection (SYN without RST).
+    TcpSyn,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +191,30 @@ pub enum Action {
     Jump(String),
     /// Rewrite the destination through the named [`DnatMap`]; no entry, no change.
     DnatMap(String),
+    /// Filter chains: let the packet through (this table's chain only).
+    Accept,
+    /// Filter chains: drop the packet (final, whatever other tables say).
+    Drop,
+    /// Postrouting: source NAT to the outgoing interface's address.
+    Masquerade,
+    /// Postrouting: source NAT to this address.
+    Snat(IpAddr),
+    /// Prerouting or Output: destination NAT to this address and port (needs a
+    /// [`Match::DstPort`]).
+    Dnat(SocketAddr),
+    /// Filter chains: set the TCP MSS option of SYNs to the route's MTU (needs
+    /// [`Match::TcpSyn`]).
+    ClampMss,
+}
+
+impl Match {
+    /// The family this match restricts a rule to, if any.
+    pub fn family(&self) -> Option<Family> {
+        match self {
+            Match::Src(n) | Match::Dst(n) => Some(family_of_net(n)),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,7 +363,7 @@ impl Table {
         let mut hooks = BTreeSet::new();
         for c in &self.chains {
             if let Some(h) = c.hook
-                && !hooks.insert(h.nft_hook())
+                && !hooks.insert((h.nft_type(), h.nft_hook()))
             {
                 return Err(ModelError::Duplicate {
                     what: "base chain for hook",
@@ -338,27 +404,102 @@ impl Table {
                     what,
                     name: name.clone(),
                 };
-                for Match::DstInSet(s) in &r.matches {
-                    if self.set(s).is_none() {
-                        return Err(unknown("set", s));
+                for m in &r.matches {
+                    match m {
+                        Match::DstInSet(s) if self.set(s).is_none() => {
+                            return Err(unknown("set", s));
+                        }
+                        Match::InIface(i) | Match::OutIface(i) => check_iface(&c.name, i)?,
+                        _ => {}
                     }
                 }
+                check_placement(c, r)?;
                 match &r.action {
-                    Action::Return => {}
                     Action::Jump(t) => match self.chain(t) {
                         Some(target) if target.hook.is_none() => {}
                         Some(_) => return Err(unknown("regular chain (it is a base chain)", t)),
                         None => return Err(unknown("chain", t)),
                     },
-                    Action::DnatMap(m) => {
-                        if self.map(m).is_none() {
-                            return Err(unknown("map", m));
-                        }
+                    Action::DnatMap(m) if self.map(m).is_none() => {
+                        return Err(unknown("map", m));
                     }
+                    _ => {}
                 }
             }
         }
         Ok(())
+    }
+}
+
+fn check_iface(chain: &str, name: &str) -> Result<(), ModelError> {
+    if name.is_empty()
+        || name.len() > 15
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\' && b != b'/')
+    {
+        return Err(ModelError::Mismatch {
+            what: "chain",
+            name: chain.to_string(),
+            reason: format!(
+                "interface name {name:?} is invalid (1 to 15 visible characters, no quotes, '/' or '\\')"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Which actions fit which chains, and the matches some actions need.
+fn check_placement(c: &Chain, r: &Rule) -> Result<(), ModelError> {
+    let bad = |reason: &str| {
+        Err(ModelError::Mismatch {
+            what: "chain",
+            name: c.name.clone(),
+            reason: format!("rule {:?}: {reason}", r.comment),
+        })
+    };
+    let families: BTreeSet<Family> = r.matches.iter().filter_map(Match::family).collect();
+    if families.len() > 1 {
+        return bad("it matches addresses of both families");
+    }
+    let filter = c.hook.is_some_and(Hook::is_filter);
+    match &r.action {
+        Action::Accept | Action::Drop if !filter && c.hook.is_some() => {
+            bad("accept and drop belong in filter chains")
+        }
+        Action::ClampMss if !filter => bad("MSS clamping belongs in a filter chain"),
+        Action::ClampMss if !r.matches.contains(&Match::TcpSyn) => {
+            bad("MSS clamping needs the TCP SYN match")
+        }
+        Action::Masquerade | Action::Snat(_) if c.hook != Some(Hook::Postrouting) => {
+            bad("source NAT belongs in the postrouting chain")
+        }
+        Action::Dnat(_) if !matches!(c.hook, Some(Hook::Prerouting | Hook::Output)) => {
+            bad("destination NAT belongs in the prerouting or output chain")
+        }
+        Action::Dnat(_)
+            if !r.matches.iter().any(|m| {
+                matches!(
+                    m,
+                    Match::DstPort(Protocol::Tcp | Protocol::Udp | Protocol::Sctp, _)
+                )
+            }) =>
+        {
+            bad("destination NAT to a port needs a destination port match")
+        }
+        _ => {
+            let nat = match &r.action {
+                Action::Snat(a) => Some(*a),
+                Action::Dnat(s) => Some(s.ip()),
+                _ => None,
+            };
+            if let Some(a) = nat
+                && families.iter().any(|f| *f != Family::of(&a))
+            {
+                return bad("the NAT address is of the other family than the address matches");
+            }
+            Ok(())
+        }
     }
 }
 
@@ -513,5 +654,68 @@ pub(crate) mod tests {
         let mut t = sample();
         t.chains.push(t.chains[1].clone());
         assert!(matches!(t.validate(), Err(ModelError::Duplicate { .. })));
+    }
+
+    #[test]
+    fn actions_must_fit_their_chain() {
+        let chain = |hook, matches, action| Table {
+            name: "t".into(),
+            sets: vec![],
+            maps: vec![],
+            chains: vec![Chain {
+                name: "c".into(),
+                hook,
+                rules: vec![Rule {
+                    matches,
+                    action,
+                    comment: "x".into(),
+                }],
+            }],
+        };
+        let v4: IpNet = "10.0.0.0/8".parse().unwrap();
+        let v6: IpNet = "fd00::/8".parse().unwrap();
+        let dnat = Action::Dnat("10.0.0.1:80".parse().unwrap());
+        let port = Match::DstPort(Protocol::Tcp, 80);
+        for (hook, matches, action, ok) in [
+            (Some(Hook::FilterForward), vec![], Action::Drop, true),
+            (Some(Hook::Postrouting), vec![], Action::Drop, false),
+            (Some(Hook::Postrouting), vec![], Action::Masquerade, true),
+            (Some(Hook::Prerouting), vec![], Action::Masquerade, false),
+            (
+                Some(Hook::Prerouting),
+                vec![port.clone()],
+                dnat.clone(),
+                true,
+            ),
+            (Some(Hook::Prerouting), vec![], dnat.clone(), false),
+            (
+                Some(Hook::Prerouting),
+                vec![port.clone(), Match::Dst(v6)],
+                dnat,
+                false,
+            ),
+            (
+                Some(Hook::FilterForward),
+                vec![Match::Src(v4), Match::Dst(v6)],
+                Action::Accept,
+                false,
+            ),
+            (Some(Hook::FilterForward), vec![], Action::ClampMss, false),
+            (
+                Some(Hook::FilterForward),
+                vec![Match::TcpSyn],
+                Action::ClampMss,
+                true,
+            ),
+            (
+                Some(Hook::FilterForward),
+                vec![Match::InIface("a\"b".into())],
+                Action::Accept,
+                false,
+            ),
+        ] {
+            let r = chain(hook, matches.clone(), action.clone()).validate();
+            assert_eq!(r.is_ok(), ok, "{hook:?} {matches:?} {action:?}: {r:?}");
+        }
     }
 }

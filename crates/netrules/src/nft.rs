@@ -4,7 +4,10 @@
 //! apply deletes and re-creates the table inside the same transaction: the
 //! kernel swaps old for new at once, with no moment without rules.
 
-use crate::model::{Action, AddrSet, Chain, DnatEntry, DnatMap, Family, Match, Protocol, Table};
+use crate::model::{
+    Action, AddrSet, Chain, DnatEntry, DnatMap, Family, Match, Protocol, Table, addr_port,
+    family_of_net,
+};
 use crate::{Error, Observed, Result};
 use ipnet::IpNet;
 use serde_json::Value;
@@ -83,8 +86,9 @@ fn chain_decl(t: &str, c: &Chain, out: &mut String) {
         Some(h) => {
             let _ = writeln!(
                 out,
-                "add chain inet {t} {} {{ type nat hook {} priority {}; policy accept; }}",
+                "add chain inet {t} {} {{ type {} hook {} priority {}; policy accept; }}",
                 c.name,
+                h.nft_type(),
                 h.nft_hook(),
                 h.nft_priority()
             );
@@ -92,11 +96,37 @@ fn chain_decl(t: &str, c: &Chain, out: &mut String) {
     }
 }
 
+fn net_text(n: &IpNet) -> String {
+    // A host prefix prints as a bare address in the kernel's read-back; write it so too.
+    if n.prefix_len() == n.max_prefix_len() {
+        n.addr().to_string()
+    } else {
+        n.trunc().to_string()
+    }
+}
+
+fn match_text(table: &Table, m: &Match) -> String {
+    match m {
+        Match::DstInSet(name) => {
+            let fam = table.set(name).map_or(Family::Ipv4, |s| s.family);
+            format!("{} daddr @{name}", l3(fam))
+        }
+        Match::InIface(i) => format!("iifname \"{i}\""),
+        Match::OutIface(i) => format!("oifname \"{i}\""),
+        Match::Src(n) => format!("{} saddr {}", l3(family_of_net(n)), net_text(n)),
+        Match::Dst(n) => format!("{} daddr {}", l3(family_of_net(n)), net_text(n)),
+        Match::DstPort(p, port) => format!("{p} dport {port}"),
+        Match::L4(p) => format!("meta l4proto {p}"),
+        Match::Established => "ct state established,related".into(),
+        Match::TcpSyn => "tcp flags & (syn|rst) == syn".into(),
+    }
+}
+
 fn rule_text(table: &Table, r: &crate::Rule) -> String {
     let mut s = String::new();
-    for Match::DstInSet(name) in &r.matches {
-        let fam = table.set(name).map_or(Family::Ipv4, |s| s.family);
-        let _ = write!(s, "{} daddr @{name} ", l3(fam));
+    for m in &r.matches {
+        s.push_str(&match_text(table, m));
+        s.push(' ');
     }
     match &r.action {
         Action::Return => s.push_str("return"),
@@ -110,9 +140,49 @@ fn rule_text(table: &Table, r: &crate::Rule) -> String {
                 "meta l4proto {{ tcp, udp, sctp }} dnat {f} to {f} daddr . meta l4proto . th dport map @{m}"
             );
         }
+        Action::Accept => s.push_str("accept"),
+        Action::Drop => s.push_str("drop"),
+        Action::Masquerade => s.push_str("masquerade"),
+        Action::Snat(a) => {
+            let _ = write!(s, "snat {} to {a}", l3(Family::of(a)));
+        }
+        Action::Dnat(to) => {
+            let _ = write!(s, "dnat {} to {}", l3(Family::of(&to.ip())), addr_port(to));
+        }
+        Action::ClampMss => s.push_str("tcp option maxseg size set rt mtu"),
     }
     let _ = write!(s, " comment \"{}\"", r.comment);
     s
+}
+
+/// The read-back signature of one match: the same text [`json_expr_sig`] gives for what the
+/// kernel prints. A match the kernel folds into another prints nothing.
+fn match_sig(m: &Match) -> Option<String> {
+    Some(match m {
+        Match::DstInSet(s) => format!("daddr@{s}"),
+        Match::InIface(i) => format!("iif={i}"),
+        Match::OutIface(i) => format!("oif={i}"),
+        Match::Src(n) => format!("saddr={}", n.trunc()),
+        Match::Dst(n) => format!("daddr={}", n.trunc()),
+        Match::DstPort(p, port) => format!("{p}.dport={port}"),
+        Match::L4(p) => format!("l4={p}"),
+        Match::Established => "ct=established,related".into(),
+        Match::TcpSyn => "tcp-syn".into(),
+    })
+}
+
+fn action_sig(a: &Action) -> String {
+    match a {
+        Action::Return => "return".into(),
+        Action::Jump(j) => format!("jump {j}"),
+        Action::DnatMap(m) => format!("dnat@{m}"),
+        Action::Accept => "accept".into(),
+        Action::Drop => "drop".into(),
+        Action::Masquerade => "masquerade".into(),
+        Action::Snat(a) => format!("snat={a}"),
+        Action::Dnat(to) => format!("dnat={}", addr_port(to)),
+        Action::ClampMss => "clamp-mss".into(),
+    }
 }
 
 fn chain_rules(t: &Table, c: &Chain, out: &mut String) {
@@ -175,22 +245,19 @@ pub fn expected(t: &Table) -> Observed {
     for c in &t.chains {
         let mut sigs = Vec::new();
         if let Some(h) = c.hook {
-            sigs.push(format!("hook nat {} {}", h.nft_hook(), h.nft_priority()));
+            sigs.push(format!(
+                "hook {} {} {}",
+                h.nft_type(),
+                h.nft_hook(),
+                h.nft_priority()
+            ));
         }
         for r in &c.rules {
             let mut sig = String::new();
-            for Match::DstInSet(s) in &r.matches {
-                let _ = write!(sig, "daddr@{s} ");
+            for m in r.matches.iter().filter_map(match_sig) {
+                let _ = write!(sig, "{m} ");
             }
-            match &r.action {
-                Action::Return => sig.push_str("return"),
-                Action::Jump(j) => {
-                    let _ = write!(sig, "jump {j}");
-                }
-                Action::DnatMap(m) => {
-                    let _ = write!(sig, "dnat@{m}");
-                }
-            }
+            sig.push_str(&action_sig(&r.action));
             let _ = write!(sig, " # {}", r.comment);
             sigs.push(sig);
         }
@@ -272,22 +339,87 @@ fn parse_map_elem(v: &Value) -> Result<DnatEntry> {
     })
 }
 
+/// The signature of one `match` expression as [`match_sig`] writes it; `None` for the
+/// protocol set the DNAT map rule carries (folded into its action's signature).
+fn json_match_sig(m: &Value) -> Option<String> {
+    let left = &m["left"];
+    let right = &m["right"];
+    if let Some(set) = right.as_str().filter(|s| s.starts_with('@')) {
+        return Some(format!("daddr{set}"));
+    }
+    if let Some(key) = left["meta"]["key"].as_str() {
+        return match (key, right) {
+            ("iifname", Value::String(i)) => Some(format!("iif={i}")),
+            ("oifname", Value::String(i)) => Some(format!("oif={i}")),
+            ("l4proto", Value::String(p)) => Some(format!("l4={p}")),
+            ("l4proto", _) => None,
+            _ => Some(format!("match{m}")),
+        };
+    }
+    if left["ct"]["key"].as_str() == Some("state") {
+        let states: Vec<&str> = match right {
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            Value::String(s) => vec![s.as_str()],
+            _ => vec![],
+        };
+        return Some(format!("ct={}", states.join(",")));
+    }
+    if let Some(p) = left.get("payload") {
+        let proto = p["protocol"].as_str().unwrap_or("?");
+        let field = p["field"].as_str().unwrap_or("?");
+        return Some(match (proto, field) {
+            ("ip" | "ip6", "saddr" | "daddr") => match parse_net(right) {
+                Ok(n) => format!("{field}={}", n.trunc()),
+                Err(_) => format!("match{m}"),
+            },
+            (_, "dport") => format!("{proto}.dport={right}"),
+            _ => format!("match{m}"),
+        });
+    }
+    if left.get("&").is_some() && right.as_str() == Some("syn") {
+        return Some("tcp-syn".into());
+    }
+    Some(format!("match{m}"))
+}
+
 fn rule_signature(rule: &Value) -> String {
     let mut sig = String::new();
     for e in rule["expr"].as_array().into_iter().flatten() {
         if let Some(m) = e.get("match") {
-            if let Some(set) = m["right"].as_str().filter(|s| s.starts_with('@')) {
-                let _ = write!(sig, "daddr{set} ");
-            } else if m["left"].get("meta").is_none() {
-                let _ = write!(sig, "match{} ", m);
+            if let Some(s) = json_match_sig(m) {
+                let _ = write!(sig, "{s} ");
             }
         } else if let Some(d) = e.get("dnat") {
-            let data = d["addr"]["map"]["data"].as_str().unwrap_or("?");
-            let _ = write!(sig, "dnat{data}");
+            if let Some(data) = d["addr"]["map"]["data"].as_str() {
+                let _ = write!(sig, "dnat{data}");
+            } else {
+                let addr = parse_addr(&d["addr"]).ok();
+                let port = d["port"].as_u64().and_then(|p| u16::try_from(p).ok());
+                match (addr, port) {
+                    (Some(a), Some(p)) => {
+                        let _ = write!(sig, "dnat={}", addr_port(&SocketAddr::new(a, p)));
+                    }
+                    _ => {
+                        let _ = write!(sig, "{e}");
+                    }
+                }
+            }
+        } else if let Some(sn) = e.get("snat") {
+            let _ = write!(sig, "snat={}", sn["addr"].as_str().unwrap_or("?"));
         } else if let Some(j) = e.get("jump") {
             let _ = write!(sig, "jump {}", j["target"].as_str().unwrap_or("?"));
         } else if e.get("return").is_some() {
             sig.push_str("return");
+        } else if e.get("accept").is_some() {
+            sig.push_str("accept");
+        } else if e.get("drop").is_some() {
+            sig.push_str("drop");
+        } else if e.get("masquerade").is_some() {
+            sig.push_str("masquerade");
+        } else if e["mangle"]["key"]["tcp option"]["name"].as_str() == Some("maxseg")
+            && e["mangle"]["value"]["rt"]["key"].as_str() == Some("mtu")
+        {
+            sig.push_str("clamp-mss");
         } else {
             let _ = write!(sig, "{e} ");
         }
