@@ -342,6 +342,44 @@ const NOT_EPHEMERAL: &[&str] = &[
     "lifecycle",
 ];
 
+/// Native sidecars as a 1.33 server has them: `restartPolicy: Always` is the one value an init
+/// container may have, and only such an init container may have probes or lifecycle hooks;
+/// other containers may not set it.
+fn container_restart_policy(list: &str, i: usize, c: &Value, causes: &mut Vec<Cause>) {
+    let policy = c.get("restartPolicy").filter(|v| !v.is_null());
+    match (list, policy) {
+        ("initContainers", Some(p)) if p != "Always" => causes.push(Cause::not_supported(
+            format!("spec.{list}[{i}].restartPolicy"),
+            p,
+            &["Always"],
+        )),
+        ("initContainers", None) => {
+            for f in [
+                "lifecycle",
+                "livenessProbe",
+                "readinessProbe",
+                "startupProbe",
+            ] {
+                if c.get(f).is_some_and(|v| !v.is_null()) {
+                    causes.push(Cause::forbidden(
+                        format!("spec.{list}[{i}].{f}"),
+                        "may not be set for init containers without restartPolicy=Always",
+                    ));
+                }
+            }
+        }
+        ("containers", Some(_)) => causes.push(Cause::forbidden(
+            format!("spec.{list}[{i}].restartPolicy"),
+            "may not be set for non-init containers",
+        )),
+        ("ephemeralContainers", Some(_)) => causes.push(Cause::forbidden(
+            format!("spec.{list}[{i}].restartPolicy"),
+            "cannot be set for an Ephemeral Container",
+        )),
+        _ => {}
+    }
+}
+
 fn pod(obj: &mut Value, old: Option<&Value>, sub: Option<&str>, causes: &mut Vec<Cause>) {
     let containers = obj["spec"]["containers"]
         .as_array()
@@ -375,6 +413,7 @@ fn pod(obj: &mut Value, old: Option<&Value>, sub: Option<&str>, causes: &mut Vec
             {
                 causes.push(Cause::required(format!("spec.{list}[{i}].image")));
             }
+            container_restart_policy(list, i, c, causes);
             if list == "ephemeralContainers" {
                 for f in NOT_EPHEMERAL {
                     if c.get(*f).is_some_and(|v| !v.is_null()) {

@@ -762,3 +762,71 @@ async fn watches_send_bookmarks_and_end_at_their_timeout() {
     }
     assert!(bookmarks > 0);
 }
+
+#[tokio::test]
+async fn native_sidecars_are_kept_and_validated_as_on_1_33() {
+    let server = Server::start(Options::default()).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(server.client().await.unwrap(), "default");
+    let pod = |init: serde_json::Value, main: serde_json::Value| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "side"},
+            "spec": {"initContainers": [init], "containers": [main]}
+        }))
+        .unwrap()
+    };
+    let main = json!({"name": "app", "image": "busybox"});
+    // The field survives the round trip (a server without the feature drops it), with probes
+    // and hooks that only a sidecar may have.
+    let sidecar = json!({"name": "proxy", "image": "busybox", "restartPolicy": "Always",
+                         "startupProbe": {"exec": {"command": ["true"]}},
+                         "lifecycle": {"preStop": {"exec": {"command": ["true"]}}}});
+    let made = pods
+        .create(&PostParams::default(), &pod(sidecar, main.clone()))
+        .await
+        .unwrap();
+    let init = &made.spec.unwrap().init_containers.unwrap()[0];
+    assert_eq!(init.restart_policy.as_deref(), Some("Always"));
+    assert!(init.startup_probe.is_some() && init.lifecycle.is_some());
+    let refused = |e: kube::Error| match e {
+        kube::Error::Api(s) => (s.code, s.message),
+        other => panic!("{other:?}"),
+    };
+    let (code, msg) = refused(
+        pods.create(
+            &PostParams::default(),
+            &pod(
+                json!({"name": "proxy", "image": "busybox", "restartPolicy": "Never"}),
+                main.clone(),
+            ),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(code, 422);
+    assert!(
+        msg.contains("spec.initContainers[0].restartPolicy: Unsupported value: \"Never\""),
+        "{msg}"
+    );
+    let (code, msg) = refused(
+        pods.create(
+            &PostParams::default(),
+            &pod(
+                json!({"name": "setup", "image": "busybox", "readinessProbe": {"exec": {"command": ["true"]}}}),
+                json!({"name": "app", "image": "busybox", "restartPolicy": "Always"}),
+            ),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(code, 422);
+    assert!(
+        msg.contains("spec.initContainers[0].readinessProbe: Forbidden: may not be set for init containers without restartPolicy=Always"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(
+            "spec.containers[0].restartPolicy: Forbidden: may not be set for non-init containers"
+        ),
+        "{msg}"
+    );
+}

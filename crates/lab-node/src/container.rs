@@ -141,12 +141,54 @@ pub fn command(l: &Launch) -> Command {
     cmd
 }
 
+/// Whether a process's argv is one of the steps above rather than the container's program.
+pub fn is_setup_step(argv: &[&str]) -> bool {
+    matches!(
+        argv,
+        ["ip", "netns", "exec", ..] | ["unshare", "--uts", ..] | ["setpriv", ..]
+    ) || matches!(argv, ["sh", "-c", script, ..] if script.starts_with("set -e\n"))
+}
+
+/// Waits (at most `timeout`) until the process `pid` runs the container's program, so that
+/// entering its namespaces finds the pod's hostname and mounts.
+pub async fn wait_launched(pid: i32, timeout: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            return;
+        };
+        let text = String::from_utf8_lossy(&raw);
+        let argv: Vec<&str> = text.trim_end_matches('\0').split('\0').collect();
+        if !is_setup_step(&argv) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn setup_steps_are_told_from_programs() {
+        assert!(is_setup_step(&["ip", "netns", "exec", "gw-x", "unshare"]));
+        assert!(is_setup_step(&["unshare", "--uts", "--", "sh"]));
+        assert!(is_setup_step(&[
+            "sh",
+            "-c",
+            "set -e\nhostname 'a'\n",
+            "sh",
+            "sleep"
+        ]));
+        assert!(is_setup_step(&["setpriv", "--", "sleep", "1"]));
+        assert!(!is_setup_step(&["sh", "-c", "sleep 1"]));
+        assert!(!is_setup_step(&["ip", "monitor"]));
+        assert!(!is_setup_step(&["sleep", "1000"]));
     }
 
     #[test]

@@ -5,10 +5,13 @@
 //! - **kubelet** (`pod`): every Pod the API holds is bound to this node (`spec.nodeName`), gets a
 //!   network namespace on the lab's bridge with an IPv4 and an IPv6 address (`status.podIPs`),
 //!   runs its init containers in order to completion (failures retried with back-off unless
-//!   `restartPolicy: Never`), then its containers as processes inside the namespace (see
+//!   `restartPolicy: Never`; native sidecars, `restartPolicy: Always`, started in order, the next
+//!   one waiting for the sidecar's startup probe, restarted whatever the pod's policy, stopped
+//!   after the main containers), then its containers as processes inside the namespace (see
 //!   `container` for how: env incl. downward API, volumes, user/group, capabilities), restarts
-//!   them per `restartPolicy` with `CrashLoopBackOff`, runs readiness/liveness probes, and
-//!   reports phase, conditions and container states as the kubelet does. Deleting a Pod sends
+//!   them per `restartPolicy` with `CrashLoopBackOff`, runs startup/readiness/liveness probes
+//!   and postStart/preStop hooks, runs ephemeral containers as they are added, and reports
+//!   phase, conditions and container states as the kubelet does. Deleting a Pod sends
 //!   SIGTERM, waits the grace period, sends SIGKILL, removes the namespace and finally deletes
 //!   the object. `kubectl logs` (`-c`, `--previous`, `-f`) is served through
 //!   [`lab_api::PodLogs`].
@@ -437,6 +440,7 @@ async fn on_pod(shared: &Arc<Shared>, p: Pod) {
             st.pod = v.clone();
             st.pod["status"] = status;
         }
+        pod::sync_ephemeral(shared, &rt);
         if deleting {
             let grace = p.meta().deletion_grace_period_seconds.unwrap_or(30);
             stop_pod(&rt, Stop::Delete { grace });

@@ -54,7 +54,11 @@ impl PodLogs for NodeLogs {
                     .filter_map(|c| c["name"].as_str().map(str::to_string))
                     .collect()
             };
-            let (containers, inits) = (names("/spec/containers"), names("/spec/initContainers"));
+            let (containers, inits, ephemeral) = (
+                names("/spec/containers"),
+                names("/spec/initContainers"),
+                names("/spec/ephemeralContainers"),
+            );
             let container = match (&req.container, containers.as_slice()) {
                 (Some(c), _) => c.clone(),
                 (None, [one]) => one.clone(),
@@ -66,8 +70,10 @@ impl PodLogs for NodeLogs {
                     )));
                 }
             };
-            let init = inits.contains(&container);
-            if !init && !containers.contains(&container) {
+            if ![&containers, &inits, &ephemeral]
+                .iter()
+                .any(|l| l.contains(&container))
+            {
                 return Err(PodLogError::BadRequest(format!(
                     "container {container} is not valid for pod {name}"
                 )));
@@ -84,10 +90,8 @@ impl PodLogs for NodeLogs {
             };
             let (instance, running, state) = {
                 let st = rt.lock();
-                let list = st.containers_of(init);
-                let c = list.iter().find(|c| c.name == container).cloned();
-                match c {
-                    Some(c) => (c.instance, c.running(), c.state.clone()),
+                match st.find(&container) {
+                    Some((_, c)) => (c.instance, c.running(), c.state.clone()),
                     None => return Err(waiting("ContainerCreating")),
                 }
             };
@@ -134,10 +138,8 @@ impl PodLogs for NodeLogs {
                 loop {
                     let still_running = {
                         let st = rt.lock();
-                        st.containers_of(init)
-                            .iter()
-                            .find(|c| c.name == container)
-                            .is_some_and(|c| c.running() && c.instance == Some(instance))
+                        st.find(&container)
+                            .is_some_and(|(_, c)| c.running() && c.instance == Some(instance))
                     };
                     let mut more = Vec::new();
                     if file.seek(SeekFrom::Start(offset)).is_ok() {

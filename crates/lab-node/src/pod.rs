@@ -3,7 +3,7 @@
 //! deletion SIGTERM, the grace period, SIGKILL, and the namespace removed.
 
 use crate::container::{self, Launch, Mount};
-use crate::state::{CState, PodRt, Stop, restarts_after};
+use crate::state::{CState, Ctr, Kind, PodRt, Stop, restarts_after};
 use crate::util::{arr, now, str_of};
 use crate::volumes::{self, SA_MOUNT};
 use crate::{Shared, env, images, probes};
@@ -37,6 +37,9 @@ async fn stopped(stop: &mut watch::Receiver<Option<Stop>>) {
     let _ = stop.wait_for(Option::is_some).await;
 }
 
+/// How long a postStart hook may take before the container is taken as started anyway.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Kubelet-style back-off: initial, doubled per restart, capped.
 fn backoff(shared: &Shared, restarts: u32) -> Duration {
     let d = shared
@@ -53,6 +56,13 @@ pub async fn run(shared: Arc<Shared>, rt: Arc<PodRt>) {
     // A finished pod keeps its (stopped) sandbox until it is deleted.
     let _ = stop.wait_for(Option::is_some).await;
     let why = rt.stopping().unwrap_or(Stop::Gone);
+    // Ephemeral containers stop on the same signal; their namespace stays until they have.
+    let mut ticks = rt.ticks.subscribe();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(why.grace().max(0) as u64 + 2),
+        ticks.wait_for(|_| !rt.lock().ephemeral.iter().any(|c| c.pgid.is_some())),
+    )
+    .await;
     let netns = rt.lock().netns.take();
     if let Some(netns) = netns {
         let shared2 = shared.clone();
@@ -188,29 +198,74 @@ async fn lifecycle(
         }
     };
     let vols = Arc::new(vols);
-    // Init containers, in order, each to completion.
-    let n_init = arr(&pod, "/spec/initContainers").len();
-    for i in 0..n_init {
+    rt.lock().vols = Some(vols.clone());
+    rt.touch();
+    let mut sidecars = Vec::new();
+    containers(shared, rt, &pod, &vols, stop, &mut sidecars).await;
+    // Sidecars stop after the main containers, the last started first.
+    let grace = stop.borrow().map_or_else(
+        || {
+            pod["spec"]["terminationGracePeriodSeconds"]
+                .as_i64()
+                .unwrap_or(30)
+        },
+        Stop::grace,
+    );
+    for (tx, task) in sidecars.into_iter().rev() {
+        tx.send_replace(Some(Stop::Sidecars { grace }));
+        let _ = task.await;
+    }
+}
+
+/// A running sidecar: what stops it, and its restart loop.
+type Sidecar = (watch::Sender<Option<Stop>>, tokio::task::JoinHandle<()>);
+
+/// Init containers in order (each to completion; a sidecar until it has started, then on in
+/// the background), then the main containers until they are done or the pod stops.
+async fn containers(
+    shared: &Arc<Shared>,
+    rt: &Arc<PodRt>,
+    pod: &Value,
+    vols: &Arc<HashMap<String, PathBuf>>,
+    stop: &mut watch::Receiver<Option<Stop>>,
+    sidecars: &mut Vec<Sidecar>,
+) {
+    let inits = arr(pod, "/spec/initContainers");
+    for (i, spec) in inits.iter().enumerate() {
+        if crate::state::is_sidecar(spec) {
+            sidecars.push(start_sidecar(shared, rt, i, vols));
+            let mut ticks = rt.ticks.subscribe();
+            loop {
+                if rt.lock().init[i].started {
+                    break;
+                }
+                tokio::select! {
+                    _ = ticks.changed() => {}
+                    () = stopped(stop) => return,
+                }
+            }
+            continue;
+        }
         loop {
-            let Some(code) = instance(shared, rt, true, i, &vols, stop).await else {
+            let Some(code) = instance(shared, rt, Kind::Init, i, vols, stop).await else {
                 return;
             };
             if code == 0 {
-                rt.update(true, i, |c| c.done = true);
+                rt.update(Kind::Init, i, |c| c.done = true);
                 break;
             }
             if pod["spec"]["restartPolicy"] == "Never" {
-                rt.update(true, i, |c| c.done = true);
+                rt.update(Kind::Init, i, |c| c.done = true);
                 rt.lock().failed = true;
                 rt.touch();
                 return;
             }
             let restarts = rt.lock().init[i].restarts;
-            set_back_off(rt, true, i);
+            set_back_off(rt, Kind::Init, i);
             if sleep_or_stop(stop, backoff(shared, restarts)).await {
                 return;
             }
-            rt.update(true, i, |c| c.restarts += 1);
+            rt.update(Kind::Init, i, |c| c.restarts += 1);
         }
     }
     {
@@ -224,36 +279,100 @@ async fn lifecycle(
         }
     }
     rt.touch();
-    let n = arr(&pod, "/spec/containers").len();
+    let n = arr(pod, "/spec/containers").len();
     let mut set = tokio::task::JoinSet::new();
     for i in 0..n {
         let (shared, rt, vols) = (shared.clone(), rt.clone(), vols.clone());
         let mut stop = stop.clone();
         set.spawn(async move {
             loop {
-                let Some(code) = instance(&shared, &rt, false, i, &vols, &mut stop).await else {
+                let Some(code) = instance(&shared, &rt, Kind::Main, i, &vols, &mut stop).await
+                else {
                     return;
                 };
                 let pod = rt.lock().pod.clone();
                 if !restarts_after(&pod, code) {
-                    rt.update(false, i, |c| c.done = true);
+                    rt.update(Kind::Main, i, |c| c.done = true);
                     return;
                 }
                 let restarts = rt.lock().containers[i].restarts;
-                set_back_off(&rt, false, i);
+                set_back_off(&rt, Kind::Main, i);
                 if sleep_or_stop(&mut stop, backoff(&shared, restarts)).await {
                     return;
                 }
-                rt.update(false, i, |c| c.restarts += 1);
+                rt.update(Kind::Main, i, |c| c.restarts += 1);
             }
         });
     }
     while set.join_next().await.is_some() {}
 }
 
-fn set_back_off(rt: &PodRt, init: bool, i: usize) {
+/// Starts init container `i` as a native sidecar: restarted whenever it exits, whatever the
+/// pod's restart policy, until its own stop signal (sent after the main containers ended).
+fn start_sidecar(
+    shared: &Arc<Shared>,
+    rt: &Arc<PodRt>,
+    i: usize,
+    vols: &Arc<HashMap<String, PathBuf>>,
+) -> Sidecar {
+    let (tx, mut rx) = watch::channel(None);
+    let (shared, rt, vols) = (shared.clone(), rt.clone(), vols.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            if instance(&shared, &rt, Kind::Init, i, &vols, &mut rx)
+                .await
+                .is_none()
+            {
+                return;
+            }
+            let restarts = rt.lock().init[i].restarts;
+            set_back_off(&rt, Kind::Init, i);
+            if sleep_or_stop(&mut rx, backoff(&shared, restarts)).await {
+                return;
+            }
+            rt.update(Kind::Init, i, |c| c.restarts += 1);
+        }
+    });
+    (tx, task)
+}
+
+/// Starts the ephemeral containers the node has not seen yet (they are only ever added). Each
+/// runs once, in the pod's namespaces with the pod's volumes, once the sandbox is ready; none
+/// is restarted.
+pub fn sync_ephemeral(shared: &Arc<Shared>, rt: &Arc<PodRt>) {
+    let new: Vec<usize> = {
+        let mut st = rt.lock();
+        let specs = arr(&st.pod, Kind::Ephemeral.list()).to_vec();
+        let known = st.ephemeral.len();
+        for spec in specs.iter().skip(known) {
+            st.ephemeral.push(Ctr::new(spec, "ContainerCreating"));
+        }
+        (known..specs.len()).collect()
+    };
+    for i in new {
+        let (shared, rt) = (shared.clone(), rt.clone());
+        tokio::spawn(async move {
+            rt.touch();
+            let mut stop = rt.stop.subscribe();
+            let mut ticks = rt.ticks.subscribe();
+            let vols = loop {
+                if let Some(v) = rt.lock().vols.clone() {
+                    break v;
+                }
+                tokio::select! {
+                    _ = ticks.changed() => {}
+                    () = stopped(&mut stop) => return,
+                }
+            };
+            let _ = instance(&shared, &rt, Kind::Ephemeral, i, &vols, &mut stop).await;
+            rt.update(Kind::Ephemeral, i, |c| c.done = true);
+        });
+    }
+}
+
+fn set_back_off(rt: &PodRt, kind: Kind, i: usize) {
     let pod = format!("{}_{}({})", rt.name, rt.namespace, rt.uid);
-    rt.update(init, i, |c| {
+    rt.update(kind, i, |c| {
         if let CState::Terminated(t) = &c.state {
             c.last = Some(t.clone());
         }
@@ -283,13 +402,8 @@ fn pod_with_status(rt: &PodRt) -> Value {
     pod
 }
 
-fn spec_of(pod: &Value, init: bool, i: usize) -> Value {
-    let list = if init {
-        "/spec/initContainers"
-    } else {
-        "/spec/containers"
-    };
-    arr(pod, list).get(i).cloned().unwrap_or(Value::Null)
+fn spec_of(pod: &Value, kind: Kind, i: usize) -> Value {
+    arr(pod, kind.list()).get(i).cloned().unwrap_or(Value::Null)
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -468,13 +582,13 @@ fn security(pod: &Value, spec: &Value) -> (Option<u32>, Option<u32>, Option<Vec<
 async fn instance(
     shared: &Arc<Shared>,
     rt: &Arc<PodRt>,
-    init: bool,
+    kind: Kind,
     i: usize,
     vols: &HashMap<String, PathBuf>,
     stop: &mut watch::Receiver<Option<Stop>>,
 ) -> Option<i64> {
     let pod = pod_with_status(rt);
-    let spec = spec_of(&pod, init, i);
+    let spec = spec_of(&pod, kind, i);
     let cname = str_of(&spec, "/name").to_string();
     let image = str_of(&spec, "/image").to_string();
     // "Pulling": the image table.
@@ -488,7 +602,7 @@ async fn instance(
         ) {
             Ok(a) => break Ok(a),
             Err(e @ images::ImageError::NotFound(_)) => {
-                rt.update(init, i, |c| {
+                rt.update(kind, i, |c| {
                     c.state = CState::Waiting {
                         reason: "ErrImagePull".into(),
                         message: Some(e.to_string()),
@@ -497,7 +611,7 @@ async fn instance(
                 if sleep_or_stop(stop, shared.backoff_initial.min(Duration::from_secs(1))).await {
                     return None;
                 }
-                rt.update(init, i, |c| {
+                rt.update(kind, i, |c| {
                     c.state = CState::Waiting {
                         reason: "ImagePullBackOff".into(),
                         message: Some(format!(
@@ -519,7 +633,7 @@ async fn instance(
         match environment(shared, &pod, &spec).await {
             Ok(e) => break e,
             Err(e) => {
-                rt.update(init, i, |c| {
+                rt.update(kind, i, |c| {
                     c.state = CState::Waiting {
                         reason: "CreateContainerConfigError".into(),
                         message: Some(e.clone()),
@@ -591,7 +705,7 @@ async fn instance(
         env: env.clone(),
     };
     // Log file of this instance.
-    let instance_no = rt.lock().containers_of(init)[i]
+    let instance_no = rt.lock().containers_of(kind)[i]
         .instance
         .map_or(0, |n| n + 1);
     let log = crate::logs::log_path(&rt.dir, &cname, instance_no);
@@ -619,7 +733,7 @@ async fn instance(
         Err(msg) => {
             let t = json!({"exitCode": 128, "reason": "StartError", "message": msg,
                            "startedAt": "1970-01-01T00:00:00Z", "finishedAt": now()});
-            rt.update(init, i, |c| {
+            rt.update(kind, i, |c| {
                 c.instance = Some(instance_no);
                 c.state = CState::Terminated(t);
                 c.ready = false;
@@ -631,31 +745,65 @@ async fn instance(
     if let Some(p) = pgid {
         crate::lock(&shared.pgids).insert(p);
     }
-    let has_readiness = spec["readinessProbe"].is_object() && !init;
-    rt.update(init, i, |c| {
+    // Main containers and sidecars have probes and count for readiness.
+    let serves = kind == Kind::Main || (kind == Kind::Init && crate::state::is_sidecar(&spec));
+    rt.update(kind, i, |c| {
         c.instance = Some(instance_no);
         c.pgid = pgid;
         c.state = CState::Running {
             started_at: started_at.clone(),
         };
-        c.ready = !init && !has_readiness;
+        c.started = false;
+        c.ready = false;
     });
-    let probe_task = (!init && pgid.is_some()).then(|| {
+    let ip = rt
+        .lock()
+        .ipv4
+        .map_or(std::net::IpAddr::from([127, 0, 0, 1]), std::net::IpAddr::V4);
+    let pid = pgid.unwrap_or(0);
+    // The postStart hook runs beside the program; the container counts as started after it.
+    let mut status = None;
+    let post_start = &spec["lifecycle"]["postStart"];
+    if post_start.is_object() && pgid.is_some() {
+        let hook = probes::handler(shared, &spec, post_start, ip, &env, pid, HOOK_TIMEOUT);
+        tokio::select! {
+            ok = hook => if !ok {
+                tracing::info!(pod = rt.name, container = cname, "FailedPostStartHook; killing");
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            },
+            s = child.wait() => status = Some(s.ok()),
+            () = stopped(stop) => {}
+        }
+    }
+    let has_startup = serves && spec["startupProbe"].is_object();
+    let has_readiness = serves && spec["readinessProbe"].is_object();
+    rt.update(kind, i, |c| {
+        c.started = c.running() && !has_startup;
+        c.ready = c.started && serves && !has_readiness;
+    });
+    let probe_task = (serves && pgid.is_some()).then(|| {
         tokio::spawn(probes::run(
             shared.clone(),
             rt.clone(),
+            kind,
             i,
             spec.clone(),
             env.clone(),
-            pgid.unwrap_or(0),
+            pid,
         ))
     });
-    let status = tokio::select! {
-        s = child.wait() => s.ok(),
-        () = stopped(stop) => {
-            let grace = rt.stopping().map_or(0, Stop::grace).max(0) as u64;
-            terminate(&mut child, pgid, Duration::from_secs(grace)).await
-        }
+    let status = match status {
+        Some(s) => s,
+        None => tokio::select! {
+            s = child.wait() => s.ok(),
+            () = stopped(stop) => {
+                let grace = stop.borrow().map_or(0, Stop::grace).max(0) as u64;
+                let grace = Duration::from_secs(grace);
+                let begun = tokio::time::Instant::now();
+                probes::pre_stop(shared, &spec, ip, &env, pid, grace).await;
+                terminate(&mut child, pgid, grace.saturating_sub(begun.elapsed())).await
+            }
+        },
     };
     if let Some(t) = probe_task {
         t.abort();
@@ -675,12 +823,13 @@ async fn instance(
     let reason = if code == 0 { "Completed" } else { "Error" };
     let t = json!({"exitCode": code, "reason": reason, "startedAt": started_at, "finishedAt": now(),
                    "containerID": format!("lab://{}/{}/{}", rt.uid, cname, instance_no)});
-    rt.update(init, i, |c| {
+    rt.update(kind, i, |c| {
         c.state = CState::Terminated(t);
         c.ready = false;
+        c.started = false;
         c.pgid = None;
     });
-    if rt.stopping().is_some() {
+    if stop.borrow().is_some() {
         return None;
     }
     Some(code)

@@ -1,10 +1,13 @@
-//! Readiness and liveness probes (HTTP GET, TCP, exec), run by the node as the kubelet runs them:
-//! HTTP and TCP from the node's namespace to the pod's IP, exec inside the container (its mount,
-//! UTS and network namespaces, via `nsenter`). Startup probes and gRPC probes are not run (a
-//! container with only those counts as started and ready).
+//! Startup, readiness and liveness probes and lifecycle hooks (HTTP GET, TCP, exec, sleep), run
+//! by the node as the kubelet runs them: HTTP and TCP from the node's namespace to the pod's IP,
+//! exec inside the container (its mount, UTS and network namespaces, via `nsenter`). Readiness
+//! and liveness start once the startup probe has succeeded; a startup or liveness probe that
+//! reaches its failure threshold kills the container (preStop hook, SIGTERM, grace, SIGKILL),
+//! which restarts under the pod's restart policy. gRPC probes are not run (a container with only
+//! one counts as ready).
 
 use crate::Shared;
-use crate::state::PodRt;
+use crate::state::{Kind, PodRt};
 use crate::util::{arr, str_of};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -44,6 +47,24 @@ async fn attempt(
     pgid: i32,
 ) -> bool {
     let timeout = Duration::from_secs(secs(&probe["timeoutSeconds"], 1).max(1));
+    handler(shared, spec, probe, pod_ip, env, pgid, timeout).await
+}
+
+/// Runs a probe's or a hook's action (`httpGet`, `tcpSocket`, `exec`, `sleep`) once, within
+/// `timeout`; `true` on success.
+pub async fn handler(
+    shared: &Shared,
+    spec: &Value,
+    probe: &Value,
+    pod_ip: IpAddr,
+    env: &[(String, String)],
+    pgid: i32,
+    timeout: Duration,
+) -> bool {
+    if let Some(secs) = probe["sleep"]["seconds"].as_u64() {
+        tokio::time::sleep(Duration::from_secs(secs).min(timeout)).await;
+        return true;
+    }
     if let Some(h) = probe.get("httpGet").filter(|v| v.is_object()) {
         let Some(p) = port(spec, &h["port"]) else {
             return false;
@@ -109,6 +130,8 @@ async fn attempt(
         if cmd.is_empty() {
             return false;
         }
+        // Not before the container's own namespaces and mounts are in place.
+        crate::container::wait_launched(pgid, timeout).await;
         let mut c = tokio::process::Command::new("nsenter");
         c.args([
             "--target",
@@ -133,10 +156,65 @@ async fn attempt(
     false
 }
 
-/// Runs the container's readiness and liveness probes until aborted.
+/// Kills a container as the kubelet does after a failed startup or liveness probe: its preStop
+/// hook, SIGTERM, the grace period, SIGKILL. It then restarts under the pod's restart policy.
+async fn kill(
+    shared: &Shared,
+    rt: &PodRt,
+    spec: &Value,
+    ip: IpAddr,
+    env: &[(String, String)],
+    pgid: i32,
+) {
+    let grace = Duration::from_secs(
+        rt.lock().pod["spec"]["terminationGracePeriodSeconds"]
+            .as_u64()
+            .unwrap_or(30),
+    );
+    let begun = tokio::time::Instant::now();
+    pre_stop(shared, spec, ip, env, pgid, grace).await;
+    let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
+    tokio::time::sleep(grace.saturating_sub(begun.elapsed())).await;
+    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+}
+
+/// Runs the container's preStop hook, if it has one, for at most `grace`.
+pub async fn pre_stop(
+    shared: &Shared,
+    spec: &Value,
+    ip: IpAddr,
+    env: &[(String, String)],
+    pgid: i32,
+    grace: Duration,
+) {
+    let hook = &spec["lifecycle"]["preStop"];
+    if hook.is_object() {
+        let ok = tokio::time::timeout(
+            grace,
+            handler(
+                shared,
+                spec,
+                hook,
+                ip,
+                env,
+                pgid,
+                grace.max(Duration::from_secs(1)),
+            ),
+        )
+        .await
+        .unwrap_or(false);
+        if !ok {
+            tracing::info!(container = str_of(spec, "/name"), "preStop hook failed");
+        }
+    }
+}
+
+/// Runs the container's startup probe to success (then marks it started), then its readiness
+/// and liveness probes, until aborted.
 pub async fn run(
     shared: Arc<Shared>,
     rt: Arc<PodRt>,
+    kind: Kind,
     idx: usize,
     spec: Value,
     env: Vec<(String, String)>,
@@ -145,8 +223,40 @@ pub async fn run(
     let Some(ip) = rt.lock().ipv4.map(IpAddr::V4) else {
         return;
     };
+    let has_readiness = spec["readinessProbe"].is_object();
+    let startup = &spec["startupProbe"];
+    if startup.is_object() {
+        tokio::time::sleep(Duration::from_secs(secs(
+            &startup["initialDelaySeconds"],
+            0,
+        )))
+        .await;
+        let period = Duration::from_secs(secs(&startup["periodSeconds"], 10).max(1));
+        let failure_needed = secs(&startup["failureThreshold"], 3).max(1);
+        let mut fails = 0;
+        loop {
+            if attempt(&shared, &spec, startup, ip, &env, pgid).await {
+                rt.update(kind, idx, |c| {
+                    c.started = c.running();
+                    c.ready = c.running() && !has_readiness;
+                });
+                break;
+            }
+            fails += 1;
+            if fails >= failure_needed {
+                tracing::info!(
+                    pod = rt.name,
+                    container = str_of(&spec, "/name"),
+                    "startup probe failed; killing"
+                );
+                kill(&shared, &rt, &spec, ip, &env, pgid).await;
+                return;
+            }
+            tokio::time::sleep(period).await;
+        }
+    }
     let mut tasks = tokio::task::JoinSet::new();
-    for (kind, probe) in [
+    for (probe_kind, probe) in [
         ("readiness", spec["readinessProbe"].clone()),
         ("liveness", spec["livenessProbe"].clone()),
     ] {
@@ -169,26 +279,19 @@ pub async fn run(
                     fail_run += 1;
                     ok_run = 0;
                 }
-                if kind == "readiness" {
+                if probe_kind == "readiness" {
                     if ok_run >= success_needed {
-                        rt.update(false, idx, |c| c.ready = c.running());
+                        rt.update(kind, idx, |c| c.ready = c.running());
                     } else if fail_run >= failure_needed {
-                        rt.update(false, idx, |c| c.ready = false);
+                        rt.update(kind, idx, |c| c.ready = false);
                     }
                 } else if fail_run >= failure_needed {
-                    // As the kubelet: the container is killed (grace period, then SIGKILL) and
-                    // restarted under the pod's restart policy.
                     tracing::info!(
                         pod = rt.name,
                         container = str_of(&spec, "/name"),
                         "liveness probe failed; killing"
                     );
-                    let grace = rt.lock().pod["spec"]["terminationGracePeriodSeconds"]
-                        .as_u64()
-                        .unwrap_or(30);
-                    let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
-                    tokio::time::sleep(Duration::from_secs(grace)).await;
-                    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+                    kill(&shared, &rt, &spec, ip, &env, pgid).await;
                     return;
                 }
                 tokio::time::sleep(period).await;

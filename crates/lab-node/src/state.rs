@@ -17,15 +17,43 @@ pub enum Stop {
     Gone,
     /// The node is shutting down; the object stays.
     NodeShutdown { grace: i64 },
+    /// The pod's main containers have ended: its sidecars stop (never seen by the pod itself).
+    Sidecars { grace: i64 },
 }
 
 impl Stop {
     pub fn grace(self) -> i64 {
         match self {
-            Stop::Delete { grace } | Stop::NodeShutdown { grace } => grace,
+            Stop::Delete { grace } | Stop::NodeShutdown { grace } | Stop::Sidecars { grace } => {
+                grace
+            }
             Stop::Gone => 0,
         }
     }
+}
+
+/// Which list of the pod spec a container is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Init,
+    Main,
+    Ephemeral,
+}
+
+impl Kind {
+    /// The JSON pointer of the list in a Pod.
+    pub fn list(self) -> &'static str {
+        match self {
+            Kind::Init => "/spec/initContainers",
+            Kind::Main => "/spec/containers",
+            Kind::Ephemeral => "/spec/ephemeralContainers",
+        }
+    }
+}
+
+/// Whether an init container is a native sidecar (`restartPolicy: Always`).
+pub fn is_sidecar(spec: &Value) -> bool {
+    spec["restartPolicy"] == "Always"
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +83,10 @@ pub struct Ctr {
     pub instance: Option<u32>,
     /// Will not run again (terminated for good).
     pub done: bool,
+    /// Its postStart hook ran and its startup probe (if any) succeeded.
+    pub started: bool,
+    /// An init container with `restartPolicy: Always`.
+    pub sidecar: bool,
 }
 
 impl Ctr {
@@ -72,6 +104,8 @@ impl Ctr {
             pgid: None,
             instance: None,
             done: false,
+            started: false,
+            sidecar: is_sidecar(spec),
         }
     }
 
@@ -98,6 +132,9 @@ pub struct PodState {
     pub sandbox_ready: bool,
     pub init: Vec<Ctr>,
     pub containers: Vec<Ctr>,
+    pub ephemeral: Vec<Ctr>,
+    /// The pod's volumes on the host, once prepared (ephemeral containers mount them too).
+    pub vols: Option<std::sync::Arc<HashMap<String, PathBuf>>>,
     pub initialized: bool,
     /// A pod-level failure (e.g. an init container failed with restartPolicy Never).
     pub failed: bool,
@@ -107,8 +144,32 @@ pub struct PodState {
 }
 
 impl PodState {
-    pub fn containers_of(&self, init: bool) -> &[Ctr] {
-        if init { &self.init } else { &self.containers }
+    pub fn containers_of(&self, kind: Kind) -> &[Ctr] {
+        match kind {
+            Kind::Init => &self.init,
+            Kind::Main => &self.containers,
+            Kind::Ephemeral => &self.ephemeral,
+        }
+    }
+
+    pub fn containers_mut(&mut self, kind: Kind) -> &mut Vec<Ctr> {
+        match kind {
+            Kind::Init => &mut self.init,
+            Kind::Main => &mut self.containers,
+            Kind::Ephemeral => &mut self.ephemeral,
+        }
+    }
+
+    /// The container of any kind with this name.
+    pub fn find(&self, name: &str) -> Option<(Kind, &Ctr)> {
+        [Kind::Init, Kind::Main, Kind::Ephemeral]
+            .into_iter()
+            .find_map(|k| {
+                self.containers_of(k)
+                    .iter()
+                    .find(|c| c.name == name)
+                    .map(|c| (k, c))
+            })
     }
 }
 
@@ -155,6 +216,8 @@ impl PodRt {
                 sandbox_ready: false,
                 init,
                 containers,
+                ephemeral: Vec::new(),
+                vols: None,
                 initialized: false,
                 failed: false,
                 start_time: None,
@@ -170,16 +233,11 @@ impl PodRt {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Changes a container (init when `init`) and wakes the status writer and log followers.
-    pub fn update(&self, init: bool, idx: usize, f: impl FnOnce(&mut Ctr)) {
+    /// Changes a container and wakes the status writer and log followers.
+    pub fn update(&self, kind: Kind, idx: usize, f: impl FnOnce(&mut Ctr)) {
         {
             let mut st = self.lock();
-            let list = if init {
-                &mut st.init
-            } else {
-                &mut st.containers
-            };
-            if let Some(c) = list.get_mut(idx) {
+            if let Some(c) = st.containers_mut(kind).get_mut(idx) {
                 f(c);
             }
         }
@@ -215,7 +273,7 @@ pub fn restarts_after(pod: &Value, code: i64) -> bool {
     }
 }
 
-fn container_status(c: &Ctr, uid: &str, init: bool) -> Value {
+fn container_status(c: &Ctr, uid: &str) -> Value {
     let state = match &c.state {
         CState::Waiting { reason, message } => {
             let mut w = json!({"reason": reason});
@@ -233,13 +291,10 @@ fn container_status(c: &Ctr, uid: &str, init: bool) -> Value {
         "imageID": "",
         "ready": c.ready,
         "restartCount": c.restarts,
-        "started": c.running(),
+        "started": c.running() && c.started,
         "state": state,
         "lastState": c.last.as_ref().map_or(json!({}), |t| json!({"terminated": t})),
     });
-    if init {
-        s["started"] = json!(c.running());
-    }
     if c.instance.is_some() {
         s["containerID"] = json!(format!("lab://{uid}/{}/{}", c.name, c.restarts));
         s["imageID"] = json!(format!("lab://{}", images::full_name(&c.image)));
@@ -247,10 +302,19 @@ fn container_status(c: &Ctr, uid: &str, init: bool) -> Value {
     s
 }
 
+/// A container that counts for the pod's readiness: a main container or a sidecar.
+fn serving(c: &Ctr) -> bool {
+    c.ready && c.running()
+}
+
 fn build_status(st: &mut PodState, host_ip: &str) -> Value {
     let pod = st.pod.clone();
     let uid = str_of(&pod, "/metadata/uid").to_string();
-    let init_done = st.init.iter().all(|c| c.exit_code() == Some(0));
+    // Sidecars never complete: they count once started (`initialized` is set after that).
+    let init_done = st
+        .init
+        .iter()
+        .all(|c| c.sidecar || c.exit_code() == Some(0));
     let all_started = st.containers.iter().all(|c| c.instance.is_some());
     let all_done = !st.containers.is_empty() && st.containers.iter().all(|c| c.done);
     let phase = if st.failed {
@@ -266,7 +330,9 @@ fn build_status(st: &mut PodState, host_ip: &str) -> Value {
     } else {
         "Running"
     };
-    let ready = phase == "Running" && st.containers.iter().all(|c| c.ready && c.running());
+    let ready = phase == "Running"
+        && st.containers.iter().all(serving)
+        && st.init.iter().filter(|c| c.sidecar).all(serving);
     let terminal = matches!(phase, "Succeeded" | "Failed");
     let mut conds = vec![
         ("PodReadyToStartContainers", st.sandbox_ready && !terminal),
@@ -294,7 +360,13 @@ fn build_status(st: &mut PodState, host_ip: &str) -> Value {
                     let pending: Vec<&str> = st
                         .init
                         .iter()
-                        .filter(|c| c.exit_code() != Some(0))
+                        .filter(|c| {
+                            if c.sidecar {
+                                !(c.started && c.running())
+                            } else {
+                                c.exit_code() != Some(0)
+                            }
+                        })
                         .map(|c| c.name.as_str())
                         .collect();
                     c["reason"] = json!("ContainersNotInitialized");
@@ -305,9 +377,11 @@ fn build_status(st: &mut PodState, host_ip: &str) -> Value {
                 }
                 "Ready" | "ContainersReady" => {
                     let unready: Vec<&str> = st
-                        .containers
+                        .init
                         .iter()
-                        .filter(|c| !(c.ready && c.running()))
+                        .filter(|c| c.sidecar)
+                        .chain(&st.containers)
+                        .filter(|c| !serving(c))
                         .map(|c| c.name.as_str())
                         .collect();
                     c["reason"] = json!(if terminal {
@@ -333,13 +407,21 @@ fn build_status(st: &mut PodState, host_ip: &str) -> Value {
         "hostIP": host_ip,
         "hostIPs": [{"ip": host_ip}],
         "qosClass": "BestEffort",
-        "containerStatuses": st.containers.iter().map(|c| container_status(c, &uid, false)).collect::<Vec<_>>(),
+        "containerStatuses": st.containers.iter().map(|c| container_status(c, &uid)).collect::<Vec<_>>(),
     });
+    if !st.ephemeral.is_empty() {
+        status["ephemeralContainerStatuses"] = json!(
+            st.ephemeral
+                .iter()
+                .map(|c| container_status(c, &uid))
+                .collect::<Vec<_>>()
+        );
+    }
     if !st.init.is_empty() {
         status["initContainerStatuses"] = json!(
             st.init
                 .iter()
-                .map(|c| container_status(c, &uid, true))
+                .map(|c| container_status(c, &uid))
                 .collect::<Vec<_>>()
         );
     }
@@ -391,7 +473,7 @@ mod tests {
             s["containerStatuses"][0]["image"],
             "docker.io/library/busybox:latest"
         );
-        rt.update(true, 0, |c| {
+        rt.update(Kind::Init, 0, |c| {
             c.instance = Some(0);
             c.state = CState::Terminated(json!({"exitCode": 0, "reason": "Completed"}));
             c.done = true;
@@ -403,7 +485,7 @@ mod tests {
             st.ipv4 = Some("10.244.0.2".parse().unwrap());
             st.ipv6 = Some("fd00:10:244::2".parse().unwrap());
         }
-        rt.update(false, 0, |c| {
+        rt.update(Kind::Main, 0, |c| {
             c.instance = Some(0);
             c.state = CState::Running { started_at: now() };
         });
@@ -412,7 +494,7 @@ mod tests {
         assert_eq!(cond(&s, "Initialized"), "True");
         assert_eq!(cond(&s, "Ready"), "False");
         assert_eq!(s["podIP"], "10.244.0.2");
-        rt.update(false, 0, |c| c.ready = true);
+        rt.update(Kind::Main, 0, |c| c.ready = true);
         let s = rt.status("10.244.0.1");
         assert_eq!(cond(&s, "Ready"), "True");
         assert_eq!(cond(&s, "ContainersReady"), "True");
@@ -420,16 +502,48 @@ mod tests {
     }
 
     #[test]
+    fn sidecars_count_once_started_and_for_readiness() {
+        let p = json!({"metadata": {"uid": "u", "namespace": "ns", "name": "p"},
+                       "spec": {"initContainers": [{"name": "proxy", "image": "busybox", "restartPolicy": "Always"}],
+                                "containers": [{"name": "app", "image": "busybox"}]}});
+        let rt = PodRt::new(p, PathBuf::from("/nonexistent"));
+        assert!(rt.lock().init[0].sidecar);
+        rt.update(Kind::Init, 0, |c| {
+            c.instance = Some(0);
+            c.state = CState::Running { started_at: now() };
+        });
+        let s = rt.status("x");
+        assert_eq!(cond(&s, "Initialized"), "False");
+        assert_eq!(s["initContainerStatuses"][0]["started"], false);
+        rt.update(Kind::Init, 0, |c| c.started = true);
+        rt.lock().initialized = true;
+        rt.update(Kind::Main, 0, |c| {
+            c.instance = Some(0);
+            c.state = CState::Running { started_at: now() };
+            c.started = true;
+            c.ready = true;
+        });
+        let s = rt.status("x");
+        assert_eq!(s["phase"], "Running");
+        assert_eq!(cond(&s, "Initialized"), "True");
+        assert_eq!(s["initContainerStatuses"][0]["started"], true);
+        // An unready sidecar keeps the pod unready.
+        assert_eq!(cond(&s, "Ready"), "False");
+        rt.update(Kind::Init, 0, |c| c.ready = true);
+        assert_eq!(cond(&rt.status("x"), "Ready"), "True");
+    }
+
+    #[test]
     fn terminal_phases() {
         let rt = pod(false);
         rt.lock().initialized = true;
-        rt.update(false, 0, |c| {
+        rt.update(Kind::Main, 0, |c| {
             c.instance = Some(0);
             c.state = CState::Terminated(json!({"exitCode": 3, "reason": "Error"}));
             c.done = true;
         });
         assert_eq!(rt.status("x")["phase"], "Failed");
-        rt.update(false, 0, |c| {
+        rt.update(Kind::Main, 0, |c| {
             c.state = CState::Terminated(json!({"exitCode": 0, "reason": "Completed"}))
         });
         let s = rt.status("x");
