@@ -80,9 +80,9 @@ pub fn expected(t: &Table, family: Family) -> Result<Owned> {
                         continue;
                     }
                     dsts = set
-                        .elements
+                        .normalized()
                         .iter()
-                        .map(|e| Some(e.trunc().to_string()))
+                        .map(|e| Some(e.to_string()))
                         .collect();
                 }
                 _ => {

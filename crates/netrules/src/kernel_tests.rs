@@ -315,4 +315,22 @@ fn filter_and_nat_statements_round_trip_through_nftables() {
     let ipt = Backend::new(BackendKind::Iptables(IptablesFlavour::Nft));
     let e = ns.run(|| ipt.apply(&t)).unwrap_err().to_string();
     assert!(e.contains("does not support filter chains"), "{e}");
+
+#[test]
+fn overlapping_prefixes_in_a_set_apply_and_verify() {
+    for kind in KINDS {
+        let ns = TestNs::new("overlap", kind);
+        let b = Backend::new(kind);
+        let mut t = sample();
+        // 10.96.0.10/32 and 10.3.0.0/16 are already in the sample; /8 covers both.
+        for n in ["10.0.0.0/8", "10.96.0.0/12", "10.96.0.10/32"] {
+            t.sets[0].elements.insert(n.parse().unwrap());
+        }
+        let got = ns
+            .run(|| b.apply(&t))
+            .unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(got, b.expected(&t).unwrap(), "{kind}");
+        ns.run(|| b.verify(&t)).unwrap();
+        ns.run(|| b.cleanup(&t.name)).unwrap();
+    }
 }

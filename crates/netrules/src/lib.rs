@@ -22,7 +22,7 @@ pub use exec::ExecError;
 pub use fingerprint::fingerprint;
 pub use model::{
     Action, AddrSet, Chain, DnatEntry, DnatMap, Family, Hook, Match, ModelError, Protocol, Rule,
-    Table, check_name,
+    Table, check_name, normalize_prefixes,
 };
 
 /// Errors from applying, reading or removing rules.

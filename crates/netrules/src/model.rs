@@ -145,6 +145,32 @@ pub struct AddrSet {
     pub elements: BTreeSet<IpNet>,
 }
 
+impl AddrSet {
+    /// The set's elements as the kernel gets them: see [`normalize_prefixes`].
+    pub fn normalized(&self) -> BTreeSet<IpNet> {
+        normalize_prefixes(&self.elements)
+    }
+}
+
+/// The same addresses as `nets`, with host bits cleared and every prefix that another
+/// one covers dropped (`10.0.0.0/8, 10.96.0.10/32` is `10.0.0.0/8`). nftables refuses
+/// an interval set whose elements overlap ("conflicting intervals"); iptables would
+/// carry dead rules. Prefixes never partly overlap: two are nested or disjoint, so
+/// in address order a covered prefix always follows the one that covers it.
+pub fn normalize_prefixes(nets: &BTreeSet<IpNet>) -> BTreeSet<IpNet> {
+    let mut sorted: Vec<IpNet> = nets.iter().map(IpNet::trunc).collect();
+    // By network address, the shorter (wider) prefix first among equals.
+    sorted.sort_by_key(|n| (family_of_net(n), n.network(), n.prefix_len()));
+    let mut out: Vec<IpNet> = Vec::with_capacity(sorted.len());
+    for n in sorted {
+        match out.last() {
+            Some(last) if last.contains(&n) => {}
+            _ => out.push(n),
+        }
+    }
+    out.into_iter().collect()
+}
+
 /// One mapping: packets to `dst:port/protocol` are rewritten to `to`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DnatEntry {
@@ -716,6 +742,76 @@ pub(crate) mod tests {
         ] {
             let r = chain(hook, matches.clone(), action.clone()).validate();
             assert_eq!(r.is_ok(), ok, "{hook:?} {matches:?} {action:?}: {r:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod normalize_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn nets(v: &[&str]) -> BTreeSet<IpNet> {
+        v.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn covered_prefixes_are_dropped() {
+        assert_eq!(
+            normalize_prefixes(&nets(&["10.96.0.10/32", "10.0.0.0/8", "10.96.0.0/12"])),
+            nets(&["10.0.0.0/8"])
+        );
+        // Host bits are cleared; adjacent and disjoint prefixes stay as they are.
+        assert_eq!(
+            normalize_prefixes(&nets(&[
+                "10.0.0.1/25",
+                "10.0.0.128/25",
+                "fd00::/8",
+                "fd00::1/128"
+            ])),
+            nets(&["10.0.0.0/25", "10.0.0.128/25", "fd00::/8"])
+        );
+        assert_eq!(
+            normalize_prefixes(&nets(&["0.0.0.0/0", "192.0.2.1/32", "::1/128"])),
+            nets(&["0.0.0.0/0", "::1/128"])
+        );
+    }
+
+    fn net() -> impl Strategy<Value = IpNet> {
+        prop_oneof![
+            // Few distinct high bits, so that nesting is common.
+            (0u32..8, 0u8..=32).prop_map(|(hi, len)| IpNet::V4(
+                ipnet::Ipv4Net::new((hi << 29).into(), len).unwrap()
+            )),
+            (any::<u32>(), 0u8..=32)
+                .prop_map(|(a, len)| IpNet::V4(ipnet::Ipv4Net::new(a.into(), len).unwrap())),
+            (any::<u128>(), 0u8..=128)
+                .prop_map(|(a, len)| IpNet::V6(ipnet::Ipv6Net::new(a.into(), len).unwrap())),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn normalised_sets_cover_the_same_addresses_without_overlap(
+            input in proptest::collection::btree_set(net(), 0..24)
+        ) {
+            let out = normalize_prefixes(&input);
+            // Nothing new: every output prefix was in the input.
+            for n in &out {
+                prop_assert!(input.iter().any(|i| i.trunc() == *n), "{n} is new");
+            }
+            // Nothing lost: every input prefix lies within an output prefix.
+            for i in &input {
+                prop_assert!(out.iter().any(|o| o.contains(&i.trunc())), "{i} lost");
+            }
+            // No two output prefixes overlap (nftables' condition).
+            for a in &out {
+                for b in &out {
+                    prop_assert!(a == b || !(a.contains(b) || b.contains(a)), "{a} and {b} overlap");
+                }
+            }
+            // Normalising again changes nothing.
+            prop_assert_eq!(normalize_prefixes(&out), out);
         }
     }
 }

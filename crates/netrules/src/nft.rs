@@ -36,8 +36,9 @@ fn set_decl(t: &str, s: &AddrSet, out: &mut String) {
         s.name,
         addr_type(s.family)
     );
-    if !s.elements.is_empty() {
-        let elems: Vec<String> = s.elements.iter().map(|e| e.to_string()).collect();
+    let elements = s.normalized();
+    if !elements.is_empty() {
+        let elems: Vec<String> = elements.iter().map(|e| e.to_string()).collect();
         let _ = writeln!(
             out,
             "add element inet {t} {} {{ {} }}",
@@ -237,7 +238,7 @@ pub fn render_cleanup(table: &str) -> String {
 pub fn expected(t: &Table) -> Observed {
     let mut o = Observed::default();
     for s in &t.sets {
-        o.sets.insert(s.name.clone(), s.elements.clone());
+        o.sets.insert(s.name.clone(), s.normalized());
     }
     for m in &t.maps {
         o.maps.insert(m.name.clone(), m.entries.clone());
