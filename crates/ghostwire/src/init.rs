@@ -57,6 +57,7 @@ pub fn settings(knobs: &KnobArgs, config: Option<&PathBuf>) -> Result<Settings, 
         file,
         pod_namespace: std::env::var("POD_NAMESPACE").ok(),
         resolv_conf: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        api_server_host: std::env::var("KUBERNETES_SERVICE_HOST").ok(),
     };
     Settings::resolve(&sources).code(Code::Config)
 }

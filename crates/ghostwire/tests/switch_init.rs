@@ -331,3 +331,46 @@ fn unreachable_api_exits_3_after_bounded_retries() {
         "{err}"
     );
 }
+
+#[test]
+fn api_server_and_dns_are_never_hijacked() {
+    let mut lab = Lab::new("hijack").unwrap();
+    let ports = [ServicePort::tcp(443, 8080).named("https")];
+    let mut echo = Vec::new();
+    let mut svcs = Vec::new();
+    for name in ["kubernetes", "kubernetes-preview", "dns", "dns-preview"] {
+        let be = lab.add_pod(&format!("{name}-be")).unwrap();
+        echo.push(be.serve_echo(name, &[8080], &[]).unwrap());
+        svcs.push(lab.add_service(name, &ports, &[&be]).unwrap());
+    }
+    let dir = TempDir::new("hijack");
+    let file = dir.path("services.json");
+    let refs: Vec<&Service> = svcs.iter().collect();
+    std::fs::write(&file, lab_net::kube_json::service_list(&refs, "default")).unwrap();
+    let pod = lab.add_pod("client").unwrap();
+    let _resolv = PodResolv::new(&pod, &svcs[2].ipv4.to_string());
+    let api_host = svcs[0].ipv4.to_string();
+    let out = run_in(
+        &pod,
+        &[
+            "init",
+            "--activate",
+            "--from-file",
+            file.to_str().unwrap(),
+            "--dnat-map",
+            "",
+        ],
+        // Explicit exclusions without the DNS server: the protection must not depend on them.
+        &[
+            ("GW_EXCLUDE_CIDRS", "169.254.169.254/32"),
+            ("KUBERNETES_SERVICE_HOST", &api_host),
+        ],
+    );
+    assert_ok(&out, "init");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("API server"), "{err}");
+    assert!(err.contains("nameserver"), "{err}");
+    assert_eq!(pod.tcp_request(svcs[0].addr_v4(443)).unwrap(), "kubernetes");
+    assert_eq!(pod.tcp_request(svcs[2].addr_v4(443)).unwrap(), "dns");
+    assert_ok(&run_in(&pod, &["init", "--cleanup"], &[]), "cleanup");
+}

@@ -329,6 +329,7 @@ async fn every_annotation_maps_to_its_env() {
         "GW_IPV6" => "true",
         "GW_BACKEND" => "iptables-nft",
         "GW_FLUSH_CONNTRACK" => "true",
+        "GW_STRICT_PAIRING" => "true",
         other => panic!("no test value for {other}; add one"),
     };
     let mut annotations = json!({"ghostwire.dev/enabled": "true"});

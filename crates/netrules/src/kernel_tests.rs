@@ -315,6 +315,7 @@ fn filter_and_nat_statements_round_trip_through_nftables() {
     let ipt = Backend::new(BackendKind::Iptables(IptablesFlavour::Nft));
     let e = ns.run(|| ipt.apply(&t)).unwrap_err().to_string();
     assert!(e.contains("does not support filter chains"), "{e}");
+}
 
 #[test]
 fn overlapping_prefixes_in_a_set_apply_and_verify() {

@@ -72,6 +72,8 @@ knobs! {
         "Watcher: address of /healthz, /readyz and /metrics.";
     FLUSH_CONNTRACK = "GW_FLUSH_CONNTRACK", "flush-conntrack", "false",
         "Watcher: on a flip, cut tracked connections to the remapped ClusterIPs so long-lived clients move too.", @"flushConntrack";
+    STRICT_PAIRING = "GW_STRICT_PAIRING", "strict-pairing", "false",
+        "Honour a preview Service only if its `ghostwire.dev/preview-of` annotation names the active Service.", @"strictPairing";
     API_TIMEOUT = "GW_API_TIMEOUT", "api-timeout", "30s",
         "How long to keep retrying an unreachable Kubernetes API before giving up.";
 }
@@ -100,8 +102,10 @@ pub struct Sources {
     pub file: BTreeMap<String, String>,
     /// `POD_NAMESPACE` from the downward API.
     pub pod_namespace: Option<String>,
-    /// Contents of /etc/resolv.conf, for the `auto` exclusions.
+    /// Contents of /etc/resolv.conf, for the `auto` exclusions; its nameservers are never remapped.
     pub resolv_conf: String,
+    /// `KUBERNETES_SERVICE_HOST`: the API server's ClusterIP, never remapped.
+    pub api_server_host: Option<String>,
 }
 
 /// The name of a preview Service, made from the active one's name.
@@ -178,6 +182,11 @@ pub struct Settings {
     pub api_timeout: Duration,
     pub http_addr: std::net::SocketAddr,
     pub flush_conntrack: bool,
+    pub strict_pairing: bool,
+    /// The API server's address (`KUBERNETES_SERVICE_HOST`), when it is an IP.
+    pub api_server: Option<std::net::IpAddr>,
+    /// The nameservers of /etc/resolv.conf (the cluster DNS).
+    pub nameservers: Vec<std::net::IpAddr>,
 }
 
 /// Parses `500ms`, `2s`, `15m`, `1h`, `1m30s`.
@@ -389,6 +398,15 @@ impl Settings {
                 })
             })?,
             flush_conntrack: parsed(&raw, FLUSH_CONNTRACK, parse_bool)?,
+            strict_pairing: parsed(&raw, STRICT_PAIRING, parse_bool)?,
+            api_server: src
+                .api_server_host
+                .as_deref()
+                .and_then(|h| h.trim().parse().ok()),
+            nameservers: resolv_nameservers(&src.resolv_conf)
+                .iter()
+                .map(IpNet::addr)
+                .collect(),
         })
     }
 }

@@ -8,12 +8,18 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
+/// The annotation by which a preview Service names its active Service. With
+/// `GW_STRICT_PAIRING` a preview without it (or naming another Service) is ignored.
+pub const PREVIEW_OF: &str = "ghostwire.dev/preview-of";
+
 /// What pairing needs of a Service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Svc {
     pub name: String,
     pub kind: SvcKind,
     pub ports: Vec<SvcPort>,
+    /// The value of its [`PREVIEW_OF`] annotation.
+    pub preview_of: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +78,18 @@ impl Svc {
                 })
             })
             .collect();
-        Svc { name, kind, ports }
+        let preview_of = s
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(PREVIEW_OF))
+            .cloned();
+        Svc {
+            name,
+            kind,
+            ports,
+            preview_of,
+        }
     }
 }
 
@@ -165,6 +182,26 @@ pub fn plan(services: &[Svc], settings: &Settings) -> Plan {
         else {
             continue; // No preview: traffic stays on active, by design.
         };
+        if let Some(why) = protected(active, settings) {
+            skip(&active.name, why);
+            continue;
+        }
+        if settings.strict_pairing && preview.preview_of.as_deref() != Some(active.name.as_str()) {
+            skip(
+                &active.name,
+                match &preview.preview_of {
+                    None => format!(
+                        "strict pairing (GW_STRICT_PAIRING): its preview {} has no {PREVIEW_OF} annotation",
+                        preview.name
+                    ),
+                    Some(other) => format!(
+                        "strict pairing (GW_STRICT_PAIRING): its preview {} says {PREVIEW_OF}={other:?}",
+                        preview.name
+                    ),
+                },
+            );
+            continue;
+        }
         let (a_ips, p_ips) = match (&active.kind, &preview.kind) {
             (SvcKind::ClusterIp(a), SvcKind::ClusterIp(p)) => (a, p),
             (k, _) if !matches!(k, SvcKind::ClusterIp(_)) => {
@@ -234,6 +271,27 @@ pub fn plan(services: &[Svc], settings: &Settings) -> Plan {
     Plan { mappings, skipped }
 }
 
+/// Why an active Service must never be remapped, if it must not: the API server
+/// (tokens go there) and the cluster DNS are off limits whatever Services exist.
+fn protected(active: &Svc, s: &Settings) -> Option<String> {
+    if active.name == "kubernetes" && s.namespace == "default" {
+        return Some("the API server's Service (kubernetes in default) is never remapped".into());
+    }
+    let SvcKind::ClusterIp(ips) = &active.kind else {
+        return None;
+    };
+    if let Some(ip) = ips.iter().find(|ip| s.api_server == Some(**ip)) {
+        return Some(format!(
+            "its ClusterIP {ip} is the API server's (KUBERNETES_SERVICE_HOST): never remapped"
+        ));
+    }
+    ips.iter().find(|ip| s.nameservers.contains(ip)).map(|ip| {
+        format!(
+            "its ClusterIP {ip} is a nameserver of /etc/resolv.conf (cluster DNS): never remapped"
+        )
+    })
+}
+
 fn describe(k: &SvcKind) -> String {
     match k {
         SvcKind::Headless => "headless (clusterIP: None): no virtual IP to rewrite".into(),
@@ -260,6 +318,7 @@ pub(crate) mod tests {
                     protocol: *proto,
                 })
                 .collect(),
+            preview_of: None,
         }
     }
 
@@ -412,6 +471,96 @@ pub(crate) mod tests {
         let p = plan(&svcs, &settings(&[("GW_IPV6", "true")]));
         assert_eq!(p.mappings.len(), 1);
         assert!(p.skipped[0].reason.contains("Ipv6"));
+    }
+
+    /// Settings as a pod in `default` sees them: the API server's ClusterIP in
+    /// KUBERNETES_SERVICE_HOST and the cluster DNS in resolv.conf.
+    fn in_cluster(pairs: &[(&str, &str)]) -> Settings {
+        Settings::resolve(&Sources {
+            cli: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            api_server_host: Some("10.96.0.1".into()),
+            resolv_conf: "nameserver 10.96.0.10\n".into(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn api_server_and_dns_are_never_remapped() {
+        // Explicit exclusions replace the defaults: the protection must not depend on them.
+        let s = in_cluster(&[("GW_EXCLUDE_CIDRS", "169.254.169.254/32")]);
+        let svcs = [
+            svc("kubernetes", &["10.96.0.1"], &[(Some("https"), 443, TCP)]),
+            svc(
+                "kubernetes-preview",
+                &["10.96.0.50"],
+                &[(Some("https"), 443, TCP)],
+            ),
+            svc("dns", &["10.96.0.10"], &[(None, 53, Protocol::Udp)]),
+            svc("dns-preview", &["10.96.0.51"], &[(None, 53, Protocol::Udp)]),
+            // Another name on the API server's address (a selector-less copy) is refused too.
+            svc("api-active", &["10.96.0.1"], &[(None, 443, TCP)]),
+            svc("api-preview", &["10.96.0.52"], &[(None, 443, TCP)]),
+            svc("orders", &["10.96.0.5"], &[(None, 80, TCP)]),
+            svc("orders-preview", &["10.96.0.6"], &[(None, 80, TCP)]),
+        ];
+        let p = plan(&svcs, &s);
+        let actives: Vec<&str> = p.mappings.iter().map(|m| m.active.as_str()).collect();
+        assert_eq!(actives, ["orders"]);
+        let why = |name: &str| {
+            p.skipped
+                .iter()
+                .find(|k| k.service == name)
+                .map(|k| k.reason.clone())
+                .unwrap_or_default()
+        };
+        assert!(why("kubernetes").contains("API server"), "{:?}", p.skipped);
+        assert!(why("api-active").contains("API server"), "{:?}", p.skipped);
+        assert!(why("dns").contains("nameserver"), "{:?}", p.skipped);
+        // The `kubernetes` Service of `default` is protected by name even without the env.
+        let p = plan(&svcs[..2], &settings(&[]));
+        assert!(p.mappings.is_empty(), "{:?}", p.mappings);
+    }
+
+    #[test]
+    fn strict_pairing_honours_only_marked_previews() {
+        let mut marked = svc("orders-preview", &["10.96.0.6"], &[(None, 80, TCP)]);
+        marked.preview_of = Some("orders".into());
+        let mut wrong_mark = svc("payments-preview", &["10.96.0.8"], &[(None, 80, TCP)]);
+        wrong_mark.preview_of = Some("orders".into());
+        let svcs = [
+            svc("orders", &["10.96.0.5"], &[(None, 80, TCP)]),
+            marked,
+            svc("payments", &["10.96.0.7"], &[(None, 80, TCP)]),
+            wrong_mark,
+            svc("carts", &["10.96.0.9"], &[(None, 80, TCP)]),
+            svc("carts-preview", &["10.96.0.11"], &[(None, 80, TCP)]),
+        ];
+        // Off (the default): names alone pair.
+        assert_eq!(plan(&svcs, &settings(&[])).mappings.len(), 3);
+        let p = plan(&svcs, &settings(&[("GW_STRICT_PAIRING", "true")]));
+        let actives: Vec<&str> = p.mappings.iter().map(|m| m.active.as_str()).collect();
+        assert_eq!(actives, ["orders"]);
+        let reasons: Vec<String> = p
+            .skipped
+            .iter()
+            .map(|k| format!("{}: {}", k.service, k.reason))
+            .collect();
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.starts_with("carts:") && r.contains(PREVIEW_OF)),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.starts_with("payments:") && r.contains("\"orders\"")),
+            "{reasons:?}"
+        );
     }
 
     #[test]
