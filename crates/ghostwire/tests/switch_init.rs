@@ -374,3 +374,59 @@ fn api_server_and_dns_are_never_hijacked() {
     assert_eq!(pod.tcp_request(svcs[2].addr_v4(443)).unwrap(), "dns");
     assert_ok(&run_in(&pod, &["init", "--cleanup"], &[]), "cleanup");
 }
+
+#[test]
+fn missing_kubeconfig_says_its_cause_once_with_a_hint() {
+    let dir = TempDir::new("nokubeconfig");
+    let out = std::process::Command::new(ghostwire())
+        .args(["init", "--dry-run"])
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("HOME", dir.path("home"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert_eq!(err.matches("in-cluster").count(), 1, "{err}");
+    assert!(err.contains("KUBECONFIG"), "{err}");
+}
+
+#[test]
+fn bad_knobs_are_refused_before_any_api_call() {
+    // An API that is never reached: port 1 refuses at once, and a long budget would show.
+    let dir = TempDir::new("knobfirst");
+    let kubeconfig = dir.path("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:1\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: x\n  context: {cluster: c, user: u}\ncurrent-context: x\n",
+    )
+    .unwrap();
+    for (args, knob, value) in [
+        (&["init", "--dry-run"][..], "GW_JUMP_HOOK", "POSTROUTING"),
+        (
+            &["watcher", "--pod-name", "p"][..],
+            "GW_REFRESH_INTERVAL",
+            "0s",
+        ),
+        (
+            &["watcher", "--pod-name", "p"][..],
+            "GW_POLL_INTERVAL",
+            "0s",
+        ),
+    ] {
+        let out = std::process::Command::new(ghostwire())
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("GW_API_TIMEOUT", "60s")
+            .env(knob, value)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{knob}={value}: {err}");
+        assert!(err.contains(&format!("{knob}={value:?}")), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!err.contains("127.0.0.1:1"), "the API was called: {err}");
+    }
+}

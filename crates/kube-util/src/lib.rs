@@ -7,10 +7,12 @@ use tokio::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The cause is kept as text: kube's own errors repeat their sources in their messages,
+    /// so a chain would print the same cause several times.
     #[error(
-        "no Kubernetes configuration found: not in a pod (no service account) and no usable KUBECONFIG or ~/.kube/config"
+        "no Kubernetes configuration found ({0}); hint: run in a pod with a service account, or set KUBECONFIG to a kubeconfig file"
     )]
-    Config(#[source] kube::Error),
+    Config(String),
     #[error("{what}: the API server refused it ({code} {reason}): {message}{hint}")]
     Refused {
         what: String,
@@ -30,7 +32,15 @@ pub enum Error {
 
 /// A client from the in-cluster service account, or else from KUBECONFIG / ~/.kube/config.
 pub async fn client() -> Result<kube::Client, Error> {
-    kube::Client::try_default().await.map_err(Error::Config)
+    kube::Client::try_default()
+        .await
+        .map_err(|e| Error::Config(config_cause(&e)))
+}
+
+/// The most specific message in `e`'s chain that still says every cause once: kube's
+/// outer errors repeat their source's message, so the first source is enough.
+fn config_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    e.source().unwrap_or(e).to_string()
 }
 
 /// Whether trying again could help: transport errors, timeouts, 429 and 5xx.

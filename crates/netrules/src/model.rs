@@ -131,7 +131,7 @@ impl std::str::FromStr for Hook {
             "PREROUTING" | "prerouting" => Ok(Hook::Prerouting),
             "POSTROUTING" | "postrouting" => Ok(Hook::Postrouting),
             _ => Err(format!(
-                "unknown hook {s:?} (expected OUTPUT or PREROUTING)"
+                "unknown hook {s:?} (expected OUTPUT, PREROUTING or POSTROUTING)"
             )),
         }
     }
@@ -742,6 +742,26 @@ pub(crate) mod tests {
         ] {
             let r = chain(hook, matches.clone(), action.clone()).validate();
             assert_eq!(r.is_ok(), ok, "{hook:?} {matches:?} {action:?}: {r:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod hook_tests {
+    use super::*;
+
+    #[test]
+    fn hook_parsing_and_its_message_agree() {
+        let msg = "nope".parse::<Hook>().unwrap_err();
+        let named: Vec<&str> = msg
+            .split(|c: char| !c.is_ascii_uppercase())
+            .filter(|w| w.len() > 1)
+            .collect();
+        assert_eq!(named, ["OUTPUT", "PREROUTING", "POSTROUTING"], "{msg}");
+        for n in &named {
+            let h: Hook = n.parse().unwrap();
+            assert_eq!(h.iptables_chain(), *n);
+            assert_eq!(n.to_lowercase().parse::<Hook>().unwrap(), h);
         }
     }
 }

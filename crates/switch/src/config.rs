@@ -343,17 +343,17 @@ impl Settings {
                 })
                 .collect()
         })?;
-        let refresh_interval = parsed(&raw, REFRESH_INTERVAL, |s| {
-            if s.trim().is_empty() {
-                Ok(None)
-            } else {
-                parse_duration(s).map(Some)
-            }
-        })?;
         let positive = |s: &str| match parse_duration(s)? {
             d if d.is_zero() => Err("must be greater than zero".to_string()),
             d => Ok(d),
         };
+        let refresh_interval = parsed(&raw, REFRESH_INTERVAL, |s| {
+            if s.trim().is_empty() {
+                Ok(None)
+            } else {
+                positive(s).map(Some)
+            }
+        })?;
         let namespace = match get(NAMESPACE) {
             ns if !ns.is_empty() => ns,
             _ => src
@@ -375,10 +375,12 @@ impl Settings {
             dnat_map: Some(get(DNAT_MAP))
                 .filter(|p| !p.is_empty())
                 .map(PathBuf::from),
-            jump_hook: parsed(&raw, JUMP_HOOK, |s| match s {
-                "OUTPUT" => Ok(Hook::Output),
-                "PREROUTING" => Ok(Hook::Prerouting),
-                _ => Err("expected OUTPUT or PREROUTING".into()),
+            jump_hook: parsed(&raw, JUMP_HOOK, |s| match s.parse::<Hook>()? {
+                h @ (Hook::Output | Hook::Prerouting) => Ok(h),
+                h => Err(format!(
+                    "{} cannot hold the switch's jump (a DNAT there would come after routing); expected OUTPUT or PREROUTING",
+                    h.iptables_chain()
+                )),
             })?,
             exclude_cidrs: exclude_cidrs
                 .into_iter()
@@ -492,6 +494,8 @@ mod tests {
             (POLL_INTERVAL, "2 parsecs"),
             (POLL_INTERVAL, "0s"),
             (REFRESH_INTERVAL, "15"),
+            (REFRESH_INTERVAL, "0s"),
+            (JUMP_HOOK, "POSTROUTING"),
             (SVC_PREVIEW_PATTERN, "preview"),
             (SVC_PREVIEW_PATTERN, "{{svc}}-preview"),
             (NAT_CHAIN, "has space"),

@@ -20,6 +20,8 @@ pub struct Svc {
     pub ports: Vec<SvcPort>,
     /// The value of its [`PREVIEW_OF`] annotation.
     pub preview_of: Option<String>,
+    /// Ports that cannot be mapped, each with why (an unsupported protocol, a bad number).
+    pub bad_ports: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,18 +68,26 @@ impl Svc {
                 }
             }
         };
-        let ports = spec
-            .ports
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|p| {
-                Some(SvcPort {
+        let mut ports = Vec::new();
+        let mut bad_ports = Vec::new();
+        for p in spec.ports.unwrap_or_default() {
+            let label = format!("port {} ({})", p.name.as_deref().unwrap_or("-"), p.port);
+            let port = match u16::try_from(p.port) {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    bad_ports.push(format!("{label}: not a port number (1-65535)"));
+                    continue;
+                }
+            };
+            match p.protocol.as_deref().unwrap_or("TCP").parse() {
+                Ok(protocol) => ports.push(SvcPort {
                     name: p.name.filter(|n| !n.is_empty()),
-                    port: u16::try_from(p.port).ok()?,
-                    protocol: p.protocol.as_deref().unwrap_or("TCP").parse().ok()?,
-                })
-            })
-            .collect();
+                    port,
+                    protocol,
+                }),
+                Err(e) => bad_ports.push(format!("{label}: {e}")),
+            }
+        }
         let preview_of = s
             .metadata
             .annotations
@@ -89,6 +99,7 @@ impl Svc {
             kind,
             ports,
             preview_of,
+            bad_ports,
         }
     }
 }
@@ -256,6 +267,20 @@ pub fn plan(services: &[Svc], settings: &Settings) -> Plan {
         }
     }
     for s in services {
+        for why in &s.bad_ports {
+            skipped.push(Skipped {
+                service: s.name.clone(),
+                reason: why.clone(),
+            });
+        }
+        if let SvcKind::NoClusterIp(why) = &s.kind
+            && !skipped.iter().any(|k| k.service == s.name)
+        {
+            skipped.push(Skipped {
+                service: s.name.clone(),
+                reason: why.clone(),
+            });
+        }
         if matches!(s.kind, SvcKind::Headless | SvcKind::ExternalName)
             && !skipped.iter().any(|k| k.service == s.name)
         {
@@ -319,6 +344,7 @@ pub(crate) mod tests {
                 })
                 .collect(),
             preview_of: None,
+            bad_ports: vec![],
         }
     }
 
@@ -560,6 +586,41 @@ pub(crate) mod tests {
                 .iter()
                 .any(|r| r.starts_with("payments:") && r.contains("\"orders\"")),
             "{reasons:?}"
+        );
+    }
+
+    #[test]
+    fn every_unmappable_service_and_port_is_reported() {
+        let text = r#"{"kind": "List", "items": [
+  {"kind": "Service", "metadata": {"name": "orders"}, "spec": {"clusterIP": "10.96.0.5",
+   "ports": [{"name": "ping", "port": 7, "protocol": "ICMP"}, {"port": 80}, {"name": "big", "port": 70000}]}},
+  {"kind": "Service", "metadata": {"name": "orders-preview"}, "spec": {"clusterIP": "10.96.0.6", "ports": [{"port": 80}]}},
+  {"kind": "Service", "metadata": {"name": "broken"}, "spec": {"clusterIP": "10.96.0.300", "ports": [{"port": 80}]}}
+]}"#;
+        let services = crate::discover::parse_services(text).unwrap();
+        let svcs: Vec<Svc> = services.iter().map(Svc::from_service).collect();
+        let p = plan(&svcs, &settings(&[]));
+        assert_eq!(p.mappings.len(), 1);
+        let got: Vec<String> = p
+            .skipped
+            .iter()
+            .map(|k| format!("{}: {}", k.service, k.reason))
+            .collect();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(
+            got.iter()
+                .any(|r| r.starts_with("broken:") && r.contains("10.96.0.300")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|r| r.starts_with("orders:") && r.contains("ICMP")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|r| r.starts_with("orders:") && r.contains("70000")),
+            "{got:?}"
         );
     }
 
