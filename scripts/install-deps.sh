@@ -9,6 +9,8 @@ command -v conntrack >/dev/null || need+=(conntrack)
 command -v curl >/dev/null || need+=(curl)
 command -v ps >/dev/null || need+=(procps)
 command -v python3 >/dev/null || need+=(python3)
+command -v socat >/dev/null || need+=(socat)
+command -v setpriv >/dev/null || need+=(util-linux)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

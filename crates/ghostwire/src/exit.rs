@@ -13,6 +13,8 @@ pub enum Code {
     Api = 3,
     /// The kernel refused the rules, or reading them back did not match.
     Kernel = 4,
+    /// `proxy-init --validate`: an outbound connection did not land on the proxy's port.
+    Validate = 5,
 }
 
 impl From<Code> for ExitCode {

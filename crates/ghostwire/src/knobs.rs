@@ -1,22 +1,49 @@
-//! Turns the switch's knob table into CLI flags with `GW_*` env fallbacks,
+//! Turns a capability's knob table into CLI flags with `GW_*` env fallbacks,
 //! so the table stays the only place a knob is declared.
 
 use clap::{Arg, ArgMatches, Args, Command, FromArgMatches};
+use knobs::Knob;
 use std::collections::BTreeMap;
-use switch::config::KNOBS;
+use std::marker::PhantomData;
+
+/// Which knob table a subcommand's flags come from.
+pub trait Table: Send + Sync + 'static {
+    const KNOBS: &'static [Knob];
+}
+
+/// The preview switch's knobs (`init`, `watcher`).
+#[derive(Debug, Clone)]
+pub struct Switch;
+impl Table for Switch {
+    const KNOBS: &'static [Knob] = switch::config::KNOBS;
+}
+
+/// The mesh's knobs (`proxy-init`, `proxy`).
+#[derive(Debug, Clone)]
+pub struct Mesh;
+impl Table for Mesh {
+    const KNOBS: &'static [Knob] = mesh_config::KNOBS;
+}
 
 /// Values given by flag or environment; knobs not given are absent, so that
 /// the defaults file and the built-in default can apply in that order.
-#[derive(Debug, Default, Clone)]
-pub struct KnobArgs(pub BTreeMap<String, String>);
+#[derive(Debug, Clone)]
+pub struct KnobArgs<T: Table = Switch>(pub BTreeMap<String, String>, PhantomData<T>);
 
-impl FromArgMatches for KnobArgs {
+impl<T: Table> Default for KnobArgs<T> {
+    fn default() -> Self {
+        KnobArgs(BTreeMap::new(), PhantomData)
+    }
+}
+
+impl<T: Table> FromArgMatches for KnobArgs<T> {
     fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
         Ok(KnobArgs(
-            KNOBS
+            T::KNOBS
                 .iter()
                 .filter_map(|k| Some((k.env.to_string(), m.get_one::<String>(k.env)?.clone())))
                 .collect(),
+            PhantomData,
         ))
     }
 
@@ -26,9 +53,9 @@ impl FromArgMatches for KnobArgs {
     }
 }
 
-impl Args for KnobArgs {
+impl<T: Table> Args for KnobArgs<T> {
     fn augment_args(cmd: Command) -> Command {
-        KNOBS.iter().fold(cmd, |cmd, k| {
+        T::KNOBS.iter().fold(cmd, |cmd, k| {
             let default = if k.default.is_empty() {
                 "(empty)"
             } else {

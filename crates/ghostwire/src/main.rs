@@ -12,6 +12,7 @@ mod knobs;
 #[cfg(feature = "lab")]
 mod lab;
 mod logging;
+mod proxy_init;
 mod watcher;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +37,8 @@ enum Command {
     Init(init::InitArgs),
     /// Preview switch sidecar: follow the Pod's role label and flip the jump.
     Watcher(watcher::WatcherArgs),
+    /// Mesh init container: redirect the Pod's TCP to its proxy (or `--validate` that it is).
+    ProxyInit(proxy_init::ProxyInitArgs),
     /// Mutating admission webhook: adds the containers each workload's ghostwire.dev/* annotations ask for.
     Injector(Box<injector::InjectorArgs>),
     /// Show each capability end to end in a lab cluster on this machine (needs root).
@@ -65,6 +68,7 @@ fn main() -> std::process::ExitCode {
             Command::Init(args) => init::run(args).await,
             Command::Watcher(args) => watcher::run(args).await,
             Command::Injector(args) => injector::run(*args).await,
+            Command::ProxyInit(args) => proxy_init::run(args).await,
             #[cfg(feature = "lab")]
             Command::Demo(args) => demo::run(args).await,
             #[cfg(feature = "lab")]

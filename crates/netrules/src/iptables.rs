@@ -56,11 +56,17 @@ pub fn expected(t: &Table, family: Family) -> Result<Owned> {
             return Err(unsupported(&c.name, "filter chains"));
         }
         for r in &c.rules {
-            if r.matches.iter().any(|m| !matches!(m, Match::DstInSet(_))) {
-                return Err(unsupported(
-                    &c.name,
-                    "matches other than a set of destinations",
-                ));
+            if let Some(m) = r.matches.iter().find(|m| {
+                matches!(
+                    m,
+                    Match::InIface(_)
+                        | Match::Src(_)
+                        | Match::Dst(_)
+                        | Match::Established
+                        | Match::TcpSyn
+                )
+            }) {
+                return Err(unsupported(&c.name, &format!("the match {m:?}")));
             }
         }
         let name = c.hook.map_or(c.name.as_str(), |h| h.iptables_chain());
@@ -68,37 +74,53 @@ pub fn expected(t: &Table, family: Family) -> Result<Owned> {
         for r in &c.rules {
             let cm = comment(&tag, &r.comment);
             let mut dsts: Vec<Option<String>> = vec![None];
-            match r.matches.as_slice() {
-                [] => {}
-                [Match::DstInSet(s)] => {
-                    let set = t.set(s).ok_or_else(|| ModelError::Unknown {
-                        chain: c.name.clone(),
-                        what: "set",
-                        name: s.clone(),
-                    })?;
-                    if set.family != family {
-                        continue;
+            // Options in the order iptables-save prints them: -d, -o, -p, then modules.
+            let (mut oif, mut proto, mut mods) = (String::new(), String::new(), String::new());
+            let mut other_family = false;
+            let mut sets = 0;
+            for m in &r.matches {
+                match m {
+                    Match::DstInSet(s) => {
+                        sets += 1;
+                        let set = t.set(s).ok_or_else(|| ModelError::Unknown {
+                            chain: c.name.clone(),
+                            what: "set",
+                            name: s.clone(),
+                        })?;
+                        other_family |= set.family != family;
+                        dsts = set
+                            .normalized()
+                            .iter()
+                            .map(|e| Some(e.to_string()))
+                            .collect();
                     }
-                    dsts = set
-                        .normalized()
-                        .iter()
-                        .map(|e| Some(e.to_string()))
-                        .collect();
+                    Match::OutIface(i) => oif = format!(" -o {i}"),
+                    Match::L4(p) => proto = format!(" -p {p}"),
+                    Match::DstPort(p, n) => proto = format!(" -p {p} -m {p} --dport {n}"),
+                    Match::SkUid(u) => mods.push_str(&format!(" -m owner --uid-owner {u}")),
+                    Match::Nfproto(f) => other_family |= *f != family,
+                    _ => {}
                 }
-                _ => {
-                    return Err(Error::Model(ModelError::Mismatch {
-                        what: "chain",
-                        name: c.name.clone(),
-                        reason: "the iptables backend supports at most one set match per rule"
-                            .into(),
-                    }));
-                }
+            }
+            if sets > 1 {
+                return Err(Error::Model(ModelError::Mismatch {
+                    what: "chain",
+                    name: c.name.clone(),
+                    reason: "the iptables backend supports at most one set match per rule".into(),
+                }));
+            }
+            if other_family {
+                continue;
             }
             for d in dsts {
                 let d = d.map(|d| format!(" -d {d}")).unwrap_or_default();
+                let head = format!("-A {name}{d}{oif}{proto}{mods}");
                 match &r.action {
-                    Action::Return => lines.push(format!("-A {name}{d} {cm} -j RETURN")),
-                    Action::Jump(j) => lines.push(format!("-A {name}{d} {cm} -j {j}")),
+                    Action::Return => lines.push(format!("{head} {cm} -j RETURN")),
+                    Action::Jump(j) => lines.push(format!("{head} {cm} -j {j}")),
+                    Action::Redirect(p) => {
+                        lines.push(format!("{head} {cm} -j REDIRECT --to-ports {p}"))
+                    }
                     Action::Accept
                     | Action::Drop
                     | Action::Masquerade
@@ -112,7 +134,7 @@ pub fn expected(t: &Table, family: Family) -> Result<Owned> {
                         let host = if family == Family::Ipv4 { 32 } else { 128 };
                         for e in &map.entries {
                             lines.push(format!(
-                                "-A {name}{d} -d {}/{host} -p {p} -m {p} --dport {} {cm} -j DNAT --to-destination {}",
+                                "{head} -d {}/{host} -p {p} -m {p} --dport {} {cm} -j DNAT --to-destination {}",
                                 e.dst,
                                 e.port,
                                 addr_port(&e.to),

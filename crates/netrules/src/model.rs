@@ -209,6 +209,12 @@ pub enum Match {
     Established,
     /// A TCP segment opening a connection (SYN without RST).
     TcpSyn,
+    /// The owner uid of a locally generated packet's socket (nft `meta skuid`, iptables
+    /// `-m owner --uid-owner`); output hook only.
+    SkUid(u32),
+    /// Only packets of this address family (nft `meta nfproto`; with iptables the rule is
+    /// written for that family only).
+    Nfproto(Family),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,6 +237,10 @@ pub enum Action {
     /// Filter chains: set the TCP MSS option of SYNs to the route's MTU (needs
     /// [`Match::TcpSyn`]).
     ClampMss,
+    /// NAT chains: rewrite the destination to this port on the local host (the address of
+    /// the interface the packet came in on, loopback for local traffic); `SO_ORIGINAL_DST`
+    /// tells the listener where the packet was going.
+    Redirect(u16),
 }
 
 impl Match {
@@ -238,6 +248,7 @@ impl Match {
     pub fn family(&self) -> Option<Family> {
         match self {
             Match::Src(n) | Match::Dst(n) => Some(family_of_net(n)),
+            Match::Nfproto(f) => Some(*f),
             _ => None,
         }
     }
@@ -494,6 +505,10 @@ fn check_placement(c: &Chain, r: &Rule) -> Result<(), ModelError> {
             bad("accept and drop belong in filter chains")
         }
         Action::ClampMss if !filter => bad("MSS clamping belongs in a filter chain"),
+        Action::Redirect(_) if filter || c.hook == Some(Hook::Postrouting) => {
+            bad("redirect belongs in the prerouting or output chain (or a chain they jump to)")
+        }
+        Action::Redirect(0) => bad("redirect to port 0"),
         Action::ClampMss if !r.matches.contains(&Match::TcpSyn) => {
             bad("MSS clamping needs the TCP SYN match")
         }

@@ -97,6 +97,13 @@ fn chain_decl(t: &str, c: &Chain, out: &mut String) {
     }
 }
 
+fn nfproto(f: Family) -> &'static str {
+    match f {
+        Family::Ipv4 => "ipv4",
+        Family::Ipv6 => "ipv6",
+    }
+}
+
 fn net_text(n: &IpNet) -> String {
     // A host prefix prints as a bare address in the kernel's read-back; write it so too.
     if n.prefix_len() == n.max_prefix_len() {
@@ -120,6 +127,8 @@ fn match_text(table: &Table, m: &Match) -> String {
         Match::L4(p) => format!("meta l4proto {p}"),
         Match::Established => "ct state established,related".into(),
         Match::TcpSyn => "tcp flags & (syn|rst) == syn".into(),
+        Match::SkUid(u) => format!("meta skuid {u}"),
+        Match::Nfproto(f) => format!("meta nfproto {}", nfproto(*f)),
     }
 }
 
@@ -151,6 +160,9 @@ fn rule_text(table: &Table, r: &crate::Rule) -> String {
             let _ = write!(s, "dnat {} to {}", l3(Family::of(&to.ip())), addr_port(to));
         }
         Action::ClampMss => s.push_str("tcp option maxseg size set rt mtu"),
+        Action::Redirect(p) => {
+            let _ = write!(s, "redirect to :{p}");
+        }
     }
     let _ = write!(s, " comment \"{}\"", r.comment);
     s
@@ -169,6 +181,8 @@ fn match_sig(m: &Match) -> Option<String> {
         Match::L4(p) => format!("l4={p}"),
         Match::Established => "ct=established,related".into(),
         Match::TcpSyn => "tcp-syn".into(),
+        Match::SkUid(u) => format!("skuid={u}"),
+        Match::Nfproto(f) => format!("nfproto={}", nfproto(*f)),
     })
 }
 
@@ -183,6 +197,7 @@ fn action_sig(a: &Action) -> String {
         Action::Snat(a) => format!("snat={a}"),
         Action::Dnat(to) => format!("dnat={}", addr_port(to)),
         Action::ClampMss => "clamp-mss".into(),
+        Action::Redirect(p) => format!("redirect :{p}"),
     }
 }
 
@@ -354,6 +369,8 @@ fn json_match_sig(m: &Value) -> Option<String> {
             ("oifname", Value::String(i)) => Some(format!("oif={i}")),
             ("l4proto", Value::String(p)) => Some(format!("l4={p}")),
             ("l4proto", _) => None,
+            ("skuid", Value::Number(u)) => Some(format!("skuid={u}")),
+            ("nfproto", Value::String(f)) => Some(format!("nfproto={f}")),
             _ => Some(format!("match{m}")),
         };
     }
@@ -415,6 +432,8 @@ fn rule_signature(rule: &Value) -> String {
             sig.push_str("accept");
         } else if e.get("drop").is_some() {
             sig.push_str("drop");
+        } else if let Some(r) = e.get("redirect") {
+            let _ = write!(sig, "redirect :{}", r["port"]);
         } else if e.get("masquerade").is_some() {
             sig.push_str("masquerade");
         } else if e["mangle"]["key"]["tcp option"]["name"].as_str() == Some("maxseg")

@@ -8,34 +8,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// One configuration knob. The table [`KNOBS`] is the single source for the
-/// CLI flags, the env names, the defaults and docs/configuration.md.
-#[derive(Debug, Clone, Copy)]
-pub struct Knob {
-    pub env: &'static str,
-    pub flag: &'static str,
-    pub default: &'static str,
-    pub help: &'static str,
-    /// The `ghostwire.dev/*` workload annotation the injector maps to this env, if any.
-    pub annotation: Option<&'static str>,
-}
+use knobs::parse_bool;
+pub use knobs::{ConfigError, Knob, parse_duration};
 
-macro_rules! knobs {
-    ($($id:ident = $env:literal, $flag:literal, $default:literal, $help:literal $(, @$ann:literal)?;)*) => {
-        $(pub const $id: &str = $env;)*
-        pub const KNOBS: &[Knob] = &[$(Knob {
-            env: $env,
-            flag: $flag,
-            default: $default,
-            help: $help,
-            annotation: knobs!(@ann $($ann)?),
-        }),*];
-    };
-    (@ann) => { None };
-    (@ann $a:literal) => { Some(concat!("ghostwire.dev/", $a)) };
-}
-
-knobs! {
+knobs::knobs! {
     NAMESPACE = "GW_NAMESPACE", "namespace", "",
         "Namespace whose Services are paired. Empty: POD_NAMESPACE, else `default`.", @"namespace";
     ROLE_LABEL_KEY = "GW_ROLE_LABEL_KEY", "role-label-key", "role",
@@ -83,15 +59,6 @@ pub const IMDS: [&str; 2] = ["169.254.169.254/32", "fd00:ec2::254/128"];
 
 /// The nftables table (iptables comment tag) that holds the switch's rules.
 pub const TABLE: &str = "ghostwire_switch";
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{knob}={value:?} is invalid: {reason} (flag --{flag})")]
-pub struct ConfigError {
-    pub knob: &'static str,
-    pub flag: &'static str,
-    pub value: String,
-    pub reason: String,
-}
 
 /// Where raw values come from, highest precedence first.
 #[derive(Debug, Default, Clone)]
@@ -187,50 +154,6 @@ pub struct Settings {
     pub api_server: Option<std::net::IpAddr>,
     /// The nameservers of /etc/resolv.conf (the cluster DNS).
     pub nameservers: Vec<std::net::IpAddr>,
-}
-
-/// Parses `500ms`, `2s`, `15m`, `1h`, `1m30s`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(format!(
-                "expected a number at {rest:?} (e.g. 2s, 500ms, 15m)"
-            ));
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| "number too large")?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let d = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            "" => return Err(format!("missing unit after {n} (use ms, s, m or h)")),
-            u => return Err(format!("unknown unit {u:?} (use ms, s, m or h)")),
-        };
-        total = total.saturating_add(d);
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
-}
-
-fn parse_bool(s: &str) -> Result<bool, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" | "" => Ok(false),
-        _ => Err("expected true or false".into()),
-    }
 }
 
 /// The nameserver addresses of a resolv.conf, as host prefixes.
@@ -415,22 +338,7 @@ impl Settings {
 
 /// Renders the knob table as Markdown (docs/configuration.md is checked against it).
 pub fn knobs_markdown() -> String {
-    let mut s = String::from(
-        "| env | flag | workload annotation | default | what it does |\n|---|---|---|---|---|\n",
-    );
-    for k in KNOBS {
-        let default = if k.default.is_empty() {
-            "(empty)"
-        } else {
-            k.default
-        };
-        let ann = k.annotation.map_or("-".to_string(), |a| format!("`{a}`"));
-        s.push_str(&format!(
-            "| `{}` | `--{}` | {ann} | `{}` | {} |\n",
-            k.env, k.flag, default, k.help
-        ));
-    }
-    s
+    knobs::markdown(KNOBS)
 }
 
 #[cfg(test)]
