@@ -6,7 +6,8 @@
 //! crashed run's leftovers (dead pid) from a live lab's. Nothing is ever added to the host's
 //! namespace: the bridge and all rules live in the lab's node namespace.
 //!
-//! Addresses (the same in every lab, as the labs are isolated from each other):
+//! Addresses (by default the same in every lab, as the labs are isolated from each other; labs
+//! routed to each other through a [`Backbone`] get their own plans, see [`Network`]):
 //! - node bridge [`BRIDGE`]: 10.244.0.1/24, fd00:10:244::1/64; pods from .2 / ::2 up;
 //! - ClusterIPs: 10.96.0.N and fd00:10:96::N (same N) from N = 11; N = 10 is kept for cluster
 //!   DNS ([`DNS_IPV4`], [`DNS_IPV6`]) as in a kubeadm cluster.
@@ -25,9 +26,11 @@
 //! # }
 //! ```
 
+mod backbone;
 pub mod client;
 pub mod echo;
 pub mod kube_json;
+pub mod network;
 pub mod nft;
 
 use std::collections::BTreeSet;
@@ -38,9 +41,11 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+pub use backbone::Backbone;
 pub use client::HttpResponse;
 pub use echo::EchoServer;
 pub use netns::Netns;
+pub use network::Network;
 
 /// The node's bridge; pods' veths are its ports.
 pub const BRIDGE: &str = "gw0";
@@ -296,12 +301,20 @@ pub struct Lab {
     /// removed pod's address is reused as late as possible.
     last_host: u32,
     services: Vec<nft::ServiceSpec>,
+    network: Network,
 }
 
 impl Lab {
     /// Creates the node namespace with bridge [`BRIDGE`], forwarding on, and an empty DNAT
     /// table. `label` (e.g. the test name) is sanitized into the prefix.
     pub fn new(label: &str) -> Result<Lab> {
+        Lab::with_network(label, Network::default())
+    }
+
+    /// Like [`Lab::new`] with another address plan (see [`Network`]), e.g. for several labs
+    /// whose pod networks are routed to each other through a [`Backbone`].
+    pub fn with_network(label: &str, network: Network) -> Result<Lab> {
+        network.validate()?;
         let label = sanitize_label(label);
         let pid = std::process::id();
         // A crashed run of an earlier process with our pid may have left names behind.
@@ -331,11 +344,15 @@ impl Lab {
             &format!(
                 "link set lo up\n\
                  link add {BRIDGE} address 02:00:0a:f4:00:01 type bridge\n\
-                 addr add {NODE_IPV4}/24 dev {BRIDGE}\n\
-                 addr add {NODE_IPV6}/64 dev {BRIDGE} nodad\n\
+                 addr add {node4}/24 dev {BRIDGE}\n\
+                 addr add {node6}/64 dev {BRIDGE} nodad\n\
                  link set {BRIDGE} up\n\
-                 route add local {SERVICE_CIDR_V4} dev lo\n\
-                 route add local {SERVICE_CIDR_V6} dev lo\n"
+                 route add local {svc4} dev lo\n\
+                 route add local {svc6} dev lo\n",
+                node4 = network.node_ipv4(),
+                node6 = network.node_ipv6(),
+                svc4 = network.service_v4,
+                svc6 = network.service_v6,
             ),
         )?;
         set_sysctls(
@@ -363,6 +380,7 @@ impl Lab {
             pods: Vec::new(),
             last_host: FIRST_POD_HOST - 1,
             services: Vec::new(),
+            network,
         };
         lab.apply_services(&lab.services)?;
         guard.0 = None;
@@ -378,6 +396,11 @@ impl Lab {
     /// `gwl<pid>-<counter>-<label>`: every namespace of this lab starts with it.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// The lab's address plan.
+    pub fn network(&self) -> &Network {
+        &self.network
     }
 
     /// Pods added so far, in order.
@@ -413,10 +436,10 @@ impl Lab {
         let used: BTreeSet<u32> = self.pods.iter().map(|p| p.host).collect();
         let (host, reused) = next_host(&used, self.last_host).ok_or_else(|| Error::Exhausted {
             lab: self.prefix.clone(),
-            pool: "pod address in 10.244.0.0/24",
+            pool: "pod address",
         })?;
-        let ipv4 = Ipv4Addr::new(10, 244, 0, host as u8);
-        let ipv6 = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, host as u16);
+        let ipv4 = self.network.pod_ipv4(host);
+        let ipv6 = self.network.pod_ipv6(host);
         if reused {
             // Other pods may still hold the removed pod's MAC for this address.
             for pod in &self.pods {
@@ -447,8 +470,10 @@ impl Lab {
                      addr add {ipv4}/24 dev {POD_IFACE}\n\
                      addr add {ipv6}/64 dev {POD_IFACE} nodad\n\
                      link set {POD_IFACE} up\n\
-                     route add default via {NODE_IPV4} dev {POD_IFACE}\n\
-                     route add default via {NODE_IPV6} dev {POD_IFACE}\n"
+                     route add default via {node4} dev {POD_IFACE}\n\
+                     route add default via {node6} dev {POD_IFACE}\n",
+                    node4 = self.network.node_ipv4(),
+                    node6 = self.network.node_ipv6(),
                 ),
             )?;
             Ok(netns)
@@ -531,16 +556,20 @@ impl Lab {
         let backends = self.backends(backends)?;
         let used: BTreeSet<u32> = self.services.iter().map(|s| s.id).collect();
         let id = (FIRST_SERVICE_ID..=LAST_SERVICE_ID)
-            .find(|id| !used.contains(id))
+            .find(|id| {
+                !used.contains(id)
+                    && self.network.service_v4.contains(&self.network.service_ipv4(*id))
+                    && self.network.service_v6.contains(&self.network.service_ipv6(*id))
+            })
             .ok_or_else(|| Error::Exhausted {
                 lab: self.prefix.clone(),
-                pool: "ClusterIP in 10.96.0.0/16",
+                pool: "ClusterIP",
             })?;
         let spec = nft::ServiceSpec {
             name: name.to_owned(),
             id,
-            ipv4: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + id),
-            ipv6: Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, id as u16),
+            ipv4: self.network.service_ipv4(id),
+            ipv6: self.network.service_ipv6(id),
             ports: ports.to_vec(),
             backends,
         };
