@@ -14,6 +14,8 @@ pub enum LabCommand {
     Up(UpArgs),
     /// Remove what a crashed `lab up` (or test) left: processes and namespaces of dead labs.
     Down,
+    /// Stop, start or black-hole one cluster's API in a running `lab up --clusters`.
+    ApiState(ApiStateArgs),
     /// The echo image's program: answers HTTP, TCP and UDP with the pod name and $VERSION.
     #[command(hide = true)]
     Echo(EchoArgs),
@@ -28,8 +30,38 @@ pub struct UpArgs {
     #[arg(long, env = "GW_LAB_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Where to write the admin kubeconfig (default: lab.kubeconfig in the data dir, else here).
+    /// With --clusters, one file with a context per cluster.
     #[arg(long, env = "GW_LAB_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// Several clusters in this one process (e.g. `east,west,central`): each its own API (the
+    /// i-th on the --listen port + i, or a free port with port 0), CA, context, node and ranges;
+    /// pod networks routed to each other, ClusterIPs local.
+    #[arg(long, env = "GW_LAB_CLUSTERS", value_delimiter = ',')]
+    clusters: Vec<String>,
+    /// A cluster's pod range, `NAME=CIDR` (a /24; default 10.244.i.0/24 for the i-th).
+    #[arg(long = "pod-cidr", value_name = "NAME=CIDR")]
+    pod_cidrs: Vec<String>,
+    /// A cluster's Service range, `NAME=CIDR` (/12 to /24; default 10.(96+i).0.0/16).
+    #[arg(long = "service-cidr", value_name = "NAME=CIDR")]
+    service_cidrs: Vec<String>,
+    /// A cluster's node zone (`topology.kubernetes.io/zone`), `NAME=ZONE` (default: its name).
+    #[arg(long = "zone", value_name = "NAME=ZONE")]
+    zones: Vec<String>,
+    /// The control socket of `lab api-state` (with --clusters; default: control.sock in the
+    /// data dir, else lab-control.sock here).
+    #[arg(long, env = "GW_LAB_CONTROL")]
+    control: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ApiStateArgs {
+    /// The cluster, as named in `lab up --clusters`.
+    cluster: String,
+    /// `stop` (connections refused and closed), `start`, or `blackhole` (connections hang).
+    state: String,
+    /// The control socket `lab up --clusters` printed.
+    #[arg(long, env = "GW_LAB_CONTROL", default_value = "lab-control.sock")]
+    control: PathBuf,
 }
 
 #[derive(Args)]
@@ -61,7 +93,9 @@ pub struct ApiArgs {
 pub async fn run(cmd: LabCommand) -> Result<(), Exit> {
     match cmd {
         LabCommand::Api(args) => api(args).await,
+        LabCommand::Up(args) if !args.clusters.is_empty() => up_many(args).await,
         LabCommand::Up(args) => up(args).await,
+        LabCommand::ApiState(args) => api_state(args).await,
         LabCommand::Down => down(),
         LabCommand::Echo(args) => echo(args).await,
     }
@@ -134,6 +168,157 @@ async fn up(args: UpArgs) -> Result<(), Exit> {
     println!("stopping pods and removing the lab…");
     cluster.shutdown(std::time::Duration::from_secs(5)).await;
     Ok(())
+}
+
+/// `NAME=VALUE` flags into (name, parsed value), each name one of the clusters.
+fn per_cluster<T: std::str::FromStr>(
+    flag: &str,
+    values: &[String],
+    clusters: &[String],
+) -> Result<Vec<(String, T)>, Exit>
+where
+    T::Err: std::fmt::Display,
+{
+    values
+        .iter()
+        .map(|v| {
+            let (name, value) = v
+                .split_once('=')
+                .with_context(|| format!("--{flag} {v:?}: expected NAME=VALUE"))
+                .code(Code::Config)?;
+            if !clusters.iter().any(|c| c == name) {
+                return Err(anyhow::anyhow!(
+                    "--{flag} {v:?}: {name:?} is not one of --clusters {}",
+                    clusters.join(",")
+                ))
+                .code(Code::Config);
+            }
+            let parsed = value
+                .parse::<T>()
+                .map_err(|e| anyhow::anyhow!("--{flag} {v:?}: {e}"))
+                .code(Code::Config)?;
+            Ok((name.to_string(), parsed))
+        })
+        .collect()
+}
+
+async fn up_many(args: UpArgs) -> Result<(), Exit> {
+    let removed = lab_node::cleanup_stale().context("removing a crashed lab's leftovers")?;
+    if !removed.is_empty() {
+        println!("removed {} namespaces left by a crashed lab", removed.len());
+    }
+    let exe = std::env::current_exe().context("cannot find the ghostwire binary")?;
+    let names: Vec<&str> = args.clusters.iter().map(String::as_str).collect();
+    let mut opts = lab_node::MultiOptions::new("up", &names, exe)
+        .context("--clusters")
+        .code(Code::Config)?;
+    for (i, spec) in opts.clusters.iter_mut().enumerate() {
+        let port = if args.listen.port() == 0 {
+            0
+        } else {
+            args.listen
+                .port()
+                .checked_add(i as u16)
+                .context("--listen: port + number of clusters exceeds 65535")
+                .code(Code::Config)?
+        };
+        spec.listen = SocketAddr::new(args.listen.ip(), port);
+    }
+    for (name, cidr) in
+        per_cluster::<lab_net::Ipv4Net>("pod-cidr", &args.pod_cidrs, &args.clusters)?
+    {
+        opts.cluster_mut(&name).code(Code::Config)?.network.pod_v4 = cidr;
+    }
+    for (name, cidr) in
+        per_cluster::<lab_net::Ipv4Net>("service-cidr", &args.service_cidrs, &args.clusters)?
+    {
+        opts.cluster_mut(&name)
+            .code(Code::Config)?
+            .network
+            .service_v4 = cidr;
+    }
+    for (name, zone) in per_cluster::<String>("zone", &args.zones, &args.clusters)? {
+        opts.cluster_mut(&name).code(Code::Config)?.zone = zone;
+    }
+    opts.validate()
+        .context("cluster ranges")
+        .code(Code::Config)?;
+    opts.kubeconfig = Some(match (&args.kubeconfig, &args.data_dir) {
+        (Some(k), _) => k.clone(),
+        (None, Some(d)) => d.join("lab.kubeconfig"),
+        (None, None) => PathBuf::from("lab.kubeconfig"),
+    });
+    let control = match (&args.control, &args.data_dir) {
+        (Some(c), _) => c.clone(),
+        (None, Some(d)) => d.join("control.sock"),
+        (None, None) => PathBuf::from("lab-control.sock"),
+    };
+    opts.data_dir = args.data_dir;
+    let mc = lab_node::MultiCluster::start(opts)
+        .await
+        .context("starting the lab clusters (needs root, iproute2 and nftables)")
+        .code(Code::Config)?;
+    let path = std::path::absolute(mc.kubeconfig_path())
+        .unwrap_or_else(|_| mc.kubeconfig_path().to_path_buf());
+    for name in mc.names() {
+        let (spec, c) = (
+            mc.spec(name).expect("named"),
+            mc.cluster(name).expect("named"),
+        );
+        println!(
+            "cluster {name}: API https://{} , zone {}, pods {}, services {} (namespaces {}-*)",
+            c.api_addr(),
+            spec.zone,
+            spec.network.pod_v4,
+            spec.network.service_v4,
+            c.node().prefix()
+        );
+    }
+    let control_shown = std::path::absolute(&control).unwrap_or_else(|_| control.clone());
+    println!("kubeconfig: {}", path.display());
+    println!("use it:     export KUBECONFIG={}", path.display());
+    println!("            kubectl --context {} get nodes", names[0]);
+    println!(
+        "outages:    ghostwire lab api-state --control {} {} stop|start|blackhole",
+        control_shown.display(),
+        names[0]
+    );
+    println!("Ctrl-C removes the clusters.");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+        r = mc.serve_control(&control) => r.context("control socket").code(Code::Config)?,
+    }
+    let _ = std::fs::remove_file(&control);
+    println!("stopping pods and removing the labs…");
+    mc.shutdown(std::time::Duration::from_secs(5)).await;
+    Ok(())
+}
+
+async fn api_state(args: ApiStateArgs) -> Result<(), Exit> {
+    let state: lab_node::ApiState = args
+        .state
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("{e}"))
+        .code(Code::Config)?;
+    let answer = lab_node::multi::send_control(&args.control, &args.cluster, state)
+        .await
+        .with_context(|| {
+            format!(
+                "no lab at control socket {} (is `lab up --clusters` running?)",
+                args.control.display()
+            )
+        })
+        .code(Code::Api)?;
+    match answer.strip_prefix("error ") {
+        None => {
+            println!("{answer}");
+            Ok(())
+        }
+        Some(reason) => Err(anyhow::anyhow!("{reason}")).code(Code::Config),
+    }
 }
 
 fn down() -> Result<(), Exit> {

@@ -36,6 +36,7 @@ mod watch;
 
 pub use pod_logs::{LogRequest, PodLogError, PodLogs, PodLogsHandle};
 pub use server::RunningServer;
+pub use validation::ServiceCidrs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,6 +55,9 @@ pub struct Options {
     pub bookmark_interval: Duration,
     /// Serves `pods/{name}/log` (the lab node); without one, log requests are refused.
     pub pod_logs: Option<PodLogsHandle>,
+    /// Where ClusterIPs come from (default 10.96.0.0/12 and fd00:10:96::/108); the first IPv4
+    /// address is the `kubernetes` Service's.
+    pub service_cidrs: ServiceCidrs,
 }
 
 impl Default for Options {
@@ -64,6 +68,7 @@ impl Default for Options {
             kubeconfig: None,
             bookmark_interval: Duration::from_secs(15),
             pod_logs: None,
+            service_cidrs: ServiceCidrs::default(),
         }
     }
 }

@@ -99,11 +99,12 @@ fn bootstrap(state: &State) {
         }
         namespace_contents(state, ns);
     }
+    let api_ip = state.cidrs.api_ipv4().to_string();
     ensure(
         state,
         &key("", "services", "default", "kubernetes"),
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"labels": {"component": "apiserver", "provider": "kubernetes"}, "name": "kubernetes", "namespace": "default", "uid": new_uid(), "creationTimestamp": crate::clock::now()},
-               "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.1", "clusterIPs": ["10.96.0.1"], "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack", "sessionAffinity": "None", "internalTrafficPolicy": "Cluster",
+               "spec": {"type": "ClusterIP", "clusterIP": api_ip, "clusterIPs": [api_ip], "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack", "sessionAffinity": "None", "internalTrafficPolicy": "Cluster",
                         "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
                "status": {"loadBalancer": {}}}),
     );
@@ -212,7 +213,7 @@ impl RunningServer {
         let state = Arc::new(State {
             store,
             registry: Registry::builtin(),
-            cidrs: ServiceCidrs::default(),
+            cidrs: opts.service_cidrs,
             alloc: Mutex::new(()),
             tokens: Mutex::new(tokens),
             bookmark_interval: opts.bookmark_interval,

@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// The service CIDRs (both families: the lab is dual-stack).
+/// The service CIDRs (both families: the lab is dual-stack): (network address, prefix length).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServiceCidrs {
     pub v4: (Ipv4Addr, u8),
     pub v6: (Ipv6Addr, u8),
@@ -25,6 +26,11 @@ impl Default for ServiceCidrs {
 }
 
 impl ServiceCidrs {
+    /// The first address of the IPv4 range: the `kubernetes` Service's ClusterIP.
+    pub fn api_ipv4(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.v4.0) + 1)
+    }
+
     fn contains(&self, ip: IpAddr) -> bool {
         match ip {
             IpAddr::V4(a) => {

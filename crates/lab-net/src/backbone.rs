@@ -140,6 +140,9 @@ impl Backbone {
             &[
                 ("net/ipv4/ip_forward", "1"),
                 ("net/ipv6/conf/all/forwarding", "1"),
+                // No duplicate address detection on the link: while its link-local address is
+                // tentative, neighbour discovery (hence IPv6 routing over it) would fail.
+                ("net/ipv6/conf/wan/accept_dad", "0"),
             ],
         )?;
         let mut script = format!(

@@ -44,6 +44,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 pub use backbone::Backbone;
 pub use client::HttpResponse;
 pub use echo::EchoServer;
+pub use ipnet::{Ipv4Net, Ipv6Net};
 pub use netns::Netns;
 pub use network::Network;
 
@@ -558,8 +559,14 @@ impl Lab {
         let id = (FIRST_SERVICE_ID..=LAST_SERVICE_ID)
             .find(|id| {
                 !used.contains(id)
-                    && self.network.service_v4.contains(&self.network.service_ipv4(*id))
-                    && self.network.service_v6.contains(&self.network.service_ipv6(*id))
+                    && self
+                        .network
+                        .service_v4
+                        .contains(&self.network.service_ipv4(*id))
+                    && self
+                        .network
+                        .service_v6
+                        .contains(&self.network.service_ipv6(*id))
             })
             .ok_or_else(|| Error::Exhausted {
                 lab: self.prefix.clone(),

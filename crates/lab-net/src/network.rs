@@ -191,14 +191,25 @@ mod tests {
 
     #[test]
     fn bad_plans_name_the_range() {
-        let mut n = Network::default();
-        n.pod_v4 = "10.1.0.0/16".parse().unwrap();
+        let n = Network {
+            pod_v4: "10.1.0.0/16".parse().unwrap(),
+            ..Network::default()
+        };
         assert!(n.validate().unwrap_err().to_string().contains("pod CIDR"));
-        let mut n = Network::default();
-        n.service_v4 = "10.96.0.1/16".parse().unwrap();
-        assert!(n.validate().unwrap_err().to_string().contains("10.96.0.1/16"));
-        let mut n = Network::default();
-        n.service_v4 = "10.244.0.0/16".parse().unwrap();
+        let n = Network {
+            service_v4: "10.96.0.1/16".parse().unwrap(),
+            ..Network::default()
+        };
+        assert!(
+            n.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("10.96.0.1/16")
+        );
+        let n = Network {
+            service_v4: "10.244.0.0/16".parse().unwrap(),
+            ..Network::default()
+        };
         assert!(n.validate().unwrap_err().to_string().contains("overlaps"));
     }
 }

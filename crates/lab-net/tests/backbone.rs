@@ -16,7 +16,10 @@ fn pods_route_across_labs_and_cluster_ips_stay_local() {
         .attach(clash.node(), clash.network())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("10.244.1.0/24") && err.contains("overlaps"), "{err}");
+    assert!(
+        err.contains("10.244.1.0/24") && err.contains("overlaps"),
+        "{err}"
+    );
     drop(clash);
 
     let a = east.add_pod("a").unwrap();
@@ -25,16 +28,24 @@ fn pods_route_across_labs_and_cluster_ips_stay_local() {
     assert_eq!(b.ipv4.to_string(), "10.244.2.2");
     let _echo_b = b.serve_echo("b", &[8080], &[5353]).unwrap();
     let _echo_a = a.serve_echo("a", &[8080], &[]).unwrap();
-    assert_eq!(a.tcp_request(SocketAddr::from((b.ipv4, 8080))).unwrap(), "b");
-    assert_eq!(a.tcp_request(SocketAddr::from((b.ipv6, 8080))).unwrap(), "b");
-    assert_eq!(a.udp_request(SocketAddr::from((b.ipv4, 5353))).unwrap(), "b");
-    assert_eq!(b.tcp_request(SocketAddr::from((a.ipv4, 8080))).unwrap(), "a");
+    assert_eq!(
+        a.tcp_request(SocketAddr::from((b.ipv4, 8080))).unwrap(),
+        "b"
+    );
+    assert_eq!(
+        a.tcp_request(SocketAddr::from((b.ipv6, 8080))).unwrap(),
+        "b"
+    );
+    assert_eq!(
+        a.udp_request(SocketAddr::from((b.ipv4, 5353))).unwrap(),
+        "b"
+    );
+    assert_eq!(
+        b.tcp_request(SocketAddr::from((a.ipv4, 8080))).unwrap(),
+        "a"
+    );
     // No NAT on the way: b sees a's own address.
-    let ss = b
-        .command("ss")
-        .args(["-tan"])
-        .output()
-        .unwrap();
+    let ss = b.command("ss").args(["-tan"]).output().unwrap();
     let seen = String::from_utf8_lossy(&ss.stdout).into_owned();
     assert!(seen.contains("10.244.1.2"), "{seen}");
 

@@ -1,5 +1,6 @@
 //! The lab cluster: the API server and one node, started together.
 
+use crate::gate::{ApiState, Gate};
 use crate::{Error, Node, NodeOptions, PodTable, Result};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,16 @@ pub struct ClusterOptions {
     pub ghostwire_bin: PathBuf,
     /// First restart back-off (kubelet: 10 s).
     pub backoff_initial: Duration,
+    /// Pod and Service ranges (the API allocates ClusterIPs from the latter).
+    pub network: lab_net::Network,
+    /// The node's `topology.kubernetes.io/zone`.
+    pub zone: Option<String>,
+    /// Put a [`Gate`] in front of the API (at `listen`), so it can be stopped, started and
+    /// black-holed ([`Cluster::set_api`]); the node and the kubeconfig go through it too.
+    pub gated: bool,
+    /// The names of the kubeconfig's cluster, context and user (`<name>-admin`); "lab" when
+    /// `None`.
+    pub context: Option<String>,
 }
 
 impl ClusterOptions {
@@ -31,6 +42,10 @@ impl ClusterOptions {
             kubeconfig: None,
             ghostwire_bin,
             backoff_initial: Duration::from_secs(10),
+            network: lab_net::Network::default(),
+            zone: None,
+            gated: false,
+            context: None,
         }
     }
 }
@@ -39,7 +54,9 @@ impl ClusterOptions {
 /// namespaces) and the API.
 pub struct Cluster {
     node: Option<Node>,
+    gate: Option<Gate>,
     api: Option<lab_api::RunningServer>,
+    kubeconfig: PathBuf,
     scratch: Option<PathBuf>,
     data_dir: PathBuf,
 }
@@ -63,34 +80,75 @@ impl Cluster {
             source,
         })?;
         let pods = PodTable::new();
+        let kubeconfig = opts
+            .kubeconfig
+            .clone()
+            .unwrap_or_else(|| data_dir.join("kubeconfig"));
+        let net = &opts.network;
         let api = lab_api::Server::start(lab_api::Options {
-            listen: opts.listen,
+            listen: if opts.gated {
+                SocketAddr::new(opts.listen.ip(), 0)
+            } else {
+                opts.listen
+            },
             data_dir: opts.data_dir.as_ref().map(|d| d.join("api")),
-            kubeconfig: Some(
-                opts.kubeconfig
-                    .clone()
-                    .unwrap_or_else(|| data_dir.join("kubeconfig")),
-            ),
+            kubeconfig: Some(if opts.gated {
+                data_dir.join("api-direct.kubeconfig")
+            } else {
+                kubeconfig.clone()
+            }),
             pod_logs: Some(pods.logs_handle()),
+            service_cidrs: lab_api::ServiceCidrs {
+                v4: (net.service_v4.network(), net.service_v4.prefix_len()),
+                v6: (net.service_v6.network(), net.service_v6.prefix_len()),
+            },
             ..Default::default()
         })
         .await?;
-        let client = api.client().await?;
+        let gate = if opts.gated {
+            Some(
+                Gate::start(opts.listen, api.addr())
+                    .await
+                    .map_err(|source| Error::Io {
+                        what: format!("API gate on {}", opts.listen),
+                        source,
+                    })?,
+            )
+        } else {
+            None
+        };
+        let public = gate.as_ref().map_or(api.addr(), Gate::addr);
+        if gate.is_some() || opts.context.is_some() {
+            let kc = read_kubeconfig(api.kubeconfig_path())?;
+            let name = opts.context.as_deref().unwrap_or("lab");
+            let kc = renamed(kc, name, &format!("https://{public}"));
+            write_kubeconfig(&kubeconfig, &kc)?;
+        }
+        let mut config = api.kube_config().await?;
+        config.cluster_url = format!("https://{public}")
+            .parse()
+            .map_err(|e| lab_api::Error::Client(format!("API URL: {e}")))?;
+        let client =
+            kube::Client::try_from(config).map_err(|e| lab_api::Error::Client(e.to_string()))?;
         let node = Node::start(NodeOptions {
             client,
             label: opts.label.clone(),
             ghostwire_bin: opts.ghostwire_bin.clone(),
-            api_addr: api.addr(),
+            api_addr: public,
             ca_pem: api.ca_pem().to_string(),
             data_dir: data_dir.join("node"),
             pods,
             backoff_initial: opts.backoff_initial,
             backoff_max: Duration::from_secs(300).max(opts.backoff_initial),
+            network: opts.network,
+            zone: opts.zone.clone(),
         })
         .await?;
         Ok(Cluster {
             node: Some(node),
+            gate,
             api: Some(api),
+            kubeconfig,
             scratch,
             data_dir,
         })
@@ -104,17 +162,48 @@ impl Cluster {
         self.api.as_ref().expect("API runs until shutdown")
     }
 
+    /// The admin kubeconfig (through the gate when there is one).
     pub fn kubeconfig_path(&self) -> &Path {
-        self.api().kubeconfig_path()
+        &self.kubeconfig
+    }
+
+    /// Where clients reach the API (the gate's address when there is one).
+    pub fn api_addr(&self) -> SocketAddr {
+        self.gate.as_ref().map_or(self.api().addr(), Gate::addr)
+    }
+
+    /// Stops, starts or black-holes the API as clients see it; `Err` without a gate.
+    pub fn set_api(&self, state: ApiState) -> Result<()> {
+        match &self.gate {
+            Some(g) => {
+                tracing::info!(api = %g.addr(), %state, "lab API");
+                g.set(state);
+                Ok(())
+            }
+            None => Err(Error::Io {
+                what: "changing the API's state".into(),
+                source: std::io::Error::other("the cluster was started without a gate"),
+            }),
+        }
+    }
+
+    /// [`ApiState::Up`] without a gate.
+    pub fn api_state(&self) -> ApiState {
+        self.gate.as_ref().map_or(ApiState::Up, Gate::state)
     }
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
 
-    /// An admin client.
+    /// An admin client (through the gate when there is one).
     pub async fn client(&self) -> Result<kube::Client> {
-        Ok(self.api().client().await?)
+        let kc = read_kubeconfig(&self.kubeconfig)?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| lab_api::Error::Client(e.to_string()))?;
+        Ok(kube::Client::try_from(config).map_err(|e| lab_api::Error::Client(e.to_string()))?)
     }
 
     /// Stops pods (SIGTERM, up to `grace`, SIGKILL), the node and the API.
@@ -122,6 +211,7 @@ impl Cluster {
         if let Some(node) = self.node.take() {
             node.shutdown(grace).await;
         }
+        drop(self.gate.take());
         if let Some(api) = self.api.take() {
             api.shutdown().await;
         }
@@ -131,11 +221,69 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         drop(self.node.take());
+        drop(self.gate.take());
         drop(self.api.take());
         if let Some(d) = &self.scratch {
             let _ = std::fs::remove_dir_all(d);
         }
     }
+}
+
+pub(crate) fn read_kubeconfig(path: &Path) -> Result<kube::config::Kubeconfig> {
+    kube::config::Kubeconfig::read_from(path)
+        .map_err(|e| lab_api::Error::Client(format!("{}: {e}", path.display())).into())
+}
+
+/// The kubeconfig with its (single) cluster, context and user named `name`, `name`,
+/// `<name>-admin`, pointing at `server`.
+pub(crate) fn renamed(
+    mut kc: kube::config::Kubeconfig,
+    name: &str,
+    server: &str,
+) -> kube::config::Kubeconfig {
+    let user = format!("{name}-admin");
+    for c in &mut kc.clusters {
+        c.name = name.to_string();
+        if let Some(cluster) = &mut c.cluster {
+            cluster.server = Some(server.to_string());
+        }
+    }
+    for u in &mut kc.auth_infos {
+        u.name = user.clone();
+    }
+    for c in &mut kc.contexts {
+        c.name = name.to_string();
+        if let Some(ctx) = &mut c.context {
+            ctx.cluster = name.to_string();
+            ctx.user = Some(user.clone());
+        }
+    }
+    kc.current_context = Some(name.to_string());
+    kc
+}
+
+/// Writes a kubeconfig (as JSON, which kubectl and kube-rs read) atomically, mode 0600.
+pub(crate) fn write_kubeconfig(path: &Path, kc: &kube::config::Kubeconfig) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| Error::Io {
+        what: path.display().to_string(),
+        source,
+    };
+    let text = serde_json::to_vec_pretty(kc).map_err(|e| io(std::io::Error::other(e)))?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(&text).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// What a crashed run left behind: processes in lab namespaces whose owner is gone are killed,

@@ -63,15 +63,26 @@ fn slice(svc: &Value, name: &str, family: &str, ports: Vec<Value>, endpoints: Ve
     })
 }
 
+/// The node whose Pods the slices list.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeRef<'a> {
+    pub name: &'a str,
+    /// Its bridge address: the API relay's, the `kubernetes` Service's endpoint.
+    pub ipv4: std::net::Ipv4Addr,
+    /// Its `topology.kubernetes.io/zone` label, copied into each endpoint's `zone`.
+    pub zone: Option<&'a str>,
+}
+
 /// Desired slices for all Services, keyed by `namespace/name`.
-pub fn desired(services: &[Value], pods: &[Value], node_name: &str) -> BTreeMap<String, Value> {
+pub fn desired(services: &[Value], pods: &[Value], node: &NodeRef) -> BTreeMap<String, Value> {
+    let node_name = node.name;
     let mut out = BTreeMap::new();
     for svc in services {
         let ns = str_of(svc, "/metadata/namespace");
         let name = str_of(svc, "/metadata/name");
         if ns == "default" && name == "kubernetes" {
             let ports = vec![json!({"name": "https", "port": API_RELAY_PORT, "protocol": "TCP"})];
-            let endpoints = vec![json!({"addresses": [lab_net::NODE_IPV4.to_string()],
+            let endpoints = vec![json!({"addresses": [node.ipv4.to_string()],
                                         "conditions": {"ready": true, "serving": true, "terminating": false}})];
             out.insert(
                 format!("{ns}/kubernetes"),
@@ -135,14 +146,18 @@ pub fn desired(services: &[Value], pods: &[Value], node_name: &str) -> BTreeMap<
                     })?;
                     let terminating = pod["metadata"]["deletionTimestamp"].is_string();
                     let ready = condition(pod, "Ready");
-                    Some(json!({
+                    let mut endpoint = json!({
                         "addresses": [ip],
                         "conditions": {"ready": (ready || publish_not_ready) && !terminating,
                                        "serving": ready || publish_not_ready, "terminating": terminating},
                         "nodeName": node_name,
                         "targetRef": {"kind": "Pod", "namespace": ns, "name": pod["metadata"]["name"],
                                       "uid": pod["metadata"]["uid"]},
-                    }))
+                    });
+                    if let Some(zone) = node.zone {
+                        endpoint["zone"] = json!(zone);
+                    }
+                    Some(endpoint)
                 })
                 .collect();
             let slice_name = format!("{name}-{}", family.to_lowercase());
@@ -168,6 +183,12 @@ pub fn same(existing: &Value, want: &Value) -> bool {
 mod tests {
     use super::*;
 
+    const NODE: NodeRef = NodeRef {
+        name: "lab-node",
+        ipv4: lab_net::NODE_IPV4,
+        zone: None,
+    };
+
     fn pod(name: &str, n: u8, labels: Value, ready: bool) -> Value {
         json!({"metadata": {"namespace": "default", "name": name, "uid": format!("u-{name}"), "labels": labels},
                "spec": {"containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}]},
@@ -182,13 +203,30 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_carry_the_node_zone() {
+        let pods = [pod("a", 2, json!({"app": "web"}), true)];
+        let zoned = NodeRef {
+            zone: Some("east-a"),
+            ..NODE
+        };
+        let got = desired(&[svc(json!(["IPv4"]))], &pods, &zoned);
+        assert_eq!(got["default/web-ipv4"]["endpoints"][0]["zone"], "east-a");
+        let got = desired(&[svc(json!(["IPv4"]))], &pods, &NODE);
+        assert!(
+            got["default/web-ipv4"]["endpoints"][0]
+                .get("zone")
+                .is_none()
+        );
+    }
+
+    #[test]
     fn slices_follow_selector_and_readiness() {
         let pods = [
             pod("a", 2, json!({"app": "web"}), true),
             pod("b", 3, json!({"app": "web"}), false),
             pod("c", 4, json!({"app": "other"}), true),
         ];
-        let got = desired(&[svc(json!(["IPv4", "IPv6"]))], &pods, "lab-node");
+        let got = desired(&[svc(json!(["IPv4", "IPv6"]))], &pods, &NODE);
         assert_eq!(got.len(), 2);
         let v4 = &got["default/web-ipv4"];
         assert_eq!(v4["addressType"], "IPv4");
@@ -215,7 +253,7 @@ mod tests {
     fn terminating_pods_are_not_ready() {
         let mut p = pod("a", 2, json!({"app": "web"}), true);
         p["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
-        let got = desired(&[svc(json!(["IPv4"]))], &[p], "n");
+        let got = desired(&[svc(json!(["IPv4"]))], &[p], &NODE);
         let c = &got["default/web-ipv4"]["endpoints"][0]["conditions"];
         assert_eq!(
             c,
@@ -227,7 +265,7 @@ mod tests {
     fn kubernetes_service_points_at_the_relay() {
         let k = json!({"metadata": {"namespace": "default", "name": "kubernetes", "uid": "k"},
                        "spec": {"ports": [{"name": "https", "port": 443, "targetPort": 6443}]}});
-        let got = desired(&[k], &[], "n");
+        let got = desired(&[k], &[], &NODE);
         assert_eq!(
             got["default/kubernetes"]["endpoints"][0]["addresses"],
             json!(["10.244.0.1"])
@@ -237,7 +275,7 @@ mod tests {
 
     #[test]
     fn unchanged_slices_are_not_rewritten() {
-        let got = desired(&[svc(json!(["IPv4"]))], &[], "n");
+        let got = desired(&[svc(json!(["IPv4"]))], &[], &NODE);
         let want = &got["default/web-ipv4"];
         let mut stored = want.clone();
         stored["endpoints"] = Value::Null;
@@ -251,6 +289,6 @@ mod tests {
     fn selectorless_services_are_left_alone() {
         let mut s = svc(json!(["IPv4"]));
         s["spec"]["selector"] = Value::Null;
-        assert!(desired(&[s], &[pod("a", 2, json!({"app": "web"}), true)], "n").is_empty());
+        assert!(desired(&[s], &[pod("a", 2, json!({"app": "web"}), true)], &NODE).is_empty());
     }
 }

@@ -30,8 +30,10 @@ mod cluster;
 mod container;
 pub mod endpoints;
 pub mod env;
+pub mod gate;
 pub mod images;
 mod logs;
+pub mod multi;
 mod pod;
 mod probes;
 pub mod proxy;
@@ -42,7 +44,9 @@ mod util;
 mod volumes;
 
 pub use cluster::{Cluster, ClusterOptions, cleanup_stale};
+pub use gate::ApiState;
 pub use logs::NodeLogs;
+pub use multi::{ClusterSpec, MultiCluster, MultiOptions};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -126,6 +130,10 @@ pub struct NodeOptions {
     /// First restart back-off (the kubelet's is 10 s), doubled per restart up to `backoff_max`.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// The node's address plan (pod and service ranges).
+    pub network: lab_net::Network,
+    /// `topology.kubernetes.io/zone` of the node (and `zone` of its endpoints).
+    pub zone: Option<String>,
 }
 
 pub(crate) struct Shared {
@@ -143,6 +151,8 @@ pub(crate) struct Shared {
     pub status_written: watch::Sender<u64>,
     /// Rules kube-proxy applied last.
     pub rules: watch::Sender<Vec<proxy::PortRule>>,
+    pub network: lab_net::Network,
+    pub zone: Option<String>,
     counter: AtomicU64,
 }
 
@@ -171,7 +181,8 @@ impl Node {
     /// Creates the lab (node namespace and bridge) and starts the pod, endpoints and proxy loops.
     pub async fn start(opts: NodeOptions) -> Result<Node> {
         let label = opts.label.clone();
-        let lab = tokio::task::spawn_blocking(move || lab_net::Lab::new(&label))
+        let network = opts.network;
+        let lab = tokio::task::spawn_blocking(move || lab_net::Lab::with_network(&label, network))
             .await
             .map_err(|e| Error::Io {
                 what: "creating the lab".into(),
@@ -197,6 +208,8 @@ impl Node {
             backoff_max: opts.backoff_max,
             status_written: watch::Sender::new(0),
             rules: watch::Sender::new(Vec::new()),
+            network: opts.network,
+            zone: opts.zone,
             counter: AtomicU64::new(0),
         });
         // Until kube-proxy's first sync, the node has no table of ours.
@@ -211,7 +224,8 @@ impl Node {
         let relay_node = node_netns.clone();
         let api = opts.api_addr;
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = relay::run(relay_node, endpoints::API_RELAY_PORT, api).await {
+            let addr = SocketAddr::from((network.node_ipv4(), endpoints::API_RELAY_PORT));
+            if let Err(e) = relay::run(relay_node, addr, api).await {
                 tracing::error!(error = %e, "API relay stopped");
             }
         }));
@@ -231,6 +245,11 @@ impl Node {
             .as_ref()
             .map(|l| l.prefix().to_string())
             .unwrap_or_default()
+    }
+
+    /// The node's address plan.
+    pub fn network(&self) -> &lab_net::Network {
+        &self.shared.network
     }
 
     /// The network namespace of a running Pod.
@@ -325,12 +344,17 @@ async fn register(shared: &Shared) -> Result<()> {
     use k8s_openapi::api::core::v1::Node as KNode;
     let api: Api<KNode> = Api::all(shared.client.clone());
     let name = shared.node_name.as_str();
+    let net = &shared.network;
+    let mut labels = serde_json::json!({
+        "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": std::env::consts::ARCH, "node-role.kubernetes.io/control-plane": ""});
+    if let Some(zone) = &shared.zone {
+        labels["topology.kubernetes.io/zone"] = serde_json::json!(zone);
+    }
     let node = serde_json::json!({
         "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": {
-            "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-            "kubernetes.io/arch": std::env::consts::ARCH, "node-role.kubernetes.io/control-plane": ""}},
-        "spec": {"podCIDR": "10.244.0.0/24", "podCIDRs": ["10.244.0.0/24", "fd00:10:244::/64"]},
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"podCIDR": net.pod_v4.to_string(), "podCIDRs": [net.pod_v4.to_string(), net.pod_v6.to_string()]},
     });
     api.patch(
         name,
@@ -353,8 +377,8 @@ async fn register(shared: &Shared) -> Result<()> {
             condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
             condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
         ],
-        "addresses": [{"type": "InternalIP", "address": lab_net::NODE_IPV4.to_string()},
-                      {"type": "InternalIP", "address": lab_net::NODE_IPV6.to_string()},
+        "addresses": [{"type": "InternalIP", "address": net.node_ipv4().to_string()},
+                      {"type": "InternalIP", "address": net.node_ipv6().to_string()},
                       {"type": "Hostname", "address": name}],
         "capacity": capacity, "allocatable": capacity,
         "nodeInfo": {"kubeletVersion": "v1.33.0-lab", "kubeProxyVersion": "v1.33.0-lab",
@@ -548,7 +572,12 @@ async fn service_loop(shared: Arc<Shared>) {
 }
 
 async fn reconcile_slices(shared: &Shared, services: &[Value], pods: &[Value], slices: &[Value]) {
-    let want = endpoints::desired(services, pods, &shared.node_name);
+    let node = endpoints::NodeRef {
+        name: &shared.node_name,
+        ipv4: shared.network.node_ipv4(),
+        zone: shared.zone.as_deref(),
+    };
+    let want = endpoints::desired(services, pods, &node);
     let ours: HashMap<String, &Value> = slices
         .iter()
         .filter(|s| {

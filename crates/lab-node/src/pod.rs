@@ -102,7 +102,7 @@ async fn status_writer(shared: Arc<Shared>, rt: Arc<PodRt>) {
     let mut last = Value::Null;
     loop {
         rt.changed.notified().await;
-        let mut status = rt.status(&lab_net::NODE_IPV4.to_string());
+        let mut status = rt.status(&shared.network.node_ipv4().to_string());
         // Transition times aside, an unchanged status is not written again.
         if status == last {
             continue;
@@ -185,7 +185,7 @@ async fn lifecycle(
     // Volumes; a missing ConfigMap or Secret keeps the pod in ContainerCreating, retried.
     let mut attempt = 0;
     let vols = loop {
-        let pod = pod_with_status(rt);
+        let pod = pod_with_status(rt, shared.network.node_ipv4());
         match volumes::prepare(shared, &pod, &rt.dir).await {
             Ok(v) => break v,
             Err(e) => {
@@ -387,15 +387,15 @@ fn set_back_off(rt: &PodRt, kind: Kind, i: usize) {
 }
 
 /// The Pod object with the status the node knows (pod IPs for the downward API).
-fn pod_with_status(rt: &PodRt) -> Value {
+fn pod_with_status(rt: &PodRt, node_ip: std::net::Ipv4Addr) -> Value {
     let st = rt.lock();
     let mut pod = st.pod.clone();
     if let (Some(v4), Some(v6)) = (st.ipv4, st.ipv6) {
         pod["status"]["podIP"] = json!(v4.to_string());
         pod["status"]["podIPs"] = json!([{"ip": v4.to_string()}, {"ip": v6.to_string()}]);
     }
-    pod["status"]["hostIP"] = json!(lab_net::NODE_IPV4.to_string());
-    pod["status"]["hostIPs"] = json!([{"ip": lab_net::NODE_IPV4.to_string()}]);
+    pod["status"]["hostIP"] = json!(node_ip.to_string());
+    pod["status"]["hostIPs"] = json!([{"ip": node_ip.to_string()}]);
     if str_of(&pod, "/spec/serviceAccountName").is_empty() {
         pod["spec"]["serviceAccountName"] = json!("default");
     }
@@ -451,7 +451,7 @@ async fn environment(
     if ns != "default" || links.iter().all(|(k, _)| k != "KUBERNETES_SERVICE_HOST") {
         env::service_link_vars(
             "kubernetes",
-            "10.96.0.1",
+            &shared.network.api_service_ipv4().to_string(),
             &[json!({"name": "https", "port": 443, "protocol": "TCP"})],
             &mut links,
         );
@@ -587,7 +587,7 @@ async fn instance(
     vols: &HashMap<String, PathBuf>,
     stop: &mut watch::Receiver<Option<Stop>>,
 ) -> Option<i64> {
-    let pod = pod_with_status(rt);
+    let pod = pod_with_status(rt, shared.network.node_ipv4());
     let spec = spec_of(&pod, kind, i);
     let cname = str_of(&spec, "/name").to_string();
     let image = str_of(&spec, "/image").to_string();

@@ -6,9 +6,9 @@
 
 use std::net::SocketAddr;
 
-/// Binds `NODE_IPV4:port` in the node namespace and relays to `api` until the task is dropped.
-pub async fn run(node: netns::Netns, port: u16, api: SocketAddr) -> std::io::Result<()> {
-    let addr = SocketAddr::from((lab_net::NODE_IPV4, port));
+/// Binds `addr` (the node's bridge address) in the node namespace and relays to `api` until the
+/// task is dropped.
+pub async fn run(node: netns::Netns, addr: SocketAddr, api: SocketAddr) -> std::io::Result<()> {
     let std_listener = node
         .run(move || -> std::io::Result<std::net::TcpListener> {
             let l = std::net::TcpListener::bind(addr)?;

@@ -1,6 +1,6 @@
 //! Shared helpers: a lab cluster per test (named after it, removed on drop even on panic) and
 //! condition waits with bounded timeouts.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
