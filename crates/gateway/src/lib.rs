@@ -5,6 +5,12 @@
 //!   own knobs, in one table; [`natconf`]: `nat.conf` and `nat6.conf`.
 #![forbid(unsafe_code)]
 
+pub mod client;
+pub mod dhcp;
+pub mod dnsquery;
+pub mod gateway;
+pub mod iproute;
 pub mod natconf;
+pub mod probe;
 pub mod settings;
 pub mod shell;

@@ -66,6 +66,8 @@ knobs! {
         "SNAT tunnel traffic leaving VPN_INTERFACE to this address. Empty: MASQUERADE.";
     VPN_INTERFACE_MTU = "VPN_INTERFACE_MTU", "", true,
         "MTU of VPN_INTERFACE; vxlan0 gets this minus the VXLAN overhead (50 bytes over IPv4, 70 over IPv6). Empty: from the underlay.";
+    K8S_SERVICE_CIDRS = "K8S_SERVICE_CIDRS", "", false,
+        "Clients: the cluster's Service CIDRs (blank separated), kept on the Pod's own route like NOT_ROUTED_TO_GATEWAY_CIDRS.";
     VXLAN_IPV6_NETWORK = "VXLAN_IPV6_NETWORK", "", false,
         "Tunnel IPv6 network (a CIDR, /64 to /120). Empty: IPv4 only in the tunnel (clients still lose their IPv6 default route).";
     NAT_CONF = "NAT_CONF", "/config/nat.conf", false,
@@ -243,6 +245,7 @@ pub struct Settings {
     pub gateway_name: String,
     pub k8s_dns_ips: Vec<IpAddr>,
     pub not_routed_to_gateway_cidrs: Vec<IpNet>,
+    pub service_cidrs: Vec<IpNet>,
     pub vxlan_id: u32,
     pub vxlan_port: u16,
     pub tunnel4: Tunnel4,
@@ -375,6 +378,7 @@ impl Settings {
             gateway_name: raw.get(GATEWAY_NAME).0.to_string(),
             k8s_dns_ips: raw.parse(K8S_DNS_IPS, |s| list(s, "an IP address"))?,
             not_routed_to_gateway_cidrs: raw.parse(NOT_ROUTED_TO_GATEWAY_CIDRS, cidrs)?,
+            service_cidrs: raw.parse(K8S_SERVICE_CIDRS, cidrs)?,
             vxlan_id: raw.parse(VXLAN_ID, |s| {
                 s.parse::<u32>()
                     .ok()

@@ -29,6 +29,7 @@
 mod backbone;
 pub mod client;
 pub mod echo;
+pub mod internet;
 pub mod kube_json;
 pub mod network;
 pub mod nft;
@@ -880,7 +881,7 @@ fn validate_ports(ports: &[ServicePort]) -> Result<()> {
     Ok(())
 }
 
-fn set_sysctls(netns: &Netns, values: &[(&str, &str)]) -> Result<()> {
+pub(crate) fn set_sysctls(netns: &Netns, values: &[(&str, &str)]) -> Result<()> {
     write_sysctls(netns, values, false)
 }
 
@@ -907,7 +908,7 @@ fn write_sysctls(netns: &Netns, values: &[(&str, &str)], optional: bool) -> Resu
 }
 
 /// Runs several `ip` commands in one process (`ip -n NS -batch -`), stopping at the first error.
-fn ip_batch(netns: &str, script: &str) -> Result<()> {
+pub(crate) fn ip_batch(netns: &str, script: &str) -> Result<()> {
     run_command(
         Command::new("ip").args(["-n", netns, "-batch", "-"]),
         netns,

@@ -1,0 +1,265 @@
+//! `ghostwire client init`: a client Pod's side of the tunnel.
+//!
+//! 1. find the Pod's own gateway (its default route; on re-entry, from the routes init tagged);
+//! 2. resolve GATEWAY_NAME (an address is taken as is);
+//! 3. keep the gateway's address, the cluster DNS, K8S_SERVICE_CIDRS and
+//!    NOT_ROUTED_TO_GATEWAY_CIDRS on the Pod's own gateway (routes tagged `proto 200`), and remove
+//!    the default routes of both families — then check none is left (no leak);
+//! 4. create `vxlan0` towards the gateway with the tunnel MTU;
+//! 5. take the static address of nat.conf/nat6.conf (DHCP otherwise);
+//! 6. check the gateway answers through the tunnel.
+
+use crate::gateway::VXLAN_DEV;
+use crate::iproute::{self, IpError, NextHop};
+use crate::natconf::{self, NatEntry};
+use crate::settings::Settings;
+use ipnet::IpNet;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// The route protocol number that tags the routes client init adds.
+pub const ROUTE_PROTO: &str = "200";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Ip(#[from] IpError),
+    #[error(
+        "no default route and no route tagged by an earlier init: cannot tell the Pod's own gateway"
+    )]
+    NoDefaultRoute,
+    #[error("GATEWAY_NAME={name:?}: {reason}")]
+    Resolve { name: String, reason: String },
+    #[error(
+        "default routes are left after removing them ({0}); refusing to continue, traffic would leak"
+    )]
+    Leak(String),
+    #[error("the gateway {addr} does not answer through the tunnel: {reason}")]
+    Unreachable { addr: IpAddr, reason: String },
+    #[error("{0}")]
+    Dhcp(String),
+}
+
+/// What client init set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunnel {
+    pub gateway_ip: IpAddr,
+    pub own: NextHop,
+    pub addr4: Option<IpNet>,
+    pub addr6: Option<IpNet>,
+    pub mtu: u32,
+    /// The DHCP lease, when the address came from DHCP.
+    pub lease: Option<crate::dhcp::client::Lease>,
+}
+
+/// The Pod's own IPv4 (else IPv6) next hop: its default route, or on re-entry the hop of the
+/// routes an earlier init tagged.
+pub fn own_next_hop(family: &str) -> Result<Option<NextHop>, IpError> {
+    if let Some(h) = iproute::default_routes(family)?.into_iter().next()
+        && !h.dev.starts_with(VXLAN_DEV)
+    {
+        return Ok(Some(h));
+    }
+    Ok(iproute::routes_of_proto(family, ROUTE_PROTO)?
+        .into_iter()
+        .next())
+}
+
+/// The addresses of `name`: itself if it is an address, else an A query to the cluster DNS.
+pub fn resolve_gateway(
+    name: &str,
+    dns: &[IpAddr],
+    timeout: Duration,
+) -> Result<IpAddr, ClientError> {
+    let fail = |reason: String| ClientError::Resolve {
+        name: name.to_string(),
+        reason,
+    };
+    if name.is_empty() {
+        return Err(fail(
+            "empty; set GATEWAY_NAME (or env `gateway`) to the gateway Service's name".into(),
+        ));
+    }
+    if let Ok(ip) = name.parse() {
+        return Ok(ip);
+    }
+    let mut last = String::from("no cluster DNS server (K8S_DNS_IPS or resolv.conf) to ask");
+    for server in dns {
+        match crate::dnsquery::query_a(name, *server, timeout) {
+            Ok(Some(ip)) => return Ok(IpAddr::V4(ip)),
+            Ok(None) => last = format!("{server} has no A record for it"),
+            Err(e) => last = format!("asking {server}: {e}"),
+        }
+    }
+    Err(fail(last))
+}
+
+/// What client init found in the Pod's namespace before changing it.
+#[derive(Debug, Clone, Default)]
+pub struct Found {
+    pub own4: Option<NextHop>,
+    pub own6: Option<NextHop>,
+    pub defaults4: usize,
+    pub defaults6: usize,
+    pub vxlan_exists: bool,
+}
+
+/// The `ip -batch` scripts (IPv4/generic and IPv6) that move the Pod onto the tunnel. Pure.
+pub fn route_scripts(
+    s: &Settings,
+    gateway_ip: IpAddr,
+    dns: &[IpAddr],
+    f: &Found,
+) -> (String, String) {
+    let (own4, own6) = (f.own4.as_ref(), f.own6.as_ref());
+    let mut v4 = String::new();
+    let mut v6 = String::new();
+    if f.vxlan_exists {
+        v4.push_str(&format!("link del {VXLAN_DEV}\n"));
+    }
+    let keep = std::iter::once(IpNet::from(gateway_ip))
+        .chain(dns.iter().map(|d| IpNet::from(*d)))
+        .chain(s.service_cidrs.iter().copied())
+        .chain(s.not_routed_to_gateway_cidrs.iter().copied());
+    for net in keep {
+        let (hop, out) = match net {
+            IpNet::V4(_) => (own4, &mut v4),
+            IpNet::V6(_) => (own6, &mut v6),
+        };
+        if let Some(h) = hop {
+            let via = h.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+            out.push_str(&format!(
+                "route replace {net}{via} dev {} proto {ROUTE_PROTO}\n",
+                h.dev
+            ));
+        }
+    }
+    v4.push_str(&"route del default\n".repeat(f.defaults4));
+    v6.push_str(&"route del default\n".repeat(f.defaults6));
+    (v4, v6)
+}
+
+/// The nameservers of a resolv.conf.
+pub fn resolv_nameservers(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("nameserver")).then(|| w.next()?.parse().ok())?
+        })
+        .collect()
+}
+
+/// Client init in the current network namespace. `hostname` picks the nat.conf entry.
+pub fn init(
+    s: &Settings,
+    hostname: &str,
+    nat4: &[NatEntry],
+    nat6: &[NatEntry],
+    resolv_conf: &str,
+) -> Result<Tunnel, ClientError> {
+    let own4 = own_next_hop("-4")?;
+    let own6 = own_next_hop("-6")?;
+    let own = own4
+        .clone()
+        .or(own6.clone())
+        .ok_or(ClientError::NoDefaultRoute)?;
+    let dns = if s.k8s_dns_ips.is_empty() {
+        resolv_nameservers(resolv_conf)
+    } else {
+        s.k8s_dns_ips.clone()
+    };
+    let gateway_ip = resolve_gateway(&s.gateway_name, &dns, Duration::from_secs(2))?;
+    let found = Found {
+        own4,
+        own6,
+        defaults4: iproute::default_routes("-4")?.len(),
+        defaults6: iproute::default_routes("-6")?.len(),
+        vxlan_exists: iproute::link(VXLAN_DEV)?.is_some(),
+    };
+    let (v4, v6) = route_scripts(s, gateway_ip, &dns, &found);
+    iproute::batch("", &v4)?;
+    iproute::batch("-6", &v6)?;
+    let left: Vec<String> = iproute::default_routes("-4")?
+        .into_iter()
+        .chain(iproute::default_routes("-6")?)
+        .map(|h| format!("{h:?}"))
+        .collect();
+    if !left.is_empty() {
+        return Err(ClientError::Leak(left.join(", ")));
+    }
+    let underlay_mtu = iproute::link(&own.dev)?
+        .and_then(|l| l["mtu"].as_u64())
+        .unwrap_or(1500) as u32;
+    let mtu = s.vxlan_mtu(underlay_mtu, gateway_ip.is_ipv6());
+    let mut script = format!(
+        "link add {VXLAN_DEV} type vxlan id {} remote {gateway_ip} dev {} dstport {}\nlink set {VXLAN_DEV} mtu {mtu} up\n",
+        s.vxlan_id, own.dev, s.vxlan_port
+    );
+    let mut script6 = String::new();
+    let entry4 = natconf::lookup(nat4, hostname);
+    let entry6 = natconf::lookup(nat6, hostname);
+    let addr4 = match entry4 {
+        Some(e) => {
+            let net = IpNet::new(e.addr, s.tunnel4.net.prefix_len())
+                .map_err(|e| ClientError::Dhcp(e.to_string()))?;
+            script.push_str(&format!(
+                "addr replace {net} dev {VXLAN_DEV}\nroute replace default via {} dev {VXLAN_DEV}\n",
+                s.tunnel4.gateway
+            ));
+            Some(net)
+        }
+        None => None,
+    };
+    let addr6 = match (entry6, &s.tunnel6) {
+        (Some(e), Some(t)) => {
+            let net = IpNet::new(e.addr, t.net.prefix_len())
+                .map_err(|e| ClientError::Dhcp(e.to_string()))?;
+            script.push_str(&format!("addr replace {net} dev {VXLAN_DEV} nodad\n"));
+            script6.push_str(&format!(
+                "route replace default via {} dev {VXLAN_DEV}\n",
+                t.gateway
+            ));
+            Some(net)
+        }
+        _ => None,
+    };
+    iproute::batch("", &script)?;
+    iproute::batch("-6", &script6)?;
+    let (addr4, lease) = match addr4 {
+        Some(a) => (Some(a), None),
+        None => {
+            let l = crate::dhcp::client::obtain(hostname, None)
+                .map_err(|e| ClientError::Dhcp(e.to_string()))?;
+            (Some(IpNet::V4(l.addr)), Some(l))
+        }
+    };
+    wait_for_gateway(IpAddr::V4(s.tunnel4.gateway), Duration::from_secs(10))?;
+    tracing::info!(%gateway_ip, ?addr4, ?addr6, mtu, "client tunnel up");
+    Ok(Tunnel {
+        gateway_ip,
+        own,
+        addr4,
+        addr6,
+        mtu,
+        lease,
+    })
+}
+
+/// Probes `addr` through the tunnel until it answers or `within` has passed.
+pub fn wait_for_gateway(addr: IpAddr, within: Duration) -> Result<(), ClientError> {
+    let start = Instant::now();
+    let mut seq = 0u16;
+    loop {
+        seq = seq.wrapping_add(1);
+        match crate::probe::ping(addr, Some(VXLAN_DEV), seq, Duration::from_millis(300)) {
+            Ok(_) => return Ok(()),
+            Err(e) if start.elapsed() >= within => {
+                return Err(ClientError::Unreachable {
+                    addr,
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}

@@ -1,0 +1,609 @@
+//! The DHCP server of the gateway sidecar. The protocol logic ([`Leases::handle`]) is pure:
+//! it takes a request and the time and returns the reply, so it is tested without sockets or
+//! sleeps. [`serve`] runs it on `vxlan0`.
+//!
+//! A new gateway Pod starts with no leases. Clients that still hold an address then ask for it
+//! again (INIT-REBOOT: REQUEST with the address and no server id; RENEWING/REBINDING: REQUEST
+//! from `ciaddr`): the server grants any address of its network that is free or already that
+//! client's, instead of NAKing what it does not know, so clients keep their addresses across
+//! gateway restarts. Leases are kept by client id (see [`super::ClientKey`]).
+
+use super::{CLIENT_PORT, ClientKey};
+use crate::settings::Tunnel4;
+use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode, OptionCode};
+use dhcproto::{Decodable, Encodable};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Lease {
+    key: ClientKey,
+    chaddr: Vec<u8>,
+    expires: Instant,
+    /// Offered but not yet requested: short-lived.
+    offered: bool,
+}
+
+/// The server's configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub tunnel: Tunnel4,
+    pub lease_time: Duration,
+    pub mtu: Option<u16>,
+    /// Addresses never handed out dynamically (nat.conf's static entries).
+    pub reserved: BTreeSet<Ipv4Addr>,
+}
+
+/// Where and what to answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub msg: Message,
+    /// The destination: `ciaddr` when the client has one, else the offered address (delivered
+    /// to `chaddr` at the link layer, see [`serve`]).
+    pub to: Ipv4Addr,
+    pub chaddr: Vec<u8>,
+}
+
+/// Counters for /metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub offers: u64,
+    pub acks: u64,
+    pub naks: u64,
+    pub releases: u64,
+    pub ignored: u64,
+}
+
+#[derive(Debug)]
+pub struct Leases {
+    cfg: Config,
+    by_addr: BTreeMap<Ipv4Addr, Lease>,
+    declined: BTreeMap<Ipv4Addr, Instant>,
+    pub counts: Counts,
+}
+
+const OFFER_HOLD: Duration = Duration::from_secs(30);
+
+impl Leases {
+    pub fn new(cfg: Config) -> Leases {
+        Leases {
+            cfg,
+            by_addr: BTreeMap::new(),
+            declined: BTreeMap::new(),
+            counts: Counts::default(),
+        }
+    }
+
+    /// Live leases (not offers), for /metrics.
+    pub fn active(&self, now: Instant) -> usize {
+        self.by_addr
+            .values()
+            .filter(|l| !l.offered && l.expires > now)
+            .count()
+    }
+
+    fn in_pool(&self, a: Ipv4Addr) -> bool {
+        a >= self.cfg.tunnel.first_dynamic
+            && a <= self.cfg.tunnel.last_dynamic
+            && !self.cfg.reserved.contains(&a)
+    }
+
+    /// Any address of the network a returning client may keep (pool or not, not the gateway's).
+    fn grantable(&self, a: Ipv4Addr) -> bool {
+        let t = &self.cfg.tunnel;
+        t.net.contains(&a)
+            && a != t.gateway
+            && a != t.net.network()
+            && a != t.net.broadcast()
+            && !self.cfg.reserved.contains(&a)
+    }
+
+    fn free_for(&self, a: Ipv4Addr, key: &ClientKey, now: Instant) -> bool {
+        if self.declined.get(&a).is_some_and(|until| *until > now) {
+            return false;
+        }
+        match self.by_addr.get(&a) {
+            None => true,
+            Some(l) => l.key == *key || l.expires <= now,
+        }
+    }
+
+    fn held_by(&self, key: &ClientKey, now: Instant) -> Option<Ipv4Addr> {
+        self.by_addr
+            .iter()
+            .find(|(_, l)| l.key == *key && l.expires > now)
+            .map(|(a, _)| *a)
+    }
+
+    fn pick(&self, key: &ClientKey, wanted: Option<Ipv4Addr>, now: Instant) -> Option<Ipv4Addr> {
+        if let Some(a) = self.held_by(key, now) {
+            return Some(a);
+        }
+        if let Some(a) = wanted.filter(|a| self.in_pool(*a) && self.free_for(*a, key, now)) {
+            return Some(a);
+        }
+        let first = u32::from(self.cfg.tunnel.first_dynamic);
+        let last = u32::from(self.cfg.tunnel.last_dynamic);
+        (first..=last)
+            .map(Ipv4Addr::from)
+            .find(|a| self.in_pool(*a) && self.free_for(*a, key, now))
+    }
+
+    fn bind(&mut self, a: Ipv4Addr, msg: &Message, key: ClientKey, now: Instant, offered: bool) {
+        // One address per client: an older binding of this key goes.
+        self.by_addr.retain(|addr, l| *addr == a || l.key != key);
+        let hold = if offered {
+            OFFER_HOLD
+        } else {
+            self.cfg.lease_time
+        };
+        self.by_addr.insert(
+            a,
+            Lease {
+                key,
+                chaddr: msg.chaddr().to_vec(),
+                expires: now + hold,
+                offered,
+            },
+        );
+    }
+
+    fn reply(&self, req: &Message, kind: MessageType, yiaddr: Ipv4Addr) -> Message {
+        let t = &self.cfg.tunnel;
+        let mut m = Message::new_with_id(
+            req.xid(),
+            Ipv4Addr::UNSPECIFIED,
+            yiaddr,
+            Ipv4Addr::UNSPECIFIED,
+            req.giaddr(),
+            req.chaddr(),
+        );
+        m.set_opcode(Opcode::BootReply);
+        m.set_flags(req.flags());
+        if kind != MessageType::Nak {
+            m.set_ciaddr(req.ciaddr());
+        }
+        let o = m.opts_mut();
+        o.insert(DhcpOption::MessageType(kind));
+        o.insert(DhcpOption::ServerIdentifier(t.gateway));
+        if kind == MessageType::Nak {
+            return m;
+        }
+        let secs = u32::try_from(self.cfg.lease_time.as_secs()).unwrap_or(u32::MAX);
+        if kind != MessageType::Ack || yiaddr != Ipv4Addr::UNSPECIFIED {
+            o.insert(DhcpOption::AddressLeaseTime(secs));
+            o.insert(DhcpOption::Renewal(secs / 2));
+            o.insert(DhcpOption::Rebinding(secs / 8 * 7));
+        }
+        o.insert(DhcpOption::SubnetMask(t.net.netmask()));
+        o.insert(DhcpOption::BroadcastAddr(t.net.broadcast()));
+        o.insert(DhcpOption::Router(vec![t.gateway]));
+        o.insert(DhcpOption::DomainNameServer(vec![t.gateway]));
+        if let Some(mtu) = self.cfg.mtu {
+            o.insert(DhcpOption::InterfaceMtu(mtu));
+        }
+        m
+    }
+
+    fn nak(&mut self, req: &Message, to: Ipv4Addr) -> Option<Reply> {
+        self.counts.naks += 1;
+        Some(Reply {
+            msg: self.reply(req, MessageType::Nak, Ipv4Addr::UNSPECIFIED),
+            to,
+            chaddr: req.chaddr().to_vec(),
+        })
+    }
+
+    /// Answers one request received at `now`; `None` means no answer is due.
+    pub fn handle(&mut self, req: &Message, now: Instant) -> Option<Reply> {
+        if req.opcode() != Opcode::BootRequest {
+            self.counts.ignored += 1;
+            return None;
+        }
+        let key = ClientKey::of(req);
+        let opt_ip = |code| match req.opts().get(code) {
+            Some(DhcpOption::RequestedIpAddress(a)) | Some(DhcpOption::ServerIdentifier(a)) => {
+                Some(*a)
+            }
+            _ => None,
+        };
+        let requested = opt_ip(OptionCode::RequestedIpAddress);
+        let server_id = opt_ip(OptionCode::ServerIdentifier);
+        let ciaddr = req.ciaddr();
+        match req.opts().msg_type() {
+            Some(MessageType::Discover) => {
+                let a = self.pick(&key, requested, now)?;
+                self.bind(a, req, key, now, true);
+                self.counts.offers += 1;
+                Some(Reply {
+                    msg: self.reply(req, MessageType::Offer, a),
+                    to: a,
+                    chaddr: req.chaddr().to_vec(),
+                })
+            }
+            Some(MessageType::Request) => {
+                let (a, to) = match (server_id, requested) {
+                    // SELECTING: an answer to an offer, ours or another server's.
+                    (Some(sid), _) if sid != self.cfg.tunnel.gateway => {
+                        if let Some(a) = requested
+                            && self
+                                .by_addr
+                                .get(&a)
+                                .is_some_and(|l| l.key == key && l.offered)
+                        {
+                            self.by_addr.remove(&a);
+                        }
+                        self.counts.ignored += 1;
+                        return None;
+                    }
+                    (Some(_), Some(a)) => (a, a),
+                    (Some(_), None) => {
+                        self.counts.ignored += 1;
+                        return None;
+                    }
+                    // INIT-REBOOT: the address it had, maybe from a previous gateway.
+                    (None, Some(a)) if ciaddr.is_unspecified() => (a, a),
+                    // RENEWING / REBINDING: from its address.
+                    (None, _) if !ciaddr.is_unspecified() => (ciaddr, ciaddr),
+                    (None, _) => {
+                        self.counts.ignored += 1;
+                        return None;
+                    }
+                };
+                let ok = self.grantable(a)
+                    && self.free_for(a, &key, now)
+                    && self.held_by(&key, now).is_none_or(|h| h == a);
+                if !ok {
+                    return self.nak(req, to);
+                }
+                self.bind(a, req, key, now, false);
+                self.counts.acks += 1;
+                Some(Reply {
+                    msg: self.reply(req, MessageType::Ack, a),
+                    to,
+                    chaddr: req.chaddr().to_vec(),
+                })
+            }
+            Some(MessageType::Release) => {
+                if self.by_addr.get(&ciaddr).is_some_and(|l| l.key == key) {
+                    self.by_addr.remove(&ciaddr);
+                    self.counts.releases += 1;
+                }
+                None
+            }
+            Some(MessageType::Decline) => {
+                if let Some(a) = requested {
+                    if self.by_addr.get(&a).is_some_and(|l| l.key == key) {
+                        self.by_addr.remove(&a);
+                    }
+                    self.declined.insert(a, now + Duration::from_secs(600));
+                }
+                None
+            }
+            Some(MessageType::Inform) if !ciaddr.is_unspecified() => {
+                self.counts.acks += 1;
+                let mut m = self.reply(req, MessageType::Ack, Ipv4Addr::UNSPECIFIED);
+                m.set_ciaddr(ciaddr);
+                Some(Reply {
+                    msg: m,
+                    to: ciaddr,
+                    chaddr: req.chaddr().to_vec(),
+                })
+            }
+            _ => {
+                self.counts.ignored += 1;
+                None
+            }
+        }
+    }
+}
+
+/// Hardware address as `aa:bb:…`.
+pub fn mac_text(chaddr: &[u8]) -> String {
+    chaddr
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Serves on `dev` (port 67) until `stop` is set. Replies go to the client's address with a
+/// neighbour entry for its hardware address, because the tunnel carries no broadcasts from
+/// the gateway (its VXLAN device has no flood list; it learns where each client is).
+pub fn serve(
+    dev: &str,
+    leases: std::sync::Arc<std::sync::Mutex<Leases>>,
+    stop: &std::sync::atomic::AtomicBool,
+) -> std::io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_broadcast(true)?;
+    sock.bind_device(Some(dev.as_bytes()))?;
+    sock.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, super::SERVER_PORT).into())?;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let sock: std::net::UdpSocket = sock.into();
+    let mut neigh: BTreeMap<Ipv4Addr, Vec<u8>> = BTreeMap::new();
+    let mut buf = [0u8; 1500];
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let n = match sock.recv_from(&mut buf) {
+            Ok((n, _)) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let Ok(req) = Message::from_bytes(&buf[..n]) else {
+            tracing::debug!(bytes = n, "not a DHCP message; ignored");
+            continue;
+        };
+        let reply = {
+            let mut l = leases.lock().unwrap_or_else(|e| e.into_inner());
+            l.handle(&req, Instant::now())
+        };
+        let Some(reply) = reply else { continue };
+        let Ok(bytes) = reply.msg.to_vec() else {
+            continue;
+        };
+        if neigh.get(&reply.to) != Some(&reply.chaddr) && reply.chaddr.len() == 6 {
+            let script = format!(
+                "neigh replace {} lladdr {} dev {dev} nud reachable\n",
+                reply.to,
+                mac_text(&reply.chaddr)
+            );
+            if let Err(e) = crate::iproute::batch("", &script) {
+                tracing::warn!(error = %e, "cannot add the neighbour entry for a DHCP reply");
+                continue;
+            }
+            neigh.insert(reply.to, reply.chaddr.clone());
+        }
+        if let Err(e) = sock.send_to(&bytes, SocketAddrV4::new(reply.to, CLIENT_PORT)) {
+            tracing::warn!(to = %reply.to, error = %e, "cannot send a DHCP reply");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::{Raw, Settings};
+
+    fn leases(lease: u64) -> Leases {
+        let s = Settings::from_raw(&Raw::resolve(None, &|_| None).unwrap()).unwrap();
+        Leases::new(Config {
+            tunnel: s.tunnel4,
+            lease_time: Duration::from_secs(lease),
+            mtu: Some(1450),
+            reserved: [Ipv4Addr::new(172, 16, 0, 21)].into(),
+        })
+    }
+
+    fn msg(kind: MessageType, mac: u8, id: Option<&str>) -> Message {
+        let mut m = Message::new_with_id(
+            7,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &[2, 0, 0, 0, 0, mac],
+        );
+        m.opts_mut().insert(DhcpOption::MessageType(kind));
+        if let Some(id) = id {
+            let mut v = vec![0];
+            v.extend_from_slice(id.as_bytes());
+            m.opts_mut().insert(DhcpOption::ClientIdentifier(v));
+        }
+        m
+    }
+
+    fn with(mut m: Message, o: DhcpOption) -> Message {
+        m.opts_mut().insert(o);
+        m
+    }
+
+    fn kind(r: &Option<Reply>) -> Option<MessageType> {
+        r.as_ref().and_then(|r| r.msg.opts().msg_type())
+    }
+
+    const GW: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 1);
+
+    #[test]
+    fn discover_offer_request_ack_with_options() {
+        let mut l = leases(3600);
+        let now = Instant::now();
+        let offer = l.handle(&msg(MessageType::Discover, 1, None), now).unwrap();
+        assert_eq!(offer.msg.yiaddr(), Ipv4Addr::new(172, 16, 0, 20));
+        assert_eq!(offer.to, Ipv4Addr::new(172, 16, 0, 20));
+        let o = offer.msg.opts();
+        assert_eq!(
+            o.get(OptionCode::Router),
+            Some(&DhcpOption::Router(vec![GW]))
+        );
+        assert_eq!(
+            o.get(OptionCode::DomainNameServer),
+            Some(&DhcpOption::DomainNameServer(vec![GW]))
+        );
+        assert_eq!(
+            o.get(OptionCode::AddressLeaseTime),
+            Some(&DhcpOption::AddressLeaseTime(3600))
+        );
+        assert_eq!(
+            o.get(OptionCode::InterfaceMtu),
+            Some(&DhcpOption::InterfaceMtu(1450))
+        );
+        let req = with(
+            with(
+                msg(MessageType::Request, 1, None),
+                DhcpOption::ServerIdentifier(GW),
+            ),
+            DhcpOption::RequestedIpAddress(offer.msg.yiaddr()),
+        );
+        let ack = l.handle(&req, now);
+        assert_eq!(kind(&ack), Some(MessageType::Ack));
+        assert_eq!(l.active(now), 1);
+        // A second client skips .20 (taken) and .21 (reserved for nat.conf).
+        let offer2 = l.handle(&msg(MessageType::Discover, 2, None), now).unwrap();
+        assert_eq!(offer2.msg.yiaddr(), Ipv4Addr::new(172, 16, 0, 22));
+        // Lease time is the configured one, and the lease runs out.
+        assert_eq!(l.active(now + Duration::from_secs(3601)), 0);
+    }
+
+    #[test]
+    fn a_new_server_honours_what_clients_still_hold() {
+        let mut l = leases(3600);
+        let now = Instant::now();
+        // INIT-REBOOT for an address this server never gave out: granted.
+        let reboot = with(
+            msg(MessageType::Request, 1, Some("web-0")),
+            DhcpOption::RequestedIpAddress(Ipv4Addr::new(172, 16, 0, 57)),
+        );
+        let r = l.handle(&reboot, now);
+        assert_eq!(kind(&r), Some(MessageType::Ack));
+        assert_eq!(r.unwrap().msg.yiaddr(), Ipv4Addr::new(172, 16, 0, 57));
+        // RENEWING from ciaddr, unknown to the server: granted.
+        let mut renew = msg(MessageType::Request, 2, Some("web-1"));
+        renew.set_ciaddr(Ipv4Addr::new(172, 16, 0, 58));
+        let r = l.handle(&renew, now).unwrap();
+        assert_eq!(r.msg.opts().msg_type(), Some(MessageType::Ack));
+        assert_eq!(r.to, Ipv4Addr::new(172, 16, 0, 58));
+        // Another client asking for .57 gets a NAK; outside the network too; the gateway too.
+        let steal = with(
+            msg(MessageType::Request, 3, Some("web-2")),
+            DhcpOption::RequestedIpAddress(Ipv4Addr::new(172, 16, 0, 57)),
+        );
+        assert_eq!(kind(&l.handle(&steal, now)), Some(MessageType::Nak));
+        let outside = with(
+            msg(MessageType::Request, 3, Some("web-2")),
+            DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 0, 0, 5)),
+        );
+        assert_eq!(kind(&l.handle(&outside, now)), Some(MessageType::Nak));
+        let gw = with(
+            msg(MessageType::Request, 3, Some("web-2")),
+            DhcpOption::RequestedIpAddress(GW),
+        );
+        assert_eq!(kind(&l.handle(&gw, now)), Some(MessageType::Nak));
+    }
+
+    #[test]
+    fn client_id_keeps_the_address_when_the_mac_changes() {
+        let mut l = leases(3600);
+        let now = Instant::now();
+        let a = l
+            .handle(&msg(MessageType::Discover, 1, Some("web-0")), now)
+            .unwrap()
+            .msg
+            .yiaddr();
+        let req = with(
+            with(
+                msg(MessageType::Request, 1, Some("web-0")),
+                DhcpOption::ServerIdentifier(GW),
+            ),
+            DhcpOption::RequestedIpAddress(a),
+        );
+        assert_eq!(kind(&l.handle(&req, now)), Some(MessageType::Ack));
+        // The tunnel was rebuilt: new MAC, same client id, same address.
+        let again = l
+            .handle(&msg(MessageType::Discover, 9, Some("web-0")), now)
+            .unwrap();
+        assert_eq!(again.msg.yiaddr(), a);
+        assert_eq!(again.chaddr, vec![2, 0, 0, 0, 0, 9]);
+        // Without a client id, a new MAC is a new client.
+        let other = l.handle(&msg(MessageType::Discover, 9, None), now).unwrap();
+        assert_ne!(other.msg.yiaddr(), a);
+    }
+
+    #[test]
+    fn release_decline_and_other_servers() {
+        let mut l = leases(3600);
+        let now = Instant::now();
+        let a = l
+            .handle(&msg(MessageType::Discover, 1, None), now)
+            .unwrap()
+            .msg
+            .yiaddr();
+        // The client took another server's offer: ours is dropped, no answer.
+        let other = with(
+            with(
+                msg(MessageType::Request, 1, None),
+                DhcpOption::ServerIdentifier(Ipv4Addr::new(172, 16, 0, 2)),
+            ),
+            DhcpOption::RequestedIpAddress(a),
+        );
+        assert!(l.handle(&other, now).is_none());
+        let b = l
+            .handle(&msg(MessageType::Discover, 2, None), now)
+            .unwrap()
+            .msg
+            .yiaddr();
+        assert_eq!(a, b, "the dropped offer's address is free again");
+        let req = with(
+            with(
+                msg(MessageType::Request, 2, None),
+                DhcpOption::ServerIdentifier(GW),
+            ),
+            DhcpOption::RequestedIpAddress(b),
+        );
+        l.handle(&req, now);
+        let mut rel = msg(MessageType::Release, 2, None);
+        rel.set_ciaddr(b);
+        assert!(l.handle(&rel, now).is_none());
+        assert_eq!(l.active(now), 0);
+        let dec = with(
+            msg(MessageType::Decline, 3, None),
+            DhcpOption::RequestedIpAddress(b),
+        );
+        l.handle(&dec, now);
+        assert_ne!(
+            l.handle(&msg(MessageType::Discover, 3, None), now)
+                .unwrap()
+                .msg
+                .yiaddr(),
+            b
+        );
+    }
+
+    #[test]
+    fn the_pool_runs_out_and_expired_leases_come_back() {
+        let mut l = leases(60);
+        let now = Instant::now();
+        let mut got = BTreeSet::new();
+        for mac in 0..=255u8 {
+            let Some(o) = l.handle(&msg(MessageType::Discover, mac, None), now) else {
+                break;
+            };
+            let a = o.msg.yiaddr();
+            let req = with(
+                with(
+                    msg(MessageType::Request, mac, None),
+                    DhcpOption::ServerIdentifier(GW),
+                ),
+                DhcpOption::RequestedIpAddress(a),
+            );
+            assert_eq!(kind(&l.handle(&req, now)), Some(MessageType::Ack));
+            got.insert(a);
+        }
+        // .20 to .254 without the reserved .21.
+        assert_eq!(got.len(), 234);
+        let mut late = msg(MessageType::Discover, 1, Some("late"));
+        late.set_xid(1);
+        assert!(l.handle(&late, now).is_none());
+        assert!(l.handle(&late, now + Duration::from_secs(61)).is_some());
+    }
+
+    #[test]
+    fn garbage_is_ignored() {
+        let mut l = leases(60);
+        let mut m = msg(MessageType::Offer, 1, None);
+        assert!(l.handle(&m, Instant::now()).is_none());
+        m.set_opcode(Opcode::BootReply);
+        assert!(l.handle(&m, Instant::now()).is_none());
+        assert!(Message::from_bytes(&[1, 2, 3]).is_err());
+    }
+}
