@@ -11,77 +11,61 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// One setting. `seed` says whether pod-gateway's settings.sh has it (same name, same default).
-#[derive(Debug, Clone, Copy)]
-pub struct Knob {
-    pub name: &'static str,
-    pub default: &'static str,
-    pub help: &'static str,
-    pub seed: bool,
-}
-
-macro_rules! knobs {
-    ($($id:ident = $name:literal, $default:literal, $seed:literal, $help:literal;)*) => {
-        $(pub const $id: &str = $name;)*
-        pub const KNOBS: &[Knob] = &[$(Knob { name: $name, default: $default, help: $help, seed: $seed }),*];
-    };
-}
-
-knobs! {
-    GATEWAY_NAME = "GATEWAY_NAME", "$gateway", true,
+knobs::knobs! {
+    GATEWAY_NAME = "GATEWAY_NAME", "gateway-name", "$gateway",
         "Clients: DNS name (or address) of the gateway; the injector sets env `gateway` to the gateway Service.";
-    K8S_DNS_IPS = "K8S_DNS_IPS", "$K8S_DNS_ips", true,
+    K8S_DNS_IPS = "K8S_DNS_IPS", "k8s-dns-ips", "$K8S_DNS_ips",
         "Clients: cluster DNS addresses (blank separated), kept on the Pod's own route. Empty: the nameservers of /etc/resolv.conf.";
-    NOT_ROUTED_TO_GATEWAY_CIDRS = "NOT_ROUTED_TO_GATEWAY_CIDRS", "", true,
+    NOT_ROUTED_TO_GATEWAY_CIDRS = "NOT_ROUTED_TO_GATEWAY_CIDRS", "not-routed-to-gateway-cidrs", "",
         "Clients: CIDRs (blank separated) kept on the Pod's own default gateway.";
-    VXLAN_ID = "VXLAN_ID", "42", true,
+    VXLAN_ID = "VXLAN_ID", "vxlan-id", "42",
         "VXLAN network identifier (0 to 16777215).";
-    VXLAN_PORT = "VXLAN_PORT", "0", true,
+    VXLAN_PORT = "VXLAN_PORT", "vxlan-port", "0",
         "VXLAN UDP port; 0 is the kernel's default (8472). Cilium clusters need 4789.";
-    VXLAN_IP_NETWORK = "VXLAN_IP_NETWORK", "172.16.0", true,
+    VXLAN_IP_NETWORK = "VXLAN_IP_NETWORK", "vxlan-ip-network", "172.16.0",
         "Tunnel IPv4 network: three octets (a /24, as the seed) or a CIDR. The gateway is its first address.";
-    VXLAN_GATEWAY_FIRST_DYNAMIC_IP = "VXLAN_GATEWAY_FIRST_DYNAMIC_IP", "20", true,
+    VXLAN_GATEWAY_FIRST_DYNAMIC_IP = "VXLAN_GATEWAY_FIRST_DYNAMIC_IP", "vxlan-gateway-first-dynamic-ip", "20",
         "First host number handed out by DHCP; those below are for nat.conf's static entries.";
-    VPN_INTERFACE = "VPN_INTERFACE", "tun0", true,
+    VPN_INTERFACE = "VPN_INTERFACE", "vpn-interface", "tun0",
         "Interface of the VPN client in the gateway Pod; port forwards arrive on it. Empty: no VPN.";
-    VPN_BLOCK_OTHER_TRAFFIC = "VPN_BLOCK_OTHER_TRAFFIC", "true", true,
+    VPN_BLOCK_OTHER_TRAFFIC = "VPN_BLOCK_OTHER_TRAFFIC", "vpn-block-other-traffic", "true",
         "Kill switch: only VPN_INTERFACE carries forwarded and outgoing traffic (plus VPN_TRAFFIC_PORT, VPN_LOCAL_CIDRS and the tunnel).";
-    VPN_TRAFFIC_PORT = "VPN_TRAFFIC_PORT", "443", true,
+    VPN_TRAFFIC_PORT = "VPN_TRAFFIC_PORT", "vpn-traffic-port", "443",
         "Kill switch: the VPN's own port (TCP and UDP), allowed out on any interface.";
-    VPN_LOCAL_CIDRS = "VPN_LOCAL_CIDRS", "10.0.0.0/8 192.168.0.0/16", true,
+    VPN_LOCAL_CIDRS = "VPN_LOCAL_CIDRS", "vpn-local-cidrs", "10.0.0.0/8 192.168.0.0/16",
         "Kill switch: CIDRs (blank separated, IPv4 or IPv6) exempt and routed via the Pod's own gateway.";
-    DNS_LOCAL_CIDRS = "DNS_LOCAL_CIDRS", "local", true,
+    DNS_LOCAL_CIDRS = "DNS_LOCAL_CIDRS", "dns-local-cidrs", "local",
         "DNS *domains* (blank separated, despite the name) answered by the cluster DNS; all others go upstream.";
-    DNS_LOCAL_SERVER = "DNS_LOCAL_SERVER", "", true,
+    DNS_LOCAL_SERVER = "DNS_LOCAL_SERVER", "dns-local-server", "",
         "Cluster DNS server for DNS_LOCAL_CIDRS. Empty: the first nameserver of the saved resolv.conf.";
-    RESOLV_CONF_COPY = "RESOLV_CONF_COPY", "/etc/resolv_copy.conf", true,
+    RESOLV_CONF_COPY = "RESOLV_CONF_COPY", "resolv-conf-copy", "/etc/resolv_copy.conf",
         "Where the gateway keeps its copy of the Pod's original resolv.conf.";
-    CONNECTION_RETRY_COUNT = "CONNECTION_RETRY_COUNT", "1", true,
+    CONNECTION_RETRY_COUNT = "CONNECTION_RETRY_COUNT", "connection-retry-count", "1",
         "Clients: failed probes in a row before the tunnel is rebuilt.";
-    GATEWAY_ENABLE_DNSSEC = "GATEWAY_ENABLE_DNSSEC", "true", true,
+    GATEWAY_ENABLE_DNSSEC = "GATEWAY_ENABLE_DNSSEC", "gateway-enable-dnssec", "true",
         "Validate DNSSEC on upstream answers.";
-    IPTABLES_NFT = "IPTABLES_NFT", "no", true,
+    IPTABLES_NFT = "IPTABLES_NFT", "iptables-nft", "no",
         "Accepted for compatibility (yes/no); ghostwire writes its gateway rules with nftables either way.";
-    SNAT_IP = "SNAT_IP", "", true,
+    SNAT_IP = "SNAT_IP", "snat-ip", "",
         "SNAT tunnel traffic leaving VPN_INTERFACE to this address. Empty: MASQUERADE.";
-    VPN_INTERFACE_MTU = "VPN_INTERFACE_MTU", "", true,
+    VPN_INTERFACE_MTU = "VPN_INTERFACE_MTU", "vpn-interface-mtu", "",
         "MTU of VPN_INTERFACE; vxlan0 gets this minus the VXLAN overhead (50 bytes over IPv4, 70 over IPv6). Empty: from the underlay.";
-    K8S_SERVICE_CIDRS = "K8S_SERVICE_CIDRS", "", false,
-        "Clients: the cluster's Service CIDRs (blank separated), kept on the Pod's own route like NOT_ROUTED_TO_GATEWAY_CIDRS.";
-    VXLAN_IPV6_NETWORK = "VXLAN_IPV6_NETWORK", "", false,
-        "Tunnel IPv6 network (a CIDR, /64 to /120). Empty: IPv4 only in the tunnel (clients still lose their IPv6 default route).";
-    NAT_CONF = "NAT_CONF", "/config/nat.conf", false,
-        "Static addresses and port forwards (`name octet type:port[:target],...`). A missing file means none.";
-    NAT6_CONF = "NAT6_CONF", "/config/nat6.conf", false,
-        "The IPv6 twin of nat.conf (`name hex-host-id type:port[:target],...`). A missing file means none.";
-    DHCP_LEASE_TIME = "DHCP_LEASE_TIME", "12h", false,
-        "DHCP lease time (`90s`, `30m`, `12h`, `1d`).";
-    CLIENT_PROBE_INTERVAL = "CLIENT_PROBE_INTERVAL", "150ms", false,
-        "Clients: how often the sidecar probes the gateway through the tunnel.";
-    DNSSEC_TRUST_ANCHOR = "DNSSEC_TRUST_ANCHOR", "", false,
-        "File of DS or DNSKEY records used as the DNSSEC trust anchor. Empty: the root zone's.";
-    GATEWAY_ADMIN_ADDR = "GATEWAY_ADMIN_ADDR", "0.0.0.0:8082", false,
-        "Address of /healthz, /readyz and /metrics of the sidecars.";
+    K8S_SERVICE_CIDRS = "K8S_SERVICE_CIDRS", "k8s-service-cidrs", "",
+        "Clients: the cluster's Service CIDRs (blank separated), kept on the Pod's own route like NOT_ROUTED_TO_GATEWAY_CIDRS. (ghostwire; not in pod-gateway)";
+    VXLAN_IPV6_NETWORK = "VXLAN_IPV6_NETWORK", "vxlan-ipv6-network", "",
+        "Tunnel IPv6 network (a CIDR, /64 to /120). Empty: IPv4 only in the tunnel (clients still lose their IPv6 default route). (ghostwire; not in pod-gateway)";
+    NAT_CONF = "NAT_CONF", "nat-conf", "/config/nat.conf",
+        "Static addresses and port forwards (`name octet type:port[:target],...`). A missing file means none. (ghostwire; not in pod-gateway)";
+    NAT6_CONF = "NAT6_CONF", "nat6-conf", "/config/nat6.conf",
+        "The IPv6 twin of nat.conf (`name hex-host-id type:port[:target],...`). A missing file means none. (ghostwire; not in pod-gateway)";
+    DHCP_LEASE_TIME = "DHCP_LEASE_TIME", "dhcp-lease-time", "12h",
+        "DHCP lease time (`90s`, `30m`, `12h`, `1d`). (ghostwire; not in pod-gateway)";
+    CLIENT_PROBE_INTERVAL = "CLIENT_PROBE_INTERVAL", "client-probe-interval", "150ms",
+        "Clients: how often the sidecar probes the gateway through the tunnel. (ghostwire; not in pod-gateway)";
+    DNSSEC_TRUST_ANCHOR = "DNSSEC_TRUST_ANCHOR", "dnssec-trust-anchor", "",
+        "File of DS or DNSKEY records used as the DNSSEC trust anchor. Empty: the root zone's. (ghostwire; not in pod-gateway)";
+    GATEWAY_ADMIN_ADDR = "GATEWAY_ADMIN_ADDR", "gateway-admin-addr", "0.0.0.0:8082",
+        "Address of /healthz, /readyz and /metrics of the sidecars. (ghostwire; not in pod-gateway)";
 }
 
 /// The settings file read by default.
@@ -141,10 +125,10 @@ impl Raw {
         };
         let mut raw = Raw::default();
         for k in KNOBS {
-            let v = if let Some(v) = env(k.name) {
+            let v = if let Some(v) = env(k.env) {
                 (v, Origin::Env)
             } else if let Some((path, a)) =
-                file.as_ref().and_then(|(p, f)| Some((p, f.get(k.name)?)))
+                file.as_ref().and_then(|(p, f)| Some((p, f.get(k.env)?)))
             {
                 (
                     a.value.clone(),
@@ -155,19 +139,19 @@ impl Raw {
                 )
             } else {
                 let v = shell::expand(k.default, env).map_err(|reason| SettingsError::Invalid {
-                    name: k.name,
+                    name: k.env,
                     value: k.default.into(),
                     origin: Origin::Default.to_string(),
                     reason,
                 })?;
                 (v, Origin::Default)
             };
-            raw.values.insert(k.name, v);
+            raw.values.insert(k.env, v);
         }
         if let Some((_, f)) = &file {
             raw.unknown = f
                 .keys()
-                .filter(|n| !KNOBS.iter().any(|k| k.name == n.as_str()))
+                .filter(|n| !KNOBS.iter().any(|k| k.env == n.as_str()))
                 .cloned()
                 .collect();
         }
@@ -514,27 +498,6 @@ impl Settings {
     }
 }
 
-/// The docs table of every knob.
-pub fn knobs_markdown() -> String {
-    let mut out = String::from(
-        "| name | default | from settings.sh of pod-gateway | what it does |\n|---|---|---|---|\n",
-    );
-    for k in KNOBS {
-        let d = if k.default.is_empty() {
-            "(empty)"
-        } else {
-            k.default
-        };
-        out.push_str(&format!(
-            "| `{}` | `{d}` | {} | {} |\n",
-            k.name,
-            if k.seed { "yes" } else { "no (ghostwire)" },
-            k.help
-        ));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -707,23 +670,6 @@ mod docs_tests {
     #[test]
     fn docs_table_is_current() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md");
-        let doc = std::fs::read_to_string(path).expect("docs/configuration.md exists");
-        let (begin, end) = (
-            "<!-- gateway-knobs:begin -->\n",
-            "<!-- gateway-knobs:end -->",
-        );
-        let start = doc.find(begin).expect("begin marker") + begin.len();
-        let stop = doc.find(end).expect("end marker");
-        let table = super::knobs_markdown();
-        if std::env::var("GW_UPDATE_DOCS").is_ok() {
-            let new = format!("{}{table}{}", &doc[..start], &doc[stop..]);
-            std::fs::write(path, new).unwrap();
-            return;
-        }
-        assert_eq!(
-            &doc[start..stop],
-            table,
-            "run GW_UPDATE_DOCS=1 cargo test -p gateway docs"
-        );
+        knobs::check_doc_table(path, "gateway", super::KNOBS).unwrap();
     }
 }

@@ -51,6 +51,7 @@ impl Lab {
                  route add 2001:db8:ff::/48 via 2001:db8:f::1\n"
             ),
         )?;
+        let (pods4, pods6) = (self.network().pod_v4, self.network().pod_v6);
         ip_batch(
             &name,
             &format!(
@@ -61,8 +62,8 @@ impl Lab {
                  addr add {UPLINK_INET_V4}/30 dev up0\n\
                  addr add 2001:db8:f::1/64 dev up0 nodad\n\
                  link set up0 up\n\
-                 route add 10.244.0.0/16 via {UPLINK_NODE_V4}\n\
-                 route add fd00:10:244::/64 via 2001:db8:f::2\n"
+                 route add {pods4} via {UPLINK_NODE_V4}\n\
+                 route add {pods6} via 2001:db8:f::2\n"
             ),
         )?;
         crate::set_sysctls(
