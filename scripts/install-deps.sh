@@ -11,6 +11,10 @@ command -v ps >/dev/null || need+=(procps)
 command -v python3 >/dev/null || need+=(python3)
 command -v socat >/dev/null || need+=(socat)
 command -v setpriv >/dev/null || need+=(util-linux)
+# The gateway's tests: the real DHCP clients that must get leases from our server.
+command -v udhcpc >/dev/null || need+=(udhcpc)
+command -v dhclient >/dev/null || need+=(isc-dhcp-client)
+command -v dhcpcd >/dev/null || need+=(dhcpcd-base)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -157,6 +157,18 @@ pub fn init(
     nat6: &[NatEntry],
     resolv_conf: &str,
 ) -> Result<Tunnel, ClientError> {
+    init_with(s, hostname, nat4, nat6, resolv_conf, None)
+}
+
+/// [`init`], asking DHCP for `previous` first (a rebuild keeps the Pod's address).
+pub fn init_with(
+    s: &Settings,
+    hostname: &str,
+    nat4: &[NatEntry],
+    nat6: &[NatEntry],
+    resolv_conf: &str,
+    previous: Option<std::net::Ipv4Addr>,
+) -> Result<Tunnel, ClientError> {
     let own4 = own_next_hop("-4")?;
     let own6 = own_next_hop("-6")?;
     let own = own4
@@ -228,7 +240,7 @@ pub fn init(
     let (addr4, lease) = match addr4 {
         Some(a) => (Some(a), None),
         None => {
-            let l = crate::dhcp::client::obtain(hostname, None)
+            let l = crate::dhcp::client::obtain(hostname, previous)
                 .map_err(|e| ClientError::Dhcp(e.to_string()))?;
             (Some(IpNet::V4(l.addr)), Some(l))
         }
@@ -262,4 +274,42 @@ pub fn wait_for_gateway(addr: IpAddr, within: Duration) -> Result<(), ClientErro
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     }
+}
+
+/// The tunnel as client init left it (for the client sidecar, which starts after init):
+/// `None` when there is no vxlan0.
+pub fn current(s: &Settings) -> Result<Option<Tunnel>, ClientError> {
+    let Some(link) = iproute::link(VXLAN_DEV)? else {
+        return Ok(None);
+    };
+    let data = &link["linkinfo"]["info_data"];
+    let Some(gateway_ip) = data["remote"]
+        .as_str()
+        .or(data["remote6"].as_str())
+        .and_then(|r| r.parse::<IpAddr>().ok())
+    else {
+        return Ok(None);
+    };
+    let own = own_next_hop("-4")?
+        .or(own_next_hop("-6")?)
+        .ok_or(ClientError::NoDefaultRoute)?;
+    let addrs = iproute::addresses(VXLAN_DEV)?;
+    let pick = |v6: bool| {
+        addrs
+            .iter()
+            .find(|a| {
+                a.addr().is_ipv6() == v6
+                    && !matches!(a.addr(), IpAddr::V6(x) if x.segments()[0] == 0xfe80)
+            })
+            .copied()
+    };
+    Ok(Some(Tunnel {
+        gateway_ip,
+        own,
+        addr4: pick(false)
+            .filter(|a| matches!(a.addr(), IpAddr::V4(v) if s.tunnel4.net.contains(&v))),
+        addr6: pick(true),
+        mtu: link["mtu"].as_u64().unwrap_or(0) as u32,
+        lease: None,
+    }))
 }

@@ -14,3 +14,4 @@ pub mod natconf;
 pub mod probe;
 pub mod settings;
 pub mod shell;
+pub mod sidecar;

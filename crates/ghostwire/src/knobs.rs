@@ -25,6 +25,13 @@ impl Table for Mesh {
     const KNOBS: &'static [Knob] = mesh_config::KNOBS;
 }
 
+/// The egress gateway's knobs (`gateway …`, `client …`): pod-gateway's names, no `GW_` prefix.
+#[derive(Debug, Clone)]
+pub struct Gateway;
+impl Table for Gateway {
+    const KNOBS: &'static [Knob] = gateway::settings::KNOBS;
+}
+
 /// Values given by flag or environment; knobs not given are absent, so that
 /// the defaults file and the built-in default can apply in that order.
 #[derive(Debug, Clone)]

@@ -6,6 +6,7 @@
 #[cfg(feature = "lab")]
 mod demo;
 mod exit;
+mod gateway;
 mod init;
 mod injector;
 mod knobs;
@@ -39,6 +40,12 @@ enum Command {
     Watcher(watcher::WatcherArgs),
     /// Mesh init container: redirect the Pod's TCP to its proxy (or `--validate` that it is).
     ProxyInit(proxy_init::ProxyInitArgs),
+    /// Egress gateway Pod: `init` (kill switch, NAT, forwards, vxlan0), `sidecar` (DHCP).
+    #[command(subcommand)]
+    Gateway(gateway::GatewayCommand),
+    /// Egress gateway client Pod: `init` (route through the gateway), `sidecar` (probe, heal).
+    #[command(subcommand)]
+    Client(gateway::ClientCommand),
     /// Mutating admission webhook: adds the containers each workload's ghostwire.dev/* annotations ask for.
     Injector(Box<injector::InjectorArgs>),
     /// Show each capability end to end in a lab cluster on this machine (needs root).
@@ -69,6 +76,8 @@ fn main() -> std::process::ExitCode {
             Command::Watcher(args) => watcher::run(args).await,
             Command::Injector(args) => injector::run(*args).await,
             Command::ProxyInit(args) => proxy_init::run(args).await,
+            Command::Gateway(cmd) => gateway::run_gateway(cmd).await,
+            Command::Client(cmd) => gateway::run_client(cmd).await,
             #[cfg(feature = "lab")]
             Command::Demo(args) => demo::run(args).await,
             #[cfg(feature = "lab")]

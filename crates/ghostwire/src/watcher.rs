@@ -27,7 +27,7 @@ pub struct WatcherArgs {
     pub netns: Option<String>,
 }
 
-async fn signal() {
+pub(crate) async fn signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -269,8 +269,8 @@ pub fn obtain(hostname: &str, previous: Option<Ipv4Addr>) -> Result<Lease, DhcpE
             &s.message(MessageType::Discover, xid, Ipv4Addr::UNSPECIFIED),
             Ipv4Addr::BROADCAST,
             &[MessageType::Offer],
-            6,
-            Duration::from_millis(500),
+            4,
+            Duration::from_millis(250),
             "OFFER",
         )?;
         let server = match offer.opts().get(OptionCode::ServerIdentifier) {
@@ -324,11 +324,12 @@ pub fn renew(hostname: &str, l: &Lease) -> Result<Lease, DhcpError> {
     Ok(n)
 }
 
+/// A transaction id: std's randomly keyed hasher is random enough to tell transactions apart.
 fn rand_xid() -> u32 {
     use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    h.finish() as u32
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish() as u32
 }
 
 #[cfg(test)]

@@ -1,0 +1,244 @@
+//! The long-running halves: the gateway sidecar (DHCP server on vxlan0) and the client
+//! sidecar (probe the gateway through the tunnel, rebuild the tunnel and renew the lease when
+//! it stops answering, e.g. because the gateway Pod was replaced and has a new address).
+//! Both are blocking loops that end when `stop` is set; the binary runs them on threads.
+
+use crate::client::{self, ClientError, Tunnel};
+use crate::dhcp::server::{self, Config, Leases};
+use crate::gateway::VXLAN_DEV;
+use crate::natconf::NatEntry;
+use crate::settings::Settings;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The gateway sidecar's DHCP configuration, from the settings, nat.conf and vxlan0.
+pub fn dhcp_config(s: &Settings, nat4: &[NatEntry]) -> Result<Config, crate::iproute::IpError> {
+    let mtu = crate::iproute::link(VXLAN_DEV)?
+        .and_then(|l| l["mtu"].as_u64())
+        .and_then(|m| u16::try_from(m).ok());
+    Ok(Config {
+        tunnel: s.tunnel4,
+        lease_time: s.dhcp_lease_time,
+        mtu,
+        reserved: nat4
+            .iter()
+            .filter_map(|e| match e.addr {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => None,
+            })
+            .collect(),
+    })
+}
+
+/// The gateway sidecar's state, shared with /metrics and the probes.
+#[derive(Debug, Clone)]
+pub struct GatewayState {
+    pub leases: Arc<Mutex<Leases>>,
+    pub dhcp_up: Arc<AtomicBool>,
+}
+
+impl GatewayState {
+    pub fn new(cfg: Config) -> GatewayState {
+        GatewayState {
+            leases: Arc::new(Mutex::new(Leases::new(cfg))),
+            dhcp_up: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Runs the DHCP server on vxlan0 until `stop`.
+    pub fn serve_dhcp(&self, stop: &AtomicBool) -> std::io::Result<()> {
+        self.dhcp_up.store(true, Ordering::SeqCst);
+        let r = server::serve(VXLAN_DEV, self.leases.clone(), stop);
+        self.dhcp_up.store(false, Ordering::SeqCst);
+        r
+    }
+
+    /// Registers `dhcp_*` metrics that read the live counters at scrape time.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register_collector(Box::new(LeaseCollector(self.leases.clone())));
+    }
+}
+
+#[derive(Debug)]
+struct LeaseCollector(Arc<Mutex<Leases>>);
+
+impl prometheus_client::collector::Collector for LeaseCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let (c, active) = {
+            let l = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            (l.counts, l.active(Instant::now()))
+        };
+        let g = ConstGauge::new(active as i64);
+        g.encode(encoder.encode_descriptor(
+            "gateway_dhcp_leases",
+            "Active DHCP leases",
+            None,
+            g.metric_type(),
+        )?)?;
+        for (name, help, v) in [
+            ("gateway_dhcp_offers", "DHCP OFFERs sent", c.offers),
+            ("gateway_dhcp_acks", "DHCP ACKs sent", c.acks),
+            ("gateway_dhcp_naks", "DHCP NAKs sent", c.naks),
+            (
+                "gateway_dhcp_ignored",
+                "DHCP messages not answered",
+                c.ignored,
+            ),
+        ] {
+            let m = ConstCounter::new(v);
+            m.encode(encoder.encode_descriptor(name, help, None, m.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The client sidecar's metrics.
+#[derive(Debug, Clone, Default)]
+pub struct ClientMetrics {
+    pub probe_failures: Counter,
+    pub heals: Counter,
+    pub heal_seconds: Arc<Mutex<Option<Histogram>>>,
+    pub tunnel_up: Gauge,
+    pub renewals: Counter,
+}
+
+impl ClientMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "client_probe_failures",
+            "Probes of the gateway that got no answer",
+            self.probe_failures.clone(),
+        );
+        registry.register("client_heals", "Tunnel rebuilds", self.heals.clone());
+        registry.register(
+            "client_tunnel_up",
+            "1 while the gateway answers through the tunnel",
+            self.tunnel_up.clone(),
+        );
+        registry.register(
+            "client_dhcp_renewals",
+            "Lease renewals",
+            self.renewals.clone(),
+        );
+        let h = Histogram::new([0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]);
+        registry.register(
+            "client_heal_duration_seconds",
+            "From the first failed probe to the gateway answering through the new tunnel",
+            h.clone(),
+        );
+        *self.heal_seconds.lock().unwrap_or_else(|e| e.into_inner()) = Some(h);
+    }
+}
+
+/// What the client sidecar needs to rebuild the tunnel.
+#[derive(Debug, Clone)]
+pub struct ClientInputs {
+    pub settings: Settings,
+    pub hostname: String,
+    pub nat4: Vec<NatEntry>,
+    pub nat6: Vec<NatEntry>,
+    pub resolv_conf: String,
+}
+
+/// Probes the gateway every `probe_interval`; after CONNECTION_RETRY_COUNT failures in a row
+/// rebuilds the tunnel (re-resolving the gateway, asking DHCP for the same address), and
+/// renews the lease at T1. Returns when `stop` is set.
+pub fn client_loop(inp: &ClientInputs, mut tunnel: Tunnel, stop: &AtomicBool, m: &ClientMetrics) {
+    let s = &inp.settings;
+    let gw = IpAddr::V4(s.tunnel4.gateway);
+    let mut failures = 0u32;
+    let mut seq = 0u16;
+    let mut first_failure: Option<Instant> = None;
+    m.tunnel_up.set(1);
+    while !stop.load(Ordering::Relaxed) {
+        seq = seq.wrapping_add(1);
+        let wait = s
+            .probe_interval
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let t0 = Instant::now();
+        match crate::probe::ping(gw, Some(VXLAN_DEV), seq, wait) {
+            Ok(_) => {
+                failures = 0;
+                first_failure = None;
+                m.tunnel_up.set(1);
+                std::thread::sleep(s.probe_interval.saturating_sub(t0.elapsed()));
+            }
+            Err(e) => {
+                m.probe_failures.inc();
+                failures += 1;
+                first_failure.get_or_insert(t0);
+                tracing::debug!(error = %e, failures, "gateway probe failed");
+            }
+        }
+        if failures >= s.connection_retry_count {
+            m.tunnel_up.set(0);
+            let previous = tunnel.addr4.and_then(|a| match a.addr() {
+                IpAddr::V4(v) => Some(v),
+                IpAddr::V6(_) => None,
+            });
+            match rebuild(inp, previous) {
+                Ok(t) => {
+                    let took = first_failure.map(|f| f.elapsed()).unwrap_or_default();
+                    tracing::info!(gateway = %t.gateway_ip, addr = ?t.addr4, ?took, "tunnel rebuilt");
+                    if let Some(h) = m
+                        .heal_seconds
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .as_ref()
+                    {
+                        h.observe(took.as_secs_f64());
+                    }
+                    m.heals.inc();
+                    m.tunnel_up.set(1);
+                    tunnel = t;
+                    failures = 0;
+                    first_failure = None;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "tunnel rebuild failed; retrying");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            continue;
+        }
+        if let Some(l) = tunnel.lease.clone()
+            && Instant::now() >= l.renew_at()
+        {
+            match crate::dhcp::client::renew(&inp.hostname, &l) {
+                Ok(n) => {
+                    m.renewals.inc();
+                    tunnel.lease = Some(n);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "lease renewal failed; asking again");
+                    if let Ok(n) = crate::dhcp::client::obtain(&inp.hostname, Some(l.addr.addr())) {
+                        tunnel.lease = Some(n);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn rebuild(inp: &ClientInputs, previous: Option<Ipv4Addr>) -> Result<Tunnel, ClientError> {
+    client::init_with(
+        &inp.settings,
+        &inp.hostname,
+        &inp.nat4,
+        &inp.nat6,
+        &inp.resolv_conf,
+        previous,
+    )
+}

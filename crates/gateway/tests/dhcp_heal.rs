@@ -1,0 +1,343 @@
+//! DHCP on the tunnel and healing, on the real kernel: our client and the real udhcpc,
+//! dhclient and dhcpcd get leases from the gateway sidecar; when the gateway Pod is replaced
+//! (new Pod IP, new server with no leases) the client sidecar rebuilds the tunnel and keeps its
+//! address.
+
+use gateway::settings::{Raw, Settings};
+use gateway::sidecar::{ClientInputs, ClientMetrics, GatewayState};
+use hickory_proto::op::{Message, MessageType, ResponseCode};
+use hickory_proto::rr::{RData, Record, rdata::A};
+use lab_net::internet::{self, Internet};
+use lab_net::{Lab, Pod};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+fn settings(env: Vec<(&'static str, String)>) -> Settings {
+    let f = move |n: &str| env.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone());
+    Settings::from_raw(&Raw::resolve(None, &f).unwrap()).unwrap()
+}
+
+/// A stand-in for the cluster DNS: answers A queries for any name with `answer`.
+fn cluster_dns(pod: &Pod, answer: Arc<Mutex<Ipv4Addr>>) {
+    let sock = pod
+        .netns()
+        .run(|| UdpSocket::bind("0.0.0.0:53").unwrap())
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut r = Message::new(q.metadata.id, MessageType::Response, q.metadata.op_code);
+            r.metadata.response_code = ResponseCode::NoError;
+            for query in &q.queries {
+                r.add_query(query.clone());
+                let ip = *answer.lock().unwrap();
+                r.answers
+                    .push(Record::from_rdata(query.name().clone(), 5, RData::A(A(ip))));
+            }
+            let _ = sock.send_to(&r.to_vec().unwrap(), from);
+        }
+    });
+}
+
+/// A running gateway: init done, DHCP server on a thread.
+struct Gateway {
+    pod: Pod,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    state: GatewayState,
+}
+
+fn start_gateway(lab: &mut Lab, inet: &Internet, name: &str, s: &Settings) -> Gateway {
+    let pod = lab.add_pod(name).unwrap();
+    inet.connect_vpn(&pod, "tun0").unwrap();
+    let state = pod
+        .netns()
+        .run(|| {
+            gateway::gateway::init(s, &[]).unwrap();
+            GatewayState::new(gateway::sidecar::dhcp_config(s, &[]).unwrap())
+        })
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (st, stop2, ns) = (state.clone(), stop.clone(), pod.netns().clone());
+    let thread = std::thread::spawn(move || {
+        ns.run(move || st.serve_dhcp(&stop2).unwrap()).unwrap();
+    });
+    Gateway {
+        pod,
+        stop,
+        thread: Some(thread),
+        state,
+    }
+}
+
+impl Gateway {
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn base_env(dns: &Pod) -> Vec<(&'static str, String)> {
+    vec![
+        ("GATEWAY_NAME", "gateway.vpn.svc.cluster.local".into()),
+        ("K8S_DNS_IPS", dns.ipv4.to_string()),
+        ("VPN_TRAFFIC_PORT", "1194".into()),
+        ("DHCP_LEASE_TIME", "10m".into()),
+    ]
+}
+
+fn whoami_tcp(inet: &Internet, port: u16) {
+    let l = inet
+        .netns()
+        .run(move || std::net::TcpListener::bind(("0.0.0.0", port)).unwrap())
+        .unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut c in l.incoming().flatten() {
+            let mut b = [0u8; 64];
+            let _ = c.read(&mut b);
+            let _ = c.write_all(format!("{}\n", c.peer_addr().unwrap().ip()).as_bytes());
+        }
+    });
+}
+
+#[test]
+fn client_sidecar_heals_when_the_gateway_pod_is_replaced() {
+    let mut lab = Lab::new("gw_heal").unwrap();
+    let dns = lab.add_pod("dns").unwrap();
+    let client = lab.add_pod("client").unwrap();
+    let inet = lab.add_internet().unwrap();
+    let s = settings(base_env(&dns));
+    let mut gw1 = start_gateway(&mut lab, &inet, "gw1", &s);
+    let answer = Arc::new(Mutex::new(gw1.pod.ipv4));
+    cluster_dns(&dns, answer.clone());
+    whoami_tcp(&inet, 7002);
+
+    let inputs = ClientInputs {
+        settings: s.clone(),
+        hostname: "app-6d4cf56db6-abcde".into(),
+        nat4: vec![],
+        nat6: vec![],
+        resolv_conf: String::new(),
+    };
+    // Client init: the gateway by name through the cluster DNS, the address by DHCP.
+    let tunnel = client
+        .netns()
+        .run(|| gateway::client::init(&s, &inputs.hostname, &[], &[], ""))
+        .unwrap()
+        .unwrap();
+    assert_eq!(tunnel.gateway_ip, std::net::IpAddr::V4(gw1.pod.ipv4));
+    let addr = tunnel.addr4.unwrap();
+    assert_eq!(addr.to_string(), "172.16.0.20/24");
+    assert_eq!(gw1.state.leases.lock().unwrap().active(Instant::now()), 1);
+    let egress = SocketAddr::new(internet::HOST_V4.into(), 7002);
+    let ask = || {
+        client
+            .netns()
+            .run(move || lab_net::client::tcp_request(egress))
+            .unwrap()
+    };
+    assert_eq!(ask().unwrap(), internet::VPN_CLIENT_V4.to_string());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let metrics = ClientMetrics::default();
+    let sidecar = {
+        let (stop, metrics, inputs, ns) = (
+            stop.clone(),
+            metrics.clone(),
+            inputs.clone(),
+            client.netns().clone(),
+        );
+        std::thread::spawn(move || {
+            ns.run(move || gateway::sidecar::client_loop(&inputs, tunnel, &stop, &metrics))
+                .unwrap()
+        })
+    };
+
+    // The gateway Pod goes away; a new one comes up with another Pod IP and no leases.
+    gw1.stop();
+    inet.disconnect_vpn(&gw1.pod, "tun0").unwrap();
+    lab.remove_pod(&gw1.pod).unwrap();
+    let gw2 = start_gateway(&mut lab, &inet, "gw2", &s);
+    assert_ne!(gw2.pod.ipv4, gw1.pod.ipv4);
+    *answer.lock().unwrap() = gw2.pod.ipv4;
+    let ready = Instant::now();
+    while metrics.heals.get() == 0 && ready.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!(
+        "tunnel rebuilt {:?} after the new gateway was ready",
+        ready.elapsed()
+    );
+    let healed = loop {
+        if let Ok(r) = ask() {
+            break r;
+        }
+        assert!(
+            ready.elapsed() < Duration::from_secs(30),
+            "no heal within 30s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!(
+        "traffic flows again {:?} after the new gateway was ready",
+        ready.elapsed()
+    );
+    assert_eq!(healed, internet::VPN_CLIENT_V4.to_string());
+    assert_eq!(metrics.heals.get(), 1);
+    // Same address, granted by a server that never gave it out (INIT-REBOOT honoured).
+    let addrs = client
+        .netns()
+        .run(|| gateway::iproute::addresses("vxlan0").unwrap())
+        .unwrap();
+    assert!(addrs.contains(&addr), "{addrs:?}");
+    assert_eq!(gw2.state.leases.lock().unwrap().active(Instant::now()), 1);
+    stop.store(true, Ordering::SeqCst);
+    sidecar.join().unwrap();
+}
+
+/// A client Pod with only the tunnel towards the gateway, for a real DHCP client to use.
+fn bare_tunnel(client: &Pod, gw: &Pod) {
+    let out = client
+        .command("ip")
+        .args([
+            "link", "add", "vxlan0", "type", "vxlan", "id", "42", "dev", "eth0", "dstport", "0",
+            "remote",
+        ])
+        .arg(gw.ipv4.to_string())
+        .status()
+        .unwrap();
+    assert!(out.success());
+    assert!(
+        client
+            .command("ip")
+            .args(["link", "set", "vxlan0", "up"])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+fn have(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Runs a real DHCP client in the client Pod (hooks off: it configures nothing outside the Pod's
+/// own interface and never writes resolv.conf) and returns the address the server bound.
+fn real_client_gets_a_lease(test: &str, tool: &str, args: &[&str]) {
+    assert!(
+        have(tool),
+        "{tool} is not installed (scripts/install-deps.sh installs it)"
+    );
+    let mut lab = Lab::new(test).unwrap();
+    let dns = lab.add_pod("dns").unwrap();
+    let client = lab.add_pod("client").unwrap();
+    let inet = lab.add_internet().unwrap();
+    let s = settings(base_env(&dns));
+    let gw = start_gateway(&mut lab, &inet, "gw", &s);
+    bare_tunnel(&client, &gw.pod);
+    let tmp = std::env::temp_dir().join(format!("gw-dhcp-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| a.replace("{tmp}", &tmp.display().to_string()))
+        .collect();
+    let out = client
+        .command("timeout")
+        .arg("20")
+        .arg(tool)
+        .args(&args)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&tmp);
+    let log = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let l = gw.state.leases.lock().unwrap();
+    assert!(
+        l.counts.acks >= 1,
+        "{tool} got no ACK: {:?}\n{log}",
+        l.counts
+    );
+    assert_eq!(l.active(Instant::now()), 1, "{log}");
+}
+
+#[test]
+fn udhcpc_gets_a_lease() {
+    // -s /bin/true: no script, so nothing is configured and resolv.conf is never touched.
+    real_client_gets_a_lease(
+        "gw_udhcpc",
+        "udhcpc",
+        &[
+            "-i",
+            "vxlan0",
+            "-f",
+            "-q",
+            "-n",
+            "-t",
+            "5",
+            "-s",
+            "/bin/true",
+        ],
+    );
+}
+
+#[test]
+fn dhclient_gets_a_lease() {
+    real_client_gets_a_lease(
+        "gw_dhclient",
+        "dhclient",
+        &[
+            "-1",
+            "-v",
+            "-sf",
+            "/bin/true",
+            "-lf",
+            "{tmp}/leases",
+            "-pf",
+            "{tmp}/pid",
+            "vxlan0",
+        ],
+    );
+}
+
+#[test]
+fn dhcpcd_gets_a_lease() {
+    real_client_gets_a_lease(
+        "gw_dhcpcd",
+        "dhcpcd",
+        &[
+            "-1",
+            "-4",
+            "-B",
+            "-t",
+            "15",
+            "-c",
+            "/bin/true",
+            "--nohook",
+            "resolv.conf",
+            "-C",
+            "*",
+            "vxlan0",
+        ],
+    );
+}

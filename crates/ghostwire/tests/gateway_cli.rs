@@ -1,0 +1,105 @@
+//! The gateway subcommands as a user runs them: settings.sh and nat.conf from files, exit
+//! codes, and `gateway init` applied to a lab pod through `--netns`.
+
+use std::process::Command;
+
+fn ghostwire() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ghostwire"))
+}
+
+fn tmpdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("gw-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn shell_in_settings_sh_is_refused_with_exit_2_and_its_place() {
+    let d = tmpdir("shell");
+    std::fs::write(d.join("settings.sh"), "VXLAN_ID=42\nVXLAN_PORT=$(curl x)\n").unwrap();
+    let out = ghostwire()
+        .args(["gateway", "init", "--settings"])
+        .arg(d.join("settings.sh"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("settings.sh:2:12"), "{err}");
+    assert!(err.contains("command substitution"), "{err}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn bad_nat_conf_is_refused_with_exit_2() {
+    let d = tmpdir("nat");
+    std::fs::write(d.join("nat.conf"), "web 10 tcp:99999\n").unwrap();
+    let out = ghostwire()
+        .args([
+            "client",
+            "init",
+            "--settings",
+            "/nonexistent/settings.sh",
+            "--nat-conf",
+        ])
+        .arg(d.join("nat.conf"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("nat.conf:1") && err.contains("99999"), "{err}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn gateway_init_in_a_lab_pod_with_a_seed_settings_file() {
+    let mut lab = lab_net::Lab::new("gw_cli").unwrap();
+    let gw = lab.add_pod("gw").unwrap();
+    let d = tmpdir("init");
+    // pod-gateway's own style, unchanged.
+    std::fs::write(
+        d.join("settings.sh"),
+        "#!/bin/sh\nexport VXLAN_ID=\"${VXLAN_ID:-42}\"\nexport VXLAN_IP_NETWORK=\"${VXLAN_IP_NETWORK:-172.16.0}\"\nexport VPN_INTERFACE=\"${VPN_INTERFACE:-tun0}\"\nexport VPN_BLOCK_OTHER_TRAFFIC=\"${VPN_BLOCK_OTHER_TRAFFIC:-true}\"\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("nat.conf"), "transmission 10 tcp:18289,udp:18289\n").unwrap();
+    let out = ghostwire()
+        .args([
+            "gateway",
+            "init",
+            "--netns",
+            gw.netns().name(),
+            "--settings",
+        ])
+        .arg(d.join("settings.sh"))
+        .arg("--nat-conf")
+        .arg(d.join("nat.conf"))
+        .env("GW_LOG", "info")
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&d).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rules = gw
+        .command("nft")
+        .args(["list", "table", "inet", "ghostwire_gateway"])
+        .output()
+        .unwrap();
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(
+        rules.contains("tcp dport 18289 dnat ip to 172.16.0.10:18289"),
+        "{rules}"
+    );
+    let link = gw
+        .command("ip")
+        .args(["-d", "link", "show", "vxlan0"])
+        .output()
+        .unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(
+        link.contains("vxlan id 42") && link.contains("mtu 1450"),
+        "{link}"
+    );
+}
