@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod dhcp;
+pub mod dns;
 pub mod dnsquery;
 pub mod gateway;
 pub mod iproute;

@@ -41,6 +41,7 @@ pub fn dhcp_config(s: &Settings, nat4: &[NatEntry]) -> Result<Config, crate::ipr
 pub struct GatewayState {
     pub leases: Arc<Mutex<Leases>>,
     pub dhcp_up: Arc<AtomicBool>,
+    pub dns: Arc<crate::dns::DnsCounts>,
 }
 
 impl GatewayState {
@@ -48,25 +49,47 @@ impl GatewayState {
         GatewayState {
             leases: Arc::new(Mutex::new(Leases::new(cfg))),
             dhcp_up: Arc::new(AtomicBool::new(false)),
+            dns: Arc::default(),
         }
     }
 
     /// Runs the DHCP server on vxlan0 until `stop`.
     pub fn serve_dhcp(&self, stop: &AtomicBool) -> std::io::Result<()> {
-        self.dhcp_up.store(true, Ordering::SeqCst);
-        let r = server::serve(VXLAN_DEV, self.leases.clone(), stop);
+        let r = server::serve(VXLAN_DEV, self.leases.clone(), stop, &self.dhcp_up);
         self.dhcp_up.store(false, Ordering::SeqCst);
         r
     }
 
-    /// Registers `dhcp_*` metrics that read the live counters at scrape time.
+    /// Runs the DNS forwarder on the tunnel address until `stop` (saving the original
+    /// resolv.conf first, once).
+    pub fn serve_dns(
+        &self,
+        s: &Settings,
+        resolv_conf: &std::path::Path,
+        stop: &AtomicBool,
+    ) -> std::io::Result<()> {
+        let original = crate::dns::save_original(resolv_conf, &s.resolv_conf_copy)?;
+        let cfg = crate::dns::DnsConfig {
+            domains: s.dns_local_domains.clone(),
+            local_server: s.dns_local_server,
+            original,
+            resolv_conf: resolv_conf.to_path_buf(),
+        };
+        let bind = std::net::SocketAddr::new(IpAddr::V4(s.tunnel4.gateway), 53);
+        crate::dns::serve(bind, cfg, self.dns.clone(), stop)
+    }
+
+    /// Registers `dhcp_*` and `dns_*` metrics that read the live counters at scrape time.
     pub fn register(&self, registry: &mut Registry) {
-        registry.register_collector(Box::new(LeaseCollector(self.leases.clone())));
+        registry.register_collector(Box::new(LeaseCollector(
+            self.leases.clone(),
+            self.dns.clone(),
+        )));
     }
 }
 
 #[derive(Debug)]
-struct LeaseCollector(Arc<Mutex<Leases>>);
+struct LeaseCollector(Arc<Mutex<Leases>>, Arc<crate::dns::DnsCounts>);
 
 impl prometheus_client::collector::Collector for LeaseCollector {
     fn encode(
@@ -95,6 +118,26 @@ impl prometheus_client::collector::Collector for LeaseCollector {
                 "gateway_dhcp_ignored",
                 "DHCP messages not answered",
                 c.ignored,
+            ),
+            (
+                "gateway_dns_local_queries",
+                "DNS queries sent to the cluster DNS",
+                self.1.local.load(Ordering::Relaxed),
+            ),
+            (
+                "gateway_dns_upstream_queries",
+                "DNS queries sent upstream",
+                self.1.upstream.load(Ordering::Relaxed),
+            ),
+            (
+                "gateway_dns_failures",
+                "DNS queries answered SERVFAIL (no upstream answered)",
+                self.1.failures.load(Ordering::Relaxed),
+            ),
+            (
+                "gateway_dns_reloads",
+                "Upstream reloads after resolv.conf changed",
+                self.1.reloads.load(Ordering::Relaxed),
             ),
         ] {
             let m = ConstCounter::new(v);
@@ -241,4 +284,39 @@ fn rebuild(inp: &ClientInputs, previous: Option<Ipv4Addr>) -> Result<Tunnel, Cli
         &inp.resolv_conf,
         previous,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Raw;
+
+    #[test]
+    fn metric_names_are_pinned() {
+        let s = Settings::from_raw(&Raw::resolve(None, &|_| None).unwrap()).unwrap();
+        let st = GatewayState::new(Config {
+            tunnel: s.tunnel4,
+            lease_time: s.dhcp_lease_time,
+            mtu: None,
+            reserved: Default::default(),
+        });
+        let mut r = Registry::with_prefix("ghostwire");
+        st.register(&mut r);
+        ClientMetrics::default().register(&mut r);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        for name in [
+            "ghostwire_gateway_dhcp_leases 0",
+            "ghostwire_gateway_dhcp_offers_total 0",
+            "ghostwire_gateway_dhcp_acks_total 0",
+            "ghostwire_gateway_dhcp_naks_total 0",
+            "ghostwire_gateway_dns_upstream_queries_total 0",
+            "ghostwire_gateway_dns_reloads_total 0",
+            "ghostwire_client_heals_total 0",
+            "ghostwire_client_tunnel_up 0",
+            "ghostwire_client_heal_duration_seconds_count 0",
+        ] {
+            assert!(text.contains(name), "{name} missing in\n{text}");
+        }
+    }
 }

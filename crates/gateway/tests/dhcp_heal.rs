@@ -20,12 +20,11 @@ fn settings(env: Vec<(&'static str, String)>) -> Settings {
     Settings::from_raw(&Raw::resolve(None, &f).unwrap()).unwrap()
 }
 
-/// A stand-in for the cluster DNS: answers A queries for any name with `answer`.
-fn cluster_dns(pod: &Pod, answer: Arc<Mutex<Ipv4Addr>>) {
-    let sock = pod
-        .netns()
-        .run(|| UdpSocket::bind("0.0.0.0:53").unwrap())
-        .unwrap();
+/// A stand-in DNS server (cluster DNS, or the VPN's resolver in the internet): answers A
+/// queries for any name with `answer`.
+fn dns_server(ns: &lab_net::Netns, bind: &str, answer: Arc<Mutex<Ipv4Addr>>) {
+    let bind = bind.to_string();
+    let sock = ns.run(move || UdpSocket::bind(bind).unwrap()).unwrap();
     std::thread::spawn(move || {
         let mut buf = [0u8; 1500];
         while let Ok((n, from)) = sock.recv_from(&mut buf) {
@@ -68,6 +67,14 @@ fn start_gateway(lab: &mut Lab, inet: &Internet, name: &str, s: &Settings) -> Ga
     let thread = std::thread::spawn(move || {
         ns.run(move || st.serve_dhcp(&stop2).unwrap()).unwrap();
     });
+    let t = Instant::now();
+    while !state.dhcp_up.load(Ordering::SeqCst) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "DHCP server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     Gateway {
         pod,
         stop,
@@ -124,7 +131,7 @@ fn client_sidecar_heals_when_the_gateway_pod_is_replaced() {
     let s = settings(base_env(&dns));
     let mut gw1 = start_gateway(&mut lab, &inet, "gw1", &s);
     let answer = Arc::new(Mutex::new(gw1.pod.ipv4));
-    cluster_dns(&dns, answer.clone());
+    dns_server(dns.netns(), "0.0.0.0:53", answer.clone());
     whoami_tcp(&inet, 7002);
 
     let inputs = ClientInputs {
@@ -340,4 +347,105 @@ fn dhcpcd_gets_a_lease() {
             "vxlan0",
         ],
     );
+}
+
+#[test]
+fn dns_forwarder_splits_local_and_outside_names_and_follows_resolv_conf() {
+    let mut lab = Lab::new("gw_dns").unwrap();
+    let dns = lab.add_pod("dns").unwrap();
+    let client = lab.add_pod("client").unwrap();
+    let inet = lab.add_internet().unwrap();
+    let s = settings(base_env(&dns));
+    let gw = start_gateway(&mut lab, &inet, "gw", &s);
+    let cluster = Ipv4Addr::new(10, 96, 0, 99);
+    dns_server(dns.netns(), "0.0.0.0:53", Arc::new(Mutex::new(cluster)));
+    // The VPN's resolvers, in the internet: reached only through the gateway's VPN link.
+    let vpn_a = Ipv4Addr::new(203, 0, 113, 98);
+    let vpn_b = Ipv4Addr::new(203, 0, 113, 97);
+    dns_server(inet.netns(), "203.0.113.53:53", Arc::new(Mutex::new(vpn_a)));
+    dns_server(inet.netns(), "203.0.113.10:53", Arc::new(Mutex::new(vpn_b)));
+    let tmp = std::env::temp_dir().join(format!("gw-dns-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let resolv = tmp.join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 203.0.113.53\n").unwrap();
+    let cfg = gateway::dns::DnsConfig {
+        domains: s.dns_local_domains.clone(),
+        local_server: None,
+        original: format!(
+            "search default.svc.cluster.local\nnameserver {}\n",
+            dns.ipv4
+        ),
+        resolv_conf: resolv.clone(),
+    };
+    let counts = Arc::new(gateway::dns::DnsCounts::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = {
+        let (stop, counts, ns) = (stop.clone(), counts.clone(), gw.pod.netns().clone());
+        let bind = SocketAddr::new(s.tunnel4.gateway.into(), 53);
+        std::thread::spawn(move || {
+            ns.run(move || gateway::dns::serve(bind, cfg, counts, &stop).unwrap())
+                .unwrap()
+        })
+    };
+    // This test's cluster DNS answers every name with `cluster`: name the gateway by address.
+    let mut cs = s.clone();
+    cs.gateway_name = gw.pod.ipv4.to_string();
+    client
+        .netns()
+        .run(|| gateway::client::init(&cs, "app-0", &[], &[], ""))
+        .unwrap()
+        .unwrap();
+    let at = SocketAddr::new(s.tunnel4.gateway.into(), 53);
+    let ask = |name: &'static str| {
+        client
+            .netns()
+            .run(move || gateway::dnsquery::query_a_at(name, at, Duration::from_secs(3)))
+            .unwrap()
+            .unwrap()
+    };
+    // Wait for the forwarder to listen.
+    let t = Instant::now();
+    while client
+        .netns()
+        .run(move || gateway::dnsquery::query_a_at("x.local", at, Duration::from_millis(200)))
+        .unwrap()
+        .is_err()
+    {
+        assert!(t.elapsed() < Duration::from_secs(10));
+    }
+    assert_eq!(ask("web.default.svc.cluster.local"), Some(cluster));
+    assert_eq!(ask("example.com"), Some(vpn_a));
+    // The real dig, through our forwarder.
+    let dig = client
+        .command("dig")
+        .args([
+            "+short",
+            "+time=3",
+            "+tries=1",
+            "@172.16.0.1",
+            "example.org",
+            "A",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&dig.stdout).trim(),
+        vpn_a.to_string()
+    );
+    // The VPN rewrites resolv.conf: outside names follow, cluster names do not move.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&resolv, "nameserver 203.0.113.10\n").unwrap();
+    let t = Instant::now();
+    while ask("example.com") != Some(vpn_b) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "resolv.conf change not picked up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(ask("web.default.svc.cluster.local"), Some(cluster));
+    assert!(counts.reloads.load(Ordering::Relaxed) >= 1);
+    stop.store(true, Ordering::SeqCst);
+    server.join().unwrap();
+    let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -27,7 +27,7 @@ pub struct CommonArgs {
 pub enum GatewayCommand {
     /// Init container of the gateway Pod: kill switch, NAT, forwards, vxlan0.
     Init(CommonArgs),
-    /// Sidecar of the gateway Pod: DHCP server on vxlan0, /healthz and /metrics.
+    /// Sidecar of the gateway Pod: DHCP server and DNS forwarder on vxlan0, /healthz, /metrics.
     Sidecar(CommonArgs),
 }
 
@@ -208,11 +208,19 @@ pub async fn run_gateway(cmd: GatewayCommand) -> Result<(), Exit> {
             )
             .await?;
             let stop = Arc::new(AtomicBool::new(false));
-            let (st, stop2) = (state.clone(), stop.clone());
+            let (st, stop2, settings) = (state.clone(), stop.clone(), l.s.clone());
             until_signal(&a, stop, move || {
-                if let Err(e) = st.serve_dhcp(&stop2) {
-                    tracing::error!(error = %e, "DHCP server stopped");
-                }
+                std::thread::scope(|scope| {
+                    scope.spawn(|| {
+                        let resolv = Path::new("/etc/resolv.conf");
+                        if let Err(e) = st.serve_dns(&settings, resolv, &stop2) {
+                            tracing::error!(error = %e, "DNS forwarder stopped");
+                        }
+                    });
+                    if let Err(e) = st.serve_dhcp(&stop2) {
+                        tracing::error!(error = %e, "DHCP server stopped");
+                    }
+                });
             })
             .await
         }

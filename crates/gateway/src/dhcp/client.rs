@@ -169,9 +169,11 @@ impl Sockets {
         each: Duration,
         waiting: &'static str,
     ) -> Result<Message, DhcpError> {
-        for _ in 0..tries {
+        for attempt in 0..tries {
             self.send(m, to)?;
-            if let Some(r) = self.wait(m.xid(), kinds, Instant::now() + each) {
+            // Quick first tries (a rebuild after a gateway restart), then more patience.
+            let wait = each * (1 + attempt / 2);
+            if let Some(r) = self.wait(m.xid(), kinds, Instant::now() + wait) {
                 return Ok(r);
             }
         }
@@ -269,7 +271,7 @@ pub fn obtain(hostname: &str, previous: Option<Ipv4Addr>) -> Result<Lease, DhcpE
             &s.message(MessageType::Discover, xid, Ipv4Addr::UNSPECIFIED),
             Ipv4Addr::BROADCAST,
             &[MessageType::Offer],
-            4,
+            6,
             Duration::from_millis(250),
             "OFFER",
         )?;

@@ -311,10 +311,12 @@ pub fn mac_text(chaddr: &[u8]) -> String {
 /// Serves on `dev` (port 67) until `stop` is set. Replies go to the client's address with a
 /// neighbour entry for its hardware address, because the tunnel carries no broadcasts from
 /// the gateway (its VXLAN device has no flood list; it learns where each client is).
+/// `ready` is set once the socket is bound.
 pub fn serve(
     dev: &str,
     leases: std::sync::Arc<std::sync::Mutex<Leases>>,
     stop: &std::sync::atomic::AtomicBool,
+    ready: &std::sync::atomic::AtomicBool,
 ) -> std::io::Result<()> {
     use socket2::{Domain, Protocol, Socket, Type};
     let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
@@ -324,6 +326,7 @@ pub fn serve(
     sock.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, super::SERVER_PORT).into())?;
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
     let sock: std::net::UdpSocket = sock.into();
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut neigh: BTreeMap<Ipv4Addr, Vec<u8>> = BTreeMap::new();
     let mut buf = [0u8; 1500];
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
