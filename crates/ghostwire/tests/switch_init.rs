@@ -430,3 +430,25 @@ fn bad_knobs_are_refused_before_any_api_call() {
         assert!(!err.contains("127.0.0.1:1"), "the API was called: {err}");
     }
 }
+
+#[test]
+fn backend_auto_probes_what_the_switch_needs() {
+    // An `nft` that lists tables but cannot load the switch's ruleset (as an nft built
+    // without concatenations, or a kernel without inet NAT) must not be chosen.
+    let w = World::new("probe");
+    let bin = w.dir.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let fake = bin.join("nft");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\n[ \"$1 $2\" = \"list tables\" ] && exit 0\necho 'Error: Could not process rule: Operation not supported' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let pod = &w.lab.pods()[0];
+    let out = w.init(pod, &["--dry-run"], &[("PATH", &path)]);
+    assert_ok(&out, "dry run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("# ruleset (iptables"), "{text}");
+}

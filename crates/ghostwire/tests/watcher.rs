@@ -64,7 +64,9 @@ fn flips_follow_the_label() {
     let m = w.metrics();
     assert_eq!(
         metric(&m, "ghostwire_flips_total", &[("to", "on")]),
-        Some(3.0)
+        Some(3.0),
+        "{}",
+        w.logs()
     );
     assert_eq!(
         metric(&m, "ghostwire_flips_total", &[("to", "off")]),

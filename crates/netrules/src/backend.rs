@@ -132,12 +132,16 @@ impl Backend {
         }
     }
 
-    /// nftables if `nft` works here, else iptables if `iptables-save` works.
+    /// nftables if it can do what a NAT-map table needs here (checked by loading a
+    /// scratch table in a transaction that also deletes it), else iptables if
+    /// `iptables-save` works.
     pub fn detect() -> Result<Backend> {
-        let nft = match run("nft", &["list", "tables"], None) {
+        let scratch = format!("gw_probe_{}", std::process::id());
+        let nft = match run("nft", &["-f", "-"], Some(&nft::render_probe(&scratch))) {
             Ok(_) => return Ok(Backend::new(BackendKind::Nftables)),
             Err(e) => e.to_string(),
         };
+        tracing::info!(error = %nft, "nftables cannot load a NAT map here; trying iptables");
         match run("iptables-save", &["-t", "nat"], None) {
             Ok(_) => Ok(Backend::new(BackendKind::Iptables(IptablesFlavour::System))),
             Err(e) => Err(Error::NoBackend {
@@ -246,7 +250,18 @@ impl Backend {
         t.validate()?;
         match self.kind {
             BackendKind::Nftables => {
-                run("nft", &["-f", "-"], Some(&nft::render_table(t))).map(drop)?
+                let current = self.read(t)?;
+                let in_place = current != Observed::default()
+                    && match run("nft", &["-f", "-"], Some(&nft::render_update(t, &current))) {
+                        Ok(_) => true,
+                        Err(e) => {
+                            tracing::info!(table = %t.name, error = %e, "cannot update the table in place (a declaration changed); replacing it");
+                            false
+                        }
+                    };
+                if !in_place {
+                    run("nft", &["-f", "-"], Some(&nft::render_table(t)))?;
+                }
             }
             BackendKind::Iptables(_) => {
                 let used = iptables::families(t);

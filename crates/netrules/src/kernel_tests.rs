@@ -335,3 +335,137 @@ fn overlapping_prefixes_in_a_set_apply_and_verify() {
         ns.run(|| b.cleanup(&t.name)).unwrap();
     }
 }
+
+/// Replaces rule number `index` of `chain` in table `ghostwire` with `rule` (nft syntax).
+fn nft_replace_rule(chain: &str, index: usize, rule: &str) {
+    let out = std::process::Command::new("nft")
+        .args(["-j", "list", "chain", "inet", "ghostwire", chain])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let handles: Vec<u64> = v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["rule"]["handle"].as_u64())
+        .collect();
+    let handle = handles[index].to_string();
+    let st = std::process::Command::new("nft")
+        .args([
+            "replace",
+            "rule",
+            "inet",
+            "ghostwire",
+            chain,
+            "handle",
+            &handle,
+        ])
+        .args(rule.split(' '))
+        .status()
+        .unwrap();
+    assert!(st.success(), "replace {chain}#{index} with {rule}");
+}
+
+/// Every field of every rule, and the base chain's policy, is compared on read-back:
+/// each tampering in turn is reported, and a full apply repairs it.
+#[test]
+fn nft_verify_compares_every_field() {
+    let tampers: &[(&str, &(dyn Fn() + Sync))] = &[
+        ("match operator", &|| {
+            nft_replace_rule(
+                "CANARY_DNAT",
+                0,
+                "ip daddr != @exclude4 return comment \"ghostwire: excluded destinations\"",
+            )
+        }),
+        ("matched field", &|| {
+            nft_replace_rule(
+                "CANARY_DNAT",
+                0,
+                "ip saddr @exclude4 return comment \"ghostwire: excluded destinations\"",
+            )
+        }),
+        ("protocols of the DNAT", &|| {
+            nft_replace_rule(
+                "CANARY_DNAT",
+                2,
+                "meta l4proto { tcp } dnat ip to ip daddr . meta l4proto . th dport map @dnat4 comment \"ghostwire: active to preview\"",
+            )
+        }),
+        ("key of the DNAT map lookup", &|| {
+            nft_replace_rule(
+                "CANARY_DNAT",
+                2,
+                "meta l4proto { tcp, udp, sctp } dnat ip to ip daddr . meta l4proto . th sport map @dnat4 comment \"ghostwire: active to preview\"",
+            )
+        }),
+        ("base chain policy", &|| {
+            let st = std::process::Command::new("nft")
+                .args(["chain", "inet", "ghostwire", "output", "{ policy drop ; }"])
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }),
+    ];
+    let ns = TestNs::new("fields", BackendKind::Nftables);
+    let b = Backend::new(BackendKind::Nftables);
+    let t = sample();
+    ns.run(|| b.apply(&t)).unwrap();
+    for (what, tamper) in tampers {
+        ns.run(tamper);
+        let res = ns.run(|| b.verify(&t));
+        assert!(
+            matches!(res, Err(Error::Verify { .. })),
+            "{what}: tampering not detected"
+        );
+        ns.run(|| b.apply(&t)).unwrap();
+        ns.run(|| b.verify(&t))
+            .unwrap_or_else(|e| panic!("{what}: not repaired: {e}"));
+    }
+    ns.run(|| b.cleanup(&t.name)).unwrap();
+}
+
+/// The kernel handles of the table's base chains: a deleted and re-created chain gets a
+/// new one, and with it a new place among the other hooks at its priority.
+fn base_chain_handles() -> Vec<u64> {
+    let out = std::process::Command::new("nft")
+        .args(["-j", "list", "table", "inet", "ghostwire"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["chain"]["hook"].is_string())
+        .filter_map(|i| i["chain"]["handle"].as_u64())
+        .collect()
+}
+
+#[test]
+fn nft_steady_state_updates_keep_the_hook_registered() {
+    let ns = TestNs::new("hookkeep", BackendKind::Nftables);
+    add_foreign_rules(&ns, BackendKind::Nftables);
+    let b = Backend::new(BackendKind::Nftables);
+    let mut t = sample();
+    ns.run(|| b.apply(&t)).unwrap();
+    let handles = ns.run(base_chain_handles);
+    assert_eq!(handles.len(), 1);
+    // Map, set and rules change; the base chain stays the same kernel object.
+    t.maps[0].entries.pop_first();
+    t.sets[0].elements.insert("192.0.2.0/24".parse().unwrap());
+    t.chain_mut("output").unwrap().rules.clear();
+    ns.run(|| b.apply(&t)).unwrap();
+    assert_eq!(handles, ns.run(base_chain_handles), "hook re-registered");
+    // Dropping a set, a map and their rules is also done in place.
+    t.maps.retain(|m| m.name != "dnat6");
+    t.sets.retain(|s| s.name != "exclude6");
+    t.chains[0].rules.retain(|r| {
+        !matches!(&r.action, Action::DnatMap(m) if m == "dnat6")
+            && r.matches != [crate::Match::DstInSet("exclude6".into())]
+    });
+    let got = ns.run(|| b.apply(&t)).unwrap();
+    assert_eq!(got, b.expected(&t).unwrap());
+    assert_eq!(handles, ns.run(base_chain_handles), "hook re-registered");
+    ns.run(|| b.cleanup(&t.name)).unwrap();
+}

@@ -1,8 +1,11 @@
 //! nftables: render a [`Table`] as one `nft -f -` transaction, parse `nft -j` read-back.
 //!
-//! The table lives in family `inet`, so one table serves IPv4 and IPv6. A full
-//! apply deletes and re-creates the table inside the same transaction: the
-//! kernel swaps old for new at once, with no moment without rules.
+//! The table lives in family `inet`, so one table serves IPv4 and IPv6. An apply
+//! to an existing table flushes and refills its chains, sets and maps in one
+//! transaction, so base chains keep their hook registration (and their order
+//! against other NAT users); only a changed declaration deletes and re-creates
+//! the table, also in one transaction. Either way the kernel swaps old for new
+//! at once, with no moment without rules.
 
 use crate::model::{
     Action, AddrSet, Chain, DnatEntry, DnatMap, Family, Match, Protocol, Table, addr_port,
@@ -29,13 +32,17 @@ fn l3(f: Family) -> &'static str {
     }
 }
 
-fn set_decl(t: &str, s: &AddrSet, out: &mut String) {
+/// Declares the set and fills it; with `flush`, emptying what an existing one holds first.
+fn set_decl(t: &str, s: &AddrSet, flush: bool, out: &mut String) {
     let _ = writeln!(
         out,
         "add set inet {t} {} {{ type {}; flags interval; }}",
         s.name,
         addr_type(s.family)
     );
+    if flush {
+        let _ = writeln!(out, "flush set inet {t} {}", s.name);
+    }
     let elements = s.normalized();
     if !elements.is_empty() {
         let elems: Vec<String> = elements.iter().map(|e| e.to_string()).collect();
@@ -48,13 +55,17 @@ fn set_decl(t: &str, s: &AddrSet, out: &mut String) {
     }
 }
 
-fn map_decl(t: &str, m: &DnatMap, out: &mut String) {
+/// Declares the map and fills it; with `flush`, emptying what an existing one holds first.
+fn map_decl(t: &str, m: &DnatMap, flush: bool, out: &mut String) {
     let a = addr_type(m.family);
     let _ = writeln!(
         out,
         "add map inet {t} {} {{ type {a} . inet_proto . inet_service : {a} . inet_service; }}",
         m.name
     );
+    if flush {
+        let _ = writeln!(out, "flush map inet {t} {}", m.name);
+    }
     if !m.entries.is_empty() {
         let elems: Vec<String> = m
             .entries
@@ -170,9 +181,12 @@ fn rule_text(table: &Table, r: &crate::Rule) -> String {
 
 /// The read-back signature of one match: the same text [`json_expr_sig`] gives for what the
 /// kernel prints. A match the kernel folds into another prints nothing.
-fn match_sig(m: &Match) -> Option<String> {
+fn match_sig(t: &Table, m: &Match) -> Option<String> {
     Some(match m {
-        Match::DstInSet(s) => format!("daddr@{s}"),
+        Match::DstInSet(s) => {
+            let fam = t.set(s).map_or(Family::Ipv4, |s| s.family);
+            format!("{}.daddr==@{s}", l3(fam))
+        }
         Match::InIface(i) => format!("iif={i}"),
         Match::OutIface(i) => format!("oif={i}"),
         Match::Src(n) => format!("saddr={}", n.trunc()),
@@ -186,11 +200,17 @@ fn match_sig(m: &Match) -> Option<String> {
     })
 }
 
-fn action_sig(a: &Action) -> String {
+/// The l4 protocols a map DNAT rule applies to, as it renders and reads them back.
+const DNAT_MAP_PROTOCOLS: &str = "l4={tcp,udp,sctp}";
+
+fn action_sig(t: &Table, a: &Action) -> String {
     match a {
         Action::Return => "return".into(),
         Action::Jump(j) => format!("jump {j}"),
-        Action::DnatMap(m) => format!("dnat@{m}"),
+        Action::DnatMap(m) => {
+            let f = l3(t.map(m).map_or(Family::Ipv4, |m| m.family));
+            format!("{DNAT_MAP_PROTOCOLS} dnat {f} {f}.daddr.l4proto.th.dport@{m}")
+        }
         Action::Accept => "accept".into(),
         Action::Drop => "drop".into(),
         Action::Masquerade => "masquerade".into(),
@@ -218,21 +238,57 @@ pub fn render_table(t: &Table) -> String {
     let n = &t.name;
     let mut out = format!("add table inet {n}\ndelete table inet {n}\nadd table inet {n}\n");
     for s in &t.sets {
-        set_decl(n, s, &mut out);
+        set_decl(n, s, false, &mut out);
     }
     for m in &t.maps {
-        map_decl(n, m, &mut out);
+        map_decl(n, m, false, &mut out);
     }
+    declare_and_fill_chains(t, &mut out);
+    out
+}
+
+/// Turns the table the kernel holds (`current`, as read back) into `t` without deleting
+/// the table or its base chains, so their hooks stay registered where they are (their
+/// order against other NAT users in the namespace does not change): every chain is
+/// flushed and refilled, sets and maps are flushed and refilled, objects the model no
+/// longer has are deleted. One transaction. The kernel refuses it if a declaration
+/// changed (a set's type, a base chain's hook); then [`render_table`] replaces the table.
+pub fn render_update(t: &Table, current: &Observed) -> String {
+    let n = &t.name;
+    let mut out = format!("add table inet {n}\n");
+    for c in current.chains.keys() {
+        let _ = writeln!(out, "flush chain inet {n} {c}");
+    }
+    for c in current.chains.keys().filter(|c| t.chain(c).is_none()) {
+        let _ = writeln!(out, "delete chain inet {n} {c}");
+    }
+    for s in current.sets.keys().filter(|s| t.set(s).is_none()) {
+        let _ = writeln!(out, "delete set inet {n} {s}");
+    }
+    for m in current.maps.keys().filter(|m| t.map(m).is_none()) {
+        let _ = writeln!(out, "delete map inet {n} {m}");
+    }
+    for s in &t.sets {
+        set_decl(n, s, current.sets.contains_key(&s.name), &mut out);
+    }
+    for m in &t.maps {
+        map_decl(n, m, current.maps.contains_key(&m.name), &mut out);
+    }
+    declare_and_fill_chains(t, &mut out);
+    out
+}
+
+fn declare_and_fill_chains(t: &Table, out: &mut String) {
+    let n = &t.name;
     // Regular chains first, so jumps from base chains always find their target.
     let mut chains: Vec<&Chain> = t.chains.iter().collect();
     chains.sort_by_key(|c| c.hook.is_some());
     for c in &chains {
-        chain_decl(n, c, &mut out);
+        chain_decl(n, c, out);
     }
     for c in &chains {
-        chain_rules(t, c, &mut out);
+        chain_rules(t, c, out);
     }
-    out
 }
 
 /// Only one chain's rules, leaving the rest of the table as it is. Fails (and
@@ -242,6 +298,33 @@ pub fn render_chain(t: &Table, c: &Chain) -> String {
     chain_decl(&t.name, c, &mut out);
     let _ = writeln!(out, "flush chain inet {} {}", t.name, c.name);
     chain_rules(t, c, &mut out);
+    out
+}
+
+/// A transaction that builds, in a scratch table, what a NAT-map table needs (an inet NAT
+/// base chain and a DNAT through a concatenated map, both families) and deletes it again:
+/// the kernel checks every statement, and either way nothing is left behind.
+pub fn render_probe(table: &str) -> String {
+    let mut out = format!(
+        "add table inet {table}
+"
+    );
+    let _ = writeln!(
+        out,
+        "add chain inet {table} probe {{ type nat hook output priority -100; policy accept; }}"
+    );
+    for f in [Family::Ipv4, Family::Ipv6] {
+        let (a, l) = (addr_type(f), l3(f));
+        let _ = writeln!(
+            out,
+            "add map inet {table} m{l} {{ type {a} . inet_proto . inet_service : {a} . inet_service; }}"
+        );
+        let _ = writeln!(
+            out,
+            "add rule inet {table} probe meta l4proto {{ tcp, udp, sctp }} dnat {l} to {l} daddr . meta l4proto . th dport map @m{l}"
+        );
+    }
+    let _ = writeln!(out, "delete table inet {table}");
     out
 }
 
@@ -262,7 +345,7 @@ pub fn expected(t: &Table) -> Observed {
         let mut sigs = Vec::new();
         if let Some(h) = c.hook {
             sigs.push(format!(
-                "hook {} {} {}",
+                "hook {} {} {} policy accept",
                 h.nft_type(),
                 h.nft_hook(),
                 h.nft_priority()
@@ -270,10 +353,10 @@ pub fn expected(t: &Table) -> Observed {
         }
         for r in &c.rules {
             let mut sig = String::new();
-            for m in r.matches.iter().filter_map(match_sig) {
+            for m in r.matches.iter().filter_map(|m| match_sig(t, m)) {
                 let _ = write!(sig, "{m} ");
             }
-            sig.push_str(&action_sig(&r.action));
+            sig.push_str(&action_sig(t, &r.action));
             let _ = write!(sig, " # {}", r.comment);
             sigs.push(sig);
         }
@@ -360,15 +443,31 @@ fn parse_map_elem(v: &Value) -> Result<DnatEntry> {
 fn json_match_sig(m: &Value) -> Option<String> {
     let left = &m["left"];
     let right = &m["right"];
+    // Only equality (and set membership) is ever rendered: any other operator is a difference.
+    if !matches!(m["op"].as_str(), Some("==" | "in")) {
+        return Some(format!("match{m}"));
+    }
     if let Some(set) = right.as_str().filter(|s| s.starts_with('@')) {
-        return Some(format!("daddr{set}"));
+        let p = &left["payload"];
+        return Some(match (p["protocol"].as_str(), p["field"].as_str()) {
+            (Some(proto), Some(field)) => format!("{proto}.{field}=={set}"),
+            _ => format!("match{m}"),
+        });
     }
     if let Some(key) = left["meta"]["key"].as_str() {
         return match (key, right) {
             ("iifname", Value::String(i)) => Some(format!("iif={i}")),
             ("oifname", Value::String(i)) => Some(format!("oif={i}")),
             ("l4proto", Value::String(p)) => Some(format!("l4={p}")),
-            ("l4proto", _) => None,
+            ("l4proto", Value::Object(o)) if o.contains_key("set") => {
+                let names: Vec<String> = o["set"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), String::from))
+                    .collect();
+                Some(format!("l4={{{}}}", names.join(",")))
+            }
             ("skuid", Value::Number(u)) => Some(format!("skuid={u}")),
             ("nfproto", Value::String(f)) => Some(format!("nfproto={f}")),
             _ => Some(format!("match{m}")),
@@ -409,7 +508,22 @@ fn rule_signature(rule: &Value) -> String {
             }
         } else if let Some(d) = e.get("dnat") {
             if let Some(data) = d["addr"]["map"]["data"].as_str() {
-                let _ = write!(sig, "dnat{data}");
+                let key: Vec<String> = d["addr"]["map"]["key"]["concat"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|k| match (&k["payload"], &k["meta"]) {
+                        (p, _) if p.is_object() => format!(
+                            "{}.{}",
+                            p["protocol"].as_str().unwrap_or("?"),
+                            p["field"].as_str().unwrap_or("?")
+                        ),
+                        (_, m) if m.is_object() => m["key"].as_str().unwrap_or("?").to_string(),
+                        _ => k.to_string(),
+                    })
+                    .collect();
+                let fam = d["family"].as_str().unwrap_or("?");
+                let _ = write!(sig, "dnat {fam} {}{data}", key.join("."));
             } else {
                 let addr = parse_addr(&d["addr"]).ok();
                 let port = d["port"].as_u64().and_then(|p| u16::try_from(p).ok());
@@ -478,9 +592,10 @@ pub fn parse(json: &str) -> Result<Observed> {
             let mut sigs = Vec::new();
             if let Some(hook) = c["hook"].as_str() {
                 sigs.push(format!(
-                    "hook {} {hook} {}",
+                    "hook {} {hook} {} policy {}",
                     c["type"].as_str().unwrap_or("?"),
-                    c["prio"]
+                    c["prio"],
+                    c["policy"].as_str().unwrap_or("accept")
                 ));
             }
             o.chains
@@ -564,10 +679,10 @@ mod tests {
    "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": "@exclude6"}}, {"return": null}]}},
  {"rule": {"family": "inet", "table": "ghostwire", "chain": "CANARY_DNAT", "handle": 10, "comment": "ghostwire: active to preview",
    "expr": [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": {"set": ["tcp", "udp", "sctp"]}}},
-            {"dnat": {"family": "ip", "addr": {"map": {"key": {"concat": []}, "data": "@dnat4"}}}}]}},
+            {"dnat": {"family": "ip", "addr": {"map": {"key": {"concat": [{"payload": {"protocol": "ip", "field": "daddr"}}, {"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]}, "data": "@dnat4"}}}}]}},
  {"rule": {"family": "inet", "table": "ghostwire", "chain": "CANARY_DNAT", "handle": 12, "comment": "ghostwire: active to preview",
    "expr": [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": {"set": ["tcp", "udp", "sctp"]}}},
-            {"dnat": {"family": "ip6", "addr": {"map": {"key": {"concat": []}, "data": "@dnat6"}}}}]}},
+            {"dnat": {"family": "ip6", "addr": {"map": {"key": {"concat": [{"payload": {"protocol": "ip6", "field": "daddr"}}, {"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]}, "data": "@dnat6"}}}}]}},
  {"rule": {"family": "inet", "table": "ghostwire", "chain": "output", "handle": 13, "comment": "ghostwire: preview jump",
    "expr": [{"jump": {"target": "CANARY_DNAT"}}]}}]}"#;
         let observed = parse(json).unwrap();
