@@ -177,7 +177,8 @@ fn api_410_down_then_back() {
 fn recreated_service_is_picked_up() {
     let mut c = Cluster::new("wrecreate");
     c.init(&[]);
-    let w = Watcher::start(&c, &[("GW_REFRESH_INTERVAL", "1h")]);
+    // No GW_REFRESH_INTERVAL: the Services are followed anyway.
+    let w = Watcher::start(&c, &[]);
     let orders = c.orders.addr_v4(80);
     c.label(Some("preview"));
     c.wait_reaches(orders, "orders-preview");
@@ -207,6 +208,21 @@ fn recreated_service_is_picked_up() {
             .contains(&new.ipv4.to_string())
     });
     assert!(metric(&w.metrics(), "ghostwire_rebuilds_total", &[]).unwrap() >= 1.0);
+}
+
+#[test]
+fn deleted_preview_falls_back_to_active() {
+    let c = Cluster::new("wdelprev");
+    c.init(&[]);
+    let _w = Watcher::start(&c, &[]);
+    let orders = c.orders.addr_v4(80);
+    c.label(Some("preview"));
+    c.wait_reaches(orders, "orders-preview");
+    let api: Api<KService> = Api::namespaced(c.kube.clone(), "default");
+    c.rt.block_on(api.delete("orders-preview", &DeleteParams::default()))
+        .unwrap();
+    // The preview's ClusterIP still answers in the lab; the watcher must drop the mapping.
+    c.wait_reaches(orders, "orders");
 }
 
 #[test]

@@ -410,15 +410,14 @@ pub async fn run(
     .default_backoff()
     .boxed();
     let (store, writer) = reflector::store();
-    let mut svc_events = match s.refresh_interval {
-        Some(_) => reflector::reflector(
-            writer,
-            watcher::watcher(services.clone(), Default::default()),
-        )
-        .default_backoff()
-        .boxed(),
-        None => futures::stream::pending().boxed(),
-    };
+    // The namespace's Services are always followed: a deleted or recreated preview must
+    // not leave this pod DNATed to a dead ClusterIP. Every relist recomputes the plan.
+    let mut svc_events = reflector::reflector(
+        writer,
+        watcher::watcher(services.clone(), Default::default()),
+    )
+    .default_backoff()
+    .boxed();
     let mut poll = tokio::time::interval(s.poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut refresh = tokio::time::interval(
@@ -429,7 +428,6 @@ pub async fn run(
     refresh.tick().await; // The first tick is immediate; the initial list just happened.
     let mut watch_ok = false;
     let mut seen_in_relist = false;
-    let mut services_synced = false;
     tokio::pin!(shutdown);
 
     loop {
@@ -494,8 +492,9 @@ pub async fn run(
                 }
             }
             ev = svc_events.next() => match ev {
-                Some(Ok(Event::InitDone)) => services_synced = true,
-                Some(Ok(Event::Apply(_) | Event::Delete(_))) if services_synced => {
+                // Apply and Delete come only after a list is complete (InitDone), so the
+                // store is never a partial list here.
+                Some(Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone)) => {
                     let current: Vec<Service> = store.state().iter().map(|s| (**s).clone()).collect();
                     if m.set_plan(&current) {
                         m.rebuild("a Service changed").await;
