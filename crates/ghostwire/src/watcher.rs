@@ -27,20 +27,31 @@ pub struct WatcherArgs {
     pub netns: Option<String>,
 }
 
-pub(crate) async fn signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match term.as_mut() {
-                Some(t) => { t.recv().await; }
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when
+/// the future is first polled: a signal that arrives early must not kill the process with the
+/// default action (the watcher leaves the rules as they are and exits 0).
+pub(crate) fn signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
                 None => std::future::pending::<()>().await,
             }
-        } => {}
+        };
+        tokio::select! {
+            _ = wait(term.take()) => {}
+            _ = wait(int.take()) => {}
+        }
     }
 }
 
 pub async fn run(args: WatcherArgs) -> Result<(), Exit> {
+    let shutdown = signal();
     let settings = crate::init::settings(&args.knobs, args.config.as_ref())?;
     let netns = match &args.netns {
         Some(name) => Some(
@@ -96,7 +107,7 @@ pub async fn run(args: WatcherArgs) -> Result<(), Exit> {
         pod_namespace: args.pod_namespace,
         kernel: Kernel { backend, netns },
     };
-    let stopped = watcher::run(opts, client, metrics, health, signal()).await;
+    let stopped = watcher::run(opts, client, metrics, health, shutdown).await;
     let _ = stop_admin.send(());
     let _ = admin.await;
     match stopped {

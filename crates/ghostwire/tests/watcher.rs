@@ -61,6 +61,10 @@ fn flips_follow_the_label() {
     c.wait_reaches(orders, "orders-preview");
     c.label(Some("canary"));
     c.wait_reaches(orders, "orders");
+    // The metric is counted just after the kernel changed: wait for it, not for traffic.
+    wait_for("third flip off counted", 10, || {
+        metric(&w.metrics(), "ghostwire_flips_total", &[("to", "off")]) == Some(3.0)
+    });
     let m = w.metrics();
     assert_eq!(
         metric(&m, "ghostwire_flips_total", &[("to", "on")]),
