@@ -13,6 +13,7 @@ mod knobs;
 #[cfg(feature = "lab")]
 mod lab;
 mod logging;
+mod mirror;
 mod proxy_init;
 mod watcher;
 
@@ -48,6 +49,8 @@ enum Command {
     Client(gateway::ClientCommand),
     /// Mutating admission webhook: adds the containers each workload's ghostwire.dev/* annotations ask for.
     Injector(Box<injector::InjectorArgs>),
+    /// Service mirror: remote clusters' Services and endpoints mirrored locally; global Services.
+    Mirror(Box<mirror::MirrorArgs>),
     /// Show each capability end to end in a lab cluster on this machine (needs root).
     #[cfg(feature = "lab")]
     Demo(demo::DemoArgs),
@@ -78,6 +81,7 @@ fn main() -> std::process::ExitCode {
             Command::ProxyInit(args) => proxy_init::run(args).await,
             Command::Gateway(cmd) => gateway::run_gateway(cmd).await,
             Command::Client(cmd) => gateway::run_client(cmd).await,
+            Command::Mirror(args) => mirror::run(*args).await,
             #[cfg(feature = "lab")]
             Command::Demo(args) => demo::run(args).await,
             #[cfg(feature = "lab")]

@@ -113,7 +113,10 @@ impl Selector {
         let mut out = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (k, v) = part.split_once('=').ok_or_else(|| {
-                invalid(key, format!("{s:?}: expected key=value[,key=value], got {part:?}"))
+                invalid(
+                    key,
+                    format!("{s:?}: expected key=value[,key=value], got {part:?}"),
+                )
             })?;
             let (k, v) = (k.trim().trim_end_matches('='), v.trim());
             if k.is_empty() {
@@ -184,19 +187,31 @@ pub struct Settings {
 pub fn parse_duration(key: &str, v: &serde_json::Value) -> Result<Duration, ConfigError> {
     let text = match v {
         serde_json::Value::Number(n) => {
-            return n
-                .as_u64()
-                .map(Duration::from_nanos)
-                .ok_or_else(|| invalid(key, format!("{n}: not a whole, non-negative number of nanoseconds")));
+            return n.as_u64().map(Duration::from_nanos).ok_or_else(|| {
+                invalid(
+                    key,
+                    format!("{n}: not a whole, non-negative number of nanoseconds"),
+                )
+            });
         }
         serde_json::Value::String(s) => s.trim(),
         serde_json::Value::Null => return Ok(Duration::ZERO),
-        other => return Err(invalid(key, format!("{other}: expected a duration such as \"10s\""))),
+        other => {
+            return Err(invalid(
+                key,
+                format!("{other}: expected a duration such as \"10s\""),
+            ));
+        }
     };
     if text == "0" || text.is_empty() {
         return Ok(Duration::ZERO);
     }
-    let bad = || invalid(key, format!("{text:?}: expected a duration such as \"10s\", \"1m30s\" or \"500ms\""));
+    let bad = || {
+        invalid(
+            key,
+            format!("{text:?}: expected a duration such as \"10s\", \"1m30s\" or \"500ms\""),
+        )
+    };
     let mut total = Duration::ZERO;
     let mut rest = text;
     while !rest.is_empty() {
@@ -249,7 +264,8 @@ impl Settings {
     }
 
     pub fn from_file(file: File, o: &Overrides) -> Result<Settings, ConfigError> {
-        let pick = |flag: &Option<String>, file: &str| flag.clone().unwrap_or_else(|| file.to_string());
+        let pick =
+            |flag: &Option<String>, file: &str| flag.clone().unwrap_or_else(|| file.to_string());
         let g = &file.global;
         let mirror_selector = Selector::parse(
             "global.mirrorSvcLabelSelector (-mirror-svc-label-selector)",
@@ -291,16 +307,25 @@ impl Settings {
             l.zones.clone()
         };
         if file.remote_clusters.is_empty() {
-            return Err(invalid("remoteClusters", "needs at least one remote cluster"));
+            return Err(invalid(
+                "remoteClusters",
+                "needs at least one remote cluster",
+            ));
         }
         let mut remotes: Vec<Remote> = Vec::new();
         for (i, r) in file.remote_clusters.iter().enumerate() {
             let key = |k: &str| format!("remoteClusters[{i}].{k}");
             if !dns_label(&r.name) {
-                return Err(invalid(key("name"), format!("{:?}: must be set, a DNS label", r.name)));
+                return Err(invalid(
+                    key("name"),
+                    format!("{:?}: must be set, a DNS label", r.name),
+                ));
             }
             if r.name == l.name || remotes.iter().any(|x| x.name == r.name) {
-                return Err(invalid(key("name"), format!("{:?}: names a cluster twice", r.name)));
+                return Err(invalid(
+                    key("name"),
+                    format!("{:?}: names a cluster twice", r.name),
+                ));
             }
             let access = if !r.kube_config_path.is_empty() {
                 Access::Kubeconfig(PathBuf::from(&r.kube_config_path))
@@ -326,7 +351,10 @@ impl Settings {
                 ));
             }
             if r.service_prefix == "gl" {
-                return Err(invalid(key("servicePrefix"), "\"gl\" is the global services' prefix"));
+                return Err(invalid(
+                    key("servicePrefix"),
+                    "\"gl\" is the global services' prefix",
+                ));
             }
             if let Some(other) = remotes.iter().find(|x| x.prefix == r.service_prefix) {
                 return Err(invalid(
@@ -382,7 +410,13 @@ mod tests {
     }
 
     fn load(v: serde_json::Value, o: &Overrides) -> Result<Settings, ConfigError> {
-        Settings::from_file(serde_json::from_value(v).map_err(|source| ConfigError::Parse { path: "x".into(), source })?, o)
+        Settings::from_file(
+            serde_json::from_value(v).map_err(|source| ConfigError::Parse {
+                path: "x".into(),
+                source,
+            })?,
+            o,
+        )
     }
 
     #[test]
@@ -394,7 +428,10 @@ mod tests {
         assert_eq!(s.remotes[0].resync, Duration::from_secs(10));
         assert_eq!(s.remotes[0].prefix, "cluster-a");
         assert!(matches!(s.remotes[0].access, Access::Token { .. }));
-        assert_eq!(s.mirror_selector.query(), "mirror.semaphore.uw.io/mirror-service=true");
+        assert_eq!(
+            s.mirror_selector.query(),
+            "mirror.semaphore.uw.io/mirror-service=true"
+        );
     }
 
     #[test]
@@ -414,19 +451,63 @@ mod tests {
     #[test]
     fn each_bad_value_names_its_key() {
         let cases: Vec<(&str, serde_json::Value, &str)> = vec![
-            ("/global/mirrorSvcLabelSelector", json!(""), "global.mirrorSvcLabelSelector"),
-            ("/global/globalSvcLabelSelector", json!("novalue"), "global.globalSvcLabelSelector"),
-            ("/global/globalSvcRoutingStrategyLabel", json!(""), "global.globalSvcRoutingStrategyLabel"),
-            ("/global/mirrorNamespace", json!("Bad_NS"), "global.mirrorNamespace"),
+            (
+                "/global/mirrorSvcLabelSelector",
+                json!(""),
+                "global.mirrorSvcLabelSelector",
+            ),
+            (
+                "/global/globalSvcLabelSelector",
+                json!("novalue"),
+                "global.globalSvcLabelSelector",
+            ),
+            (
+                "/global/globalSvcRoutingStrategyLabel",
+                json!(""),
+                "global.globalSvcRoutingStrategyLabel",
+            ),
+            (
+                "/global/mirrorNamespace",
+                json!("Bad_NS"),
+                "global.mirrorNamespace",
+            ),
             ("/localCluster/name", json!(""), "localCluster.name"),
             ("/remoteClusters", json!([]), "remoteClusters"),
-            ("/remoteClusters/0/name", json!(""), "remoteClusters[0].name"),
-            ("/remoteClusters/0/name", json!("local"), "remoteClusters[0].name"),
-            ("/remoteClusters/0/remoteCAURL", json!(""), "remoteClusters[0] (clustera)"),
-            ("/remoteClusters/0/servicePrefix", json!(""), "remoteClusters[0].servicePrefix"),
-            ("/remoteClusters/0/servicePrefix", json!("gl"), "remoteClusters[0].servicePrefix"),
-            ("/remoteClusters/0/resyncPeriod", json!("ten seconds"), "remoteClusters[0].resyncPeriod"),
-            ("/remoteClusters/0/resyncPeriod", json!(-1), "remoteClusters[0].resyncPeriod"),
+            (
+                "/remoteClusters/0/name",
+                json!(""),
+                "remoteClusters[0].name",
+            ),
+            (
+                "/remoteClusters/0/name",
+                json!("local"),
+                "remoteClusters[0].name",
+            ),
+            (
+                "/remoteClusters/0/remoteCAURL",
+                json!(""),
+                "remoteClusters[0] (clustera)",
+            ),
+            (
+                "/remoteClusters/0/servicePrefix",
+                json!(""),
+                "remoteClusters[0].servicePrefix",
+            ),
+            (
+                "/remoteClusters/0/servicePrefix",
+                json!("gl"),
+                "remoteClusters[0].servicePrefix",
+            ),
+            (
+                "/remoteClusters/0/resyncPeriod",
+                json!("ten seconds"),
+                "remoteClusters[0].resyncPeriod",
+            ),
+            (
+                "/remoteClusters/0/resyncPeriod",
+                json!(-1),
+                "remoteClusters[0].resyncPeriod",
+            ),
         ];
         for (ptr, value, key) in cases {
             let mut v = good();

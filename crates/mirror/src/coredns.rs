@@ -24,7 +24,12 @@ fn block(out: &mut String, zone: &str, prefix: &str, mirror_ns: &str) {
 pub fn render(s: &Settings) -> String {
     let mut out = String::new();
     for r in &s.remotes {
-        block(&mut out, &format!("cluster.{}", r.name), &r.prefix, &s.mirror_namespace);
+        block(
+            &mut out,
+            &format!("cluster.{}", r.name),
+            &r.prefix,
+            &s.mirror_namespace,
+        );
     }
     block(&mut out, "cluster.global", "gl", &s.mirror_namespace);
     out

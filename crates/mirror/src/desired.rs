@@ -125,7 +125,14 @@ fn ports(s: &Service) -> Vec<ServicePort> {
         .collect()
 }
 
-fn service_object(name: &str, rules: &Rules, labels: BTreeMap<String, String>, annotations: Option<BTreeMap<String, String>>, ports: Vec<ServicePort>, headless: bool) -> Service {
+fn service_object(
+    name: &str,
+    rules: &Rules,
+    labels: BTreeMap<String, String>,
+    annotations: Option<BTreeMap<String, String>>,
+    ports: Vec<ServicePort>,
+    headless: bool,
+) -> Service {
     Service {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
@@ -330,15 +337,16 @@ pub fn globals(sources: &[GlobalSource], local_zones: &[String], rules: &Rules) 
         differ("ports", &|s| key(&ports(s)));
         differ("headless", &|s| headless(s).to_string());
         differ("routing", &|s| {
-            rules.routing.matches(s.metadata.labels.as_ref()).to_string()
+            rules
+                .routing
+                .matches(s.metadata.labels.as_ref())
+                .to_string()
         });
         let mut clusters: Vec<&str> = members.iter().map(|(i, _)| sources[*i].view.name).collect();
         clusters.sort();
         let labels = BTreeMap::from([(LABEL_GLOBAL_SVC.to_string(), "true".to_string())]);
-        let mut annotations = BTreeMap::from([(
-            ANNOTATION_GLOBAL_CLUSTERS.to_string(),
-            clusters.join(","),
-        )]);
+        let mut annotations =
+            BTreeMap::from([(ANNOTATION_GLOBAL_CLUSTERS.to_string(), clusters.join(","))]);
         if chosen_routing {
             annotations.insert(ANNOTATION_TOPOLOGY_MODE.into(), "Auto".into());
             annotations.insert(ANNOTATION_TOPOLOGY_HINTS.into(), "auto".into());
@@ -374,7 +382,9 @@ pub fn globals(sources: &[GlobalSource], local_zones: &[String], rules: &Rules) 
                     Endpoint {
                         zone,
                         hints: Some(EndpointHints {
-                            for_zones: Some(hints.into_iter().map(|name| ForZone { name }).collect()),
+                            for_zones: Some(
+                                hints.into_iter().map(|name| ForZone { name }).collect(),
+                            ),
                             ..Default::default()
                         }),
                         ..foreign(e)
@@ -422,7 +432,13 @@ mod tests {
         Selector::parse("k", s).unwrap()
     }
 
-    fn svc(ns: &str, name: &str, labels: serde_json::Value, ports: serde_json::Value, headless: bool) -> Service {
+    fn svc(
+        ns: &str,
+        name: &str,
+        labels: serde_json::Value,
+        ports: serde_json::Value,
+        headless: bool,
+    ) -> Service {
         let mut v = json!({"metadata": {"namespace": ns, "name": name, "labels": labels},
                            "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.20", "selector": {"app": name}, "ports": ports}});
         if headless {
@@ -472,7 +488,10 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(mirror_name("west", "shop", "orders"), "west-shop-73736d-orders");
+        assert_eq!(
+            mirror_name("west", "shop", "orders"),
+            "west-shop-73736d-orders"
+        );
         assert_eq!(global_name("shop", "orders"), "gl-shop-73736d-orders");
     }
 
@@ -480,19 +499,47 @@ mod tests {
     fn mirrors_table() {
         let f = Fixture::new();
         let services = vec![
-            svc("shop", "orders", json!({"mirror": "true", "team": "a"}), HTTP(), false),
+            svc(
+                "shop",
+                "orders",
+                json!({"mirror": "true", "team": "a"}),
+                HTTP(),
+                false,
+            ),
             svc("shop", "db", json!({"mirror": "true"}), HTTP(), true),
             svc("shop", "unlabelled", json!({}), HTTP(), false),
-            svc("mirror", "west-x-73736d-y", json!({"mirror": "true"}), HTTP(), false),
-            svc("shop", "echo", json!({"mirror": "true", "mirrored-svc": "true"}), HTTP(), false),
-            svc("shop", &"n".repeat(50), json!({"mirror": "true"}), HTTP(), false),
+            svc(
+                "mirror",
+                "west-x-73736d-y",
+                json!({"mirror": "true"}),
+                HTTP(),
+                false,
+            ),
+            svc(
+                "shop",
+                "echo",
+                json!({"mirror": "true", "mirrored-svc": "true"}),
+                HTTP(),
+                false,
+            ),
+            svc(
+                "shop",
+                &"n".repeat(50),
+                json!({"mirror": "true"}),
+                HTTP(),
+                false,
+            ),
         ];
         let slices = vec![
             slice("shop", "orders-abc", "orders", "IPv4", &["10.244.1.5"]),
             slice("shop", "orders-def", "orders", "IPv6", &["fd00::5"]),
             slice("other", "orders-zzz", "orders", "IPv4", &["10.244.1.9"]),
         ];
-        let view = ClusterView { name: "west", services: &services, slices: &slices };
+        let view = ClusterView {
+            name: "west",
+            services: &services,
+            slices: &slices,
+        };
         let d = mirrors(&view, "west", &f.rules());
         assert_eq!(
             d.services.keys().collect::<Vec<_>>(),
@@ -502,19 +549,36 @@ mod tests {
         let labels = orders.metadata.labels.as_ref().unwrap();
         assert_eq!(labels.get("team").map(String::as_str), Some("a"));
         assert_eq!(labels.get("mirrored-svc").map(String::as_str), Some("true"));
-        assert_eq!(labels.get("mirror-svc-prefix-sync").map(String::as_str), Some("west"));
-        assert!(!labels.contains_key("mirror"), "selector keys are not copied");
+        assert_eq!(
+            labels.get("mirror-svc-prefix-sync").map(String::as_str),
+            Some("west")
+        );
+        assert!(
+            !labels.contains_key("mirror"),
+            "selector keys are not copied"
+        );
         let spec = orders.spec.as_ref().unwrap();
         assert_eq!(spec.cluster_ip, None);
         assert_eq!(spec.selector, None);
         let port = &spec.ports.as_ref().unwrap()[0];
         assert_eq!((port.port, port.node_port), (80, None));
-        assert_eq!(d.services["west-shop-73736d-db"].spec.as_ref().unwrap().cluster_ip.as_deref(), Some("None"));
+        assert_eq!(
+            d.services["west-shop-73736d-db"]
+                .spec
+                .as_ref()
+                .unwrap()
+                .cluster_ip
+                .as_deref(),
+            Some("None")
+        );
         // Two slices (the other namespace's slice of the same name is not this Service's).
         let orders_slices: Vec<&EndpointSlice> = d
             .slices
             .values()
-            .filter(|s| s.metadata.labels.as_ref().unwrap()["kubernetes.io/service-name"] == "west-shop-73736d-orders")
+            .filter(|s| {
+                s.metadata.labels.as_ref().unwrap()["kubernetes.io/service-name"]
+                    == "west-shop-73736d-orders"
+            })
             .collect();
         assert_eq!(orders_slices.len(), 2);
         for s in &orders_slices {
@@ -538,35 +602,95 @@ mod tests {
         let local_svcs = vec![svc("shop", "orders", g.clone(), HTTP(), false)];
         let local_slices = vec![slice("shop", "orders-1", "orders", "IPv4", &["10.244.0.5"])];
         let west_svcs = vec![svc("shop", "orders", g.clone(), HTTP(), false)];
-        let west_slices = vec![slice("shop", "orders-1", "orders", "IPv4", &["10.244.1.5", "10.244.1.6"])];
-        let other_ports = json!([{"name": "http", "port": 81, "targetPort": 8080, "protocol": "TCP"}]);
-        let central_svcs = vec![svc("shop", "orders", json!({"global": "true"}), other_ports, true)];
+        let west_slices = vec![slice(
+            "shop",
+            "orders-1",
+            "orders",
+            "IPv4",
+            &["10.244.1.5", "10.244.1.6"],
+        )];
+        let other_ports =
+            json!([{"name": "http", "port": 81, "targetPort": 8080, "protocol": "TCP"}]);
+        let central_svcs = vec![svc(
+            "shop",
+            "orders",
+            json!({"global": "true"}),
+            other_ports,
+            true,
+        )];
         let central_slices = vec![slice("shop", "orders-1", "orders", "IPv4", &["10.244.2.5"])];
         let zones = vec!["east-a".to_string(), "east-b".to_string()];
         let sources = [
-            GlobalSource { view: ClusterView { name: "west", services: &west_svcs, slices: &west_slices }, local: false, endpoints: true },
-            GlobalSource { view: ClusterView { name: "central", services: &central_svcs, slices: &central_slices }, local: false, endpoints: false },
-            GlobalSource { view: ClusterView { name: "east", services: &local_svcs, slices: &local_slices }, local: true, endpoints: true },
+            GlobalSource {
+                view: ClusterView {
+                    name: "west",
+                    services: &west_svcs,
+                    slices: &west_slices,
+                },
+                local: false,
+                endpoints: true,
+            },
+            GlobalSource {
+                view: ClusterView {
+                    name: "central",
+                    services: &central_svcs,
+                    slices: &central_slices,
+                },
+                local: false,
+                endpoints: false,
+            },
+            GlobalSource {
+                view: ClusterView {
+                    name: "east",
+                    services: &local_svcs,
+                    slices: &local_slices,
+                },
+                local: true,
+                endpoints: true,
+            },
         ];
         let d = globals(&sources, &zones, &f.rules());
         let gsvc = &d.services["gl-shop-73736d-orders"];
         let ann = gsvc.metadata.annotations.as_ref().unwrap();
         assert_eq!(ann["global-svc-clusters"], "central,east,west");
         assert_eq!(ann["service.kubernetes.io/topology-mode"], "Auto");
-        assert_eq!(gsvc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port, 80, "the local cluster's ports win");
+        assert_eq!(
+            gsvc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port,
+            80,
+            "the local cluster's ports win"
+        );
         assert_eq!(gsvc.spec.as_ref().unwrap().cluster_ip, None);
         let fields: Vec<&str> = d.conflicts.iter().map(|c| c.field).collect();
         assert_eq!(fields, ["ports", "headless", "routing"]);
-        assert!(d.conflicts[0].chosen.starts_with("east:") && d.conflicts[0].others[0].starts_with("central:"));
+        assert!(
+            d.conflicts[0].chosen.starts_with("east:")
+                && d.conflicts[0].others[0].starts_with("central:")
+        );
         // One slice per source cluster; the failed-over one contributes none.
         assert_eq!(
             d.slices.keys().collect::<Vec<_>>(),
-            ["gl-shop-73736d-orders-east-ipv4", "gl-shop-73736d-orders-west-ipv4"]
+            [
+                "gl-shop-73736d-orders-east-ipv4",
+                "gl-shop-73736d-orders-west-ipv4"
+            ]
         );
         let hints = |s: &EndpointSlice| -> Vec<(Option<String>, Vec<String>)> {
             s.endpoints
                 .iter()
-                .map(|e| (e.zone.clone(), e.hints.as_ref().unwrap().for_zones.as_ref().unwrap().iter().map(|z| z.name.clone()).collect()))
+                .map(|e| {
+                    (
+                        e.zone.clone(),
+                        e.hints
+                            .as_ref()
+                            .unwrap()
+                            .for_zones
+                            .as_ref()
+                            .unwrap()
+                            .iter()
+                            .map(|z| z.name.clone())
+                            .collect(),
+                    )
+                })
                 .collect()
         };
         assert_eq!(
@@ -588,7 +712,15 @@ mod tests {
         let f = Fixture::new();
         let long = "x".repeat(60);
         let svcs = vec![svc("shop", &long, json!({"global": "true"}), HTTP(), false)];
-        let sources = [GlobalSource { view: ClusterView { name: "west", services: &svcs, slices: &[] }, local: false, endpoints: true }];
+        let sources = [GlobalSource {
+            view: ClusterView {
+                name: "west",
+                services: &svcs,
+                slices: &[],
+            },
+            local: false,
+            endpoints: true,
+        }];
         let d = globals(&sources, &[], &f.rules());
         assert!(d.services.is_empty());
         assert_eq!(d.refused[0].cluster, "west");

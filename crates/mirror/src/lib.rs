@@ -9,3 +9,7 @@
 pub mod config;
 pub mod coredns;
 pub mod desired;
+pub mod lease;
+pub mod metrics;
+pub mod reconcile;
+pub mod run;

@@ -5,6 +5,7 @@
 //! all in order and exits 0 only if every one passed; a failed capability does not stop the
 //! others, so one run reports all of them.
 
+mod mirror;
 mod switch;
 
 use crate::exit::{Code, Exit, WithCode};
@@ -32,18 +33,22 @@ pub struct DemoArgs {
 pub enum Capability {
     /// Preview switch: blue/green routing that follows a Pod's role label.
     Switch,
+    /// Service mirror: a remote cluster's Service mirrored locally and reached by its ClusterIP.
+    Mirror,
 }
 
 impl Capability {
     fn name(self) -> &'static str {
         match self {
             Capability::Switch => "switch",
+            Capability::Mirror => "mirror",
         }
     }
 
     async fn run(self, args: &DemoArgs) -> Result<(), Exit> {
         match self {
             Capability::Switch => switch::run(args).await,
+            Capability::Mirror => mirror::run(args).await,
         }
     }
 }

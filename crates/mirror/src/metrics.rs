@@ -1,0 +1,125 @@
+//! Prometheus metrics (`ghostwire_mirror_*`), with the seed's meaning and the right types.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabel {
+    pub cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabels {
+    pub cluster: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    pub verb: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub cluster: String,
+    pub namespace: String,
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConflictLabels {
+    pub service: String,
+    pub field: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: String,
+}
+
+pub struct Metrics {
+    /// 1 while the cluster's API answers, 0 while it does not.
+    pub remote_up: Family<ClusterLabel, Gauge>,
+    /// Objects in each watcher's cache.
+    pub watched_objects: Family<WatchLabels, Gauge>,
+    /// Watch events received (a counter; the seed exports it as a gauge).
+    pub watch_events: Family<WatchLabels, Counter>,
+    /// Writes to the local API.
+    pub writes: Family<WriteLabels, Counter>,
+    pub errors: Family<ErrorLabels, Counter>,
+    /// Sources whose generated name is over 63 characters (refused; counted once per source).
+    pub name_too_long: Family<SourceLabels, Counter>,
+    /// 1 while sources of a global Service disagree on a field.
+    pub conflicts: Family<ConflictLabels, Gauge>,
+    /// Pending reconcile requests (0 or 1: requests coalesce).
+    pub queue_depth: Gauge,
+    pub reconcile_seconds: Histogram,
+    /// 1 while this replica holds the Lease (writes), 0 otherwise.
+    pub leader: Gauge,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Metrics {
+        let m = Metrics {
+            remote_up: Family::default(),
+            watched_objects: Family::default(),
+            watch_events: Family::default(),
+            writes: Family::default(),
+            errors: Family::default(),
+            name_too_long: Family::default(),
+            conflicts: Family::default(),
+            queue_depth: Gauge::default(),
+            reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            leader: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("ghostwire_mirror");
+        r.register(
+            "remote_up",
+            "1 while the cluster's API answers",
+            m.remote_up.clone(),
+        );
+        r.register(
+            "watched_objects",
+            "Objects in each watcher's cache",
+            m.watched_objects.clone(),
+        );
+        r.register(
+            "watch_events",
+            "Watch events received",
+            m.watch_events.clone(),
+        );
+        r.register("writes", "Writes to the local API", m.writes.clone());
+        r.register("errors", "Errors by kind", m.errors.clone());
+        r.register(
+            "name_too_long",
+            "Sources refused: generated name over 63 characters",
+            m.name_too_long.clone(),
+        );
+        r.register(
+            "global_conflicts",
+            "1 while sources of a global Service disagree",
+            m.conflicts.clone(),
+        );
+        r.register(
+            "queue_depth",
+            "Pending reconcile requests",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "reconcile_duration_seconds",
+            "One reconcile pass",
+            m.reconcile_seconds.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica holds the Lease",
+            m.leader.clone(),
+        );
+        m
+    }
+}
