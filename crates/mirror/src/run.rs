@@ -290,13 +290,15 @@ pub async fn run(
         grace: opts.failover_grace,
         seen: BTreeSet::new(),
         reported: BTreeSet::new(),
+        seed_endpoints_removed: false,
     };
     tokio::pin!(shutdown);
-    let resync = if opts.resync.is_zero() {
-        Duration::from_secs(3600)
-    } else {
-        opts.resync
-    };
+    // The shortest of --resync and the remotes' resyncPeriod (zero: off).
+    let resync = std::iter::once(opts.resync)
+        .chain(settings.remotes.iter().map(|r| r.resync))
+        .filter(|d| !d.is_zero())
+        .min()
+        .unwrap_or(Duration::from_secs(3600));
     loop {
         metrics.queue_depth.set(1);
         {
@@ -423,10 +425,47 @@ struct Reconciler<'a> {
     seen: BTreeSet<String>,
     /// Refusals and conflicts already reported by Event.
     reported: BTreeSet<String>,
+    /// The seed's tool mirrored endpoints as core/v1 Endpoints (same name and labels as its
+    /// Services); with EndpointSlice mirroring those would be duplicated into slices, so they
+    /// are removed once, by the first leader pass.
+    seed_endpoints_removed: bool,
 }
 
 impl Reconciler<'_> {
+    async fn remove_seed_endpoints(&mut self) {
+        let api: Api<k8s_openapi::api::core::v1::Endpoints> =
+            Api::namespaced(self.local.clone(), &self.settings.mirror_namespace);
+        let lp = kube::api::ListParams::default()
+            .labels(&format!("{}=true", desired::LABEL_MIRRORED_SVC));
+        let Ok(list) = api.list(&lp).await else {
+            return;
+        };
+        for e in list.items {
+            let name = e.metadata.name.unwrap_or_default();
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {
+                    tracing::info!(name, "removed Endpoints left by semaphore-service-mirror");
+                    self.metrics
+                        .writes
+                        .get_or_create(&WriteLabels {
+                            verb: "delete".into(),
+                            kind: "Endpoints".into(),
+                        })
+                        .inc();
+                }
+                Err(e) => {
+                    tracing::warn!(name, error = %e, "cannot remove the seed's Endpoints");
+                    return;
+                }
+            }
+        }
+        self.seed_endpoints_removed = true;
+    }
+
     async fn pass(&mut self, clusters: &[Watched]) {
+        if !self.seed_endpoints_removed {
+            self.remove_seed_endpoints().await;
+        }
         let s = self.settings;
         let rules = Rules {
             mirror_namespace: &s.mirror_namespace,

@@ -163,6 +163,18 @@ async fn mirror_across_three_clusters() {
     .await
     .unwrap();
 
+    // What semaphore-service-mirror leaves behind: Endpoints next to its mirrors.
+    let seed_eps: k8s_openapi::api::core::v1::Endpoints = serde_json::from_value(json!({
+        "metadata": {"name": "west-shop-73736d-orders", "labels": {"mirrored-svc": "true", "mirror-svc-prefix-sync": "west"}},
+        "subsets": [{"addresses": [{"ip": "10.244.1.200"}], "ports": [{"port": 8080}]}]
+    }))
+    .unwrap();
+    let endpoints: Api<k8s_openapi::api::core::v1::Endpoints> =
+        Api::namespaced(east.clone(), "mirror");
+    endpoints
+        .create(&Default::default(), &seed_eps)
+        .await
+        .unwrap();
     let config = json!({
         "global": {"globalSvcLabelSelector": "global=true", "globalSvcRoutingStrategyLabel": "routing=local-first",
                    "mirrorSvcLabelSelector": "mirror=true", "mirrorNamespace": "mirror", "serviceSync": true},
@@ -212,6 +224,15 @@ async fn mirror_across_three_clusters() {
         (addresses(&slices_of(&east, "west-shop-73736d-orders").await)
             .contains(&west_pod.ipv4.to_string()))
         .then_some(())
+    })
+    .await;
+    until("the seed's Endpoints removed", || async {
+        endpoints
+            .get_opt("west-shop-73736d-orders")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
     })
     .await;
     // A local Pod reaches the remote Pod through the mirrored ClusterIP.
