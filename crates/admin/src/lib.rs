@@ -1,6 +1,7 @@
 //! The admin endpoints of a long-running ghostwire component, on their own port:
-//! `/healthz` and `/readyz` (200, or 503 with the reason as the body) and
-//! `/metrics` (Prometheus text format). Components plug in through [`Health`].
+//! `/healthz` and `/readyz` (200, or 503 with the reason as the body; `/live` and `/ready`
+//! are the same, by the names Linkerd's proxy uses), `/metrics` (Prometheus text format) and,
+//! for components that have one, `/config_dump` (JSON). Components plug in through [`Health`].
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -15,6 +16,10 @@ use tokio::net::TcpListener;
 pub trait Health: Send + Sync + 'static {
     fn healthz(&self) -> Result<(), String>;
     fn readyz(&self) -> Result<(), String>;
+    /// The component's current configuration as JSON, served at `/config_dump`; `None`: 404.
+    fn config_dump(&self) -> Option<String> {
+        None
+    }
 }
 
 fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
@@ -49,8 +54,16 @@ fn handle(
         );
     }
     match req.uri().path() {
-        "/healthz" => probe(health.healthz()),
-        "/readyz" => probe(health.readyz()),
+        "/healthz" | "/live" => probe(health.healthz()),
+        "/readyz" | "/ready" => probe(health.readyz()),
+        "/config_dump" => match health.config_dump() {
+            Some(json) => text(StatusCode::OK, "application/json", json),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "this component has no config dump\n".into(),
+            ),
+        },
         "/metrics" => {
             let mut body = String::new();
             match prometheus_client::encoding::text::encode(&mut body, registry) {
@@ -164,6 +177,9 @@ mod tests {
         health.0.store(true, Ordering::SeqCst);
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/live").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/ready").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/config_dump").await.starts_with("HTTP/1.1 404"));
         let m = get(addr, "/metrics").await;
         assert!(m.contains("ghostwire_test_events_total 1"), "{m}");
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));

@@ -130,7 +130,7 @@ impl InjectorArgs {
 }
 
 /// Resolves when the process is asked to stop (SIGTERM from the kubelet, or Ctrl-C).
-async fn stop_signal() {
+pub(crate) async fn stop_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -14,6 +14,7 @@ mod knobs;
 mod lab;
 mod logging;
 mod mirror;
+mod proxy;
 mod proxy_init;
 mod watcher;
 
@@ -47,6 +48,8 @@ enum Command {
     /// Egress gateway client Pod: `init` (route through the gateway), `sidecar` (probe, heal).
     #[command(subcommand)]
     Client(gateway::ClientCommand),
+    /// Mesh sidecar: the transparent proxy (inbound and outbound), with admin on 4191.
+    Proxy(proxy::ProxyArgs),
     /// Mutating admission webhook: adds the containers each workload's ghostwire.dev/* annotations ask for.
     Injector(Box<injector::InjectorArgs>),
     /// Service mirror: remote clusters' Services and endpoints mirrored locally; global Services.
@@ -82,6 +85,7 @@ fn main() -> std::process::ExitCode {
             Command::Gateway(cmd) => gateway::run_gateway(cmd).await,
             Command::Client(cmd) => gateway::run_client(cmd).await,
             Command::Mirror(args) => mirror::run(*args).await,
+            Command::Proxy(args) => proxy::run(args).await,
             #[cfg(feature = "lab")]
             Command::Demo(args) => demo::run(args).await,
             #[cfg(feature = "lab")]

@@ -1,0 +1,40 @@
+//! `ghostwire proxy`: the mesh's transparent sidecar.
+
+use crate::exit::{Code, Exit, WithCode};
+use crate::knobs::{KnobArgs, Mesh};
+use clap::Args;
+use mesh_config::Sources;
+use mesh_proxy::store::{ConfigSource, FileSource, Store};
+
+#[derive(Args, Debug)]
+pub struct ProxyArgs {
+    #[command(flatten)]
+    pub knobs: KnobArgs<Mesh>,
+}
+
+pub async fn run(args: ProxyArgs) -> Result<(), Exit> {
+    let s = Sources {
+        given: args.knobs.0.clone(),
+        ..Sources::default()
+    }
+    .proxy_settings()
+    .code(Code::Config)?;
+    let store = Store::default();
+    let source: Option<Box<dyn ConfigSource>> = match &s.config {
+        Some(path) => {
+            let f = FileSource {
+                path: path.clone(),
+                poll: s.config_poll,
+            };
+            let generation = f.load_once(&store).code(Code::Config)?;
+            tracing::info!(path = %path.display(), generation, "routing config loaded");
+            Some(Box::new(f))
+        }
+        None => None,
+    };
+    mesh_proxy::run(s, store, source, crate::injector::stop_signal())
+        .await
+        .code(Code::Failure)?;
+    tracing::info!("proxy stopped");
+    Ok(())
+}

@@ -1,0 +1,384 @@
+//! One HTTP request through the proxy: hop-by-hop headers, service lookup, route, split,
+//! endpoint, retries under the budget, the route's timeout, upgrades, metrics.
+
+use crate::Direction;
+use crate::balance;
+use crate::config::idempotent;
+use crate::metrics::{Labels, Metrics};
+use crate::pool::{Body, BoxError, Pool, SendError};
+use crate::store::{Route, Service, Store};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What a request knows about its connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    pub direction: Direction,
+    pub orig_dst: SocketAddr,
+    pub h2: bool,
+}
+
+pub struct Http {
+    pub store: Store,
+    pub pool: Arc<Pool>,
+    pub metrics: Metrics,
+}
+
+/// RFC 9110 §7.6.1: the connection-specific fields, and whatever `Connection` names.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Removes hop-by-hop headers. `keep_upgrade` keeps `Connection: upgrade` and `Upgrade` for a
+/// request (or 101 response) that switches protocols.
+pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    // `TE: trailers` is end-to-end in effect for gRPC over HTTP/2 (RFC 9113 §8.2.2).
+    let te_trailers = h
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::UPGRADE);
+    }
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.method() == http::Method::CONNECT
+        || (req.version() <= http::Version::HTTP_11 && req.headers().contains_key(header::UPGRADE))
+}
+
+fn status_class(s: StatusCode) -> &'static str {
+    match s.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+pub fn error_response(status: StatusCode, direction: Direction, msg: &str) -> Response<Body> {
+    let body = format!("ghostwire proxy ({}): {msg}\n", direction.as_str());
+    let mut r = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|e| -> BoxError { match e {} })
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r.headers_mut()
+        .insert("x-ghostwire-error", HeaderValue::from_static("1"));
+    r
+}
+
+fn boxed(b: Incoming) -> Body {
+    b.map_err(|e| -> BoxError { Box::new(e) }).boxed()
+}
+
+/// A request body that can be sent again, or one that can be sent once.
+enum Replay {
+    Buffered(Bytes),
+    Once(Option<Incoming>),
+}
+
+impl Replay {
+    fn take(&mut self) -> Option<Body> {
+        match self {
+            Replay::Buffered(b) => Some(
+                Full::new(b.clone())
+                    .map_err(|e| -> BoxError { match e {} })
+                    .boxed(),
+            ),
+            Replay::Once(b) => b.take().map(boxed),
+        }
+    }
+}
+
+impl Http {
+    pub async fn handle(&self, conn: Conn, mut req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let upgrade = is_upgrade(&req);
+        let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let snap = self.store.load();
+        let service = match conn.direction {
+            Direction::Outbound => snap.service(conn.orig_dst).cloned(),
+            Direction::Inbound => None,
+        };
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        let (route_name, resp, backend) = match &service {
+            Some(svc) if !upgrade => {
+                let route = svc.route(&parts);
+                let (resp, backend) = self.routed(conn, svc, route, parts, body).await;
+                (route.name.clone(), resp, backend)
+            }
+            _ => {
+                let target = match &service {
+                    // An upgrade to a configured service goes to one of its endpoints.
+                    Some(svc) => pick_endpoint(svc, &svc.default_split, Instant::now())
+                        .map_or(conn.orig_dst, |(_, e)| e.addr),
+                    None => conn.orig_dst,
+                };
+                let req = Request::from_parts(parts, boxed(body));
+                let resp = self.pool.send(target, conn.h2, upgrade, req).await;
+                (String::new(), resp.map_err(Failure::Send), String::new())
+            }
+        };
+        let mut resp = match resp {
+            Ok(mut r) => {
+                let switching = r.status() == StatusCode::SWITCHING_PROTOCOLS
+                    || (upgrade && r.status().is_success() && down_upgrade.is_some());
+                if let (true, Some(down)) = (switching, down_upgrade) {
+                    let up = hyper::upgrade::on(&mut r);
+                    tokio::spawn(async move {
+                        match tokio::try_join!(down, up) {
+                            Ok((d, u)) => {
+                                let _ = tokio::io::copy_bidirectional(
+                                    &mut hyper_util::rt::TokioIo::new(d),
+                                    &mut hyper_util::rt::TokioIo::new(u),
+                                )
+                                .await;
+                            }
+                            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                        }
+                    });
+                }
+                let (mut p, b) = r.into_parts();
+                strip_hop_by_hop(&mut p.headers, switching);
+                Response::from_parts(p, boxed(b))
+            }
+            Err(Failure::Timeout(after)) => error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                conn.direction,
+                &format!("no response within the route's timeout of {after:?}"),
+            ),
+            Err(Failure::Send(e)) => {
+                tracing::debug!(error = %e, "upstream request failed");
+                error_response(StatusCode::BAD_GATEWAY, conn.direction, &e.to_string())
+            }
+            Err(Failure::Body(e)) => error_response(StatusCode::BAD_REQUEST, conn.direction, &e),
+        };
+        if conn.h2 {
+            *resp.version_mut() = http::Version::HTTP_2;
+        }
+        let labels: Labels = vec![
+            ("direction", conn.direction.as_str().into()),
+            (
+                "service",
+                service.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+            ),
+            ("route", route_name),
+        ];
+        self.metrics
+            .latency
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        let mut labels = labels;
+        labels.push(("backend", backend));
+        labels.push(("status_class", status_class(resp.status()).into()));
+        self.metrics.requests.get_or_create(&labels).inc();
+        resp
+    }
+
+    /// A request to a configured service: split, endpoint, retries, timeout.
+    async fn routed(
+        &self,
+        conn: Conn,
+        svc: &Arc<Service>,
+        route: &Route,
+        parts: http::request::Parts,
+        body: Incoming,
+    ) -> (Result<Response<Incoming>, Failure>, String) {
+        let split = if route.split.is_empty() {
+            &svc.default_split
+        } else {
+            &route.split
+        };
+        let policy = route
+            .retry
+            .as_ref()
+            .filter(|p| p.attempts > 0 && (p.non_idempotent || idempotent(&parts.method)));
+        // Buffer the body for retries only when it is small and its size is known.
+        let mut replay = match policy {
+            Some(p)
+                if hyper::body::Body::size_hint(&body)
+                    .upper()
+                    .is_some_and(|n| n <= p.max_body_bytes as u64) =>
+            {
+                match Limited::new(body, p.max_body_bytes).collect().await {
+                    Ok(c) => Replay::Buffered(c.to_bytes()),
+                    Err(e) => return (Err(Failure::Body(e.to_string())), String::new()),
+                }
+            }
+            _ => Replay::Once(Some(body)),
+        };
+        let attempts = match (&replay, policy) {
+            (Replay::Buffered(_), Some(p)) => p.attempts + 1,
+            _ => 1,
+        };
+        let labels =
+            || -> Labels { vec![("service", svc.name.clone()), ("route", route.name.clone())] };
+        let now = Instant::now();
+        svc.budget.deposit(now);
+        let deadline = route.timeout.map(|t| now + t);
+        let work = async {
+            let mut last: Option<(Result<Response<Incoming>, Failure>, String)> = None;
+            for attempt in 0..attempts {
+                if attempt > 0 {
+                    if !svc.budget.withdraw(Instant::now()) {
+                        self.metrics.budget_exhausted.get_or_create(&labels()).inc();
+                        break;
+                    }
+                    self.metrics.retries.get_or_create(&labels()).inc();
+                    let base =
+                        policy.map_or(Duration::ZERO, |p| p.backoff) * (1 << (attempt - 1).min(8));
+                    let jitter = base.mul_f64(rand::random_range(0.5..1.0));
+                    tokio::time::sleep(jitter).await;
+                }
+                let Some((bi, ep)) = pick_endpoint(svc, split, Instant::now()) else {
+                    break;
+                };
+                let backend = svc.backends[bi].name.clone();
+                let Some(body) = replay.take() else { break };
+                let mut req = Request::from_parts(parts.clone(), body);
+                *req.extensions_mut() = http::Extensions::new();
+                let sent_at = Instant::now();
+                let guard = ep.start();
+                let res = self.pool.send(ep.addr, conn.h2, false, req).await;
+                drop(guard);
+                let rtt = sent_at.elapsed();
+                let (ok, retry) = match &res {
+                    Ok(r) => (
+                        !r.status().is_server_error(),
+                        policy.is_some_and(|p| p.statuses.contains(&r.status().as_u16())),
+                    ),
+                    Err(e) => (false, e.not_sent() || policy.is_some()),
+                };
+                if ep.observe(rtt, ok, svc.accrual, Instant::now()) {
+                    tracing::warn!(endpoint = %ep.addr, service = %svc.name, "endpoint ejected after consecutive failures");
+                    self.metrics
+                        .ejections
+                        .get_or_create(&vec![("service", svc.name.clone())])
+                        .inc();
+                }
+                last = Some((res.map_err(Failure::Send), backend));
+                if !retry {
+                    break;
+                }
+            }
+            last.unwrap_or_else(|| {
+                (
+                    Err(Failure::Send(SendError::Connect {
+                        addr: conn.orig_dst,
+                        source: std::io::Error::other("no endpoint to send to"),
+                    })),
+                    String::new(),
+                )
+            })
+        };
+        match deadline {
+            Some(d) => match tokio::time::timeout_at(d, work).await {
+                Ok(r) => r,
+                Err(_) => (
+                    Err(Failure::Timeout(route.timeout.unwrap_or_default())),
+                    String::new(),
+                ),
+            },
+            None => work.await,
+        }
+    }
+}
+
+enum Failure {
+    Send(SendError),
+    Timeout(Duration),
+    Body(String),
+}
+
+/// A weighted backend, then an endpoint of it (retrying other backends if one is empty).
+fn pick_endpoint(
+    svc: &Service,
+    split: &[(usize, u32)],
+    now: Instant,
+) -> Option<(usize, Arc<balance::Endpoint>)> {
+    let weights: Vec<u32> = split
+        .iter()
+        .map(|&(b, w)| {
+            if svc.backends[b].endpoints.is_empty() {
+                0
+            } else {
+                w
+            }
+        })
+        .collect();
+    if weights.iter().all(|&w| w == 0) {
+        return None;
+    }
+    let (b, _) = split[balance::weighted(&weights)];
+    balance::pick(&svc.backends[b].endpoints, now).map(|e| (b, e.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_the_rest_stays() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "secret"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("x-canary", "true"),
+            ("host", "app-b"),
+        ] {
+            h.append(k, HeaderValue::from_static(v));
+        }
+        let mut plain = h.clone();
+        strip_hop_by_hop(&mut plain, false);
+        let mut names: Vec<&str> = plain.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["host", "te", "x-canary"]);
+        let mut up = h;
+        strip_hop_by_hop(&mut up, true);
+        assert_eq!(up["upgrade"], "websocket");
+        assert_eq!(up["connection"], "upgrade");
+        assert!(!up.contains_key("x-private"));
+    }
+}

@@ -1,0 +1,414 @@
+//! The proxy's listeners, per-connection handling, admin endpoints and graceful drain.
+
+use crate::Direction;
+use crate::detect::{self, Prefixed, Protocol};
+use crate::http::{Conn, Http};
+use crate::metrics::{Labels, Metrics};
+use crate::pool::Pool;
+use crate::store::{ConfigSource, Store};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use mesh_config::ProxySettings;
+use prometheus_client::registry::Registry;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, watch};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Counts live connections, so drain can wait for them.
+#[derive(Default)]
+struct Live {
+    n: AtomicUsize,
+    zero: Notify,
+}
+
+struct LiveGuard(Arc<Live>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        if self.0.n.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.zero.notify_waiters();
+        }
+    }
+}
+
+struct Health {
+    store: Store,
+    draining: Arc<AtomicBool>,
+    want_config: bool,
+}
+
+impl admin::Health for Health {
+    fn healthz(&self) -> Result<(), String> {
+        Ok(())
+    }
+    fn readyz(&self) -> Result<(), String> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err("draining".into());
+        }
+        if self.want_config && self.store.load().generation == 0 {
+            return Err("no routing config loaded yet".into());
+        }
+        Ok(())
+    }
+    fn config_dump(&self) -> Option<String> {
+        let snap = self.store.load();
+        serde_json::to_string_pretty(&serde_json::json!({
+            "generation": snap.generation,
+            "config": snap.config,
+        }))
+        .ok()
+    }
+}
+
+/// A bound proxy, ready to serve.
+pub struct Proxy {
+    settings: ProxySettings,
+    inbound: TcpListener,
+    outbound: TcpListener,
+    admin: TcpListener,
+    store: Store,
+    http: Arc<Http>,
+    metrics: Metrics,
+    registry: Arc<Registry>,
+    source: Option<Box<dyn ConfigSource>>,
+}
+
+async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Listen { what, addr, source })
+}
+
+impl Proxy {
+    /// Binds the inbound, outbound and admin listeners.
+    pub async fn bind(
+        settings: ProxySettings,
+        store: Store,
+        source: Option<Box<dyn ConfigSource>>,
+    ) -> Result<Proxy, Error> {
+        let any: IpAddr = if settings.ipv6 {
+            Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        };
+        let inbound = listen("inbound", SocketAddr::new(any, settings.inbound_port)).await?;
+        let outbound = listen("outbound", SocketAddr::new(any, settings.outbound_port)).await?;
+        let admin = listen("admin", settings.admin_addr).await?;
+        let mut registry = Registry::with_prefix("ghostwire");
+        let metrics = Metrics::new(&mut registry);
+        let http = Arc::new(Http {
+            store: store.clone(),
+            pool: Arc::new(Pool::new(Duration::from_secs(5), 64)),
+            metrics: metrics.clone(),
+        });
+        Ok(Proxy {
+            settings,
+            inbound,
+            outbound,
+            admin,
+            store,
+            http,
+            metrics,
+            registry: Arc::new(registry),
+            source,
+        })
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().unwrap_or(self.settings.admin_addr)
+    }
+
+    /// Serves until `shutdown` completes, then drains: stops accepting, lets in-flight
+    /// requests and connections finish for up to the drain timeout, then returns.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let Proxy {
+            settings,
+            inbound,
+            outbound,
+            admin,
+            store,
+            http,
+            metrics,
+            registry,
+            source,
+        } = self;
+        let settings = Arc::new(settings);
+        let draining = Arc::new(AtomicBool::new(false));
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let live = Arc::new(Live::default());
+        let health = Arc::new(Health {
+            store: store.clone(),
+            draining: draining.clone(),
+            want_config: settings.config.is_some(),
+        });
+        metrics
+            .config_generation
+            .set(store.load().generation as i64);
+        let mut tasks = tokio::task::JoinSet::new();
+        {
+            let mut rx = store.subscribe();
+            let m = metrics.clone();
+            tasks.spawn(async move {
+                while rx.changed().await.is_ok() {
+                    let g = rx.borrow().generation;
+                    m.config_generation.set(g as i64);
+                }
+            });
+        }
+        if let Some(src) = source {
+            let m = metrics.clone();
+            tasks.spawn(src.run(
+                store.clone(),
+                Box::new(move |_| {
+                    m.config_errors.inc();
+                }),
+            ));
+        }
+        let mut admin_stop = stop_rx.clone();
+        tasks.spawn(admin::serve(admin, registry, health, async move {
+            until(&mut admin_stop).await;
+        }));
+        for (listener, direction) in [
+            (inbound, Direction::Inbound),
+            (outbound, Direction::Outbound),
+        ] {
+            let ctx = Ctx {
+                settings: settings.clone(),
+                http: http.clone(),
+                metrics: metrics.clone(),
+                drain: drain_rx.clone(),
+                stop: stop_rx.clone(),
+                live: live.clone(),
+                direction,
+            };
+            let mut drain = drain_rx.clone();
+            let sem = Arc::new(Semaphore::new(settings.max_connections));
+            tasks.spawn(async move {
+                loop {
+                    let permit = tokio::select! {
+                        _ = until(&mut drain) => return,
+                        p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                    };
+                    let (stream, _) = tokio::select! {
+                        _ = until(&mut drain) => return,
+                        a = listener.accept() => match a {
+                            Ok(a) => a,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "accept failed");
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            }
+                        },
+                    };
+                    ctx.live.n.fetch_add(1, Ordering::SeqCst);
+                    let guard = LiveGuard(ctx.live.clone());
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        ctx.connection(stream).await;
+                        drop((guard, permit));
+                    });
+                }
+            });
+        }
+        shutdown.await;
+        tracing::info!(timeout = ?settings.drain_timeout, "draining: no new connections; in-flight requests may finish");
+        draining.store(true, Ordering::SeqCst);
+        let _ = drain_tx.send(true);
+        let wait = async {
+            loop {
+                let notified = live.zero.notified();
+                if live.n.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(settings.drain_timeout, wait)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = live.n.load(Ordering::SeqCst),
+                "drain timeout: closing the connections still open"
+            );
+        }
+        let _ = stop_tx.send(true);
+        tasks.abort_all();
+    }
+}
+
+#[derive(Clone)]
+struct Ctx {
+    settings: Arc<ProxySettings>,
+    http: Arc<Http>,
+    metrics: Metrics,
+    drain: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+    live: Arc<Live>,
+    direction: Direction,
+}
+
+impl Ctx {
+    fn refuse(&self, reason: &'static str) {
+        let l: Labels = vec![
+            ("direction", self.direction.as_str().into()),
+            ("reason", reason.into()),
+        ];
+        self.metrics.refused.get_or_create(&l).inc();
+    }
+
+    /// Whether `dst` is one of this proxy's own listeners (a connection to it would loop).
+    fn is_self(&self, dst: SocketAddr, local: SocketAddr) -> bool {
+        let s = &self.settings;
+        [s.inbound_port, s.outbound_port, s.admin_addr.port()].contains(&dst.port())
+            && (dst.ip() == local.ip() || dst.ip().is_loopback() || dst.ip().is_unspecified())
+    }
+
+    async fn connection(&self, mut stream: TcpStream) {
+        let Ok(local) = stream.local_addr() else {
+            return;
+        };
+        // Never an open relay: only connections the kernel redirected have a destination.
+        let orig = match mesh_orig_dst::original_dst(&stream, local) {
+            Ok(a) => mesh_orig_dst::unmap(a),
+            Err(e) => {
+                tracing::debug!(error = %e, "connection was not redirected; closing it");
+                return self.refuse("not_redirected");
+            }
+        };
+        let local = mesh_orig_dst::unmap(local);
+        if self.is_self(orig, local) {
+            return self.refuse("loop");
+        }
+        let (protocol, prefix) = if self.settings.opaque_ports.contains(&orig.port()) {
+            // Server-speaks-first: the client may wait for the server, so do not wait for it.
+            (Protocol::Opaque, Vec::new())
+        } else {
+            match detect::detect(&mut stream, self.settings.detect_timeout).await {
+                Ok(d) => d,
+                Err(_) => return,
+            }
+        };
+        let dir = self.direction.as_str();
+        self.metrics
+            .connections
+            .get_or_create(&vec![
+                ("direction", dir.into()),
+                ("protocol", protocol.as_str().into()),
+            ])
+            .inc();
+        let open = self
+            .metrics
+            .open_connections
+            .get_or_create(&vec![("direction", dir.into())])
+            .clone();
+        open.inc();
+        let io = Prefixed::new(prefix, stream);
+        match protocol {
+            Protocol::Http1 | Protocol::Http2 => self.serve_http(io, orig, protocol).await,
+            Protocol::Tls | Protocol::Opaque => self.opaque(io, orig).await,
+        }
+        open.dec();
+    }
+
+    async fn serve_http(&self, io: Prefixed<TcpStream>, orig: SocketAddr, protocol: Protocol) {
+        let h2 = protocol == Protocol::Http2;
+        let conn = Conn {
+            direction: self.direction,
+            orig_dst: orig,
+            h2,
+        };
+        let http = self.http.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let http = http.clone();
+            async move { Ok::<_, std::convert::Infallible>(http.handle(conn, req).await) }
+        });
+        let io = TokioIo::new(io);
+        let s = &self.settings;
+        let mut drain = self.drain.clone();
+        let mut stop = self.stop.clone();
+        if h2 {
+            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new())
+                .max_header_list_size(s.max_header_bytes as u32);
+            let c = b.serve_connection(io, svc);
+            tokio::pin!(c);
+            tokio::select! {
+                _ = c.as_mut() => return,
+                _ = until(&mut drain) => c.as_mut().graceful_shutdown(),
+            }
+            tokio::select! {
+                _ = c.as_mut() => {}
+                _ = until(&mut stop) => {}
+            }
+        } else {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(s.header_read_timeout)
+                .max_buf_size(s.max_header_bytes)
+                .max_headers(s.max_headers);
+            let c = b.serve_connection(io, svc).with_upgrades();
+            tokio::pin!(c);
+            tokio::select! {
+                _ = c.as_mut() => return,
+                _ = until(&mut drain) => c.as_mut().graceful_shutdown(),
+            }
+            tokio::select! {
+                _ = c.as_mut() => {}
+                _ = until(&mut stop) => {}
+            }
+        }
+    }
+
+    async fn opaque(&self, io: Prefixed<TcpStream>, orig: SocketAddr) {
+        let upstream = match self.http.pool.connect(orig).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "opaque TCP: cannot reach the original destination");
+                return;
+            }
+        };
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            r = crate::tcp::relay(io, upstream, self.settings.idle_timeout) => {
+                if let Ok((up, down)) = r {
+                    crate::tcp::record(&self.metrics, self.direction.as_str(), up, down);
+                }
+            }
+            _ = until(&mut stop) => {}
+        }
+    }
+}
+
+/// Resolves once the flag is set (or its sender is gone).
+async fn until(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|d| *d).await;
+}
+
+/// Binds and serves until `shutdown`; the CLI's entry point.
+pub async fn run(
+    settings: ProxySettings,
+    store: Store,
+    source: Option<Box<dyn ConfigSource>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let p = Proxy::bind(settings, store, source).await?;
+    tracing::info!(admin = %p.admin_addr(), "proxy listening");
+    p.serve(shutdown).await;
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! HTTP through the proxy in lab pods: pass-through without config, weighted split, header
+//! routes, retries and their budget, timeouts, hop-by-hop headers, inbound, file reload.
+
+mod common;
+
+use common::*;
+use lab_net::{Lab, ServicePort};
+use std::net::SocketAddr;
+
+#[test]
+fn http_routing_split_retries_budget_and_timeouts() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut lab = Lab::new("mesh-http").unwrap();
+    let client = lab.add_pod("client").unwrap();
+    let v1 = lab.add_pod("v1").unwrap();
+    let v2 = lab.add_pod("v2").unwrap();
+    let _b1 = http_backend(&rt, &v1, "v1", 8080);
+    let b2 = http_backend(&rt, &v2, "v2", 8080);
+    let svc = lab
+        .add_service("app-b", &[ServicePort::tcp(80, 8080)], &[&v1])
+        .unwrap();
+    let svc_c = lab
+        .add_service("app-c", &[ServicePort::tcp(80, 8080)], &[&v2])
+        .unwrap();
+    let mesh = Meshed::start(&client, &[]);
+    let vip = svc.addr_v4(80);
+    let url = |path: &str| format!("http://{vip}{path}");
+
+    // No config for the destination: it is proxied to its original destination unchanged
+    // (here the ClusterIP, which the node's DNAT sends to v1).
+    assert_eq!(curl(&client, &[&url("/hello")]), "v1\n");
+    let m = mesh.metrics();
+    assert!(
+        metric(
+            &m,
+            "ghostwire_proxy_requests_total{direction=\"outbound\",service=\"\",route=\"\",backend=\"\",status_class=\"2xx\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+
+    let ep1 = SocketAddr::new(v1.ipv4.into(), 8080);
+    let ep2 = SocketAddr::new(v2.ipv4.into(), 8080);
+    let vip6 = svc.addr_v6(80);
+    let vip_c = svc_c.addr_v4(80);
+    mesh.configure(&format!(
+        r#"
+services:
+  - name: app-b.app-b
+    addresses: ["{vip}", "{vip6}"]
+    backends:
+      - {{name: v1, weight: 90, endpoints: ["{ep1}"]}}
+      - {{name: v2, weight: 10, endpoints: ["{ep2}"]}}
+    failure_accrual: {{consecutive_failures: 1000, eject_for: 1s}}
+    routes:
+      - name: canary
+        match: {{headers: {{x-canary: "true"}}}}
+        split: [{{backend: v2, weight: 1}}]
+      - name: flaky
+        match: {{path_prefix: /flaky}}
+        split: [{{backend: v2, weight: 1}}]
+        retry: {{attempts: 2, statuses: [500], backoff: 1ms}}
+      - name: slow
+        match: {{path_prefix: /slow}}
+        timeout: 300ms
+  - name: app-c.app-c
+    addresses: ["{vip_c}"]
+    backends:
+      - {{name: v2, endpoints: ["{ep2}"]}}
+    retry_budget: {{ratio: 0.0, min_per_second: 1}}
+    routes:
+      - name: fail
+        retry: {{attempts: 3, statuses: [500], backoff: 1ms}}
+"#
+    ));
+
+    // The 90/10 split, per request (curl reuses one connection for all of them).
+    let n = 400;
+    let out = curl(&client, &[&url(&format!("/hello?[1-{n}]"))]);
+    let v2_hits = out.lines().filter(|l| *l == "v2").count();
+    assert_eq!(out.lines().count(), n, "{out}");
+    // Binomial(400, 0.1): mean 40, sd 6; five sd either side.
+    assert!((10..=70).contains(&v2_hits), "v2 got {v2_hits} of {n}");
+    // The same service over IPv6.
+    assert!(matches!(
+        curl(&client, &[&format!("http://{vip6}/hello")]).as_str(),
+        "v1\n" | "v2\n"
+    ));
+
+    // Header route: every canary request goes to v2.
+    let out = curl(&client, &["-H", "x-canary: true", &url("/hello?[1-50]")]);
+    assert_eq!(out.lines().filter(|l| *l == "v2").count(), 50, "{out}");
+
+    // Retries hide a backend that fails every other request.
+    let before = metric(
+        &mesh.metrics(),
+        "ghostwire_proxy_retries_total{service=\"app-b.app-b\",route=\"flaky\"}",
+    );
+    let out = curl(
+        &client,
+        &[
+            "-w",
+            "%{http_code}\n",
+            "-o",
+            "/dev/null",
+            &url("/flaky?[1-20]"),
+        ],
+    );
+    assert_eq!(out.lines().filter(|l| *l == "200").count(), 20, "{out}");
+    let m = mesh.metrics();
+    assert!(
+        metric(
+            &m,
+            "ghostwire_proxy_retries_total{service=\"app-b.app-b\",route=\"flaky\"}"
+        ) > before,
+        "{m}"
+    );
+
+    // The budget of app-c: no ratio, a 1/s floor over 10 s = 10 retries at most, then the 500
+    // goes back to the client.
+    let hits_before = b2.hits.load(std::sync::atomic::Ordering::SeqCst);
+    let fail = format!("http://{vip_c}/fail?[1-20]");
+    let out = curl(&client, &["-w", "%{http_code}\n", "-o", "/dev/null", &fail]);
+    assert_eq!(out.lines().filter(|l| *l == "500").count(), 20, "{out}");
+    let m = mesh.metrics();
+    let retried = metric(&m, "ghostwire_proxy_retries_total{service=\"app-c.app-c\"");
+    assert_eq!(retried, 10.0, "{m}");
+    assert!(
+        metric(
+            &m,
+            "ghostwire_proxy_retry_budget_exhausted_total{service=\"app-c.app-c\""
+        ) >= 1.0,
+        "{m}"
+    );
+    let sent = b2.hits.load(std::sync::atomic::Ordering::SeqCst) - hits_before;
+    assert!(
+        sent < 20 * 4,
+        "the budget did not stop retries: {sent} attempts"
+    );
+
+    // The route's timeout: 504 from the proxy.
+    let out = curl(&client, &["-w", "\n%{http_code}", &url("/slow")]);
+    assert!(out.ends_with("\n504") && out.contains("timeout"), "{out}");
+
+    // Hop-by-hop headers are dropped (also those `Connection` names), the rest arrives.
+    let out = curl(
+        &client,
+        &[
+            "-H",
+            "Connection: x-private",
+            "-H",
+            "x-private: 1",
+            "-H",
+            "Keep-Alive: timeout=5",
+            "-H",
+            "x-canary: false",
+            &url("/headers"),
+        ],
+    );
+    assert!(out.contains("x-canary: false"), "{out}");
+    assert!(out.contains(&format!("host: {}", vip.ip())), "{out}");
+    assert!(
+        !out.contains("x-private") && !out.contains("keep-alive"),
+        "{out}"
+    );
+
+    // The config dump shows what is in use.
+    let dump = client
+        .http_get(SocketAddr::new(client.ipv4.into(), 4191), "/config_dump")
+        .unwrap();
+    assert!(
+        dump.contains("\"generation\": 2") && dump.contains("app-b.app-b"),
+        "{dump}"
+    );
+
+    // A broken file is refused; the running config stays.
+    std::fs::write(&mesh.config, "services: [ {").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert_eq!(mesh.store.load().generation, 2);
+    assert!(metric(&mesh.metrics(), "ghostwire_proxy_config_errors_total") >= 1.0);
+    assert_eq!(
+        curl(&client, &["-H", "x-canary: true", &url("/hello")]),
+        "v2\n"
+    );
+}
