@@ -26,6 +26,11 @@ if ! command -v kubernetes-validate >/dev/null; then
   echo "installing: kubernetes-validate (PyPI)"
   python3 -m pip install -q kubernetes-validate
 fi
+# gRPC peers for the mesh tests (a client and server nobody here wrote).
+if ! python3 -c 'import grpc' 2>/dev/null; then
+  echo "installing: grpcio (PyPI)"
+  python3 -m pip install -q grpcio
+fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "ghostwire's lab creates network namespaces: run as root (sudo)." >&2
   exit 1
