@@ -198,6 +198,14 @@ impl PodPatch {
         self.ops.push(PatchOperation::Add(op));
     }
 
+    /// Sets a field of the Pod's spec (`dnsPolicy`, `dnsConfig`, …), replacing what is there.
+    pub fn set_spec(&mut self, key: &str, value: serde_json::Value) {
+        self.ops.push(PatchOperation::Add(AddOperation {
+            path: ptr(&["spec", key]),
+            value,
+        }));
+    }
+
     /// A warning for the client that created the Pod (`kubectl` prints it).
     pub fn warn(&mut self, message: String) {
         self.warnings.push(message);

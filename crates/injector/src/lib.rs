@@ -16,6 +16,7 @@
 
 pub mod capability;
 pub mod defaults;
+pub mod gateway_client;
 pub mod metrics;
 pub mod owner;
 pub mod preview_switch;
@@ -152,8 +153,22 @@ pub async fn start(config: Config, client: kube::Client) -> Result<Running, Erro
         config.defaults_configmap.clone(),
         config.defaults_ttl,
     );
-    let capabilities: Vec<Box<dyn capability::Capability>> =
-        vec![Box::new(config.preview_switch.clone())];
+    let capabilities: Vec<Box<dyn capability::Capability>> = vec![
+        Box::new(config.preview_switch.clone()),
+        Box::new(gateway_client::GatewayClient {
+            image: config.preview_switch.image.clone(),
+            pull_policy: config.preview_switch.pull_policy.clone(),
+            cluster_domain: "cluster.local".into(),
+            cluster_dns: std::fs::read_to_string("/etc/resolv.conf")
+                .map(|t| {
+                    gateway::client::resolv_nameservers(&t)
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }),
+    ];
     let app = Arc::new(server::App {
         injector: review::Injector::new(
             capabilities,
