@@ -31,6 +31,11 @@ if ! python3 -c 'import grpc' 2>/dev/null; then
   echo "installing: grpcio (PyPI)"
   python3 -m pip install -q grpcio
 fi
+# The official Kubernetes Python client: the lab's tests drive exec and workloads with it too.
+if ! python3 -c 'import kubernetes' 2>/dev/null; then
+  echo "installing: kubernetes (PyPI)"
+  python3 -m pip install -q kubernetes
+fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "ghostwire's lab creates network namespaces: run as root (sudo)." >&2
   exit 1

@@ -517,45 +517,39 @@ async fn injector_with_kubectl() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // Deployment (annotated) → ReplicaSet → Pod, as the Deployment controller would make them.
-    apply_stdin(&c, "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: shop\n  annotations: {ghostwire.dev/enabled: \"true\", ghostwire.dev/pollInterval: 1s}\nspec:\n  selector: {matchLabels: {app: shop}}\n  template:\n    metadata: {labels: {app: shop, role: preview}}\n    spec: {containers: [{name: shop, image: busybox}]}\n").await;
-    let uid = |kind: &'static str, name: &'static str| {
-        let c = &c;
-        async move {
-            let (ok, uid, err) =
-                kubectl(c, &["get", kind, name, "-o", "jsonpath={.metadata.uid}"]).await;
-            assert!(ok && !uid.is_empty(), "{err}");
-            uid
-        }
-    };
-    let dep = uid("deployment", "shop").await;
-    apply_stdin(&c, &format!("apiVersion: apps/v1\nkind: ReplicaSet\nmetadata:\n  name: shop-5d8f\n  ownerReferences: [{{apiVersion: apps/v1, kind: Deployment, name: shop, uid: {dep}, controller: true}}]\nspec:\n  selector: {{matchLabels: {{app: shop}}}}\n  template:\n    metadata: {{labels: {{app: shop, role: preview}}}}\n    spec: {{containers: [{{name: shop, image: busybox}}]}}\n")).await;
-    let rs = uid("replicaset", "shop-5d8f").await;
+    // Deployment (annotated) → ReplicaSet → Pod, made by the lab's Deployment controller.
     let shop_cmd = r#"while :; do curl -s --max-time 2 "http://$ORDERS_SERVICE_HOST/" || echo unreachable; sleep 0.2; done"#;
-    apply_stdin(&c, &format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: shop-5d8f-x2k9q\n  labels: {{app: shop, role: preview}}\n  ownerReferences: [{{apiVersion: apps/v1, kind: ReplicaSet, name: shop-5d8f, uid: {rs}, controller: true}}]\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: shop\n    image: busybox\n    command: [sh, -c, '{shop_cmd}']\n")).await;
+    apply_stdin(&c, &format!("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: shop\n  annotations: {{ghostwire.dev/enabled: \"true\", ghostwire.dev/pollInterval: 1s}}\nspec:\n  selector: {{matchLabels: {{app: shop}}}}\n  template:\n    metadata: {{labels: {{app: shop, role: preview}}}}\n    spec:\n      terminationGracePeriodSeconds: 2\n      containers:\n      - name: shop\n        image: busybox\n        command: [sh, -c, '{shop_cmd}']\n")).await;
     let (ok, out, err) = kubectl(
         &c,
-        &[
-            "wait",
-            "--for=condition=Ready",
-            "pod/shop-5d8f-x2k9q",
-            "--timeout=90s",
-        ],
+        &["rollout", "status", "deployment/shop", "--timeout=90s"],
     )
     .await;
     assert!(
         ok,
         "{out}{err}\n{}",
-        kubectl(&c, &["get", "pod", "shop-5d8f-x2k9q", "-o", "yaml"])
-            .await
-            .1
+        kubectl(&c, &["get", "pods", "-o", "yaml"]).await.1
     );
+    let (_, pod_name, _) = kubectl(
+        &c,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=shop",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ],
+    )
+    .await;
+    let pod_name = pod_name.as_str();
+    assert!(pod_name.starts_with("shop-"), "{pod_name}");
     let (_, names, _) = kubectl(
         &c,
         &[
             "get",
             "pod",
-            "shop-5d8f-x2k9q",
+            pod_name,
             "-o",
             "jsonpath={.spec.initContainers[*].name}/{.spec.containers[*].name}",
         ],
@@ -563,7 +557,7 @@ async fn injector_with_kubectl() {
     .await;
     assert_eq!(names, "ghostwire-init/shop ghostwire-watcher");
     // The app's own calls reach orders-preview once the injected watcher turned the jump on.
-    let pod = ["shop-5d8f-x2k9q", "-c", "shop"];
+    let pod = [pod_name, "-c", "shop"];
     follow_until(&c, &pod, |l| l == "orders-preview v2").await;
     // Relabelling moves it back and forth; checked from inside the pod's namespace.
     let (_, ip, _) = kubectl(
@@ -572,7 +566,7 @@ async fn injector_with_kubectl() {
     )
     .await;
     let orders: std::net::SocketAddr = format!("{ip}:80").parse().unwrap();
-    let netns = c.node().pod_netns("default", "shop-5d8f-x2k9q").unwrap();
+    let netns = c.node().pod_netns("default", pod_name).unwrap();
     for (role, want) in [
         ("active", "orders v1"),
         ("preview", "orders-preview v2"),
@@ -583,7 +577,7 @@ async fn injector_with_kubectl() {
             &[
                 "label",
                 "pod",
-                "shop-5d8f-x2k9q",
+                pod_name,
                 &format!("role={role}"),
                 "--overwrite",
             ],
@@ -605,7 +599,7 @@ async fn injector_with_kubectl() {
         .unwrap();
         assert_eq!(reached, want, "after role={role}");
     }
-    let (ok, logs, _) = kubectl(&c, &["logs", "shop-5d8f-x2k9q", "-c", "ghostwire-watcher"]).await;
+    let (ok, logs, _) = kubectl(&c, &["logs", pod_name, "-c", "ghostwire-watcher"]).await;
     assert!(ok && logs.contains("jump flipped"), "{logs}");
     injector.kill().await.unwrap();
     c.shutdown(Duration::from_secs(2)).await;

@@ -770,6 +770,8 @@ struct DeleteOptions {
     grace: Option<i64>,
     uid: Option<String>,
     rv: Option<u64>,
+    /// `Foreground` or `Orphan` (their finalizer is added); `Background` and none add nothing.
+    propagation: Option<String>,
 }
 
 fn delete_options(req: &Request) -> Result<DeleteOptions, ApiError> {
@@ -781,7 +783,23 @@ fn delete_options(req: &Request) -> Result<DeleteOptions, ApiError> {
     let grace = body["gracePeriodSeconds"]
         .as_i64()
         .or_else(|| req.param("gracePeriodSeconds").and_then(|g| g.parse().ok()));
+    let propagation = body["propagationPolicy"]
+        .as_str()
+        .map(String::from)
+        .or_else(|| req.param("propagationPolicy").map(String::from))
+        .or_else(|| {
+            (body["orphanDependents"] == true || req.param("orphanDependents") == Some("true"))
+                .then(|| "Orphan".to_string())
+        });
+    if let Some(p) = &propagation
+        && !["Foreground", "Background", "Orphan"].contains(&p.as_str())
+    {
+        return Err(ApiError::bad_request(format!(
+            "propagationPolicy: Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\""
+        )));
+    }
     Ok(DeleteOptions {
+        propagation,
         grace,
         uid: body["preconditions"]["uid"].as_str().map(String::from),
         rv: body["preconditions"]["resourceVersion"]
@@ -838,6 +856,31 @@ fn delete_one(
         }
         if dry {
             return Ok(cur);
+        }
+        // The garbage collector's finalizers: dependents deleted first, or orphaned first.
+        let gc_finalizer = match opts.propagation.as_deref() {
+            Some("Foreground") => Some("foregroundDeletion"),
+            Some("Orphan") => Some("orphan"),
+            _ => None,
+        };
+        if let Some(f) = gc_finalizer
+            && t.rt.resource != "pods"
+            && !cur["metadata"]["deletionTimestamp"].is_string()
+        {
+            let mut next = (*cur).clone();
+            let list = next["metadata"]["finalizers"].as_array().cloned();
+            let mut list = list.unwrap_or_default();
+            if !list.iter().any(|x| x == f) {
+                list.push(json!(f));
+            }
+            next["metadata"]["finalizers"] = json!(list);
+            next["metadata"]["deletionTimestamp"] = json!(clock::rfc3339(clock::unix_now()));
+            next["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            match state.store.update(&key, object_rv(&cur), next) {
+                Ok(o) => return Ok(o),
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(store_error(e, t, name)),
+            }
         }
         let finalizers = cur["metadata"]["finalizers"]
             .as_array()

@@ -43,7 +43,7 @@ impl Request {
     }
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -241,6 +241,13 @@ async fn serve_request(
     };
     let method = req.method().clone();
     let uri = req.uri().clone();
+    if let Some((ns, name)) = crate::exec::exec_target(&req) {
+        let result = match caller {
+            Caller::Anonymous => Err(ApiError::unauthorized()),
+            _ => crate::exec::serve(state, req, ns, name).await,
+        };
+        return result.unwrap_or_else(|e| error_response(&e));
+    }
     let result = match read(req).await {
         Ok(r) => route(&state, caller, r).await,
         Err(e) => Err(e),
@@ -294,7 +301,10 @@ pub async fn accept_loop(state: Arc<State>, listener: TcpListener, tls: Arc<rust
                 async move { Ok::<_, Infallible>(serve_request(state, has_cert, req).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                .await
+            {
                 tracing::debug!(%peer, error = %e, "connection ended");
             }
         });

@@ -17,6 +17,7 @@ mod api;
 pub mod clock;
 mod crd;
 mod discovery;
+mod exec;
 mod http;
 mod openapi;
 mod patch;
@@ -34,6 +35,7 @@ mod typed;
 mod validation;
 mod watch;
 
+pub use exec::{ExecRequest, ExecStreams, PodExec, PodExecHandle};
 pub use pod_logs::{LogRequest, PodLogError, PodLogs, PodLogsHandle};
 pub use server::RunningServer;
 pub use validation::ServiceCidrs;
@@ -58,6 +60,8 @@ pub struct Options {
     /// Where ClusterIPs come from (default 10.96.0.0/12 and fd00:10:96::/108); the first IPv4
     /// address is the `kubernetes` Service's.
     pub service_cidrs: ServiceCidrs,
+    /// Runs `pods/{name}/exec` (the lab node); without one, exec requests are refused.
+    pub pod_exec: Option<PodExecHandle>,
 }
 
 impl Default for Options {
@@ -69,6 +73,7 @@ impl Default for Options {
             bookmark_interval: Duration::from_secs(15),
             pod_logs: None,
             service_cidrs: ServiceCidrs::default(),
+            pod_exec: None,
         }
     }
 }

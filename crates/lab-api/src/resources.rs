@@ -95,6 +95,7 @@ const BUILTINS: &[Builtin] = &[
     Builtin { group: "apps", version: "v1", resource: "replicasets", kind: "ReplicaSet", namespaced: true, short: &["rs"], sub: &["status", "scale"], fields: &[] },
     Builtin { group: "apps", version: "v1", resource: "statefulsets", kind: "StatefulSet", namespaced: true, short: &["sts"], sub: &["status", "scale"], fields: &[] },
     Builtin { group: "apps", version: "v1", resource: "daemonsets", kind: "DaemonSet", namespaced: true, short: &["ds"], sub: &["status"], fields: &[] },
+    Builtin { group: "batch", version: "v1", resource: "jobs", kind: "Job", namespaced: true, short: &[], sub: &["status"], fields: &[] },
     Builtin { group: "coordination.k8s.io", version: "v1", resource: "leases", kind: "Lease", namespaced: true, short: &[], sub: &[], fields: &[] },
     Builtin { group: "admissionregistration.k8s.io", version: "v1", resource: "mutatingwebhookconfigurations", kind: "MutatingWebhookConfiguration", namespaced: false, short: &[], sub: &[], fields: &[] },
     Builtin { group: "apiextensions.k8s.io", version: "v1", resource: "customresourcedefinitions", kind: "CustomResourceDefinition", namespaced: false, short: &["crd", "crds"], sub: &["status"], fields: &[] },
@@ -108,6 +109,7 @@ const IN_ALL: &[&str] = &[
     "replicasets",
     "statefulsets",
     "daemonsets",
+    "jobs",
 ];
 
 /// The served resource types; CRDs add and remove theirs while the server runs.

@@ -32,6 +32,8 @@ pub struct State {
     pub pki: Pki,
     /// Where `pods/{name}/log` requests go (the lab node).
     pub pod_logs: Option<crate::PodLogsHandle>,
+    /// Where `pods/{name}/exec` sessions go (the lab node).
+    pub pod_exec: Option<crate::PodExecHandle>,
 }
 
 impl State {
@@ -221,6 +223,7 @@ impl RunningServer {
             watch_reset: watch::Sender::new(0),
             pki,
             pod_logs: opts.pod_logs,
+            pod_exec: opts.pod_exec,
         });
         bootstrap(&state);
         let (scratch, kubeconfig) = match opts.kubeconfig {

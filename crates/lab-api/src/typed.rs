@@ -66,8 +66,8 @@ pub trait WithType {
 /// Calls `f` with the type of a built-in kind; `None` for CRDs and kinds without one.
 pub fn with_type<F: WithType>(rt: &ResourceType, f: F) -> Option<F::Out> {
     use k8s_openapi::api::{
-        admissionregistration::v1 as adm, apps::v1 as apps, coordination::v1 as coord,
-        core::v1 as core, discovery::v1 as disc,
+        admissionregistration::v1 as adm, apps::v1 as apps, batch::v1 as batch,
+        coordination::v1 as coord, core::v1 as core, discovery::v1 as disc,
     };
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as ext;
     if rt.crd.is_some() {
@@ -88,6 +88,7 @@ pub fn with_type<F: WithType>(rt: &ResourceType, f: F) -> Option<F::Out> {
         ("apps", "replicasets") => f.with::<apps::ReplicaSet>(),
         ("apps", "statefulsets") => f.with::<apps::StatefulSet>(),
         ("apps", "daemonsets") => f.with::<apps::DaemonSet>(),
+        ("batch", "jobs") => f.with::<batch::Job>(),
         ("coordination.k8s.io", "leases") => f.with::<coord::Lease>(),
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations") => {
             f.with::<adm::MutatingWebhookConfiguration>()

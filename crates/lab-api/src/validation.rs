@@ -193,6 +193,21 @@ pub fn default_object(rt: &ResourceType, obj: &mut Value) {
             set_default(&mut obj["status"], "phase", json!("Pending"));
             set_default(&mut obj["status"], "qosClass", json!("BestEffort"));
         }
+        ("batch", "jobs") => {
+            set_default(obj, "spec", json!({}));
+            let spec = &mut obj["spec"];
+            for (k, v) in [
+                ("completions", json!(1)),
+                ("parallelism", json!(1)),
+                ("backoffLimit", json!(6)),
+                ("completionMode", json!("NonIndexed")),
+                ("suspend", json!(false)),
+                ("podReplacementPolicy", json!("TerminatingOrFailed")),
+            ] {
+                set_default(spec, k, v);
+            }
+            set_default(obj, "status", json!({}));
+        }
         ("", "secrets") => {
             set_default(obj, "type", json!("Opaque"));
             if let Some(Value::Object(sd)) =

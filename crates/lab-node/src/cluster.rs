@@ -102,6 +102,7 @@ impl Cluster {
                 v4: (net.service_v4.network(), net.service_v4.prefix_len()),
                 v6: (net.service_v6.network(), net.service_v6.prefix_len()),
             },
+            pod_exec: Some(pods.exec_handle()),
             ..Default::default()
         })
         .await?;

@@ -19,6 +19,8 @@
 //!   unknown images report `ErrImagePull` / `ImagePullBackOff`.
 //! - **endpoints controller** ([`endpoints`]) and **kube-proxy** ([`proxy`]): EndpointSlices
 //!   from Services' selectors and Pod readiness; ClusterIPs as DNAT in the node's namespace.
+//! - **controller manager** ([`controllers`]): Deployments, ReplicaSets, StatefulSets,
+//!   DaemonSets, Jobs and the garbage collector, as level-triggered passes over the API.
 //! - **API access from pods** (`relay`): the `kubernetes` Service leads to a relay in the node
 //!   namespace that forwards to the API on the host's loopback; pods get a service-account token
 //!   (TokenRequest), the CA and their namespace at `/var/run/secrets/kubernetes.io/serviceaccount`.
@@ -28,8 +30,10 @@
 
 mod cluster;
 mod container;
+pub mod controllers;
 pub mod endpoints;
 pub mod env;
+mod exec;
 pub mod gate;
 pub mod images;
 mod logs;
@@ -108,6 +112,11 @@ impl PodTable {
     /// What to put into [`lab_api::Options::pod_logs`].
     pub fn logs_handle(&self) -> lab_api::PodLogsHandle {
         lab_api::PodLogsHandle(Arc::new(NodeLogs(self.clone())))
+    }
+
+    /// What to put into [`lab_api::Options::pod_exec`].
+    pub fn exec_handle(&self) -> lab_api::PodExecHandle {
+        lab_api::PodExecHandle(Arc::new(exec::NodeExec(self.clone())))
     }
 }
 
@@ -231,6 +240,10 @@ impl Node {
         }));
         tasks.push(tokio::spawn(pod_loop(shared.clone())));
         tasks.push(tokio::spawn(service_loop(shared.clone())));
+        tasks.push(tokio::spawn(controllers::run(
+            shared.client.clone(),
+            shared.node_name.clone(),
+        )));
         Ok(Node { shared, tasks })
     }
 

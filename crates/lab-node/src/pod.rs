@@ -747,9 +747,15 @@ async fn instance(
     }
     // Main containers and sidecars have probes and count for readiness.
     let serves = kind == Kind::Main || (kind == Kind::Init && crate::state::is_sidecar(&spec));
+    let exec = crate::exec::ExecInfo {
+        env: env.clone(),
+        uid,
+        gid,
+    };
     rt.update(kind, i, |c| {
         c.instance = Some(instance_no);
         c.pgid = pgid;
+        c.exec = Some(exec);
         c.state = CState::Running {
             started_at: started_at.clone(),
         };

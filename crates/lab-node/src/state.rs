@@ -87,6 +87,8 @@ pub struct Ctr {
     pub started: bool,
     /// An init container with `restartPolicy: Always`.
     pub sidecar: bool,
+    /// How to run `kubectl exec` in the running instance.
+    pub exec: Option<crate::exec::ExecInfo>,
 }
 
 impl Ctr {
@@ -106,6 +108,7 @@ impl Ctr {
             done: false,
             started: false,
             sidecar: is_sidecar(spec),
+            exec: None,
         }
     }
 

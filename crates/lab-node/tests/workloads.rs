@@ -1,0 +1,443 @@
+//! The controller manager with the real kubectl: Deployments (rollout status, restart, undo,
+//! pause/resume, scale, the surge/unavailability bounds sampled during a rolling update),
+//! StatefulSets, DaemonSets, Jobs and cascading deletion.
+
+mod common;
+
+use common::*;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::ListParams;
+use serde_json::Value;
+use std::time::Duration;
+
+async fn kubectl_stdin(cluster: &lab_node::Cluster, args: &[&str], input: &str) -> (bool, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig_path())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+async fn ok(cluster: &lab_node::Cluster, args: &[&str]) -> String {
+    let (ok, out, err) = kubectl(cluster, args).await;
+    assert!(ok, "kubectl {args:?}: {out}{err}");
+    out
+}
+
+fn is_ready(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+        && p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn is_active(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+        && !matches!(
+            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        )
+}
+
+const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 6
+  selector: {matchLabels: {app: web}}
+  strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 2, maxUnavailable: 1}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: busybox
+        command: [sleep, "1000000"]
+        readinessProbe: {exec: {command: ["true"]}, initialDelaySeconds: 1, periodSeconds: 1}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_rolls_within_its_bounds_and_kubectl_rollout_works() {
+    let cluster = cluster("deploy").await;
+    let client = cluster.client().await.unwrap();
+    let (applied, out) = kubectl_stdin(&cluster, &["apply", "-f", "-"], DEPLOYMENT).await;
+    assert!(applied, "{out}");
+    ok(
+        &cluster,
+        &["rollout", "status", "deployment/web", "--timeout=90s"],
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let list = rss.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(list.len(), 1);
+    let rs1 = list[0].clone();
+    let hash = rs1.metadata.labels.as_ref().unwrap()["pod-template-hash"].clone();
+    assert_eq!(rs1.metadata.name.as_deref(), Some(&*format!("web-{hash}")));
+    let owner = &rs1.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("Deployment", Some(true))
+    );
+    let running = pods.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(running.iter().filter(|p| is_ready(p)).count(), 6);
+    assert!(running.iter().all(|p| {
+        p.metadata
+            .name
+            .as_ref()
+            .unwrap()
+            .starts_with(&format!("web-{hash}-"))
+            && p.metadata.owner_references.as_ref().unwrap()[0].name
+                == *rs1.metadata.name.as_ref().unwrap()
+    }));
+
+    // A rolling update, sampled while it runs: never more than 6 + 2 pods, never fewer than
+    // 6 - 1 ready.
+    let sampler = {
+        let pods = pods.clone();
+        tokio::spawn(async move {
+            let (mut samples, mut max_active, mut min_ready) = (0, 0, usize::MAX);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            loop {
+                let list = pods.list(&ListParams::default()).await.unwrap().items;
+                let active = list.iter().filter(|p| is_active(p)).count();
+                let ready = list.iter().filter(|p| is_ready(p)).count();
+                let new = list
+                    .iter()
+                    .filter(|p| is_ready(p) && !p.metadata.name.as_ref().unwrap().contains(&hash))
+                    .count();
+                samples += 1;
+                max_active = max_active.max(active);
+                min_ready = min_ready.min(ready);
+                if new == 6 && active == 6 || tokio::time::Instant::now() > deadline {
+                    return (samples, max_active, min_ready, new);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    ok(&cluster, &["rollout", "restart", "deployment/web"]).await;
+    ok(
+        &cluster,
+        &["rollout", "status", "deployment/web", "--timeout=90s"],
+    )
+    .await;
+    let (samples, max_active, min_ready, new) = sampler.await.unwrap();
+    assert_eq!(new, 6, "the rollout finished");
+    assert!(samples > 10, "sampled {samples} times");
+    assert!(
+        max_active <= 8,
+        "maxSurge 2 broken: {max_active} pods at once"
+    );
+    assert!(min_ready >= 5, "maxUnavailable 1 broken: {min_ready} ready");
+
+    let history = ok(&cluster, &["rollout", "history", "deployment/web"]).await;
+    assert!(
+        history.contains("1 ") && history.contains("2 "),
+        "{history}"
+    );
+    // Undo goes back to the first template: its ReplicaSet is scaled up again, as revision 3.
+    ok(&cluster, &["rollout", "undo", "deployment/web"]).await;
+    ok(
+        &cluster,
+        &["rollout", "status", "deployment/web", "--timeout=90s"],
+    )
+    .await;
+    let rs = rss.get(rs1.metadata.name.as_ref().unwrap()).await.unwrap();
+    let all = ok(&cluster, &["get", "rs,deploy", "-o", "yaml"]).await;
+    assert_eq!(rs.spec.unwrap().replicas, Some(6), "{all}");
+    assert_eq!(
+        rs.metadata.annotations.unwrap()["deployment.kubernetes.io/revision"],
+        "3"
+    );
+
+    // kubectl scale (the scale subresource).
+    ok(&cluster, &["scale", "deployment/web", "--replicas=2"]).await;
+    ok(
+        &cluster,
+        &["rollout", "status", "deployment/web", "--timeout=90s"],
+    )
+    .await;
+    let ready_now = |list: Vec<Pod>| list.iter().filter(|p| is_active(p)).count();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while ready_now(pods.list(&ListParams::default()).await.unwrap().items) != 2 {
+        assert!(tokio::time::Instant::now() < deadline, "scaled to 2");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Paused: a template change makes no new ReplicaSet until resumed.
+    ok(&cluster, &["rollout", "pause", "deployment/web"]).await;
+    ok(&cluster, &["set", "env", "deployment/web", "V=2"]).await;
+    let gen_seen = "jsonpath={.metadata.generation} {.status.observedGeneration}";
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let out = ok(&cluster, &["get", "deployment/web", "-o", gen_seen]).await;
+        let (g, o) = out.split_once(' ').unwrap();
+        if g == o {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "observed: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        rss.list(&ListParams::default()).await.unwrap().items.len(),
+        2
+    );
+    let reason = "jsonpath={.status.conditions[?(@.type=='Progressing')].reason}";
+    assert_eq!(
+        ok(&cluster, &["get", "deployment/web", "-o", reason]).await,
+        "DeploymentPaused"
+    );
+    ok(&cluster, &["rollout", "resume", "deployment/web"]).await;
+    ok(
+        &cluster,
+        &["rollout", "status", "deployment/web", "--timeout=90s"],
+    )
+    .await;
+    assert_eq!(
+        rss.list(&ListParams::default()).await.unwrap().items.len(),
+        3
+    );
+
+    // Foreground deletion: the Deployment goes only after its ReplicaSets and pods.
+    ok(
+        &cluster,
+        &[
+            "delete",
+            "deployment/web",
+            "--cascade=foreground",
+            "--timeout=60s",
+        ],
+    )
+    .await;
+    assert!(
+        rss.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(
+        pods.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statefulset_daemonset_job_and_orphans() {
+    let cluster = cluster("workloads").await;
+    let client = cluster.client().await.unwrap();
+    let manifests = r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  replicas: 3
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: db, image: busybox, command: [sh, -c, "hostname; exec sleep 1000000"],
+         readinessProbe: {exec: {command: ["true"]}, initialDelaySeconds: 1, periodSeconds: 1}}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers: [{name: agent, image: busybox, command: [sleep, "1000000"]}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: batch}
+spec:
+  completions: 3
+  parallelism: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: work, image: busybox, command: [sh, -c, "echo done"]}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: doomed}
+spec:
+  backoffLimit: 1
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: work, image: busybox, command: [sh, -c, "exit 3"]}]
+"#;
+    // OrderedReady, sampled: db-N never exists before db-(N-1) is ready.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let sampler = {
+        let pods = pods.clone();
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+            loop {
+                let list = pods.list(&ListParams::default()).await.unwrap().items;
+                let find = |n: &str| list.iter().find(|p| p.metadata.name.as_deref() == Some(n));
+                for i in 1..3 {
+                    if find(&format!("db-{i}")).is_some() {
+                        let before = find(&format!("db-{}", i - 1));
+                        assert!(
+                            before.is_some_and(is_ready),
+                            "db-{i} before db-{} was ready",
+                            i - 1
+                        );
+                    }
+                }
+                if find("db-2").is_some_and(is_ready) || tokio::time::Instant::now() > deadline {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let (applied, out) = kubectl_stdin(&cluster, &["apply", "-f", "-"], manifests).await;
+    assert!(applied, "{out}");
+    ok(
+        &cluster,
+        &["rollout", "status", "statefulset/db", "--timeout=90s"],
+    )
+    .await;
+    sampler.await.unwrap();
+    assert_eq!(ok(&cluster, &["logs", "db-1"]).await, "db-1\n");
+    let sub = ok(
+        &cluster,
+        &[
+            "get",
+            "pod",
+            "db-2",
+            "-o",
+            "jsonpath={.spec.hostname}.{.spec.subdomain}",
+        ],
+    )
+    .await;
+    assert_eq!(sub, "db-2.db");
+    ok(
+        &cluster,
+        &["rollout", "status", "daemonset/agent", "--timeout=90s"],
+    )
+    .await;
+    let node = ok(
+        &cluster,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=agent",
+            "-o",
+            "jsonpath={.items[*].spec.nodeName}",
+        ],
+    )
+    .await;
+    assert_eq!(node, "lab-node");
+    ok(
+        &cluster,
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/batch",
+            "--timeout=90s",
+        ],
+    )
+    .await;
+    let job: Value =
+        serde_json::from_str(&ok(&cluster, &["get", "job/batch", "-o", "json"]).await).unwrap();
+    assert_eq!(job["status"]["succeeded"], 3, "{job}");
+    ok(
+        &cluster,
+        &[
+            "wait",
+            "--for=condition=failed",
+            "job/doomed",
+            "--timeout=90s",
+        ],
+    )
+    .await;
+    let job: Value =
+        serde_json::from_str(&ok(&cluster, &["get", "job/doomed", "-o", "json"]).await).unwrap();
+    assert_eq!(job["status"]["failed"], 2, "{job}");
+
+    // Scale the StatefulSet down: from the highest ordinal.
+    ok(&cluster, &["scale", "statefulset/db", "--replicas=1"]).await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let names: Vec<String> = pods
+            .list(&ListParams::default().labels("app=db"))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect();
+        if names == ["db-0"] {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{names:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Orphan: the StatefulSet goes, its pod stays, without the reference.
+    ok(&cluster, &["delete", "statefulset/db", "--cascade=orphan"]).await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let (gone, _, _) = kubectl(&cluster, &["get", "statefulset/db"]).await;
+        let p = pods.get("db-0").await.unwrap();
+        if !gone && p.metadata.owner_references.unwrap_or_default().is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "orphaned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Background (kubectl's default): the DaemonSet's pod is deleted after it.
+    ok(&cluster, &["delete", "daemonset/agent"]).await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !pods
+        .list(&ListParams::default().labels("app=agent"))
+        .await
+        .unwrap()
+        .items
+        .is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agent pod collected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(pods.get("db-0").await.is_ok(), "the orphan stays");
+}
