@@ -367,21 +367,26 @@ mod tests {
     fn accept_key_of_the_rfc_example() {
         assert_eq!(
             accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kC0BeO5kKTBUOo="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 
     #[tokio::test]
     async fn frames_round_trip_masked_and_fragmented() {
-        // A masked text frame "Hel" (not final) + continuation "lo", from RFC 6455 §5.7.
-        let bytes: Vec<u8> = vec![
-            0x01, 0x83, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x80, 0x02, 0x37, 0xfa, 0x21,
-            0x3d, 0x5b, 0x96,
-        ];
-        // Re-mask "lo" with the same key: 'l'^0x37, 'o'^0xfa.
-        let mut b = bytes.clone();
-        b[15] = b'l' ^ 0x37;
-        b[16] = b'o' ^ 0xfa;
+        // "Hel" (masked text frame, not final), a ping, then "lo" (masked continuation).
+        let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+        let masked = |data: &[u8]| -> Vec<u8> {
+            data.iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect()
+        };
+        let mut b = vec![0x01, 0x83];
+        b.extend_from_slice(&mask);
+        b.extend(masked(b"Hel"));
+        b.extend_from_slice(&[0x80, 0x82]);
+        b.extend_from_slice(&mask);
+        b.extend(masked(b"lo"));
         let mut r = &b[..];
         assert_eq!(
             read_frame(&mut r).await.unwrap(),

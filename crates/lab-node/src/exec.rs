@@ -122,67 +122,93 @@ fn start(
     let (size_tx, size_rx) = mpsc::channel::<(u16, u16)>(4);
     let (out_tx, out_rx) = mpsc::channel::<(u8, Bytes)>(64);
     let (exit_tx, exit_rx) = oneshot::channel();
-    // Each goes to the pumps of one of the two ways below.
-    let (mut in_rx, mut out_tx) = (Some(in_rx), Some(out_tx));
-    let mut cmd;
+    let mut cmd = tokio::process::Command::new(if tty { "setsid" } else { &argv[0] });
+    cmd.env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .kill_on_drop(true);
     if tty {
-        let pty = nix::pty::openpty(None, None).map_err(std::io::Error::from)?;
-        let path = nix::unistd::ttyname(&pty.slave).map_err(std::io::Error::from)?;
         // `setsid -c` makes the pseudo-terminal the command's controlling terminal.
-        cmd = tokio::process::Command::new("setsid");
-        cmd.arg("-c")
-            .args(&argv)
-            .stdin(Stdio::from(pty.slave.try_clone()?))
-            .stdout(Stdio::from(pty.slave.try_clone()?))
-            .stderr(Stdio::from(pty.slave));
-        let master = std::fs::File::from(pty.master);
-        let reader = tokio::fs::File::from_std(master.try_clone()?);
-        let writer = tokio::fs::File::from_std(master);
-        if let Some(tx) = out_tx.take() {
-            tokio::spawn(pump_out(reader, 1, tx));
-        }
-        if let Some(rx) = in_rx.take().filter(|_| stdin) {
-            tokio::spawn(pump_in(rx, writer));
-        }
-        tokio::spawn(resize(size_rx, path));
+        cmd.arg("-c").args(&argv);
+        let stdin = stdin.then_some(in_rx);
+        start_tty(cmd, stdin, size_rx, out_tx, exit_tx)?;
     } else {
-        cmd = tokio::process::Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-    }
-    cmd.env_clear()
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .kill_on_drop(true);
-    let mut child = cmd.spawn()?;
-    if !tty {
-        if let (Some(w), Some(rx)) = (child.stdin.take(), in_rx.take()) {
-            tokio::spawn(pump_in(rx, w));
+        let mut child = cmd.spawn()?;
+        if let Some(w) = child.stdin.take() {
+            tokio::spawn(pump_in(in_rx, w));
         }
-        if let (Some(o), Some(e), Some(tx)) =
-            (child.stdout.take(), child.stderr.take(), out_tx.take())
-        {
-            tokio::spawn(pump_out(o, 1, tx.clone()));
-            tokio::spawn(pump_out(e, 2, tx));
+        if let (Some(o), Some(e)) = (child.stdout.take(), child.stderr.take()) {
+            tokio::spawn(pump_out(o, 1, out_tx.clone()));
+            tokio::spawn(pump_out(e, 2, out_tx));
         }
+        tokio::spawn(wait(child, exit_tx));
     }
-    tokio::spawn(async move {
-        let code = match child.wait().await {
-            Ok(s) => {
-                use std::os::unix::process::ExitStatusExt;
-                s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(9))
-            }
-            Err(_) => 137,
-        };
-        let _ = exit_tx.send(code);
-    });
     Ok(ExecStreams {
         stdin: in_tx,
         resize: size_tx,
         output: out_rx,
         exit: exit_rx,
     })
+}
+
+fn start_tty(
+    mut cmd: tokio::process::Command,
+    stdin: Option<mpsc::Receiver<Bytes>>,
+    mut size_rx: mpsc::Receiver<(u16, u16)>,
+    out_tx: mpsc::Sender<(u8, Bytes)>,
+    exit_tx: oneshot::Sender<i32>,
+) -> std::io::Result<()> {
+    let pty = nix::pty::openpty(None, None).map_err(std::io::Error::from)?;
+    let path = nix::unistd::ttyname(&pty.slave).map_err(std::io::Error::from)?;
+    cmd.stdin(Stdio::from(pty.slave.try_clone()?))
+        .stdout(Stdio::from(pty.slave.try_clone()?))
+        .stderr(Stdio::from(pty.slave));
+    let master = std::fs::File::from(pty.master);
+    let reader = tokio::fs::File::from_std(master.try_clone()?);
+    let writer = tokio::fs::File::from_std(master);
+    tokio::spawn(pump_out(reader, 1, out_tx));
+    if let Some(rx) = stdin {
+        tokio::spawn(pump_in(rx, writer));
+    }
+    tokio::spawn(async move {
+        // The client sends its terminal's size first: the command starts with it.
+        let first = tokio::time::timeout(std::time::Duration::from_secs(1), size_rx.recv()).await;
+        if let Ok(Some(size)) = first {
+            stty(&path, size).await;
+        }
+        let spawned = cmd.spawn();
+        // The terminal's other end must stay open only in the command, so that its end is seen.
+        drop(cmd);
+        match spawned {
+            Ok(child) => {
+                tokio::spawn(async move {
+                    while let Some(size) = size_rx.recv().await {
+                        stty(&path, size).await;
+                    }
+                });
+                wait(child, exit_tx).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "exec");
+                let _ = exit_tx.send(127);
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn wait(mut child: tokio::process::Child, exit: oneshot::Sender<i32>) {
+    let code = match child.wait().await {
+        Ok(s) => {
+            use std::os::unix::process::ExitStatusExt;
+            s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(9))
+        }
+        Err(_) => 137,
+    };
+    let _ = exit.send(code);
 }
 
 /// Copies a stream to the output channel until EOF (or EIO: the terminal's last user left).
@@ -213,15 +239,13 @@ async fn pump_in<W: AsyncWrite + Unpin>(mut rx: mpsc::Receiver<Bytes>, mut w: W)
     }
 }
 
-async fn resize(mut rx: mpsc::Receiver<(u16, u16)>, path: std::path::PathBuf) {
-    while let Some((cols, rows)) = rx.recv().await {
-        let _ = tokio::process::Command::new("stty")
-            .arg("-F")
-            .arg(&path)
-            .args(["rows", &rows.to_string(), "cols", &cols.to_string()])
-            .status()
-            .await;
-    }
+async fn stty(path: &std::path::Path, (cols, rows): (u16, u16)) {
+    let _ = tokio::process::Command::new("stty")
+        .arg("-F")
+        .arg(path)
+        .args(["rows", &rows.to_string(), "cols", &cols.to_string()])
+        .status()
+        .await;
 }
 
 #[cfg(test)]
