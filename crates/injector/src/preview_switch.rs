@@ -156,6 +156,14 @@ impl Capability for PreviewSwitch {
     }
 
     fn patch(&self, pod: &Pod, w: &Workload, out: &mut PodPatch) -> Result<(), Denial> {
+        // In a hostNetwork Pod both containers would program the node's own namespace.
+        if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+            return Err(Denial::Annotation {
+                annotation: ENABLED.into(),
+                value: "true".into(),
+                reason: "the Pod uses hostNetwork: the switch's rules would change the node's own network namespace; drop the annotation or hostNetwork".into(),
+            });
+        }
         // The watcher's address is the injector's to choose: its port is also the probe's
         // and the declared containerPort's, so a GW_HTTP_ADDR default does not apply.
         let env = self.env(w)?;

@@ -440,3 +440,21 @@ async fn only_pod_create_is_mutated() {
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert!(v["response"].get("patch").is_none());
 }
+
+#[tokio::test]
+async fn host_network_pods_are_denied_not_injected() {
+    let h = Harness::start("hostnet").await;
+    let mut input = pod("hostnet", json!({"ghostwire.dev/enabled": "true"}));
+    input["spec"]["hostNetwork"] = json!(true);
+    let resp = h.admit(input).await;
+    // Injecting would program the node's own network namespace.
+    assert_eq!(resp["allowed"], false, "{resp}");
+    let msg = resp["status"]["message"].to_string();
+    assert!(msg.contains("hostNetwork"), "{msg}");
+    // Not opted in: a hostNetwork Pod is admitted untouched.
+    let mut input = pod("hostnet2", json!({}));
+    input["spec"]["hostNetwork"] = json!(true);
+    let resp = h.admit(input).await;
+    assert_eq!(resp["allowed"], true, "{resp}");
+    assert!(resp.get("patch").is_none(), "{resp}");
+}

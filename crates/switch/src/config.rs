@@ -298,9 +298,10 @@ impl Settings {
             dnat_map: Some(get(DNAT_MAP))
                 .filter(|p| !p.is_empty())
                 .map(PathBuf::from),
-            jump_hook: parsed(&raw, JUMP_HOOK, |s| match s.parse::<Hook>()? {
-                h @ (Hook::Output | Hook::Prerouting) => Ok(h),
-                h => Err(format!(
+            jump_hook: parsed(&raw, JUMP_HOOK, |s| match s.parse::<Hook>() {
+                Ok(h @ (Hook::Output | Hook::Prerouting)) => Ok(h),
+                Err(_) => Err(format!("unknown hook {s:?}; expected OUTPUT or PREROUTING")),
+                Ok(h) => Err(format!(
                     "{} cannot hold the switch's jump (a DNAT there would come after routing); expected OUTPUT or PREROUTING",
                     h.iptables_chain()
                 )),
