@@ -15,6 +15,8 @@ command -v setpriv >/dev/null || need+=(util-linux)
 command -v udhcpc >/dev/null || need+=(udhcpc)
 command -v dhclient >/dev/null || need+=(isc-dhcp-client)
 command -v dhcpcd >/dev/null || need+=(dhcpcd-base)
+command -v dig >/dev/null || need+=(dnsutils)          # dig, nslookup: cluster DNS tests
+command -v dnsmasq >/dev/null || need+=(dnsmasq-base)  # the DNS tests' upstream
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

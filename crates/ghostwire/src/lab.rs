@@ -51,6 +51,14 @@ pub struct UpArgs {
     /// data dir, else lab-control.sock here).
     #[arg(long, env = "GW_LAB_CONTROL")]
     control: Option<PathBuf>,
+    /// DNS server (IP:PORT, on this host, e.g. loopback) that cluster DNS forwards names outside
+    /// `cluster.local` to. Unset: such names are answered REFUSED and nothing leaves the machine.
+    #[arg(long, env = "GW_LAB_DNS_UPSTREAM")]
+    dns_upstream: Option<SocketAddr>,
+    /// The node's resolv.conf, for pods with `dnsPolicy: Default` (e.g. /etc/resolv.conf to use
+    /// the host's resolver). Unset: such pods get an empty one.
+    #[arg(long, env = "GW_LAB_NODE_RESOLV_CONF")]
+    node_resolv_conf: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -140,6 +148,8 @@ async fn up(args: UpArgs) -> Result<(), Exit> {
         (None, None) => PathBuf::from("lab.kubeconfig"),
     });
     opts.data_dir = args.data_dir;
+    opts.dns_upstream = args.dns_upstream;
+    opts.node_resolv_conf = args.node_resolv_conf;
     let cluster = lab_node::Cluster::start(opts)
         .await
         .context("starting the lab cluster (needs root, iproute2 and nftables)")

@@ -54,15 +54,57 @@ impl ServiceCidrs {
         }
     }
 
+    /// The number of addresses in a family's range (capped at 2^64, more than anyone allocates).
+    fn size(&self, family: &str) -> u128 {
+        let bits = if family == "IPv6" {
+            128 - u32::from(self.v6.1)
+        } else {
+            32 - u32::from(self.v4.1)
+        };
+        1u128 << bits.min(64)
+    }
+
     /// The `n`-th address of a family's range (n ≥ 1).
     fn nth(&self, family: &str, n: u128) -> Option<IpAddr> {
         if family == "IPv6" {
-            let size = 1u128 << (128 - u32::from(self.v6.1));
-            (n < size - 1).then(|| IpAddr::V6(Ipv6Addr::from(u128::from(self.v6.0) + n)))
+            (n < self.size(family) - 1)
+                .then(|| IpAddr::V6(Ipv6Addr::from(u128::from(self.v6.0) + n)))
         } else {
-            let size = 1u128 << (32 - u32::from(self.v4.1));
-            (n < size - 1).then(|| IpAddr::V4(Ipv4Addr::from(u32::from(self.v4.0) + n as u32)))
+            (n < self.size(family) - 1)
+                .then(|| IpAddr::V4(Ipv4Addr::from(u32::from(self.v4.0) + n as u32)))
         }
+    }
+
+    /// How many addresses at the bottom of a range are kept for Services that ask for a
+    /// ClusterIP by value (kube-dns's .10 and the like): a sixteenth of the range, at least 16
+    /// and at most 256, none for ranges under 16 (Kubernetes' KEP-3070 bands).
+    pub fn static_band(&self, family: &str) -> u128 {
+        let size = self.size(family);
+        if size < 16 {
+            0
+        } else {
+            (size / 16).clamp(16, 256)
+        }
+    }
+
+    /// A free address for a Service that did not ask for one, as kube-apiserver allocates it:
+    /// from a random point of the dynamic band (above the static band), scanning upwards, and
+    /// only when that band is full from the static band.
+    fn allocate(&self, family: &str, used: &HashSet<IpAddr>) -> Option<IpAddr> {
+        use rand::Rng;
+        let size = self.size(family);
+        let band = self.static_band(family).max(1);
+        let last = size.saturating_sub(1); // the broadcast/last address is never handed out
+        let free = |n: u128| self.nth(family, n).filter(|a| !used.contains(a));
+        if band < last {
+            let start = rand::rng().random_range(band..last);
+            // Bounded: a full dynamic band of a /12 is a million misses, checked only then.
+            let upper = (start..last).chain(band..start).find_map(free);
+            if upper.is_some() {
+                return upper;
+            }
+        }
+        (1..band.min(last)).find_map(free)
     }
 }
 
@@ -749,10 +791,7 @@ fn service(
             }
         }
         for f in families.iter().skip(ips.len()) {
-            let next = (10..)
-                .map_while(|n| cidrs.nth(f, n))
-                .find(|a| !used.contains(a));
-            match next {
+            match cidrs.allocate(f, &used) {
                 Some(a) => ips.push(json!(a.to_string())),
                 None if policy == "PreferDualStack" && !ips.is_empty() => {}
                 None => causes.push(Cause::invalid(
@@ -831,4 +870,54 @@ fn used_node_ports(store: &Store, except: Option<&Value>) -> HashSet<i64> {
         .flat_map(|s| s["spec"]["ports"].as_array().cloned().unwrap_or_default())
         .filter_map(|p| p["nodePort"].as_i64())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_band_follows_range_size() {
+        let c = ServiceCidrs::default(); // /12 and /108: 2^20 addresses each
+        assert_eq!(c.static_band("IPv4"), 256);
+        assert_eq!(c.static_band("IPv6"), 256);
+        let small = ServiceCidrs {
+            v4: (Ipv4Addr::new(10, 0, 0, 0), 24),
+            v6: ("fd00::".parse().unwrap(), 125),
+        };
+        assert_eq!(small.static_band("IPv4"), 16);
+        assert_eq!(small.static_band("IPv6"), 0);
+    }
+
+    #[test]
+    fn dynamic_allocation_leaves_the_static_band_until_the_rest_is_full() {
+        let c = ServiceCidrs {
+            v4: (Ipv4Addr::new(10, 0, 0, 0), 24),
+            v6: ("fd00::".parse().unwrap(), 120),
+        };
+        let mut used = HashSet::new();
+        // 10.0.0.16 ..= 10.0.0.254 is the dynamic band (239 addresses).
+        for _ in 0..239 {
+            let a = c.allocate("IPv4", &used).expect("dynamic band has room");
+            let IpAddr::V4(v4) = a else { panic!("{a}") };
+            assert!((16..255).contains(&v4.octets()[3]), "{a} is not dynamic");
+            assert!(used.insert(a), "{a} handed out twice");
+        }
+        // Then the static band, never .0.
+        for _ in 0..15 {
+            let a = c.allocate("IPv4", &used).expect("static band has room");
+            let IpAddr::V4(v4) = a else { panic!("{a}") };
+            assert!((1..16).contains(&v4.octets()[3]), "{a}");
+            used.insert(a);
+        }
+        assert_eq!(c.allocate("IPv4", &used), None);
+        let a6 = c.allocate("IPv6", &HashSet::new()).unwrap();
+        assert!(
+            u128::from(match a6 {
+                IpAddr::V6(a) => a,
+                _ => unreachable!(),
+            }) & 0xff
+                >= 16
+        );
+    }
 }

@@ -54,7 +54,18 @@ async fn namespaces_exist_and_services_get_cluster_ips() {
         .unwrap();
     let ip_a = a.spec.as_ref().unwrap().cluster_ip.clone().unwrap();
     let ip_b = b.spec.as_ref().unwrap().cluster_ip.clone().unwrap();
-    assert!(ip_a.starts_with("10.9") && ip_a != ip_b, "{ip_a} {ip_b}");
+    assert_ne!(ip_a, ip_b);
+    // Dynamic allocation: inside 10.96.0.0/12, above the static band (10.96.0.0–10.96.0.255)
+    // that Services naming their ClusterIP (kube-dns's 10.96.0.10) draw from.
+    for ip in [&ip_a, &ip_b] {
+        let n = u32::from(ip.parse::<std::net::Ipv4Addr>().unwrap())
+            - u32::from(std::net::Ipv4Addr::new(10, 96, 0, 0));
+        assert!((256..1 << 20).contains(&n), "{ip}");
+    }
+    let mut dns = service("kube-dns", json!({}));
+    dns.spec.as_mut().unwrap().cluster_ip = Some("10.96.0.10".into());
+    let dns = svcs.create(&PostParams::default(), &dns).await.unwrap();
+    assert_eq!(dns.spec.unwrap().cluster_ip.as_deref(), Some("10.96.0.10"));
     assert_eq!(
         a.spec.as_ref().unwrap().ip_families.as_deref(),
         Some(&["IPv4".to_string()][..])

@@ -56,7 +56,7 @@ pub const NODE_IPV4: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
 pub const NODE_IPV6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 1);
 /// ClusterIPs kept for cluster DNS, never handed to [`Lab::add_service`].
 pub const DNS_IPV4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-pub const DNS_IPV6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 10);
+pub const DNS_IPV6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0xa);
 /// ClusterIP ranges. The node routes them to itself, so a ClusterIP without endpoints (or an
 /// unknown port) is refused at once (TCP reset, ICMP port unreachable) like kube-proxy's reject,
 /// and node processes may bind ClusterIPs (e.g. a DNS server on [`DNS_IPV4`]).

@@ -31,6 +31,11 @@ pub struct ClusterOptions {
     /// The names of the kubeconfig's cluster, context and user (`<name>-admin`); "lab" when
     /// `None`.
     pub context: Option<String>,
+    /// Where cluster DNS forwards names outside `cluster.local` (default: nowhere, REFUSED).
+    pub dns_upstream: Option<SocketAddr>,
+    /// The node's resolv.conf for `dnsPolicy: Default` pods (default: none, so such pods
+    /// resolve nothing; pass the host's `/etc/resolv.conf` to use the host's resolver).
+    pub node_resolv_conf: Option<PathBuf>,
 }
 
 impl ClusterOptions {
@@ -46,6 +51,8 @@ impl ClusterOptions {
             zone: None,
             gated: false,
             context: None,
+            dns_upstream: None,
+            node_resolv_conf: None,
         }
     }
 }
@@ -79,6 +86,13 @@ impl Cluster {
             what: data_dir.display().to_string(),
             source,
         })?;
+        let node_resolv_conf = match &opts.node_resolv_conf {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| Error::Io {
+                what: format!("node resolv.conf {}", p.display()),
+                source,
+            })?,
+            None => String::new(),
+        };
         let pods = PodTable::new();
         let kubeconfig = opts
             .kubeconfig
@@ -143,6 +157,10 @@ impl Cluster {
             backoff_max: Duration::from_secs(300).max(opts.backoff_initial),
             network: opts.network,
             zone: opts.zone.clone(),
+            dns_upstream: opts
+                .dns_upstream
+                .map_or(lab_dns::Upstream::None, lab_dns::Upstream::Forward),
+            node_resolv_conf,
         })
         .await?;
         Ok(Cluster {

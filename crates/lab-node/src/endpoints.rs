@@ -69,6 +69,8 @@ pub struct NodeRef<'a> {
     pub name: &'a str,
     /// Its bridge address: the API relay's, the `kubernetes` Service's endpoint.
     pub ipv4: std::net::Ipv4Addr,
+    /// Its IPv6 bridge address (with `ipv4`, cluster DNS's endpoints).
+    pub ipv6: std::net::Ipv6Addr,
     /// Its `topology.kubernetes.io/zone` label, copied into each endpoint's `zone`.
     pub zone: Option<&'a str>,
 }
@@ -88,6 +90,31 @@ pub fn desired(services: &[Value], pods: &[Value], node: &NodeRef) -> BTreeMap<S
                 format!("{ns}/kubernetes"),
                 slice(svc, "kubernetes", "IPv4", ports, endpoints),
             );
+            continue;
+        }
+        if ns == crate::dns::NAMESPACE
+            && name == crate::dns::SERVICE
+            && svc["spec"]["selector"]
+                .as_object()
+                .is_none_or(|s| s.is_empty())
+        {
+            // The node's own DNS server, on its bridge addresses (no selector, like `kubernetes`).
+            let ports = vec![
+                json!({"name": "dns", "port": crate::dns::PORT, "protocol": "UDP"}),
+                json!({"name": "dns-tcp", "port": crate::dns::PORT, "protocol": "TCP"}),
+            ];
+            for (family, ip) in [
+                ("IPv4", node.ipv4.to_string()),
+                ("IPv6", node.ipv6.to_string()),
+            ] {
+                let endpoints = vec![json!({"addresses": [ip], "nodeName": node_name,
+                                            "conditions": {"ready": true, "serving": true, "terminating": false}})];
+                let slice_name = format!("{name}-{}", family.to_lowercase());
+                out.insert(
+                    format!("{ns}/{slice_name}"),
+                    slice(svc, &slice_name, family, ports.clone(), endpoints),
+                );
+            }
             continue;
         }
         let Some(selector) = svc["spec"]["selector"]
@@ -157,6 +184,12 @@ pub fn desired(services: &[Value], pods: &[Value], node: &NodeRef) -> BTreeMap<S
                     if let Some(zone) = node.zone {
                         endpoint["zone"] = json!(zone);
                     }
+                    // As the EndpointSlice controller: a Pod's hostname names its endpoint when
+                    // its subdomain is this Service (what StatefulSets' stable names rest on).
+                    let hostname = str_of(pod, "/spec/hostname");
+                    if !hostname.is_empty() && str_of(pod, "/spec/subdomain") == name {
+                        endpoint["hostname"] = json!(hostname);
+                    }
                     Some(endpoint)
                 })
                 .collect();
@@ -186,6 +219,7 @@ mod tests {
     const NODE: NodeRef = NodeRef {
         name: "lab-node",
         ipv4: lab_net::NODE_IPV4,
+        ipv6: lab_net::NODE_IPV6,
         zone: None,
     };
 
@@ -283,6 +317,42 @@ mod tests {
         assert!(same(&stored, want));
         stored["addressType"] = json!("IPv6");
         assert!(!same(&stored, want));
+    }
+
+    #[test]
+    fn hostname_with_matching_subdomain_names_the_endpoint() {
+        let mut a = pod("a", 2, json!({"app": "web"}), true);
+        a["spec"]["hostname"] = json!("web-0");
+        a["spec"]["subdomain"] = json!("web");
+        let mut b = pod("b", 3, json!({"app": "web"}), true);
+        b["spec"]["hostname"] = json!("web-1");
+        b["spec"]["subdomain"] = json!("other");
+        let got = desired(&[svc(json!(["IPv4"]))], &[a, b], &NODE);
+        let eps = &got["default/web-ipv4"]["endpoints"];
+        assert_eq!(eps[0]["hostname"], "web-0");
+        assert!(
+            eps[1].get("hostname").is_none(),
+            "subdomain is another Service"
+        );
+    }
+
+    #[test]
+    fn kube_dns_points_at_the_node() {
+        let mut s = crate::dns::service(&lab_net::Network::default());
+        s["metadata"]["uid"] = json!("d");
+        let got = desired(&[s], &[], &NODE);
+        assert_eq!(
+            got["kube-system/kube-dns-ipv4"]["endpoints"][0]["addresses"],
+            json!(["10.244.0.1"])
+        );
+        assert_eq!(
+            got["kube-system/kube-dns-ipv6"]["endpoints"][0]["addresses"],
+            json!(["fd00:10:244::1"])
+        );
+        assert_eq!(
+            got["kube-system/kube-dns-ipv4"]["ports"][1]["protocol"],
+            "TCP"
+        );
     }
 
     #[test]

@@ -21,6 +21,9 @@
 //!   from Services' selectors and Pod readiness; ClusterIPs as DNAT in the node's namespace.
 //! - **controller manager** ([`controllers`]): Deployments, ReplicaSets, StatefulSets,
 //!   DaemonSets, Jobs and the garbage collector, as level-triggered passes over the API.
+//! - **cluster DNS** ([`dns`]): the `kube-dns` Service on 10.96.0.10 / fd00:10:96::a, served by a
+//!   [`lab_dns`] server on the node fed by the same watches; each Pod's `resolv.conf` (by
+//!   `dnsPolicy`), `hosts` and `nsswitch.conf` are bind-mounted into its containers.
 //! - **API access from pods** (`relay`): the `kubernetes` Service leads to a relay in the node
 //!   namespace that forwards to the API on the host's loopback; pods get a service-account token
 //!   (TokenRequest), the CA and their namespace at `/var/run/secrets/kubernetes.io/serviceaccount`.
@@ -31,6 +34,7 @@
 mod cluster;
 mod container;
 pub mod controllers;
+pub mod dns;
 pub mod endpoints;
 pub mod env;
 mod exec;
@@ -143,6 +147,11 @@ pub struct NodeOptions {
     pub network: lab_net::Network,
     /// `topology.kubernetes.io/zone` of the node (and `zone` of its endpoints).
     pub zone: Option<String>,
+    /// Where cluster DNS sends names outside the cluster (none: it refuses them).
+    pub dns_upstream: lab_dns::Upstream,
+    /// The node's resolv.conf (pods with `dnsPolicy: Default`, and ClusterFirst's extra search
+    /// domains); empty unless the lab is told to use one.
+    pub node_resolv_conf: String,
 }
 
 pub(crate) struct Shared {
@@ -162,6 +171,9 @@ pub(crate) struct Shared {
     pub rules: watch::Sender<Vec<proxy::PortRule>>,
     pub network: lab_net::Network,
     pub zone: Option<String>,
+    /// The zone cluster DNS answers from.
+    pub dns_zone: lab_dns::ZoneHandle,
+    pub node_resolv_conf: String,
     counter: AtomicU64,
 }
 
@@ -184,6 +196,7 @@ impl Shared {
 pub struct Node {
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
+    dns: Option<lab_dns::DnsServer>,
 }
 
 impl Node {
@@ -219,6 +232,8 @@ impl Node {
             rules: watch::Sender::new(Vec::new()),
             network: opts.network,
             zone: opts.zone,
+            dns_zone: lab_dns::ZoneHandle::default(),
+            node_resolv_conf: opts.node_resolv_conf,
             counter: AtomicU64::new(0),
         });
         // Until kube-proxy's first sync, the node has no table of ours.
@@ -229,6 +244,17 @@ impl Node {
                 source: std::io::Error::other(e),
             })?;
         register(&shared).await?;
+        let dns = dns::start(
+            &shared.network,
+            &node_netns,
+            shared.dns_zone.clone(),
+            opts.dns_upstream,
+        )
+        .map_err(|source| Error::Io {
+            what: "cluster DNS on the node".into(),
+            source,
+        })?;
+        register_dns(&shared).await?;
         let mut tasks = Vec::new();
         let relay_node = node_netns.clone();
         let api = opts.api_addr;
@@ -244,7 +270,11 @@ impl Node {
             shared.client.clone(),
             shared.node_name.clone(),
         )));
-        Ok(Node { shared, tasks })
+        Ok(Node {
+            shared,
+            tasks,
+            dns: Some(dns),
+        })
     }
 
     /// The node's network namespace.
@@ -305,6 +335,9 @@ impl Node {
     pub async fn shutdown(mut self, grace: Duration) {
         for t in &self.tasks {
             t.abort();
+        }
+        if let Some(dns) = self.dns.take() {
+            dns.shutdown().await;
         }
         let pods: Vec<Arc<PodRt>> = lock(&self.shared.pods.0).values().cloned().collect();
         for rt in &pods {
@@ -403,6 +436,18 @@ async fn register(shared: &Shared) -> Result<()> {
         name,
         &kube::api::PatchParams::default(),
         &kube::api::Patch::Merge(&status),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Installs the `kube-dns` Service (as kubeadm's CoreDNS add-on does) with its fixed ClusterIPs.
+async fn register_dns(shared: &Shared) -> Result<()> {
+    let api: Api<Service> = Api::namespaced(shared.client.clone(), dns::NAMESPACE);
+    api.patch(
+        dns::SERVICE,
+        &kube::api::PatchParams::apply("lab-node").force(),
+        &kube::api::Patch::Apply(&dns::service(&shared.network)),
     )
     .await?;
     Ok(())
@@ -551,6 +596,7 @@ async fn service_loop(shared: Arc<Shared>) {
         return;
     }
     let mut applied: Option<String> = None;
+    let mut serial: u32 = 0;
     loop {
         let to_json = |v: Vec<Arc<_>>| -> Vec<Value> {
             v.iter()
@@ -569,6 +615,10 @@ async fn service_loop(shared: Arc<Shared>) {
             .collect();
         let slices: Vec<Value> = to_json(eps_r.state());
         reconcile_slices(&shared, &services, &pods, &slices).await;
+        serial = serial.wrapping_add(1);
+        shared
+            .dns_zone
+            .set(dns::zone(&shared.network, &services, &slices, serial));
         let rules = proxy::desired(&services, &slices);
         let script = proxy::render(&rules);
         if applied.as_deref() != Some(&script) {
@@ -588,6 +638,7 @@ async fn reconcile_slices(shared: &Shared, services: &[Value], pods: &[Value], s
     let node = endpoints::NodeRef {
         name: &shared.node_name,
         ipv4: shared.network.node_ipv4(),
+        ipv6: shared.network.node_ipv6(),
         zone: shared.zone.as_deref(),
     };
     let want = endpoints::desired(services, pods, &node);

@@ -186,7 +186,14 @@ async fn lifecycle(
     let mut attempt = 0;
     let vols = loop {
         let pod = pod_with_status(rt, shared.network.node_ipv4());
-        match volumes::prepare(shared, &pod, &rt.dir).await {
+        let prepared = match volumes::prepare(shared, &pod, &rt.dir).await {
+            Ok(v) => {
+                crate::dns::pod_files(&shared.network, &pod, &rt.dir, &shared.node_resolv_conf)
+                    .map(|()| v)
+            }
+            Err(e) => Err(e),
+        };
+        match prepared {
             Ok(v) => break v,
             Err(e) => {
                 tracing::warn!(pod = rt.name, error = %e, "MountVolume failed");
@@ -426,7 +433,7 @@ async fn environment(
             "PATH".into(),
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
         ),
-        ("HOSTNAME".into(), str_of(pod, "/metadata/name").into()),
+        ("HOSTNAME".into(), lab_dns::pod_files::hostname(pod)),
     ];
     let mut links = Vec::new();
     if pod["spec"]["enableServiceLinks"] != false {
@@ -669,6 +676,12 @@ async fn instance(
             read_only: m["readOnly"] == true,
         });
     }
+    // resolv.conf, hosts, nsswitch.conf, unless the container mounts its own.
+    for m in crate::dns::mounts(&rt.dir) {
+        if !mounts.iter().any(|x| x.target == m.target) {
+            mounts.push(m);
+        }
+    }
     if let Some(sa) = vols.get("")
         && !has_sa
     {
@@ -695,7 +708,7 @@ async fn instance(
     let wd = str_of(&spec, "/workingDir");
     let launch = Launch {
         netns: netns_name,
-        hostname: rt.name.clone(),
+        hostname: lab_dns::pod_files::hostname(&pod),
         mounts,
         workdir: (!wd.is_empty()).then(|| wd.to_string()),
         uid,
