@@ -17,6 +17,7 @@ mod api;
 pub mod clock;
 mod crd;
 mod discovery;
+pub mod events;
 mod exec;
 mod http;
 mod openapi;
