@@ -53,7 +53,11 @@ async fn preview_switch_with_kubectl() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../docs/lab/preview-switch.yaml"
     );
-    let (ok, out, err) = kubectl(&c, &["apply", "-f", manifest]).await;
+    let rbac = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/components/workload-rbac/rbac.yaml"
+    );
+    let (ok, out, err) = kubectl(&c, &["apply", "-f", rbac, "-f", manifest]).await;
     assert!(ok, "{out}{err}");
     let (ok, out, err) = kubectl(
         &c,
@@ -460,6 +464,8 @@ async fn injector_with_kubectl() {
     let backends: Vec<&str> = example.split("\n---\n").take(6).collect();
     assert!(backends.last().unwrap().contains("name: payments"));
     apply_stdin(&c, &backends.join("\n---\n")).await;
+    // The injected containers get exactly deploy/'s Roles (through the Pod's account).
+    apply_stdin(&c, lab_node::scenario::WORKLOAD_RBAC).await;
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -519,7 +525,7 @@ async fn injector_with_kubectl() {
 
     // Deployment (annotated) → ReplicaSet → Pod, made by the lab's Deployment controller.
     let shop_cmd = r#"while :; do curl -s --max-time 2 "http://$ORDERS_SERVICE_HOST/" || echo unreachable; sleep 0.2; done"#;
-    apply_stdin(&c, &format!("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: shop\n  annotations: {{ghostwire.dev/enabled: \"true\", ghostwire.dev/pollInterval: 1s}}\nspec:\n  selector: {{matchLabels: {{app: shop}}}}\n  template:\n    metadata: {{labels: {{app: shop, role: preview}}}}\n    spec:\n      terminationGracePeriodSeconds: 2\n      containers:\n      - name: shop\n        image: busybox\n        command: [sh, -c, '{shop_cmd}']\n")).await;
+    apply_stdin(&c, &format!("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: shop\n  annotations: {{ghostwire.dev/enabled: \"true\", ghostwire.dev/pollInterval: 1s}}\nspec:\n  selector: {{matchLabels: {{app: shop}}}}\n  template:\n    metadata: {{labels: {{app: shop, role: preview}}}}\n    spec:\n      serviceAccountName: ghostwire-switch\n      terminationGracePeriodSeconds: 2\n      containers:\n      - name: shop\n        image: busybox\n        command: [sh, -c, '{shop_cmd}']\n")).await;
     let (ok, out, err) = kubectl(
         &c,
         &["rollout", "status", "deployment/shop", "--timeout=90s"],

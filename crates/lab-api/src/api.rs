@@ -51,6 +51,9 @@ impl Target {
 type Reply = Result<Response<Body>, ApiError>;
 
 pub async fn handle(state: &Arc<State>, req: &Request, t: Target) -> Reply {
+    if crate::authz::is_review(&t.rt) {
+        return crate::authz::review(state, req, &t);
+    }
     let method = req.method.as_str();
     let sub = t.sub.as_deref();
     if let Some(s) = sub
@@ -64,7 +67,7 @@ pub async fn handle(state: &Arc<State>, req: &Request, t: Target) -> Reply {
         ("GET", None, _) => list(state, req, &t),
         ("GET", Some(name), _) => get(state, req, &t, name),
         ("POST", None, None) => create(state, req, &t).await,
-        ("POST", Some(name), Some("token")) => token_request(state, req, &t, name),
+        ("POST", Some(name), Some("token")) => crate::authz::token_request(state, req, &t, name),
         ("PUT", Some(name), _) => update(state, req, &t, name).await,
         ("PATCH", Some(name), _) => patch(state, req, &t, name).await,
         ("DELETE", Some(name), None) => delete(state, req, &t, name),
@@ -213,7 +216,7 @@ fn list(state: &State, req: &Request, t: &Target) -> Reply {
     Ok(json_response(200, &list))
 }
 
-/// Decodes a request body (JSON or YAML); protobuf and other media types are refused with 415.
+/// Decodes a request body (JSON, YAML or protobuf); other media types are refused with 415.
 pub fn decode_body(req: &Request) -> Result<Value, ApiError> {
     let ct = req
         .content_type
@@ -234,6 +237,7 @@ pub fn decode_body(req: &Request) -> Result<Value, ApiError> {
             serde_saphyr::from_str(text)
                 .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
         }
+        crate::proto::MEDIA_TYPE => crate::proto::decode_body(&req.body)?,
         other => return Err(ApiError::unsupported_media_type(other)),
     };
     Ok(v)
@@ -968,38 +972,4 @@ fn delete_collection(state: &Arc<State>, req: &Request, t: &Target) -> Reply {
     }
     let list = json!({"kind": format!("{}List", t.rt.kind), "apiVersion": t.rt.api_version(), "metadata": {"resourceVersion": state.store.current_rv().to_string()}, "items": items});
     Ok(json_response(200, &list))
-}
-
-/// `serviceaccounts/{name}/token`: issues a bearer token that authenticates as the account.
-fn token_request(state: &Arc<State>, req: &Request, t: &Target, name: &str) -> Reply {
-    if state.store.get(&t.key(name)).is_none() {
-        return Err(ApiError::not_found(t.subject(name)));
-    }
-    let mut body = decode_body(req)?;
-    let ns = t.namespace.clone().unwrap_or_default();
-    let expires = body["spec"]["expirationSeconds"].as_i64().unwrap_or(3600);
-    if expires < 600 {
-        return Err(ApiError::invalid(
-            "authentication.k8s.io",
-            "TokenRequest",
-            name,
-            vec![Cause::invalid(
-                "spec.expirationSeconds",
-                &json!(expires),
-                "may not specify a duration less than 10 minutes",
-            )],
-        ));
-    }
-    let token = format!("lab-sa.{}", random_suffix(40));
-    state.add_token(&token, format!("system:serviceaccount:{ns}:{name}"));
-    body["apiVersion"] = json!("authentication.k8s.io/v1");
-    body["kind"] = json!("TokenRequest");
-    body["metadata"] = json!({"name": name, "namespace": ns, "creationTimestamp": clock::now()});
-    if body["spec"]["audiences"].is_null() {
-        body["spec"]["audiences"] = json!(["https://kubernetes.default.svc.cluster.local"]);
-    }
-    body["spec"]["expirationSeconds"] = json!(expires);
-    body["status"] =
-        json!({"token": token, "expirationTimestamp": clock::rfc3339(clock::unix_now() + expires)});
-    Ok(json_response(201, &body))
 }

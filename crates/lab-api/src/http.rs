@@ -2,6 +2,7 @@
 //! reading, authentication, and routing to discovery, OpenAPI and the resource verbs.
 
 use crate::api::{self, Target};
+use crate::authn::UserInfo;
 use crate::discovery;
 use crate::openapi;
 use crate::server::State;
@@ -30,6 +31,8 @@ pub struct Request {
     pub content_type: String,
     pub accept: String,
     pub body: Bytes,
+    /// Who the request runs as (after authentication and impersonation).
+    pub user: crate::authn::UserInfo,
 }
 
 impl Request {
@@ -105,13 +108,6 @@ pub fn stream_response(rx: mpsc::Receiver<Bytes>) -> Response<Body> {
         .expect("static response parts are valid")
 }
 
-/// Who made a request.
-enum Caller {
-    Certificate,
-    Token,
-    Anonymous,
-}
-
 async fn read(req: hyper::Request<Incoming>) -> Result<Request, ApiError> {
     let (parts, body) = req.into_parts();
     let header = |n: hyper::header::HeaderName| {
@@ -136,6 +132,7 @@ async fn read(req: hyper::Request<Incoming>) -> Result<Request, ApiError> {
         content_type,
         accept,
         body,
+        user: Default::default(),
     })
 }
 
@@ -155,14 +152,7 @@ fn acceptable(accept: &str) -> bool {
         })
 }
 
-async fn route(
-    state: &Arc<State>,
-    caller: Caller,
-    req: Request,
-) -> Result<Response<Body>, ApiError> {
-    if matches!(caller, Caller::Anonymous) {
-        return Err(ApiError::unauthorized());
-    }
+async fn route(state: &Arc<State>, req: Request) -> Result<Response<Body>, ApiError> {
     let path = req.path.trim_end_matches('/');
     let segs: Vec<&str> = path.split('/').skip(1).collect();
     match segs.as_slice() {
@@ -225,31 +215,27 @@ async fn route(
 
 async fn serve_request(
     state: Arc<State>,
-    tls_client_cert: bool,
+    certificate: Option<UserInfo>,
     req: hyper::Request<Incoming>,
 ) -> Response<Body> {
-    let bearer = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string());
-    let caller = match (tls_client_cert, bearer) {
-        (true, _) => Caller::Certificate,
-        (false, Some(t)) if state.token_user(&t).is_some() => Caller::Token,
-        _ => Caller::Anonymous,
-    };
+    let creds = crate::authz::Credentials::new(certificate, req.headers());
     let method = req.method().clone();
     let uri = req.uri().clone();
     if let Some((ns, name)) = crate::exec::exec_target(&req) {
-        let result = match caller {
-            Caller::Anonymous => Err(ApiError::unauthorized()),
-            _ => crate::exec::serve(state, req, ns, name).await,
+        let result = match crate::authz::admit_exec(&state, &creds, &ns, &name) {
+            Ok(_) => crate::exec::serve(state, req, ns, name).await,
+            Err(e) => Err(e),
         };
         return result.unwrap_or_else(|e| error_response(&e));
     }
     let result = match read(req).await {
-        Ok(r) => route(&state, caller, r).await,
+        Ok(mut r) => match crate::authz::admit(&state, &creds, &r) {
+            Ok(user) => {
+                r.user = user;
+                route(&state, r).await
+            }
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     match result {
@@ -291,14 +277,17 @@ pub async fn accept_loop(state: Arc<State>, listener: TcpListener, tls: Arc<rust
                     return;
                 }
             };
-            let has_cert = tls
+            // The handshake verified the chain; the leaf names the user.
+            let certificate = tls
                 .get_ref()
                 .1
                 .peer_certificates()
-                .is_some_and(|c| !c.is_empty());
+                .and_then(|c| c.first())
+                .and_then(|c| UserInfo::from_certificate(c));
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(serve_request(state, has_cert, req).await) }
+                let certificate = certificate.clone();
+                async move { Ok::<_, Infallible>(serve_request(state, certificate, req).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder

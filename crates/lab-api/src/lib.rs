@@ -14,6 +14,8 @@
 
 mod admission;
 mod api;
+mod authn;
+mod authz;
 pub mod clock;
 mod crd;
 mod discovery;
@@ -25,6 +27,8 @@ mod patch;
 mod persist;
 mod pki;
 mod pod_logs;
+mod proto;
+mod rbac;
 mod resources;
 mod scale;
 mod selectors;
@@ -63,6 +67,9 @@ pub struct Options {
     pub service_cidrs: ServiceCidrs,
     /// Runs `pods/{name}/exec` (the lab node); without one, exec requests are refused.
     pub pod_exec: Option<PodExecHandle>,
+    /// Authorize requests with RBAC (the default); without it every authenticated request is
+    /// allowed (for comparing the cost of authorization).
+    pub rbac: bool,
 }
 
 impl Default for Options {
@@ -75,6 +82,7 @@ impl Default for Options {
             pod_logs: None,
             service_cidrs: ServiceCidrs::default(),
             pod_exec: None,
+            rbac: true,
         }
     }
 }

@@ -60,7 +60,7 @@ const REF: &str = "#/components/schemas/";
 
 /// The schemas of every built-in kind and of all they refer to, by name; generated once from
 /// the k8s-openapi types, so `kubectl explain` reaches every nested field with its real docs.
-fn builtin_definitions() -> &'static Map<String, Value> {
+pub fn builtin_definitions() -> &'static Map<String, Value> {
     static DEFS: OnceLock<Map<String, Value>> = OnceLock::new();
     DEFS.get_or_init(|| {
         let mut generator = SchemaSettings::openapi3().into_generator();

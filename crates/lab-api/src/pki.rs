@@ -38,6 +38,8 @@ pub struct Pki {
     pub client_key_pem: String,
     /// The admin bearer token (authenticates as the same user as the client certificate).
     pub token: String,
+    /// The key ServiceAccount tokens are signed with.
+    pub sa_key: Vec<u8>,
 }
 
 fn random_token() -> String {
@@ -103,6 +105,10 @@ impl Pki {
         let token = kept(dir, "token", || Ok(random_token()))?
             .trim()
             .to_string();
+        let sa_key = kept(dir, "sa.key", || Ok(random_token()))?
+            .trim()
+            .as_bytes()
+            .to_vec();
         let issuer = Issuer::new(ca_params()?, &ca_key);
 
         let mut names = vec![
@@ -144,6 +150,7 @@ impl Pki {
             client_cert_pem: client_cert.pem(),
             client_key_pem: client_key.serialize_pem(),
             token,
+            sa_key,
         })
     }
 

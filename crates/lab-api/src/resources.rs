@@ -53,6 +53,9 @@ impl ResourceType {
     }
 
     pub fn verbs(&self) -> Vec<&'static str> {
+        if crate::authz::is_review(self) {
+            return vec!["create"];
+        }
         vec![
             "create",
             "delete",
@@ -99,6 +102,21 @@ const BUILTINS: &[Builtin] = &[
     Builtin { group: "coordination.k8s.io", version: "v1", resource: "leases", kind: "Lease", namespaced: true, short: &[], sub: &[], fields: &[] },
     Builtin { group: "admissionregistration.k8s.io", version: "v1", resource: "mutatingwebhookconfigurations", kind: "MutatingWebhookConfiguration", namespaced: false, short: &[], sub: &[], fields: &[] },
     Builtin { group: "apiextensions.k8s.io", version: "v1", resource: "customresourcedefinitions", kind: "CustomResourceDefinition", namespaced: false, short: &["crd", "crds"], sub: &["status"], fields: &[] },
+    Builtin { group: "", version: "v1", resource: "resourcequotas", kind: "ResourceQuota", namespaced: true, short: &["quota"], sub: &["status"], fields: &[] },
+    Builtin { group: "batch", version: "v1", resource: "cronjobs", kind: "CronJob", namespaced: true, short: &["cj"], sub: &["status"], fields: &[] },
+    Builtin { group: "networking.k8s.io", version: "v1", resource: "ingresses", kind: "Ingress", namespaced: true, short: &["ing"], sub: &["status"], fields: &[] },
+    Builtin { group: "policy", version: "v1", resource: "poddisruptionbudgets", kind: "PodDisruptionBudget", namespaced: true, short: &["pdb"], sub: &["status"], fields: &[] },
+    Builtin { group: "scheduling.k8s.io", version: "v1", resource: "priorityclasses", kind: "PriorityClass", namespaced: false, short: &["pc"], sub: &[], fields: &[] },
+    Builtin { group: "rbac.authorization.k8s.io", version: "v1", resource: "roles", kind: "Role", namespaced: true, short: &[], sub: &[], fields: &[] },
+    Builtin { group: "rbac.authorization.k8s.io", version: "v1", resource: "rolebindings", kind: "RoleBinding", namespaced: true, short: &[], sub: &[], fields: &[] },
+    Builtin { group: "rbac.authorization.k8s.io", version: "v1", resource: "clusterroles", kind: "ClusterRole", namespaced: false, short: &[], sub: &[], fields: &[] },
+    Builtin { group: "rbac.authorization.k8s.io", version: "v1", resource: "clusterrolebindings", kind: "ClusterRoleBinding", namespaced: false, short: &[], sub: &[], fields: &[] },
+    Builtin { group: "authorization.k8s.io", version: "v1", resource: "selfsubjectaccessreviews", kind: "SelfSubjectAccessReview", namespaced: false, short: &[], sub: &[], fields: &[] },
+    Builtin { group: "authorization.k8s.io", version: "v1", resource: "selfsubjectrulesreviews", kind: "SelfSubjectRulesReview", namespaced: false, short: &[], sub: &[], fields: &[] },
+    Builtin { group: "authorization.k8s.io", version: "v1", resource: "subjectaccessreviews", kind: "SubjectAccessReview", namespaced: false, short: &[], sub: &[], fields: &[] },
+    Builtin { group: "authorization.k8s.io", version: "v1", resource: "localsubjectaccessreviews", kind: "LocalSubjectAccessReview", namespaced: true, short: &[], sub: &[], fields: &[] },
+    Builtin { group: "authentication.k8s.io", version: "v1", resource: "tokenreviews", kind: "TokenReview", namespaced: false, short: &[], sub: &[], fields: &[] },
+    Builtin { group: "authentication.k8s.io", version: "v1", resource: "selfsubjectreviews", kind: "SelfSubjectReview", namespaced: false, short: &[], sub: &[], fields: &[] },
 ];
 
 /// Kinds that `kubectl get all` covers (the `all` category).

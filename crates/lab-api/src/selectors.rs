@@ -88,6 +88,34 @@ impl LabelSelector {
         Ok(LabelSelector(reqs))
     }
 
+    /// A structured `metav1.LabelSelector` (`matchLabels`, `matchExpressions`); an unknown
+    /// operator matches nothing, as the real conversion refuses it.
+    pub fn from_object(sel: &Value) -> Self {
+        let mut reqs = Vec::new();
+        if let Some(m) = sel["matchLabels"].as_object() {
+            for (k, v) in m {
+                reqs.push(Req::Eq(k.clone(), v.as_str().unwrap_or_default().into()));
+            }
+        }
+        for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+            let key = e["key"].as_str().unwrap_or_default().to_string();
+            let values: Vec<String> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect();
+            reqs.push(match e["operator"].as_str() {
+                Some("In") => Req::In(key, values),
+                Some("NotIn") => Req::NotIn(key, values),
+                Some("Exists") => Req::Exists(key),
+                Some("DoesNotExist") => Req::NotExists(key),
+                _ => Req::In(key, vec![]),
+            });
+        }
+        LabelSelector(reqs)
+    }
+
     pub fn matches(&self, obj: &Value) -> bool {
         let labels = obj.pointer("/metadata/labels");
         let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);

@@ -10,7 +10,6 @@ use crate::store::{Key, Store, StoreError};
 use crate::validation::ServiceCidrs;
 use crate::{Error, Options};
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -23,8 +22,10 @@ pub struct State {
     pub cidrs: ServiceCidrs,
     /// Held from ClusterIP/NodePort allocation until the Service is stored.
     pub alloc: Mutex<()>,
-    /// Bearer tokens and the users they authenticate as.
-    tokens: Mutex<HashMap<String, String>>,
+    /// Whether requests are authorized with RBAC.
+    pub rbac: bool,
+    /// The RBAC objects last authorized with and the policy built from them.
+    pub rbac_cache: Mutex<Option<crate::authz::PolicyCache>>,
     pub bookmark_interval: Duration,
     pub shutdown: watch::Receiver<bool>,
     /// Bumped to end every open watch (clients resume from their last version).
@@ -34,19 +35,6 @@ pub struct State {
     pub pod_logs: Option<crate::PodLogsHandle>,
     /// Where `pods/{name}/exec` sessions go (the lab node).
     pub pod_exec: Option<crate::PodExecHandle>,
-}
-
-impl State {
-    pub fn token_user(&self, token: &str) -> Option<String> {
-        self.tokens.lock().expect("tokens lock").get(token).cloned()
-    }
-
-    pub fn add_token(&self, token: &str, user: String) {
-        self.tokens
-            .lock()
-            .expect("tokens lock")
-            .insert(token.to_string(), user);
-    }
 }
 
 fn key(group: &str, resource: &str, ns: &str, name: &str) -> Key {
@@ -110,6 +98,25 @@ fn bootstrap(state: &State) {
                         "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
                "status": {"loadBalancer": {}}}),
     );
+    for obj in crate::rbac::bootstrap_objects() {
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let resource = match obj["kind"].as_str() {
+            Some("ClusterRole") => "clusterroles",
+            _ => "clusterrolebindings",
+        };
+        let mut obj = obj;
+        obj["metadata"]["uid"] = json!(new_uid());
+        obj["metadata"]["creationTimestamp"] = json!(crate::clock::now());
+        ensure(
+            state,
+            &key("rbac.authorization.k8s.io", resource, "", &name),
+            obj,
+        );
+    }
+    crate::authz::sync_aggregation(state);
     crate::crd::sync(state);
 }
 
@@ -120,6 +127,7 @@ pub fn after_create(state: &State, rt: &ResourceType, obj: &Value) {
             namespace_contents(state, obj["metadata"]["name"].as_str().unwrap_or_default())
         }
         ("apiextensions.k8s.io", "customresourcedefinitions") => crate::crd::sync(state),
+        _ if crate::authz::aggregates(rt) => crate::authz::sync_aggregation(state),
         _ => {}
     }
 }
@@ -128,6 +136,9 @@ pub fn after_create(state: &State, rt: &ResourceType, obj: &Value) {
 pub fn after_change(state: &State, rt: &ResourceType) {
     if rt.group == "apiextensions.k8s.io" && rt.resource == "customresourcedefinitions" {
         crate::crd::sync(state);
+    }
+    if crate::authz::aggregates(rt) {
+        crate::authz::sync_aggregation(state);
     }
 }
 
@@ -210,14 +221,13 @@ impl RunningServer {
         let tls = Arc::new(pki.server_config()?);
         let store = Store::open(opts.data_dir.as_deref().map(|d| d.join("store")).as_deref())?;
         let (stop, shutdown) = watch::channel(false);
-        let mut tokens = HashMap::new();
-        tokens.insert(pki.token.clone(), "lab-admin".to_string());
         let state = Arc::new(State {
             store,
             registry: Registry::builtin(),
             cidrs: opts.service_cidrs,
             alloc: Mutex::new(()),
-            tokens: Mutex::new(tokens),
+            rbac: opts.rbac,
+            rbac_cache: Mutex::new(None),
             bookmark_interval: opts.bookmark_interval,
             shutdown,
             watch_reset: watch::Sender::new(0),

@@ -66,8 +66,10 @@ pub trait WithType {
 /// Calls `f` with the type of a built-in kind; `None` for CRDs and kinds without one.
 pub fn with_type<F: WithType>(rt: &ResourceType, f: F) -> Option<F::Out> {
     use k8s_openapi::api::{
-        admissionregistration::v1 as adm, apps::v1 as apps, batch::v1 as batch,
-        coordination::v1 as coord, core::v1 as core, discovery::v1 as disc,
+        admissionregistration::v1 as adm, apps::v1 as apps, authentication::v1 as authn,
+        authorization::v1 as authz, batch::v1 as batch, coordination::v1 as coord,
+        core::v1 as core, discovery::v1 as disc, networking::v1 as net, policy::v1 as policy,
+        rbac::v1 as rbac, scheduling::v1 as sched,
     };
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as ext;
     if rt.crd.is_some() {
@@ -96,6 +98,29 @@ pub fn with_type<F: WithType>(rt: &ResourceType, f: F) -> Option<F::Out> {
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
             f.with::<ext::CustomResourceDefinition>()
         }
+        ("", "resourcequotas") => f.with::<core::ResourceQuota>(),
+        ("batch", "cronjobs") => f.with::<batch::CronJob>(),
+        ("networking.k8s.io", "ingresses") => f.with::<net::Ingress>(),
+        ("policy", "poddisruptionbudgets") => f.with::<policy::PodDisruptionBudget>(),
+        ("scheduling.k8s.io", "priorityclasses") => f.with::<sched::PriorityClass>(),
+        ("rbac.authorization.k8s.io", "roles") => f.with::<rbac::Role>(),
+        ("rbac.authorization.k8s.io", "rolebindings") => f.with::<rbac::RoleBinding>(),
+        ("rbac.authorization.k8s.io", "clusterroles") => f.with::<rbac::ClusterRole>(),
+        ("rbac.authorization.k8s.io", "clusterrolebindings") => {
+            f.with::<rbac::ClusterRoleBinding>()
+        }
+        ("authorization.k8s.io", "selfsubjectaccessreviews") => {
+            f.with::<authz::SelfSubjectAccessReview>()
+        }
+        ("authorization.k8s.io", "selfsubjectrulesreviews") => {
+            f.with::<authz::SelfSubjectRulesReview>()
+        }
+        ("authorization.k8s.io", "subjectaccessreviews") => f.with::<authz::SubjectAccessReview>(),
+        ("authorization.k8s.io", "localsubjectaccessreviews") => {
+            f.with::<authz::LocalSubjectAccessReview>()
+        }
+        ("authentication.k8s.io", "tokenreviews") => f.with::<authn::TokenReview>(),
+        ("authentication.k8s.io", "selfsubjectreviews") => f.with::<authn::SelfSubjectReview>(),
         _ => return None,
     })
 }

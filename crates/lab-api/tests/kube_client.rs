@@ -697,53 +697,279 @@ async fn finalizers_hold_deletion_and_namespaces_terminate() {
     }
 }
 
+/// A kube-rs client that sends `token` and nothing else.
+fn token_client(base: &kube::Config, token: Option<&str>) -> kube::Client {
+    let mut c = kube::Config::new(base.cluster_url.clone());
+    c.root_cert = base.root_cert.clone();
+    c.auth_info.token = token.map(|t| t.to_string().into());
+    kube::Client::try_from(c).unwrap()
+}
+
+fn api_status(e: kube::Error) -> (u16, String) {
+    match e {
+        kube::Error::Api(s) => (s.code, s.message),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+async fn token(
+    sas: &Api<k8s_openapi::api::core::v1::ServiceAccount>,
+    sa: &str,
+    spec: serde_json::Value,
+) -> Result<String, kube::Error> {
+    let tr: k8s_openapi::api::authentication::v1::TokenRequest =
+        serde_json::from_value(json!({ "spec": spec })).unwrap();
+    Ok(sas
+        .create_token_request(sa, &PostParams::default(), &tr)
+        .await?
+        .status
+        .unwrap()
+        .token)
+}
+
+async fn apply_yaml(client: &kube::Client, ns: &str, yaml: &str) {
+    use kube::core::{DynamicObject, GroupVersionKind};
+    for doc in yaml.split("\n---\n") {
+        let obj: DynamicObject = serde_saphyr::from_str(doc).unwrap();
+        let tm = obj.types.clone().unwrap();
+        let gvk = GroupVersionKind::try_from(&tm).unwrap();
+        let (ar, _) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+        api.create(&PostParams::default(), &obj).await.unwrap();
+    }
+}
+
+/// deploy/components/workload-rbac, as the Pods ghostwire injects run with it.
+const WORKLOAD_RBAC: &str = include_str!("../../../deploy/components/workload-rbac/rbac.yaml");
+
 #[tokio::test]
-async fn auth_bearer_tokens_and_anonymous() {
+async fn tokens_authenticate_and_rbac_authorizes() {
     let server = Server::start(Options::default()).await.unwrap();
+    let admin = server.client().await.unwrap();
     let base = server.kube_config().await.unwrap();
-    let mut anon = kube::Config::new(base.cluster_url.clone());
-    anon.root_cert = base.root_cert.clone();
-    let anon_ns: Api<Namespace> = Api::all(kube::Client::try_from(anon.clone()).unwrap());
+    let anon_ns: Api<Namespace> = Api::all(token_client(&base, None));
     assert_eq!(
         api_code(anon_ns.list(&ListParams::default()).await.unwrap_err()),
         401
     );
-
-    let mut admin = anon.clone();
-    admin.auth_info.token = Some(server.token().to_string().into());
-    let ns: Api<Namespace> = Api::all(kube::Client::try_from(admin).unwrap());
+    // The admin token is cluster-admin, like the kubeconfig's certificate.
+    let ns: Api<Namespace> = Api::all(token_client(&base, Some(server.token())));
     assert!(ns.get("default").await.is_ok());
 
-    // A ServiceAccount token (TokenRequest) authenticates too.
+    apply_yaml(&admin, "default", WORKLOAD_RBAC).await;
     let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-        Api::namespaced(server.client().await.unwrap(), "default");
-    let tr: k8s_openapi::api::authentication::v1::TokenRequest =
-        serde_json::from_value(json!({"spec": {"audiences": ["lab"], "expirationSeconds": 3600}}))
-            .unwrap();
-    let issued = sas
-        .create_token_request("default", &PostParams::default(), &tr)
+        Api::namespaced(admin.clone(), "default");
+    // TokenRequest refuses less than ten minutes.
+    let short = token(&sas, "ghostwire-switch", json!({"expirationSeconds": 599})).await;
+    assert_eq!(
+        api_status(short.unwrap_err()),
+        (
+            422,
+            "TokenRequest.authentication.k8s.io \"ghostwire-switch\" is invalid: spec.expirationSeconds: Invalid value: 599: may not specify a duration less than 10 minutes".into()
+        )
+    );
+    // A token for another audience does not authenticate to the API.
+    let other = token(&sas, "ghostwire-switch", json!({"audiences": ["vault"]}))
         .await
         .unwrap();
-    let mut sa = anon;
-    sa.auth_info.token = Some(issued.status.unwrap().token.into());
-    let ns: Api<Namespace> = Api::all(kube::Client::try_from(sa).unwrap());
-    assert!(ns.get("default").await.is_ok());
+    let svcs: Api<Service> = Api::namespaced(token_client(&base, Some(&other)), "default");
+    assert_eq!(
+        api_code(svcs.list(&ListParams::default()).await.unwrap_err()),
+        401
+    );
+
+    // The switch's account can do exactly what deploy/ grants.
+    let t = token(&sas, "ghostwire-switch", json!({})).await.unwrap();
+    let client = token_client(&base, Some(&t));
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    assert!(svcs.list(&ListParams::default()).await.is_ok());
+    assert_eq!(
+        api_status(svcs.get("kubernetes").await.unwrap_err()),
+        (
+            403,
+            "services \"kubernetes\" is forbidden: User \"system:serviceaccount:default:ghostwire-switch\" cannot get resource \"services\" in API group \"\" in the namespace \"default\"".into()
+        )
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    assert!(pods.list(&ListParams::default()).await.is_ok());
+    let mut w = pods
+        .watch(&kube::api::WatchParams::default().timeout(1), "0")
+        .await
+        .unwrap()
+        .boxed();
+    while w.try_next().await.unwrap().is_some() {}
+    let p = Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}}));
+    assert_eq!(
+        api_code(
+            pods.patch("any", &PatchParams::default(), &p)
+                .await
+                .unwrap_err()
+        ),
+        403
+    );
+    let other_ns: Api<Service> = Api::namespaced(client.clone(), "kube-system");
+    assert_eq!(
+        api_status(other_ns.list(&ListParams::default()).await.unwrap_err()),
+        (
+            403,
+            "services is forbidden: User \"system:serviceaccount:default:ghostwire-switch\" cannot list resource \"services\" in API group \"\" in the namespace \"kube-system\"".into()
+        )
+    );
+    let nss: Api<Namespace> = Api::all(client.clone());
+    assert_eq!(
+        api_status(nss.list(&ListParams::default()).await.unwrap_err()),
+        (
+            403,
+            "namespaces is forbidden: User \"system:serviceaccount:default:ghostwire-switch\" cannot list resource \"namespaces\" in API group \"\" at the cluster scope".into()
+        )
+    );
+    // Everyone authenticated may read discovery.
+    assert!(client.apiserver_version().await.is_ok());
+    assert!(client.list_api_groups().await.is_ok());
+
+    // Removing the binding takes the permission away at once.
+    let rbs: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+        Api::namespaced(admin.clone(), "default");
+    rbs.delete("ghostwire-switch-init", &DeleteParams::default())
+        .await
+        .unwrap();
+    rbs.delete("ghostwire-switch-watcher", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        api_code(svcs.list(&ListParams::default()).await.unwrap_err()),
+        403
+    );
+    // Deleting the account invalidates its tokens.
+    sas.delete("ghostwire-switch", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        api_code(svcs.list(&ListParams::default()).await.unwrap_err()),
+        401
+    );
 }
 
 #[tokio::test]
-async fn protobuf_bodies_are_refused_with_415() {
+async fn bound_tokens_and_token_reviews() {
+    use k8s_openapi::api::authentication::v1::TokenReview;
+    let server = Server::start(Options::default()).await.unwrap();
+    let admin = server.client().await.unwrap();
+    let base = server.kube_config().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}})).unwrap();
+    let pod = pods.create(&PostParams::default(), &pod).await.unwrap();
+    let uid = pod.metadata.uid.clone().unwrap();
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(admin.clone(), "default");
+    let bound = token(
+        &sas,
+        "default",
+        json!({"audiences": ["vault", "https://kubernetes.default.svc.cluster.local"], "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": uid}}),
+    )
+    .await
+    .unwrap();
+    // A stale UID in the reference is a conflict.
+    let stale = token(
+        &sas,
+        "default",
+        json!({"boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "0000"}}),
+    )
+    .await;
+    assert_eq!(api_code(stale.unwrap_err()), 409);
+
+    let review = |client: kube::Client, token: String, audiences: Vec<&'static str>| async move {
+        let tr: TokenReview =
+            serde_json::from_value(json!({"spec": {"token": token, "audiences": audiences}}))
+                .unwrap();
+        let api: Api<TokenReview> = Api::all(client);
+        api.create(&PostParams::default(), &tr)
+            .await
+            .map(|r| r.status.unwrap())
+    };
+    // No audiences: the API server's own.
+    let s = review(admin.clone(), bound.clone(), vec![]).await.unwrap();
+    assert_eq!(s.authenticated, Some(true));
+    let user = s.user.unwrap();
+    assert_eq!(
+        user.username.as_deref(),
+        Some("system:serviceaccount:default:default")
+    );
+    assert_eq!(
+        user.extra.unwrap()["authentication.kubernetes.io/pod-uid"],
+        vec![uid.clone()]
+    );
+    assert_eq!(
+        s.audiences.unwrap(),
+        vec!["https://kubernetes.default.svc.cluster.local"]
+    );
+    let s = review(admin.clone(), bound.clone(), vec!["vault", "nats"])
+        .await
+        .unwrap();
+    assert_eq!(
+        (s.authenticated, s.audiences.unwrap()),
+        (Some(true), vec!["vault".to_string()])
+    );
+    let s = review(admin.clone(), bound.clone(), vec!["nats"])
+        .await
+        .unwrap();
+    assert_eq!(s.authenticated, Some(false));
+    assert!(s.error.unwrap().contains("audiences"));
+
+    // TokenReview needs system:auth-delegator: the bound token's own account has it not.
+    let sa_client = token_client(&base, Some(&bound));
+    assert_eq!(
+        api_status(review(sa_client.clone(), bound.clone(), vec![]).await.unwrap_err()),
+        (
+            403,
+            "tokenreviews.authentication.k8s.io is forbidden: User \"system:serviceaccount:default:default\" cannot create resource \"tokenreviews\" in API group \"authentication.k8s.io\" at the cluster scope".into()
+        )
+    );
+    let crbs: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(admin.clone());
+    let crb = serde_json::from_value(json!({"metadata": {"name": "default-delegator"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "default"}]})).unwrap();
+    crbs.create(&PostParams::default(), &crb).await.unwrap();
+    let s = review(sa_client.clone(), bound.clone(), vec![])
+        .await
+        .unwrap();
+    assert_eq!(s.authenticated, Some(true));
+
+    // The Pod goes, its tokens stop working.
+    pods.delete("p", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let s = review(admin.clone(), bound.clone(), vec![]).await.unwrap();
+    assert_eq!(s.authenticated, Some(false));
+    let nss: Api<Namespace> = Api::all(sa_client);
+    assert_eq!(api_code(nss.get("default").await.unwrap_err()), 401);
+}
+
+#[tokio::test]
+async fn bad_protobuf_is_400_and_unknown_media_types_415() {
     let server = Server::start(Options::default()).await.unwrap();
     let client = server.client().await.unwrap();
-    let req = http::Request::post("/api/v1/namespaces/default/configmaps")
-        .header("Content-Type", "application/vnd.kubernetes.protobuf")
-        .body(b"k8s\0".to_vec())
-        .unwrap();
-    match client.request::<ConfigMap>(req).await.unwrap_err() {
-        kube::Error::Api(s) => {
-            assert_eq!((s.code, s.reason.as_str()), (415, "UnsupportedMediaType"))
-        }
+    let post = |ct: &str, body: &[u8]| {
+        http::Request::post("/api/v1/namespaces/default/configmaps")
+            .header("Content-Type", ct)
+            .body(body.to_vec())
+            .unwrap()
+    };
+    let status = |e: kube::Error| match e {
+        kube::Error::Api(s) => (s.code, s.reason),
         other => panic!("{other:?}"),
-    }
+    };
+    // An envelope naming no kind.
+    let e = client
+        .request::<ConfigMap>(post("application/vnd.kubernetes.protobuf", b"k8s\0"))
+        .await
+        .unwrap_err();
+    assert_eq!(status(e), (400, "BadRequest".into()));
+    let e = client
+        .request::<ConfigMap>(post("application/cbor", b"\xa0"))
+        .await
+        .unwrap_err();
+    assert_eq!(status(e), (415, "UnsupportedMediaType".into()));
 }
 
 #[tokio::test]

@@ -576,3 +576,315 @@ async fn argo_rollouts_crd_and_a_rollout() {
     let listed = rollouts.list(&Default::default()).await.unwrap();
     assert_eq!(listed.items.len(), 1);
 }
+
+/// `kubectl auth can-i` for a subject: "yes" or "no" (exit 0 or 1).
+async fn can_i(s: &RunningServer, args: &[&str]) -> String {
+    let mut all = vec!["auth", "can-i"];
+    all.extend_from_slice(args);
+    let o = kubectl(s, &all, None).await;
+    match o.stdout.trim() {
+        "yes" if o.ok => "yes".into(),
+        "no" if !o.ok => "no".into(),
+        other => panic!("kubectl auth can-i {args:?}: {other} {}", o.stderr),
+    }
+}
+
+/// The RBAC matrix of issue 11: the preview switch's ServiceAccount holds exactly what
+/// deploy/components/workload-rbac grants, asked through `kubectl auth can-i --as` and tried
+/// with real requests; aggregation; impersonation is itself authorized.
+#[tokio::test]
+async fn auth_can_i_matrix_impersonation_and_aggregation() {
+    let s = lab().await;
+    let rbac = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/components/workload-rbac/rbac.yaml"
+    ))
+    .unwrap();
+    ok(&s, &["apply", "-f", "-"], Some(&rbac)).await;
+    let sa = "--as=system:serviceaccount:default:ghostwire-switch";
+    #[rustfmt::skip]
+    let matrix: &[(&[&str], &str)] = &[
+        (&["list", "services"], "yes"),
+        (&["watch", "services"], "yes"),
+        (&["get", "services"], "no"),
+        (&["create", "services"], "no"),
+        (&["get", "pods"], "yes"),
+        (&["list", "pods"], "yes"),
+        (&["watch", "pods"], "yes"),
+        (&["patch", "pods"], "no"),
+        (&["get", "pods", "--subresource=log"], "no"),
+        (&["list", "secrets"], "no"),
+        (&["list", "services", "-n", "kube-system"], "no"),
+        (&["list", "pods", "--all-namespaces"], "no"),
+        (&["get", "/version"], "yes"),
+        (&["get", "/metrics"], "no"),
+        (&["create", "selfsubjectaccessreviews.authorization.k8s.io"], "yes"),
+        (&["create", "tokenreviews.authentication.k8s.io"], "no"),
+    ];
+    for (args, want) in matrix {
+        let mut a = args.to_vec();
+        a.push(sa);
+        assert_eq!(can_i(&s, &a).await, *want, "{args:?}");
+    }
+    // The admin kubeconfig is cluster-admin.
+    assert_eq!(can_i(&s, &["delete", "nodes"]).await, "yes");
+    assert_eq!(can_i(&s, &["*", "*"]).await, "yes");
+
+    // Real requests as the account get the real server's answer.
+    ok(&s, &["get", "services", sa], None).await;
+    let o = kubectl(&s, &["get", "services", "-n", "kube-system", sa], None).await;
+    assert!(!o.ok);
+    assert!(
+        o.stderr.contains("Error from server (Forbidden): services is forbidden: User \"system:serviceaccount:default:ghostwire-switch\" cannot list resource \"services\" in API group \"\" in the namespace \"kube-system\""),
+        "{}",
+        o.stderr
+    );
+    let who = ok(&s, &["auth", "whoami", sa, "-o", "json"], None).await;
+    let who: serde_json::Value = serde_json::from_str(&who).unwrap();
+    assert_eq!(
+        who["status"]["userInfo"],
+        json!({"username": "system:serviceaccount:default:ghostwire-switch",
+               "groups": ["system:serviceaccounts", "system:serviceaccounts:default", "system:authenticated"]})
+    );
+    let list = ok(&s, &["auth", "can-i", "--list", sa], None).await;
+    let services = list.lines().find(|l| l.starts_with("services ")).unwrap();
+    assert!(
+        services.contains("[list watch]") || services.contains("[list]"),
+        "{list}"
+    );
+
+    // Groups by --as-group; view is aggregated from the roles labelled for it, as they come
+    // and go.
+    ok(
+        &s,
+        &["apply", "-f", "-"],
+        Some("apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: ops-view}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\nsubjects: [{kind: Group, name: ops}]\n"),
+    )
+    .await;
+    let ops = ["--as=olga", "--as-group=ops"];
+    let ask = |what: &'static [&'static str]| {
+        let mut a = what.to_vec();
+        a.extend(ops);
+        a
+    };
+    assert_eq!(can_i(&s, &ask(&["list", "deployments.apps"])).await, "yes");
+    assert_eq!(can_i(&s, &ask(&["get", "secrets"])).await, "no");
+    assert_eq!(
+        can_i(&s, &ask(&["list", "leases.coordination.k8s.io"])).await,
+        "no"
+    );
+    assert_eq!(
+        can_i(&s, &["list", "deployments.apps", "--as=olga"]).await,
+        "no"
+    );
+    let reader = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: lease-reader\n  labels: {rbac.authorization.k8s.io/aggregate-to-view: \"true\"}\nrules: [{apiGroups: [coordination.k8s.io], resources: [leases], verbs: [get, list]}]\n";
+    ok(&s, &["apply", "-f", "-"], Some(reader)).await;
+    assert_eq!(
+        can_i(&s, &ask(&["list", "leases.coordination.k8s.io"])).await,
+        "yes"
+    );
+    // …through edit up to admin too.
+    let admin_role = ok(&s, &["get", "clusterrole", "admin", "-o", "json"], None).await;
+    assert!(admin_role.contains("coordination.k8s.io"), "{admin_role}");
+    ok(&s, &["delete", "clusterrole", "lease-reader"], None).await;
+    assert_eq!(
+        can_i(&s, &ask(&["list", "leases.coordination.k8s.io"])).await,
+        "no"
+    );
+
+    // Only those allowed to impersonate may: a token of the switch's account may not.
+    let client = s.client().await.unwrap();
+    let sas: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        kube::Api::namespaced(client, "default");
+    let tr: k8s_openapi::api::authentication::v1::TokenRequest =
+        serde_json::from_value(json!({"spec": {}})).unwrap();
+    let token = sas
+        .create_token_request("ghostwire-switch", &Default::default(), &tr)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    let dir = s.kubeconfig_path().parent().unwrap();
+    let ca = dir.join("ca.crt");
+    std::fs::write(&ca, s.ca_pem()).unwrap();
+    let as_token = |extra: &[&str]| {
+        let mut c = Command::new("kubectl");
+        c.args(["--kubeconfig", "/dev/null", "--server", &s.url()])
+            .arg(format!("--certificate-authority={}", ca.display()))
+            .arg(format!("--token={token}"))
+            .arg("--cache-dir")
+            .arg(dir.join("cache-sa"))
+            .args(extra)
+            .kill_on_drop(true);
+        c
+    };
+    let o = as_token(&["get", "services"]).output().await.unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = as_token(&["get", "services", "--as=lab-admin"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("users \"lab-admin\" is forbidden: User \"system:serviceaccount:default:ghostwire-switch\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// `kubectl create` sends protobuf bodies: every subcommand, `expose`, `run` and `create
+/// token`; what was stored is read back as JSON, field by field.
+#[tokio::test]
+async fn every_kubectl_create_subcommand() {
+    let s = lab().await;
+    let dir = s.kubeconfig_path().parent().unwrap().to_path_buf();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["shop.example".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+    let crt = format!("--cert={}", dir.join("tls.crt").display());
+    let pem = format!("--key={}", dir.join("tls.key").display());
+    #[rustfmt::skip]
+    let creates: &[&[&str]] = &[
+        &["create", "namespace", "shop"],
+        &["create", "configmap", "cm", "--from-literal=a=1", "--from-literal=b=two"],
+        &["create", "secret", "generic", "gen", "--from-literal=k=v"],
+        &["create", "secret", "tls", "tls", &crt, &pem],
+        &["create", "secret", "docker-registry", "reg", "--docker-server=r.example", "--docker-username=u", "--docker-password=p"],
+        &["create", "serviceaccount", "robot"],
+        &["create", "deployment", "web", "--image=nginx:1.27", "--replicas=2", "--port=80"],
+        &["create", "service", "clusterip", "cip", "--tcp=80:8080"],
+        &["create", "service", "nodeport", "np", "--tcp=81:8081"],
+        &["create", "service", "loadbalancer", "lb", "--tcp=82:http"],
+        &["create", "service", "externalname", "ext", "--external-name=db.example"],
+        &["create", "job", "once", "--image=busybox", "--", "echo", "hi"],
+        &["create", "cronjob", "tick", "--image=busybox", "--schedule=*/5 * * * *", "--", "date"],
+        &["create", "ingress", "ing", "--rule=shop.example/api*=cip:8080"],
+        &["create", "poddisruptionbudget", "pdb", "--selector=app=web", "--min-available=1"],
+        &["create", "priorityclass", "high", "--value=1000", "--description=important"],
+        &["create", "quota", "q", "--hard=cpu=1500m,memory=1Gi,pods=4"],
+        &["create", "role", "reader", "--verb=get,list", "--resource=pods,deployments.apps"],
+        &["create", "rolebinding", "robot-reads", "--role=reader", "--serviceaccount=default:robot"],
+        &["create", "clusterrole", "health", "--verb=get", "--non-resource-url=/healthz"],
+        &["create", "clusterrolebinding", "bob-health", "--clusterrole=health", "--user=bob"],
+        &["expose", "deployment", "web", "--name=web-svc", "--port=80", "--target-port=8080"],
+        &["run", "one", "--image=busybox", "--labels=app=one", "--env=A=1", "--", "sleep", "10"],
+    ];
+    for args in creates {
+        ok(&s, args, None).await;
+    }
+    let get = |kind: &'static str, name: &'static str| {
+        let s = &s;
+        async move {
+            let out = ok(s, &["get", kind, name, "-o", "json"], None).await;
+            serde_json::from_str::<serde_json::Value>(&out).unwrap()
+        }
+    };
+    assert_eq!(
+        get("configmap", "cm").await["data"],
+        json!({"a": "1", "b": "two"})
+    );
+    assert_eq!(get("secret", "gen").await["data"], json!({"k": "dg=="}));
+    let tls = get("secret", "tls").await;
+    assert_eq!(tls["type"], "kubernetes.io/tls");
+    assert!(tls["data"]["tls.crt"].as_str().unwrap().len() > 100);
+    assert_eq!(
+        get("secret", "reg").await["type"],
+        "kubernetes.io/dockerconfigjson"
+    );
+    let web = get("deployment", "web").await;
+    assert_eq!(web["spec"]["replicas"], 2);
+    assert_eq!(
+        web["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"],
+        80
+    );
+    // IntOrString: numbers stay numbers, names stay names.
+    assert_eq!(
+        get("service", "cip").await["spec"]["ports"][0]["targetPort"],
+        8080
+    );
+    assert_eq!(
+        get("service", "lb").await["spec"]["ports"][0]["targetPort"],
+        "http"
+    );
+    assert_eq!(get("service", "np").await["spec"]["type"], "NodePort");
+    assert_eq!(
+        get("service", "ext").await["spec"]["externalName"],
+        "db.example"
+    );
+    assert_eq!(
+        get("service", "web-svc").await["spec"]["ports"][0]["targetPort"],
+        8080
+    );
+    assert_eq!(
+        get("service", "web-svc").await["spec"]["selector"],
+        json!({"app": "web"})
+    );
+    assert_eq!(
+        get("job", "once").await["spec"]["template"]["spec"]["containers"][0]["command"],
+        json!(["echo", "hi"])
+    );
+    assert_eq!(
+        get("cronjob", "tick").await["spec"]["schedule"],
+        "*/5 * * * *"
+    );
+    let ing = get("ingress", "ing").await;
+    assert_eq!(
+        ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["port"]["number"],
+        8080
+    );
+    assert_eq!(get("pdb", "pdb").await["spec"]["minAvailable"], 1);
+    assert_eq!(get("priorityclass", "high").await["value"], 1000);
+    // Quantities as the client wrote them.
+    assert_eq!(
+        get("quota", "q").await["spec"]["hard"],
+        json!({"cpu": "1500m", "memory": "1Gi", "pods": "4"})
+    );
+    assert_eq!(
+        get("role", "reader").await["rules"],
+        json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+               {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list"]}])
+    );
+    assert_eq!(
+        get("rolebinding", "robot-reads").await["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "robot", "namespace": "default"}])
+    );
+    assert_eq!(
+        get("clusterrole", "health").await["rules"],
+        json!([{"nonResourceURLs": ["/healthz"], "verbs": ["get"]}])
+    );
+    let pod = get("pod", "one").await;
+    assert_eq!(
+        pod["spec"]["containers"][0]["env"],
+        json!([{"name": "A", "value": "1"}])
+    );
+    assert_eq!(pod["spec"]["containers"][0]["args"], json!(["sleep", "10"]));
+    // Creation metadata from the server, not from the protobuf (which carries none).
+    assert!(pod["metadata"]["creationTimestamp"].is_string());
+
+    // `kubectl create token`: a token the API accepts for the account, which may only do what
+    // its RoleBinding grants.
+    let token = ok(&s, &["create", "token", "robot", "--duration=10m"], None).await;
+    let review = format!(
+        "{{\"apiVersion\":\"authentication.k8s.io/v1\",\"kind\":\"TokenReview\",\"spec\":{{\"token\":\"{}\"}}}}",
+        token.trim()
+    );
+    let out = ok(&s, &["create", "-f", "-", "-o", "json"], Some(&review)).await;
+    let out: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        out["status"]["user"]["username"],
+        "system:serviceaccount:default:robot"
+    );
+    let o = kubectl(&s, &["create", "token", "robot", "--duration=5m"], None).await;
+    assert!(
+        !o.ok
+            && o.stderr
+                .contains("may not specify a duration less than 10 minutes"),
+        "{}",
+        o.stderr
+    );
+}

@@ -38,6 +38,47 @@ pub fn service(name: &str, dual_stack: bool) -> Value {
     s
 }
 
+/// deploy/components/workload-rbac: the ServiceAccount `ghostwire-switch` and the Roles and
+/// RoleBindings the preview switch's injected containers run with, exactly as deployed.
+pub const WORKLOAD_RBAC: &str = include_str!("../../../deploy/components/workload-rbac/rbac.yaml");
+
+/// The ServiceAccount [`WORKLOAD_RBAC`] binds.
+pub const SWITCH_ACCOUNT: &str = "ghostwire-switch";
+
+/// Applies [`WORKLOAD_RBAC`] in `ns` (server-side apply, field manager `lab`), so Pods that run
+/// as [`SWITCH_ACCOUNT`] get exactly deploy/'s permissions: a verb missing there fails here.
+pub async fn workload_rbac(client: &kube::Client, ns: &str) -> Result<()> {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let pp = PatchParams::apply("lab").force();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(WORKLOAD_RBAC).map_err(|e| Error::Io {
+        what: "deploy/components/workload-rbac/rbac.yaml".into(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+    })?;
+    for obj in docs.iter().filter(|d| d.is_object()) {
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+        let patch = Patch::Apply(obj);
+        match obj["kind"].as_str() {
+            Some("ServiceAccount") => {
+                Api::<ServiceAccount>::namespaced(client.clone(), ns)
+                    .patch(name, &pp, &patch)
+                    .await?;
+            }
+            Some("Role") => {
+                Api::<Role>::namespaced(client.clone(), ns)
+                    .patch(name, &pp, &patch)
+                    .await?;
+            }
+            _ => {
+                Api::<RoleBinding>::namespaced(client.clone(), ns)
+                    .patch(name, &pp, &patch)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Applies a Pod or Service (server-side apply, field manager `lab`).
 pub async fn apply(client: &kube::Client, ns: &str, obj: &Value) -> Result<()> {
     let name = obj["metadata"]["name"].as_str().unwrap_or_default();

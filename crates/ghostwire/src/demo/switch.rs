@@ -127,9 +127,12 @@ pub async fn run(args: &DemoArgs) -> Result<(), Exit> {
         "  shop pods again, annotated ghostwire.dev/enabled=true (the injector adds init + watcher)…"
     );
     scenario::delete_pods(&client, "default", &["shop-active", "shop-preview"], WAIT).await?;
+    // The injected containers run as the account deploy/ grants their Roles to, nothing more.
+    scenario::workload_rbac(&client, "default").await?;
     let ipv6 = if args.ipv6 { "true" } else { "false" };
     for (name, role) in CLIENTS {
         let mut pod = scenario::client_pod(name, role, None, &[]);
+        pod["spec"]["serviceAccountName"] = json!(scenario::SWITCH_ACCOUNT);
         pod["metadata"]["annotations"] = json!({
             "ghostwire.dev/enabled": "true",
             "ghostwire.dev/backend": args.backend,
