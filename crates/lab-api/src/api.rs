@@ -167,10 +167,10 @@ fn list(state: &State, req: &Request, t: &Target) -> Reply {
         .param("limit")
         .and_then(|l| l.parse::<usize>().ok())
         .filter(|l| *l > 0);
-    let mut items: Vec<&Value> = Vec::new();
+    let mut items: Vec<&Arc<Value>> = Vec::new();
     let mut next = None;
     let mut remaining = 0usize;
-    for obj in all.iter().map(Arc::as_ref) {
+    for obj in all.iter() {
         let k = (
             obj["metadata"]["namespace"]
                 .as_str()
@@ -201,6 +201,7 @@ fn list(state: &State, req: &Request, t: &Target) -> Reply {
         meta["remainingItemCount"] = json!(remaining);
     }
     if table::wanted(&req.accept) {
+        let items: Vec<&Value> = items.into_iter().map(Arc::as_ref).collect();
         return Ok(json_response(
             200,
             &table::render(
@@ -211,9 +212,11 @@ fn list(state: &State, req: &Request, t: &Target) -> Reply {
             ),
         ));
     }
-    let items: Vec<Value> = items.into_iter().map(|o| with_kind(&t.rt, o)).collect();
-    let list = json!({"kind": format!("{}List", t.rt.kind), "apiVersion": t.rt.api_version(), "metadata": meta, "items": items});
-    Ok(json_response(200, &list))
+    let body = state.serial.list(&t.rt, &items, &meta);
+    if t.namespace.is_none() && start.is_none() && limit.is_none() {
+        state.serial.retain(&t.rt, &all);
+    }
+    Ok(crate::http::bytes_response(200, body))
 }
 
 /// Decodes a request body (JSON, YAML or protobuf); other media types are refused with 415.

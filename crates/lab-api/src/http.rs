@@ -89,6 +89,15 @@ pub fn json_response(code: u16, v: &Value) -> Response<Body> {
         .expect("static response parts are valid")
 }
 
+/// A JSON reply whose body is already serialised.
+pub fn bytes_response(code: u16, body: Bytes) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("Content-Type", "application/json")
+        .body(Full::new(body).boxed())
+        .expect("static response parts are valid")
+}
+
 pub fn error_response(e: &ApiError) -> Response<Body> {
     json_response(e.code, &e.to_status())
 }

@@ -32,6 +32,7 @@ mod rbac;
 mod resources;
 mod scale;
 mod selectors;
+mod serial;
 mod server;
 mod status;
 mod store;

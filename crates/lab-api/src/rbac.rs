@@ -148,7 +148,7 @@ pub fn rule_allows(a: &Attributes, rule: &PolicyRule) -> bool {
 fn applies(user: &UserInfo, s: &Subject, namespace: &str) -> bool {
     match s.kind.as_str() {
         "User" => user.name == s.name,
-        "Group" => user.groups.iter().any(|g| *g == s.name),
+        "Group" => user.groups.contains(&s.name),
         "ServiceAccount" => {
             let ns = s
                 .namespace

@@ -26,6 +26,8 @@ pub struct State {
     pub rbac: bool,
     /// The RBAC objects last authorized with and the policy built from them.
     pub rbac_cache: Mutex<Option<crate::authz::PolicyCache>>,
+    /// The JSON of the objects lists and watches send, made once per object version.
+    pub serial: crate::serial::Cache,
     pub bookmark_interval: Duration,
     pub shutdown: watch::Receiver<bool>,
     /// Bumped to end every open watch (clients resume from their last version).
@@ -228,6 +230,7 @@ impl RunningServer {
             alloc: Mutex::new(()),
             rbac: opts.rbac,
             rbac_cache: Mutex::new(None),
+            serial: Default::default(),
             bookmark_interval: opts.bookmark_interval,
             shutdown,
             watch_reset: watch::Sender::new(0),

@@ -11,7 +11,7 @@ use crate::server::State;
 use crate::status::ApiError;
 use crate::store::{Event, EventType};
 use crate::table;
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use hyper::Response;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -61,25 +61,32 @@ struct Shape {
     rt: Arc<ResourceType>,
     table: bool,
     include_object: String,
+    /// Where the objects' JSON is shared between watchers.
+    state: Arc<State>,
 }
 
 impl Shape {
-    fn line(&self, kind: &str, obj: &Value) -> Bytes {
-        let object = if self.table && kind != "BOOKMARK" && kind != "ERROR" {
-            table::render(
+    fn line(&self, kind: &str, obj: &Arc<Value>) -> Bytes {
+        if self.table {
+            let object = table::render(
                 &self.rt,
-                &[obj],
+                &[obj.as_ref()],
                 json!({"resourceVersion": obj["metadata"]["resourceVersion"]}),
                 &self.include_object,
-            )
-        } else if kind == "ERROR" {
-            obj.clone()
-        } else {
-            let mut o = obj.clone();
-            o["apiVersion"] = json!(self.rt.api_version());
-            o["kind"] = json!(self.rt.kind);
-            o
-        };
+            );
+            return Self::event(kind, &object);
+        }
+        let object = self.state.serial.object(&self.rt, obj);
+        let mut b = BytesMut::with_capacity(object.len() + kind.len() + 24);
+        b.put_slice(b"{\"type\":\"");
+        b.put_slice(kind.as_bytes());
+        b.put_slice(b"\",\"object\":");
+        b.put_slice(&object);
+        b.put_slice(b"}\n");
+        b.freeze()
+    }
+
+    fn event(kind: &str, object: &Value) -> Bytes {
         let mut b = serde_json::to_vec(&json!({"type": kind, "object": object}))
             .expect("JSON values serialize");
         b.push(b'\n');
@@ -120,6 +127,7 @@ pub fn serve(
         rt: t.rt.clone(),
         table: table::wanted(&req.accept),
         include_object: req.param("includeObject").unwrap_or("Metadata").to_string(),
+        state: state.clone(),
     };
     let bookmarks = req.flag("allowWatchBookmarks");
     let send_initial = req.flag("sendInitialEvents");
@@ -165,7 +173,7 @@ pub fn serve(
             Err(e) => {
                 // A real server answers 200 and reports the expiry as the stream's first event.
                 let status = store_error(e, t, "").to_status();
-                first.push(shape.line("ERROR", &status));
+                first.push(Shape::event("ERROR", &status));
                 (since, None)
             }
         }
