@@ -40,7 +40,11 @@ async fn fill(client: &kube::Client, n: usize) {
     stream::iter(0..n)
         .map(|i| {
             let svcs = svcs.clone();
-            async move { svcs.create(&PostParams::default(), &service(i)).await.map(|_| ()) }
+            async move {
+                svcs.create(&PostParams::default(), &service(i))
+                    .await
+                    .map(|_| ())
+            }
         })
         .buffer_unordered(CONCURRENCY)
         .try_collect::<Vec<_>>()
@@ -131,7 +135,11 @@ async fn main() {
     stream::iter(100..SERVICES)
         .map(|i| {
             let svcs = svcs.clone();
-            async move { svcs.create(&PostParams::default(), &service(i)).await.map(|_| ()) }
+            async move {
+                svcs.create(&PostParams::default(), &service(i))
+                    .await
+                    .map(|_| ())
+            }
         })
         .buffer_unordered(CONCURRENCY)
         .try_collect::<Vec<_>>()

@@ -24,7 +24,7 @@ fn serve(upstream: Upstream) -> (DnsServer, SocketAddr) {
 async fn dig(server: SocketAddr, args: &[&str]) -> String {
     let out = tokio::process::Command::new("dig")
         .arg(format!("@{}", server.ip()))
-        .args(["-p", &server.port().to_string(), "+time=3", "+tries=1"])
+        .args(["-p", &server.port().to_string(), "+time=5", "+tries=3"])
         .args(args)
         .output()
         .await
