@@ -39,7 +39,7 @@ knobs::knobs! {
     POLL_INTERVAL = "GW_POLL_INTERVAL", "poll-interval", "2s",
         "Watcher: how often to read the Pod while no watch can be held.", @"pollInterval";
     REFRESH_INTERVAL = "GW_REFRESH_INTERVAL", "refresh-interval", "",
-        "Watcher: rebuild the DNAT mappings from the Services this often. Empty: never.", @"refreshInterval";
+        "Watcher: also re-list the Services this often (they are watched anyway); the table is rebuilt only if it differs. Empty: never.", @"refreshInterval";
     IPV6 = "GW_IPV6", "ipv6", "false",
         "Also map the IPv6 ClusterIPs of dual-stack Services.", @"ipv6";
     BACKEND = "GW_BACKEND", "backend", "auto",

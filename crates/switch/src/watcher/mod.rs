@@ -1,13 +1,16 @@
 //! `ghostwire watcher`: follows its own Pod and keeps the single jump to the
 //! DNAT chain in step with the Pod's role label.
 //!
-//! One task owns all state and reacts to: a watch on the Pod (field selector
-//! on its name), a poll tick (the fallback read while no watch can be held, and
-//! the kernel check), and, when `GW_REFRESH_INTERVAL` is set, a watch on the
-//! Services plus a periodic full rebuild. Kernel changes go through the same
-//! code as `ghostwire init`. A read that fails never changes the jump.
+//! A level-triggered reconcile loop: each event (the watch on the Pod, the
+//! watch on the namespace's Services, the poll tick that also re-reads the
+//! kernel, the optional `GW_REFRESH_INTERVAL` relist) only updates what is
+//! observed; then one reconcile reads the kernel, asks the pure
+//! [`reconcile::decide`] what should be there, and runs at most one
+//! transaction (the jump alone, or the whole table with init's own code).
+//! A read that fails never changes the jump.
 
 mod metrics;
+pub mod reconcile;
 mod role;
 
 pub use metrics::Metrics;
@@ -24,6 +27,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, reflector};
 use netns::Netns;
 use netrules::Backend;
+use reconcile::{Act, Decision, KernelView, Last, Observation};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -66,12 +70,12 @@ impl Kernel {
     }
 }
 
-/// What the probes report; shared with the admin server.
+/// What the probes report; shared with the admin server. Set from the last
+/// reconcile's decision.
 #[derive(Debug)]
 struct Status {
-    labels_read: bool,
-    chain: Result<(), String>,
-    in_step: bool,
+    healthz: Result<(), String>,
+    readyz: Result<(), String>,
 }
 
 #[derive(Clone)]
@@ -79,39 +83,38 @@ pub struct Health(Arc<Mutex<Status>>);
 
 impl Default for Health {
     fn default() -> Self {
+        let not_yet = Err("the Pod's labels have not been read yet".to_string());
         Health(Arc::new(Mutex::new(Status {
-            labels_read: false,
-            chain: Err("the DNAT chain has not been checked yet".into()),
-            in_step: false,
+            healthz: not_yet.clone(),
+            readyz: not_yet,
         })))
     }
 }
 
 impl Health {
-    fn update(&self, f: impl FnOnce(&mut Status)) {
+    fn set(&self, d: &Decision) {
         // A poisoned lock only means a panic elsewhere; the data is still usable.
         let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut s);
+        s.healthz = d.healthz.clone();
+        s.readyz = d.readyz.clone();
     }
 }
 
 impl admin::Health for Health {
     fn healthz(&self) -> Result<(), String> {
-        let s = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if !s.labels_read {
-            return Err("the Pod's labels have not been read yet".into());
-        }
-        s.chain.clone()
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .healthz
+            .clone()
     }
 
     fn readyz(&self) -> Result<(), String> {
-        self.healthz()?;
-        let s = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if s.in_step {
-            Ok(())
-        } else {
-            Err("the jump is not yet in step with the role label".into())
-        }
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .readyz
+            .clone()
     }
 }
 
@@ -122,186 +125,162 @@ pub struct Options {
     pub kernel: Kernel,
 }
 
-struct Machine {
+/// The I/O around the pure [`reconcile::decide`]: observe the kernel, decide, run
+/// the one transaction, read back, publish health and metrics.
+struct Reconciler {
     s: Settings,
     kernel: Kernel,
     metrics: Metrics,
     health: Health,
-    /// Pairing of the last Services read; `None` until they could be listed.
-    plan: Option<Plan>,
-    role: Option<Role>,
-    /// What the kernel holds, as far as we know.
-    jump: bool,
+    /// What the previous reconcile left verified (for telling flips from drift).
+    last: Option<Last>,
 }
 
-impl Machine {
-    fn table(&self, jump: bool) -> netrules::Table {
-        rules::table(
-            self.plan.as_ref().unwrap_or(&Plan::default()),
-            &self.s,
-            jump,
-        )
+impl Reconciler {
+    fn table(&self, plan: Option<&Plan>, jump: bool) -> netrules::Table {
+        rules::table(plan.unwrap_or(&Plan::default()), &self.s, jump)
     }
 
-    fn set_plan(&mut self, services: &[Service]) -> bool {
-        let svcs: Vec<Svc> = services.iter().map(Svc::from_service).collect();
-        let plan = crate::pairing::plan(&svcs, &self.s);
-        let changed = self.plan.as_ref() != Some(&plan);
-        self.plan = Some(plan);
-        changed
-    }
-
-    async fn on_pod(&mut self, pod: &Pod, source: &str) {
-        let started = Instant::now();
-        self.health.update(|s| s.labels_read = true);
-        let role = Role::of(pod.metadata.labels.as_ref(), &self.s);
-        if self.role.as_ref() != Some(&role) {
-            tracing::info!(
-                from = %self.role.as_ref().map_or("unknown".to_string(), |r| r.to_string()),
-                to = %role,
-                reason = %format!("label {}={:?} seen by {source}", self.s.role_label_key,
-                    pod.metadata.labels.as_ref().and_then(|l| l.get(&self.s.role_label_key))),
-                "role changed"
-            );
-        }
-        let want = role.jump();
-        self.role = Some(role);
-        if want != self.jump
-            || !self
-                .health
-                .0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .in_step
-        {
-            self.set_jump(want, started).await;
-        }
-    }
-
-    async fn set_jump(&mut self, on: bool, started: Instant) {
-        let table = self.table(on);
-        let base = rules::base_chain(&self.s);
-        let res = self
-            .kernel
-            .run(move |b| b.apply_chain(&table, base).map_err(|e| e.to_string()))
-            .await
-            .and_then(|r| r);
-        match res {
-            Ok(_) => {}
-            Err(e) => {
-                self.metrics.error("kernel");
-                tracing::warn!(error = %e, "updating the jump failed; rebuilding the chain");
-                self.jump = on;
-                if !self.rebuild("the jump could not be set").await {
-                    self.health.update(|s| s.in_step = false);
-                    return;
+    /// Reads the kernel and compares it with the tables the switch can want.
+    async fn observe(&self, plan: Option<&Plan>) -> KernelView {
+        let on = self.table(plan, true);
+        let off = self.table(plan, false);
+        let s = self.s.clone();
+        let known = plan.is_some();
+        self.kernel
+            .run(move |b| -> netrules::Result<KernelView> {
+                let got = b.read(&on)?;
+                if !known {
+                    return Ok(KernelView::Unverified {
+                        chain_present: got.has_chain(&s.nat_chain),
+                        jump: rules::jump_is_on(b, &got, &on, &s)?,
+                    });
                 }
+                let base = rules::base_chain(&s);
+                let hook = s.jump_hook.iptables_chain();
+                Ok(KernelView::classify(
+                    &got,
+                    &b.expected(&on)?,
+                    &b.expected(&off)?,
+                    |k| {
+                        let c = k.split('@').next().unwrap_or_default();
+                        c == base || c == hook
+                    },
+                ))
+            })
+            .await
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .unwrap_or_else(KernelView::Unreadable)
+    }
+
+    /// Runs the one transaction the decision asks for.
+    async fn act(&self, act: &Act, plan: Option<&Plan>) -> Result<(), String> {
+        match act {
+            Act::Nothing => Ok(()),
+            Act::Cannot(why) => Err(why.clone()),
+            Act::SetJump(on) => {
+                let table = self.table(plan, *on);
+                let base = rules::base_chain(&self.s);
+                self.kernel
+                    .run(move |b| b.apply_chain(&table, base).map(drop))
+                    .await
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+            }
+            Act::Rebuild { jump, reason } => {
+                let Some(plan) = plan.cloned() else {
+                    return Err("the Services have not been listed".into());
+                };
+                let table = self.table(Some(&plan), *jump);
+                let s = self.s.clone();
+                let p = plan.clone();
+                self.kernel
+                    .run(move |b| sw::apply(b, &table, &p, &s).map_err(|e| e.to_string()))
+                    .await
+                    .and_then(|r| r)?;
+                tracing::info!(reason = %reason, mappings = plan.mappings.len(), "DNAT chain rebuilt");
+                self.metrics.rebuilt();
+                self.metrics.set_plan(&plan);
+                Ok(())
             }
         }
-        let was = self.jump;
-        self.jump = on;
-        self.health.update(|s| s.in_step = true);
-        if was != on {
-            let secs = started.elapsed().as_secs_f64();
-            self.metrics.flipped(on, secs);
+    }
+
+    /// One level-triggered pass: observe → decide → act → observe again.
+    /// `role_since` is when the current role was first seen (for the flip time).
+    async fn reconcile(&mut self, role: Option<&Role>, plan: Option<&Plan>, role_since: Instant) {
+        let kernel = self.observe(plan).await;
+        // The first readable state is the baseline: what was there before we acted.
+        if self.last.is_none() && !matches!(kernel, KernelView::Unreadable(_)) {
+            self.last = Some(Last {
+                plan: plan.cloned(),
+                jump: kernel.jump(),
+            });
+        }
+        let o = Observation {
+            role: role.cloned(),
+            plan: plan.cloned(),
+            kernel,
+        };
+        let d = reconcile::decide(&o, self.last.as_ref());
+        if let Some(drift) = &d.drift {
+            self.metrics.error("drift");
+            tracing::warn!(drift = %drift, "the switch's rules were changed outside the watcher; repairing");
+        }
+        let acted = d.act != Act::Nothing;
+        if let Err(e) = self.act(&d.act, plan).await {
+            if !matches!(d.act, Act::Cannot(_)) {
+                self.metrics.error("kernel");
+            }
+            tracing::warn!(error = %e, "the rules could not be brought in step; retrying on the next tick");
+        }
+        let after = if acted {
+            Observation {
+                kernel: self.observe(plan).await,
+                ..o
+            }
+        } else {
+            o
+        };
+        let in_step = if acted {
+            let want = Last {
+                plan: plan.cloned(),
+                jump: d.jump,
+            };
+            reconcile::decide(&after, Some(&want))
+        } else {
+            d.clone()
+        };
+        self.health.set(&in_step);
+        if in_step.act != Act::Nothing {
+            return;
+        }
+        if d.flip {
+            let secs = role_since.elapsed().as_secs_f64();
+            self.metrics.flipped(d.jump, secs);
             tracing::info!(
-                jump = if on { "on" } else { "off" },
+                jump = if d.jump { "on" } else { "off" },
                 seconds = secs,
                 "jump flipped"
             );
             if self.s.flush_conntrack {
-                self.flush_conntrack().await;
+                self.flush_conntrack(plan).await;
             }
         } else {
-            self.metrics.set_jump(on);
+            self.metrics.set_jump(d.jump);
         }
-    }
-
-    /// Rebuilds the whole table (chain, map, jump) in one transaction, with the same code as init.
-    async fn rebuild(&mut self, why: &str) -> bool {
-        let Some(plan) = self.plan.clone() else {
-            let msg = format!("{why}, and the Services could not be listed to rebuild it");
-            tracing::warn!("{msg}");
-            self.health.update(|s| s.chain = Err(msg));
-            return false;
-        };
-        let table = self.table(self.jump);
-        let s = self.s.clone();
-        let p = plan.clone();
-        let res = self
-            .kernel
-            .run(move |b| sw::apply(b, &table, &p, &s).map_err(|e| e.to_string()))
-            .await
-            .and_then(|r| r);
-        match res {
-            Ok(()) => {
-                tracing::info!(
-                    reason = why,
-                    mappings = plan.mappings.len(),
-                    "DNAT chain rebuilt"
-                );
-                self.metrics.rebuilt();
-                self.metrics.set_plan(&plan);
-                self.health.update(|s| s.chain = Ok(()));
-                true
-            }
-            Err(e) => {
-                self.metrics.error("kernel");
-                tracing::error!(error = %e, reason = why, "rebuilding the DNAT chain failed");
-                self.health
-                    .update(|s| s.chain = Err(format!("rebuild failed: {e}")));
-                false
-            }
+        if let Some(p) = plan {
+            self.metrics.set_plan(p);
         }
-    }
-
-    /// Reads the kernel back; if the chain is gone or changed, says so and rebuilds it.
-    async fn check_kernel(&mut self) {
-        let table = self.table(self.jump);
-        let nat_chain = self.s.nat_chain.clone();
-        let known = self.plan.is_some();
-        let res = self
-            .kernel
-            .run(move |b| -> Result<Option<String>, String> {
-                if known {
-                    match b.verify(&table) {
-                        Ok(_) => Ok(None),
-                        Err(netrules::Error::Verify { diff, .. }) => Ok(Some(diff)),
-                        Err(e) => Err(e.to_string()),
-                    }
-                } else {
-                    // Without the Services only presence can be checked.
-                    let o = b.read(&table).map_err(|e| e.to_string())?;
-                    Ok((!o.has_chain(&nat_chain)).then(|| format!("chain {nat_chain} is missing")))
-                }
-            })
-            .await
-            .and_then(|r| r);
-        match res {
-            Ok(None) => self.health.update(|s| s.chain = Ok(())),
-            Ok(Some(diff)) => {
-                self.metrics.error("drift");
-                let msg = format!(
-                    "DNAT chain {} is missing or changed: {diff}",
-                    self.s.nat_chain
-                );
-                tracing::warn!("{msg}; rebuilding");
-                self.health.update(|s| s.chain = Err(msg.clone()));
-                self.rebuild(&msg).await;
-            }
-            Err(e) => {
-                self.metrics.error("kernel");
-                tracing::warn!(error = %e, "reading the rules back failed");
-                self.health
-                    .update(|s| s.chain = Err(format!("cannot read the rules: {e}")));
-            }
-        }
+        self.last = Some(Last {
+            plan: plan.cloned(),
+            jump: d.jump,
+        });
     }
 
     /// Cuts tracked connections whose original destination is a remapped active
     /// ClusterIP:port, so that long-lived clients reconnect and follow the flip.
-    async fn flush_conntrack(&mut self) {
-        let Some(plan) = &self.plan else { return };
+    async fn flush_conntrack(&self, plan: Option<&Plan>) {
+        let Some(plan) = plan else { return };
         let script: String = plan
             .mappings
             .iter()
@@ -352,8 +331,65 @@ impl Machine {
     }
 }
 
+/// Whether Pod version `a` is older than `b`. resourceVersions are opaque to
+/// clients, but etcd-backed API servers (and the lab) give integers; when both
+/// are, an older read (a watch replaying events after a poll) is ignored.
+/// Anything else counts as newer, so a strange server never freezes the watcher.
+fn is_older(a: Option<&str>, b: Option<&str>) -> bool {
+    match (
+        a.and_then(|a| a.parse::<u64>().ok()),
+        b.and_then(|b| b.parse::<u64>().ok()),
+    ) {
+        (Some(a), Some(b)) => a < b,
+        _ => false,
+    }
+}
+
+/// The newest Pod seen, from the watch or a poll.
+#[derive(Default)]
+struct PodView {
+    role: Option<Role>,
+    version: Option<String>,
+    since: Option<Instant>,
+}
+
+impl PodView {
+    /// Takes a read of the Pod unless it is older than the one already seen.
+    /// Returns whether the role changed.
+    fn take(&mut self, pod: &Pod, s: &Settings, source: &str) -> bool {
+        let version = pod.metadata.resource_version.clone();
+        if is_older(version.as_deref(), self.version.as_deref()) {
+            tracing::debug!(?version, seen = ?self.version, source, "ignoring an older read of the Pod");
+            return false;
+        }
+        self.version = version;
+        let role = Role::of(pod.metadata.labels.as_ref(), s);
+        if self.role.as_ref() == Some(&role) {
+            return false;
+        }
+        tracing::info!(
+            from = %self.role.as_ref().map_or("unknown".to_string(), |r| r.to_string()),
+            to = %role,
+            reason = %format!("label {}={:?} seen by {source}", s.role_label_key,
+                pod.metadata.labels.as_ref().and_then(|l| l.get(&s.role_label_key))),
+            "role changed"
+        );
+        self.role = Some(role);
+        self.since = Some(Instant::now());
+        true
+    }
+}
+
+fn plan_of<'a>(services: impl IntoIterator<Item = &'a Service>, s: &Settings) -> Plan {
+    let svcs: Vec<Svc> = services.into_iter().map(Svc::from_service).collect();
+    crate::pairing::plan(&svcs, s)
+}
+
 /// Runs until `shutdown` completes or the Pod is deleted. On return the rules
 /// are left as they are: the jump stays as last set (documented).
+///
+/// Every event (Pod, Services, tick) leads to one reconcile from what is observed
+/// now; nothing is decided from the event itself.
 pub async fn run(
     opts: Options,
     client: kube::Client,
@@ -364,56 +400,32 @@ pub async fn run(
     let s = opts.settings;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &opts.pod_namespace);
     let services: Api<Service> = Api::namespaced(client, &s.namespace);
-    let mut m = Machine {
+    let mut r = Reconciler {
         s: s.clone(),
         kernel: opts.kernel,
         metrics,
         health,
-        plan: None,
-        role: None,
-        jump: false,
+        last: None,
     };
+    let mut pod = PodView::default();
+    let mut plan: Option<Plan> = None;
 
-    // What does the kernel hold now? (init may or may not have run; the jump may be on.)
-    let probe = m.table(true);
-    let s2 = s.clone();
-    m.jump = m
-        .kernel
-        .run(move |b| {
-            let observed = b.read(&probe)?;
-            rules::jump_is_on(b, &observed, &probe, &s2)
-        })
-        .await
-        .ok()
-        .and_then(|r| r.ok())
-        .unwrap_or(false);
-
-    let lp = kube::api::ListParams::default();
-    match kube_util::retry("list Services", s.api_timeout, || services.list(&lp)).await {
-        Ok(list) => {
-            m.set_plan(&list.items);
-            if let Some(p) = &m.plan {
-                m.metrics.set_plan(p);
-            }
-        }
-        Err(e) => {
-            m.metrics.error("api");
-            tracing::warn!(error = %e, "cannot list Services: the chain can be checked for presence but not rebuilt until they can be read");
-        }
-    }
-    m.check_kernel().await;
-
-    let mut pod_events = watcher::watcher(
-        pods.clone(),
-        watcher::Config::default().fields(&format!("metadata.name={}", opts.pod_name)),
+    let (pod_store, pod_writer) = reflector::store();
+    let mut pod_events = reflector::reflector(
+        pod_writer,
+        watcher::watcher(
+            pods.clone(),
+            watcher::Config::default().fields(&format!("metadata.name={}", opts.pod_name)),
+        ),
     )
     .default_backoff()
     .boxed();
-    let (store, writer) = reflector::store();
+    let pod_ref = reflector::ObjectRef::<Pod>::new(&opts.pod_name).within(&opts.pod_namespace);
+    let (svc_store, svc_writer) = reflector::store();
     // The namespace's Services are always followed: a deleted or recreated preview must
     // not leave this pod DNATed to a dead ClusterIP. Every relist recomputes the plan.
     let mut svc_events = reflector::reflector(
-        writer,
+        svc_writer,
         watcher::watcher(services.clone(), Default::default()),
     )
     .default_backoff()
@@ -425,9 +437,10 @@ pub async fn run(
             .unwrap_or(Duration::from_secs(86400 * 365)),
     );
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    refresh.tick().await; // The first tick is immediate; the initial list just happened.
-    let mut watch_ok = false;
-    let mut seen_in_relist = false;
+    refresh.tick().await; // The first tick is immediate; the watch lists anyway.
+    // The watch on the Pod is held (its last event was not an error), or is relisting.
+    let mut pod_watch_ok = false;
+    let mut relisting = false;
     tokio::pin!(shutdown);
 
     loop {
@@ -437,17 +450,22 @@ pub async fn run(
                 return Stopped::Shutdown;
             }
             ev = pod_events.next() => match ev {
-                Some(Ok(Event::Apply(pod) | Event::InitApply(pod))) => {
-                    watch_ok = true;
-                    seen_in_relist = true;
-                    m.on_pod(&pod, "watch").await;
+                Some(Ok(Event::Init)) => {
+                    relisting = true;
+                    continue;
                 }
-                Some(Ok(Event::Init)) => seen_in_relist = false,
-                Some(Ok(Event::InitDone)) => {
-                    watch_ok = true;
-                    if !seen_in_relist {
-                        tracing::info!(pod = %opts.pod_name, "the Pod no longer exists; exiting");
-                        return Stopped::PodDeleted;
+                Some(Ok(Event::InitApply(_))) => continue,
+                Some(Ok(Event::Apply(_) | Event::InitDone)) => {
+                    relisting = false;
+                    pod_watch_ok = true;
+                    match pod_store.get(&pod_ref) {
+                        Some(p) => {
+                            pod.take(&p, &s, "watch");
+                        }
+                        None => {
+                            tracing::info!(pod = %opts.pod_name, "the Pod no longer exists; exiting");
+                            return Stopped::PodDeleted;
+                        }
                     }
                 }
                 Some(Ok(Event::Delete(_))) => {
@@ -455,57 +473,79 @@ pub async fn run(
                     return Stopped::PodDeleted;
                 }
                 Some(Err(e)) => {
-                    if watch_ok {
+                    if pod_watch_ok {
                         tracing::warn!(error = %e, "lost the watch on the Pod; keeping the last known state and retrying");
                     }
-                    watch_ok = false;
-                    m.metrics.error("api");
+                    pod_watch_ok = false;
+                    r.metrics.error("api");
+                    continue;
                 }
                 None => return Stopped::Shutdown,
             },
             _ = poll.tick() => {
-                if !watch_ok {
+                if !pod_watch_ok && !relisting {
                     match pods.get_opt(&opts.pod_name).await {
-                        Ok(Some(pod)) => m.on_pod(&pod, "poll").await,
+                        Ok(Some(p)) => {
+                            pod.take(&p, &s, "poll");
+                        }
                         Ok(None) => {
                             tracing::info!(pod = %opts.pod_name, "the Pod no longer exists; exiting");
                             return Stopped::PodDeleted;
                         }
                         Err(e) => {
-                            m.metrics.error("api");
+                            r.metrics.error("api");
                             tracing::debug!(error = %e, "polling the Pod failed; keeping the last known state");
                         }
                     }
                 }
-                m.check_kernel().await;
             }
             _ = refresh.tick() => {
                 match services.list(&Default::default()).await {
-                    Ok(list) => {
-                        m.set_plan(&list.items);
-                        m.rebuild("periodic refresh (GW_REFRESH_INTERVAL)").await;
-                    }
+                    Ok(list) => plan = Some(plan_of(&list.items, &s)),
                     Err(e) => {
-                        m.metrics.error("api");
+                        r.metrics.error("api");
                         tracing::warn!(error = %e, "refresh: cannot list Services; keeping the current rules");
+                        continue;
                     }
                 }
             }
             ev = svc_events.next() => match ev {
-                // Apply and Delete come only after a list is complete (InitDone), so the
-                // store is never a partial list here.
+                // Apply and Delete come only after a list is complete (InitDone), and the
+                // store swaps in a relist whole, so it is never a partial list here.
                 Some(Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone)) => {
-                    let current: Vec<Service> = store.state().iter().map(|s| (**s).clone()).collect();
-                    if m.set_plan(&current) {
-                        m.rebuild("a Service changed").await;
+                    let state = svc_store.state();
+                    let next = plan_of(state.iter().map(|a| &**a), &s);
+                    if plan.as_ref() != Some(&next) {
+                        for k in &next.skipped {
+                            tracing::info!(service = %k.service, reason = %k.reason, "skipped");
+                        }
                     }
+                    plan = Some(next);
                 }
                 Some(Err(e)) => {
-                    m.metrics.error("api");
+                    r.metrics.error("api");
                     tracing::debug!(error = %e, "Service watch error; retrying");
+                    continue;
                 }
-                _ => {}
+                _ => continue,
             },
         }
+        let since = pod.since.unwrap_or_else(Instant::now);
+        r.reconcile(pod.role.as_ref(), plan.as_ref(), since).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn older_pod_reads_are_ignored_only_when_comparable() {
+        assert!(is_older(Some("41"), Some("42")));
+        assert!(!is_older(Some("42"), Some("42")));
+        assert!(!is_older(Some("43"), Some("42")));
+        assert!(!is_older(Some("abc"), Some("42")));
+        assert!(!is_older(Some("41"), None));
+        assert!(!is_older(None, Some("42")));
     }
 }
