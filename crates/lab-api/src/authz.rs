@@ -388,13 +388,15 @@ pub fn admit(state: &State, creds: &Credentials, req: &Request) -> Result<UserIn
     Ok(user)
 }
 
-/// Authenticates, impersonates and authorizes an exec upgrade: `create` on `pods/exec`,
-/// whatever the HTTP method, as kube-apiserver asks of WebSocket exec since 1.31.
-pub fn admit_exec(
+/// Authenticates, impersonates and authorizes a streaming upgrade: `create` on `pods/exec`,
+/// `pods/attach` or `pods/portforward`, whatever the HTTP method, as kube-apiserver asks of
+/// WebSocket streaming since 1.31.
+pub fn admit_stream(
     state: &State,
     creds: &Credentials,
     namespace: &str,
     name: &str,
+    kind: crate::stream::Kind,
 ) -> Result<UserInfo, ApiError> {
     let requester = authenticate(state, creds)?;
     let user = impersonate(state, requester, creds)?;
@@ -402,7 +404,7 @@ pub fn admit_exec(
         verb: "create".into(),
         group: String::new(),
         resource: "pods".into(),
-        subresource: "exec".into(),
+        subresource: kind.subresource().into(),
         namespace: namespace.into(),
         name: name.into(),
     };

@@ -230,9 +230,9 @@ async fn serve_request(
     let creds = crate::authz::Credentials::new(certificate, req.headers());
     let method = req.method().clone();
     let uri = req.uri().clone();
-    if let Some((ns, name)) = crate::exec::exec_target(&req) {
-        let result = match crate::authz::admit_exec(&state, &creds, &ns, &name) {
-            Ok(_) => crate::exec::serve(state, req, ns, name).await,
+    if let Some((ns, name, kind)) = crate::stream::target(&req) {
+        let result = match crate::authz::admit_stream(&state, &creds, &ns, &name, kind) {
+            Ok(_) => crate::stream::serve(state, req, ns, name, kind).await,
             Err(e) => Err(e),
         };
         return result.unwrap_or_else(|e| error_response(&e));

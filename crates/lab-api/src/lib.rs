@@ -20,7 +20,6 @@ pub mod clock;
 mod crd;
 mod discovery;
 pub mod events;
-mod exec;
 mod http;
 mod openapi;
 mod patch;
@@ -36,14 +35,15 @@ mod serial;
 mod server;
 mod status;
 mod store;
+mod stream;
 mod table;
 mod typed;
 mod validation;
 mod watch;
 
-pub use exec::{ExecRequest, ExecStreams, PodExec, PodExecHandle};
 pub use pod_logs::{LogRequest, PodLogError, PodLogs, PodLogsHandle};
 pub use server::RunningServer;
+pub use stream::{ExecRequest, ExecStreams, Kind as StreamKind, PodStreams, PodStreamsHandle};
 pub use validation::ServiceCidrs;
 
 use std::net::SocketAddr;
@@ -66,8 +66,9 @@ pub struct Options {
     /// Where ClusterIPs come from (default 10.96.0.0/12 and fd00:10:96::/108); the first IPv4
     /// address is the `kubernetes` Service's.
     pub service_cidrs: ServiceCidrs,
-    /// Runs `pods/{name}/exec` (the lab node); without one, exec requests are refused.
-    pub pod_exec: Option<PodExecHandle>,
+    /// Serves `pods/{name}/exec`, `attach` and `portforward` (the lab node); without one, those
+    /// requests are refused.
+    pub pod_streams: Option<PodStreamsHandle>,
     /// Authorize requests with RBAC (the default); without it every authenticated request is
     /// allowed (for comparing the cost of authorization).
     pub rbac: bool,
@@ -82,7 +83,7 @@ impl Default for Options {
             bookmark_interval: Duration::from_secs(15),
             pod_logs: None,
             service_cidrs: ServiceCidrs::default(),
-            pod_exec: None,
+            pod_streams: None,
             rbac: true,
         }
     }

@@ -35,8 +35,8 @@ pub struct State {
     pub pki: Pki,
     /// Where `pods/{name}/log` requests go (the lab node).
     pub pod_logs: Option<crate::PodLogsHandle>,
-    /// Where `pods/{name}/exec` sessions go (the lab node).
-    pub pod_exec: Option<crate::PodExecHandle>,
+    /// Where `pods/{name}/exec`, `attach` and `portforward` sessions go (the lab node).
+    pub pod_streams: Option<crate::PodStreamsHandle>,
 }
 
 fn key(group: &str, resource: &str, ns: &str, name: &str) -> Key {
@@ -236,7 +236,7 @@ impl RunningServer {
             watch_reset: watch::Sender::new(0),
             pki,
             pod_logs: opts.pod_logs,
-            pod_exec: opts.pod_exec,
+            pod_streams: opts.pod_streams,
         });
         bootstrap(&state);
         let (scratch, kubeconfig) = match opts.kubeconfig {

@@ -116,7 +116,7 @@ impl Cluster {
                 v4: (net.service_v4.network(), net.service_v4.prefix_len()),
                 v6: (net.service_v6.network(), net.service_v6.prefix_len()),
             },
-            pod_exec: Some(pods.exec_handle()),
+            pod_streams: Some(pods.streams_handle()),
             ..Default::default()
         })
         .await?;

@@ -1,8 +1,10 @@
-//! How a container becomes a process: `ip netns exec POD` (the pod's network namespace, and a
-//! private mount namespace that `ip` makes) → `unshare --uts` (the pod's hostname) → `sh -c` that
-//! bind-mounts the volumes at their mount paths and changes directory → `setpriv` (user, group,
-//! capability bounding set) → the container's program. Every step `exec`s, so the process the
-//! node spawns *is* the container's main process, in its own process group.
+//! How a container becomes a process: (`setsid -c`, with `tty: true`: its own session on the
+//! terminal) → `ip netns exec POD` (the pod's network namespace, and a private mount namespace
+//! that `ip` makes) → `unshare --uts` (the pod's hostname) → `sh -c` that bind-mounts the volumes
+//! at their mount paths and changes directory → `setpriv` (user, group, capability bounding set)
+//! → the container's program. Every step `exec`s, so the process the node spawns *is* the
+//! container's main process, in its own process group. `kubectl exec` runs commands through the
+//! same [`setpriv`] step.
 //!
 //! Containers share the host's root filesystem: a mount path that does not exist is created on
 //! the host (empty) so the bind mount has a target; the mount itself is private to the container.
@@ -50,6 +52,8 @@ pub struct Launch {
     pub caps: Option<Vec<String>>,
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Started on a terminal (its stdin), as that terminal's session leader.
+    pub tty: bool,
 }
 
 /// The effective capability set from `securityContext.capabilities` (`add`, `drop`, "ALL").
@@ -102,17 +106,26 @@ pub fn script(l: &Launch) -> String {
     if let Some(w) = &l.workdir {
         s.push_str(&format!("mkdir -p {0}\ncd {0}\n", sh_quote(w)));
     }
-    let mut setpriv = String::from("exec setpriv");
-    if let Some(g) = l.gid {
-        setpriv.push_str(&format!(" --regid {g} --clear-groups"));
+    // The arguments are numbers and capability names: nothing to quote.
+    let setpriv = setpriv(l.uid, l.gid, l.caps.as_deref()).join(" ");
+    s.push_str(&format!("exec {setpriv} -- \"$@\"\n"));
+    s
+}
+
+/// The `setpriv` argv (the program follows a `--`) that gives a process the container's user,
+/// group and capability bounding set (`None`: a privileged container's, all of them).
+pub fn setpriv(uid: Option<u32>, gid: Option<u32>, caps: Option<&[String]>) -> Vec<String> {
+    let mut a = vec!["setpriv".to_string()];
+    if let Some(g) = gid {
+        a.extend(["--regid".into(), g.to_string(), "--clear-groups".into()]);
     }
-    if let Some(u) = l.uid {
-        setpriv.push_str(&format!(" --reuid {u}"));
-        if l.gid.is_none() {
-            setpriv.push_str(" --clear-groups");
+    if let Some(u) = uid {
+        a.extend(["--reuid".into(), u.to_string()]);
+        if gid.is_none() {
+            a.push("--clear-groups".into());
         }
     }
-    if let Some(caps) = &l.caps
+    if let Some(caps) = caps
         && !caps.iter().any(|c| c == "all")
     {
         let mut spec = String::from("-all");
@@ -120,16 +133,20 @@ pub fn script(l: &Launch) -> String {
             spec.push_str(",+");
             spec.push_str(c);
         }
-        setpriv.push_str(&format!(" --bounding-set {spec}"));
+        a.extend(["--bounding-set".into(), spec]);
     }
-    setpriv.push_str(" -- \"$@\"\n");
-    s.push_str(&setpriv);
-    s
+    a
 }
 
 /// The command that starts the container (spawn it in its own process group).
 pub fn command(l: &Launch) -> Command {
-    let mut cmd = Command::new("ip");
+    let mut cmd = if l.tty {
+        let mut c = Command::new("setsid");
+        c.args(["-c", "ip"]);
+        c
+    } else {
+        Command::new("ip")
+    };
     cmd.args([
         "netns", "exec", &l.netns, "unshare", "--uts", "--", "sh", "-c",
     ])
@@ -145,7 +162,10 @@ pub fn command(l: &Launch) -> Command {
 pub fn is_setup_step(argv: &[&str]) -> bool {
     matches!(
         argv,
-        ["ip", "netns", "exec", ..] | ["unshare", "--uts", ..] | ["setpriv", ..]
+        ["setsid", "-c", ..]
+            | ["ip", "netns", "exec", ..]
+            | ["unshare", "--uts", ..]
+            | ["setpriv", ..]
     ) || matches!(argv, ["sh", "-c", script, ..] if script.starts_with("set -e\n"))
 }
 

@@ -32,12 +32,12 @@
 #![forbid(unsafe_code)]
 
 mod cluster;
+mod console;
 mod container;
 pub mod controllers;
 pub mod dns;
 pub mod endpoints;
 pub mod env;
-mod exec;
 pub mod gate;
 pub mod images;
 mod logs;
@@ -48,6 +48,7 @@ pub mod proxy;
 mod relay;
 pub mod scenario;
 mod state;
+mod streams;
 mod util;
 mod volumes;
 
@@ -118,9 +119,9 @@ impl PodTable {
         lab_api::PodLogsHandle(Arc::new(NodeLogs(self.clone())))
     }
 
-    /// What to put into [`lab_api::Options::pod_exec`].
-    pub fn exec_handle(&self) -> lab_api::PodExecHandle {
-        lab_api::PodExecHandle(Arc::new(exec::NodeExec(self.clone())))
+    /// What to put into [`lab_api::Options::pod_streams`].
+    pub fn streams_handle(&self) -> lab_api::PodStreamsHandle {
+        lab_api::PodStreamsHandle(Arc::new(streams::NodeStreams(self.clone())))
     }
 }
 

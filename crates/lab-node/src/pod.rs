@@ -706,6 +706,7 @@ async fn instance(
         .map(|p| p.netns().name().to_string())
         .unwrap_or_default();
     let wd = str_of(&spec, "/workingDir");
+    let (keep_stdin, tty) = (spec["stdin"] == true, spec["tty"] == true);
     let launch = Launch {
         netns: netns_name,
         hostname: lab_dns::pod_files::hostname(&pod),
@@ -716,6 +717,7 @@ async fn instance(
         caps,
         argv: argv.clone().unwrap_or_default(),
         env: env.clone(),
+        tty,
     };
     // Log file of this instance.
     let instance_no = rt.lock().containers_of(kind)[i]
@@ -724,21 +726,50 @@ async fn instance(
     let log = crate::logs::log_path(&rt.dir, &cname, instance_no);
     let _ = std::fs::create_dir_all(log.parent().unwrap_or(&rt.dir));
     let started_at = now();
+    let mut console = None;
     let spawned = match (&argv, std::fs::File::create(&log)) {
         (Err(e), _) => Err(e.clone()),
         (_, Err(e)) => Err(format!("{}: {e}", log.display())),
         (Ok(_), Ok(file)) => {
             let mut cmd = container::command(&launch);
-            let err = file.try_clone();
+            let copies = file.try_clone().and_then(|f| Ok((f, file.try_clone()?)));
             cmd.stdin(std::process::Stdio::null()).stdout(file);
-            if let Ok(err) = err {
-                cmd.stderr(err);
+            let prepared = match copies {
+                Ok((err, log)) => {
+                    cmd.stderr(err);
+                    if keep_stdin || tty {
+                        crate::console::prepare(
+                            &mut cmd,
+                            log,
+                            keep_stdin,
+                            tty,
+                            spec["stdinOnce"] == true,
+                        )
+                        .map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            if !tty {
+                // (With a terminal, `setsid` makes the process its session's and group's leader.)
+                std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
             }
-            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-            tokio::process::Command::from(cmd)
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| e.to_string())
+            match prepared {
+                Ok(p) => tokio::process::Command::from(cmd)
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map(|mut child| {
+                        if let Some((c, pending)) = p {
+                            pending.spawned(&mut child);
+                            console = Some(std::sync::Arc::new(c));
+                        }
+                        child
+                    })
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(format!("{}: {e}", log.display())),
+            }
         }
     };
     let mut child = match spawned {
@@ -760,15 +791,17 @@ async fn instance(
     }
     // Main containers and sidecars have probes and count for readiness.
     let serves = kind == Kind::Main || (kind == Kind::Init && crate::state::is_sidecar(&spec));
-    let exec = crate::exec::ExecInfo {
+    let exec = crate::streams::ExecInfo {
         env: env.clone(),
         uid,
         gid,
+        caps: launch.caps.clone(),
     };
     rt.update(kind, i, |c| {
         c.instance = Some(instance_no);
         c.pgid = pgid;
         c.exec = Some(exec);
+        c.console = console;
         c.state = CState::Running {
             started_at: started_at.clone(),
         };
@@ -847,6 +880,7 @@ async fn instance(
         c.ready = false;
         c.started = false;
         c.pgid = None;
+        c.console = None;
     });
     if stop.borrow().is_some() {
         return None;

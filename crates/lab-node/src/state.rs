@@ -88,7 +88,9 @@ pub struct Ctr {
     /// An init container with `restartPolicy: Always`.
     pub sidecar: bool,
     /// How to run `kubectl exec` in the running instance.
-    pub exec: Option<crate::exec::ExecInfo>,
+    pub exec: Option<crate::streams::ExecInfo>,
+    /// Its stdin and terminal, when its spec keeps them (`stdin`, `tty`), for `kubectl attach`.
+    pub console: Option<std::sync::Arc<crate::console::Console>>,
 }
 
 impl Ctr {
@@ -109,6 +111,7 @@ impl Ctr {
             started: false,
             sidecar: is_sidecar(spec),
             exec: None,
+            console: None,
         }
     }
 

@@ -1,0 +1,172 @@
+//! Terminals and kept-open stdin, for exec and attach: the pseudo-terminal a `tty: true`
+//! container or an `exec -t` runs on (the command is started by `setsid -c`, so the terminal is
+//! its controlling one; its size is set with `stty` as the client resizes), the stdin pipe a
+//! `stdin: true` container keeps for `kubectl attach`, and the pumps between them and channels.
+//! A container's console output goes to its log file, which attach follows.
+
+use bytes::Bytes;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// A new pseudo-terminal: its master, and its slave's path for `stty`.
+pub struct Pty {
+    pub master: std::fs::File,
+    pub path: PathBuf,
+}
+
+impl Pty {
+    /// Opens one and makes its slave the stdin, stdout and stderr of `cmd` (which holds the
+    /// only copies: once `cmd` is dropped after the spawn, the master sees the end when the
+    /// command's processes are gone).
+    pub fn open_for(cmd: &mut std::process::Command) -> std::io::Result<Pty> {
+        let pty = nix::pty::openpty(None, None).map_err(std::io::Error::from)?;
+        let path = nix::unistd::ttyname(&pty.slave).map_err(std::io::Error::from)?;
+        cmd.stdin(Stdio::from(pty.slave.try_clone()?))
+            .stdout(Stdio::from(pty.slave.try_clone()?))
+            .stderr(Stdio::from(pty.slave));
+        Ok(Pty {
+            master: std::fs::File::from(pty.master),
+            path,
+        })
+    }
+
+    /// Reader and writer halves of the master.
+    pub fn halves(self) -> std::io::Result<(tokio::fs::File, tokio::fs::File, PathBuf)> {
+        let reader = tokio::fs::File::from_std(self.master.try_clone()?);
+        Ok((reader, tokio::fs::File::from_std(self.master), self.path))
+    }
+}
+
+/// The argv that runs `argv` with the terminal on its stdin as its controlling terminal.
+pub fn with_controlling_tty(argv: &[String]) -> Vec<String> {
+    let mut a = vec!["setsid".to_string(), "-c".to_string()];
+    a.extend(argv.iter().cloned());
+    a
+}
+
+pub async fn stty(path: &Path, (cols, rows): (u16, u16)) {
+    let _ = tokio::process::Command::new("stty")
+        .arg("-F")
+        .arg(path)
+        .args(["rows", &rows.to_string(), "cols", &cols.to_string()])
+        .status()
+        .await;
+}
+
+/// Applies sizes as they come, until the sender is gone.
+pub fn resize_loop(path: PathBuf, mut rx: mpsc::Receiver<(u16, u16)>) {
+    tokio::spawn(async move {
+        while let Some(size) = rx.recv().await {
+            stty(&path, size).await;
+        }
+    });
+}
+
+/// Copies a stream to a channel until EOF (or EIO: the terminal's last user left).
+pub async fn pump_out<R: AsyncRead + Unpin>(mut r: R, ch: u8, tx: mpsc::Sender<(u8, Bytes)>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if tx
+                    .send((ch, Bytes::copy_from_slice(&buf[..n])))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Copies bytes in; the channel's end closes the writer.
+pub async fn pump_in<W: AsyncWrite + Unpin>(mut rx: mpsc::Receiver<Bytes>, mut w: W) {
+    while let Some(b) = rx.recv().await {
+        if w.write_all(&b).await.is_err() || w.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A running container's console, for `kubectl attach`.
+#[derive(Debug)]
+pub struct Console {
+    /// Into the container's stdin; `None` once closed (after the first attach, `stdinOnce`).
+    stdin: Mutex<Option<mpsc::Sender<Bytes>>>,
+    stdin_once: bool,
+    /// Terminal sizes, with a TTY.
+    resize: Option<mpsc::Sender<(u16, u16)>>,
+}
+
+impl Console {
+    pub fn stdin(&self) -> Option<mpsc::Sender<Bytes>> {
+        crate::lock(&self.stdin).clone()
+    }
+
+    pub fn resize(&self) -> Option<mpsc::Sender<(u16, u16)>> {
+        self.resize.clone()
+    }
+
+    /// An attach that used stdin has ended: with `stdinOnce`, the container's stdin closes.
+    pub fn attach_ended(&self) {
+        if self.stdin_once {
+            crate::lock(&self.stdin).take();
+        }
+    }
+}
+
+/// What `prepare` leaves for after the spawn: the stdin pipe to feed.
+pub struct Pending(Option<mpsc::Receiver<Bytes>>);
+
+impl Pending {
+    pub fn spawned(self, child: &mut tokio::process::Child) {
+        if let (Some(rx), Some(w)) = (self.0, child.stdin.take()) {
+            tokio::spawn(pump_in(rx, w));
+        }
+    }
+}
+
+/// Sets up `cmd` (its stdout and stderr already on the log file) for a container whose spec
+/// asks for `stdin` and/or `tty`: a pipe for stdin, or a terminal whose output is copied to
+/// `log`. The caller starts the command under [`with_controlling_tty`] when `tty`.
+pub fn prepare(
+    cmd: &mut std::process::Command,
+    log: std::fs::File,
+    stdin: bool,
+    tty: bool,
+    stdin_once: bool,
+) -> std::io::Result<(Console, Pending)> {
+    let (in_tx, in_rx) = mpsc::channel::<Bytes>(16);
+    let mut console = Console {
+        stdin: Mutex::new(stdin.then_some(in_tx)),
+        stdin_once,
+        resize: None,
+    };
+    if !tty {
+        cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() });
+        return Ok((console, Pending(stdin.then_some(in_rx))));
+    }
+    let (reader, writer, path) = Pty::open_for(cmd)?.halves()?;
+    let (size_tx, size_rx) = mpsc::channel(4);
+    resize_loop(path, size_rx);
+    console.resize = Some(size_tx);
+    if stdin {
+        tokio::spawn(pump_in(in_rx, writer));
+    }
+    // The terminal's output goes to the log file, flushed as it comes (attach follows it).
+    tokio::spawn(async move {
+        let mut log = tokio::fs::File::from_std(log);
+        let (mut reader, mut buf) = (reader, vec![0u8; 16 * 1024]);
+        while let Ok(n) = reader.read(&mut buf).await {
+            if n == 0 || log.write_all(&buf[..n]).await.is_err() || log.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok((console, Pending(None)))
+}
