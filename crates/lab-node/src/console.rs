@@ -120,13 +120,37 @@ impl Console {
     }
 }
 
-/// What `prepare` leaves for after the spawn: the stdin pipe to feed.
-pub struct Pending(Option<mpsc::Receiver<Bytes>>);
+/// What `prepare` leaves for after the spawn: the stdin pipe to feed, and the copy of the
+/// terminal's output to wait for once the container has ended.
+pub struct Pending {
+    stdin: Option<mpsc::Receiver<Bytes>>,
+    output: Option<tokio::task::JoinHandle<()>>,
+}
 
 impl Pending {
-    pub fn spawned(self, child: &mut tokio::process::Child) {
-        if let (Some(rx), Some(w)) = (self.0, child.stdin.take()) {
+    /// Feeds the child's stdin pipe; returns the wait for the terminal's output.
+    pub fn spawned(self, child: &mut tokio::process::Child) -> Drained {
+        if let (Some(rx), Some(w)) = (self.stdin, child.stdin.take()) {
             tokio::spawn(pump_in(rx, w));
+        }
+        Drained(self.output)
+    }
+}
+
+/// The end of a container's terminal output in its log file.
+#[derive(Default)]
+pub struct Drained(Option<tokio::task::JoinHandle<()>>);
+
+impl Drained {
+    /// Waits (a bounded time) until the output of the ended container is all in its log, so that
+    /// logs and attach that see it terminated have seen all of it.
+    pub async fn wait(self) {
+        if let Some(mut h) = self.0
+            && tokio::time::timeout(std::time::Duration::from_secs(2), &mut h)
+                .await
+                .is_err()
+        {
+            h.abort();
         }
     }
 }
@@ -149,7 +173,11 @@ pub fn prepare(
     };
     if !tty {
         cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() });
-        return Ok((console, Pending(stdin.then_some(in_rx))));
+        let pending = Pending {
+            stdin: stdin.then_some(in_rx),
+            output: None,
+        };
+        return Ok((console, pending));
     }
     let (reader, writer, path) = Pty::open_for(cmd)?.halves()?;
     let (size_tx, size_rx) = mpsc::channel(4);
@@ -159,7 +187,7 @@ pub fn prepare(
         tokio::spawn(pump_in(in_rx, writer));
     }
     // The terminal's output goes to the log file, flushed as it comes (attach follows it).
-    tokio::spawn(async move {
+    let output = tokio::spawn(async move {
         let mut log = tokio::fs::File::from_std(log);
         let (mut reader, mut buf) = (reader, vec![0u8; 16 * 1024]);
         while let Ok(n) = reader.read(&mut buf).await {
@@ -168,5 +196,9 @@ pub fn prepare(
             }
         }
     });
-    Ok((console, Pending(None)))
+    let pending = Pending {
+        stdin: None,
+        output: Some(output),
+    };
+    Ok((console, pending))
 }

@@ -727,6 +727,7 @@ async fn instance(
     let _ = std::fs::create_dir_all(log.parent().unwrap_or(&rt.dir));
     let started_at = now();
     let mut console = None;
+    let mut drained = crate::console::Drained::default();
     let spawned = match (&argv, std::fs::File::create(&log)) {
         (Err(e), _) => Err(e.clone()),
         (_, Err(e)) => Err(format!("{}: {e}", log.display())),
@@ -762,7 +763,7 @@ async fn instance(
                     .spawn()
                     .map(|mut child| {
                         if let Some((c, pending)) = p {
-                            pending.spawned(&mut child);
+                            drained = pending.spawned(&mut child);
                             console = Some(std::sync::Arc::new(c));
                         }
                         child
@@ -865,6 +866,7 @@ async fn instance(
         let _ = killpg(Pid::from_raw(p), Signal::SIGKILL);
         crate::lock(&shared.pgids).remove(&p);
     }
+    drained.wait().await;
     use std::os::unix::process::ExitStatusExt;
     let code = status
         .map(|s| {

@@ -311,33 +311,48 @@ async fn kubectl_attach_run_and_debug() {
     }
 
     // `kubectl run -it` and `kubectl debug -it` on a terminal (`script` makes one): the
-    // container's terminal, its size from the client, its input from kubectl's.
+    // container's terminal, its size from the client, its input from kubectl's. (kubectl sends
+    // the size one larger first, then the real one, while the input may already be read: the
+    // command waits, a bounded while, for the real size.)
+    let sized = |rows: u16, cols: u16| {
+        format!(
+            "for i in $(seq 50); do [ \"$(stty size)\" = \"{rows} {cols}\" ] && break; sleep 0.1; done; echo size=$(stty size)"
+        )
+    };
     let (code, out, err) = on_terminal(
         100,
         40,
         &format!(
             "kubectl --kubeconfig {kc} run -it --rm --restart=Never tty1 --image=busybox \
-             -- sh -c 'read x; echo run-$x; tty; stty size'"
+             -- sh -c 'read x; echo run-$x; tty; {}'",
+            sized(40, 100)
         ),
         b"hey\n",
     )
     .await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("run-hey"), "{out}");
-    assert!(out.contains("/dev/pts/") && out.contains("40 100"), "{out}");
+    assert!(
+        out.contains("/dev/pts/") && out.contains("size=40 100"),
+        "{out}"
+    );
     let (code, out, err) = on_terminal(
         90,
         30,
         &format!(
             "kubectl --kubeconfig {kc} debug -it target --image=busybox --container=dbg \
-             -- sh -c 'read x; echo dbg-$x; stty size; hostname'"
+             -- sh -c 'read x; echo dbg-$x; {}; hostname'",
+            sized(30, 90)
         ),
         b"yo\n",
     )
     .await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("dbg-yo"), "{out}");
-    assert!(out.contains("30 90") && out.contains("target"), "{out}");
+    assert!(
+        out.contains("size=30 90") && out.contains("target"),
+        "{out}"
+    );
 }
 
 /// Reads kubectl port-forward's "Forwarding from 127.0.0.1:PORT -> …" and returns PORT.
