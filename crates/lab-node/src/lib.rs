@@ -175,6 +175,10 @@ pub(crate) struct Shared {
     /// The zone cluster DNS answers from.
     pub dns_zone: lab_dns::ZoneHandle,
     pub node_resolv_conf: String,
+    /// The kubelet's events (component `kubelet`, host the node).
+    pub events: lab_api::events::Recorder,
+    /// The scheduler's (`default-scheduler`): the lab's node binds pods itself.
+    pub scheduler_events: lab_api::events::Recorder,
     counter: AtomicU64,
 }
 
@@ -217,7 +221,13 @@ impl Node {
             what: pods_dir.display().to_string(),
             source,
         })?;
+        let events =
+            lab_api::events::Recorder::new(opts.client.clone(), "kubelet", Some(NODE_NAME));
+        let scheduler_events =
+            lab_api::events::Recorder::new(opts.client.clone(), "default-scheduler", None);
         let shared = Arc::new(Shared {
+            events,
+            scheduler_events,
             client: opts.client,
             ghostwire_bin: opts.ghostwire_bin,
             ca_pem: opts.ca_pem,

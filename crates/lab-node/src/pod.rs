@@ -145,7 +145,17 @@ async fn lifecycle(
             .patch(&rt.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(p) => rt.lock().pod = serde_json::to_value(&p).unwrap_or(pod.clone()),
+            Ok(p) => {
+                rt.lock().pod = serde_json::to_value(&p).unwrap_or(pod.clone());
+                shared.scheduler_events.normal(
+                    &rt.object_ref(),
+                    "Scheduled",
+                    format!(
+                        "Successfully assigned {}/{} to {}",
+                        rt.namespace, rt.name, shared.node_name
+                    ),
+                );
+            }
             Err(e) => tracing::warn!(pod = rt.name, error = %e, "binding pod to node"),
         }
     }
@@ -268,7 +278,7 @@ async fn containers(
                 return;
             }
             let restarts = rt.lock().init[i].restarts;
-            set_back_off(rt, Kind::Init, i);
+            set_back_off(shared, rt, Kind::Init, i);
             if sleep_or_stop(stop, backoff(shared, restarts)).await {
                 return;
             }
@@ -303,7 +313,7 @@ async fn containers(
                     return;
                 }
                 let restarts = rt.lock().containers[i].restarts;
-                set_back_off(&rt, Kind::Main, i);
+                set_back_off(&shared, &rt, Kind::Main, i);
                 if sleep_or_stop(&mut stop, backoff(&shared, restarts)).await {
                     return;
                 }
@@ -333,7 +343,7 @@ fn start_sidecar(
                 return;
             }
             let restarts = rt.lock().init[i].restarts;
-            set_back_off(&rt, Kind::Init, i);
+            set_back_off(&shared, &rt, Kind::Init, i);
             if sleep_or_stop(&mut rx, backoff(&shared, restarts)).await {
                 return;
             }
@@ -377,8 +387,9 @@ pub fn sync_ephemeral(shared: &Arc<Shared>, rt: &Arc<PodRt>) {
     }
 }
 
-fn set_back_off(rt: &PodRt, kind: Kind, i: usize) {
+fn set_back_off(shared: &Shared, rt: &PodRt, kind: Kind, i: usize) {
     let pod = format!("{}_{}({})", rt.name, rt.namespace, rt.uid);
+    let mut name = String::new();
     rt.update(kind, i, |c| {
         if let CState::Terminated(t) = &c.state {
             c.last = Some(t.clone());
@@ -390,7 +401,13 @@ fn set_back_off(rt: &PodRt, kind: Kind, i: usize) {
                 c.name
             )),
         };
+        name.clone_from(&c.name);
     });
+    shared.events.warning(
+        &rt.container_ref(kind, &name),
+        "BackOff",
+        format!("Back-off restarting failed container {name} in pod {pod}"),
+    );
 }
 
 /// The Pod object with the status the node knows (pod IPs for the downward API).
@@ -598,6 +615,8 @@ async fn instance(
     let spec = spec_of(&pod, kind, i);
     let cname = str_of(&spec, "/name").to_string();
     let image = str_of(&spec, "/image").to_string();
+    let me = rt.container_ref(kind, &cname);
+    let events = &shared.events;
     // "Pulling": the image table.
     let mut pulls = 0;
     let argv = loop {
@@ -607,8 +626,22 @@ async fn instance(
             &strings(&spec["args"]),
             &shared.ghostwire_bin,
         ) {
-            Ok(a) => break Ok(a),
+            Ok(a) => {
+                events.normal(
+                    &me,
+                    "Pulled",
+                    format!("Container image \"{image}\" already present on machine"),
+                );
+                break Ok(a);
+            }
             Err(e @ images::ImageError::NotFound(_)) => {
+                events.normal(&me, "Pulling", format!("Pulling image \"{image}\""));
+                events.warning(
+                    &me,
+                    "Failed",
+                    format!("Failed to pull image \"{image}\": {e}"),
+                );
+                events.warning(&me, "Failed", "Error: ErrImagePull");
                 rt.update(kind, i, |c| {
                     c.state = CState::Waiting {
                         reason: "ErrImagePull".into(),
@@ -618,6 +651,12 @@ async fn instance(
                 if sleep_or_stop(stop, shared.backoff_initial.min(Duration::from_secs(1))).await {
                     return None;
                 }
+                events.normal(
+                    &me,
+                    "BackOff",
+                    format!("Back-off pulling image \"{image}\""),
+                );
+                events.warning(&me, "Failed", "Error: ImagePullBackOff");
                 rt.update(kind, i, |c| {
                     c.state = CState::Waiting {
                         reason: "ImagePullBackOff".into(),
@@ -632,7 +671,14 @@ async fn instance(
                 }
                 pulls += 1;
             }
-            Err(e) => break Err(e.to_string()),
+            Err(e) => {
+                events.normal(
+                    &me,
+                    "Pulled",
+                    format!("Container image \"{image}\" already present on machine"),
+                );
+                break Err(e.to_string());
+            }
         }
     };
     let mut attempt = 0;
@@ -640,6 +686,7 @@ async fn instance(
         match environment(shared, &pod, &spec).await {
             Ok(e) => break e,
             Err(e) => {
+                events.warning(&me, "Failed", format!("Error: {e}"));
                 rt.update(kind, i, |c| {
                     c.state = CState::Waiting {
                         reason: "CreateContainerConfigError".into(),
@@ -773,9 +820,12 @@ async fn instance(
             }
         }
     };
+    // The runtime made the container; a start that fails is reported after it.
+    events.normal(&me, "Created", format!("Created container: {cname}"));
     let mut child = match spawned {
         Ok(c) => c,
         Err(msg) => {
+            events.warning(&me, "Failed", format!("Error: {msg}"));
             let t = json!({"exitCode": 128, "reason": "StartError", "message": msg,
                            "startedAt": "1970-01-01T00:00:00Z", "finishedAt": now()});
             rt.update(kind, i, |c| {
@@ -798,6 +848,7 @@ async fn instance(
         gid,
         caps: launch.caps.clone(),
     };
+    events.normal(&me, "Started", format!("Started container {cname}"));
     rt.update(kind, i, |c| {
         c.instance = Some(instance_no);
         c.pgid = pgid;
@@ -820,8 +871,10 @@ async fn instance(
     if post_start.is_object() && pgid.is_some() {
         let hook = probes::handler(shared, &spec, post_start, ip, &env, pid, HOOK_TIMEOUT);
         tokio::select! {
-            ok = hook => if !ok {
+            result = hook => if let Err(msg) = result {
                 tracing::info!(pod = rt.name, container = cname, "FailedPostStartHook; killing");
+                events.warning(&me, "FailedPostStartHook", msg);
+                events.normal(&me, "Killing", "FailedPostStartHook");
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             },
             s = child.wait() => status = Some(s.ok()),
@@ -850,10 +903,14 @@ async fn instance(
         None => tokio::select! {
             s = child.wait() => s.ok(),
             () = stopped(stop) => {
+                let why = *stop.borrow();
+                if matches!(why, Some(Stop::Delete { .. } | Stop::Sidecars { .. })) {
+                    events.normal(&me, "Killing", format!("Stopping container {cname}"));
+                }
                 let grace = stop.borrow().map_or(0, Stop::grace).max(0) as u64;
                 let grace = Duration::from_secs(grace);
                 let begun = tokio::time::Instant::now();
-                probes::pre_stop(shared, &spec, ip, &env, pid, grace).await;
+                probes::pre_stop(shared, rt, kind, &spec, ip, &env, pid, grace).await;
                 terminate(&mut child, pgid, grace.saturating_sub(begun.elapsed())).await
             }
         },

@@ -259,6 +259,28 @@ impl PodRt {
         *self.stop.borrow()
     }
 
+    /// The Pod as an event's `involvedObject`.
+    pub fn object_ref(&self) -> lab_api::events::ObjectRef {
+        let mut r = lab_api::events::ObjectRef::from_object(&self.lock().pod);
+        r.api_version = "v1".into();
+        r.kind = "Pod".into();
+        r.namespace.clone_from(&self.namespace);
+        r.name.clone_from(&self.name);
+        r.uid.clone_from(&self.uid);
+        r
+    }
+
+    /// One of its containers as an event's `involvedObject` (`spec.containers{web}`).
+    pub fn container_ref(&self, kind: Kind, name: &str) -> lab_api::events::ObjectRef {
+        let list = match kind {
+            Kind::Init => "initContainers",
+            Kind::Main => "containers",
+            Kind::Ephemeral => "ephemeralContainers",
+        };
+        self.object_ref()
+            .with_field_path(format!("spec.{list}{{{name}}}"))
+    }
+
     /// The status to write now.
     pub fn status(&self, host_ip: &str) -> Value {
         let mut st = self.lock();
@@ -555,6 +577,23 @@ mod tests {
         let s = rt.status("x");
         assert_eq!(s["phase"], "Succeeded");
         assert_eq!(cond(&s, "Ready"), "False");
+    }
+
+    #[test]
+    fn events_name_the_pod_and_the_container() {
+        let rt = pod(true);
+        let r = rt.container_ref(Kind::Init, "setup");
+        assert_eq!(
+            (r.kind.as_str(), r.api_version.as_str(), r.name.as_str()),
+            ("Pod", "v1", "p")
+        );
+        assert_eq!((r.namespace.as_str(), r.uid.as_str()), ("ns", "u"));
+        assert_eq!(r.field_path, "spec.initContainers{setup}");
+        assert_eq!(
+            rt.container_ref(Kind::Main, "app").field_path,
+            "spec.containers{app}"
+        );
+        assert_eq!(rt.object_ref().field_path, "");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod daemonset;
 pub mod deployment;
+pub mod events;
 pub mod gc;
 pub mod job;
 pub mod replicaset;
@@ -382,20 +383,40 @@ async fn observe(client: &kube::Client) -> Result<World, kube::Error> {
     Ok(world)
 }
 
-async fn act(client: &kube::Client, a: Action) {
+/// The controllers' event recorders, one per component (as kube-controller-manager has one
+/// per controller).
+struct Recorders {
+    client: kube::Client,
+    by_component: std::sync::Mutex<BTreeMap<&'static str, lab_api::events::Recorder>>,
+}
+
+impl Recorders {
+    fn record(&self, e: events::Emit) {
+        let rec = crate::lock(&self.by_component)
+            .entry(e.component)
+            .or_insert_with(|| {
+                lab_api::events::Recorder::new(self.client.clone(), e.component, None)
+            })
+            .clone();
+        rec.record(&e.object, e.type_, e.reason, &e.message);
+    }
+}
+
+/// Carries out one action and records the events it calls for; whether it was written.
+async fn act(client: &kube::Client, world: &World, recorders: &Recorders, a: Action) -> bool {
     let api = |kind: Kind, ns: &str| -> kube::Api<DynamicObject> {
         kube::Api::namespaced_with(client.clone(), ns, &kind.resource())
     };
-    let result = match &a {
+    let result: Result<Option<String>, kube::Error> = match &a {
         Action::Create { kind, ns, obj } => {
             match serde_json::from_value::<DynamicObject>(obj.clone()) {
                 Ok(o) => api(*kind, ns)
                     .create(&PostParams::default(), &o)
                     .await
-                    .map(drop),
+                    .map(|o| o.metadata.name),
                 Err(e) => {
                     tracing::warn!(error = %e, "controller: object to create");
-                    Ok(())
+                    return false;
                 }
             }
         }
@@ -407,7 +428,7 @@ async fn act(client: &kube::Client, a: Action) {
         } => api(*kind, ns)
             .patch(name, &PatchParams::default(), &Patch::Merge(patch))
             .await
-            .map(drop),
+            .map(|_| None),
         Action::Status {
             kind,
             ns,
@@ -420,7 +441,7 @@ async fn act(client: &kube::Client, a: Action) {
                 &Patch::Merge(&json!({"status": status})),
             )
             .await
-            .map(drop),
+            .map(|_| None),
         Action::Delete {
             kind,
             ns,
@@ -440,19 +461,43 @@ async fn act(client: &kube::Client, a: Action) {
                 }),
                 ..Default::default()
             };
-            api(*kind, ns).delete(name, &dp).await.map(drop)
+            api(*kind, ns).delete(name, &dp).await.map(|_| None)
         }
     };
-    match result {
-        Ok(()) => {}
+    let name_of = |a: &Action| match a {
+        Action::Create { obj, .. } => str_of(obj, "/metadata/name").to_string(),
+        Action::Patch { name, .. } | Action::Status { name, .. } | Action::Delete { name, .. } => {
+            name.clone()
+        }
+    };
+    let emits = match &result {
+        Ok(created) => {
+            let name = created.clone().unwrap_or_else(|| name_of(&a));
+            events::of(world, &a, events::Outcome::Done { name: &name })
+        }
         // Gone or changed under us: the next pass sees the new state.
-        Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409) => {}
-        Err(e) => tracing::warn!(action = ?a, error = %e, "controller action"),
+        Err(kube::Error::Api(e)) if matches!(e.code, 404 | 409) => Vec::new(),
+        Err(kube::Error::Api(e)) => {
+            tracing::warn!(action = ?a, error = %e, "controller action");
+            events::of(world, &a, events::Outcome::Failed(&e.message))
+        }
+        Err(e) => {
+            tracing::warn!(action = ?a, error = %e, "controller action");
+            events::of(world, &a, events::Outcome::Failed(&e.to_string()))
+        }
+    };
+    for e in emits {
+        recorders.record(e);
     }
+    result.is_ok()
 }
 
 /// Runs the controller manager until the task is dropped.
 pub async fn run(client: kube::Client, node: String) {
+    let recorders = Recorders {
+        client: client.clone(),
+        by_component: Default::default(),
+    };
     let kick = Arc::new(tokio::sync::Notify::new());
     let mut watches = tokio::task::JoinSet::new();
     for kind in Kind::ALL {
@@ -481,12 +526,14 @@ pub async fn run(client: kube::Client, node: String) {
             }
         };
         let actions = plan(&world, &node);
-        let busy = !actions.is_empty();
-        futures::stream::iter(actions)
-            .map(|a| act(&client, a))
+        // Only a pass that changed something calls for the next one at once: actions that all
+        // failed (a webhook denying pods, say) are retried on the next event or in a second.
+        let busy = futures::stream::iter(actions)
+            .map(|a| act(&client, &world, &recorders, a))
             .buffer_unordered(16)
-            .collect::<Vec<()>>()
-            .await;
+            .collect::<Vec<bool>>()
+            .await
+            .contains(&true);
         if !busy {
             let _ = tokio::time::timeout(Duration::from_secs(1), kick.notified()).await;
         }
