@@ -38,6 +38,12 @@ if ! python3 -c 'import kubernetes' 2>/dev/null; then
   echo "installing: kubernetes (PyPI)"
   python3 -m pip install -q kubernetes
 fi
+# The official OpenAI and Ollama Python clients: the lab's fake model server (crate lab-llm)
+# is tested with them.
+if ! python3 -c 'import openai, ollama' 2>/dev/null; then
+  echo "installing: openai, ollama (PyPI)"
+  python3 -m pip install -q openai ollama
+fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "ghostwire's lab creates network namespaces: run as root (sudo)." >&2
   exit 1
