@@ -1,20 +1,18 @@
 //! Terminals and kept-open stdin, for exec and attach: the pseudo-terminal a `tty: true`
 //! container or an `exec -t` runs on (the command is started by `setsid -c`, so the terminal is
-//! its controlling one; its size is set with `stty` as the client resizes), the stdin pipe a
+//! its controlling one; its size is set in one `TIOCSWINSZ` as the client resizes), the stdin pipe a
 //! `stdin: true` container keeps for `kubectl attach`, and the pumps between them and channels.
 //! A container's console output goes to its log file, which attach follows.
 
 use bytes::Bytes;
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-/// A new pseudo-terminal: its master, and its slave's path for `stty`.
+/// A new pseudo-terminal: its master.
 pub struct Pty {
     pub master: std::fs::File,
-    pub path: PathBuf,
 }
 
 impl Pty {
@@ -23,20 +21,36 @@ impl Pty {
     /// command's processes are gone).
     pub fn open_for(cmd: &mut std::process::Command) -> std::io::Result<Pty> {
         let pty = nix::pty::openpty(None, None).map_err(std::io::Error::from)?;
-        let path = nix::unistd::ttyname(&pty.slave).map_err(std::io::Error::from)?;
         cmd.stdin(Stdio::from(pty.slave.try_clone()?))
             .stdout(Stdio::from(pty.slave.try_clone()?))
             .stderr(Stdio::from(pty.slave));
         Ok(Pty {
             master: std::fs::File::from(pty.master),
-            path,
         })
     }
 
-    /// Reader and writer halves of the master.
-    pub fn halves(self) -> std::io::Result<(tokio::fs::File, tokio::fs::File, PathBuf)> {
+    /// Reader and writer halves of the master, and a handle that sets its size.
+    pub fn halves(self) -> std::io::Result<(tokio::fs::File, tokio::fs::File, Size)> {
         let reader = tokio::fs::File::from_std(self.master.try_clone()?);
-        Ok((reader, tokio::fs::File::from_std(self.master), self.path))
+        let size = Size(self.master.try_clone()?);
+        Ok((reader, tokio::fs::File::from_std(self.master), size))
+    }
+}
+
+/// Sets a terminal's size (columns and rows at once; its foreground group gets SIGWINCH).
+pub struct Size(std::fs::File);
+
+impl Size {
+    pub fn set(&self, (cols, rows): (u16, u16)) {
+        let ws = rustix::termios::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        if let Err(e) = rustix::termios::tcsetwinsize(&self.0, ws) {
+            tracing::debug!(error = %e, "terminal size");
+        }
     }
 }
 
@@ -47,20 +61,11 @@ pub fn with_controlling_tty(argv: &[String]) -> Vec<String> {
     a
 }
 
-pub async fn stty(path: &Path, (cols, rows): (u16, u16)) {
-    let _ = tokio::process::Command::new("stty")
-        .arg("-F")
-        .arg(path)
-        .args(["rows", &rows.to_string(), "cols", &cols.to_string()])
-        .status()
-        .await;
-}
-
 /// Applies sizes as they come, until the sender is gone.
-pub fn resize_loop(path: PathBuf, mut rx: mpsc::Receiver<(u16, u16)>) {
+pub fn resize_loop(size: Size, mut rx: mpsc::Receiver<(u16, u16)>) {
     tokio::spawn(async move {
-        while let Some(size) = rx.recv().await {
-            stty(&path, size).await;
+        while let Some(s) = rx.recv().await {
+            size.set(s);
         }
     });
 }
@@ -179,9 +184,9 @@ pub fn prepare(
         };
         return Ok((console, pending));
     }
-    let (reader, writer, path) = Pty::open_for(cmd)?.halves()?;
+    let (reader, writer, size) = Pty::open_for(cmd)?.halves()?;
     let (size_tx, size_rx) = mpsc::channel(4);
-    resize_loop(path, size_rx);
+    resize_loop(size, size_rx);
     console.resize = Some(size_tx);
     if stdin {
         tokio::spawn(pump_in(in_rx, writer));

@@ -303,7 +303,7 @@ fn start_tty(
     out_tx: mpsc::Sender<(u8, Bytes)>,
     exit_tx: oneshot::Sender<i32>,
 ) -> std::io::Result<()> {
-    let (reader, writer, path) = Pty::open_for(&mut cmd)?.halves()?;
+    let (reader, writer, size) = Pty::open_for(&mut cmd)?.halves()?;
     tokio::spawn(console::pump_out(reader, 1, out_tx));
     if let Some(rx) = stdin {
         tokio::spawn(console::pump_in(rx, writer));
@@ -311,8 +311,8 @@ fn start_tty(
     tokio::spawn(async move {
         // The client sends its terminal's size first: the command starts with it.
         let first = tokio::time::timeout(Duration::from_secs(1), size_rx.recv()).await;
-        if let Ok(Some(size)) = first {
-            console::stty(&path, size).await;
+        if let Ok(Some(first)) = first {
+            size.set(first);
         }
         let spawned = tokio::process::Command::from(cmd)
             .kill_on_drop(true)
@@ -321,7 +321,7 @@ fn start_tty(
         // its end is seen.)
         match spawned {
             Ok(child) => {
-                console::resize_loop(path, size_rx);
+                console::resize_loop(size, size_rx);
                 wait(child, exit_tx).await;
             }
             Err(e) => {

@@ -284,6 +284,42 @@ async fn kubectl_attach_run_and_debug() {
     })
     .await;
 
+    // The Python client attaches too (v4.channel.k8s.io): stdin in, the container's output out.
+    apply(
+        &client,
+        "default",
+        json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "py"},
+            "spec": {"terminationGracePeriodSeconds": 1, "restartPolicy": "Never",
+                "containers": [{
+                "name": "main", "image": "busybox", "stdin": true,
+                "command": ["sh", "-c", "read line; echo \"py got $line\""]}]}
+        }),
+    )
+    .await;
+    wait_pod(&client, "default", "py", "Ready", ready).await;
+    let script = r#"
+import sys
+from kubernetes import client, config
+from kubernetes.stream import stream
+config.load_kube_config(sys.argv[1])
+api = client.CoreV1Api()
+resp = stream(api.connect_get_namespaced_pod_attach, "py", "default",
+              stdin=True, stdout=True, stderr=True, tty=False, _preload_content=False)
+resp.write_stdin("from-python\n")
+out = ""
+while resp.is_open():
+    resp.update(timeout=5)
+    out += resp.read_stdout()
+print(out.strip())
+"#;
+    let (code, out, err) = run(
+        tokio::process::Command::new("python3").args(["-c", script, &kc]),
+        b"",
+    )
+    .await;
+    assert_eq!((code, out.trim()), (0, "py got from-python"), "{err}");
+
     // `kubectl run -i --rm`: creates the Pod, attaches, returns the container's exit code and
     // deletes the Pod; once over WebSocket, once over SPDY/3.1.
     for (name, websockets) in [("runner", "true"), ("runner-spdy", "false")] {
