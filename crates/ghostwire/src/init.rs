@@ -81,8 +81,16 @@ pub async fn run(args: InitArgs) -> Result<(), Exit> {
     };
     tracing::info!(namespace = %s.namespace, services = services.len(), "discovered Services");
     let plan = sw::plan(&services, &s);
-    let backend = sw::backend(&s).code(Code::Kernel)?;
     let jump = if args.activate { Jump::On } else { Jump::Keep };
+    if s.mode == switch::config::Mode::Mesh {
+        // No kernel rules: the mesh proxy routes by the map.
+        if !args.dry_run {
+            sw::apply_mesh(&plan, &s, jump).code(Code::Failure)?;
+        }
+        print!("{}", dnat_map::render(&plan, &s));
+        return Ok(());
+    }
+    let backend = sw::backend(&s).code(Code::Kernel)?;
     let map = match args.output {
         Output::Text => dnat_map::render(&plan, &s),
         Output::Json => dnat_map::render_json(&plan, &s) + "\n",

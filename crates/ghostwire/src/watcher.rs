@@ -61,7 +61,11 @@ pub async fn run(args: WatcherArgs) -> Result<(), Exit> {
         ),
         None => None,
     };
-    let backend = {
+    let backend = if settings.mode == switch::config::Mode::Mesh {
+        // Mesh mode touches no rules; the backend is never used (and the container may
+        // have no NET_ADMIN to detect one).
+        netrules::Backend::new(netrules::BackendKind::Nftables)
+    } else {
         let s = settings.clone();
         match &netns {
             // Detect the backend where the rules live.

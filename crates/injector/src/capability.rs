@@ -20,6 +20,11 @@ pub struct Workload {
     pub defaults: crate::defaults::Values,
     /// The namespace the Pod is created in.
     pub namespace: String,
+    /// The Pod's own labels (the seed's mesh opt-in is a label).
+    pub labels: BTreeMap<String, String>,
+    /// The names of every capability this Pod gets, so that capabilities that meet in one
+    /// Pod can adapt to each other (the preview switch becomes a route in the mesh proxy).
+    pub wanted: Vec<&'static str>,
 }
 
 /// Why a Pod is refused. The message goes back to whoever created the Pod, so it names the
@@ -67,9 +72,22 @@ pub trait Capability: Send + Sync {
 /// Paths are only valid against the Pod as it came in, so every operation appends (`/-`) or
 /// creates a missing list or map whole; the names already in the Pod, plus those added, are
 /// tracked so that nothing is added twice.
+///
+/// **Container order** (the same for every capability and every combination): the Pod's own
+/// init containers and containers keep their places; injected init containers come after the
+/// Pod's own, first every capability's run-to-completion init containers (kernel and file
+/// set-up, validators), then every capability's native sidecars (`restartPolicy: Always`);
+/// within each group, capabilities in the injector's order (gateway client, preview switch,
+/// mesh) and each capability's containers in the order it added them. Injected regular
+/// containers come after the Pod's own. So every sidecar starts after all set-up is done, and
+/// the app's containers start after every native sidecar is started (and ready, where it has
+/// a startup probe).
 #[derive(Debug)]
 pub struct PodPatch {
     ops: Vec<PatchOperation>,
+    /// Injected init containers, emitted in the documented order by [`PodPatch::into_parts`]:
+    /// (native sidecar?, container).
+    inits: Vec<(bool, serde_json::Value)>,
     /// Lists and maps that exist (in the Pod or made by an earlier operation).
     present: BTreeSet<&'static str>,
     containers: BTreeSet<String>,
@@ -116,6 +134,7 @@ impl PodPatch {
         let volumes = spec.volumes.iter().flatten().map(|v| v.name.clone());
         Ok(PodPatch {
             ops: Vec::new(),
+            inits: Vec::new(),
             present,
             containers,
             volumes: volumes.collect(),
@@ -159,9 +178,12 @@ impl PodPatch {
         Ok(())
     }
 
+    /// Adds an init container; one with `restartPolicy: Always` is a native sidecar and goes
+    /// after every run-to-completion init container (see the order on [`PodPatch`]).
     pub fn add_init_container(&mut self, c: Container) -> Result<(), Denial> {
         self.claim_container(&c)?;
-        self.append("spec", "initContainers", to_value(&c));
+        let sidecar = c.restart_policy.as_deref() == Some("Always");
+        self.inits.push((sidecar, to_value(&c)));
         Ok(())
     }
 
@@ -212,10 +234,16 @@ impl PodPatch {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.ops.is_empty() && self.inits.is_empty()
     }
 
-    pub fn into_parts(self) -> (json_patch::Patch, Vec<String>) {
+    pub fn into_parts(mut self) -> (json_patch::Patch, Vec<String>) {
+        let mut inits = std::mem::take(&mut self.inits);
+        // Stable: set-up containers first, then sidecars, each group in the order added.
+        inits.sort_by_key(|(sidecar, _)| *sidecar);
+        for (_, c) in inits {
+            self.append("spec", "initContainers", c);
+        }
         (json_patch::Patch(self.ops), self.warnings)
     }
 }
@@ -234,9 +262,9 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
-    fn apply(p: &Pod, patch: &PodPatch) -> Pod {
+    fn apply(p: &Pod, patch: PodPatch) -> Pod {
         let mut doc = serde_json::to_value(p).unwrap();
-        json_patch::patch(&mut doc, &patch.ops).unwrap();
+        json_patch::patch(&mut doc, &patch.into_parts().0).unwrap();
         serde_json::from_value(doc).unwrap()
     }
 
@@ -260,7 +288,8 @@ mod tests {
             .unwrap();
         patch.set_annotation("ghostwire.dev/x", "1");
         patch.set_annotation("ghostwire.dev/y", "2");
-        let out = apply(&p, &patch);
+        let text = serde_json::to_string(&patch.ops).unwrap();
+        let out = apply(&p, patch);
         let spec = out.spec.unwrap();
         let names = |cs: &[Container]| cs.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
         assert_eq!(
@@ -273,7 +302,6 @@ mod tests {
         assert_eq!(ann["ghostwire.dev/x"], "1");
         assert_eq!(ann["ghostwire.dev/y"], "2");
         // The `/` of the annotation key is escaped in the pointer.
-        let text = serde_json::to_string(&patch.ops).unwrap();
         assert!(text.contains("ghostwire.dev~1y"), "{text}");
     }
 

@@ -227,6 +227,7 @@ mod tests {
                 .collect::<BTreeMap<_, _>>()
                 .into(),
             namespace: "media".into(),
+            ..Default::default()
         }
     }
 

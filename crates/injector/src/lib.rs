@@ -17,6 +17,7 @@
 pub mod capability;
 pub mod defaults;
 pub mod gateway_client;
+pub mod mesh;
 pub mod metrics;
 pub mod owner;
 pub mod preview_switch;
@@ -153,8 +154,8 @@ pub async fn start(config: Config, client: kube::Client) -> Result<Running, Erro
         config.defaults_configmap.clone(),
         config.defaults_ttl,
     );
+    // The order here is the documented container order (see `capability::PodPatch`).
     let capabilities: Vec<Box<dyn capability::Capability>> = vec![
-        Box::new(config.preview_switch.clone()),
         Box::new(gateway_client::GatewayClient {
             image: config.preview_switch.image.clone(),
             pull_policy: config.preview_switch.pull_policy.clone(),
@@ -167,6 +168,11 @@ pub async fn start(config: Config, client: kube::Client) -> Result<Running, Erro
                         .collect()
                 })
                 .unwrap_or_default(),
+        }),
+        Box::new(config.preview_switch.clone()),
+        Box::new(mesh::Mesh {
+            image: config.preview_switch.image.clone(),
+            pull_policy: config.preview_switch.pull_policy.clone(),
         }),
     ];
     let app = Arc::new(server::App {

@@ -6,7 +6,7 @@ use crate::capability::{Capability, Denial, PodPatch, Workload};
 use k8s_openapi::api::core::v1::{Container, Pod, Volume, VolumeMount};
 use serde_json::json;
 use std::collections::BTreeMap;
-use switch::config::{BACKEND, HTTP_ADDR, KNOBS, Settings, Sources};
+use switch::config::{BACKEND, DNAT_MAP, HTTP_ADDR, KNOBS, MODE, Settings, Sources};
 
 /// The opt-in annotation (the seed's "enable injection").
 pub const ENABLED: &str = "ghostwire.dev/enabled";
@@ -109,6 +109,20 @@ impl PreviewSwitch {
     }
 }
 
+/// Where the switch writes its map for this workload (annotation over defaults over built-in);
+/// in mesh mode the proxy reads it there.
+pub fn map_path(w: &Workload) -> String {
+    let knob = KNOBS
+        .iter()
+        .find(|k| k.env == DNAT_MAP)
+        .expect("knob in table");
+    knob.annotation
+        .and_then(|a| w.annotations.get(a))
+        .or_else(|| w.defaults.get(DNAT_MAP))
+        .cloned()
+        .unwrap_or_else(|| knob.default.to_string())
+}
+
 fn downward(name: &str, field: &str) -> serde_json::Value {
     json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": field}}})
 }
@@ -166,10 +180,17 @@ impl Capability for PreviewSwitch {
         }
         // The watcher's address is the injector's to choose: its port is also the probe's
         // and the declared containerPort's, so a GW_HTTP_ADDR default does not apply.
-        let env = self.env(w)?;
+        let mut env = self.env(w)?;
+        // With the mesh in the same Pod the switch becomes a route in the proxy: no kernel
+        // rules (netfilter would apply only one of the two NAT bindings), so no capabilities.
+        let mesh = w.wanted.contains(&"mesh");
+        if mesh {
+            env.insert(MODE, "mesh".into());
+        }
         // Legacy iptables talks to the kernel over a raw socket, which needs NET_RAW;
         // nftables and iptables-nft (and `auto`, which prefers nftables) need NET_ADMIN only.
         let caps: &[&str] = match env.get(BACKEND).map(String::as_str) {
+            _ if mesh => &[],
             Some("iptables-legacy" | "iptables") => &["NET_ADMIN", "NET_RAW"],
             _ => &["NET_ADMIN"],
         };

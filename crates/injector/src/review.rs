@@ -99,7 +99,9 @@ impl Injector {
             .unwrap_or_else(|| "default".into());
         let mut annotations = self.owners.annotations(&namespace, &pod.metadata).await?;
         annotations.extend(owner::ghostwire_annotations(&pod.metadata));
-        let workload = Workload {
+        let mut workload = Workload {
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            wanted: Vec::new(),
             annotations,
             defaults: self
                 .defaults
@@ -108,7 +110,7 @@ impl Injector {
                 .map_err(|e| ReviewError::Defaults(Box::new(e)))?,
             namespace,
         };
-        let patch = match self.mutate(&pod, &workload) {
+        let patch = match self.mutate(&pod, &mut workload) {
             Ok(patch) => patch,
             Err(denial) => {
                 tracing::info!(namespace = %workload.namespace, pod = %pod_name(&pod), reason = %denial, "denied");
@@ -139,8 +141,15 @@ impl Injector {
     }
 
     /// The patch for a Pod: each wanted capability not injected yet adds its pieces.
-    fn mutate(&self, pod: &Pod, workload: &Workload) -> Result<PodPatch, Denial> {
+    fn mutate(&self, pod: &Pod, workload: &mut Workload) -> Result<PodPatch, Denial> {
         let mut patch = PodPatch::new(pod)?;
+        // Every capability decides first, so that the ones that meet in this Pod can adapt.
+        for cap in &self.capabilities {
+            if cap.wants(workload)? {
+                workload.wanted.push(cap.name());
+            }
+        }
+        let workload = &*workload;
         let done: Vec<&str> = pod
             .metadata
             .annotations
@@ -150,7 +159,7 @@ impl Injector {
             .unwrap_or_default();
         let mut injected = done.clone();
         for cap in &self.capabilities {
-            if cap.wants(workload)? && !done.contains(&cap.name()) {
+            if workload.wanted.contains(&cap.name()) && !done.contains(&cap.name()) {
                 cap.patch(pod, workload, &mut patch)?;
                 injected.push(cap.name());
             }

@@ -458,3 +458,82 @@ async fn host_network_pods_are_denied_not_injected() {
     assert_eq!(resp["allowed"], true, "{resp}");
     assert!(resp.get("patch").is_none(), "{resp}");
 }
+
+/// One documented container order for every capability: a Pod asking for the preview switch
+/// and the mesh (plus an init container of its own) gets set-up containers first, then the
+/// native sidecar, and the switch becomes a route in the proxy instead of a DNAT chain.
+#[tokio::test]
+async fn two_capabilities_in_the_documented_order() {
+    let h = Harness::start("two-caps").await;
+    let mut input = pod(
+        "both",
+        json!({"ghostwire.dev/enabled": "true", "ghostwire.dev/mesh": "true"}),
+    );
+    input["spec"]["initContainers"] = json!([{"name": "migrate", "image": "x"}]);
+    let resp = h.admit(input.clone()).await;
+    assert_eq!(resp["allowed"], true, "{resp}");
+    let (_, p) = apply(&input, &resp);
+    let spec = p.spec.as_ref().unwrap();
+    let names = |cs: &[Container]| cs.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(spec.init_containers.as_deref().unwrap()),
+        [
+            "migrate",
+            "ghostwire-init",
+            "ghostwire-proxy-init",
+            "ghostwire-proxy-validate",
+            "ghostwire-proxy"
+        ]
+    );
+    assert_eq!(names(&spec.containers), ["app", "ghostwire-watcher"]);
+    let proxy = container(&p, "ghostwire-proxy");
+    assert_eq!(proxy.restart_policy.as_deref(), Some("Always"));
+    assert_eq!(
+        proxy.security_context.as_ref().unwrap().run_as_user,
+        Some(1337)
+    );
+    // The switch acts through the proxy: mesh mode, no capabilities, the map shared read-only.
+    for c in ["ghostwire-init", "ghostwire-watcher"] {
+        let c = container(&p, c);
+        assert_eq!(
+            env(c, "GW_SWITCH_MODE").as_deref(),
+            Some("mesh"),
+            "{}",
+            c.name
+        );
+        let caps = c.security_context.as_ref().unwrap().capabilities.as_ref();
+        assert_eq!(caps.unwrap().add.as_deref(), Some(&[][..]), "{}", c.name);
+    }
+    assert_eq!(
+        env(proxy, "GW_MESH_PREVIEW_MAP").as_deref(),
+        Some("/shared/dnat.map")
+    );
+    let shared = proxy
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "ghostwire-shared")
+        .expect("the proxy mounts the switch's volume");
+    assert_eq!(shared.read_only, Some(true));
+    let ann = p.metadata.annotations.as_ref().unwrap();
+    assert_eq!(ann["ghostwire.dev/injected"], "preview-switch,mesh");
+
+    // Only the mesh, by the seed's label: no switch pieces, no preview map.
+    let mut seed = pod("seed", json!({}));
+    seed["metadata"]["labels"]["service-mesh"] = json!("enabled");
+    let resp = h.admit(seed.clone()).await;
+    let (_, p) = apply(&seed, &resp);
+    let spec = p.spec.as_ref().unwrap();
+    assert_eq!(
+        names(spec.init_containers.as_deref().unwrap()),
+        [
+            "ghostwire-proxy-init",
+            "ghostwire-proxy-validate",
+            "ghostwire-proxy"
+        ]
+    );
+    assert_eq!(
+        env(container(&p, "ghostwire-proxy"), "GW_MESH_PREVIEW_MAP"),
+        None
+    );
+}

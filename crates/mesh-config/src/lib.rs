@@ -39,6 +39,8 @@ knobs::knobs! {
         "How long the proxy waits for a client's first bytes before treating the connection as opaque TCP.";
     CONFIG = "GW_MESH_CONFIG", "routes", "",
         "Proxy: routing config file (YAML or JSON), reloaded when it changes. Empty: every destination passes through unchanged.";
+    PREVIEW_MAP = "GW_MESH_PREVIEW_MAP", "preview-map", "",
+        "Proxy: the preview switch's map in its mesh mode (JSON, reloaded when it changes); while it says `on`, connections to an active Service's address go to its preview. Set by the injector when a Pod asks for both.";
     CONFIG_POLL = "GW_MESH_CONFIG_POLL", "config-poll", "1s",
         "Proxy: how often the routing config file is checked for changes.";
     MAX_CONNECTIONS = "GW_MESH_MAX_CONNECTIONS", "max-connections", "10000",
@@ -94,6 +96,7 @@ pub struct ProxySettings {
     pub opaque_ports: Vec<u16>,
     pub detect_timeout: Duration,
     pub config: Option<PathBuf>,
+    pub preview_map: Option<PathBuf>,
     pub config_poll: Duration,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
@@ -214,6 +217,9 @@ impl Sources {
             opaque_ports: r.parse(OPAQUE_PORTS, parse_ports)?,
             detect_timeout: r.parse(DETECT_TIMEOUT, positive)?,
             config: Some(r.raw(CONFIG))
+                .filter(|p| !p.trim().is_empty())
+                .map(PathBuf::from),
+            preview_map: Some(r.raw(PREVIEW_MAP))
                 .filter(|p| !p.trim().is_empty())
                 .map(PathBuf::from),
             config_poll: r.parse(CONFIG_POLL, positive)?,

@@ -17,6 +17,7 @@ pub mod detect;
 pub mod http;
 pub mod metrics;
 pub mod pool;
+pub mod preview;
 pub mod retry;
 pub mod server;
 pub mod store;

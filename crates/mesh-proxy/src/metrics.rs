@@ -19,6 +19,7 @@ pub struct Metrics {
     pub open_connections: Family<Labels, Gauge>,
     pub refused: Family<Labels, Counter>,
     pub tcp_bytes: Family<Labels, Counter>,
+    pub preview_switched: Family<Labels, Counter>,
     pub config_generation: Gauge,
     pub config_errors: Counter,
 }
@@ -41,6 +42,7 @@ impl Metrics {
             open_connections: Family::default(),
             refused: Family::default(),
             tcp_bytes: Family::default(),
+            preview_switched: Family::default(),
             config_generation: Gauge::default(),
             config_errors: Counter::default(),
         };
@@ -87,6 +89,11 @@ impl Metrics {
             m.tcp_bytes.clone(),
         );
         r.register(
+            "preview_switched_connections",
+            "Connections sent to a preview Service instead of the active one (the preview switch as a route)",
+            m.preview_switched.clone(),
+        );
+        r.register(
             "config_generation",
             "Generation of the routing config in use (0: none)",
             m.config_generation.clone(),
@@ -121,6 +128,7 @@ mod tests {
             &m.connections,
             &m.refused,
             &m.tcp_bytes,
+            &m.preview_switched,
         ] {
             f.get_or_create(&vec![("x", "y".into())]).inc();
         }
@@ -139,6 +147,7 @@ mod tests {
             "ghostwire_proxy_open_connections",
             "ghostwire_proxy_refused_connections_total",
             "ghostwire_proxy_tcp_bytes_total",
+            "ghostwire_proxy_preview_switched_connections_total",
             "ghostwire_proxy_config_generation",
             "ghostwire_proxy_config_errors_total",
         ] {

@@ -5,6 +5,7 @@ use crate::detect::{self, Prefixed, Protocol};
 use crate::http::{Conn, Http};
 use crate::metrics::{Labels, Metrics};
 use crate::pool::Pool;
+use crate::preview::Preview;
 use crate::store::{ConfigSource, Store};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_config::ProxySettings;
@@ -85,6 +86,8 @@ pub struct Proxy {
     metrics: Metrics,
     registry: Arc<Registry>,
     source: Option<Box<dyn ConfigSource>>,
+    preview: Preview,
+    preview_task: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
@@ -115,6 +118,16 @@ impl Proxy {
             pool: Arc::new(Pool::new(Duration::from_secs(5), 64)),
             metrics: metrics.clone(),
         });
+        let (preview, preview_task) = match &settings.preview_map {
+            Some(path) => {
+                let (p, task) = crate::preview::follow(path.clone(), settings.config_poll);
+                (
+                    p,
+                    Some(Box::pin(task) as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>),
+                )
+            }
+            None => (Preview::none(), None),
+        };
         Ok(Proxy {
             settings,
             inbound,
@@ -125,6 +138,8 @@ impl Proxy {
             metrics,
             registry: Arc::new(registry),
             source,
+            preview,
+            preview_task,
         })
     }
 
@@ -145,6 +160,8 @@ impl Proxy {
             metrics,
             registry,
             source,
+            preview,
+            preview_task,
         } = self;
         let settings = Arc::new(settings);
         let draining = Arc::new(AtomicBool::new(false));
@@ -179,6 +196,9 @@ impl Proxy {
                 }),
             ));
         }
+        if let Some(t) = preview_task {
+            tasks.spawn(t);
+        }
         let mut admin_stop = stop_rx.clone();
         tasks.spawn(admin::serve(admin, registry, health, async move {
             until(&mut admin_stop).await;
@@ -195,6 +215,7 @@ impl Proxy {
                 stop: stop_rx.clone(),
                 live: live.clone(),
                 direction,
+                preview: preview.clone(),
             };
             let mut drain = drain_rx.clone();
             let sem = Arc::new(Semaphore::new(settings.max_connections));
@@ -261,6 +282,7 @@ struct Ctx {
     stop: watch::Receiver<bool>,
     live: Arc<Live>,
     direction: Direction,
+    preview: Preview,
 }
 
 impl Ctx {
@@ -295,6 +317,20 @@ impl Ctx {
         if self.is_self(orig, local) {
             return self.refuse("loop");
         }
+        // The preview switch, when it is a route here: active Service → its preview.
+        let orig = match self.direction {
+            Direction::Outbound => {
+                let to = self.preview.resolve(orig);
+                if to != orig {
+                    self.metrics
+                        .preview_switched
+                        .get_or_create(&vec![("direction", "outbound".into())])
+                        .inc();
+                }
+                to
+            }
+            Direction::Inbound => orig,
+        };
         let (protocol, prefix) = if self.settings.opaque_ports.contains(&orig.port()) {
             // Server-speaks-first: the client may wait for the server, so do not wait for it.
             (Protocol::Opaque, Vec::new())

@@ -182,3 +182,84 @@ services:
         "v2\n"
     );
 }
+
+/// The preview switch as a route in the proxy: the switch's mesh-mode map (written with the
+/// switch's own type) sends connections to the active Service to its preview while it is on,
+/// both when the preview passes through unconfigured and when the proxy balances to its
+/// endpoints itself (where a DNAT in the kernel could not act).
+#[test]
+fn preview_switch_as_a_route() {
+    use switch::dnat_map::{MeshMap, MeshMapping};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut lab = Lab::new("mesh-prev").unwrap();
+    let client = lab.add_pod("client").unwrap();
+    let active = lab.add_pod("active").unwrap();
+    let preview = lab.add_pod("preview").unwrap();
+    let _a = http_backend(&rt, &active, "active", 8080);
+    let _p = http_backend(&rt, &preview, "preview", 8080);
+    let svc = lab
+        .add_service("shop", &[ServicePort::tcp(80, 8080)], &[&active])
+        .unwrap();
+    let svc_p = lab
+        .add_service("shop-preview", &[ServicePort::tcp(80, 8080)], &[&preview])
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("gw-prev-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let map = dir.join("dnat.map");
+    let write = |on: bool| {
+        MeshMap {
+            on,
+            namespace: "shop".into(),
+            mappings: vec![MeshMapping {
+                active: "shop".into(),
+                preview: "shop-preview".into(),
+                protocol: "tcp".into(),
+                active_addr: svc.addr_v4(80),
+                preview_addr: svc_p.addr_v4(80),
+            }],
+        }
+        .write(&map)
+        .unwrap()
+    };
+    write(false);
+    let mesh = Meshed::start(
+        &client,
+        &[(mesh_config::PREVIEW_MAP, map.to_str().unwrap())],
+    );
+    let url = format!("http://{}/hello", svc.addr_v4(80));
+    // Waits (bounded) until a new connection's answer is `want`.
+    let expect = |want: &str| {
+        for _ in 0..100 {
+            if curl(&client, &[&url]) == format!("{want}\n") {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("never answered by {want}");
+    };
+    expect("active");
+    write(true);
+    expect("preview");
+    // The proxy balances to the preview's endpoints itself: still the preview.
+    let ep = SocketAddr::new(preview.ipv4.into(), 8080);
+    mesh.configure(&format!(
+        "services:\n  - name: shop-preview.shop\n    addresses: [\"{}\"]\n    backends:\n      - {{name: v1, endpoints: [\"{ep}\"]}}\n",
+        svc_p.addr_v4(80)
+    ));
+    assert_eq!(curl(&client, &[&url]), "preview\n");
+    let m = mesh.metrics();
+    assert!(
+        metric(
+            &m,
+            "ghostwire_proxy_requests_total{direction=\"outbound\",service=\"shop-preview.shop\""
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "ghostwire_proxy_preview_switched_connections_total") >= 2.0,
+        "{m}"
+    );
+    write(false);
+    expect("active");
+    let _ = std::fs::remove_dir_all(&dir);
+}

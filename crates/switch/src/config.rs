@@ -52,6 +52,8 @@ knobs::knobs! {
         "Honour a preview Service only if its `ghostwire.dev/preview-of` annotation names the active Service.", @"strictPairing";
     API_TIMEOUT = "GW_API_TIMEOUT", "api-timeout", "30s",
         "How long to keep retrying an unreachable Kubernetes API before giving up.";
+    MODE = "GW_SWITCH_MODE", "switch-mode", "dnat",
+        "`dnat`: a DNAT chain and one jump in the kernel. `mesh`: no kernel rules; init and watcher write the mapping and whether it is on to GW_IPTABLES_DNAT_MAP as JSON, and the mesh proxy routes by it (the injector sets this when a Pod also asks for the mesh).";
 }
 
 /// The IMDS addresses excluded by default (AWS, GCP, Azure use the IPv4 one; AWS also the IPv6 one).
@@ -121,6 +123,15 @@ impl Pattern {
     }
 }
 
+/// Where the switch acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The kernel's DNAT chain and jump.
+    Dnat,
+    /// A JSON map file the mesh proxy reads (see [`crate::dnat_map::MeshMap`]).
+    Mesh,
+}
+
 /// Which rule backend to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendChoice {
@@ -150,6 +161,7 @@ pub struct Settings {
     pub http_addr: std::net::SocketAddr,
     pub flush_conntrack: bool,
     pub strict_pairing: bool,
+    pub mode: Mode,
     /// The API server's address (`KUBERNETES_SERVICE_HOST`), when it is an IP.
     pub api_server: Option<std::net::IpAddr>,
     /// The nameservers of /etc/resolv.conf (the cluster DNS).
@@ -325,6 +337,11 @@ impl Settings {
             })?,
             flush_conntrack: parsed(&raw, FLUSH_CONNTRACK, parse_bool)?,
             strict_pairing: parsed(&raw, STRICT_PAIRING, parse_bool)?,
+            mode: parsed(&raw, MODE, |s| match s.trim() {
+                "dnat" => Ok(Mode::Dnat),
+                "mesh" => Ok(Mode::Mesh),
+                _ => Err("expected dnat or mesh".to_string()),
+            })?,
             api_server: src
                 .api_server_host
                 .as_deref()

@@ -57,6 +57,57 @@ pub fn render_json(plan: &Plan, s: &Settings) -> String {
     .expect("plain data serialises")
 }
 
+/// The map in the switch's mesh mode (`GW_SWITCH_MODE=mesh`): the mapping plus whether the
+/// Pod's role says preview now. The mesh proxy reads it and sends a connection to an
+/// `active_addr` to its `preview_addr` while `on` is true.
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct MeshMap {
+    pub on: bool,
+    pub namespace: String,
+    pub mappings: Vec<MeshMapping>,
+}
+
+/// One pair of [`MeshMap`].
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Clone)]
+pub struct MeshMapping {
+    pub active: String,
+    pub preview: String,
+    pub protocol: String,
+    pub active_addr: std::net::SocketAddr,
+    pub preview_addr: std::net::SocketAddr,
+}
+
+impl MeshMap {
+    pub fn new(plan: &Plan, s: &Settings, on: bool) -> MeshMap {
+        MeshMap {
+            on,
+            namespace: s.namespace.clone(),
+            mappings: plan
+                .mappings
+                .iter()
+                .map(|m| MeshMapping {
+                    active: m.active.clone(),
+                    preview: m.preview.clone(),
+                    protocol: m.protocol.as_str().to_string(),
+                    active_addr: m.active_addr,
+                    preview_addr: m.preview_addr,
+                })
+                .collect(),
+        }
+    }
+
+    /// Reads the map at `path`; `None` if it is missing or not a mesh map.
+    pub fn read(path: &Path) -> Option<MeshMap> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+
+    /// Writes the map atomically (readers see the old file or the whole new one).
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("plain data serialises") + "\n";
+        Staged::write(path, &text)?.commit()
+    }
+}
+
 /// A file written beside its destination and renamed into place on
 /// [`Staged::commit`]; dropped without commit, it is removed. Readers only
 /// ever see the old file or the whole new one.
@@ -178,6 +229,34 @@ mod tests {
         assert_eq!(mode & 0o022, 0, "writable by others: {mode:o}");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
         assert!(Staged::write(&dir.join("missing/dnat.map"), "x").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Mesh mode: init writes the map for the proxy, keeping `on` as the file has it (as
+    /// init keeps the jump) unless told to turn it on.
+    #[test]
+    fn mesh_mode_map_keeps_on_like_the_jump() {
+        use crate::init::{Jump, apply_mesh};
+        let (p, mut s) = sample();
+        let dir = std::env::temp_dir().join(format!("gw-meshmap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("dnat.map");
+        s.dnat_map = Some(path.clone());
+        apply_mesh(&p, &s, Jump::Keep).unwrap();
+        let m = MeshMap::read(&path).unwrap();
+        assert!(!m.on);
+        assert_eq!(m.mappings.len(), 2);
+        assert_eq!(m.mappings[0].active_addr, "10.96.0.5:80".parse().unwrap());
+        assert_eq!(
+            m.mappings[0].preview_addr,
+            "10.96.0.6:8080".parse().unwrap()
+        );
+        apply_mesh(&p, &s, Jump::On).unwrap();
+        assert!(MeshMap::read(&path).unwrap().on);
+        apply_mesh(&p, &s, Jump::Keep).unwrap();
+        assert!(MeshMap::read(&path).unwrap().on, "init never turns it off");
+        s.dnat_map = None;
+        assert!(apply_mesh(&p, &s, Jump::Keep).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

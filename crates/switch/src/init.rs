@@ -104,6 +104,26 @@ pub fn apply(
     Ok(())
 }
 
+/// Mesh mode (`GW_SWITCH_MODE=mesh`): writes the map for the proxy instead of kernel rules.
+/// Like the jump, `on` is kept as the file has it unless `jump` is [`Jump::On`].
+pub fn apply_mesh(plan: &Plan, s: &Settings, jump: Jump) -> Result<(), InitError> {
+    let path = s.dnat_map.as_ref().ok_or_else(|| InitError::Map {
+        path: String::new(),
+        source: std::io::Error::other(
+            "GW_SWITCH_MODE=mesh needs GW_IPTABLES_DNAT_MAP: the proxy reads the mapping there",
+        ),
+    })?;
+    let on = jump == Jump::On || dnat_map::MeshMap::read(path).is_some_and(|m| m.on);
+    dnat_map::MeshMap::new(plan, s, on)
+        .write(path)
+        .map_err(|source| InitError::Map {
+            path: path.display().to_string(),
+            source,
+        })?;
+    tracing::info!(path = %path.display(), mappings = plan.mappings.len(), on, "mesh mode: map written for the proxy");
+    Ok(())
+}
+
 /// Removes all of the switch's rules (both families) and nothing else.
 pub fn cleanup(backend: &Backend) -> Result<(), netrules::Error> {
     backend.cleanup(TABLE)

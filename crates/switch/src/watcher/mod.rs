@@ -16,7 +16,8 @@ mod role;
 pub use metrics::Metrics;
 pub use role::Role;
 
-use crate::config::Settings;
+use crate::config::{Mode, Settings};
+use crate::dnat_map::MeshMap;
 use crate::init::{self as sw};
 use crate::pairing::{Plan, Svc};
 use crate::rules;
@@ -141,8 +142,45 @@ impl Reconciler {
         rules::table(plan.unwrap_or(&Plan::default()), &self.s, jump)
     }
 
+    /// Mesh mode (`GW_SWITCH_MODE=mesh`): the map file for the proxy stands for the kernel;
+    /// its `on` is the jump, its mappings the chain.
+    fn observe_mesh_map(&self, plan: Option<&Plan>) -> KernelView {
+        let have = self.s.dnat_map.as_deref().and_then(MeshMap::read);
+        let Some(plan) = plan else {
+            return KernelView::Unverified {
+                chain_present: have.is_some(),
+                jump: have.is_some_and(|m| m.on),
+            };
+        };
+        let jump = have.as_ref().is_some_and(|m| m.on);
+        let want = MeshMap::new(plan, &self.s, jump);
+        KernelView::Read {
+            jump,
+            base_ok: have.is_some(),
+            rest: match &have {
+                Some(m) if *m == want => Ok(()),
+                Some(_) => Err("the mesh map's mappings differ from the Services".into()),
+                None => Err("the mesh map is missing".into()),
+            },
+            empty: have.is_none(),
+        }
+    }
+
+    /// Mesh mode: writes the map file with `on`.
+    fn write_mesh_map(&self, plan: Option<&Plan>, on: bool) -> Result<(), String> {
+        let Some(path) = &self.s.dnat_map else {
+            return Err("GW_SWITCH_MODE=mesh needs GW_IPTABLES_DNAT_MAP".into());
+        };
+        MeshMap::new(plan.unwrap_or(&Plan::default()), &self.s, on)
+            .write(path)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+
     /// Reads the kernel and compares it with the tables the switch can want.
     async fn observe(&self, plan: Option<&Plan>) -> KernelView {
+        if self.s.mode == Mode::Mesh {
+            return self.observe_mesh_map(plan);
+        }
         let on = self.table(plan, true);
         let off = self.table(plan, false);
         let s = self.s.clone();
@@ -175,6 +213,14 @@ impl Reconciler {
 
     /// Runs the one transaction the decision asks for.
     async fn act(&self, act: &Act, plan: Option<&Plan>) -> Result<(), String> {
+        if self.s.mode == Mode::Mesh {
+            return match act {
+                Act::Nothing => Ok(()),
+                Act::Cannot(why) => Err(why.clone()),
+                Act::SetJump(on) => self.write_mesh_map(plan, *on),
+                Act::Rebuild { jump, .. } => self.write_mesh_map(plan, *jump),
+            };
+        }
         match act {
             Act::Nothing => Ok(()),
             Act::Cannot(why) => Err(why.clone()),
@@ -262,7 +308,7 @@ impl Reconciler {
                 seconds = secs,
                 "jump flipped"
             );
-            if self.s.flush_conntrack {
+            if self.s.flush_conntrack && self.s.mode == Mode::Dnat {
                 self.flush_conntrack(plan).await;
             }
         } else {
