@@ -19,6 +19,12 @@ pub enum LabCommand {
     /// The echo image's program: answers HTTP, TCP and UDP with the pod name and $VERSION.
     #[command(hide = true)]
     Echo(EchoArgs),
+    /// The `ghostwire/app-a` image's program: calls TARGET_URL every second, prints each answer.
+    #[command(hide = true)]
+    AppA,
+    /// The `ghostwire/app-b` image's program: hostname + VERSION, FAIL_RATE percent 500s.
+    #[command(hide = true)]
+    AppB,
 }
 
 #[derive(Args)]
@@ -106,6 +112,8 @@ pub async fn run(cmd: LabCommand) -> Result<(), Exit> {
         LabCommand::ApiState(args) => api_state(args).await,
         LabCommand::Down => down(),
         LabCommand::Echo(args) => echo(args).await,
+        LabCommand::AppA => app_a().await,
+        LabCommand::AppB => app_b().await,
     }
 }
 
@@ -338,6 +346,33 @@ fn down() -> Result<(), Exit> {
     println!("removed {} lab namespaces", removed.len());
     for n in removed {
         println!("  {n}");
+    }
+    Ok(())
+}
+
+async fn app_a() -> Result<(), Exit> {
+    let a = mesh_apps::AppA::from_env(mesh_apps::process_env).code(Code::Config)?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = a.run() => {}
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+async fn app_b() -> Result<(), Exit> {
+    let b = mesh_apps::AppB::from_env(mesh_apps::process_env).code(Code::Config)?;
+    let listener = b.bind().await.code(Code::Config)?;
+    println!(
+        "app-b {:?} on [::]:{}, FAIL_RATE {}%",
+        b.reply, b.port, b.fail_rate
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = b.serve(listener) => {}
+        _ = term.recv() => {}
     }
     Ok(())
 }

@@ -5,6 +5,8 @@
 //! |---|---|---|
 //! | `ghostwire`, `*/ghostwire` (e.g. `ghcr.io/ghostwire/ghostwire:dev`) | this build's `ghostwire` binary | none |
 //! | `ghostwire/echo`, `lab/echo`, `*/ghostwire-echo` | `ghostwire lab echo` (HTTP/TCP/UDP echo of pod name and `VERSION`) | none (TCP and UDP 8080) |
+//! | `ghostwire/app-a` | `ghostwire lab app-a` (the mesh seed's client: calls `TARGET_URL` every second) | none |
+//! | `ghostwire/app-b` | `ghostwire lab app-b` (the mesh seed's server: hostname + `VERSION`, `FAIL_RATE` % 500s) | none (HTTP on 8080) |
 //! | `busybox`, `alpine`, `debian`, `ubuntu` (+ `docker.io/library/…`) | none: the host's tools (`sh`, `sleep`, …) | `sh` |
 //! | anything else | — | `ErrImagePull` / `ImagePullBackOff`, as a kubelet reports a missing image |
 //!
@@ -19,6 +21,10 @@ use std::path::Path;
 pub enum Image {
     Ghostwire,
     Echo,
+    /// The mesh's example client (`mesh_apps::AppA`).
+    AppA,
+    /// The mesh's example server (`mesh_apps::AppB`).
+    AppB,
     /// A general-purpose base image: the host's tools.
     Host,
 }
@@ -82,6 +88,8 @@ pub fn lookup(image: &str) -> Result<Image, ImageError> {
     let last = short.rsplit('/').next().unwrap_or_default();
     match short {
         "ghostwire/echo" | "lab/echo" => return Ok(Image::Echo),
+        "ghostwire/app-a" => return Ok(Image::AppA),
+        "ghostwire/app-b" => return Ok(Image::AppB),
         "busybox" | "alpine" | "debian" | "ubuntu" => return Ok(Image::Host),
         _ => {}
     }
@@ -104,6 +112,8 @@ pub fn argv(
     let (entry, default_args): (Vec<String>, Vec<String>) = match kind {
         Image::Ghostwire => (vec![gw.clone()], vec![]),
         Image::Echo => (vec![gw.clone(), "lab".into(), "echo".into()], vec![]),
+        Image::AppA => (vec![gw.clone(), "lab".into(), "app-a".into()], vec![]),
+        Image::AppB => (vec![gw.clone(), "lab".into(), "app-b".into()], vec![]),
         Image::Host => (vec![], vec!["sh".into()]),
     };
     let mut out = if command.is_empty() {
@@ -145,6 +155,8 @@ mod tests {
             ("ghcr.io/ghostwire/ghostwire:0.1", Some(Image::Ghostwire)),
             ("ghostwire/echo:1", Some(Image::Echo)),
             ("lab/echo", Some(Image::Echo)),
+            ("ghostwire/app-a:dev", Some(Image::AppA)),
+            ("docker.io/ghostwire/app-b", Some(Image::AppB)),
             ("busybox:1.36", Some(Image::Host)),
             ("docker.io/library/alpine", Some(Image::Host)),
             ("alpine@sha256:abcd", Some(Image::Host)),

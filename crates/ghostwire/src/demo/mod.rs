@@ -5,6 +5,7 @@
 //! all in order and exits 0 only if every one passed; a failed capability does not stop the
 //! others, so one run reports all of them.
 
+mod mesh;
 mod mirror;
 mod switch;
 
@@ -35,6 +36,8 @@ pub enum Capability {
     Switch,
     /// Service mirror: a remote cluster's Service mirrored locally and reached by its ClusterIP.
     Mirror,
+    /// Mesh: app-a → app-b through both injected proxies, 90/10 split, retries, metrics.
+    Mesh,
 }
 
 impl Capability {
@@ -42,6 +45,7 @@ impl Capability {
         match self {
             Capability::Switch => "switch",
             Capability::Mirror => "mirror",
+            Capability::Mesh => "mesh",
         }
     }
 
@@ -49,6 +53,7 @@ impl Capability {
         match self {
             Capability::Switch => switch::run(args).await,
             Capability::Mirror => mirror::run(args).await,
+            Capability::Mesh => mesh::run(args).await,
         }
     }
 }

@@ -122,7 +122,11 @@ pub async fn run(args: &DemoArgs) -> Result<(), Exit> {
     println!(
         "  registering `ghostwire injector` as the mutating webhook for pods labelled app=shop…"
     );
-    let injector = start_injector(&client).await?;
+    let injector = start_injector(
+        &client,
+        json!({"objectSelector": {"matchLabels": {"app": "shop"}}}),
+    )
+    .await?;
     println!(
         "  shop pods again, annotated ghostwire.dev/enabled=true (the injector adds init + watcher)…"
     );
@@ -252,9 +256,13 @@ pub async fn run(args: &DemoArgs) -> Result<(), Exit> {
     }
 }
 
-/// Registers the webhook (URL on loopback, where the lab API calls it), starts the injector
-/// in this process with a self-signed CA, and waits until it has written the caBundle.
-async fn start_injector(client: &kube::Client) -> Result<injector::Running, Exit> {
+/// Registers the webhook (URL on loopback, where the lab API calls it) for the Pods that
+/// `selector` picks (`objectSelector` and/or `namespaceSelector`), starts the injector in this
+/// process with a self-signed CA, and waits until it has written the caBundle.
+pub(super) async fn start_injector(
+    client: &kube::Client,
+    selector: serde_json::Value,
+) -> Result<injector::Running, Exit> {
     let config = injector::Config {
         listen: "127.0.0.1:0".parse().expect("literal"),
         admin_listen: "127.0.0.1:0".parse().expect("literal"),
@@ -275,10 +283,11 @@ async fn start_injector(client: &kube::Client) -> Result<injector::Running, Exit
     // The webhook's port is only known once the injector is bound: register the configuration
     // first (nothing it selects exists yet), then point it at the injector.
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let selector = &selector;
     let register = |url: String| {
         let api = api.clone();
         async move {
-            let webhook = webhook_config(&url);
+            let webhook = webhook_config(&url, selector);
             api.patch(
                 WEBHOOK,
                 &PatchParams::apply("ghostwire-demo").force(),
@@ -312,9 +321,9 @@ async fn start_injector(client: &kube::Client) -> Result<injector::Running, Exit
     }
 }
 
-/// The demo's MutatingWebhookConfiguration: Pod CREATE of pods labelled app=shop.
-fn webhook_config(url: &str) -> serde_json::Value {
-    json!({
+/// The demo's MutatingWebhookConfiguration: Pod CREATE of the Pods `selector` picks.
+fn webhook_config(url: &str, selector: &serde_json::Value) -> serde_json::Value {
+    let mut w = json!({
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": WEBHOOK},
         "webhooks": [{
@@ -323,7 +332,10 @@ fn webhook_config(url: &str) -> serde_json::Value {
             "failurePolicy": "Fail", "reinvocationPolicy": "IfNeeded", "timeoutSeconds": 10,
             "clientConfig": {"url": url},
             "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
-            "objectSelector": {"matchLabels": {"app": "shop"}},
         }],
-    })
+    });
+    if let (Some(hook), Some(sel)) = (w["webhooks"][0].as_object_mut(), selector.as_object()) {
+        hook.extend(sel.clone());
+    }
+    w
 }
