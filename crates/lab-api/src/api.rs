@@ -10,6 +10,7 @@ use crate::resources::ResourceType;
 use crate::scale;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::server::State;
+use crate::ssa;
 use crate::status::{ApiError, Cause, Subject};
 use crate::store::{Key, StoreError, object_rv};
 use crate::table;
@@ -391,11 +392,18 @@ fn with_warnings(mut r: Response<Body>, warnings: &[String]) -> Response<Body> {
 
 async fn create(state: &Arc<State>, req: &Request, t: &Target) -> Reply {
     let obj = decode_body(req)?;
-    create_object(state, req, t, obj).await
+    create_object(state, req, t, obj, false).await
 }
 
-/// The create path shared by POST and server-side apply of a new object.
-async fn create_object(state: &Arc<State>, req: &Request, t: &Target, mut obj: Value) -> Reply {
+/// The create path shared by POST and server-side apply of a new object (`applied`: its
+/// managedFields are already those of the apply).
+async fn create_object(
+    state: &Arc<State>,
+    req: &Request,
+    t: &Target,
+    mut obj: Value,
+    applied: bool,
+) -> Reply {
     let rt = &t.rt;
     check_kind(rt, &mut obj)?;
     let dry = dry_run(req)?;
@@ -472,6 +480,9 @@ async fn create_object(state: &Arc<State>, req: &Request, t: &Target, mut obj: V
         }
     }
     validation::default_object(rt, &mut obj);
+    if !applied {
+        track_update(state, req, t, None, &mut obj)?;
+    }
     crate::crd::validate(state, rt, &obj, None)?;
     let mut obj = admission::mutate(state, rt, "CREATE", obj, None, dry).await?;
     // Allocation and storage under one lock, so two creates never take the same ClusterIP.
@@ -519,6 +530,14 @@ fn spec_part(o: &Value) -> Value {
     v
 }
 
+/// How an update came: the resourceVersion it must replace, and whether server-side apply has
+/// already set its managedFields.
+#[derive(Clone, Copy)]
+struct How {
+    precondition: Option<u64>,
+    applied: bool,
+}
+
 /// Builds the object an update stores from the current one and the client's new version,
 /// following the subresource rules, then validates and stores it (compare-and-swap on `cur`).
 async fn apply_update(
@@ -527,9 +546,13 @@ async fn apply_update(
     t: &Target,
     cur: &Value,
     mut new: Value,
-    precondition: Option<u64>,
+    how: How,
     warnings: &mut Vec<String>,
 ) -> Result<Option<Arc<Value>>, ApiError> {
+    let How {
+        precondition,
+        applied,
+    } = how;
     let name = t.name.as_deref().unwrap_or_default();
     let rt = &t.rt;
     check_kind(rt, &mut new)?;
@@ -561,6 +584,9 @@ async fn apply_update(
         Some("status") => {
             let mut o = cur.clone();
             o["status"] = new["status"].clone();
+            if applied {
+                o["metadata"]["managedFields"] = new["metadata"]["managedFields"].clone();
+            }
             o
         }
         Some("ephemeralcontainers") => {
@@ -627,6 +653,9 @@ async fn apply_update(
             ));
         }
     }
+    if !applied {
+        track_update(state, req, t, Some(cur), &mut new)?;
+    }
     if new == *cur {
         // A no-op update does not bump the resourceVersion.
         return Ok(Some(Arc::new(cur.clone())));
@@ -688,7 +717,19 @@ async fn update(state: &Arc<State>, req: &Request, t: &Target, name: &str) -> Re
         } else {
             new.clone()
         };
-        if let Some(o) = apply_update(state, req, t, &cur, new, precondition, &mut warnings).await?
+        if let Some(o) = apply_update(
+            state,
+            req,
+            t,
+            &cur,
+            new,
+            How {
+                precondition,
+                applied: false,
+            },
+            &mut warnings,
+        )
+        .await?
         {
             return Ok(with_warnings(respond_to(req, t, 200, &o)?, &warnings));
         }
@@ -704,20 +745,38 @@ async fn patch(state: &Arc<State>, req: &Request, t: &Target, name: &str) -> Rep
         .trim()
         .to_string();
     let body = decode_body(req)?;
-    if ct == "application/apply-patch+yaml" {
+    let applying = ct == "application/apply-patch+yaml";
+    if applying {
         let manager = req.param("fieldManager").unwrap_or_default();
         if manager.is_empty() {
             return Err(ApiError::bad_request(
                 "PATCH, application/apply-patch+yaml requires fieldManager to be set",
             ));
         }
+        check_applied(&t.rt, &body)?;
+    } else if req.param("force").is_some() {
+        return Err(ApiError::bad_request(
+            "force: Invalid value: true: may not be specified for non-apply patch",
+        ));
     }
+    let force = match req.param("force") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "force: Invalid value: {other:?}: must be true or false"
+            )));
+        }
+    };
     let mut warnings = Vec::new();
     loop {
         let cur = match state.store.get(&t.key(name)) {
             Some(c) => c,
-            None if ct == "application/apply-patch+yaml" && t.sub.is_none() => {
-                return create_object(state, req, t, body).await;
+            None if applying && t.sub.is_none() => {
+                let (obj, entries) = server_side_apply(state, req, t, &json!({}), &body, force)?;
+                let mut obj = obj;
+                set_managed(&mut obj, &entries);
+                return create_object(state, req, t, obj, true).await;
             }
             None => return Err(ApiError::not_found(t.subject(name))),
         };
@@ -742,15 +801,18 @@ async fn patch(state: &Arc<State>, req: &Request, t: &Target, name: &str) -> Rep
                 patch::strategic(&cur_v, &body)?
             }
             "application/apply-patch+yaml" => {
-                // Server-side apply without field ownership tracking: the applied
-                // configuration is merged in (lists by their merge keys).
+                if scaling {
+                    return Err(ApiError::unsupported_media_type(&ct));
+                }
                 if body["metadata"]["name"].as_str().is_some_and(|n| n != name) {
                     return Err(ApiError::bad_request(format!(
                         "the name of the object ({}) does not match the name on the URL ({name})",
                         body["metadata"]["name"].as_str().unwrap_or_default()
                     )));
                 }
-                patch::strategic(&cur_v, &body)?
+                let (mut obj, entries) = server_side_apply(state, req, t, &cur_v, &body, force)?;
+                set_managed(&mut obj, &entries);
+                obj
             }
             other => return Err(ApiError::unsupported_media_type(other)),
         };
@@ -766,10 +828,201 @@ async fn patch(state: &Arc<State>, req: &Request, t: &Target, name: &str) -> Rep
         if precondition.is_some() {
             return Err(ApiError::stale(t.subject(name)));
         }
-        if let Some(o) = apply_update(state, req, t, &cur, new, None, &mut warnings).await? {
+        if let Some(o) = apply_update(
+            state,
+            req,
+            t,
+            &cur,
+            new,
+            How {
+                precondition: None,
+                applied: applying,
+            },
+            &mut warnings,
+        )
+        .await?
+        {
             return Ok(with_warnings(respond_to(req, t, 200, &o)?, &warnings));
         }
     }
+}
+
+/// Who a write is recorded under in managedFields: `fieldManager`, else the User-Agent up to its
+/// first `/` (`kubectl`, `kube-rs`).
+fn field_manager(req: &Request) -> Result<String, ApiError> {
+    if let Some(m) = req.param("fieldManager") {
+        if m.len() > 128 {
+            return Err(ApiError::bad_request(format!(
+                "fieldManager: Too long: may not be more than 128 bytes (got {})",
+                m.len()
+            )));
+        }
+        if m.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(format!(
+                "fieldManager: Invalid value: {m:?}: must contain only printable characters"
+            )));
+        }
+        return Ok(m.to_string());
+    }
+    let ua = req.user_agent.split('/').next().unwrap_or_default();
+    Ok(ua.chars().take(128).collect())
+}
+
+fn ssa_writer(req: &Request, t: &Target) -> Result<ssa::Writer, ApiError> {
+    Ok(ssa::Writer {
+        manager: field_manager(req)?,
+        api_version: t.rt.api_version(),
+        subresource: t.sub.clone().unwrap_or_default(),
+        now: clock::now(),
+    })
+}
+
+/// Runs `f` with the kind's schema as server-side apply reads it.
+fn with_ssa_kind<R>(state: &State, rt: &ResourceType, f: impl FnOnce(ssa::Kind) -> R) -> R {
+    let schema = crate::openapi::apply_schema(state, rt).unwrap_or_else(|| json!({}));
+    f(ssa::Kind {
+        ty: ssa::typed::Ty::new(&schema, crate::openapi::builtin_definitions()),
+        has_status: rt.has_status(),
+    })
+}
+
+fn ssa_error(e: ssa::SsaError, t: &Target, obj: &Value) -> ApiError {
+    match e {
+        ssa::SsaError::Conflicts(c) => ApiError {
+            code: 409,
+            reason: "Conflict",
+            message: ssa::SsaError::message(&c),
+            details: Some(json!({"causes": c.iter().map(|c| json!({
+                "reason": "FieldManagerConflict",
+                "message": format!("conflict with {}", c.owner),
+                "field": c.path,
+            })).collect::<Vec<_>>()})),
+        },
+        ssa::SsaError::Invalid(m) => {
+            let ns = t.namespace.as_deref().unwrap_or_default();
+            let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+            ApiError::bad_request(format!(
+                "failed to create typed patch object ({ns}/{name}; {}, Kind={}): {m}",
+                t.rt.api_version(),
+                t.rt.kind
+            ))
+        }
+    }
+}
+
+/// An applied configuration names its kind and carries no managedFields.
+fn check_applied(rt: &ResourceType, body: &Value) -> Result<(), ApiError> {
+    if !body.is_object() {
+        return Err(ApiError::bad_request(
+            "the applied configuration is not an object",
+        ));
+    }
+    for (field, want) in [("apiVersion", rt.api_version()), ("kind", rt.kind.clone())] {
+        match body[field].as_str() {
+            None | Some("") => {
+                return Err(ApiError::bad_request(format!(
+                    "error decoding patch: {field} is required in an applied configuration"
+                )));
+            }
+            Some(v) if v != want => {
+                return Err(ApiError::bad_request(format!(
+                    "{field}: Invalid value: {v:?}: must be {want:?}"
+                )));
+            }
+            _ => {}
+        }
+    }
+    if !body["metadata"]["managedFields"].is_null() {
+        return Err(ApiError::bad_request("metadata.managedFields must be nil"));
+    }
+    Ok(())
+}
+
+fn set_managed(obj: &mut Value, entries: &[ssa::Entry]) {
+    let enc = ssa::encode(entries);
+    if let Some(m) = obj["metadata"].as_object_mut() {
+        if enc.as_array().is_some_and(Vec::is_empty) {
+            m.remove("managedFields");
+        } else {
+            m.insert("managedFields".into(), enc);
+        }
+    }
+}
+
+/// Server-side apply of `config` onto `live`: the merged object and the new managedFields.
+fn server_side_apply(
+    state: &State,
+    req: &Request,
+    t: &Target,
+    live: &Value,
+    config: &Value,
+    force: bool,
+) -> Result<(Value, Vec<ssa::Entry>), ApiError> {
+    let w = ssa_writer(req, t)?;
+    let entries = ssa::decode(live).map_err(ApiError::bad_request)?;
+    with_ssa_kind(state, &t.rt, |kind| {
+        ssa::apply(live, config, kind, &entries, &w, force)
+    })
+    .map_err(|e| ssa_error(e, t, config))
+}
+
+/// Records the field ownership of an update (a create when `old` is `None`) in `new`. The
+/// managedFields a client sends replace the stored ones; `[{}]` clears them.
+fn track_update(
+    state: &State,
+    req: &Request,
+    t: &Target,
+    old: Option<&Value>,
+    new: &mut Value,
+) -> Result<(), ApiError> {
+    let w = ssa_writer(req, t)?;
+    let given = new["metadata"]["managedFields"].as_array().cloned();
+    if given.as_ref().is_some_and(|g| {
+        !g.is_empty()
+            && g.iter()
+                .all(|e| e.as_object().is_some_and(|m| m.is_empty()))
+    }) {
+        set_managed(new, &[]);
+        return Ok(());
+    }
+    let base = match (&given, old) {
+        (Some(g), _) if !g.is_empty() => ssa::decode(new),
+        (_, Some(o)) => ssa::decode(o),
+        _ => Ok(Vec::new()),
+    }
+    .map_err(|e| {
+        ApiError::invalid(
+            &t.rt.group,
+            &t.rt.kind,
+            new["metadata"]["name"].as_str().unwrap_or_default(),
+            vec![Cause {
+                field: "metadata.managedFields".into(),
+                reason: "FieldValueInvalid",
+                message: e,
+            }],
+        )
+    })?;
+    // A new object is compared with an empty one whose `metadata`, `spec` and `status` exist
+    // (the Go zero value has those structs), so they are not recorded as added themselves.
+    let zero = || {
+        let mut z = serde_json::Map::new();
+        for k in ["metadata", "spec", "status"] {
+            if new[k].is_object() {
+                z.insert(k.to_string(), json!({}));
+            }
+        }
+        Value::Object(z)
+    };
+    let old_v = old.cloned().unwrap_or_else(zero);
+    let entries = with_ssa_kind(state, &t.rt, |kind| {
+        ssa::update(&old_v, new, kind, &base, &w)
+    });
+    match entries {
+        Ok(e) => set_managed(new, &e),
+        // As the API server does, a write is never refused for its bookkeeping.
+        Err(e) => tracing::warn!(error = ?e, "managedFields not updated"),
+    }
+    Ok(())
 }
 
 /// DeleteOptions from the body or the query.

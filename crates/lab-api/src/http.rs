@@ -31,6 +31,8 @@ pub struct Request {
     pub content_type: String,
     pub accept: String,
     pub body: Bytes,
+    /// The `User-Agent` header: writes without `fieldManager` are recorded under its first part.
+    pub user_agent: String,
     /// Who the request runs as (after authentication and impersonation).
     pub user: crate::authn::UserInfo,
 }
@@ -129,6 +131,7 @@ async fn read(req: hyper::Request<Incoming>) -> Result<Request, ApiError> {
     };
     let content_type = header(hyper::header::CONTENT_TYPE);
     let accept = header(hyper::header::ACCEPT);
+    let user_agent = header(hyper::header::USER_AGENT);
     let body = body
         .collect()
         .await
@@ -141,6 +144,7 @@ async fn read(req: hyper::Request<Incoming>) -> Result<Request, ApiError> {
         content_type,
         accept,
         body,
+        user_agent,
         user: Default::default(),
     })
 }

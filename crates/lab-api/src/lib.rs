@@ -33,6 +33,7 @@ mod scale;
 mod selectors;
 mod serial;
 mod server;
+mod ssa;
 mod status;
 mod store;
 mod stream;

@@ -67,8 +67,25 @@ pub fn builtin_definitions() -> &'static Map<String, Value> {
         for rt in Registry::builtin().all() {
             with_type(&rt, Subschema(&mut generator));
         }
-        generator.take_definitions(true)
+        let mut defs = generator.take_definitions(true);
+        crate::ssa::markers::annotate(&mut defs);
+        defs
     })
+}
+
+/// A kind's schema for server-side apply: the built-in definition, or the CRD's schema with
+/// `metadata` typed as ObjectMeta (the API server types it so for custom kinds too); `None` when
+/// the kind has no schema (every field is then deduced from its value).
+pub fn apply_schema(state: &State, rt: &ResourceType) -> Option<Value> {
+    if let Some(name) = with_type(rt, SchemaName) {
+        return Some(json!({"$ref": format!("{REF}{name}")}));
+    }
+    let mut s = crate::crd::schema_of(state, rt)?;
+    if s.get("properties").is_some() {
+        s["properties"]["metadata"] =
+            json!({"$ref": format!("{REF}io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta")});
+    }
+    Some(s)
 }
 
 /// Adds a kind's schema, and those it refers to, to the generator's definitions.
