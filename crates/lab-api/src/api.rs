@@ -1002,16 +1002,18 @@ fn track_update(
             }],
         )
     })?;
-    // A new object is compared with an empty one whose `metadata`, `spec` and `status` exist
-    // (the Go zero value has those structs), so they are not recorded as added themselves.
+    // A new object is compared with the zero value of its Go type, as the API server does;
+    // custom kinds with one whose `metadata`, `spec` and `status` exist.
     let zero = || {
-        let mut z = serde_json::Map::new();
-        for k in ["metadata", "spec", "status"] {
-            if new[k].is_object() {
-                z.insert(k.to_string(), json!({}));
+        crate::openapi::zero_object(&t.rt).unwrap_or_else(|| {
+            let mut z = serde_json::Map::new();
+            for k in ["metadata", "spec", "status"] {
+                if new[k].is_object() {
+                    z.insert(k.to_string(), json!({}));
+                }
             }
-        }
-        Value::Object(z)
+            Value::Object(z)
+        })
     };
     let old_v = old.cloned().unwrap_or_else(zero);
     let entries = with_ssa_kind(state, &t.rt, |kind| {

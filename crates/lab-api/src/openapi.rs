@@ -73,6 +73,11 @@ pub fn builtin_definitions() -> &'static Map<String, Value> {
     })
 }
 
+/// The Go zero value of a built-in kind (what a create is compared with); `None` for CRDs.
+pub fn zero_object(rt: &ResourceType) -> Option<Value> {
+    with_type(rt, SchemaName).map(|name| crate::ssa::zero(&name, builtin_definitions()))
+}
+
 /// A kind's schema for server-side apply: the built-in definition, or the CRD's schema with
 /// `metadata` typed as ObjectMeta (the API server types it so for custom kinds too); `None` when
 /// the kind has no schema (every field is then deduced from its value).

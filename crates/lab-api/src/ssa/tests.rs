@@ -430,3 +430,34 @@ fn bad_managed_fields_are_named() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_create_is_compared_with_the_go_zero_value() {
+    let z = zero("io.k8s.api.apps.v1.Deployment", defs());
+    assert_eq!(
+        z,
+        json!({"metadata": {}, "status": {}, "spec": {"selector": null, "strategy": {},
+               "template": {"metadata": {}, "spec": {"containers": null}}}})
+    );
+    let s = schema("io.k8s.api.apps.v1.Deployment");
+    let mut new = deployment(Some(1), json!([{"name": "app", "image": "nginx:1"}]));
+    new["spec"]["strategy"] =
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%"}});
+    let entries = update(&z, &new, kind(&s), &[], &writer("kubectl-create", "t")).unwrap();
+    // Structs Go keeps by value and lists it serializes as null carry no "."; pointers,
+    // maps and new list items do.
+    assert_eq!(
+        fields(&entries, "kubectl-create"),
+        json!({
+            "f:metadata": {"f:labels": {".": {}, "f:app": {}}},
+            "f:spec": {
+                "f:replicas": {}, "f:selector": {},
+                "f:strategy": {"f:rollingUpdate": {".": {}, "f:maxSurge": {}}, "f:type": {}},
+                "f:template": {
+                    "f:metadata": {"f:labels": {".": {}, "f:app": {}}},
+                    "f:spec": {"f:containers": {"k:{\"name\":\"app\"}": {".": {}, "f:image": {}, "f:name": {}}}}
+                }
+            }
+        })
+    );
+}
