@@ -1,5 +1,7 @@
 //! Three lab clusters in one process: own APIs and contexts, zones, non-overlapping ranges, pod
-//! networks routed to each other, ClusterIPs local, APIs stopped, started and black-holed.
+//! networks routed to each other, ClusterIPs local, APIs stopped, started and black-holed; the
+//! kubectl matrix (create kinds, patches, server-side apply conflicts, RBAC with ServiceAccount
+//! tokens) on every context.
 
 mod common;
 
@@ -26,6 +28,254 @@ async fn kubectl(mc: &MultiCluster, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A kubeconfig that authenticates to `ctx`'s API with a bearer token only.
+fn token_kubeconfig(mc: &MultiCluster, ctx: &str, token: &str) -> std::path::PathBuf {
+    let c = mc.cluster(ctx).unwrap();
+    let dir = mc.kubeconfig_path().parent().unwrap();
+    let ca = dir.join(format!("matrix-{ctx}-ca.pem"));
+    std::fs::write(&ca, c.api().ca_pem()).unwrap();
+    let path = dir.join(format!("matrix-{ctx}-token.yaml"));
+    let text = format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: t\nclusters:\n- name: t\n  cluster: {{server: \"https://{}\", certificate-authority: \"{}\"}}\nusers:\n- name: t\n  user: {{token: \"{token}\"}}\ncontexts:\n- name: t\n  context: {{cluster: t, user: t}}\n",
+        c.api_addr(),
+        ca.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn kubectl_in(
+    mc: &MultiCluster,
+    ctx: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (bool, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(mc.kubeconfig_path())
+        .arg("--context")
+        .arg(ctx)
+        .arg("--request-timeout=10s")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubectl runs");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(t) = stdin {
+        input.write_all(t.as_bytes()).await.unwrap();
+    }
+    drop(input);
+    let o = child.wait_with_output().await.unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    (
+        o.status.success(),
+        if o.status.success() { out } else { out + &err },
+    )
+}
+
+/// The kubectl matrix on one context: `kubectl create` kinds (protobuf bodies), reads, label,
+/// annotate, patch, client- and server-side apply with a conflict and `--force-conflicts`,
+/// `auth can-i --as=system:serviceaccount:…` and real requests with that account's token.
+/// Gives the token for the cross-cluster check.
+async fn kubectl_matrix(mc: &MultiCluster, ctx: &str, service_prefix: &str) -> String {
+    let run = |args: Vec<&'static str>| async move {
+        let (ok, out) = kubectl_in(mc, ctx, &args, None).await;
+        assert!(ok, "{ctx}: kubectl {args:?}: {out}");
+        out
+    };
+    let fails = |args: Vec<&'static str>| async move {
+        let (ok, out) = kubectl_in(mc, ctx, &args, None).await;
+        assert!(!ok, "{ctx}: kubectl {args:?} should fail: {out}");
+        out
+    };
+    run(vec!["create", "namespace", "matrix"]).await;
+    for args in [
+        vec!["create", "configmap", "cm", "--from-literal=k=v"],
+        vec!["create", "secret", "generic", "s", "--from-literal=p=q"],
+        vec!["create", "serviceaccount", "reader"],
+        vec![
+            "create",
+            "role",
+            "cm-reader",
+            "--verb=get,list,watch",
+            "--resource=configmaps",
+        ],
+        vec![
+            "create",
+            "rolebinding",
+            "cm-reader",
+            "--role=cm-reader",
+            "--serviceaccount=matrix:reader",
+        ],
+        vec!["create", "service", "clusterip", "web", "--tcp=80:8080"],
+        vec![
+            "create",
+            "deployment",
+            "web",
+            "--image=nginx:1",
+            "--dry-run=server",
+        ],
+        vec!["run", "p", "--image=nginx:1", "--dry-run=server"],
+        vec!["label", "configmap", "cm", "tier=a"],
+        vec!["annotate", "configmap", "cm", "note=x"],
+        vec![
+            "patch",
+            "configmap",
+            "cm",
+            "--type=merge",
+            "-p",
+            "{\"data\":{\"k\":\"v2\"}}",
+        ],
+    ] {
+        let mut a = args;
+        a.extend(["-n", "matrix"]);
+        run(a).await;
+    }
+    let ip = run(vec![
+        "get",
+        "service",
+        "web",
+        "-n",
+        "matrix",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])
+    .await;
+    assert!(
+        ip.starts_with(service_prefix),
+        "{ctx}: ClusterIP {ip} outside {service_prefix}*"
+    );
+    let got = run(vec![
+        "get",
+        "configmap",
+        "cm",
+        "-n",
+        "matrix",
+        "-o",
+        "jsonpath={.data.k} {.metadata.labels.tier} {.metadata.annotations.note}",
+    ])
+    .await;
+    assert_eq!(got, "v2 a x", "{ctx}");
+
+    // Server-side apply: the patch above made kubectl-patch own data.k.
+    let cm =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm, namespace: matrix}\ndata: {k: v3}\n";
+    let (ok, out) = kubectl_in(mc, ctx, &["apply", "--server-side", "-f", "-"], Some(cm)).await;
+    assert!(!ok, "{ctx}: {out}");
+    assert!(
+        out.contains(
+            "Apply failed with 1 conflict: conflict with \"kubectl-patch\" using v1: .data.k"
+        ),
+        "{ctx}: {out}"
+    );
+    let (ok, out) = kubectl_in(
+        mc,
+        ctx,
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        Some(cm),
+    )
+    .await;
+    assert!(ok, "{ctx}: {out}");
+    let (ok, out) = kubectl_in(
+        mc,
+        ctx,
+        &["apply", "-f", "-"],
+        Some(&cm.replace("name: cm,", "name: cm2,")),
+    )
+    .await;
+    assert!(ok && out.contains("configmap/cm2 created"), "{ctx}: {out}");
+    assert_eq!(
+        run(vec![
+            "get",
+            "cm",
+            "cm",
+            "-n",
+            "matrix",
+            "-o",
+            "jsonpath={.data.k}"
+        ])
+        .await,
+        "v3"
+    );
+
+    // RBAC as the ServiceAccount: can-i, then real requests with its token.
+    let sa = "--as=system:serviceaccount:matrix:reader";
+    assert_eq!(
+        run(vec![
+            "auth",
+            "can-i",
+            "list",
+            "configmaps",
+            "-n",
+            "matrix",
+            sa
+        ])
+        .await
+        .trim(),
+        "yes"
+    );
+    assert_eq!(
+        fails(vec!["auth", "can-i", "get", "secrets", "-n", "matrix", sa])
+            .await
+            .trim(),
+        "no"
+    );
+    assert_eq!(
+        fails(vec![
+            "auth",
+            "can-i",
+            "list",
+            "configmaps",
+            "-n",
+            "default",
+            sa
+        ])
+        .await
+        .trim(),
+        "no"
+    );
+    let token = run(vec!["create", "token", "reader", "-n", "matrix"])
+        .await
+        .trim()
+        .to_string();
+    let kc = token_kubeconfig(mc, ctx, &token);
+    let as_reader = |args: &[&str]| {
+        let kc = kc.clone();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        async move {
+            let o = tokio::process::Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(&kc)
+                .args(&args)
+                .output()
+                .await
+                .unwrap();
+            let text = String::from_utf8_lossy(&o.stdout).into_owned()
+                + &String::from_utf8_lossy(&o.stderr);
+            (o.status.success(), text)
+        }
+    };
+    let (ok, out) = as_reader(&["get", "configmap", "cm", "-n", "matrix", "-o", "name"]).await;
+    assert!(ok && out.trim() == "configmap/cm", "{ctx}: {out}");
+    let (ok, out) = as_reader(&["get", "secrets", "-n", "matrix"]).await;
+    assert!(!ok, "{ctx}: {out}");
+    assert!(
+        out.contains("secrets is forbidden: User \"system:serviceaccount:matrix:reader\" cannot list resource \"secrets\" in API group \"\" in the namespace \"matrix\""),
+        "{ctx}: {out}"
+    );
+    let (ok, out) = as_reader(&["delete", "configmap", "cm", "-n", "matrix"]).await;
+    assert!(
+        !ok && out.contains("cannot delete resource"),
+        "{ctx}: {out}"
+    );
+    token
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -69,6 +319,29 @@ async fn three_clusters_flat_pod_network_and_api_outages() {
     let (ok, out, _) = kubectl(&mc, &["config", "get-contexts", "-o", "name"]).await;
     assert!(ok);
     assert_eq!(out.lines().collect::<Vec<_>>(), ["central", "east", "west"]);
+
+    // The kubectl matrix on every context at once; each cluster's tokens mean nothing to the
+    // others (each has its own signing key).
+    let (te, tw, tc) = tokio::join!(
+        kubectl_matrix(&mc, "east", "10.96."),
+        kubectl_matrix(&mc, "west", "10.97."),
+        kubectl_matrix(&mc, "central", "10.98."),
+    );
+    for (token, other) in [(&te, "west"), (&tw, "central"), (&tc, "east")] {
+        let kc = token_kubeconfig(&mc, other, token);
+        let o = tokio::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .args(["get", "configmaps", "-n", "matrix"])
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("Unauthorized"),
+            "{other}: {err}"
+        );
+    }
     // Objects live in one cluster only.
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "only-west"}})).unwrap();
     let wc = mc.cluster("west").unwrap().client().await.unwrap();
