@@ -36,10 +36,24 @@ struct Run {
 
 fn dnsperf(server: SocketAddr, queries: &std::path::Path, seconds: u64) -> Run {
     let out = std::process::Command::new("dnsperf")
-        .args(["-s", &server.ip().to_string(), "-p", &server.port().to_string()])
+        .args([
+            "-s",
+            &server.ip().to_string(),
+            "-p",
+            &server.port().to_string(),
+        ])
         .arg("-d")
         .arg(queries)
-        .args(["-l", &seconds.to_string(), "-c", "4", "-T", "2", "-q", "100"])
+        .args([
+            "-l",
+            &seconds.to_string(),
+            "-c",
+            "4",
+            "-T",
+            "2",
+            "-q",
+            "100",
+        ])
         .output()
         .expect("dnsperf (Debian package dnsperf) is installed");
     let text = String::from_utf8_lossy(&out.stdout);
