@@ -32,6 +32,13 @@ impl Table for Gateway {
     const KNOBS: &'static [Knob] = gateway::settings::KNOBS;
 }
 
+/// The service mirror's knobs (`mirror`): the seed's `SSM_*` names plus `GW_MIRROR_*`.
+#[derive(Debug, Clone)]
+pub struct Mirror;
+impl Table for Mirror {
+    const KNOBS: &'static [Knob] = mirror::config::KNOBS;
+}
+
 /// Values given by flag or environment; knobs not given are absent, so that
 /// the defaults file and the built-in default can apply in that order.
 #[derive(Debug, Clone)]

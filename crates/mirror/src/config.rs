@@ -1,11 +1,45 @@
 //! The seed's JSON config (`global`, `localCluster`, `remoteClusters`), overridden by flags and
-//! `SSM_*` env (flags win; the binary resolves that with clap and hands the winners in as
-//! [`Overrides`]), validated into [`Settings`] with an error naming the key for every missing
-//! or bad value.
+//! `SSM_*` env (flags win; the binary resolves that with clap from [`KNOBS`] and hands the
+//! given values in as [`Overrides`]), validated into [`Settings`] with an error naming the key
+//! for every missing or bad value. The process's own knobs (listen address, failover grace,
+//! Lease, …) come from the same table as [`RunKnobs`].
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+knobs::knobs! {
+    CONFIG = "SSM_CONFIG", "config", "",
+        "Required: the JSON config file (the seed's format: global, localCluster, remoteClusters).";
+    KUBE_CONFIG = "SSM_KUBE_CONFIG", "kube-config", "",
+        "The local cluster's kubeconfig (over localCluster.kubeConfigPath). Empty: in-cluster.";
+    MIRROR_NS = "SSM_MIRROR_NS", "mirror-ns", "",
+        "Namespace mirrors and global Services are written to (over global.mirrorNamespace).";
+    MIRROR_SVC_LABEL_SELECTOR = "SSM_MIRROR_SVC_LABEL_SELECTOR", "mirror-svc-label-selector", "",
+        "Remote Services to mirror, `key=value[,...]` (over global.mirrorSvcLabelSelector).";
+    GLOBAL_SVC_LABEL_SELECTOR = "SSM_GLOBAL_SVC_LABEL_SELECTOR", "global-svc-label-selector", "",
+        "Services of every cluster gathered into global Services (over global.globalSvcLabelSelector).";
+    GLOBAL_SVC_ROUTING_STRATEGY_LABEL = "SSM_GLOBAL_SVC_TOPOLOGY_LABEL", "global-svc-routing-strategy-label", "",
+        "Global sources that ask for topology-aware routing (over global.globalSvcRoutingStrategyLabel).";
+    LISTEN = "GW_MIRROR_LISTEN", "listen", "0.0.0.0:8080",
+        "Address of /healthz, /readyz and /metrics. (ghostwire; not in the seed)";
+    FAILOVER_GRACE = "GW_MIRROR_FAILOVER_GRACE", "failover-grace", "30s",
+        "A remote whose API does not answer for this long leaves the global Services. (ghostwire)";
+    PROBE_INTERVAL = "GW_MIRROR_PROBE_INTERVAL", "probe-interval", "5s",
+        "How often each remote API is probed (and how long a probe may take). (ghostwire)";
+    RESYNC = "GW_MIRROR_RESYNC", "resync", "60s",
+        "Reconcile at least this often, besides every change; 0: only on changes. (ghostwire)";
+    CA_REFRESH = "GW_MIRROR_CA_REFRESH", "ca-refresh", "60s",
+        "How often a remote's remoteCAURL is fetched again; a changed CA is checked against the pin. (ghostwire)";
+    LEASE = "GW_MIRROR_LEASE", "lease", "ghostwire-mirror",
+        "Lease (in the mirror namespace) for leader election among replicas. Empty: no election, this replica writes. (ghostwire)";
+    LEASE_DURATION = "GW_MIRROR_LEASE_DURATION", "lease-duration", "15s",
+        "How long the Lease holds without renewal. (ghostwire)";
+    IDENTITY = "POD_NAME", "identity", "",
+        "This replica's name in the Lease. Empty: the host name and process id. (ghostwire)";
+}
 
 /// A config error: which key, what value, why.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +122,10 @@ pub struct RemoteFile {
     /// The seed's README spells it `remoteSATokenPiath`; both are accepted.
     #[serde(default, rename = "remoteSATokenPath", alias = "remoteSATokenPiath")]
     pub remote_sa_token_path: String,
+    /// ghostwire's addition: SHA-256 (hex) of the CA certificates `remoteCAURL` may serve.
+    /// Without it, the first CA fetched is pinned.
+    #[serde(default, rename = "remoteCASHA256")]
+    pub remote_ca_sha256: Vec<String>,
     #[serde(default)]
     pub resync_period: Option<serde_json::Value>,
     #[serde(default)]
@@ -102,6 +140,82 @@ pub struct Overrides {
     pub mirror_svc_label_selector: Option<String>,
     pub global_svc_label_selector: Option<String>,
     pub global_svc_routing_strategy_label: Option<String>,
+}
+
+impl Overrides {
+    /// The `SSM_*` values given by flag or env (from the CLI's knob map).
+    pub fn from_given(given: &BTreeMap<String, String>) -> Overrides {
+        let get = |k: &str| given.get(k).cloned();
+        Overrides {
+            kube_config: get(KUBE_CONFIG),
+            mirror_ns: get(MIRROR_NS),
+            mirror_svc_label_selector: get(MIRROR_SVC_LABEL_SELECTOR),
+            global_svc_label_selector: get(GLOBAL_SVC_LABEL_SELECTOR),
+            global_svc_routing_strategy_label: get(GLOBAL_SVC_ROUTING_STRATEGY_LABEL),
+        }
+    }
+}
+
+/// The process's own knobs (not in the seed's file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunKnobs {
+    pub config: PathBuf,
+    pub listen: SocketAddr,
+    pub failover_grace: Duration,
+    pub probe_interval: Duration,
+    pub resync: Duration,
+    pub ca_refresh: Duration,
+    /// `None`: no election.
+    pub lease: Option<String>,
+    pub lease_duration: Duration,
+    pub identity: Option<String>,
+}
+
+fn knob_duration(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    knobs::parse_duration(s)
+}
+
+impl RunKnobs {
+    /// Resolves the knobs given by flag or env over the table's defaults; an error names the
+    /// knob, its flag and the value.
+    pub fn resolve(given: &BTreeMap<String, String>) -> Result<RunKnobs, knobs::ConfigError> {
+        let none = BTreeMap::new();
+        let r = knobs::Resolver {
+            table: KNOBS,
+            given,
+            file: &none,
+        };
+        let positive = |s: &str| match knob_duration(s)? {
+            d if d.is_zero() => Err("must be more than 0".to_string()),
+            d => Ok(d),
+        };
+        Ok(RunKnobs {
+            config: r.parse(CONFIG, |s| {
+                if s.is_empty() {
+                    Err("required: the JSON config file".into())
+                } else {
+                    Ok(PathBuf::from(s))
+                }
+            })?,
+            listen: r.parse(LISTEN, |s| {
+                s.parse()
+                    .map_err(|e| format!("expected ADDRESS:PORT ({e})"))
+            })?,
+            failover_grace: r.parse(FAILOVER_GRACE, knob_duration)?,
+            probe_interval: r.parse(PROBE_INTERVAL, positive)?,
+            resync: r.parse(RESYNC, knob_duration)?,
+            ca_refresh: r.parse(CA_REFRESH, positive)?,
+            lease: Some(r.raw(LEASE)).filter(|l| !l.is_empty()),
+            lease_duration: r.parse(LEASE_DURATION, |s| match positive(s)? {
+                d if d < Duration::from_secs(1) => Err("must be at least 1s".to_string()),
+                d => Ok(d),
+            })?,
+            identity: Some(r.raw(IDENTITY)).filter(|i| !i.is_empty()),
+        })
+    }
 }
 
 /// A label selector of the `k=v,k2=v2` form (equality only, as the seed uses).
@@ -155,6 +269,8 @@ pub enum Access {
         api_url: String,
         ca_url: String,
         token_path: PathBuf,
+        /// Lowercase hex; empty: trust on first use.
+        ca_sha256: Vec<String>,
     },
 }
 
@@ -333,10 +449,39 @@ impl Settings {
                 && !r.remote_ca_url.is_empty()
                 && !r.remote_sa_token_path.is_empty()
             {
+                let url = |k: &str, v: &str, schemes: &[&str]| -> Result<(), ConfigError> {
+                    let ok = v
+                        .split_once("://")
+                        .is_some_and(|(s, rest)| schemes.contains(&s) && !rest.is_empty());
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err(invalid(
+                            key(k),
+                            format!("{v:?}: expected a {} URL", schemes.join(" or ")),
+                        ))
+                    }
+                };
+                url("remoteAPIURL", &r.remote_api_url, &["https", "http"])?;
+                url("remoteCAURL", &r.remote_ca_url, &["https", "http", "file"])?;
+                let mut ca_sha256 = Vec::new();
+                for (j, h) in r.remote_ca_sha256.iter().enumerate() {
+                    let h = h.trim().trim_start_matches("sha256:").to_ascii_lowercase();
+                    if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(invalid(
+                            key(&format!("remoteCASHA256[{j}]")),
+                            format!(
+                                "{h:?}: expected 64 hex digits (the SHA-256 of a DER certificate)"
+                            ),
+                        ));
+                    }
+                    ca_sha256.push(h);
+                }
                 Access::Token {
                     api_url: r.remote_api_url.clone(),
                     ca_url: r.remote_ca_url.clone(),
                     token_path: PathBuf::from(&r.remote_sa_token_path),
+                    ca_sha256,
                 }
             } else {
                 return Err(invalid(
@@ -494,6 +639,16 @@ mod tests {
                 "remoteClusters[0].servicePrefix",
             ),
             (
+                "/remoteClusters/0/remoteAPIURL",
+                json!("api.example"),
+                "remoteClusters[0].remoteAPIURL",
+            ),
+            (
+                "/remoteClusters/0/remoteCAURL",
+                json!("ftp://ca"),
+                "remoteClusters[0].remoteCAURL",
+            ),
+            (
                 "/remoteClusters/0/servicePrefix",
                 json!("gl"),
                 "remoteClusters[0].servicePrefix",
@@ -516,9 +671,53 @@ mod tests {
             assert!(err.contains(key), "{ptr}={value}: {err}");
         }
         let mut v = good();
+        v["remoteClusters"][0]["remoteCASHA256"] = json!(["abc"]);
+        let err = load(v, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("remoteClusters[0].remoteCASHA256[0]"), "{err}");
+        let mut v = good();
         v["global"]["mirrorNamespaec"] = json!("x");
         let err = load(v, &Overrides::default()).unwrap_err().to_string();
         assert!(err.contains("mirrorNamespaec"), "{err}");
+    }
+
+    #[test]
+    fn knobs_resolve_and_errors_name_the_knob() {
+        let given = |kv: &[(&str, &str)]| -> BTreeMap<String, String> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let k = RunKnobs::resolve(&given(&[(CONFIG, "/c.json"), (LEASE, "")])).unwrap();
+        assert_eq!(k.config, PathBuf::from("/c.json"));
+        assert_eq!(k.failover_grace, Duration::from_secs(30));
+        assert_eq!(k.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(k.lease, None);
+        let e = RunKnobs::resolve(&given(&[])).unwrap_err().to_string();
+        assert!(e.contains("SSM_CONFIG") && e.contains("--config"), "{e}");
+        for (knob, bad) in [
+            (LISTEN, "8080"),
+            (FAILOVER_GRACE, "soon"),
+            (PROBE_INTERVAL, "0"),
+            (CA_REFRESH, "1x"),
+            (LEASE_DURATION, "500ms"),
+        ] {
+            let e = RunKnobs::resolve(&given(&[(CONFIG, "/c"), (knob, bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(knob) && e.contains(bad), "{knob}={bad}: {e}");
+        }
+        let o = Overrides::from_given(&given(&[(MIRROR_NS, "m"), (KUBE_CONFIG, "/k")]));
+        assert_eq!(o.mirror_ns.as_deref(), Some("m"));
+        assert_eq!(o.kube_config.as_deref(), Some("/k"));
+        assert_eq!(o.global_svc_label_selector, None);
+    }
+
+    /// docs/configuration.md carries the mirror's knob table between markers;
+    /// `GW_UPDATE_DOCS=1 cargo test -p mirror docs` rewrites it.
+    #[test]
+    fn docs_table_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md");
+        knobs::check_doc_table(path, "mirror", KNOBS).unwrap();
     }
 
     #[test]

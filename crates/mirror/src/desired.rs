@@ -36,6 +36,34 @@ pub const LABEL_MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 pub const ANNOTATION_TOPOLOGY_MODE: &str = "service.kubernetes.io/topology-mode";
 /// The same for Kubernetes 1.23-1.26 (what the seed sets).
 pub const ANNOTATION_TOPOLOGY_HINTS: &str = "service.kubernetes.io/topology-aware-hints";
+/// Topology-aware routing as the local cluster's version reads it.
+pub const TRAFFIC_DISTRIBUTION: &str = "PreferClose";
+
+/// How a global Service asks for topology-aware routing, by the local cluster's version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// 1.31 and later: `spec.trafficDistribution: PreferClose`.
+    TrafficDistribution,
+    /// 1.27-1.30: `service.kubernetes.io/topology-mode: Auto`.
+    TopologyMode,
+    /// 1.23-1.26 (and a version that cannot be read): the seed's
+    /// `service.kubernetes.io/topology-aware-hints: auto`.
+    HintsAnnotation,
+}
+
+impl Topology {
+    /// From `/version`'s `major` and `minor` (`"1"`, `"33"`, or `"27+"` as some providers say).
+    pub fn for_version(major: &str, minor: &str) -> Topology {
+        let num = |s: &str| -> Option<u32> { s.trim_end_matches('+').parse().ok() };
+        match (num(major), num(minor)) {
+            (Some(1), Some(m)) if m >= 31 => Topology::TrafficDistribution,
+            (Some(1), Some(m)) if m >= 27 => Topology::TopologyMode,
+            (Some(n), Some(_)) if n > 1 => Topology::TrafficDistribution,
+            _ => Topology::HintsAnnotation,
+        }
+    }
+}
+
 /// The hint zone of every remote endpoint.
 pub const REMOTE_ZONE: &str = "remote";
 /// Longest Service name Kubernetes accepts.
@@ -91,6 +119,7 @@ pub struct Rules<'a> {
     pub mirror: &'a Selector,
     pub global: &'a Selector,
     pub routing: &'a Selector,
+    pub topology: Topology,
 }
 
 fn meta_of(s: &Service) -> (&str, &str) {
@@ -347,21 +376,30 @@ pub fn globals(sources: &[GlobalSource], local_zones: &[String], rules: &Rules) 
         let labels = BTreeMap::from([(LABEL_GLOBAL_SVC.to_string(), "true".to_string())]);
         let mut annotations =
             BTreeMap::from([(ANNOTATION_GLOBAL_CLUSTERS.to_string(), clusters.join(","))]);
+        let mut traffic = None;
         if chosen_routing {
-            annotations.insert(ANNOTATION_TOPOLOGY_MODE.into(), "Auto".into());
-            annotations.insert(ANNOTATION_TOPOLOGY_HINTS.into(), "auto".into());
+            match rules.topology {
+                Topology::TrafficDistribution => traffic = Some(TRAFFIC_DISTRIBUTION.to_string()),
+                Topology::TopologyMode => {
+                    annotations.insert(ANNOTATION_TOPOLOGY_MODE.into(), "Auto".into());
+                }
+                Topology::HintsAnnotation => {
+                    annotations.insert(ANNOTATION_TOPOLOGY_HINTS.into(), "auto".into());
+                }
+            }
         }
-        out.services.insert(
-            gname.clone(),
-            service_object(
-                &gname,
-                rules,
-                labels,
-                Some(annotations),
-                chosen_ports,
-                chosen_headless,
-            ),
+        let mut gsvc = service_object(
+            &gname,
+            rules,
+            labels,
+            Some(annotations),
+            chosen_ports,
+            chosen_headless,
         );
+        if let Some(spec) = gsvc.spec.as_mut() {
+            spec.traffic_distribution = traffic;
+        }
+        out.services.insert(gname.clone(), gsvc);
         for (i, _) in &members {
             let src = &sources[*i];
             if !src.endpoints {
@@ -480,6 +518,7 @@ mod tests {
                 mirror: &self.mirror,
                 global: &self.global,
                 routing: &self.routing,
+                topology: Topology::TopologyMode,
             }
         }
     }
@@ -705,6 +744,50 @@ mod tests {
         let mut rev = sources;
         rev.reverse();
         assert_eq!(globals(&rev, &zones, &f.rules()), d);
+
+        // What asks for topology-aware routing follows the local cluster's version.
+        let with = |topology| {
+            let d = globals(
+                &sources,
+                &zones,
+                &Rules {
+                    topology,
+                    ..f.rules()
+                },
+            );
+            let s = d.services["gl-shop-73736d-orders"].clone();
+            (
+                s.metadata.annotations.unwrap(),
+                s.spec.unwrap().traffic_distribution,
+            )
+        };
+        let (ann, td) = with(Topology::TrafficDistribution);
+        assert_eq!(td.as_deref(), Some("PreferClose"));
+        assert!(
+            !ann.contains_key(ANNOTATION_TOPOLOGY_MODE)
+                && !ann.contains_key(ANNOTATION_TOPOLOGY_HINTS)
+        );
+        let (ann, td) = with(Topology::HintsAnnotation);
+        assert_eq!(
+            (ann[ANNOTATION_TOPOLOGY_HINTS].as_str(), td),
+            ("auto", None)
+        );
+        assert!(!ann.contains_key(ANNOTATION_TOPOLOGY_MODE));
+    }
+
+    #[test]
+    fn topology_by_version() {
+        for (major, minor, want) in [
+            ("1", "33", Topology::TrafficDistribution),
+            ("1", "31+", Topology::TrafficDistribution),
+            ("1", "30", Topology::TopologyMode),
+            ("1", "27", Topology::TopologyMode),
+            ("1", "26", Topology::HintsAnnotation),
+            ("1", "23", Topology::HintsAnnotation),
+            ("", "", Topology::HintsAnnotation),
+        ] {
+            assert_eq!(Topology::for_version(major, minor), want, "{major}.{minor}");
+        }
     }
 
     #[test]

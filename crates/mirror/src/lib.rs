@@ -6,6 +6,7 @@
 //! plan (pure diff against what the mirror owns) → writes to the local API.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod config;
 pub mod coredns;
 pub mod desired;

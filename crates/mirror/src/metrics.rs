@@ -38,6 +38,25 @@ pub struct ConflictLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    pub cluster: String,
+    pub verb: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiCodeLabels {
+    pub cluster: String,
+    pub verb: String,
+    /// The HTTP status, or `error` when no response came.
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CaLabels {
+    pub cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub kind: String,
 }
@@ -56,8 +75,19 @@ pub struct Metrics {
     pub name_too_long: Family<SourceLabels, Counter>,
     /// 1 while sources of a global Service disagree on a field.
     pub conflicts: Family<ConflictLabels, Gauge>,
-    /// Pending reconcile requests (0 or 1: requests coalesce).
+    /// Watch events not yet taken by a reconcile pass (they coalesce into one pass).
     pub queue_depth: Gauge,
+    /// Watch events queued for a pass (the seed's workqueue adds).
+    pub queue_adds: Counter,
+    /// Requests to each cluster's API (the seed's kube HTTP request count).
+    pub api_requests: Family<ApiCodeLabels, Counter>,
+    /// Time to each API response's headers (the seed's kube HTTP request duration).
+    pub api_request_seconds: Family<ApiLabels, Histogram>,
+    /// CAs fetched from remoteCAURL and refused (not PEM, not in remoteCASHA256, or not the
+    /// pinned one).
+    pub ca_refused: Family<CaLabels, Counter>,
+    /// Failed fetches of remoteCAURL.
+    pub ca_fetch_errors: Family<CaLabels, Counter>,
     pub reconcile_seconds: Histogram,
     /// 1 while this replica holds the Lease (writes), 0 otherwise.
     pub leader: Gauge,
@@ -74,6 +104,13 @@ impl Metrics {
             name_too_long: Family::default(),
             conflicts: Family::default(),
             queue_depth: Gauge::default(),
+            queue_adds: Counter::default(),
+            api_requests: Family::default(),
+            api_request_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 14))
+            }),
+            ca_refused: Family::default(),
+            ca_fetch_errors: Family::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             leader: Gauge::default(),
         };
@@ -107,8 +144,33 @@ impl Metrics {
         );
         r.register(
             "queue_depth",
-            "Pending reconcile requests",
+            "Watch events not yet taken by a reconcile pass",
             m.queue_depth.clone(),
+        );
+        r.register(
+            "queue_adds",
+            "Watch events queued for a reconcile pass",
+            m.queue_adds.clone(),
+        );
+        r.register(
+            "api_requests",
+            "Requests to each cluster's API by verb and status code",
+            m.api_requests.clone(),
+        );
+        r.register(
+            "api_request_duration_seconds",
+            "Time to each API response's headers",
+            m.api_request_seconds.clone(),
+        );
+        r.register(
+            "ca_refused",
+            "CAs fetched from remoteCAURL and refused",
+            m.ca_refused.clone(),
+        );
+        r.register(
+            "ca_fetch_errors",
+            "Failed fetches of remoteCAURL",
+            m.ca_fetch_errors.clone(),
         );
         r.register(
             "reconcile_duration_seconds",

@@ -41,6 +41,14 @@ fn same_service(cur: &Service, want: &Service) -> bool {
             == empty_if_none(json(&want.metadata.annotations))
         && json(&cur.spec.as_ref().and_then(|s| s.ports.clone()))
             == json(&want.spec.as_ref().and_then(|s| s.ports.clone()))
+        && cur
+            .spec
+            .as_ref()
+            .and_then(|s| s.traffic_distribution.as_ref())
+            == want
+                .spec
+                .as_ref()
+                .and_then(|s| s.traffic_distribution.as_ref())
 }
 
 fn same_slice(cur: &EndpointSlice, want: &EndpointSlice) -> bool {
@@ -80,6 +88,7 @@ pub fn plan(
                 next.metadata.annotations = want.metadata.annotations.clone();
                 if let (Some(spec), Some(w)) = (next.spec.as_mut(), want.spec.as_ref()) {
                     spec.ports = w.ports.clone();
+                    spec.traffic_distribution = w.traffic_distribution.clone();
                 }
                 next.status = None;
                 out.push(Action::UpdateService(next));

@@ -2,7 +2,7 @@
 //! reconcile loop (observe → desired → diff → act) that only the Lease holder runs. One worker,
 //! so there is no shared state to race on; every pass recomputes everything from the caches.
 
-use crate::config::{Access, Settings};
+use crate::config::Settings;
 use crate::desired::{self, ClusterView, GlobalSource, Rules};
 use crate::lease::{LeaseConfig, try_lead};
 use crate::metrics::{
@@ -23,52 +23,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("cluster {cluster}: kubeconfig {path}: {reason}")]
-    Kubeconfig {
-        cluster: String,
-        path: String,
-        reason: String,
-    },
-    #[error("cluster {cluster}: {reason}")]
-    Client { cluster: String, reason: String },
-}
-
-/// A client for a remote (or the local cluster: `path` `None` means in-cluster).
-pub async fn client_for(cluster: &str, access: Option<&Access>) -> Result<Client, Error> {
-    let config = match access {
-        None => kube::Config::incluster().map_err(|e| Error::Client {
-            cluster: cluster.into(),
-            reason: format!("no kubeconfig given and not in a cluster: {e}"),
-        })?,
-        Some(Access::Kubeconfig(path)) => {
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| Error::Kubeconfig {
-                cluster: cluster.into(),
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .map_err(|e| Error::Kubeconfig {
-                    cluster: cluster.into(),
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?
-        }
-        Some(Access::Token { .. }) => {
-            return Err(Error::Client {
-                cluster: cluster.into(),
-                reason: "remoteAPIURL/remoteCAURL/remoteSATokenPath access is not implemented yet; give kubeConfigPath".into(),
-            });
-        }
-    };
-    Client::try_from(config).map_err(|e| Error::Client {
-        cluster: cluster.into(),
-        reason: e.to_string(),
-    })
-}
 
 /// How to run.
 pub struct RunOptions {
@@ -178,6 +132,8 @@ where
             match ev {
                 Ok(ev) => {
                     metrics.watch_events.get_or_create(&labels).inc();
+                    metrics.queue_adds.inc();
+                    metrics.queue_depth.inc();
                     if matches!(ev, watcher::Event::InitDone) {
                         listed[slot].store(true, Ordering::SeqCst);
                     }
@@ -283,8 +239,10 @@ pub async fn run(
             metrics.clone(),
         ))
     });
+    let topology = local_topology(&opts.local).await;
     let mut rt = Reconciler {
         settings: &settings,
+        topology,
         local: opts.local.clone(),
         metrics: metrics.clone(),
         grace: opts.failover_grace,
@@ -300,7 +258,8 @@ pub async fn run(
         .min()
         .unwrap_or(Duration::from_secs(3600));
     loop {
-        metrics.queue_depth.set(1);
+        // Every event queued so far is taken by this pass.
+        metrics.queue_depth.set(0);
         {
             let mut unsynced = health.unsynced.lock().unwrap_or_else(|e| e.into_inner());
             for c in &clusters {
@@ -316,7 +275,6 @@ pub async fn run(
                 .reconcile_seconds
                 .observe(started.elapsed().as_secs_f64());
         }
-        metrics.queue_depth.set(0);
         tokio::select! {
             _ = &mut shutdown => break,
             _ = kick.notified() => {}
@@ -329,6 +287,25 @@ pub async fn run(
     if let Some(e) = elector {
         e.abort();
     }
+}
+
+/// The local cluster's version decides how global Services ask for topology-aware routing;
+/// a version that cannot be read (after a few tries) gives the oldest form, the seed's.
+async fn local_topology(local: &Client) -> desired::Topology {
+    for attempt in 0..5 {
+        match local.apiserver_version().await {
+            Ok(v) => {
+                let t = desired::Topology::for_version(&v.major, &v.minor);
+                tracing::info!(version = v.git_version, topology = ?t, "local cluster");
+                return t;
+            }
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "cannot read the local cluster's version");
+                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+            }
+        }
+    }
+    desired::Topology::HintsAnnotation
 }
 
 async fn probe(
@@ -417,6 +394,8 @@ async fn lead(
 
 struct Reconciler<'a> {
     settings: &'a Settings,
+    /// How global Services ask for topology-aware routing (the local cluster's version).
+    topology: desired::Topology,
     local: Client,
     metrics: Arc<Metrics>,
     grace: Duration,
@@ -472,6 +451,7 @@ impl Reconciler<'_> {
             mirror: &s.mirror_selector,
             global: &s.global_selector,
             routing: &s.routing_selector,
+            topology: self.topology,
         };
         let views: Vec<(Vec<Service>, Vec<EndpointSlice>)> = clusters
             .iter()

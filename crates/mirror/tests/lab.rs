@@ -3,52 +3,18 @@
 //! conflict, long name, a remote API stopped and black-holed, and a local Pod reaching a remote
 //! Pod through the mirrored ClusterIP.
 
-use k8s_openapi::api::core::v1::{Event, Namespace, Service};
+mod common;
+
+use common::{NS, ReplicaOptions, TIMEOUT, admin, global_json, namespace, until};
+use k8s_openapi::api::core::v1::{Event, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client};
 use lab_node::scenario::{apply, client_pod, wait_ready};
 use lab_node::{ApiState, MultiCluster, MultiOptions};
-use mirror::config::{Overrides, Settings};
-use mirror::metrics::Metrics;
-use mirror::run::{MirrorHealth, RunOptions, run};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
-
-const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn ghostwire_bin() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/ghostwire")
-}
-
-/// Polls `f` until it returns `Some` (bounded).
-async fn until<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn namespace(c: &Client, name: &str) {
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    Api::<Namespace>::all(c.clone())
-        .create(&Default::default(), &ns)
-        .await
-        .unwrap();
-}
 
 fn service(name: &str, labels: Value, port: u16) -> Value {
     json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": labels},
@@ -56,8 +22,30 @@ fn service(name: &str, labels: Value, port: u16) -> Value {
                     "ports": [{"name": "http", "port": port, "targetPort": 8080, "protocol": "TCP"}]}})
 }
 
+fn headless(name: &str, labels: Value) -> Value {
+    let mut s = service(name, labels, 80);
+    s["spec"]["clusterIP"] = json!("None");
+    s
+}
+
+/// Replaces the port of Service `shop/name` (server-side apply would add a port: ports merge
+/// by port number).
+async fn set_port(c: &Client, name: &str, port: i32) {
+    let api = Api::<Service>::namespaced(c.clone(), "shop");
+    let mut s = api.get(name).await.unwrap();
+    s.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = port;
+    api.replace(name, &Default::default(), &s).await.unwrap();
+}
+
+fn cluster_ip(s: &Service) -> String {
+    s.spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.clone())
+        .unwrap_or_default()
+}
+
 async fn get_svc(c: &Client, name: &str) -> Option<Service> {
-    Api::<Service>::namespaced(c.clone(), "mirror")
+    Api::<Service>::namespaced(c.clone(), NS)
         .get_opt(name)
         .await
         .ok()
@@ -65,7 +53,7 @@ async fn get_svc(c: &Client, name: &str) -> Option<Service> {
 }
 
 async fn slices_of(c: &Client, svc: &str) -> Vec<EndpointSlice> {
-    Api::<EndpointSlice>::namespaced(c.clone(), "mirror")
+    Api::<EndpointSlice>::namespaced(c.clone(), NS)
         .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={svc}")))
         .await
         .map(|l| l.items)
@@ -81,33 +69,29 @@ fn addresses(slices: &[EndpointSlice]) -> Vec<String> {
     v
 }
 
-fn metrics_text(registry: &prometheus_client::registry::Registry) -> String {
-    let mut s = String::new();
-    prometheus_client::encoding::text::encode(&mut s, registry).unwrap();
-    s
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mirror_across_three_clusters() {
-    let mut opts =
-        MultiOptions::new("mirror-e2e", &["east", "west", "central"], ghostwire_bin()).unwrap();
+    let mut opts = MultiOptions::new(
+        "mirror-e2e",
+        &["east", "west", "central"],
+        common::ghostwire_bin(),
+    )
+    .unwrap();
     opts.backoff_initial = Duration::from_millis(200);
     let mc = MultiCluster::start(opts)
         .await
         .expect("three clusters start");
-    let client = |n: &str| {
-        let c = mc.cluster(n).unwrap();
-        async move { c.client().await.unwrap() }
-    };
     let (east, west, central) = (
-        client("east").await,
-        client("west").await,
-        client("central").await,
+        admin(&mc, "east").await,
+        admin(&mc, "west").await,
+        admin(&mc, "central").await,
     );
     for c in [&east, &west, &central] {
         namespace(c, "shop").await;
     }
-    namespace(&east, "mirror").await;
+    // The mirror runs as deploy/mirror's ServiceAccounts with exactly its Roles: a verb
+    // missing there fails here. The remotes are reached by API URL + CA URL + token file.
+    let access = common::mirror_access(&mc, "east", &["west", "central"]).await;
     // A backend Pod `orders` in each cluster; the test serves from inside west's.
     for c in [&east, &west, &central] {
         let mut pod = client_pod("orders", "active", None, &[]);
@@ -154,6 +138,22 @@ async fn mirror_across_three_clusters() {
     )
     .await
     .unwrap();
+    // A global Service whose chosen source (the local one) is a ClusterIP and another
+    // (central) headless: a conflict; when the local one goes, the global flips to headless.
+    apply(
+        &east,
+        "shop",
+        &service("flip", json!({"global": "true"}), 80),
+    )
+    .await
+    .unwrap();
+    apply(
+        &central,
+        "shop",
+        &headless("flip", json!({"global": "true"})),
+    )
+    .await
+    .unwrap();
     let long = "l".repeat(50);
     apply(
         &west,
@@ -169,46 +169,55 @@ async fn mirror_across_three_clusters() {
         "subsets": [{"addresses": [{"ip": "10.244.1.200"}], "ports": [{"port": 8080}]}]
     }))
     .unwrap();
-    let endpoints: Api<k8s_openapi::api::core::v1::Endpoints> =
-        Api::namespaced(east.clone(), "mirror");
+    let endpoints: Api<k8s_openapi::api::core::v1::Endpoints> = Api::namespaced(east.clone(), NS);
     endpoints
         .create(&Default::default(), &seed_eps)
         .await
         .unwrap();
+    // Stale: a mirror of west whose source is gone (serviceSync removes it at start), and a
+    // Service of someone else in the namespace (left alone).
+    for (name, labels) in [
+        (
+            "west-shop-73736d-gone",
+            json!({"mirrored-svc": "true", "mirror-svc-prefix-sync": "west"}),
+        ),
+        ("not-ours", json!({"team": "x"})),
+    ] {
+        apply(&east, NS, &service(name, labels, 80)).await.unwrap();
+    }
+    // West's token file starts out invalid: its API refuses (401) until the token is
+    // replaced, which the mirror picks up without a restart.
+    let west_token = access.remotes[0].3.clone();
+    let good_token = std::fs::read_to_string(&west_token).unwrap();
+    std::fs::write(&west_token, "not-a-token").unwrap();
+    let mut west_cfg = access.remote_json("west", "west");
+    west_cfg["resyncPeriod"] = json!("5s");
     let config = json!({
-        "global": {"globalSvcLabelSelector": "global=true", "globalSvcRoutingStrategyLabel": "routing=local-first",
-                   "mirrorSvcLabelSelector": "mirror=true", "mirrorNamespace": "mirror", "serviceSync": true},
-        "localCluster": {"name": "east", "zones": ["east"]},
-        "remoteClusters": [
-            {"name": "west", "kubeConfigPath": mc.cluster("west").unwrap().kubeconfig_path(), "servicePrefix": "west", "resyncPeriod": "5s"},
-            {"name": "central", "kubeConfigPath": mc.cluster("central").unwrap().kubeconfig_path(), "servicePrefix": "central"}
-        ]
+        "global": global_json(true),
+        "localCluster": {"name": "east", "zones": ["east"], "kubeConfigPath": access.local_kubeconfig},
+        "remoteClusters": [west_cfg, access.remote_json("central", "central")]
     });
-    let settings = Settings::from_file(
-        serde_json::from_value(config).unwrap(),
-        &Overrides::default(),
-    )
-    .unwrap();
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = Arc::new(Metrics::new(&mut registry));
-    let health = Arc::new(MirrorHealth::default());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let runner = tokio::spawn(run(
-        settings,
-        RunOptions {
-            local: east.clone(),
-            remotes: vec![west.clone(), central.clone()],
+    let replica = common::Replica::start(
+        &config,
+        ReplicaOptions {
             failover_grace: Duration::from_secs(2),
             probe_interval: Duration::from_millis(500),
-            lease: None,
-            resync: Duration::from_secs(5),
+            ca_refresh: Duration::from_millis(300),
+            ..Default::default()
         },
-        metrics.clone(),
-        health.clone(),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    )
+    .await;
+    let health = replica.health.clone();
+    until("west answering 401 to the invalid token", || async {
+        replica
+            .metrics_text()
+            .contains(
+                "ghostwire_mirror_api_requests_total{cluster=\"west\",verb=\"GET\",code=\"401\"}",
+            )
+            .then_some(())
+    })
+    .await;
+    std::fs::write(&west_token, good_token).unwrap();
 
     // Mirror: Service with the remote's ports and labels, slices with the remote Pod's IP.
     let mirrored = until("west's mirror", || async {
@@ -226,6 +235,14 @@ async fn mirror_across_three_clusters() {
         .then_some(())
     })
     .await;
+    until("the stale mirror removed at start", || async {
+        get_svc(&east, "west-shop-73736d-gone")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(get_svc(&east, "not-ours").await.is_some());
     until("the seed's Endpoints removed", || async {
         endpoints
             .get_opt("west-shop-73736d-orders")
@@ -273,6 +290,51 @@ async fn mirror_across_three_clusters() {
         (s.metadata.labels?.get("team").map(String::as_str) == Some("b")).then_some(())
     })
     .await;
+    set_port(&west, "orders", 90).await;
+    let moved = until("port change mirrored", || async {
+        let s = get_svc(&east, "west-shop-73736d-orders").await?;
+        (s.spec.as_ref()?.ports.as_ref()?[0].port == 90).then_some(s)
+    })
+    .await;
+    assert_eq!(cluster_ip(&moved), ip, "updated in place, ClusterIP kept");
+    set_port(&west, "orders", 80).await;
+
+    // Headless flip: the global "flip" is a ClusterIP while the local source chooses; when
+    // the local source goes, central's headless definition wins and the global is recreated
+    // headless (clusterIP is immutable).
+    let flip = until("global flip", || async {
+        get_svc(&east, "gl-shop-73736d-flip").await
+    })
+    .await;
+    assert_ne!(cluster_ip(&flip), "None");
+    Api::<Service>::namespaced(east.clone(), "shop")
+        .delete("flip", &DeleteParams::default())
+        .await
+        .unwrap();
+    until("global flip recreated headless", || async {
+        let s = get_svc(&east, "gl-shop-73736d-flip").await?;
+        (cluster_ip(&s) == "None").then_some(())
+    })
+    .await;
+    assert!(
+        replica
+            .metrics_text()
+            .contains("ghostwire_mirror_writes_total{verb=\"recreate\",kind=\"Service\"} 1"),
+        "{}",
+        replica.metrics_text()
+    );
+
+    // West's CA URL now serves another CA (central's): refused, the pinned one stays in use.
+    access
+        .ca("west")
+        .serve(mc.cluster("central").unwrap().api().ca_pem());
+    until("the swapped CA refused", || async {
+        replica
+            .metrics_text()
+            .contains("ghostwire_mirror_ca_refused_total{cluster=\"west\"}")
+            .then_some(())
+    })
+    .await;
 
     // Global: one Service, one slice per source cluster, every endpoint hinted.
     let gl = until("global service", || async {
@@ -282,7 +344,12 @@ async fn mirror_across_three_clusters() {
     .await;
     let ann = gl.metadata.annotations.clone().unwrap();
     assert_eq!(ann["global-svc-clusters"], "central,east,west");
-    assert_eq!(ann["service.kubernetes.io/topology-mode"], "Auto");
+    // The lab's API says v1.33: trafficDistribution, not the older annotations.
+    assert_eq!(
+        gl.spec.as_ref().unwrap().traffic_distribution.as_deref(),
+        Some("PreferClose")
+    );
+    assert!(!ann.contains_key("service.kubernetes.io/topology-mode"));
     assert_eq!(
         gl.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port,
         80
@@ -308,7 +375,7 @@ async fn mirror_across_three_clusters() {
     }
     // Conflict (central's port) and the long name: events and metrics.
     let events = until("events", || async {
-        let evs = Api::<Event>::namespaced(east.clone(), "mirror")
+        let evs = Api::<Event>::namespaced(east.clone(), NS)
             .list(&Default::default())
             .await
             .ok()?
@@ -330,7 +397,7 @@ async fn mirror_across_three_clusters() {
             .unwrap()
             .contains(&format!("shop/{long}"))
     );
-    let text = metrics_text(&registry);
+    let text = replica.metrics_text();
     assert!(text.contains(&format!("ghostwire_mirror_name_too_long_total{{cluster=\"west\",namespace=\"shop\",service=\"{long}\"}} 1")), "{text}");
     assert!(
         text.contains(
@@ -405,7 +472,16 @@ async fn mirror_across_three_clusters() {
     })
     .await;
 
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(5), runner).await;
+    let text = replica.metrics_text();
+    for want in [
+        "ghostwire_mirror_api_request_duration_seconds_count{cluster=\"central\",verb=\"WATCH\"}",
+        "ghostwire_mirror_api_requests_total{cluster=\"east\",verb=\"POST\",code=\"201\"}",
+        "ghostwire_mirror_queue_adds_total",
+        "ghostwire_mirror_watched_objects{cluster=\"west\",kind=\"Service\"}",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    replica.stop().await;
+    drop(access);
     mc.shutdown(Duration::from_secs(2)).await;
 }
