@@ -187,12 +187,15 @@ impl ServerCertVerifier for CaVerifier {
     }
 }
 
+/// What says a file changed: its modification time and length.
+type Stamp = (Option<SystemTime>, u64);
+
 /// A bearer token file, read again when it changes on disk.
 #[derive(Debug)]
 pub struct TokenFile {
     path: PathBuf,
     /// (modified, length) of the contents cached, and the header value.
-    cached: Mutex<Option<((Option<SystemTime>, u64), http::HeaderValue)>>,
+    cached: Mutex<Option<(Stamp, http::HeaderValue)>>,
 }
 
 impl TokenFile {
