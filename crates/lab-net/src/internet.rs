@@ -12,7 +12,9 @@
 
 use crate::{Lab, Pod, Result, ip_batch};
 use netns::Netns;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket};
+use std::sync::{Arc, Mutex};
 
 /// Public hosts in the internet namespace.
 pub const HOST_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
@@ -117,5 +119,56 @@ impl Internet {
     /// Takes the VPN link of `pod` down (deletes `dev`): its routes go with it.
     pub fn disconnect_vpn(&self, pod: &Pod, dev: &str) -> Result<()> {
         ip_batch(pod.netns().name(), &format!("link del {dev}\n"))
+    }
+
+    /// Serves "who am I" on `port` (TCP and UDP, both families, every address of the
+    /// internet): each connection and datagram is answered with the peer's address and a
+    /// newline — the address the outside sees. Every UDP source is recorded in the result.
+    pub fn serve_whoami(&self, port: u16) -> Result<WhoAmI> {
+        let (tcp, udp) = self
+            .netns
+            .run(move || -> std::io::Result<_> {
+                Ok((
+                    TcpListener::bind(("::", port))?,
+                    UdpSocket::bind(("::", port))?,
+                ))
+            })?
+            .map_err(|e| crate::Error::Invalid {
+                field: "whoami port",
+                value: port.to_string(),
+                reason: e.to_string(),
+            })?;
+        std::thread::spawn(move || {
+            for mut c in tcp.incoming().flatten() {
+                let Ok(peer) = c.peer_addr() else { continue };
+                let mut line = [0u8; 64];
+                let _ = c.read(&mut line);
+                let _ = c.write_all(format!("{}\n", peer.ip().to_canonical()).as_bytes());
+            }
+        });
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((_, from)) = udp.recv_from(&mut buf) {
+                let ip = from.ip().to_canonical();
+                log.lock().unwrap_or_else(|e| e.into_inner()).push(ip);
+                let _ = udp.send_to(format!("{ip}\n").as_bytes(), from);
+            }
+        });
+        Ok(WhoAmI { seen })
+    }
+}
+
+/// A running [`Internet::serve_whoami`] (its threads end with the namespace's sockets).
+#[derive(Debug, Clone)]
+pub struct WhoAmI {
+    seen: Arc<Mutex<Vec<IpAddr>>>,
+}
+
+impl WhoAmI {
+    /// The source of every UDP datagram received so far.
+    pub fn udp_sources(&self) -> Vec<IpAddr> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }

@@ -301,6 +301,17 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// Adds the lab's "internet" beside the node (see [`lab_net::internet`]): Pods reach its
+    /// public hosts through the node, unNATed; it goes away with the node.
+    pub fn add_internet(&self) -> Result<lab_net::internet::Internet> {
+        let mut lab = lock(&self.shared.lab);
+        let lab = lab.as_mut().ok_or_else(|| Error::Io {
+            what: "the node's lab".into(),
+            source: std::io::Error::other("the node is shut down"),
+        })?;
+        Ok(lab.add_internet()?)
+    }
+
     /// The node's address plan.
     pub fn network(&self) -> &lab_net::Network {
         &self.shared.network

@@ -48,33 +48,33 @@ pub const SWITCH_ACCOUNT: &str = "ghostwire-switch";
 /// Applies [`WORKLOAD_RBAC`] in `ns` (server-side apply, field manager `lab`), so Pods that run
 /// as [`SWITCH_ACCOUNT`] get exactly deploy/'s permissions: a verb missing there fails here.
 pub async fn workload_rbac(client: &kube::Client, ns: &str) -> Result<()> {
-    use k8s_openapi::api::core::v1::ServiceAccount;
-    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-    let pp = PatchParams::apply("lab").force();
-    let docs: Vec<Value> = serde_saphyr::from_multiple(WORKLOAD_RBAC).map_err(|e| Error::Io {
-        what: "deploy/components/workload-rbac/rbac.yaml".into(),
+    apply_yaml(
+        client,
+        ns,
+        "deploy/components/workload-rbac/rbac.yaml",
+        WORKLOAD_RBAC,
+    )
+    .await
+}
+
+/// Applies every object of a multi-document YAML text (e.g. a file of deploy/) in `ns`
+/// (server-side apply, field manager `lab`); any namespaced kind the lab API serves. `what`
+/// names the text in errors.
+pub async fn apply_yaml(client: &kube::Client, ns: &str, what: &str, yaml: &str) -> Result<()> {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let docs: Vec<Value> = serde_saphyr::from_multiple(yaml).map_err(|e| Error::Io {
+        what: what.into(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
     })?;
+    let pp = PatchParams::apply("lab").force();
     for obj in docs.iter().filter(|d| d.is_object()) {
         let name = obj["metadata"]["name"].as_str().unwrap_or_default();
-        let patch = Patch::Apply(obj);
-        match obj["kind"].as_str() {
-            Some("ServiceAccount") => {
-                Api::<ServiceAccount>::namespaced(client.clone(), ns)
-                    .patch(name, &pp, &patch)
-                    .await?;
-            }
-            Some("Role") => {
-                Api::<Role>::namespaced(client.clone(), ns)
-                    .patch(name, &pp, &patch)
-                    .await?;
-            }
-            _ => {
-                Api::<RoleBinding>::namespaced(client.clone(), ns)
-                    .patch(name, &pp, &patch)
-                    .await?;
-            }
-        }
+        let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let gvk = GroupVersionKind::gvk(group, version, obj["kind"].as_str().unwrap_or_default());
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk(&gvk));
+        api.patch(name, &pp, &Patch::Apply(obj)).await?;
     }
     Ok(())
 }
