@@ -17,6 +17,7 @@ command -v dhclient >/dev/null || need+=(isc-dhcp-client)
 command -v dhcpcd >/dev/null || need+=(dhcpcd-base)
 command -v dig >/dev/null || need+=(dnsutils)          # dig, nslookup: cluster DNS tests
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base)  # the DNS tests' upstream
+command -v tcpdump >/dev/null || need+=(tcpdump)       # the kill-switch test's capture
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

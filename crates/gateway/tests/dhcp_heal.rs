@@ -20,26 +20,53 @@ fn settings(env: Vec<(&'static str, String)>) -> Settings {
     Settings::from_raw(&Raw::resolve(None, &f).unwrap()).unwrap()
 }
 
-/// A stand-in DNS server (cluster DNS, or the VPN's resolver in the internet): answers A
-/// queries for any name with `answer`.
+/// A stand-in DNS server (cluster DNS, or the VPN's resolver in the internet) on UDP and TCP:
+/// answers A queries for any name with `answer`.
 fn dns_server(ns: &lab_net::Netns, bind: &str, answer: Arc<Mutex<Ipv4Addr>>) {
     let bind = bind.to_string();
-    let sock = ns.run(move || UdpSocket::bind(bind).unwrap()).unwrap();
+    let (sock, tcp) = ns
+        .run(move || {
+            (
+                UdpSocket::bind(&bind).unwrap(),
+                std::net::TcpListener::bind(&bind).unwrap(),
+            )
+        })
+        .unwrap();
+    let reply = move |query: &[u8]| -> Option<Vec<u8>> {
+        let q = Message::from_vec(query).ok()?;
+        let mut r = Message::new(q.metadata.id, MessageType::Response, q.metadata.op_code);
+        r.metadata.response_code = ResponseCode::NoError;
+        for query in &q.queries {
+            r.add_query(query.clone());
+            let ip = *answer.lock().unwrap();
+            r.answers
+                .push(Record::from_rdata(query.name().clone(), 5, RData::A(A(ip))));
+        }
+        r.to_vec().ok()
+    };
+    let tcp_reply = reply.clone();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut c in tcp.incoming().flatten() {
+            let mut len = [0u8; 2];
+            while c.read_exact(&mut len).is_ok() {
+                let mut q = vec![0u8; u16::from_be_bytes(len) as usize];
+                if c.read_exact(&mut q).is_err() {
+                    break;
+                }
+                let Some(r) = tcp_reply(&q) else { break };
+                let mut out = (r.len() as u16).to_be_bytes().to_vec();
+                out.extend_from_slice(&r);
+                let _ = c.write_all(&out);
+            }
+        }
+    });
     std::thread::spawn(move || {
         let mut buf = [0u8; 1500];
         while let Ok((n, from)) = sock.recv_from(&mut buf) {
-            let Ok(q) = Message::from_vec(&buf[..n]) else {
-                continue;
-            };
-            let mut r = Message::new(q.metadata.id, MessageType::Response, q.metadata.op_code);
-            r.metadata.response_code = ResponseCode::NoError;
-            for query in &q.queries {
-                r.add_query(query.clone());
-                let ip = *answer.lock().unwrap();
-                r.answers
-                    .push(Record::from_rdata(query.name().clone(), 5, RData::A(A(ip))));
+            if let Some(r) = reply(&buf[..n]) {
+                let _ = sock.send_to(&r, from);
             }
-            let _ = sock.send_to(&r.to_vec().unwrap(), from);
         }
     });
 }
@@ -107,21 +134,6 @@ fn base_env(dns: &Pod) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn whoami_tcp(inet: &Internet, port: u16) {
-    let l = inet
-        .netns()
-        .run(move || std::net::TcpListener::bind(("0.0.0.0", port)).unwrap())
-        .unwrap();
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        for mut c in l.incoming().flatten() {
-            let mut b = [0u8; 64];
-            let _ = c.read(&mut b);
-            let _ = c.write_all(format!("{}\n", c.peer_addr().unwrap().ip()).as_bytes());
-        }
-    });
-}
-
 #[test]
 fn client_sidecar_heals_when_the_gateway_pod_is_replaced() {
     let mut lab = Lab::new("gw_heal").unwrap();
@@ -132,7 +144,7 @@ fn client_sidecar_heals_when_the_gateway_pod_is_replaced() {
     let mut gw1 = start_gateway(&mut lab, &inet, "gw1", &s);
     let answer = Arc::new(Mutex::new(gw1.pod.ipv4));
     dns_server(dns.netns(), "0.0.0.0:53", answer.clone());
-    whoami_tcp(&inet, 7002);
+    let _who = inet.serve_whoami(7002).unwrap();
 
     let inputs = ClientInputs {
         settings: s.clone(),
@@ -142,7 +154,7 @@ fn client_sidecar_heals_when_the_gateway_pod_is_replaced() {
         resolv_conf: String::new(),
     };
     // Client init: the gateway by name through the cluster DNS, the address by DHCP.
-    let tunnel = client
+    let mut tunnel = client
         .netns()
         .run(|| gateway::client::init(&s, &inputs.hostname, &[], &[], ""))
         .unwrap()
@@ -160,6 +172,14 @@ fn client_sidecar_heals_when_the_gateway_pod_is_replaced() {
     };
     assert_eq!(ask().unwrap(), internet::VPN_CLIENT_V4.to_string());
 
+    // The lease is past T1 (half of DHCP_LEASE_TIME, 10 m here): the sidecar renews it at
+    // once, by unicast to the gateway that granted it, and then not again until the new T1.
+    let lease = tunnel.lease.as_mut().expect("a DHCP lease");
+    assert_eq!(lease.lease_time, Duration::from_secs(600));
+    lease.obtained = Instant::now()
+        .checked_sub(lease.lease_time / 2 + Duration::from_secs(1))
+        .unwrap();
+    let acks = gw1.state.leases.lock().unwrap().counts.acks;
     let stop = Arc::new(AtomicBool::new(false));
     let metrics = ClientMetrics::default();
     let sidecar = {
@@ -174,6 +194,15 @@ fn client_sidecar_heals_when_the_gateway_pod_is_replaced() {
                 .unwrap()
         })
     };
+
+    let t = Instant::now();
+    while metrics.renewals.get() == 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "no renewal at T1");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(gw1.state.leases.lock().unwrap().counts.acks, acks + 1);
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(metrics.renewals.get(), 1, "renewed again before the new T1");
 
     // The gateway Pod goes away; a new one comes up with another Pod IP and no leases.
     gw1.stop();
@@ -432,6 +461,33 @@ fn dns_forwarder_splits_local_and_outside_names_and_follows_resolv_conf() {
         String::from_utf8_lossy(&dig.stdout).trim(),
         vpn_a.to_string()
     );
+    // Over TCP: the client's connection to us, and ours upstream.
+    for name in ["example.org", "web.default.svc.cluster.local"] {
+        let dig = client
+            .command("dig")
+            .args([
+                "+short",
+                "+tcp",
+                "+time=3",
+                "+tries=1",
+                "@172.16.0.1",
+                name,
+                "A",
+            ])
+            .output()
+            .unwrap();
+        let want = if name.ends_with(".local") {
+            cluster
+        } else {
+            vpn_a
+        };
+        assert_eq!(
+            String::from_utf8_lossy(&dig.stdout).trim(),
+            want.to_string(),
+            "dig +tcp {name}: {}",
+            String::from_utf8_lossy(&dig.stderr)
+        );
+    }
     // The VPN rewrites resolv.conf: outside names follow, cluster names do not move.
     std::thread::sleep(Duration::from_millis(20));
     std::fs::write(&resolv, "nameserver 203.0.113.10\n").unwrap();

@@ -6,9 +6,7 @@ use gateway::natconf::{self, NatEntry, Plan};
 use gateway::settings::{Raw, Settings};
 use lab_net::internet::{self, Internet};
 use lab_net::{Lab, Pod};
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
-use std::sync::{Arc, Mutex};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 /// Settings as a settings.sh in the seed's style plus env overrides.
@@ -100,43 +98,6 @@ impl Env {
     }
 }
 
-/// A server in the internet that answers each TCP connection and UDP datagram with the
-/// peer's address, and records every datagram's source (the "capture" of the outside).
-struct WhoAmI {
-    seen: Arc<Mutex<Vec<IpAddr>>>,
-}
-
-fn whoami(inet: &Internet, port: u16) -> WhoAmI {
-    let (tcp, udp) = inet
-        .netns()
-        .run(move || {
-            (
-                TcpListener::bind(("::", port)).unwrap(),
-                UdpSocket::bind(("::", port)).unwrap(),
-            )
-        })
-        .unwrap();
-    std::thread::spawn(move || {
-        for mut c in tcp.incoming().flatten() {
-            let peer = c.peer_addr().unwrap().ip().to_canonical();
-            let mut line = [0u8; 64];
-            let _ = c.read(&mut line);
-            let _ = c.write_all(format!("{peer}\n").as_bytes());
-        }
-    });
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 1500];
-        while let Ok((_, from)) = udp.recv_from(&mut buf) {
-            let ip = from.ip().to_canonical();
-            log.lock().unwrap().push(ip);
-            let _ = udp.send_to(format!("{ip}\n").as_bytes(), from);
-        }
-    });
-    WhoAmI { seen }
-}
-
 fn tcp_line(pod_ns: &lab_net::Netns, to: SocketAddr) -> std::io::Result<String> {
     pod_ns.run(|| lab_net::client::tcp_request(to)).unwrap()
 }
@@ -150,7 +111,7 @@ fn client_egress_leaves_through_the_gateways_vpn_and_forwards_come_back() {
     assert_eq!(t.addr4.unwrap().to_string(), "172.16.0.10/24");
     assert_eq!(t.addr6.unwrap().to_string(), "fd00:16::a/64");
     assert_eq!(t.mtu, 1450);
-    let _who = whoami(&e.inet, 7000);
+    let _who = e.inet.serve_whoami(7000).unwrap();
 
     // The outside sees the gateway's VPN address, for both families.
     let v4 = tcp_line(
@@ -240,10 +201,70 @@ fn gateway_init_twice_changes_nothing() {
     assert_eq!(first, snap());
 }
 
+/// A real packet capture (`tcpdump`) on every interface of a namespace, listening before
+/// this returns; [`Capture::stop`] gives one line per packet seen.
+struct Capture {
+    child: std::process::Child,
+    lines: std::thread::JoinHandle<Vec<String>>,
+}
+
+fn capture(ns: &lab_net::Netns, filter: &str) -> Capture {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns.name(),
+            "tcpdump",
+            "-i",
+            "any",
+            "-n",
+            "-l",
+            "-p",
+        ])
+        .arg(filter)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tcpdump (scripts/install-deps.sh installs it)");
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("listening on") {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "tcpdump did not start"
+        );
+    }
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let lines = std::thread::spawn(move || out.lines().map_while(Result::ok).collect());
+    Capture { child, lines }
+}
+
+impl Capture {
+    fn stop(mut self) -> Vec<String> {
+        // SIGTERM-like: tcpdump flushes what it printed; its stdout closes when it exits.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.lines, std::thread::spawn(Vec::new))
+            .join()
+            .unwrap()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// With the VPN down, nothing the client sends reaches the internet when the kill switch is
-/// on; with it off the same packet does arrive (over the cluster's own uplink), which shows the
-/// test can see a leak.
-fn vpn_down_leak(test: &str, kill_switch: bool) -> Vec<IpAddr> {
+/// on: neither the server there nor a capture of every interface of the internet sees a
+/// packet (UDP and TCP, both families). With the kill switch off the same packets do arrive
+/// (over the cluster's own uplink), which shows the test can see a leak.
+fn vpn_down_leak(test: &str, kill_switch: bool) -> (Vec<IpAddr>, Vec<String>) {
     let e = env(
         test,
         &[(
@@ -253,32 +274,55 @@ fn vpn_down_leak(test: &str, kill_switch: bool) -> Vec<IpAddr> {
     );
     e.gateway_init();
     e.client_init();
-    let who = whoami(&e.inet, 7001);
+    let who = e.inet.serve_whoami(7001).unwrap();
     e.inet.disconnect_vpn(&e.gw, "tun0").unwrap();
-    let to = SocketAddr::new(internet::HOST_V4.into(), 7001);
+    // Whatever reaches the internet from the cluster (not the links' own IPv6 multicast:
+    // neighbour discovery, listener reports).
+    let cap = capture(e.inet.netns(), "ip or (ip6 and not ip6 multicast)");
+    let to4 = SocketAddr::new(internet::HOST_V4.into(), 7001);
+    let to6 = SocketAddr::new(internet::HOST_V6.into(), 7001);
     e.client
         .netns()
         .run(move || {
             let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            let s6 = UdpSocket::bind("[::]:0").unwrap();
             for _ in 0..5 {
-                let _ = s.send_to(b"leak?\n", to);
-                std::thread::sleep(Duration::from_millis(100));
+                let _ = s.send_to(b"leak?\n", to4);
+                let _ = s6.send_to(b"leak?\n", to6);
+                std::thread::sleep(Duration::from_millis(50));
             }
+            let _ = std::net::TcpStream::connect_timeout(&to4, Duration::from_millis(300));
         })
         .unwrap();
     // Anything still in flight has arrived by now (the lab is all in one kernel).
     std::thread::sleep(Duration::from_millis(300));
-    let seen = who.seen.lock().unwrap().clone();
+    let seen = who.udp_sources();
+    let packets = cap.stop();
     drop(e.lab);
-    seen
+    (seen, packets)
 }
 
 #[test]
 fn kill_switch_lets_nothing_out_when_the_vpn_is_down() {
-    assert_eq!(vpn_down_leak("gw_kill_on", true), Vec::<IpAddr>::new());
+    let (seen, packets) = vpn_down_leak("gw_kill_on", true);
+    assert_eq!(seen, Vec::<IpAddr>::new());
+    assert_eq!(packets, Vec::<String>::new());
 }
 
 #[test]
 fn without_kill_switch_the_same_traffic_leaks() {
-    assert!(!vpn_down_leak("gw_kill_off", false).is_empty());
+    let (seen, packets) = vpn_down_leak("gw_kill_off", false);
+    assert!(!seen.is_empty());
+    assert!(
+        packets
+            .iter()
+            .any(|l| l.contains("> 203.0.113.10.7001: ") && !l.contains("Flags")),
+        "{packets:?}"
+    );
+    assert!(
+        packets
+            .iter()
+            .any(|l| l.contains("203.0.113.10.7001: Flags [S]")),
+        "{packets:?}"
+    );
 }
