@@ -111,6 +111,62 @@ fn demo_routes_right_over_ipv6_with_iptables() {
     run_demo(&["--backend", "iptables-nft", "--ipv6"]);
 }
 
+/// `ghostwire demo gateway`: deploy/gateway/base in the lab cluster, a Pod injected through
+/// the webhook, its traffic and DNS through the gateway Pod (the `gateway sidecar` binary's
+/// DHCP, DNS and /metrics), and healed after the gateway Pod is replaced.
+#[test]
+fn demo_gateway_sends_an_injected_pod_through_the_gateway_and_heals() {
+    let child = Command::new(common::ghostwire())
+        .args(["demo", "gateway"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(r#"init containers ["gateway-client-init", "gateway-client-sidecar"], containers ["app"], dnsPolicy None"#),
+        "{text}"
+    );
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.ends_with('✓') || l.ends_with('✗'))
+        .collect();
+    assert_eq!(rows.len(), 7, "{text}");
+    assert!(rows.iter().all(|l| l.ends_with('✓')), "{text}");
+    let row = |start: &str| {
+        rows.iter()
+            .find(|l| l.trim_start().starts_with(start))
+            .unwrap_or_else(|| panic!("no row {start:?} in:\n{text}"))
+            .split_whitespace()
+            .rev()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    // The plain Pod is seen as itself, the injected one as the gateway, then its replacement.
+    let gateways: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split(" is Ready at ").nth(1))
+        .collect();
+    assert_eq!(gateways.len(), 2, "{text}");
+    assert_ne!(gateways[0], gateways[1]);
+    assert_ne!(row("plain:"), gateways[0]);
+    assert_eq!(row("web: the outside sees the gateway Pod"), gateways[0]);
+    assert_eq!(
+        row("web: the outside sees the new gateway Pod"),
+        gateways[1]
+    );
+    assert_eq!(row("web: web.outside.test via"), "203.0.113.10");
+    assert!(leftovers(pid).is_empty(), "{:?}", leftovers(pid));
+}
+
 /// Stops a held demo if the test fails before it does (SIGTERM: the demo removes its lab).
 struct Held(std::process::Child);
 

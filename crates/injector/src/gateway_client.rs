@@ -88,7 +88,8 @@ impl GatewayClient {
             "args": args,
             "env": env,
             "securityContext": {
-                "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+                // NET_BIND_SERVICE: the DHCP client binds port 68.
+                "capabilities": {"add": ["NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE"], "drop": ["ALL"]},
                 "allowPrivilegeEscalation": false,
                 "readOnlyRootFilesystem": true,
                 "runAsUser": 0,

@@ -196,6 +196,7 @@ pub async fn run(args: &DemoArgs) -> Result<(), Exit> {
     let client = cluster.client().await?;
     let injector = super::switch::start_injector(
         &client,
+        None,
         json!({"namespaceSelector": {"matchLabels": {"ghostwire.dev/injection": "enabled"}}}),
     )
     .await?;

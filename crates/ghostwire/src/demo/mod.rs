@@ -5,6 +5,7 @@
 //! all in order and exits 0 only if every one passed; a failed capability does not stop the
 //! others, so one run reports all of them.
 
+mod gateway;
 mod mesh;
 mod mirror;
 mod switch;
@@ -38,6 +39,8 @@ pub enum Capability {
     Mirror,
     /// Mesh: app-a → app-b through both injected proxies, 90/10 split, retries, metrics.
     Mesh,
+    /// Egress gateway: an annotated Pod's traffic and DNS through the gateway Pod over VXLAN.
+    Gateway,
 }
 
 impl Capability {
@@ -46,6 +49,7 @@ impl Capability {
             Capability::Switch => "switch",
             Capability::Mirror => "mirror",
             Capability::Mesh => "mesh",
+            Capability::Gateway => "gateway",
         }
     }
 
@@ -54,6 +58,7 @@ impl Capability {
             Capability::Switch => switch::run(args).await,
             Capability::Mirror => mirror::run(args).await,
             Capability::Mesh => mesh::run(args).await,
+            Capability::Gateway => gateway::run(args).await,
         }
     }
 }

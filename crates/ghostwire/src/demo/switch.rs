@@ -124,6 +124,7 @@ pub async fn run(args: &DemoArgs) -> Result<(), Exit> {
     );
     let injector = start_injector(
         &client,
+        None,
         json!({"objectSelector": {"matchLabels": {"app": "shop"}}}),
     )
     .await?;
@@ -261,6 +262,7 @@ pub async fn run(args: &DemoArgs) -> Result<(), Exit> {
 /// process with a self-signed CA, and waits until it has written the caBundle.
 pub(super) async fn start_injector(
     client: &kube::Client,
+    defaults: Option<&str>,
     selector: serde_json::Value,
 ) -> Result<injector::Running, Exit> {
     let config = injector::Config {
@@ -272,7 +274,7 @@ pub(super) async fn start_injector(
             recheck_every: Duration::from_secs(1),
         },
         namespace: "default".into(),
-        defaults_configmap: None,
+        defaults_configmap: defaults.map(str::to_string),
         defaults_ttl: Duration::from_secs(10),
         preview_switch: injector::preview_switch::PreviewSwitch {
             image: "ghostwire:dev".into(),
