@@ -25,6 +25,13 @@ impl Table for Mesh {
     const KNOBS: &'static [Knob] = mesh_config::KNOBS;
 }
 
+/// The mesh controller's knobs (`controller`).
+#[derive(Debug, Clone)]
+pub struct Controller;
+impl Table for Controller {
+    const KNOBS: &'static [Knob] = mesh_controller::settings::KNOBS;
+}
+
 /// The egress gateway's knobs (`gateway …`, `client …`): pod-gateway's names, no `GW_` prefix.
 #[derive(Debug, Clone)]
 pub struct Gateway;

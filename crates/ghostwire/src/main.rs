@@ -3,6 +3,7 @@
 //! This crate only parses the command line, sets up logging and dispatches
 //! to the capability libraries; the work lives in those crates.
 
+mod controller;
 #[cfg(feature = "lab")]
 mod demo;
 mod exit;
@@ -50,6 +51,8 @@ enum Command {
     Client(gateway::ClientCommand),
     /// Mesh sidecar: the transparent proxy (inbound and outbound), with admin on 4191.
     Proxy(proxy::ProxyArgs),
+    /// Mesh control plane: streams routing config to the proxies over gRPC (ghostwire.mesh.v1).
+    Controller(controller::ControllerArgs),
     /// Mutating admission webhook: adds the containers each workload's ghostwire.dev/* annotations ask for.
     Injector(Box<injector::InjectorArgs>),
     /// Service mirror: remote clusters' Services and endpoints mirrored locally; global Services.
@@ -86,6 +89,7 @@ fn main() -> std::process::ExitCode {
             Command::Client(cmd) => gateway::run_client(cmd).await,
             Command::Mirror(args) => mirror::run(*args).await,
             Command::Proxy(args) => proxy::run(args).await,
+            Command::Controller(args) => controller::run(args).await,
             #[cfg(feature = "lab")]
             Command::Demo(args) => demo::run(args).await,
             #[cfg(feature = "lab")]

@@ -21,6 +21,13 @@ pub async fn run(args: ProxyArgs) -> Result<(), Exit> {
     .code(Code::Config)?;
     let store = Store::default();
     let source: Option<Box<dyn ConfigSource>> = match &s.config {
+        _ if !s.controller.is_empty() => {
+            tracing::info!(controller = ?s.controller, "routing config from the controller");
+            Some(Box::new(mesh_controller::feed::ControllerSource::new(
+                s.controller.clone(),
+                s.token.clone(),
+            )))
+        }
         Some(path) => {
             let f = FileSource {
                 path: path.clone(),

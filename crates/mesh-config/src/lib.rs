@@ -55,6 +55,10 @@ knobs::knobs! {
         "Proxy: most header fields in a request (else 431).";
     DRAIN_TIMEOUT = "GW_MESH_DRAIN_TIMEOUT", "drain-timeout", "10s",
         "Proxy: on SIGTERM, how long in-flight requests may finish before the proxy exits.";
+    CONTROLLER = "GW_MESH_CONTROLLER", "controller", "",
+        "Proxy: comma-separated controller addresses (http://HOST:PORT, tried in turn); the routing config then comes from the controller's gRPC stream, not from --routes. Empty: no controller.";
+    TOKEN = "GW_MESH_TOKEN", "token", "/var/run/secrets/ghostwire/mesh/token",
+        "Proxy: the projected ServiceAccount token (with the mesh's audience) presented to the controller.";
 }
 
 /// The IMDS addresses (AWS, GCP, Azure use the IPv4 one; AWS also the IPv6 one).
@@ -105,6 +109,9 @@ pub struct ProxySettings {
     pub max_headers: usize,
     pub drain_timeout: Duration,
     pub ipv6: bool,
+    /// Controller addresses; empty: the routing config comes from [`CONFIG`] (or nowhere).
+    pub controller: Vec<String>,
+    pub token: PathBuf,
 }
 
 /// Where raw values come from.
@@ -236,6 +243,20 @@ impl Sources {
             max_headers: r.parse(MAX_HEADERS, count)?,
             drain_timeout: r.parse(DRAIN_TIMEOUT, parse_duration)?,
             ipv6: r.parse(IPV6, parse_bool)?,
+            controller: r.parse(CONTROLLER, |s| {
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| {
+                        if a.starts_with("http://") || a.starts_with("https://") {
+                            Ok(a.to_string())
+                        } else {
+                            Err(format!("{a:?} is not a URL (http://HOST:PORT)"))
+                        }
+                    })
+                    .collect()
+            })?,
+            token: PathBuf::from(r.raw(TOKEN)),
         })
     }
 }
