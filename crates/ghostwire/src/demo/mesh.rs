@@ -243,10 +243,10 @@ async fn show(cluster: &Cluster, client: &kube::Client, _args: &DemoArgs) -> Res
         if d["kind"] == "ConfigMap" {
             d["data"]["routes.yaml"] = json!(routes);
         }
-        if d["kind"] == "Deployment" {
-            if let Some(e) = d["spec"]["template"]["spec"]["containers"][0]["env"].as_array_mut() {
-                e.push(json!({"name": "INTERVAL_MS", "value": "100"}));
-            }
+        if d["kind"] == "Deployment"
+            && let Some(e) = d["spec"]["template"]["spec"]["containers"][0]["env"].as_array_mut()
+        {
+            e.push(json!({"name": "INTERVAL_MS", "value": "100"}));
         }
     }
     println!("  app-a: annotated ghostwire.dev/mesh=true, calling app-b every 100 ms…");
