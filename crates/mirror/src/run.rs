@@ -717,13 +717,15 @@ impl Reconciler<'_> {
                         .await
                         .map(drop),
                 ),
+                // Only the delete here: the API may still hold the old object for a moment, and
+                // the pass that its delete event brings creates the new one.
                 Action::RecreateService(s) => {
                     let name = s.metadata.name.as_deref().unwrap_or_default();
-                    let r = match svcs.delete(name, &dp).await {
-                        Ok(_) => svcs.create(&pp, s).await.map(drop),
-                        Err(e) => Err(e),
-                    };
-                    ("recreate", "Service", r)
+                    (
+                        "recreate",
+                        "Service",
+                        svcs.delete(name, &dp).await.map(drop),
+                    )
                 }
                 Action::DeleteService(n) => {
                     ("delete", "Service", svcs.delete(n, &dp).await.map(drop))
