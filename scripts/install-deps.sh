@@ -18,6 +18,7 @@ command -v dhcpcd >/dev/null || need+=(dhcpcd-base)
 command -v dig >/dev/null || need+=(dnsutils)          # dig, nslookup: cluster DNS tests
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base)  # the DNS tests' upstream
 command -v tcpdump >/dev/null || need+=(tcpdump)       # the kill-switch test's capture
+command -v openvpn >/dev/null || need+=(openvpn)       # the gateway's VPN test: server and client
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

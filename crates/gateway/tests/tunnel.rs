@@ -326,3 +326,276 @@ fn without_kill_switch_the_same_traffic_leaks() {
         "{packets:?}"
     );
 }
+
+/// A process this test started in a lab namespace; killed (SIGKILL) on drop.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The point-to-point addresses of the real VPN (outside VPN_LOCAL_CIDRS and the lab's ranges).
+const OVPN_SERVER: std::net::Ipv4Addr = std::net::Ipv4Addr::new(100, 64, 0, 1);
+const OVPN_CLIENT: std::net::Ipv4Addr = std::net::Ipv4Addr::new(100, 64, 0, 2);
+
+/// Starts Debian's `openvpn` in `ns` on a real tun device `tun0` (UDP, static key) with `args`
+/// and returns once its log shows `ready` (60 s at most: the client retries its first packet).
+fn openvpn(ns: &lab_net::Netns, ready: &str, args: &[String]) -> Proc {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "openvpn"])
+        .args(args)
+        .args([
+            "--dev",
+            "tun0",
+            "--proto",
+            "udp",
+            "--cipher",
+            "AES-256-CBC",
+            "--auth",
+            "SHA256",
+            "--verb",
+            "3",
+            "--script-security",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openvpn (scripts/install-deps.sh installs it)");
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let err = BufReader::new(child.stderr.take().unwrap());
+    let proc = Proc(child);
+    // Threads keep draining its output, so it never blocks on a full pipe.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        out.lines()
+            .map_while(Result::ok)
+            .for_each(|l| drop(tx.send(l)))
+    });
+    std::thread::spawn(move || {
+        err.lines()
+            .map_while(Result::ok)
+            .for_each(|l| drop(tx2.send(l)))
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut log = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(ready) => return proc,
+            Ok(line) => log.push(line),
+            Err(_) => break,
+        }
+    }
+    panic!(
+        "openvpn in {} did not log {ready:?}:\n{}",
+        ns.name(),
+        log.join("\n")
+    );
+}
+
+/// The gateway behind a real VPN: Debian's openvpn as the server in the internet namespace and
+/// as the client in the gateway Pod (tun0, UDP 1194, a static key), the seed-style settings.sh
+/// with the kill switch on from init. The client's egress leaves through the VPN (the outside
+/// sees the VPN's address), outside names resolve through the VPN's resolver (a dnsmasq that
+/// listens only on the VPN server's tunnel address), nat.conf's forward reaches the client
+/// from the far end of the VPN; once the VPN client dies, a capture of the whole internet sees
+/// nothing from the cluster and names no longer resolve.
+#[test]
+fn client_traffic_and_names_go_through_openvpn_and_nothing_leaves_when_it_dies() {
+    let mut lab = Lab::new("gw_ovpn").unwrap();
+    let gw = lab.add_pod("gw").unwrap();
+    let client = lab.add_pod("client").unwrap();
+    let inet = lab.add_internet().unwrap();
+    let s = settings(SETTINGS_SH, &[("GATEWAY_NAME", gw.ipv4.to_string())]);
+    assert!(s.vpn_block_other_traffic);
+    let nat4 = natconf::parse("nat.conf", NAT_CONF, Plan::V4(&s.tunnel4)).unwrap();
+    let tmp = std::env::temp_dir().join(format!("gw-ovpn-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let key = tmp.join("static.key");
+    let st = std::process::Command::new("openvpn")
+        .args(["--genkey", "secret"])
+        .arg(&key)
+        .output()
+        .expect("openvpn (scripts/install-deps.sh installs it)");
+    assert!(st.status.success(), "{st:?}");
+    let key = key.display().to_string();
+
+    // The gateway Pod as deployed: init (kill switch on) before the VPN container starts.
+    gw.netns()
+        .run(|| gateway::gateway::init(&s, &nat4).unwrap())
+        .unwrap();
+    let server = internet::UPLINK_INET_V4.to_string();
+    let (vs, vc) = (OVPN_SERVER.to_string(), OVPN_CLIENT.to_string());
+    let own = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let _server = openvpn(
+        inet.netns(),
+        "UDPv4 link local",
+        &own(&[
+            "--local",
+            &server,
+            "--lport",
+            "1194",
+            "--ifconfig",
+            &vs,
+            &vc,
+            "--secret",
+            &key,
+            "0",
+        ]),
+    );
+    let vpn_client = openvpn(
+        gw.netns(),
+        "Initialization Sequence Completed",
+        &own(&[
+            "--remote",
+            &server,
+            "1194",
+            "--nobind",
+            "--ifconfig",
+            &vc,
+            &vs,
+            "--secret",
+            &key,
+            "1",
+            "--route-gateway",
+            &vs,
+            "--redirect-gateway",
+            "def1",
+        ]),
+    );
+    // The VPN's resolver, as the VPN's up script would write it into the gateway's resolv.conf:
+    // a dnsmasq that listens only on the server's tunnel address and knows one outside name.
+    let outside = std::net::Ipv4Addr::new(203, 0, 113, 77);
+    let _resolver = Proc(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", inet.netns().name(), "dnsmasq"])
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--pid-file=",
+                "--user=root",
+                "--port=53",
+            ])
+            .arg(format!("--listen-address={vs}"))
+            .arg(format!("--address=/vpn.example/{outside}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dnsmasq (scripts/install-deps.sh installs dnsmasq-base)"),
+    );
+    let resolv = tmp.join("resolv.conf");
+    std::fs::write(&resolv, format!("nameserver {vs}\n")).unwrap();
+    let cfg = gateway::dns::DnsConfig {
+        domains: s.dns_local_domains.clone(),
+        local_server: None,
+        original: "nameserver 10.96.0.10\n".into(),
+        resolv_conf: resolv,
+    };
+    let counts = std::sync::Arc::new(gateway::dns::DnsCounts::default());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let forwarder = {
+        let (stop, counts, ns) = (stop.clone(), counts.clone(), gw.netns().clone());
+        let bind = SocketAddr::new(s.tunnel4.gateway.into(), 53);
+        std::thread::spawn(move || {
+            ns.run(move || gateway::dns::serve(bind, cfg, counts, &stop).unwrap())
+                .unwrap()
+        })
+    };
+    let _who = inet.serve_whoami(7003).unwrap();
+    let t = client
+        .netns()
+        .run(|| gateway::client::init(&s, "client", &nat4, &[], ""))
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.addr4.unwrap().to_string(), "172.16.0.10/24");
+
+    // Egress: the outside sees the VPN client's address.
+    let to = SocketAddr::new(internet::HOST_V4.into(), 7003);
+    assert_eq!(tcp_line(client.netns(), to).unwrap(), vc);
+    // Names: through our forwarder, upstream to the VPN's resolver (the forwarder may still be
+    // binding: ask until it answers).
+    let dns = SocketAddr::new(s.tunnel4.gateway.into(), 53);
+    let ask = |wait: Duration| {
+        client
+            .netns()
+            .run(move || gateway::dnsquery::query_a_at("www.vpn.example", dns, wait))
+            .unwrap()
+    };
+    let start = std::time::Instant::now();
+    loop {
+        let got = ask(Duration::from_secs(2));
+        if got == Ok(Some(outside)) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "www.vpn.example through the forwarder: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(counts.upstream.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    // nat.conf's forward, from the far end of the VPN: its port 8080 reaches the client's 80.
+    let _echo = client.serve_echo("client", &[80], &[]).unwrap();
+    let fwd = SocketAddr::new(OVPN_CLIENT.into(), 8080);
+    assert_eq!(tcp_line(inet.netns(), fwd).unwrap(), "client");
+
+    // The VPN client dies (SIGKILL: no clean-up of its own): tun0 and its routes go with it.
+    drop(vpn_client);
+    let start = std::time::Instant::now();
+    while gw
+        .netns()
+        .run(|| gateway::iproute::link("tun0").unwrap())
+        .unwrap()
+        .is_some()
+    {
+        assert!(start.elapsed() < Duration::from_secs(20), "tun0 stayed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cap = capture(inet.netns(), "ip or (ip6 and not ip6 multicast)");
+    client
+        .netns()
+        .run(move || {
+            let u = UdpSocket::bind("0.0.0.0:0").unwrap();
+            for _ in 0..5 {
+                let _ = u.send_to(b"leak?\n", to);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = std::net::TcpStream::connect_timeout(&to, Duration::from_millis(300));
+        })
+        .unwrap();
+    // The forwarder still answers, but nothing reaches the VPN's resolver any more.
+    assert_ne!(ask(Duration::from_secs(3)), Ok(Some(outside)));
+    // Anything still in flight has arrived by now (the lab is all in one kernel).
+    std::thread::sleep(Duration::from_millis(300));
+    let packets = cap.stop();
+    // A leak is a packet that arrives in the internet from the cluster. The VPN server's own
+    // UDP port is exempt (VPN_TRAFFIC_PORT): the server still sends to the dead client, whose
+    // kernel answers port unreachable. What the internet sends itself does not count either.
+    let vpn_port = format!("{server}.1194");
+    let leaked: Vec<&String> = packets
+        .iter()
+        .filter(|l| l.contains(" In "))
+        .filter(|l| {
+            !(l.contains(&vpn_port)
+                || l.contains(&format!("{} > {server}: ICMP", gw.ipv4)) && l.contains("udp port"))
+        })
+        .collect();
+    assert_eq!(
+        leaked,
+        Vec::<&String>::new(),
+        "all packets seen: {packets:#?}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    forwarder.join().unwrap();
+    let _ = std::fs::remove_dir_all(&tmp);
+    drop(lab);
+}
