@@ -9,6 +9,7 @@ command -v conntrack >/dev/null || need+=(conntrack)
 command -v curl >/dev/null || need+=(curl)
 command -v ps >/dev/null || need+=(procps)
 command -v python3 >/dev/null || need+=(python3)
+[ -x /usr/bin/python ] || need+=(python-is-python3)   # `python` in the lab's python image (kubectl exec)
 command -v socat >/dev/null || need+=(socat)
 command -v setpriv >/dev/null || need+=(util-linux)
 # The gateway's tests: the real DHCP clients that must get leases from our server.
@@ -16,9 +17,10 @@ command -v udhcpc >/dev/null || need+=(udhcpc)
 command -v dhclient >/dev/null || need+=(isc-dhcp-client)
 command -v dhcpcd >/dev/null || need+=(dhcpcd-base)
 command -v dig >/dev/null || need+=(dnsutils)          # dig, nslookup: cluster DNS tests
-command -v dnsmasq >/dev/null || need+=(dnsmasq-base)  # the DNS tests' upstream
+command -v dnsmasq >/dev/null || need+=(dnsmasq-base)  # the DNS tests' upstream, the DNS benchmark's peer
 command -v tcpdump >/dev/null || need+=(tcpdump)       # the kill-switch test's capture
-command -v openvpn >/dev/null || need+=(openvpn)       # the gateway's VPN test: server and client
+command -v dnsperf >/dev/null || need+=(dnsperf)       # the DNS benchmark (lab-dns --bench dnsperf)
+command -v openvpn >/dev/null || need+=(openvpn)       # the gateway's VPN test; the lab's openvpn image (lab-node tests/images.rs)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -41,7 +43,7 @@ if ! python3 -c 'import kubernetes' 2>/dev/null; then
   python3 -m pip install -q kubernetes
 fi
 # The official OpenAI and Ollama Python clients: the lab's fake model server (crate lab-llm)
-# is tested with them.
+# and the lab/fake-llm image are tested with them.
 if ! python3 -c 'import openai, ollama' 2>/dev/null; then
   echo "installing: openai, ollama (PyPI)"
   python3 -m pip install -q openai ollama

@@ -25,6 +25,10 @@ pub enum LabCommand {
     /// The `ghostwire/app-b` image's program: hostname + VERSION, FAIL_RATE percent 500s.
     #[command(hide = true)]
     AppB,
+    /// The fake-llm image's program: OpenAI and Ollama APIs answering with the model and prompt
+    /// they were asked (streamed as SSE or NDJSON when asked).
+    #[command(hide = true)]
+    FakeLlm(FakeLlmArgs),
 }
 
 #[derive(Args)]
@@ -92,6 +96,17 @@ pub struct EchoArgs {
 }
 
 #[derive(Args)]
+pub struct FakeLlmArgs {
+    /// TCP ports on [::] (dual-stack), each serving every API: 8080 (OpenAI-style servers) and
+    /// 11434 (Ollama's) by default.
+    #[arg(long = "port", default_values_t = [8080, 11434])]
+    ports: Vec<u16>,
+    /// Pause between the pieces of a streamed answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    chunk_delay_ms: u64,
+}
+
+#[derive(Args)]
 pub struct ApiArgs {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, env = "GW_LAB_LISTEN", default_value = "127.0.0.1:6443")]
@@ -114,7 +129,31 @@ pub async fn run(cmd: LabCommand) -> Result<(), Exit> {
         LabCommand::Echo(args) => echo(args).await,
         LabCommand::AppA => app_a().await,
         LabCommand::AppB => app_b().await,
+        LabCommand::FakeLlm(args) => fake_llm(args).await,
     }
+}
+
+async fn fake_llm(args: FakeLlmArgs) -> Result<(), Exit> {
+    let mut listeners = Vec::new();
+    for p in &args.ports {
+        listeners.push(
+            tokio::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, *p))
+                .await
+                .with_context(|| format!("bind tcp [::]:{p}"))
+                .code(Code::Config)?,
+        );
+    }
+    println!("fake-llm on tcp {:?}", args.ports);
+    let opts = lab_llm::Options {
+        chunk_delay: std::time::Duration::from_millis(args.chunk_delay_ms),
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = lab_llm::serve(listeners, opts) => r.context("fake-llm server")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
 }
 
 async fn api(args: ApiArgs) -> Result<(), Exit> {
@@ -174,7 +213,8 @@ async fn up(args: UpArgs) -> Result<(), Exit> {
     println!("use it:     export KUBECONFIG={}", path.display());
     println!("            kubectl get pods -A");
     println!(
-        "images:     ghostwire:dev (this binary), ghostwire/echo (echo server), busybox (host tools)"
+        "images:     ghostwire:dev (this binary), ghostwire/echo (echo server), busybox (host tools),\n            \
+         python (host python3), lab/openvpn (host openvpn), lab/fake-llm (OpenAI/Ollama fake): the README's image table"
     );
     println!("Ctrl-C removes the cluster.");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -59,6 +59,19 @@ async fn preview_switch_with_kubectl() {
     );
     let (ok, out, err) = kubectl(&c, &["apply", "-f", rbac, "-f", manifest]).await;
     assert!(ok, "{out}{err}");
+    // The backends are Deployments: their pods exist once the ReplicaSets made them.
+    let (ok, out, err) = kubectl(
+        &c,
+        &[
+            "wait",
+            "--for=condition=Available",
+            "deployment",
+            "--all",
+            "--timeout=90s",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
     let (ok, out, err) = kubectl(
         &c,
         &[
@@ -636,4 +649,197 @@ async fn apply_stdin(c: &Cluster, yaml: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Runs kubectl and asserts it succeeded; its stdout.
+async fn ok(c: &Cluster, args: &[&str]) -> String {
+    let (ok, out, err) = kubectl(c, args).await;
+    assert!(ok, "kubectl {args:?}: {out}{err}");
+    out
+}
+
+/// `kubectl exec deploy/shell -- curl -s URL` until the body satisfies `pred` (the Service's
+/// endpoints follow the rollout a moment later); the last body.
+async fn curl_until(c: &Cluster, url: &str, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let (_, out, err) = kubectl(c, &["exec", "deploy/shell", "--", "curl", "-s", url]).await;
+        if pred(&out) {
+            return out;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "curl {url}: last answer {out:?} {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The README's "lab cluster, by hand" commands, as a user types them: `create deployment`,
+/// `expose`, `rollout status|history|undo`, `set env`, `scale`, `exec` (through cluster DNS and a
+/// ClusterIP), `describe`, `get events`, `delete`, and the `lab/fake-llm` and `python` images.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_by_hand_with_kubectl() {
+    let c = cluster("byhand").await;
+    let status = |d: &'static str| ["rollout", "status", d, "--timeout=90s"];
+    ok(
+        &c,
+        &[
+            "create",
+            "deployment",
+            "web",
+            "--image=ghostwire/echo:dev",
+            "--replicas=3",
+            "--port=8080",
+        ],
+    )
+    .await;
+    ok(
+        &c,
+        &[
+            "expose",
+            "deployment",
+            "web",
+            "--port=80",
+            "--target-port=8080",
+        ],
+    )
+    .await;
+    ok(
+        &c,
+        &[
+            "create",
+            "deployment",
+            "shell",
+            "--image=busybox",
+            "--",
+            "sleep",
+            "infinity",
+        ],
+    )
+    .await;
+    ok(&c, &status("deployment/web")).await;
+    ok(&c, &status("deployment/shell")).await;
+    let resolv = ok(
+        &c,
+        &["exec", "deploy/shell", "--", "cat", "/etc/resolv.conf"],
+    )
+    .await;
+    assert!(
+        resolv.contains("search default.svc.cluster.local"),
+        "{resolv}"
+    );
+    let url = "http://web.default.svc.cluster.local/";
+    let v1 = curl_until(&c, url, |b| b.starts_with("web-")).await;
+    assert!(!v1.trim().ends_with(" 2"), "{v1:?}");
+
+    ok(&c, &["set", "env", "deployment/web", "VERSION=2"]).await;
+    ok(&c, &status("deployment/web")).await;
+    curl_until(&c, url, |b| b.trim().ends_with(" 2")).await;
+    let history = ok(&c, &["rollout", "history", "deployment/web"]).await;
+    assert!(
+        history.contains("\n1 ") && history.contains("\n2 "),
+        "{history}"
+    );
+    ok(&c, &["rollout", "undo", "deployment/web"]).await;
+    ok(&c, &status("deployment/web")).await;
+    curl_until(&c, url, |b| {
+        b.starts_with("web-") && !b.trim().ends_with(" 2")
+    })
+    .await;
+    ok(&c, &["scale", "deployment/web", "--replicas=5"]).await;
+    ok(&c, &status("deployment/web")).await;
+    let ready = ok(
+        &c,
+        &[
+            "get",
+            "deployment/web",
+            "-o",
+            "jsonpath={.status.readyReplicas}",
+        ],
+    )
+    .await;
+    assert_eq!(ready, "5");
+    let described = ok(&c, &["describe", "deployment", "web"]).await;
+    assert!(
+        described.contains("ScalingReplicaSet") && described.contains("from 3 to 5"),
+        "{described}"
+    );
+    let pods = ok(&c, &["describe", "pod", "-l", "app=web"]).await;
+    assert!(
+        pods.contains("Scheduled") && pods.contains("Started"),
+        "{pods}"
+    );
+    let events = ok(&c, &["get", "events", "--sort-by=.lastTimestamp"]).await;
+    assert!(events.contains("SuccessfulCreate"), "{events}");
+
+    // The fake LLM behind a Service, asked from another Pod; a Python app's `python`.
+    ok(
+        &c,
+        &[
+            "create",
+            "deployment",
+            "llm",
+            "--image=lab/fake-llm",
+            "--port=8080",
+        ],
+    )
+    .await;
+    ok(&c, &["expose", "deployment", "llm", "--port=8080"]).await;
+    ok(
+        &c,
+        &[
+            "create",
+            "deployment",
+            "py",
+            "--image=python:3.12-slim",
+            "--",
+            "python",
+            "-m",
+            "http.server",
+            "8000",
+        ],
+    )
+    .await;
+    ok(&c, &status("deployment/llm")).await;
+    let answer = ok(
+        &c,
+        &[
+            "exec",
+            "deploy/shell",
+            "--",
+            "curl",
+            "-s",
+            "http://llm:8080/v1/chat/completions",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hello lab"}]}"#,
+        ],
+    )
+    .await;
+    assert!(
+        answer.contains(r#""model":"gpt-4o""#) && answer.contains("user: hello lab"),
+        "{answer}"
+    );
+    ok(&c, &status("deployment/py")).await;
+    let version = ok(&c, &["exec", "deploy/py", "--", "python", "--version"]).await;
+    assert!(version.starts_with("Python 3."), "{version}");
+
+    ok(&c, &["delete", "deployment", "web"]).await;
+    ok(
+        &c,
+        &[
+            "wait",
+            "--for=delete",
+            "pod",
+            "-l",
+            "app=web",
+            "--timeout=90s",
+        ],
+    )
+    .await;
+    let left = ok(&c, &["get", "rs", "-l", "app=web", "-o", "name"]).await;
+    assert!(left.trim().is_empty(), "{left}");
+    c.shutdown(Duration::from_secs(2)).await;
 }

@@ -8,11 +8,15 @@
 //! | `ghostwire/app-a` | `ghostwire lab app-a` (the mesh seed's client: calls `TARGET_URL` every second) | none |
 //! | `ghostwire/app-b` | `ghostwire lab app-b` (the mesh seed's server: hostname + `VERSION`, `FAIL_RATE` % 500s) | none (HTTP on 8080) |
 //! | `busybox`, `alpine`, `debian`, `ubuntu` (+ `docker.io/library/…`) | none: the host's tools (`sh`, `sleep`, …) | `sh` |
+//! | `python` (+ `docker.io/library/…`, any tag: `python:3.12-slim`) | none: the host's tools, with the host's `python3` also as `python` | `python3` |
+//! | `lab/openvpn`, `*/openvpn` (e.g. `kylemanna/openvpn`) | the host's `openvpn` (Debian's), host tools beside it | `--config /etc/openvpn/openvpn.conf` |
+//! | `lab/fake-llm`, `ghostwire/fake-llm`, `*/fake-llm` | `ghostwire lab fake-llm` (OpenAI and Ollama APIs answering with what they were asked) | none (HTTP on 8080 and 11434) |
 //! | anything else | — | `ErrImagePull` / `ImagePullBackOff`, as a kubelet reports a missing image |
 //!
 //! As in Kubernetes, `command` replaces the entrypoint and `args` the default args. In the
-//! ghostwire and echo images, whose real images hold nothing but the binary, a `command` must name
-//! `ghostwire` (any path); anything else fails to start like an exec of a missing file.
+//! ghostwire, echo, app-a, app-b and fake-llm images, whose real images hold nothing but the binary, a
+//! `command` must name `ghostwire` (any path); anything else fails to start like an exec of a
+//! missing file. The Python and openvpn images hold a whole system (the host's).
 
 use std::path::Path;
 
@@ -25,8 +29,24 @@ pub enum Image {
     AppA,
     /// The mesh's example server (`mesh_apps::AppB`).
     AppB,
+    /// `ghostwire lab fake-llm`.
+    FakeLlm,
     /// A general-purpose base image: the host's tools.
     Host,
+    /// The host's tools, `python3` the default command and `python` an alias of it.
+    Python,
+    /// The host's tools, `openvpn` the entrypoint.
+    Openvpn,
+}
+
+impl Image {
+    /// Images whose real counterparts hold only the ghostwire binary.
+    fn binary_only(self) -> bool {
+        matches!(
+            self,
+            Image::Ghostwire | Image::Echo | Image::AppA | Image::AppB | Image::FakeLlm
+        )
+    }
 }
 
 /// Why a container cannot start from its image.
@@ -91,11 +111,14 @@ pub fn lookup(image: &str) -> Result<Image, ImageError> {
         "ghostwire/app-a" => return Ok(Image::AppA),
         "ghostwire/app-b" => return Ok(Image::AppB),
         "busybox" | "alpine" | "debian" | "ubuntu" => return Ok(Image::Host),
+        "python" => return Ok(Image::Python),
         _ => {}
     }
     match last {
         "ghostwire" => Ok(Image::Ghostwire),
         "ghostwire-echo" => Ok(Image::Echo),
+        "fake-llm" => Ok(Image::FakeLlm),
+        "openvpn" if short.contains('/') => Ok(Image::Openvpn),
         _ => Err(ImageError::NotFound(full_name(image))),
     }
 }
@@ -109,12 +132,19 @@ pub fn argv(
 ) -> Result<Vec<String>, ImageError> {
     let kind = lookup(image)?;
     let gw = ghostwire.display().to_string();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let (entry, default_args): (Vec<String>, Vec<String>) = match kind {
         Image::Ghostwire => (vec![gw.clone()], vec![]),
         Image::Echo => (vec![gw.clone(), "lab".into(), "echo".into()], vec![]),
         Image::AppA => (vec![gw.clone(), "lab".into(), "app-a".into()], vec![]),
         Image::AppB => (vec![gw.clone(), "lab".into(), "app-b".into()], vec![]),
-        Image::Host => (vec![], vec!["sh".into()]),
+        Image::FakeLlm => (vec![gw.clone(), "lab".into(), "fake-llm".into()], vec![]),
+        Image::Host => (vec![], s(&["sh"])),
+        Image::Python => (vec![], s(&["python3"])),
+        Image::Openvpn => (
+            s(&["openvpn"]),
+            s(&["--config", "/etc/openvpn/openvpn.conf"]),
+        ),
     };
     let mut out = if command.is_empty() {
         let mut v = entry;
@@ -129,12 +159,24 @@ pub fn argv(
         v.extend(args.iter().cloned());
         v
     };
-    if kind != Image::Host && !command.is_empty() {
+    if kind.binary_only() && !command.is_empty() {
         let first = &out[0];
         if Path::new(first).file_name().and_then(|n| n.to_str()) != Some("ghostwire") {
             return Err(ImageError::NoSuchCommand(first.clone()));
         }
         out[0] = gw;
+    }
+    // The python image has `python` (and /usr/local/bin/python3); the host has python3.
+    if kind == Image::Python
+        && let Some(first) = out.first_mut()
+        && matches!(
+            Path::new(first.as_str())
+                .file_name()
+                .and_then(|n| n.to_str()),
+            Some("python" | "python3")
+        )
+    {
+        *first = "python3".into();
     }
     Ok(out)
 }
@@ -162,6 +204,13 @@ mod tests {
             ("alpine@sha256:abcd", Some(Image::Host)),
             ("nginx", None),
             ("example.com/team/busybox", None),
+            ("python:3.12-slim", Some(Image::Python)),
+            ("docker.io/library/python", Some(Image::Python)),
+            ("kylemanna/openvpn", Some(Image::Openvpn)),
+            ("lab/openvpn:2.6", Some(Image::Openvpn)),
+            ("openvpn", None),
+            ("lab/fake-llm", Some(Image::FakeLlm)),
+            ("ghcr.io/ghostwire/fake-llm:dev", Some(Image::FakeLlm)),
         ] {
             assert_eq!(lookup(image).ok(), want, "{image}");
         }
@@ -211,6 +260,37 @@ mod tests {
         assert_eq!(
             argv("busybox", &[], &s(&["-c", "true"]), gw).unwrap(),
             s(&["-c", "true"])
+        );
+        assert_eq!(argv("python:3.12", &[], &[], gw).unwrap(), s(&["python3"]));
+        assert_eq!(
+            argv(
+                "python",
+                &s(&["/usr/local/bin/python", "-m", "http.server"]),
+                &[],
+                gw
+            )
+            .unwrap(),
+            s(&["python3", "-m", "http.server"])
+        );
+        assert_eq!(
+            argv("python", &s(&["sh", "-c", "pip list"]), &[], gw).unwrap(),
+            s(&["sh", "-c", "pip list"])
+        );
+        assert_eq!(
+            argv("lab/openvpn", &[], &[], gw).unwrap(),
+            s(&["openvpn", "--config", "/etc/openvpn/openvpn.conf"])
+        );
+        assert_eq!(
+            argv("lab/openvpn", &[], &s(&["--dev", "tun0"]), gw).unwrap(),
+            s(&["openvpn", "--dev", "tun0"])
+        );
+        assert_eq!(
+            argv("lab/fake-llm", &[], &s(&["--port", "8000"]), gw).unwrap(),
+            s(&["/bin/gw", "lab", "fake-llm", "--port", "8000"])
+        );
+        assert_eq!(
+            argv("lab/fake-llm", &s(&["python3"]), &[], gw).unwrap_err(),
+            ImageError::NoSuchCommand("python3".into())
         );
     }
 }

@@ -26,6 +26,20 @@ pub fn echo_pod(name: &str, version: Option<&str>) -> Value {
            "spec": {"terminationGracePeriodSeconds": 2, "containers": [c]}})
 }
 
+/// An echo Deployment `NAME` of `replicas` pods labelled `app: NAME`, each answering with the
+/// Deployment's name (and `version`) on port 8080 (named `http`), as a user runs a backend.
+pub fn echo_deployment(name: &str, version: Option<&str>, replicas: u32) -> Value {
+    let pod = echo_pod(name, None);
+    let mut c = pod["spec"]["containers"][0].clone();
+    let reply = version.map_or_else(|| name.to_string(), |v| format!("{name} {v}"));
+    c["args"] = json!(["--reply", reply]);
+    json!({"apiVersion": "apps/v1", "kind": "Deployment",
+           "metadata": {"name": name},
+           "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                    "template": {"metadata": {"labels": {"app": name}},
+                                 "spec": {"terminationGracePeriodSeconds": 2, "containers": [c]}}}})
+}
+
 /// A ClusterIP Service `NAME` → Pods `app: NAME`, port 80 → `http`; dual-stack if asked.
 pub fn service(name: &str, dual_stack: bool) -> Value {
     let mut s = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
@@ -79,11 +93,16 @@ pub async fn apply_yaml(client: &kube::Client, ns: &str, what: &str, yaml: &str)
     Ok(())
 }
 
-/// Applies a Pod or Service (server-side apply, field manager `lab`).
+/// Applies a Pod, Service or Deployment (server-side apply, field manager `lab`).
 pub async fn apply(client: &kube::Client, ns: &str, obj: &Value) -> Result<()> {
     let name = obj["metadata"]["name"].as_str().unwrap_or_default();
     let pp = PatchParams::apply("lab").force();
     match obj["kind"].as_str() {
+        Some("Deployment") => {
+            Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), ns)
+                .patch(name, &pp, &Patch::Apply(obj))
+                .await?;
+        }
         Some("Service") => {
             Api::<Service>::namespaced(client.clone(), ns)
                 .patch(name, &pp, &Patch::Apply(obj))
@@ -132,6 +151,49 @@ pub async fn wait_ready(
                     ),
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+/// Waits until every named Deployment has all its replicas updated and available (what
+/// `kubectl rollout status` waits for).
+pub async fn wait_available(
+    client: &kube::Client,
+    ns: &str,
+    names: &[&str],
+    timeout: Duration,
+) -> Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let done = |d: &Deployment| {
+        let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        d.status.as_ref().is_some_and(|s| {
+            s.observed_generation >= d.metadata.generation
+                && s.updated_replicas == Some(want)
+                && s.available_replicas == Some(want)
+                && s.replicas == Some(want)
+        })
+    };
+    for name in names {
+        let cond = |d: Option<&Deployment>| d.is_some_and(done);
+        if !matches!(
+            tokio::time::timeout(timeout, await_condition(api.clone(), name, cond)).await,
+            Ok(Ok(_))
+        ) {
+            let status = api
+                .get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|d| d.status);
+            return Err(Error::Timeout(
+                timeout,
+                format!(
+                    "deployment {ns}/{name} to be available (status: {})",
+                    serde_json::to_string(&status).unwrap_or_default()
+                ),
+            ));
         }
     }
     Ok(())

@@ -1,7 +1,8 @@
 //! `ghostwire demo switch`: the preview switch end to end on the lab cluster on this machine.
 //!
-//! Starts the lab cluster (API + node), creates orders, orders-preview and payments (echo pods
-//! behind ClusterIP Services) and two shop pods, and records which backend each shop pod reaches.
+//! Starts the lab cluster (API + node), creates orders, orders-preview and payments (echo
+//! Deployments behind ClusterIP Services) and two shop pods, and records which backend each shop
+//! pod reaches.
 //! Then it registers `ghostwire injector` as the cluster's mutating webhook and rolls the shop
 //! pods out again with `ghostwire.dev/enabled: "true"`: the injector adds the `init` container
 //! and the `watcher` sidecar, which reach the API in-cluster. It records the routes again, then
@@ -62,9 +63,14 @@ pub async fn run(args: &DemoArgs) -> Result<(), Exit> {
     let client = cluster.client().await?;
     for name in ["orders", "orders-preview", "payments"] {
         scenario::apply(&client, "default", &scenario::service(name, args.ipv6)).await?;
-        scenario::apply(&client, "default", &scenario::echo_pod(name, None)).await?;
+        scenario::apply(
+            &client,
+            "default",
+            &scenario::echo_deployment(name, None, 1),
+        )
+        .await?;
     }
-    scenario::wait_ready(
+    scenario::wait_available(
         &client,
         "default",
         &["orders", "orders-preview", "payments"],
