@@ -70,6 +70,22 @@ pub async fn run(args: InitArgs) -> Result<(), Exit> {
         tracing::info!(backend = %backend, "removed all preview-switch rules");
         return Ok(());
     }
+    // The labels file is read before any API call: a bad one is a configuration error.
+    let from_labels = if args.activate {
+        None
+    } else {
+        sw::jump_from_labels(&s)
+            .map_err(anyhow::Error::msg)
+            .code(Code::Config)?
+    };
+    if let Some((jump, role)) = &from_labels {
+        tracing::info!(
+            role = %role,
+            label = %s.role_label_key,
+            jump = if *jump == Jump::On { "on" } else { "off" },
+            "the jump follows the Pod's role label from GW_LABELS_FILE"
+        );
+    }
     let services = match &args.from_file {
         Some(path) => discover::services_from_file(path).code(Code::Config)?,
         None => {
@@ -81,7 +97,11 @@ pub async fn run(args: InitArgs) -> Result<(), Exit> {
     };
     tracing::info!(namespace = %s.namespace, services = services.len(), "discovered Services");
     let plan = sw::plan(&services, &s);
-    let jump = if args.activate { Jump::On } else { Jump::Keep };
+    let jump = match (args.activate, from_labels) {
+        (true, _) => Jump::On,
+        (false, Some((j, _))) => j,
+        (false, None) => Jump::Keep,
+    };
     if s.mode == switch::config::Mode::Mesh {
         // No kernel rules: the mesh proxy routes by the map.
         if !args.dry_run {
@@ -98,7 +118,7 @@ pub async fn run(args: InitArgs) -> Result<(), Exit> {
     if args.dry_run {
         // Reading the current jump needs the kernel; without it, assume what --activate says.
         let table = sw::desired(&backend, &plan, &s, jump)
-            .unwrap_or_else(|_| switch::rules::table(&plan, &s, args.activate));
+            .unwrap_or_else(|_| switch::rules::table(&plan, &s, jump == Jump::On));
         let rules = backend.render(&table).code(Code::Config)?;
         println!("# ruleset ({backend}, not applied)\n{rules}\n# dnat map (not written)\n{map}");
         return Ok(());

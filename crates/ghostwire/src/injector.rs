@@ -3,7 +3,7 @@
 
 use crate::exit::{Code, Exit, WithCode};
 use clap::Args;
-use injector::preview_switch::PreviewSwitch;
+use injector::preview_switch::{PreviewSwitch, Sidecars};
 use injector::tls::{CertFiles, service_names};
 use injector::{Config, TlsMode};
 use std::net::SocketAddr;
@@ -92,6 +92,12 @@ pub struct InjectorArgs {
     /// Port of the injected watcher's `/healthz`, `/readyz`, `/metrics` (its readiness probe).
     #[arg(long, env = "GW_INJECTOR_WATCHER_PORT", default_value_t = 8081)]
     pub watcher_port: u16,
+    /// Inject the watcher as a native sidecar (init container with `restartPolicy: Always`
+    /// and a startup probe on `/readyz`): `auto` asks the API server once with a dry-run,
+    /// `always` and `never` force it.
+    #[arg(long, env = "GW_INJECTOR_NATIVE_SIDECARS", default_value = "auto",
+          value_parser = ["auto", "always", "never"])]
+    pub native_sidecars: String,
 }
 
 impl InjectorArgs {
@@ -124,6 +130,11 @@ impl InjectorArgs {
                 image: self.image,
                 pull_policy: self.pull_policy,
                 watcher_port: self.watcher_port,
+                sidecars: match self.native_sidecars.as_str() {
+                    "always" => Sidecars::forced(true),
+                    "never" => Sidecars::forced(false),
+                    _ => Sidecars::auto(),
+                },
             },
         }
     }

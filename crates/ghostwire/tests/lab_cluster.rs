@@ -574,10 +574,49 @@ async fn injector_with_kubectl() {
         ],
     )
     .await;
-    assert_eq!(names, "ghostwire-init/shop ghostwire-watcher");
-    // The app's own calls reach orders-preview once the injected watcher turned the jump on.
+    // The lab's API keeps native sidecars (the injector's dry-run sees it): the watcher is an
+    // init container with restartPolicy Always, started before the app.
+    assert_eq!(names, "ghostwire-init ghostwire-watcher/shop");
+    let (_, policy, _) = kubectl(
+        &c,
+        &[
+            "get",
+            "pod",
+            pod_name,
+            "-o",
+            "jsonpath={.spec.initContainers[1].restartPolicy}/{.spec.initContainers[1].startupProbe.httpGet.path}",
+        ],
+    )
+    .await;
+    assert_eq!(policy, "Always//readyz");
+    // Routing is right from the app's first packet: init set the jump from the Pod's own
+    // role label, and the app started only once the watcher was ready.
     let pod = [pod_name, "-c", "shop"];
-    follow_until(&c, &pod, |l| l == "orders-preview v2").await;
+    let first = follow_until(&c, &pod, |l| l != "unreachable").await;
+    assert_eq!(first, "orders-preview v2", "the app's first answer");
+
+    // A run-once Pod (as a Job's) completes although the watcher never exits on its own, and
+    // its only request went to the preview.
+    apply_stdin(&c, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: once\n  labels: {app: once, role: preview}\n  annotations: {ghostwire.dev/enabled: \"true\"}\nspec:\n  serviceAccountName: ghostwire-switch\n  restartPolicy: Never\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: once\n    image: busybox\n    command: [sh, -c, 'curl -s --max-time 5 \"http://$ORDERS_SERVICE_HOST/\"']\n").await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let (_, phase, _) = kubectl(
+            &c,
+            &["get", "pod", "once", "-o", "jsonpath={.status.phase}"],
+        )
+        .await;
+        if phase == "Succeeded" {
+            break;
+        }
+        assert!(
+            phase != "Failed" && tokio::time::Instant::now() < deadline,
+            "the run-once Pod is {phase:?}\n{}",
+            kubectl(&c, &["get", "pod", "once", "-o", "yaml"]).await.1
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, once, _) = kubectl(&c, &["logs", "once", "-c", "once"]).await;
+    assert_eq!(once.trim(), "orders-preview v2");
     // Relabelling moves it back and forth; checked from inside the pod's namespace.
     let (_, ip, _) = kubectl(
         &c,

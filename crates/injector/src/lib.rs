@@ -23,6 +23,7 @@ pub mod owner;
 pub mod preview_switch;
 pub mod review;
 pub mod server;
+pub mod sidecars;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -148,6 +149,14 @@ pub async fn start(config: Config, client: kube::Client) -> Result<Running, Erro
         source,
     })?;
 
+    if config.preview_switch.sidecars.needs_detection() {
+        tasks.spawn(sidecars::keep_detecting(
+            client.clone(),
+            config.namespace.clone(),
+            config.preview_switch.image.clone(),
+            config.preview_switch.sidecars.clone(),
+        ));
+    }
     let defaults = defaults::Defaults::new(
         client.clone(),
         &config.namespace,

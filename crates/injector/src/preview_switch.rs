@@ -6,7 +6,8 @@ use crate::capability::{Capability, Denial, PodPatch, Workload};
 use k8s_openapi::api::core::v1::{Container, Pod, Volume, VolumeMount};
 use serde_json::json;
 use std::collections::BTreeMap;
-use switch::config::{BACKEND, DNAT_MAP, HTTP_ADDR, KNOBS, MODE, Settings, Sources};
+use std::sync::{Arc, OnceLock};
+use switch::config::{BACKEND, DNAT_MAP, HTTP_ADDR, KNOBS, LABELS_FILE, MODE, Settings, Sources};
 
 /// The opt-in annotation (the seed's "enable injection").
 pub const ENABLED: &str = "ghostwire.dev/enabled";
@@ -15,8 +16,53 @@ pub const WATCHER: &str = "ghostwire-watcher";
 pub const SHARED_VOLUME: &str = "ghostwire-shared";
 /// Where the shared volume is mounted; the default `GW_IPTABLES_DNAT_MAP` lives here.
 pub const SHARED_PATH: &str = "/shared";
+/// The downward-API volume of the Pod's own labels, read by init (`GW_LABELS_FILE`).
+pub const PODINFO_VOLUME: &str = "ghostwire-podinfo";
+pub const PODINFO_PATH: &str = "/etc/ghostwire/podinfo";
 /// Where the ServiceAccount admission plugin mounts the API token.
 const TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// Whether the watcher goes in as a native sidecar (an init container with
+/// `restartPolicy: Always`, so the app starts only once routing matches the label, and Job
+/// Pods complete). Forced either way by the injector's `--native-sidecars`, or detected
+/// once by a server-side dry-run (see [`crate::sidecars`]); until then, a regular container.
+#[derive(Debug, Clone, Default)]
+pub struct Sidecars {
+    forced: Option<bool>,
+    detected: Arc<OnceLock<bool>>,
+}
+
+impl Sidecars {
+    /// Detect with a dry-run.
+    pub fn auto() -> Sidecars {
+        Sidecars::default()
+    }
+
+    /// Always (`true`) or never (`false`), without asking the API server.
+    pub fn forced(native: bool) -> Sidecars {
+        Sidecars {
+            forced: Some(native),
+            detected: Arc::default(),
+        }
+    }
+
+    /// Whether a dry-run is wanted and has not answered yet.
+    pub fn needs_detection(&self) -> bool {
+        self.forced.is_none() && self.detected.get().is_none()
+    }
+
+    /// Records the dry-run's answer (the first one wins).
+    pub fn detected(&self, native: bool) {
+        let _ = self.detected.set(native);
+    }
+
+    /// Whether to inject the watcher as a native sidecar now.
+    pub fn native(&self) -> bool {
+        self.forced
+            .or_else(|| self.detected.get().copied())
+            .unwrap_or(false)
+    }
+}
 
 /// What the injector's own configuration says about the switch's containers.
 #[derive(Debug, Clone)]
@@ -25,6 +71,7 @@ pub struct PreviewSwitch {
     pub pull_policy: String,
     /// The watcher's HTTP port (`/healthz`, `/readyz`, `/metrics`), set as `GW_HTTP_ADDR`.
     pub watcher_port: u16,
+    pub sidecars: Sidecars,
 }
 
 impl PreviewSwitch {
@@ -209,9 +256,18 @@ impl Capability for PreviewSwitch {
             )),
         }
 
-        let mut init_env = vec![downward("POD_NAMESPACE", "metadata.namespace")];
-        init_env.extend(knobs.iter().cloned());
-        let init: Container = from_json(self.container(INIT, "init", &init_env, &mounts, caps));
+        // Init sets the jump from the Pod's own role label, read from a downward-API volume:
+        // no API call, no RBAC, and routing matches the label before the app's first packet.
+        let mut init_env = vec![
+            downward("POD_NAMESPACE", "metadata.namespace"),
+            json!({"name": LABELS_FILE, "value": format!("{PODINFO_PATH}/labels")}),
+        ];
+        init_env.extend(knobs.iter().filter(|k| k["name"] != LABELS_FILE).cloned());
+        let mut init_mounts = mounts.clone();
+        init_mounts
+            .push(json!({"name": PODINFO_VOLUME, "mountPath": PODINFO_PATH, "readOnly": true}));
+        let init: Container =
+            from_json(self.container(INIT, "init", &init_env, &init_mounts, caps));
 
         let mut watcher_env = vec![
             downward("POD_NAME", "metadata.name"),
@@ -228,11 +284,118 @@ impl Capability for PreviewSwitch {
             "failureThreshold": 3,
         });
 
+        let native = self.sidecars.native();
+        if native {
+            // A native sidecar: started after init, and the app's containers only once its
+            // startup probe says the jump matches the label. The kubelet stops it when the
+            // app's containers are done, so Job Pods complete.
+            watcher["restartPolicy"] = json!("Always");
+            watcher["startupProbe"] = json!({
+                "httpGet": {"path": "/readyz", "port": self.watcher_port},
+                "periodSeconds": 1,
+                "failureThreshold": 120,
+            });
+        }
+
         let shared: Volume =
             from_json(json!({"name": SHARED_VOLUME, "emptyDir": {"sizeLimit": "16Mi"}}));
+        let podinfo: Volume = from_json(json!({"name": PODINFO_VOLUME, "downwardAPI": {
+            "items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}}));
         out.add_volume(shared)?;
+        out.add_volume(podinfo)?;
         out.add_init_container(init)?;
-        out.add_container(from_json(watcher))?;
+        if native {
+            out.add_init_container(from_json(watcher))?;
+        } else {
+            out.add_container(from_json(watcher))?;
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capability::PodPatch;
+
+    fn patched(sidecars: Sidecars) -> serde_json::Value {
+        let cap = PreviewSwitch {
+            image: "gw:1".into(),
+            pull_policy: "IfNotPresent".into(),
+            watcher_port: 8081,
+            sidecars,
+        };
+        let w = Workload {
+            annotations: BTreeMap::from([(ENABLED.to_string(), "true".to_string())]),
+            defaults: BTreeMap::new().into(),
+            namespace: "shop".into(),
+        };
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "web"},
+            "spec": {"containers": [{"name": "app"}]}
+        }))
+        .unwrap();
+        let mut p = PodPatch::new(&pod).unwrap();
+        cap.patch(&pod, &w, &mut p).unwrap();
+        let mut doc = serde_json::to_value(&pod).unwrap();
+        json_patch::patch(&mut doc, &p.into_parts().0).unwrap();
+        doc
+    }
+
+    #[test]
+    fn init_reads_the_role_label_from_a_downward_api_volume() {
+        let doc = patched(Sidecars::forced(false));
+        let spec = &doc["spec"];
+        let init = &spec["initContainers"][0];
+        assert_eq!(init["name"], INIT);
+        assert!(
+            init["env"].as_array().unwrap().contains(
+                &json!({"name": "GW_LABELS_FILE", "value": "/etc/ghostwire/podinfo/labels"})
+            ),
+            "{init}"
+        );
+        assert!(
+            init["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["name"] == PODINFO_VOLUME && m["mountPath"] == PODINFO_PATH),
+            "{init}"
+        );
+        let vol = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == PODINFO_VOLUME)
+            .unwrap();
+        assert_eq!(
+            vol["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"],
+            "metadata.labels"
+        );
+        // Without native sidecars: the watcher is a regular container, as before.
+        assert_eq!(spec["containers"][1]["name"], WATCHER);
+        assert_eq!(spec["initContainers"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_watcher_is_a_native_sidecar_when_the_cluster_has_them() {
+        let auto = Sidecars::auto();
+        // Not yet detected: a regular container, the safe choice.
+        assert!(auto.needs_detection() && !auto.native());
+        auto.detected(true);
+        assert!(!auto.needs_detection() && auto.native());
+        let doc = patched(auto);
+        let spec = &doc["spec"];
+        assert_eq!(spec["containers"].as_array().unwrap().len(), 1);
+        let w = &spec["initContainers"][1];
+        assert_eq!(spec["initContainers"][0]["name"], INIT);
+        assert_eq!(w["name"], WATCHER);
+        assert_eq!(w["restartPolicy"], "Always");
+        assert_eq!(w["startupProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(w["readinessProbe"]["httpGet"]["path"], "/healthz");
+        // Forced off wins over a detection.
+        let off = Sidecars::forced(false);
+        off.detected(true);
+        assert!(!off.native());
     }
 }

@@ -50,6 +50,8 @@ knobs::knobs! {
         "Watcher: on a flip, cut tracked connections to the remapped ClusterIPs so long-lived clients move too.", @"flushConntrack";
     STRICT_PAIRING = "GW_STRICT_PAIRING", "strict-pairing", "false",
         "Honour a preview Service only if its `ghostwire.dev/preview-of` annotation names the active Service.", @"strictPairing";
+    LABELS_FILE = "GW_LABELS_FILE", "labels-file", "",
+        "Init: the Pod's labels as a downward-API volume writes them; the jump is set from the role label in it. Empty: init keeps the jump as it finds it.";
     API_TIMEOUT = "GW_API_TIMEOUT", "api-timeout", "30s",
         "How long to keep retrying an unreachable Kubernetes API before giving up.";
     MODE = "GW_SWITCH_MODE", "switch-mode", "dnat",
@@ -162,6 +164,8 @@ pub struct Settings {
     pub flush_conntrack: bool,
     pub strict_pairing: bool,
     pub mode: Mode,
+    /// Init: the downward-API labels file (`GW_LABELS_FILE`).
+    pub labels_file: Option<PathBuf>,
     /// The API server's address (`KUBERNETES_SERVICE_HOST`), when it is an IP.
     pub api_server: Option<std::net::IpAddr>,
     /// The nameservers of /etc/resolv.conf (the cluster DNS).
@@ -342,6 +346,9 @@ impl Settings {
                 "mesh" => Ok(Mode::Mesh),
                 _ => Err("expected dnat or mesh".to_string()),
             })?,
+            labels_file: Some(get(LABELS_FILE))
+                .filter(|p| !p.trim().is_empty())
+                .map(PathBuf::from),
             api_server: src
                 .api_server_host
                 .as_deref()

@@ -43,13 +43,32 @@ pub fn plan(services: &[Service], s: &Settings) -> Plan {
 /// What init will do about the jump.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Jump {
-    /// Add it (`--activate`).
+    /// Add it (`--activate`, or the role label says preview).
     On,
+    /// Remove it (the role label says anything else).
+    Off,
     /// Leave it as it is: init never adds or removes it on its own.
     Keep,
 }
 
-/// The table to apply: the jump is on with `Jump::On`, else as the kernel has it now.
+/// The jump from the Pod's own labels file (`GW_LABELS_FILE`, a downward-API volume of
+/// `metadata.labels`): no API call and no RBAC, so routing matches the label from the
+/// first packet. `None` when no labels file is configured.
+pub fn jump_from_labels(s: &Settings) -> Result<Option<(Jump, crate::watcher::Role)>, String> {
+    let Some(path) = &s.labels_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("GW_LABELS_FILE={:?}: cannot read it: {e}", path.display()))?;
+    let labels = crate::watcher::role::parse_downward_labels(&text)
+        .map_err(|e| format!("GW_LABELS_FILE={:?}: {e}", path.display()))?;
+    let role = crate::watcher::Role::of(Some(&labels), s);
+    let jump = if role.jump() { Jump::On } else { Jump::Off };
+    Ok(Some((jump, role)))
+}
+
+/// The table to apply: the jump is on with `Jump::On`, off with `Jump::Off`, else as the
+/// kernel has it now.
 pub fn desired(
     backend: &Backend,
     plan: &Plan,
@@ -59,6 +78,7 @@ pub fn desired(
     let on = rules::table(plan, s, true);
     let keep_on = match jump {
         Jump::On => true,
+        Jump::Off => false,
         Jump::Keep => {
             let current = backend.read(&on)?;
             rules::jump_is_on(backend, &current, &on, s)?
@@ -105,7 +125,7 @@ pub fn apply(
 }
 
 /// Mesh mode (`GW_SWITCH_MODE=mesh`): writes the map for the proxy instead of kernel rules.
-/// Like the jump, `on` is kept as the file has it unless `jump` is [`Jump::On`].
+/// Like the jump, `on` is kept as the file has it when `jump` is [`Jump::Keep`].
 pub fn apply_mesh(plan: &Plan, s: &Settings, jump: Jump) -> Result<(), InitError> {
     let path = s.dnat_map.as_ref().ok_or_else(|| InitError::Map {
         path: String::new(),
@@ -113,7 +133,11 @@ pub fn apply_mesh(plan: &Plan, s: &Settings, jump: Jump) -> Result<(), InitError
             "GW_SWITCH_MODE=mesh needs GW_IPTABLES_DNAT_MAP: the proxy reads the mapping there",
         ),
     })?;
-    let on = jump == Jump::On || dnat_map::MeshMap::read(path).is_some_and(|m| m.on);
+    let on = match jump {
+        Jump::On => true,
+        Jump::Off => false,
+        Jump::Keep => dnat_map::MeshMap::read(path).is_some_and(|m| m.on),
+    };
     dnat_map::MeshMap::new(plan, s, on)
         .write(path)
         .map_err(|source| InitError::Map {

@@ -286,6 +286,7 @@ pub(super) async fn start_injector(
             image: "ghostwire:dev".into(),
             pull_policy: "IfNotPresent".into(),
             watcher_port: 8081,
+            sidecars: injector::preview_switch::Sidecars::auto(),
         },
     };
     // The webhook's port is only known once the injector is bound: register the configuration

@@ -67,6 +67,7 @@ pub fn switch() -> PreviewSwitch {
         image: IMAGE.into(),
         pull_policy: "IfNotPresent".into(),
         watcher_port: 8081,
+        sidecars: injector::preview_switch::Sidecars::forced(false),
     }
 }
 

@@ -11,7 +11,7 @@
 
 mod metrics;
 pub mod reconcile;
-mod role;
+pub mod role;
 
 pub use metrics::Metrics;
 pub use role::Role;

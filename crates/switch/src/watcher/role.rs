@@ -30,6 +30,52 @@ impl Role {
     }
 }
 
+/// Parses the labels file a downward-API volume writes for `metadata.labels`:
+/// one `key="value"` line per label, the value quoted as Go's `%q` does.
+/// An error names the line and what is wrong with it.
+pub fn parse_downward_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |why: &str| format!("line {}: {why}: {line:?}", i + 1);
+        let (key, quoted) = line
+            .split_once('=')
+            .ok_or_else(|| bad("expected key=\"value\""))?;
+        let inner = quoted
+            .strip_prefix('"')
+            .and_then(|q| q.strip_suffix('"'))
+            .filter(|_| quoted.len() >= 2)
+            .ok_or_else(|| bad("the value is not in double quotes"))?;
+        let mut value = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                value.push(c);
+                continue;
+            }
+            match chars.next() {
+                Some('"') => value.push('"'),
+                Some('\\') => value.push('\\'),
+                Some('n') => value.push('\n'),
+                Some('t') => value.push('\t'),
+                other => {
+                    return Err(bad(&format!(
+                        "unsupported escape \\{}",
+                        other.unwrap_or(' ')
+                    )));
+                }
+            }
+        }
+        if key.is_empty() {
+            return Err(bad("empty label key"));
+        }
+        out.insert(key.to_string(), value);
+    }
+    Ok(out)
+}
+
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -45,6 +91,31 @@ impl fmt::Display for Role {
 mod tests {
     use super::*;
     use crate::config::Sources;
+
+    #[test]
+    fn downward_labels_files_parse() {
+        let l = parse_downward_labels(
+            "app=\"shop\"\nrole=\"preview\"\npod-template-hash=\"7d9f\"\nodd=\"a\\\"b\\\\c\"\n",
+        )
+        .unwrap();
+        assert_eq!(l["role"], "preview");
+        assert_eq!(l["app"], "shop");
+        assert_eq!(l["pod-template-hash"], "7d9f");
+        assert_eq!(l["odd"], "a\"b\\c");
+        assert_eq!(parse_downward_labels("").unwrap().len(), 0);
+        for (bad, why) in [
+            ("role", "line 1: expected key=\"value\""),
+            ("role=preview", "line 1: the value is not in double quotes"),
+            (
+                "a=\"x\"\nrole=\"",
+                "line 2: the value is not in double quotes",
+            ),
+            ("=\"x\"", "line 1: empty label key"),
+        ] {
+            let e = parse_downward_labels(bad).unwrap_err();
+            assert!(e.starts_with(why), "{bad:?}: {e}");
+        }
+    }
 
     #[test]
     fn only_preview_jumps() {
