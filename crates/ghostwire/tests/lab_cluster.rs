@@ -595,28 +595,6 @@ async fn injector_with_kubectl() {
     let first = follow_until(&c, &pod, |l| l != "unreachable").await;
     assert_eq!(first, "orders-preview v2", "the app's first answer");
 
-    // A run-once Pod (as a Job's) completes although the watcher never exits on its own, and
-    // its only request went to the preview.
-    apply_stdin(&c, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: once\n  labels: {app: once, role: preview}\n  annotations: {ghostwire.dev/enabled: \"true\"}\nspec:\n  serviceAccountName: ghostwire-switch\n  restartPolicy: Never\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: once\n    image: busybox\n    command: [sh, -c, 'curl -s --max-time 5 \"http://$ORDERS_SERVICE_HOST/\"']\n").await;
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let (_, phase, _) = kubectl(
-            &c,
-            &["get", "pod", "once", "-o", "jsonpath={.status.phase}"],
-        )
-        .await;
-        if phase == "Succeeded" {
-            break;
-        }
-        assert!(
-            phase != "Failed" && tokio::time::Instant::now() < deadline,
-            "the run-once Pod is {phase:?}\n{}",
-            kubectl(&c, &["get", "pod", "once", "-o", "yaml"]).await.1
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let (_, once, _) = kubectl(&c, &["logs", "once", "-c", "once"]).await;
-    assert_eq!(once.trim(), "orders-preview v2");
     // Relabelling moves it back and forth; checked from inside the pod's namespace.
     let (_, ip, _) = kubectl(
         &c,
@@ -659,6 +637,32 @@ async fn injector_with_kubectl() {
     }
     let (ok, logs, _) = kubectl(&c, &["logs", pod_name, "-c", "ghostwire-watcher"]).await;
     assert!(ok && logs.contains("jump flipped"), "{logs}");
+    // The webhook selects app=shop: the Deployment goes first so that its ReplicaSet does not
+    // count the run-once Pod.
+    let (ok, _, err) = kubectl(&c, &["delete", "deployment", "shop", "--wait=false"]).await;
+    assert!(ok, "{err}");
+    // A run-once Pod (as a Job's) completes although the watcher never exits on its own, and
+    // its only request went to the preview.
+    apply_stdin(&c, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: once\n  labels: {app: shop, role: preview}\n  annotations: {ghostwire.dev/enabled: \"true\"}\nspec:\n  serviceAccountName: ghostwire-switch\n  restartPolicy: Never\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: once\n    image: busybox\n    command: [sh, -c, 'curl -s --max-time 5 \"http://$ORDERS_SERVICE_HOST/\"']\n").await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let (_, phase, _) = kubectl(
+            &c,
+            &["get", "pod", "once", "-o", "jsonpath={.status.phase}"],
+        )
+        .await;
+        if phase == "Succeeded" {
+            break;
+        }
+        assert!(
+            phase != "Failed" && tokio::time::Instant::now() < deadline,
+            "the run-once Pod is {phase:?}\n{}",
+            kubectl(&c, &["get", "pod", "once", "-o", "yaml"]).await.1
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, once, _) = kubectl(&c, &["logs", "once", "-c", "once"]).await;
+    assert_eq!(once.trim(), "orders-preview v2");
     injector.kill().await.unwrap();
     c.shutdown(Duration::from_secs(2)).await;
 }

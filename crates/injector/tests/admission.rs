@@ -268,7 +268,8 @@ async fn fixtures() {
                         .len(),
                     1
                 );
-                assert_eq!(p.spec.as_ref().unwrap().volumes.as_ref().unwrap().len(), 1);
+                // The shared emptyDir and the downward-API labels volume.
+                assert_eq!(p.spec.as_ref().unwrap().volumes.as_ref().unwrap().len(), 2);
             }),
         ),
     ];

@@ -190,13 +190,21 @@ fn overlays_say_what_they_promise() {
         "ghostwire-system"
     );
     assert!(wh["namespaceSelector"]["matchLabels"].is_object());
-    // The base injector can write nothing.
+    // The base injector can write nothing, but for the dry-run that detects native sidecars:
+    // `create` on Pods, in its own namespace only (a Role, not a ClusterRole).
     for o in base
         .iter()
         .filter(|o| o["kind"].as_str().is_some_and(|k| k.ends_with("Role")))
     {
+        let probe = o["metadata"]["name"] == "ghostwire-injector-sidecar-probe";
         for rule in o["rules"].as_array().unwrap() {
-            assert_eq!(rule["verbs"], serde_json::json!(["get"]), "{o}");
+            if probe {
+                assert_eq!(o["kind"], "Role", "{o}");
+                assert_eq!(rule["resources"], serde_json::json!(["pods"]), "{o}");
+                assert_eq!(rule["verbs"], serde_json::json!(["create"]), "{o}");
+            } else {
+                assert_eq!(rule["verbs"], serde_json::json!(["get"]), "{o}");
+            }
         }
     }
 
