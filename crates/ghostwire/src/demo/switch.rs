@@ -286,7 +286,8 @@ pub(super) async fn start_injector(
             image: "ghostwire:dev".into(),
             pull_policy: "IfNotPresent".into(),
             watcher_port: 8081,
-            sidecars: injector::preview_switch::Sidecars::auto(),
+            // The demo shows the watcher beside the app (tests/demo.rs pins that shape).
+            sidecars: injector::preview_switch::Sidecars::forced(false),
         },
     };
     // The webhook's port is only known once the injector is bound: register the configuration
