@@ -329,6 +329,8 @@ mod tests {
             annotations: BTreeMap::from([(ENABLED.to_string(), "true".to_string())]),
             defaults: BTreeMap::new().into(),
             namespace: "shop".into(),
+            labels: BTreeMap::new(),
+            wanted: vec!["preview-switch"],
         };
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": "web"},
