@@ -1,6 +1,8 @@
 //! Kubernetes access shared by ghostwire's components: client construction
 //! and bounded, backed-off retries for calls that may meet a flaky API server.
 
+pub mod event;
+
 use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;

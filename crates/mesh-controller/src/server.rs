@@ -8,6 +8,7 @@
 //! as usual (it may fix what the refused one broke).
 
 use crate::auth::{Authenticate, Caller, bearer};
+use crate::ca::{CaHandle, SignError};
 use crate::metrics::Metrics;
 use crate::model::{Model, ServiceMap, diff, view_for};
 use futures::Stream;
@@ -41,6 +42,8 @@ pub struct Controller {
     metrics: Metrics,
     subscribers: Arc<Mutex<BTreeMap<u64, Subscriber>>>,
     next_id: Arc<AtomicU64>,
+    ca: Option<CaHandle>,
+    events: Option<kube::Client>,
 }
 
 impl Controller {
@@ -51,7 +54,42 @@ impl Controller {
             metrics,
             subscribers: Arc::default(),
             next_id: Arc::default(),
+            ca: None,
+            events: None,
         }
+    }
+
+    /// Signs the proxies' certificates with this CA (without one, `SignCertificate` is
+    /// UNIMPLEMENTED).
+    pub fn with_ca(mut self, ca: CaHandle) -> Self {
+        self.ca = Some(ca);
+        self
+    }
+
+    /// Reports refused config versions as Events on the proxy's Pod.
+    pub fn with_events(mut self, client: kube::Client) -> Self {
+        self.events = Some(client);
+        self
+    }
+
+    /// Who is calling, from the bearer token; a refusal is counted and logged.
+    async fn caller(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        call: &str,
+    ) -> Result<Caller, Status> {
+        let caller = match bearer(metadata) {
+            Ok(token) => self.auth.authenticate(token).await,
+            Err(e) => Err(e),
+        };
+        caller.map_err(|e| {
+            self.metrics
+                .auth_failures
+                .get_or_create(&vec![("reason", e.reason().to_string())])
+                .inc();
+            tracing::info!(error = %e, call, "call refused");
+            Status::unauthenticated(e.to_string())
+        })
     }
 
     /// The open streams.
@@ -91,12 +129,23 @@ impl Controller {
                 }
                 Some(Kind::Nack(n)) => {
                     self.metrics.nacks.inc();
-                    let mut pod = String::new();
+                    let mut caller = None;
                     self.edit(id, |s| {
-                        pod = s.caller.pod();
+                        caller = Some(s.caller.clone());
                         s.nacked = Some((n.version, n.error.clone()));
                     });
+                    let pod = caller.as_ref().map(Caller::pod).unwrap_or_default();
                     tracing::warn!(%pod, version = n.version, error = %n.error, "proxy refused a config version; it keeps its previous one");
+                    if let (Some(client), Some(c)) = (&self.events, caller) {
+                        let client = client.clone();
+                        let message = format!(
+                            "the proxy refused config version {}: {}; it keeps its previous config",
+                            n.version, n.error
+                        );
+                        tokio::spawn(async move {
+                            kube_util::event::record(&client, nack_report(&c, message)).await;
+                        });
+                    }
                 }
                 Some(Kind::Subscribe(_)) | None => {
                     tracing::debug!(
@@ -178,18 +227,7 @@ impl MeshControl for Controller {
         &self,
         request: Request<Streaming<ProxyMessage>>,
     ) -> Result<Response<UpdateStream>, Status> {
-        let caller = match bearer(request.metadata()) {
-            Ok(token) => self.auth.authenticate(token).await,
-            Err(e) => Err(e),
-        };
-        let caller = caller.map_err(|e| {
-            self.metrics
-                .auth_failures
-                .get_or_create(&vec![("reason", e.reason().to_string())])
-                .inc();
-            tracing::info!(error = %e, "config stream refused");
-            Status::unauthenticated(e.to_string())
-        })?;
+        let caller = self.caller(request.metadata(), "StreamConfig").await?;
         let mut inbound = request.into_inner();
         match inbound.message().await? {
             Some(ProxyMessage {
@@ -235,11 +273,70 @@ impl MeshControl for Controller {
 
     async fn sign_certificate(
         &self,
-        _request: Request<CertificateRequest>,
+        request: Request<CertificateRequest>,
     ) -> Result<Response<CertificateResponse>, Status> {
-        Err(Status::unimplemented(
-            "certificate signing is not implemented yet (issue 14 point 4)",
-        ))
+        let Some(ca) = &self.ca else {
+            return Err(Status::unimplemented(
+                "this controller has no CA (run it with --ca-secret)",
+            ));
+        };
+        let caller = self.caller(request.metadata(), "SignCertificate").await?;
+        let csr = request.into_inner().csr_pem;
+        let count = |result: &str| {
+            self.metrics
+                .certificates
+                .get_or_create(&vec![("result", result.to_string())])
+                .inc();
+        };
+        match ca
+            .current()
+            .sign(&csr, &caller, std::time::SystemTime::now())
+        {
+            Ok(signed) => {
+                count("signed");
+                let not_after = signed
+                    .not_after
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs() as i64;
+                tracing::debug!(pod = %caller.pod(), not_after, "certificate signed");
+                Ok(Response::new(CertificateResponse {
+                    certificate_pem: signed.chain_pem,
+                    trust_anchors_pem: signed.anchors_pem,
+                    not_after,
+                }))
+            }
+            Err(e) => {
+                count(e.reason());
+                tracing::warn!(pod = %caller.pod(), error = %e, "certificate refused");
+                Err(match e {
+                    SignError::BadCsr(_) => Status::invalid_argument(e.to_string()),
+                    SignError::Identity { .. } | SignError::WantsCa => {
+                        Status::permission_denied(e.to_string())
+                    }
+                    SignError::Sign(_) => Status::internal(e.to_string()),
+                })
+            }
+        }
+    }
+}
+
+/// The Event for a refused version, on the proxy's Pod.
+fn nack_report(c: &Caller, message: String) -> kube_util::event::Report<'static> {
+    kube_util::event::Report {
+        component: "ghostwire-controller",
+        warning: true,
+        reason: "ConfigRefused",
+        action: "Push",
+        message,
+        about: k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: Some(c.namespace.clone()),
+            name: Some(c.pod_name.clone()),
+            uid: Some(c.pod_uid.clone()),
+            ..Default::default()
+        },
     }
 }
 

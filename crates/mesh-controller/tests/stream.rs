@@ -9,16 +9,15 @@ use mesh_controller::auth::TokenReviewer;
 use mesh_controller::feed::ControllerSource;
 use mesh_controller::metrics::Metrics;
 use mesh_controller::model::Model;
-use mesh_controller::server::{Controller, serve};
+use mesh_controller::server::Controller;
 use mesh_proxy::store::{ConfigSource, Store};
 use serde_json::json;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
-const AUDIENCE: &str = mesh_controller::DEFAULT_AUDIENCE;
+mod common;
+
+use common::{AUDIENCE, pod_token, start, until};
 
 fn service(weight_v2: u32, split_to: &str) -> v1::Service {
     v1::Service {
@@ -52,71 +51,6 @@ fn service(weight_v2: u32, split_to: &str) -> v1::Service {
     }
 }
 
-/// A Pod and a token bound to it, for `audiences`.
-async fn pod_token(admin: &kube::Client, pod: &str, audiences: &[&str]) -> (String, String) {
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
-    let uid = match pods.get_opt(pod).await.unwrap() {
-        Some(p) => p.metadata.uid.unwrap(),
-        None => {
-            let p: Pod = serde_json::from_value(json!({"metadata": {"name": pod}, "spec": {"containers": [{"name": "c", "image": "app"}]}})).unwrap();
-            pods.create(&PostParams::default(), &p)
-                .await
-                .unwrap()
-                .metadata
-                .uid
-                .unwrap()
-        }
-    };
-    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "default");
-    let tr = serde_json::from_value(json!({"spec": {"audiences": audiences, "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid}}})).unwrap();
-    let token = sas
-        .create_token_request("default", &PostParams::default(), &tr)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token;
-    (token, uid)
-}
-
-struct Running {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap();
-    }
-}
-
-async fn start(controller: Controller, addr: SocketAddr) -> Running {
-    let listener = TcpListener::bind(addr).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel();
-    let task = tokio::spawn(serve(controller, listener, async {
-        let _ = rx.await;
-    }));
-    Running {
-        addr,
-        stop: Some(tx),
-        task,
-    }
-}
-
-/// Waits (bounded) until `f` holds.
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 fn v2_weight(store: &Store) -> Option<u32> {
     let snap = store.load();
     let s = snap.service("10.96.0.11:80".parse().unwrap())?;
@@ -138,7 +72,8 @@ async fn snapshot_deltas_acks_nacks_and_resync() {
     let mut registry = prometheus_client::registry::Registry::with_prefix("ghostwire");
     let metrics = Metrics::new(&mut registry);
     let auth = Arc::new(TokenReviewer::new(admin.clone(), AUDIENCE));
-    let controller = Controller::new(model.clone(), auth, metrics.clone());
+    let controller =
+        Controller::new(model.clone(), auth, metrics.clone()).with_events(admin.clone());
     let running = start(controller.clone(), "127.0.0.1:0".parse().unwrap()).await;
     let addr = running.addr;
 
@@ -181,6 +116,28 @@ async fn snapshot_deltas_acks_nacks_and_resync() {
     assert!(
         text.contains("ghostwire_controller_nacks_total 1"),
         "{text}"
+    );
+    // ... and shown on the Pod as a Warning Event naming the version and the reason.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(admin.clone(), "default");
+    let mut refused = None;
+    for _ in 0..200 {
+        let list = events.list(&Default::default()).await.unwrap();
+        refused = list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("ConfigRefused")
+                && e.involved_object.name.as_deref() == Some("client-1")
+        });
+        if refused.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let refused = refused.expect("a ConfigRefused Event on the Pod");
+    assert_eq!(refused.type_.as_deref(), Some("Warning"));
+    assert_eq!(refused.involved_object.uid.as_deref(), Some(uid.as_str()));
+    let message = refused.message.unwrap_or_default();
+    assert!(
+        message.contains("version 3") && message.contains("v9"),
+        "{message}"
     );
 
     // The controller goes away: the proxy keeps routing with its last good config.
