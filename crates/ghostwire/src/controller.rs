@@ -4,6 +4,7 @@ use crate::exit::{Code, Exit, WithCode};
 use crate::knobs::{Controller as Table, KnobArgs};
 use clap::Args;
 use mesh_controller::auth::TokenReviewer;
+use mesh_controller::ca::CaHandle;
 use mesh_controller::metrics::Metrics;
 use mesh_controller::model::Model;
 use mesh_controller::server::{Controller, serve};
@@ -38,10 +39,26 @@ pub async fn run(args: ControllerArgs) -> Result<(), Exit> {
     let mut registry = prometheus_client::registry::Registry::with_prefix("ghostwire");
     let metrics = Metrics::new(&mut registry);
     let auth = Arc::new(TokenReviewer::new(client.clone(), s.audience.clone()));
-    let controller = Controller::new(model.clone(), auth, metrics);
+    let (authority, seen) = mesh_controller::ca::load_or_create(&client, &s.ca)
+        .await
+        .code(Code::Api)?;
+    let ca = CaHandle::new(authority);
+    let controller = Controller::new(model.clone(), auth, metrics.clone())
+        .with_ca(ca.clone())
+        .with_events(client.clone());
+    let ca_errors = metrics.ca_errors.clone();
+    tokio::spawn(mesh_controller::ca::follow(
+        client.clone(),
+        s.ca.clone(),
+        ca,
+        seen,
+        move |_| {
+            ca_errors.inc();
+        },
+    ));
     let grpc = TcpListener::bind(s.grpc_addr).await.code(Code::Config)?;
     let admin_listener = TcpListener::bind(s.admin_addr).await.code(Code::Config)?;
-    tracing::info!(grpc = %s.grpc_addr, admin = %s.admin_addr, audience = %s.audience, "controller serving");
+    tracing::info!(grpc = %s.grpc_addr, admin = %s.admin_addr, audience = %s.audience, ca = %format!("{}/{}", s.ca.namespace, s.ca.secret), trust_domain = %s.ca.trust_domain, "controller serving");
     let stop = crate::injector::stop_signal();
     tokio::pin!(stop);
     tokio::select! {

@@ -72,17 +72,7 @@ impl ControllerSource {
         on_error: &(dyn Fn(&ConfigError) + Send + Sync),
         got_any: &mut bool,
     ) -> Result<(), FeedError> {
-        let token = std::fs::read_to_string(&self.token_path).map_err(|e| FeedError::Token {
-            path: self.token_path.display().to_string(),
-            source: e,
-        })?;
-        let endpoint = tonic::transport::Endpoint::from_shared(address.to_string())
-            .map_err(|_| FeedError::Address(address.to_string()))?
-            .connect_timeout(self.connect_timeout)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect().await?;
-        let mut client = MeshControlClient::new(channel);
+        let mut client = connect(address, self.connect_timeout).await?;
         let (tx, mut rx) = mpsc::channel::<ProxyMessage>(8);
         let send = |kind| ProxyMessage { kind: Some(kind) };
         tx.send(send(Kind::Subscribe(Subscribe {
@@ -91,14 +81,10 @@ impl ControllerSource {
         })))
         .await
         .map_err(|_| FeedError::Closed)?;
-        let mut request = tonic::Request::new(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
-        let value = format!("Bearer {}", token.trim())
-            .parse()
-            .map_err(|_| FeedError::Token {
-                path: self.token_path.display().to_string(),
-                source: std::io::Error::other("not a valid header value"),
-            })?;
-        request.metadata_mut().insert("authorization", value);
+        let request = authorized(
+            futures::stream::poll_fn(move |cx| rx.poll_recv(cx)),
+            &self.token_path,
+        )?;
         let mut updates = client.stream_config(request).await?.into_inner();
         let mut received: BTreeMap<String, Service> = BTreeMap::new();
         while let Some(u) = updates.message().await? {
@@ -131,6 +117,37 @@ impl ControllerSource {
         }
         Err(FeedError::Closed)
     }
+}
+
+/// A client of the controller at `address` (`http://host:port`).
+pub(crate) async fn connect(
+    address: &str,
+    timeout: Duration,
+) -> Result<MeshControlClient<tonic::transport::Channel>, FeedError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(address.to_string())
+        .map_err(|_| FeedError::Address(address.to_string()))?
+        .connect_timeout(timeout)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5));
+    Ok(MeshControlClient::new(endpoint.connect().await?))
+}
+
+/// `message` with the projected token as its bearer, read now (the kubelet rotates it).
+pub(crate) fn authorized<T>(
+    message: T,
+    token_path: &std::path::Path,
+) -> Result<tonic::Request<T>, FeedError> {
+    let bad = |source| FeedError::Token {
+        path: token_path.display().to_string(),
+        source,
+    };
+    let token = std::fs::read_to_string(token_path).map_err(bad)?;
+    let value = format!("Bearer {}", token.trim())
+        .parse()
+        .map_err(|_| bad(std::io::Error::other("not a valid header value")))?;
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", value);
+    Ok(request)
 }
 
 impl ConfigSource for ControllerSource {

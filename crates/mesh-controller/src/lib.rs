@@ -8,11 +8,15 @@
 //!   per version, counted in metrics.
 //! - [`feed`]: the proxy's side, a [`mesh_proxy::store::ConfigSource`] that keeps the last good
 //!   config while the controller is away and resyncs when it is back.
+//! - [`ca`]: the mesh CA (a Secret), signing each proxy a short-lived certificate for its own
+//!   SPIFFE ID only; [`identity`]: the proxy's side, renewing at two thirds of the lifetime.
 //! - [`convert`]: `ghostwire.mesh.v1` ⇄ the proxy's routing config.
 
 pub mod auth;
+pub mod ca;
 pub mod convert;
 pub mod feed;
+pub mod identity;
 pub mod metrics;
 pub mod model;
 pub mod server;

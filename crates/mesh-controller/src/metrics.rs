@@ -22,6 +22,10 @@ pub struct Metrics {
     pub auth_failures: Family<Labels, Counter>,
     /// The mesh state's version.
     pub version: Gauge,
+    /// Certificate requests, by `result` (signed, or why not).
+    pub certificates: Family<Labels, Counter>,
+    /// Edits of the CA Secret that could not be used (the last good CA stays).
+    pub ca_errors: Counter,
 }
 
 impl Metrics {
@@ -56,6 +60,16 @@ impl Metrics {
             m.auth_failures.clone(),
         );
         r.register("version", "Version of the mesh state", m.version.clone());
+        r.register(
+            "certificates",
+            "Certificate requests, by result",
+            m.certificates.clone(),
+        );
+        r.register(
+            "ca_errors",
+            "Changes of the CA Secret that could not be used",
+            m.ca_errors.clone(),
+        );
         m
     }
 }

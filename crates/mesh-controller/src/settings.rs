@@ -1,9 +1,11 @@
 //! `ghostwire controller`'s knobs: one table, from which its flags, `GW_*` env and
 //! docs/configuration.md derive.
 
-use knobs::{ConfigError, Resolver};
+use crate::ca::CaSettings;
+use knobs::{ConfigError, Resolver, parse_duration};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 knobs::knobs! {
     GRPC_ADDR = "GW_CONTROLLER_GRPC_ADDR", "grpc-addr", "0.0.0.0:8090",
@@ -12,6 +14,14 @@ knobs::knobs! {
         "Controller: address of /healthz, /readyz and /metrics.";
     AUDIENCE = "GW_CONTROLLER_AUDIENCE", "audience", "ghostwire-mesh",
         "Controller: the audience the proxies' projected tokens must carry (checked by TokenReview).";
+    CA_SECRET = "GW_CONTROLLER_CA_SECRET", "ca-secret", "ghostwire-system/ghostwire-mesh-ca",
+        "Controller: `namespace/name` of the mesh CA's Secret (`kubernetes.io/tls`: `tls.crt` and `tls.key` sign, `ca.crt` holds the trust anchors); created with a new root when missing.";
+    TRUST_DOMAIN = "GW_CONTROLLER_TRUST_DOMAIN", "trust-domain", "cluster.local",
+        "Controller: SPIFFE trust domain of the proxies' certificates (`spiffe://<domain>/ns/<ns>/sa/<sa>`).";
+    CERT_LIFETIME = "GW_CONTROLLER_CERT_LIFETIME", "cert-lifetime", "24h",
+        "Controller: lifetime of a proxy certificate (1s to 720h); proxies renew at two thirds of it.";
+    CA_RELOAD = "GW_CONTROLLER_CA_RELOAD", "ca-reload", "30s",
+        "Controller: how often the CA Secret is read again (anchor rotation is an edit of it).";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +29,7 @@ pub struct Settings {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub audience: String,
+    pub ca: CaSettings,
 }
 
 fn addr(s: &str) -> Result<SocketAddr, String> {
@@ -44,7 +55,64 @@ pub fn settings(given: &BTreeMap<String, String>) -> Result<Settings, ConfigErro
             }
             Ok(s.to_string())
         })?,
+        ca: ca_settings(&r)?,
     })
+}
+
+fn ca_settings(r: &Resolver<'_>) -> Result<CaSettings, ConfigError> {
+    let (namespace, secret) = r.parse(CA_SECRET, |s| match s.trim().split_once('/') {
+        Some((ns, name)) if dns_label(ns) && dns_label(name) => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(
+            "expected NAMESPACE/NAME of a Secret, e.g. ghostwire-system/ghostwire-mesh-ca".into(),
+        ),
+    })?;
+    let trust_domain = r.parse(TRUST_DOMAIN, |s| {
+        let s = s.trim();
+        let ok = !s.is_empty()
+            && s.len() <= 255
+            && s.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_')
+            });
+        if ok {
+            Ok(s.to_string())
+        } else {
+            Err(
+                "expected a SPIFFE trust domain: lower-case letters, digits, '.', '-' and '_'"
+                    .into(),
+            )
+        }
+    })?;
+    let lifetime = r.parse(CERT_LIFETIME, |s| {
+        let d = parse_duration(s)?;
+        if d < Duration::from_secs(1) || d > Duration::from_secs(720 * 3600) {
+            return Err("must be from 1s to 720h".into());
+        }
+        Ok(d)
+    })?;
+    let reload = r.parse(CA_RELOAD, |s| match parse_duration(s)? {
+        d if d.is_zero() => Err("must be more than 0s".into()),
+        d => Ok(d),
+    })?;
+    Ok(CaSettings {
+        namespace,
+        secret,
+        trust_domain,
+        lifetime,
+        reload,
+    })
+}
+
+/// A Kubernetes object name of the DNS-label kind (namespaces; Secrets accept more, but a
+/// label is what every tool can show).
+fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 #[cfg(test)]
@@ -59,6 +127,21 @@ mod tests {
         let bad = [(GRPC_ADDR.to_string(), "nowhere".to_string())].into();
         let e = settings(&bad).unwrap_err().to_string();
         assert!(e.contains("GW_CONTROLLER_GRPC_ADDR=\"nowhere\""), "{e}");
+        assert_eq!(s.ca.namespace, "ghostwire-system");
+        assert_eq!(s.ca.secret, "ghostwire-mesh-ca");
+        assert_eq!(s.ca.lifetime, Duration::from_secs(24 * 3600));
+        for (knob, value) in [
+            (CA_SECRET, "no-slash"),
+            (CA_SECRET, "Bad/name"),
+            (TRUST_DOMAIN, "Cluster Local"),
+            (CERT_LIFETIME, "0s"),
+            (CERT_LIFETIME, "800h"),
+            (CA_RELOAD, "0s"),
+        ] {
+            let bad = [(knob.to_string(), value.to_string())].into();
+            let e = settings(&bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("{knob}={value:?}")), "{e}");
+        }
     }
 
     #[test]
