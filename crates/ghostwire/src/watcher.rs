@@ -77,7 +77,10 @@ pub async fn run(args: WatcherArgs) -> Result<(), Exit> {
         }
         .code(Code::Kernel)?
     };
-    let client = kube_util::client().await.code(Code::Api)?;
+    // Every read is bounded, so a half-open connection to the API cannot hold the watcher.
+    let client = kube_util::client_with_read_timeout(watcher::read_timeout(&settings))
+        .await
+        .code(Code::Api)?;
 
     let mut registry = prometheus_client::registry::Registry::with_prefix("ghostwire");
     let metrics = Metrics::new(&mut registry);

@@ -288,3 +288,59 @@ fn init_discovers_services_through_the_api() {
     assert_ok(&out, "init in an empty namespace");
     assert!(String::from_utf8_lossy(&out.stdout).contains("mappings=0"));
 }
+
+#[test]
+fn black_holed_api_is_reported_and_does_not_hold_sigterm() {
+    // The watcher reaches the API through a gate the test black-holes: open connections
+    // move no byte and new ones are never answered, as when packets are dropped.
+    let c = Cluster::new("wbhole");
+    c.init(&[]);
+    let gate =
+        c.rt.block_on(lab_node::gate::Gate::start(
+            "127.0.0.1:0".parse().unwrap(),
+            c.api_addr,
+        ))
+        .unwrap();
+    let kubeconfig = c.dir.path("gate.kubeconfig");
+    let direct = std::fs::read_to_string(c.kubeconfig()).unwrap();
+    assert!(direct.contains(&c.api_addr.to_string()), "{direct}");
+    std::fs::write(
+        &kubeconfig,
+        direct.replace(&c.api_addr.to_string(), &gate.addr().to_string()),
+    )
+    .unwrap();
+    let kc = kubeconfig.display().to_string();
+    let env = [("KUBECONFIG", kc.as_str()), ("GW_API_TIMEOUT", "2s")];
+    let mut w = Watcher::start(&c, &env);
+    let orders = c.orders.addr_v4(80);
+    c.label(Some("preview"));
+    c.wait_reaches(orders, "orders-preview");
+
+    gate.set(lab_node::ApiState::BlackHole);
+    // The label can no longer be confirmed: /readyz says so (the watch and the bounded
+    // polls both fail), while the rules in place stay verified.
+    wait_for("readyz reports the unconfirmed label", 60, || {
+        let (code, body) = w.get("/readyz");
+        code == 503 && body.contains("last confirmed")
+    });
+    assert_eq!(w.get("/healthz").0, 200, "{}", w.logs());
+    assert_eq!(c.reaches(orders), "orders-preview");
+
+    // Back: the label changed meanwhile is followed without a restart.
+    c.label(Some("active"));
+    gate.set(lab_node::ApiState::Up);
+    c.wait_reaches(orders, "orders");
+    wait_for("readyz again", 60, || w.get("/readyz").0 == 200);
+
+    // Black-holed again, with calls in flight: SIGTERM still ends the watcher at once.
+    gate.set(lab_node::ApiState::BlackHole);
+    wait_for("readyz reports the unconfirmed label again", 60, || {
+        w.get("/readyz").0 == 503
+    });
+    let st = Command::new("kill")
+        .args(["-TERM", &w.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(w.wait_exit(15), Some(0), "{}", w.logs());
+}

@@ -39,6 +39,19 @@ pub async fn client() -> Result<kube::Client, Error> {
         .map_err(|e| Error::Config(config_cause(&e)))
 }
 
+/// Like [`client`], with every read bounded: a response (or the next chunk of a watch)
+/// that does not come within `read` fails the call, so a half-open connection cannot
+/// hold a caller forever. Watches must ask the server to end them sooner than `read`.
+pub async fn client_with_read_timeout(read: Duration) -> Result<kube::Client, Error> {
+    let mut config = kube::Config::infer()
+        .await
+        .map_err(|e| Error::Config(config_cause(&e)))?;
+    config.read_timeout = Some(read);
+    // Count from the request, not from when a pooled connection went idle.
+    config.reset_reader_on_write = true;
+    kube::Client::try_from(config).map_err(|e| Error::Config(config_cause(&e)))
+}
+
 /// The most specific message in `e`'s chain that still says every cause once: kube's
 /// outer errors repeat their source's message, so the first source is enough.
 fn config_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -56,8 +69,12 @@ pub fn is_transient(e: &kube::Error) -> bool {
 
 /// Capped exponential backoff with jitter: 200 ms, 400 ms, … up to `cap`.
 pub fn backoff(attempt: u32, cap: Duration) -> Duration {
-    let base = Duration::from_millis(200).saturating_mul(1 << attempt.min(10));
-    let d = base.min(cap);
+    backoff_from(Duration::from_millis(200), attempt, cap)
+}
+
+/// Capped exponential backoff with jitter from `first`: `first`, 2×`first`, … up to `cap`.
+pub fn backoff_from(first: Duration, attempt: u32, cap: Duration) -> Duration {
+    let d = first.saturating_mul(1 << attempt.min(10)).min(cap);
     // Up to 20% jitter so that many pods restarting together spread out.
     let jitter = d.mul_f64(rand::random::<f64>() * 0.2);
     d.saturating_sub(jitter)
@@ -127,6 +144,17 @@ mod tests {
         assert!(backoff(3, cap) > Duration::from_millis(1200));
         assert!(backoff(30, cap) <= cap);
         assert!(backoff(30, cap) >= cap.mul_f64(0.8));
+        let first = Duration::from_secs(2);
+        for attempt in 0..12 {
+            let want = first
+                .saturating_mul(1 << attempt.min(10))
+                .min(Duration::from_secs(30));
+            let got = backoff_from(first, attempt, Duration::from_secs(30));
+            assert!(
+                got <= want && got >= want.mul_f64(0.8),
+                "{attempt}: {got:?}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -53,7 +53,7 @@ knobs::knobs! {
     LABELS_FILE = "GW_LABELS_FILE", "labels-file", "",
         "Init: the Pod's labels as a downward-API volume writes them; the jump is set from the role label in it. Empty: init keeps the jump as it finds it.";
     API_TIMEOUT = "GW_API_TIMEOUT", "api-timeout", "30s",
-        "How long to keep retrying an unreachable Kubernetes API before giving up.";
+        "How long to keep retrying an unreachable Kubernetes API before giving up. Watcher: the bound on one API call (at most 10 s) and on a silent watch; /readyz fails when the Pod was not heard of for twice this.";
     MODE = "GW_SWITCH_MODE", "switch-mode", "dnat",
         "`dnat`: a DNAT chain and one jump in the kernel. `mesh`: no kernel rules; init and watcher write the mapping and whether it is on to GW_IPTABLES_DNAT_MAP as JSON, and the mesh proxy routes by it (the injector sets this when a Pod also asks for the mesh).";
 }

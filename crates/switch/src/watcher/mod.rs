@@ -77,6 +77,9 @@ impl Kernel {
 struct Status {
     healthz: Result<(), String>,
     readyz: Result<(), String>,
+    /// Whether the Pod's labels are known to be current (the watch, or a poll, heard
+    /// from the API recently); see [`labels_health`].
+    labels: Result<(), String>,
 }
 
 #[derive(Clone)]
@@ -88,6 +91,7 @@ impl Default for Health {
         Health(Arc::new(Mutex::new(Status {
             healthz: not_yet.clone(),
             readyz: not_yet,
+            labels: Ok(()),
         })))
     }
 }
@@ -98,6 +102,10 @@ impl Health {
         let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
         s.healthz = d.healthz.clone();
         s.readyz = d.readyz.clone();
+    }
+
+    fn set_labels(&self, labels: Result<(), String>) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).labels = labels;
     }
 }
 
@@ -110,12 +118,10 @@ impl admin::Health for Health {
             .clone()
     }
 
+    /// Ready: the rules match the label, and the label is known to be current.
     fn readyz(&self) -> Result<(), String> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .readyz
-            .clone()
+        let s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        s.readyz.clone().and(s.labels.clone())
     }
 }
 
@@ -426,6 +432,54 @@ impl PodView {
     }
 }
 
+/// How long one API call of the loop (a read of the Pod, a list of the Services) may
+/// take: a half-open connection fails the call instead of holding flips and SIGTERM.
+pub fn request_bound(s: &Settings) -> Duration {
+    s.api_timeout.min(Duration::from_secs(10))
+}
+
+/// The server is asked to end each watch after this long, and kube-runtime gives up on
+/// a watch that stays silent a few seconds longer, so a half-open watch is replaced.
+fn watch_timeout_secs(s: &Settings) -> u32 {
+    u32::try_from(s.api_timeout.as_secs().clamp(1, 290)).unwrap_or(290)
+}
+
+/// The bound on every read of the watcher's client (also the watches' own list and
+/// watch requests): longer than a watch may legitimately stay silent.
+pub fn read_timeout(s: &Settings) -> Duration {
+    Duration::from_secs(u64::from(watch_timeout_secs(s)) + 10)
+}
+
+/// The wait before the next read of the Pod after `failures` failed reads in a row: the
+/// poll interval, doubled per failure up to 30 s (or the interval, if longer), less up
+/// to 20% jitter so that many pods that lost the API together do not poll in step.
+pub fn poll_delay(interval: Duration, failures: u32) -> Duration {
+    kube_util::backoff_from(interval, failures, interval.max(Duration::from_secs(30)))
+}
+
+/// Whether the Pod's labels can be trusted to be current: something was heard from the
+/// API about the Pod (a watch event, a successful poll) within `limit`.
+pub fn labels_health(
+    heard_ago: Duration,
+    watch_held: bool,
+    last_error: Option<&str>,
+    limit: Duration,
+) -> Result<(), String> {
+    if heard_ago <= limit {
+        return Ok(());
+    }
+    let watch = if watch_held {
+        "the watch on the Pod is silent"
+    } else {
+        "the watch on the Pod is lost"
+    };
+    Err(format!(
+        "the Pod's labels were last confirmed {}s ago ({watch}; last API error: {}); the jump may not match the label",
+        heard_ago.as_secs(),
+        last_error.unwrap_or("none")
+    ))
+}
+
 fn plan_of<'a>(services: impl IntoIterator<Item = &'a Service>, s: &Settings) -> Plan {
     let svcs: Vec<Svc> = services.into_iter().map(Svc::from_service).collect();
     crate::pairing::plan(&svcs, s)
@@ -456,12 +510,16 @@ pub async fn run(
     let mut pod = PodView::default();
     let mut plan: Option<Plan> = None;
 
+    let bound = request_bound(&s);
+    let watch_secs = watch_timeout_secs(&s);
     let (pod_store, pod_writer) = reflector::store();
     let mut pod_events = reflector::reflector(
         pod_writer,
         watcher::watcher(
             pods.clone(),
-            watcher::Config::default().fields(&format!("metadata.name={}", opts.pod_name)),
+            watcher::Config::default()
+                .fields(&format!("metadata.name={}", opts.pod_name))
+                .timeout(watch_secs),
         ),
     )
     .default_backoff()
@@ -472,12 +530,13 @@ pub async fn run(
     // not leave this pod DNATed to a dead ClusterIP. Every relist recomputes the plan.
     let mut svc_events = reflector::reflector(
         svc_writer,
-        watcher::watcher(services.clone(), Default::default()),
+        watcher::watcher(
+            services.clone(),
+            watcher::Config::default().timeout(watch_secs),
+        ),
     )
     .default_backoff()
     .boxed();
-    let mut poll = tokio::time::interval(s.poll_interval);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut refresh = tokio::time::interval(
         s.refresh_interval
             .unwrap_or(Duration::from_secs(86400 * 365)),
@@ -487,14 +546,22 @@ pub async fn run(
     // The watch on the Pod is held (its last event was not an error), or is relisting.
     let mut pod_watch_ok = false;
     let mut relisting = false;
+    // When something was last heard from the API about the Pod, and the last API error.
+    let mut heard = Instant::now();
+    let mut api_error: Option<String> = None;
+    // The Pod is read (polled) while the watch is lost, and once whenever the watch has
+    // been silent for GW_API_TIMEOUT (a half-open watch looks just like a quiet one).
+    let mut poll_failures = 0u32;
+    let mut next_poll = tokio::time::Instant::now() + s.poll_interval;
     tokio::pin!(shutdown);
+    let stop = || {
+        tracing::info!("shutting down; rules left as they are");
+        Stopped::Shutdown
+    };
 
     loop {
         tokio::select! {
-            _ = &mut shutdown => {
-                tracing::info!("shutting down; rules left as they are");
-                return Stopped::Shutdown;
-            }
+            _ = &mut shutdown => return stop(),
             ev = pod_events.next() => match ev {
                 Some(Ok(Event::Init)) => {
                     relisting = true;
@@ -504,6 +571,8 @@ pub async fn run(
                 Some(Ok(Event::Apply(_) | Event::InitDone)) => {
                     relisting = false;
                     pod_watch_ok = true;
+                    heard = Instant::now();
+                    api_error = None;
                     match pod_store.get(&pod_ref) {
                         Some(p) => {
                             pod.take(&p, &s, "watch");
@@ -523,34 +592,63 @@ pub async fn run(
                         tracing::warn!(error = %e, "lost the watch on the Pod; keeping the last known state and retrying");
                     }
                     pod_watch_ok = false;
+                    api_error = Some(e.to_string());
                     r.metrics.error("api");
                     continue;
                 }
                 None => return Stopped::Shutdown,
             },
-            _ = poll.tick() => {
-                if !pod_watch_ok && !relisting {
-                    match pods.get_opt(&opts.pod_name).await {
-                        Ok(Some(p)) => {
+            _ = tokio::time::sleep_until(next_poll) => {
+                let due = (!pod_watch_ok && !relisting) || heard.elapsed() >= s.api_timeout;
+                if due {
+                    let got = tokio::select! {
+                        _ = &mut shutdown => return stop(),
+                        got = tokio::time::timeout(bound, pods.get_opt(&opts.pod_name)) => got,
+                    };
+                    match got {
+                        Ok(Ok(Some(p))) => {
                             pod.take(&p, &s, "poll");
+                            heard = Instant::now();
+                            api_error = None;
+                            poll_failures = 0;
                         }
-                        Ok(None) => {
+                        Ok(Ok(None)) => {
                             tracing::info!(pod = %opts.pod_name, "the Pod no longer exists; exiting");
                             return Stopped::PodDeleted;
                         }
-                        Err(e) => {
+                        Ok(Err(e)) => {
                             r.metrics.error("api");
-                            tracing::debug!(error = %e, "polling the Pod failed; keeping the last known state");
+                            poll_failures = poll_failures.saturating_add(1);
+                            tracing::debug!(error = %e, "reading the Pod failed; keeping the last known state");
+                            api_error = Some(e.to_string());
+                        }
+                        Err(_) => {
+                            r.metrics.error("api");
+                            poll_failures = poll_failures.saturating_add(1);
+                            let e = format!("reading the Pod got no answer within {bound:?}");
+                            tracing::debug!(error = %e, "keeping the last known state");
+                            api_error = Some(e);
                         }
                     }
                 }
+                next_poll = tokio::time::Instant::now() + poll_delay(s.poll_interval, poll_failures);
             }
             _ = refresh.tick() => {
-                match services.list(&Default::default()).await {
-                    Ok(list) => plan = Some(plan_of(&list.items, &s)),
-                    Err(e) => {
+                let lp = kube::api::ListParams::default();
+                let got = tokio::select! {
+                    _ = &mut shutdown => return stop(),
+                    got = tokio::time::timeout(bound, services.list(&lp)) => got,
+                };
+                match got {
+                    Ok(Ok(list)) => plan = Some(plan_of(&list.items, &s)),
+                    Ok(Err(e)) => {
                         r.metrics.error("api");
                         tracing::warn!(error = %e, "refresh: cannot list Services; keeping the current rules");
+                        continue;
+                    }
+                    Err(_) => {
+                        r.metrics.error("api");
+                        tracing::warn!(bound = ?bound, "refresh: listing Services got no answer in time; keeping the current rules");
                         continue;
                     }
                 }
@@ -576,6 +674,12 @@ pub async fn run(
                 _ => continue,
             },
         }
+        r.health.set_labels(labels_health(
+            heard.elapsed(),
+            pod_watch_ok,
+            api_error.as_deref(),
+            s.api_timeout.saturating_mul(2),
+        ));
         let since = pod.since.unwrap_or_else(Instant::now);
         r.reconcile(pod.role.as_ref(), plan.as_ref(), since).await;
     }
@@ -593,5 +697,60 @@ mod tests {
         assert!(!is_older(Some("abc"), Some("42")));
         assert!(!is_older(Some("41"), None));
         assert!(!is_older(None, Some("42")));
+    }
+
+    #[test]
+    fn polls_back_off_with_jitter_and_reset() {
+        let base = Duration::from_secs(2);
+        let mut last = Duration::ZERO;
+        for failures in 0..8 {
+            let want = base
+                .saturating_mul(1 << failures)
+                .min(Duration::from_secs(30));
+            let got = poll_delay(base, failures);
+            assert!(
+                got <= want && got >= want.mul_f64(0.8),
+                "{failures}: {got:?}"
+            );
+            assert!(
+                got >= last.mul_f64(0.8),
+                "{failures}: {got:?} after {last:?}"
+            );
+            last = got;
+        }
+        assert!(poll_delay(base, 20) <= Duration::from_secs(30));
+        // A success resets the count: back to the interval.
+        assert!(poll_delay(base, 0) <= base);
+        // Jitter: many pods do not all pick the same delay.
+        let picks: std::collections::BTreeSet<_> = (0..50).map(|_| poll_delay(base, 3)).collect();
+        assert!(picks.len() > 1);
+        // An interval above the cap is kept.
+        assert!(poll_delay(Duration::from_secs(60), 5) >= Duration::from_secs(48));
+    }
+
+    #[test]
+    fn labels_are_unhealthy_only_after_the_limit() {
+        let limit = Duration::from_secs(60);
+        assert!(labels_health(Duration::from_secs(59), false, Some("x"), limit).is_ok());
+        let e =
+            labels_health(Duration::from_secs(61), false, Some("timed out"), limit).unwrap_err();
+        assert!(
+            e.contains("lost") && e.contains("timed out") && e.contains("61s"),
+            "{e}"
+        );
+        let e = labels_health(Duration::from_secs(90), true, None, limit).unwrap_err();
+        assert!(e.contains("silent"), "{e}");
+    }
+
+    #[test]
+    fn every_call_is_bounded_below_the_read_timeout() {
+        let mut s = Settings::resolve(&Default::default()).unwrap();
+        for secs in [1, 30, 600] {
+            s.api_timeout = Duration::from_secs(secs);
+            assert!(request_bound(&s) <= s.api_timeout);
+            assert!(request_bound(&s) <= Duration::from_secs(10));
+            // A watch the server ends normally never trips the client's read bound.
+            assert!(Duration::from_secs(u64::from(watch_timeout_secs(&s)) + 5) < read_timeout(&s));
+        }
     }
 }
