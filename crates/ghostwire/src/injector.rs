@@ -98,6 +98,15 @@ pub struct InjectorArgs {
     #[arg(long, env = "GW_INJECTOR_NATIVE_SIDECARS", default_value = "auto",
           value_parser = ["auto", "always", "never"])]
     pub native_sidecars: String,
+    /// Connections served at once on each listener; more wait in the kernel's backlog.
+    #[arg(long, env = "GW_INJECTOR_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: u32,
+    /// A client has this long for the TLS handshake, and then for each request's headers.
+    #[arg(long, env = "GW_INJECTOR_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub header_read_timeout: Duration,
+    /// On SIGTERM, how long the requests in flight get to finish.
+    #[arg(long, env = "GW_INJECTOR_DRAIN_TIMEOUT", default_value = "20s", value_parser = duration)]
+    pub drain_timeout: Duration,
 }
 
 impl InjectorArgs {
@@ -135,6 +144,12 @@ impl InjectorArgs {
                     "never" => Sidecars::forced(false),
                     _ => Sidecars::auto(),
                 },
+            },
+            limits: injector::server::Limits {
+                header_read_timeout: self.header_read_timeout,
+                max_connections: self.max_connections,
+                drain_timeout: self.drain_timeout,
+                ..Default::default()
             },
         }
     }

@@ -17,6 +17,7 @@
 pub mod capability;
 pub mod defaults;
 pub mod gateway_client;
+pub mod health;
 pub mod mesh;
 pub mod metrics;
 pub mod owner;
@@ -66,6 +67,8 @@ pub struct Config {
     pub defaults_ttl: Duration,
     /// The preview switch's images and ports.
     pub preview_switch: preview_switch::PreviewSwitch,
+    /// Bounds of the HTTP edge (header time, connections, drain) and of the API's grace.
+    pub limits: server::Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,13 +92,20 @@ pub struct Running {
     /// The CA to trust (self-signed mode only).
     pub ca_pem: Option<String>,
     shutdown: watch::Sender<bool>,
+    health: Arc<health::Health>,
+    /// The two listeners.
+    servers: JoinSet<()>,
+    /// Background work (certificate reloads, caBundle, detection, API checks).
     tasks: JoinSet<()>,
 }
 
 impl Running {
-    /// Stops accepting connections and background work.
+    /// Drains: `/healthz` says so, new connections are refused, the requests in flight finish
+    /// (for up to [`server::Limits::drain_timeout`]); then background work stops.
     pub async fn stop(mut self) {
+        self.health.draining();
         let _ = self.shutdown.send(true);
+        while self.servers.join_next().await.is_some() {}
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
     }
@@ -110,14 +120,14 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
 /// Loads or makes the certificate, binds both listeners and starts serving.
 pub async fn start(config: Config, client: kube::Client) -> Result<Running, Error> {
     let mut tasks = JoinSet::new();
-    let (certs, ca_pem) = match &config.tls {
+    let (certs, ca_pem, ca_bundle) = match &config.tls {
         TlsMode::Files {
             files,
             reload_every,
         } => {
             let certs = tls::Reloading::new(files.load()?);
             tasks.spawn(certs.clone().follow(files.clone(), *reload_every));
-            (certs, None)
+            (certs, None, None)
         }
         TlsMode::SelfSigned {
             names,
@@ -125,18 +135,29 @@ pub async fn start(config: Config, client: kube::Client) -> Result<Running, Erro
             recheck_every,
         } => {
             let made = tls::SelfSigned::generate(names.clone())?;
-            tasks.spawn(tls::keep_ca_bundle(
-                client.clone(),
-                webhook_config.clone(),
-                made.ca_pem.clone(),
-                *recheck_every,
-            ));
             (
                 tls::Reloading::new(made.certified_key()?),
                 Some(made.ca_pem),
+                Some((webhook_config.clone(), *recheck_every)),
             )
         }
     };
+    let health = health::Health::new(certs.clone(), config.limits.api_grace);
+    if let (Some(ca), Some((webhook_config, every))) = (&ca_pem, ca_bundle) {
+        health.ca_bundle(Err("not written yet".into()));
+        tasks.spawn(tls::keep_ca_bundle(
+            client.clone(),
+            webhook_config,
+            ca.clone(),
+            every,
+            health.clone(),
+        ));
+    }
+    tasks.spawn(health::keep_checking_api(
+        client.clone(),
+        health.clone(),
+        config.limits.api_check_every,
+    ));
     let tls_config = tls::server_config(certs)?;
     let webhook = bind(config.listen).await?;
     let admin = bind(config.admin_listen).await?;
@@ -191,22 +212,34 @@ pub async fn start(config: Config, client: kube::Client) -> Result<Running, Erro
             defaults,
         ),
         metrics: metrics::Metrics::default(),
+        health: health.clone(),
     });
     let (shutdown, stop) = watch::channel(false);
-    tasks.spawn(server::serve(
+    let mut servers = JoinSet::new();
+    servers.spawn(server::serve(
         webhook,
         Some(tls_config),
         app.clone(),
         server::Routes::Webhook,
+        config.limits.clone(),
         stop.clone(),
     ));
-    tasks.spawn(server::serve(admin, None, app, server::Routes::Admin, stop));
+    servers.spawn(server::serve(
+        admin,
+        None,
+        app,
+        server::Routes::Admin,
+        config.limits.clone(),
+        stop,
+    ));
     tracing::info!(%webhook_addr, %admin_addr, "injector serving");
     Ok(Running {
         webhook_addr,
         admin_addr,
         ca_pem,
         shutdown,
+        health,
+        servers,
         tasks,
     })
 }

@@ -7,24 +7,50 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 /// Larger AdmissionReviews are refused with 413 (the API server's own request limit is 3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
-/// A client has this long to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// What both listeners share.
 pub struct App {
     pub injector: Injector,
     pub metrics: Metrics,
+    pub health: Arc<crate::health::Health>,
+}
+
+/// Bounds of the HTTP edge.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// A client has this long to finish the TLS handshake, and then to send a request's
+    /// headers (HTTP/1.1).
+    pub header_read_timeout: Duration,
+    /// Connections served at once per listener; more wait in the kernel's backlog.
+    pub max_connections: u32,
+    /// On stop, how long the requests in flight get to finish.
+    pub drain_timeout: Duration,
+    /// `/healthz` fails once the Kubernetes API has failed this long without an answer since.
+    pub api_grace: Duration,
+    /// How often the API is asked for its version (the `/healthz` API state).
+    pub api_check_every: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            drain_timeout: Duration::from_secs(20),
+            api_grace: Duration::from_secs(30),
+            api_check_every: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Which paths a listener serves.
@@ -53,7 +79,10 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
 
 async fn route(app: Arc<App>, routes: Routes, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match (routes, req.method(), req.uri().path()) {
-        (_, &Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
+        (_, &Method::GET, "/healthz") => match app.health.check() {
+            Ok(()) => text(StatusCode::OK, "ok"),
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
+        },
         (Routes::Admin, &Method::GET, "/metrics") => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -118,30 +147,71 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>
     }
 }
 
-async fn connection<I>(io: I, app: Arc<App>, routes: Routes)
-where
+/// Serves one connection; once `stop` turns true it finishes the request in flight and closes.
+async fn connection<I>(
+    io: I,
+    app: Arc<App>,
+    routes: Routes,
+    limits: &Limits,
+    mut stop: watch::Receiver<bool>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc = hyper::service::service_fn(move |req| {
         let app = app.clone();
         async move { Ok::<_, std::convert::Infallible>(route(app, routes, req).await) }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder.serve_connection(TokioIo::new(io), svc).await {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let stopping = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        () = stopping => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 
-/// Accepts connections until `shutdown` turns true; TLS when `tls` is given.
+/// Accepts connections (at most [`Limits::max_connections`] at once) until `shutdown` turns
+/// true, then stops accepting and gives the connections up to [`Limits::drain_timeout`] to
+/// finish their requests. TLS when `tls` is given.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     app: Arc<App>,
     routes: Routes,
-    mut shutdown: watch::Receiver<bool>,
+    limits: Limits,
+    shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tls.map(TlsAcceptor::from);
+    let max = limits.max_connections.max(1);
+    let slots = Arc::new(Semaphore::new(max as usize));
+    let limits = Arc::new(limits);
     loop {
+        let mut stop = shutdown.clone();
+        let stopping = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        tokio::pin!(stopping);
+        // A slot first: past the bound, connections wait in the backlog, not in memory.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+            _ = &mut stopping => break,
+        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
@@ -152,20 +222,32 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => return,
+            _ = &mut stopping => break,
         };
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
         let acceptor = acceptor.clone();
+        let limits = limits.clone();
+        let stop = shutdown.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let Some(acceptor) = acceptor else {
-                return connection(tcp, app, routes).await;
+                return connection(tcp, app, routes, &limits, stop).await;
             };
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => connection(tls, app, routes).await,
+            match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => connection(tls, app, routes, &limits, stop).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
+    }
+    // New connections are refused from here on.
+    drop(listener);
+    // Drained when every connection has given its slot back.
+    if tokio::time::timeout(limits.drain_timeout, slots.acquire_many(max))
+        .await
+        .is_err()
+    {
+        tracing::warn!(routes = ?routes, "requests still in flight after the drain timeout; closing them");
     }
 }

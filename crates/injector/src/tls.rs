@@ -102,6 +102,14 @@ impl Reloading {
         })
     }
 
+    /// The certificate handed to new handshakes now.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn set(&self, next: CertifiedKey) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
     }
@@ -134,12 +142,7 @@ impl Reloading {
 
 impl ResolvesServerCert for Reloading {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        )
+        Some(self.current())
     }
 }
 
@@ -245,10 +248,30 @@ pub async fn patch_ca_bundle(
 
 /// Keeps the `caBundle` current: retries until the configuration exists and is patched, then
 /// checks again now and then, since re-applying the manifests empties it.
-pub async fn keep_ca_bundle(client: kube::Client, name: String, ca_pem: String, every: Duration) {
+/// `/healthz` fails until it is written.
+pub async fn keep_ca_bundle(
+    client: kube::Client,
+    name: String,
+    ca_pem: String,
+    every: Duration,
+    health: Arc<crate::health::Health>,
+) {
     let mut attempt = 0;
+    let mut written = false;
     loop {
-        match patch_ca_bundle(&client, &name, &ca_pem).await {
+        let outcome = patch_ca_bundle(&client, &name, &ca_pem).await;
+        match &outcome {
+            Ok(_) => {
+                written = true;
+                health.ca_bundle(Ok(()));
+            }
+            // Once written, a failed re-check does not mean the bundle is gone.
+            Err(e) if !written => {
+                health.ca_bundle(Err(format!("MutatingWebhookConfiguration {name}: {e}")));
+            }
+            Err(_) => {}
+        }
+        match outcome {
             Ok(changed) => {
                 if changed {
                     tracing::info!(webhook_config = %name, "caBundle set to the self-signed CA");

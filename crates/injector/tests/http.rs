@@ -182,3 +182,139 @@ async fn api_errors_are_500() {
     assert!(body.contains("defaults ConfigMap"), "{body}");
     running.stop().await;
 }
+
+/// Waits (polling, not timing) for `f` to hold, for up to 30 s.
+async fn until<F: AsyncFnMut() -> bool>(what: &str, mut f: F) {
+    for _ in 0..600 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn stop_drains_the_request_in_flight_and_refuses_new_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start("drain").await;
+    let addr = h.injector.webhook_addr;
+    // A review whose body is still on its way when the injector is told to stop.
+    let body = review("CREATE", pod("drain", json!({}))).to_string();
+    let (first, rest) = body.split_at(body.len() / 2);
+    let mut tls = common::tls_stream(addr, &h.ca_pem).await.unwrap();
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{first}",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    // An idle keep-alive connection is closed by the drain.
+    let mut idle = common::tls_stream(addr, &h.ca_pem).await.unwrap();
+    let stopping = tokio::spawn(h.injector.stop());
+    until("new connections refused", async || {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    let mut nothing = Vec::new();
+    let _ = idle.read_to_end(&mut nothing).await;
+    assert!(nothing.is_empty());
+    // The request in flight is still answered in full.
+    tls.write_all(rest.as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.contains("\"allowed\":true"), "{answer:?}");
+    stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_and_connections_are_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let h = Harness::start_with("bounds", |c| {
+        c.limits.header_read_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    // Half a request, never finished: the server closes the connection.
+    let mut slow = TcpStream::connect(h.injector.admin_addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        slow.read_to_end(&mut got),
+    )
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a connection that never finished its headers is still open"
+    );
+    assert!(!String::from_utf8_lossy(&got).contains("200 OK"));
+
+    // Two connections at most: a third is not served while two are held open.
+    let h = Harness::start_with("bound", |c| c.limits.max_connections = 2).await;
+    let admin = h.injector.admin_addr;
+    let held: Vec<TcpStream> = vec![
+        TcpStream::connect(admin).await.unwrap(),
+        TcpStream::connect(admin).await.unwrap(),
+    ];
+    let mut third = TcpStream::connect(admin).await.unwrap();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(std::time::Duration::from_secs(1), third.read(&mut buf)).await;
+    assert!(early.is_err(), "the third connection was served: {early:?}");
+    drop(held);
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        third.read_to_end(&mut answer),
+    )
+    .await
+    .expect("served once a slot was free")
+    .unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn healthz_follows_the_certificate_and_the_api() {
+    let h = Harness::start_with("health", |c| {
+        c.limits.api_grace = std::time::Duration::ZERO;
+        c.limits.api_check_every = std::time::Duration::from_millis(100);
+    })
+    .await;
+    assert_eq!(h.admin_get("/healthz").await, (200, "ok\n".to_string()));
+    // An expired certificate (as when cert-manager stopped renewing): 503 with the reason.
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(&h.files.key, key.serialize_pem()).unwrap();
+    std::fs::write(&h.files.cert, cert.pem()).unwrap();
+    until("healthz reports the expired certificate", async || {
+        let (code, body) = h.admin_get("/healthz").await;
+        code == 503 && body.contains("expired")
+    })
+    .await;
+    common::write_cert(&h.files);
+    until("healthz after the renewal", async || {
+        h.admin_get("/healthz").await.0 == 200
+    })
+    .await;
+    // The API goes away: 503 naming it (also on the webhook's own listener).
+    let Harness { lab, injector, .. } = h;
+    lab.shutdown().await;
+    until("healthz reports the API", async || {
+        let (code, body) = common::get(injector.admin_addr, "/healthz").await;
+        code == 503 && body.contains("Kubernetes API")
+    })
+    .await;
+    injector.stop().await;
+}

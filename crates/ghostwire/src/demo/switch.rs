@@ -289,6 +289,7 @@ pub(super) async fn start_injector(
             // The demo shows the watcher beside the app (tests/demo.rs pins that shape).
             sidecars: injector::preview_switch::Sidecars::forced(false),
         },
+        limits: Default::default(),
     };
     // The webhook's port is only known once the injector is bound: register the configuration
     // first (nothing it selects exists yet), then point it at the injector.

@@ -83,11 +83,17 @@ pub fn config(files: &CertFiles) -> Config {
         defaults_configmap: Some("ghostwire-defaults".into()),
         defaults_ttl: Duration::ZERO,
         preview_switch: switch(),
+        limits: Default::default(),
     }
 }
 
 impl Harness {
     pub async fn start(name: &str) -> Harness {
+        Harness::start_with(name, |_| {}).await
+    }
+
+    /// Like [`Harness::start`], with the injector's configuration adjusted by `adjust`.
+    pub async fn start_with(name: &str, adjust: impl FnOnce(&mut Config)) -> Harness {
         let lab = lab_api::Server::start(lab_api::Options::default())
             .await
             .unwrap();
@@ -98,9 +104,9 @@ impl Harness {
             key: dir.0.join("tls.key"),
         };
         let ca_pem = write_cert(&files);
-        let injector = injector::start(config(&files), client.clone())
-            .await
-            .unwrap();
+        let mut config = config(&files);
+        adjust(&mut config);
+        let injector = injector::start(config, client.clone()).await.unwrap();
         Harness {
             lab,
             client,
@@ -134,22 +140,25 @@ impl Harness {
 
     /// Plain GET on the admin listener.
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
-        let tcp = tokio::net::TcpStream::connect(self.injector.admin_addr)
-            .await
-            .unwrap();
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let req = hyper::Request::get(path)
-            .header("host", "localhost")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let resp = send.send_request(req).await.unwrap();
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8(body.to_vec()).unwrap())
+        get(self.injector.admin_addr, path).await
     }
+}
+
+/// Plain GET on an admin listener.
+pub async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
 }
 
 /// One keep-alive HTTPS connection to the webhook.
@@ -176,16 +185,24 @@ pub fn client_tls(ca_pem: &str) -> Arc<rustls::ClientConfig> {
     )
 }
 
+/// A TLS connection to the webhook (HTTP/1.1 is spoken over it by hand or by hyper).
+pub async fn tls_stream(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, std::io::Error> {
+    let connector = tokio_rustls::TlsConnector::from(client_tls(ca_pem));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    connector.connect(name, tcp).await
+}
+
 impl Https {
     pub async fn connect(
         addr: std::net::SocketAddr,
         ca_pem: &str,
     ) -> Result<Https, std::io::Error> {
-        let connector = tokio_rustls::TlsConnector::from(client_tls(ca_pem));
-        let tcp = tokio::net::TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        let tls = connector.connect(name, tcp).await?;
+        let tls = tls_stream(addr, ca_pem).await?;
         let peer_cert = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
         let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
