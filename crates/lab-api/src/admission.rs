@@ -3,6 +3,7 @@
 //! patches applied, reinvoked once if later webhooks changed the object (`IfNeeded`), and a
 //! denial or a failure (`failurePolicy: Fail`) answered as the real API server answers it.
 
+use crate::authn::UserInfo;
 use crate::resources::ResourceType;
 use crate::server::State;
 use crate::status::ApiError;
@@ -78,14 +79,18 @@ fn rule_matches(rule: &Value, rt: &ResourceType, op: &str) -> bool {
 
 struct Call<'a> {
     rt: &'a ResourceType,
+    /// Who asked (after impersonation), as the webhook's `userInfo`.
+    user: &'a UserInfo,
     op: &'a str,
     old: Option<&'a Value>,
     dry: bool,
 }
 
-/// Calls the mutating webhooks that match and returns the object they leave.
+/// Calls the mutating webhooks that match for a request of `user` and returns the object they
+/// leave.
 pub async fn mutate(
     state: &State,
+    user: &UserInfo,
     rt: &ResourceType,
     op: &str,
     mut obj: Value,
@@ -116,7 +121,13 @@ pub async fn mutate(
         }
         _ => Value::Null,
     };
-    let call = Call { rt, op, old, dry };
+    let call = Call {
+        rt,
+        user,
+        op,
+        old,
+        dry,
+    };
     let mut hooks: Vec<Value> = Vec::new();
     for cfg in &configs {
         for wh in cfg["webhooks"].as_array().into_iter().flatten() {
@@ -173,7 +184,7 @@ async fn invoke(state: &State, call: &Call<'_>, wh: &Value, obj: Value) -> Resul
             "name": obj["metadata"]["name"],
             "namespace": obj["metadata"]["namespace"],
             "operation": call.op,
-            "userInfo": {"username": "lab-admin", "groups": ["system:masters", "system:authenticated"]},
+            "userInfo": call.user.to_json(),
             "object": obj,
             "oldObject": call.old.cloned().unwrap_or(Value::Null),
             "dryRun": call.dry,

@@ -172,17 +172,14 @@ fn list(state: &State, req: &Request, t: &Target) -> Reply {
     let mut next = None;
     let mut remaining = 0usize;
     for obj in all.iter() {
-        let k = (
-            obj["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            obj["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        );
-        if start.as_ref().is_some_and(|s| k <= *s) || !labels.matches(obj) || !fields.matches(obj) {
+        let before_start = start.as_ref().is_some_and(|(ns, name)| {
+            let m = &obj["metadata"];
+            (
+                m["namespace"].as_str().unwrap_or_default(),
+                m["name"].as_str().unwrap_or_default(),
+            ) <= (ns.as_str(), name.as_str())
+        });
+        if before_start || !labels.matches(obj) || !fields.matches(obj) {
             continue;
         }
         if limit.is_some_and(|l| items.len() >= l) {
@@ -484,7 +481,8 @@ async fn create_object(
         track_update(state, req, t, None, &mut obj)?;
     }
     crate::crd::validate(state, rt, &obj, None)?;
-    let mut obj = admission::mutate(state, rt, "CREATE", obj, None, dry).await?;
+    let mut obj = admission::mutate(state, &req.user, rt, "CREATE", obj, None, dry).await?;
+    crate::authz::confirm_no_escalation(state, &req.user, rt, &obj)?;
     // Allocation and storage under one lock, so two creates never take the same ClusterIP.
     let stored = {
         let _alloc = state.alloc.lock().expect("alloc lock");
@@ -661,6 +659,7 @@ async fn apply_update(
         return Ok(Some(Arc::new(cur.clone())));
     }
     crate::crd::validate(state, rt, &new, Some(cur))?;
+    crate::authz::confirm_no_escalation(state, &req.user, rt, &new)?;
     let expect = precondition.or_else(|| object_rv(cur));
     let key = t.key(name);
     let _alloc = state.alloc.lock().expect("alloc lock");

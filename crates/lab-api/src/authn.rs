@@ -20,6 +20,8 @@ pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
 pub const AUTHENTICATED: &str = "system:authenticated";
 pub const UNAUTHENTICATED: &str = "system:unauthenticated";
+/// The user of requests that carry no credentials.
+pub const ANONYMOUS: &str = "system:anonymous";
 
 /// An authenticated identity (`user.Info`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -36,6 +38,16 @@ impl UserInfo {
         UserInfo {
             name: "lab-admin".into(),
             groups: vec![crate::rbac::MASTERS.into(), AUTHENTICATED.into()],
+            ..Default::default()
+        }
+    }
+
+    /// Who a request without credentials is, as kube-apiserver's anonymous authenticator says:
+    /// `system:anonymous` in `system:unauthenticated`; RBAC then decides what it may do.
+    pub fn anonymous() -> Self {
+        UserInfo {
+            name: ANONYMOUS.into(),
+            groups: vec![UNAUTHENTICATED.into()],
             ..Default::default()
         }
     }

@@ -11,15 +11,14 @@ use crate::http::{Body, Request, json_response};
 use crate::rbac::{self, Attributes, Decision, Policy};
 use crate::resources::ResourceType;
 use crate::server::State;
-use crate::status::{ApiError, Cause};
-use crate::store::Key;
+use crate::status::{ApiError, Cause, Subject};
+use crate::store::{Key, RBAC_GROUP};
 use hyper::Response;
 use hyper::header::HeaderMap;
+use k8s_openapi::api::rbac::v1::PolicyRule;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 /// What a request presents: its client certificate's user, its bearer token, and whom it
 /// asks to act as.
@@ -57,7 +56,9 @@ impl Credentials {
         Credentials {
             certificate,
             bearer: one("authorization")
-                .and_then(|v| v.strip_prefix("Bearer ").map(|t| t.trim().to_string())),
+                .and_then(|v| v.strip_prefix("Bearer ").map(|t| t.trim().to_string()))
+                // An empty token is no token (the request is anonymous), as in Kubernetes.
+                .filter(|t| !t.is_empty()),
             as_user: one("impersonate-user"),
             as_uid: one("impersonate-uid"),
             as_groups: all("impersonate-group"),
@@ -104,11 +105,15 @@ pub fn token_user(
     Ok((claims.user(), valid_for))
 }
 
+/// The requester: its certificate's user, its token's, or `system:anonymous` when it presents
+/// neither. A token that does not authenticate is a 401, never anonymous (as in Kubernetes).
 fn authenticate(state: &State, creds: &Credentials) -> Result<UserInfo, ApiError> {
     if let Some(u) = &creds.certificate {
         return Ok(u.clone());
     }
-    let token = creds.bearer.as_deref().ok_or_else(ApiError::unauthorized)?;
+    let Some(token) = creds.bearer.as_deref() else {
+        return Ok(UserInfo::anonymous());
+    };
     token_user(state, token, &[API_AUDIENCE.to_string()])
         .map(|(u, _)| u)
         .map_err(|_| ApiError::unauthorized())
@@ -174,11 +179,20 @@ pub fn attributes(method: &str, path: &str, watch: bool) -> Attributes {
     }
 }
 
-/// The RBAC objects a policy was built from (kept, so a changed object is a new pointer).
-pub type PolicyCache = (Vec<Vec<Arc<Value>>>, Arc<Policy>);
+/// The compiled policy and the store's RBAC generation it was built at.
+pub type PolicyCache = (u64, Arc<Policy>);
 
-/// The current RBAC objects as a [`Policy`], rebuilt only when one of them changed.
+/// The current RBAC objects as a compiled [`Policy`], rebuilt only when a write to one of
+/// them bumped the store's RBAC generation since the last build.
 fn policy(state: &State) -> Arc<Policy> {
+    // Read before listing: the lists hold at least every write this generation counts, so a
+    // policy is never filed under a generation newer than its objects.
+    let generation = state.store.rbac_generation();
+    if let Some((built_at, p)) = state.rbac_cache.read().expect("rbac cache lock").as_ref()
+        && *built_at == generation
+    {
+        return p.clone();
+    }
     let lists: Vec<Vec<Arc<Value>>> = [
         "roles",
         "clusterroles",
@@ -188,30 +202,124 @@ fn policy(state: &State) -> Arc<Policy> {
     .iter()
     .map(|r| state.store.list(RBAC_GROUP, r, None).0)
     .collect();
-    let mut cache = state.rbac_cache.lock().expect("rbac cache lock");
-    if let Some((seen, p)) = cache.as_ref() {
-        let same = seen.len() == lists.len()
-            && seen.iter().zip(&lists).all(|(a, b)| {
-                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
-            });
-        if same {
-            return p.clone();
-        }
-    }
     let p = Arc::new(Policy::new(&lists[0], &lists[1], &lists[2], &lists[3]));
-    *cache = Some((lists, p.clone()));
+    let mut cache = state.rbac_cache.write().expect("rbac cache lock");
+    // Two requests may build at once; keep the newer.
+    if cache.as_ref().is_none_or(|(g, _)| *g <= generation) {
+        *cache = Some((generation, p.clone()));
+    }
     p
 }
 
 /// Decides a request for `user` (everything is allowed when the server runs without RBAC).
 pub fn decide(state: &State, user: &UserInfo, a: &Attributes) -> Decision {
-    if !state.rbac {
+    if !state.rbac || rbac::is_privileged(user) {
         return Decision {
             allowed: true,
             reason: String::new(),
         };
     }
     rbac::authorize(user, a, &policy(state))
+}
+
+/// Refuses a Role or ClusterRole that grants, or a binding that binds, what the writer does not
+/// hold itself, unless it may `escalate` roles or `bind` the referenced role (kube-apiserver's
+/// RBAC storage rules); an `aggregationRule` needs full authority.
+pub fn confirm_no_escalation(
+    state: &State,
+    user: &UserInfo,
+    rt: &ResourceType,
+    obj: &Value,
+) -> Result<(), ApiError> {
+    if !state.rbac || rt.crd.is_some() || rt.group != RBAC_GROUP || rbac::is_privileged(user) {
+        return Ok(());
+    }
+    let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    let may = |verb: &str, resource: &str, object: &str| {
+        decide(
+            state,
+            user,
+            &Attributes::Resource {
+                verb: verb.into(),
+                group: RBAC_GROUP.into(),
+                resource: resource.into(),
+                subresource: String::new(),
+                namespace: ns.into(),
+                name: object.into(),
+            },
+        )
+        .allowed
+    };
+    let refuse = |detail: String| {
+        ApiError::forbidden(
+            Subject {
+                group: &rt.group,
+                kind: &rt.resource,
+                name,
+            },
+            detail,
+        )
+    };
+    let rules =
+        |v: &Value| -> Vec<PolicyRule> { serde_json::from_value(v.clone()).unwrap_or_default() };
+    let (owner, _) = crate::rbac::rules_for(user, ns, &policy(state));
+    let wanted = match rt.resource.as_str() {
+        "roles" | "clusterroles" => {
+            if may("escalate", &rt.resource, name) {
+                return Ok(());
+            }
+            if obj["aggregationRule"].is_object() {
+                let all = serde_json::from_value::<Vec<PolicyRule>>(json!([
+                    {"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]},
+                    {"nonResourceURLs": ["*"], "verbs": ["*"]}
+                ]))
+                .expect("valid rules");
+                if !crate::rbac::not_covered(&owner, &all).is_empty() {
+                    return Err(refuse(
+                        "must have cluster-admin privileges to use the aggregationRule".into(),
+                    ));
+                }
+            }
+            rules(&obj["rules"])
+        }
+        "rolebindings" | "clusterrolebindings" => {
+            let role = obj["roleRef"]["name"].as_str().unwrap_or_default();
+            let (resource, role_ns) = match obj["roleRef"]["kind"].as_str() {
+                Some("Role") => ("roles", ns),
+                _ => ("clusterroles", ""),
+            };
+            if may("bind", resource, role) {
+                return Ok(());
+            }
+            let key = Key {
+                group: RBAC_GROUP.into(),
+                resource: resource.into(),
+                namespace: role_ns.into(),
+                name: role.into(),
+            };
+            match state.store.get(&key) {
+                Some(r) => rules(&r["rules"]),
+                None => {
+                    return Err(refuse(format!(
+                        "{resource}.{RBAC_GROUP} \"{role}\" not found"
+                    )));
+                }
+            }
+        }
+        _ => return Ok(()),
+    };
+    let missing = crate::rbac::not_covered(&owner, &wanted);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let groups: Vec<String> = user.groups.iter().map(|g| format!("{g:?}")).collect();
+    Err(refuse(format!(
+        "user {:?} (groups=[{}]) is attempting to grant RBAC permissions not currently held:\n{}",
+        user.name,
+        groups.join(" "),
+        missing.join("\n")
+    )))
 }
 
 /// The 403 a real server answers, worded as its authorization filter words it.
@@ -365,7 +473,7 @@ fn impersonate(state: &State, requester: UserInfo, c: &Credentials) -> Result<Us
         }
         user.extra.insert(key.clone(), values.clone());
     }
-    if user.name != "system:anonymous"
+    if user.name != authn::ANONYMOUS
         && !user
             .groups
             .iter()

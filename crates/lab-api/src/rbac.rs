@@ -55,7 +55,8 @@ pub struct Decision {
 #[derive(Debug, Default)]
 pub struct Policy {
     cluster_roles: HashMap<String, Vec<PolicyRule>>,
-    roles: HashMap<(String, String), Vec<PolicyRule>>,
+    /// Roles by namespace, then name.
+    roles: HashMap<String, HashMap<String, Vec<PolicyRule>>>,
     cluster_bindings: Vec<ClusterRoleBinding>,
     bindings: HashMap<String, Vec<RoleBinding>>,
 }
@@ -76,11 +77,13 @@ impl Policy {
     ) -> Self {
         let mut p = Policy::default();
         for r in typed::<Role>(roles) {
-            let key = (
-                r.metadata.namespace.clone().unwrap_or_default(),
-                r.metadata.name.clone().unwrap_or_default(),
-            );
-            p.roles.insert(key, r.rules.unwrap_or_default());
+            p.roles
+                .entry(r.metadata.namespace.unwrap_or_default())
+                .or_default()
+                .insert(
+                    r.metadata.name.unwrap_or_default(),
+                    r.rules.unwrap_or_default(),
+                );
         }
         for r in typed::<ClusterRole>(cluster_roles) {
             p.cluster_roles.insert(
@@ -123,15 +126,18 @@ pub fn rule_allows(a: &Attributes, rule: &PolicyRule) -> bool {
             name,
             ..
         } => {
-            let combined = if subresource.is_empty() {
-                resource.clone()
-            } else {
-                format!("{resource}/{subresource}")
+            // `resource` or `resource/subresource`, compared without building the string.
+            let combined = |r: &str| {
+                if subresource.is_empty() {
+                    r == resource
+                } else {
+                    r.split_once('/') == Some((resource.as_str(), subresource.as_str()))
+                }
             };
             let resources = rule.resources.as_deref().unwrap_or_default();
             let resource_ok = resources.iter().any(|r| {
                 r == "*"
-                    || *r == combined
+                    || combined(r)
                     || (!subresource.is_empty()
                         && r.strip_prefix("*/").is_some_and(|s| s == subresource))
             });
@@ -155,7 +161,12 @@ fn applies(user: &UserInfo, s: &Subject, namespace: &str) -> bool {
                 .as_deref()
                 .filter(|n| !n.is_empty())
                 .unwrap_or(namespace);
-            !ns.is_empty() && user.name == format!("system:serviceaccount:{ns}:{}", s.name)
+            !ns.is_empty()
+                && user
+                    .name
+                    .strip_prefix("system:serviceaccount:")
+                    .and_then(|r| r.split_once(':'))
+                    == Some((ns, s.name.as_str()))
         }
         _ => false,
     }
@@ -174,14 +185,40 @@ fn describe(s: &Subject, namespace: &str) -> String {
     }
 }
 
+/// Which binding a rule source comes from (described only when a decision names it).
+enum Via<'a> {
+    Cluster(&'a ClusterRoleBinding, &'a Subject),
+    Namespaced(&'a RoleBinding, &'a Subject, &'a str),
+}
+
+impl Via<'_> {
+    fn describe(&self) -> String {
+        match self {
+            Via::Cluster(b, s) => format!(
+                "ClusterRoleBinding \"{}\" of ClusterRole \"{}\" to {}",
+                b.metadata.name.as_deref().unwrap_or_default(),
+                b.role_ref.name,
+                describe(s, "")
+            ),
+            Via::Namespaced(b, s, namespace) => format!(
+                "RoleBinding \"{}/{namespace}\" of {} \"{}\" to {}",
+                b.metadata.name.as_deref().unwrap_or_default(),
+                b.role_ref.kind,
+                b.role_ref.name,
+                describe(s, namespace)
+            ),
+        }
+    }
+}
+
 /// One rule source that applies to a user: which binding, and the rules (or why none).
 struct Source<'a> {
-    describe: String,
+    via: Via<'a>,
     rules: Result<&'a [PolicyRule], String>,
 }
 
 /// Every binding that applies to the user for a request in `namespace` ("" for cluster scope).
-fn sources<'a>(user: &UserInfo, namespace: &str, p: &'a Policy) -> Vec<Source<'a>> {
+fn sources<'a>(user: &UserInfo, namespace: &'a str, p: &'a Policy) -> Vec<Source<'a>> {
     let mut out = Vec::new();
     let cluster_role = |name: &str| {
         p.cluster_roles
@@ -192,12 +229,7 @@ fn sources<'a>(user: &UserInfo, namespace: &str, p: &'a Policy) -> Vec<Source<'a
     for b in &p.cluster_bindings {
         if let Some(s) = b.subjects.iter().flatten().find(|s| applies(user, s, "")) {
             out.push(Source {
-                describe: format!(
-                    "ClusterRoleBinding \"{}\" of ClusterRole \"{}\" to {}",
-                    b.metadata.name.as_deref().unwrap_or_default(),
-                    b.role_ref.name,
-                    describe(s, "")
-                ),
+                via: Via::Cluster(b, s),
                 rules: cluster_role(&b.role_ref.name),
             });
         }
@@ -218,7 +250,8 @@ fn sources<'a>(user: &UserInfo, namespace: &str, p: &'a Policy) -> Vec<Source<'a
             "ClusterRole" => cluster_role(&b.role_ref.name),
             _ => p
                 .roles
-                .get(&(namespace.to_string(), b.role_ref.name.clone()))
+                .get(namespace)
+                .and_then(|roles| roles.get(&b.role_ref.name))
                 .map(Vec::as_slice)
                 .ok_or_else(|| {
                     format!(
@@ -228,13 +261,7 @@ fn sources<'a>(user: &UserInfo, namespace: &str, p: &'a Policy) -> Vec<Source<'a
                 }),
         };
         out.push(Source {
-            describe: format!(
-                "RoleBinding \"{}/{namespace}\" of {} \"{}\" to {}",
-                b.metadata.name.as_deref().unwrap_or_default(),
-                b.role_ref.kind,
-                b.role_ref.name,
-                describe(s, namespace)
-            ),
+            via: Via::Namespaced(b, s, namespace),
             rules,
         });
     }
@@ -244,9 +271,14 @@ fn sources<'a>(user: &UserInfo, namespace: &str, p: &'a Policy) -> Vec<Source<'a
 /// The group whose members are allowed everything, before RBAC is asked.
 pub const MASTERS: &str = "system:masters";
 
+/// Whether the user is in [`MASTERS`] (allowed everything without looking at RBAC).
+pub fn is_privileged(user: &UserInfo) -> bool {
+    user.groups.iter().any(|g| g == MASTERS)
+}
+
 /// Decides one request.
 pub fn authorize(user: &UserInfo, a: &Attributes, p: &Policy) -> Decision {
-    if user.groups.iter().any(|g| g == MASTERS) {
+    if is_privileged(user) {
         return Decision {
             allowed: true,
             reason: String::new(),
@@ -259,7 +291,7 @@ pub fn authorize(user: &UserInfo, a: &Attributes, p: &Policy) -> Decision {
                 if rules.iter().any(|r| rule_allows(a, r)) {
                     return Decision {
                         allowed: true,
-                        reason: format!("RBAC: allowed by {}", s.describe),
+                        reason: format!("RBAC: allowed by {}", s.via.describe()),
                     };
                 }
             }
@@ -277,10 +309,93 @@ pub fn authorize(user: &UserInfo, a: &Attributes, p: &Policy) -> Decision {
     }
 }
 
+/// What `wanted` grants that `owner` does not allow, as kube-apiserver lists it when it refuses
+/// an escalation: one `{APIGroups:[…], Resources:[…], …, Verbs:[…]}` per group, resource and
+/// resource name with the missing verbs together, sorted.
+pub fn not_covered(owner: &[PolicyRule], wanted: &[PolicyRule]) -> Vec<String> {
+    let allowed = |a: &Attributes| owner.iter().any(|r| rule_allows(a, r));
+    let q = |v: &[String]| {
+        let quoted: Vec<String> = v.iter().map(|s| format!("{s:?}")).collect();
+        format!("[{}]", quoted.join(" "))
+    };
+    // (group, resource, name) → missing verbs, in first-seen order.
+    let mut missing: Vec<((String, String, String), Vec<String>)> = Vec::new();
+    let mut lines = std::collections::BTreeSet::new();
+    for rule in wanted {
+        for url in rule.non_resource_urls.iter().flatten() {
+            for verb in &rule.verbs {
+                let a = Attributes::NonResource {
+                    verb: verb.clone(),
+                    path: url.clone(),
+                };
+                // A wildcard URL is covered only by an owner rule with the same or a wider one.
+                let covered = owner.iter().any(|r| {
+                    has(&r.verbs, verb)
+                        && r.non_resource_urls.iter().flatten().any(|u| {
+                            u == "*"
+                                || u == url
+                                || u.strip_suffix('*')
+                                    .is_some_and(|p| url.trim_end_matches('*').starts_with(p))
+                        })
+                }) || (!url.ends_with('*') && allowed(&a));
+                if !covered {
+                    lines.insert(format!(
+                        "{{NonResourceURLs:{}, Verbs:{}}}",
+                        q(std::slice::from_ref(url)),
+                        q(std::slice::from_ref(verb))
+                    ));
+                }
+            }
+        }
+        let names: Vec<String> = match rule.resource_names.as_deref() {
+            Some(n) if !n.is_empty() => n.to_vec(),
+            _ => vec![String::new()],
+        };
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                let (res, sub) = resource.split_once('/').unwrap_or((resource, ""));
+                for name in &names {
+                    for verb in &rule.verbs {
+                        let a = Attributes::Resource {
+                            verb: verb.clone(),
+                            group: group.clone(),
+                            resource: res.into(),
+                            subresource: sub.into(),
+                            namespace: String::new(),
+                            name: name.clone(),
+                        };
+                        if allowed(&a) {
+                            continue;
+                        }
+                        let key = (group.clone(), resource.clone(), name.clone());
+                        match missing.iter_mut().find(|(k, _)| *k == key) {
+                            Some((_, verbs)) if !verbs.contains(verb) => verbs.push(verb.clone()),
+                            Some(_) => {}
+                            None => missing.push((key, vec![verb.clone()])),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for ((group, resource, name), verbs) in missing {
+        let mut parts = vec![
+            format!("APIGroups:{}", q(&[group])),
+            format!("Resources:{}", q(&[resource])),
+        ];
+        if !name.is_empty() {
+            parts.push(format!("ResourceNames:{}", q(&[name])));
+        }
+        parts.push(format!("Verbs:{}", q(&verbs)));
+        lines.insert(format!("{{{}}}", parts.join(", ")));
+    }
+    lines.into_iter().collect()
+}
+
 /// Every rule that applies to the user in `namespace`, and whether some binding named a
 /// missing role (`SelfSubjectRulesReview`'s `incomplete`).
 pub fn rules_for(user: &UserInfo, namespace: &str, p: &Policy) -> (Vec<PolicyRule>, bool) {
-    if user.groups.iter().any(|g| g == MASTERS) {
+    if is_privileged(user) {
         let all = |v: &str| Some(vec![v.to_string()]);
         return (
             vec![

@@ -24,8 +24,8 @@ pub struct State {
     pub alloc: Mutex<()>,
     /// Whether requests are authorized with RBAC.
     pub rbac: bool,
-    /// The RBAC objects last authorized with and the policy built from them.
-    pub rbac_cache: Mutex<Option<crate::authz::PolicyCache>>,
+    /// The policy last compiled from the RBAC objects, and the store's RBAC generation then.
+    pub rbac_cache: std::sync::RwLock<Option<crate::authz::PolicyCache>>,
     /// The JSON of the objects lists and watches send, made once per object version.
     pub serial: crate::serial::Cache,
     pub bookmark_interval: Duration,
@@ -229,7 +229,7 @@ impl RunningServer {
             cidrs: opts.service_cidrs,
             alloc: Mutex::new(()),
             rbac: opts.rbac,
-            rbac_cache: Mutex::new(None),
+            rbac_cache: std::sync::RwLock::new(None),
             serial: Default::default(),
             bookmark_interval: opts.bookmark_interval,
             shutdown,

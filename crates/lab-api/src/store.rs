@@ -7,8 +7,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
+
+/// The API group of Role, ClusterRole, RoleBinding and ClusterRoleBinding: writes to it bump
+/// [`Store::rbac_generation`].
+pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 /// Where an object lives. The version is not part of it: all versions of a resource share storage.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -82,6 +87,9 @@ struct Inner {
 pub struct Store {
     inner: Mutex<Inner>,
     events: broadcast::Sender<Arc<Event>>,
+    /// Bumped by every committed write to an RBAC object, so the authorizer rebuilds its
+    /// compiled policy only when one changed.
+    rbac_generation: AtomicU64,
 }
 
 pub fn object_rv(obj: &Value) -> Option<u64> {
@@ -124,7 +132,14 @@ impl Store {
                 persist,
             }),
             events,
+            rbac_generation: AtomicU64::new(0),
         })
+    }
+
+    /// How many writes to RBAC objects were committed. Read it before listing them: a list
+    /// taken after reading `g` holds at least every write counted in `g`.
+    pub fn rbac_generation(&self) -> u64 {
+        self.rbac_generation.load(Ordering::Acquire)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -195,6 +210,11 @@ impl Store {
             })?;
         }
         inner.rv = rv;
+        if key.group == RBAC_GROUP {
+            // Under the store lock: a list taken after reading the new value waits for this
+            // commit to finish, so it sees the change.
+            self.rbac_generation.fetch_add(1, Ordering::AcqRel);
+        }
         let object = match &stored {
             Some(o) => {
                 inner.objects.insert(key.clone(), o.clone());
@@ -289,5 +309,51 @@ impl Store {
         let mut inner = self.lock();
         inner.history.clear();
         inner.horizon = inner.rv + 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key(group: &str, resource: &str, name: &str) -> Key {
+        Key {
+            group: group.into(),
+            resource: resource.into(),
+            namespace: "d".into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn only_rbac_writes_bump_the_rbac_generation() {
+        let store = Store::open(None).unwrap();
+        let obj = || json!({"metadata": {"name": "x", "namespace": "d"}});
+        let cm = key("", "configmaps", "x");
+        store.create(&cm, obj()).unwrap();
+        store.update(&cm, None, obj()).unwrap();
+        store.delete(&cm, None).unwrap();
+        assert_eq!(store.rbac_generation(), 0);
+        let mut seen = 0;
+        for resource in [
+            "roles",
+            "rolebindings",
+            "clusterroles",
+            "clusterrolebindings",
+        ] {
+            let k = key(RBAC_GROUP, resource, "x");
+            store.create(&k, obj()).unwrap();
+            store.update(&k, None, obj()).unwrap();
+            store.delete(&k, None).unwrap();
+            assert_eq!(store.rbac_generation(), seen + 3, "{resource}");
+            seen += 3;
+        }
+        // A refused write is no change.
+        let k = key(RBAC_GROUP, "roles", "y");
+        store.create(&k, obj()).unwrap();
+        assert!(store.create(&k, obj()).is_err());
+        assert!(store.update(&k, Some(1), obj()).is_err());
+        assert_eq!(store.rbac_generation(), seen + 1);
     }
 }

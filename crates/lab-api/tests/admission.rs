@@ -15,18 +15,30 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Answers AdmissionReviews: denies Pods labelled `deny`, adds `mutated: "yes"` to the others.
+/// Answers AdmissionReviews: denies Pods labelled `deny`, adds `mutated: "yes"` to the others
+/// and records who asked (the review's `userInfo`) in the annotations `requested-by` and
+/// `requested-by-groups`.
 fn review(req: &Value) -> Value {
     let r = &req["request"];
     let labels = &r["object"]["metadata"]["labels"];
     let response = if labels.get("deny").is_some() {
         json!({"uid": r["uid"], "allowed": false, "status": {"code": 403, "reason": "Forbidden", "message": "no thanks"}})
     } else {
-        let op = if labels.is_object() {
+        let mut op = if labels.is_object() {
             json!([{"op": "add", "path": "/metadata/labels/mutated", "value": "yes"}])
         } else {
             json!([{"op": "add", "path": "/metadata/labels", "value": {"mutated": "yes"}}])
         };
+        let groups: Vec<&str> = r["userInfo"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        op.as_array_mut().unwrap().push(
+            json!({"op": "add", "path": "/metadata/annotations", "value": {
+            "requested-by": r["userInfo"]["username"], "requested-by-groups": groups.join(",")}}),
+        );
         let patch = base64::engine::general_purpose::STANDARD.encode(op.to_string());
         json!({"uid": r["uid"], "allowed": true, "patchType": "JSONPatch", "patch": patch})
     };
@@ -144,7 +156,34 @@ async fn webhook_patches_and_denies_pods() {
         .unwrap();
     assert_eq!(p.metadata.labels.unwrap()["mutated"], "yes");
     let stored = pods.get("a").await.unwrap();
-    assert_eq!(stored.metadata.labels.unwrap()["mutated"], "yes");
+    assert_eq!(stored.metadata.labels.as_ref().unwrap()["mutated"], "yes");
+    // The webhook sees who asked: the admin, and an impersonated user as that user.
+    let by = |p: &Pod| {
+        let a = p.metadata.annotations.clone().unwrap_or_default();
+        (a["requested-by"].clone(), a["requested-by-groups"].clone())
+    };
+    assert_eq!(
+        by(&stored),
+        (
+            "lab-admin".into(),
+            "system:masters,system:authenticated".into()
+        )
+    );
+    let mut as_alice = server.kube_config().await.unwrap();
+    as_alice.auth_info.impersonate = Some("alice".into());
+    as_alice.auth_info.impersonate_groups = Some(vec!["system:masters".into(), "team-a".into()]);
+    let alice: Api<Pod> = Api::namespaced(kube::Client::try_from(as_alice).unwrap(), "default");
+    let p = alice
+        .create(&PostParams::default(), &pod("by-alice", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(
+        by(&p),
+        (
+            "alice".into(),
+            "system:masters,team-a,system:authenticated".into()
+        )
+    );
 
     match pods
         .create(&PostParams::default(), &pod("b", json!({"deny": "1"})))

@@ -747,9 +747,30 @@ async fn tokens_authenticate_and_rbac_authorizes() {
     let server = Server::start(Options::default()).await.unwrap();
     let admin = server.client().await.unwrap();
     let base = server.kube_config().await.unwrap();
-    let anon_ns: Api<Namespace> = Api::all(token_client(&base, None));
+    // No credentials: system:anonymous, whom RBAC allows only the public info.
+    let anonymous = token_client(&base, None);
+    let anon_ns: Api<Namespace> = Api::all(anonymous.clone());
     assert_eq!(
-        api_code(anon_ns.list(&ListParams::default()).await.unwrap_err()),
+        api_status(anon_ns.list(&ListParams::default()).await.unwrap_err()),
+        (
+            403,
+            "namespaces is forbidden: User \"system:anonymous\" cannot list resource \"namespaces\" in API group \"\" at the cluster scope".into()
+        )
+    );
+    assert!(anonymous.apiserver_version().await.is_ok());
+    let healthz = http::Request::get("/healthz").body(Vec::new()).unwrap();
+    assert_eq!(anonymous.request_text(healthz).await.unwrap(), "ok");
+    assert_eq!(
+        api_status(anonymous.list_api_groups().await.unwrap_err()),
+        (
+            403,
+            "forbidden: User \"system:anonymous\" cannot get path \"/apis\"".into()
+        )
+    );
+    // A token that does not authenticate is refused, not taken as anonymous.
+    let bad: Api<Namespace> = Api::all(token_client(&base, Some("not-a-token")));
+    assert_eq!(
+        api_code(bad.list(&ListParams::default()).await.unwrap_err()),
         401
     );
     // The admin token is cluster-admin, like the kubeconfig's certificate.
@@ -790,6 +811,24 @@ async fn tokens_authenticate_and_rbac_authorizes() {
             "services \"kubernetes\" is forbidden: User \"system:serviceaccount:default:ghostwire-switch\" cannot get resource \"services\" in API group \"\" in the namespace \"default\"".into()
         )
     );
+    // A new Role and binding are honoured by the very next request, and so is a change to the
+    // Role's rules (the authorizer's compiled policy follows every RBAC write).
+    apply_yaml(
+        &admin,
+        "default",
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: svc-get}\nrules: [{apiGroups: [''], resources: [services], verbs: [get]}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: svc-get}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: svc-get}\nsubjects: [{kind: ServiceAccount, name: ghostwire-switch}]",
+    )
+    .await;
+    assert!(svcs.get("kubernetes").await.is_ok());
+    let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(admin.clone(), "default");
+    let narrower = Patch::Merge(
+        json!({"rules": [{"apiGroups": [""], "resources": ["services"], "verbs": ["get"], "resourceNames": ["other"]}]}),
+    );
+    roles
+        .patch("svc-get", &PatchParams::default(), &narrower)
+        .await
+        .unwrap();
+    assert_eq!(api_code(svcs.get("kubernetes").await.unwrap_err()), 403);
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     assert!(pods.list(&ListParams::default()).await.is_ok());
     let mut w = pods
@@ -1066,4 +1105,148 @@ async fn native_sidecars_are_kept_and_validated_as_on_1_33() {
         ),
         "{msg}"
     );
+}
+
+#[tokio::test]
+async fn rbac_writes_cannot_grant_what_the_writer_does_not_hold() {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let server = Server::start(Options::default()).await.unwrap();
+    let admin = server.client().await.unwrap();
+    let base = server.kube_config().await.unwrap();
+    // `delegate` may write Roles and RoleBindings in `default` and read ConfigMaps, nothing more.
+    apply_yaml(
+        &admin,
+        "default",
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: delegate}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: rbac-writer}\n\
+         rules: [{apiGroups: [rbac.authorization.k8s.io], resources: [roles, rolebindings], verbs: [get, create, update, patch]},\n\
+                 {apiGroups: [''], resources: [configmaps], verbs: [get, list]}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: rbac-writer}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: rbac-writer}\n\
+         subjects: [{kind: ServiceAccount, name: delegate}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: secrets-reader}\n\
+         rules: [{apiGroups: [''], resources: [secrets], verbs: [get]}]",
+    )
+    .await;
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(admin.clone(), "default");
+    let t = token(&sas, "delegate", json!({})).await.unwrap();
+    let delegate = token_client(&base, Some(&t));
+    let roles: Api<Role> = Api::namespaced(delegate.clone(), "default");
+    let bindings: Api<RoleBinding> = Api::namespaced(delegate.clone(), "default");
+    let role = |name: &str, resource: &str, verbs: &[&str]| -> Role {
+        serde_json::from_value(json!({"metadata": {"name": name},
+            "rules": [{"apiGroups": [""], "resources": [resource], "verbs": verbs}]}))
+        .unwrap()
+    };
+    let binding = |name: &str, role: &str| -> RoleBinding {
+        serde_json::from_value(json!({"metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": "delegate"}]}))
+        .unwrap()
+    };
+    let pp = PostParams::default();
+    let refusal = |what: &str, missing: &str| {
+        format!(
+            "{what} is forbidden: user \"system:serviceaccount:default:delegate\" (groups=[\"system:serviceaccounts\" \"system:serviceaccounts:default\" \"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n{missing}"
+        )
+    };
+
+    // What it holds, it may grant and bind.
+    roles
+        .create(&pp, &role("cm-reader", "configmaps", &["get", "list"]))
+        .await
+        .unwrap();
+    bindings
+        .create(&pp, &binding("cm-reader", "cm-reader"))
+        .await
+        .unwrap();
+    // More than it holds: refused on create, on update, and by binding a stronger Role.
+    assert_eq!(
+        api_status(
+            roles
+                .create(&pp, &role("grab", "secrets", &["get", "delete"]))
+                .await
+                .unwrap_err()
+        ),
+        (
+            403,
+            refusal(
+                "roles.rbac.authorization.k8s.io \"grab\"",
+                "{APIGroups:[\"\"], Resources:[\"secrets\"], Verbs:[\"get\" \"delete\"]}"
+            )
+        )
+    );
+    let wider = Patch::Merge(
+        json!({"rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "delete"]}]}),
+    );
+    assert_eq!(
+        api_status(
+            roles
+                .patch("cm-reader", &PatchParams::default(), &wider)
+                .await
+                .unwrap_err()
+        ),
+        (
+            403,
+            refusal(
+                "roles.rbac.authorization.k8s.io \"cm-reader\"",
+                "{APIGroups:[\"\"], Resources:[\"configmaps\"], Verbs:[\"delete\"]}"
+            )
+        )
+    );
+    assert_eq!(
+        api_status(
+            bindings
+                .create(&pp, &binding("secrets", "secrets-reader"))
+                .await
+                .unwrap_err()
+        ),
+        (
+            403,
+            refusal(
+                "rolebindings.rbac.authorization.k8s.io \"secrets\"",
+                "{APIGroups:[\"\"], Resources:[\"secrets\"], Verbs:[\"get\"]}"
+            )
+        )
+    );
+    assert!(bindings.get("secrets").await.is_err(), "nothing was stored");
+
+    // `bind` on that one Role, and `escalate` on Roles, lift the check, each for its own write.
+    apply_yaml(
+        &admin,
+        "default",
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: delegate-more}\n\
+         rules: [{apiGroups: [rbac.authorization.k8s.io], resources: [roles], verbs: [bind], resourceNames: [secrets-reader]}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: delegate-more}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: delegate-more}\n\
+         subjects: [{kind: ServiceAccount, name: delegate}]",
+    )
+    .await;
+    bindings
+        .create(&pp, &binding("secrets", "secrets-reader"))
+        .await
+        .unwrap();
+    assert_eq!(
+        api_code(
+            roles
+                .create(&pp, &role("grab", "pods", &["delete"]))
+                .await
+                .unwrap_err()
+        ),
+        403
+    );
+    let admin_roles: Api<Role> = Api::namespaced(admin.clone(), "default");
+    admin_roles
+        .patch(
+            "delegate-more",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"rules": [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": ["escalate"]}]})),
+        )
+        .await
+        .unwrap();
+    roles
+        .create(&pp, &role("grab", "pods", &["delete"]))
+        .await
+        .unwrap();
 }
