@@ -21,6 +21,7 @@ mod crd;
 mod discovery;
 pub mod events;
 mod http;
+pub mod kubectl_create;
 mod openapi;
 mod patch;
 mod persist;

@@ -734,157 +734,21 @@ async fn auth_can_i_matrix_impersonation_and_aggregation() {
 }
 
 /// `kubectl create` sends protobuf bodies: every subcommand, `expose`, `run` and `create
-/// token`; what was stored is read back as JSON, field by field.
+/// token`; what was stored is read back as JSON, field by field (`lab_api::kubectl_create`, which
+/// the multi-cluster test runs on each cluster too).
 #[tokio::test]
 async fn every_kubectl_create_subcommand() {
     let s = lab().await;
-    let dir = s.kubeconfig_path().parent().unwrap().to_path_buf();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["shop.example".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
-    std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
-    let crt = format!("--cert={}", dir.join("tls.crt").display());
-    let pem = format!("--key={}", dir.join("tls.key").display());
-    #[rustfmt::skip]
-    let creates: &[&[&str]] = &[
-        &["create", "namespace", "shop"],
-        &["create", "configmap", "cm", "--from-literal=a=1", "--from-literal=b=two"],
-        &["create", "secret", "generic", "gen", "--from-literal=k=v"],
-        &["create", "secret", "tls", "tls", &crt, &pem],
-        &["create", "secret", "docker-registry", "reg", "--docker-server=r.example", "--docker-username=u", "--docker-password=p"],
-        &["create", "serviceaccount", "robot"],
-        &["create", "deployment", "web", "--image=nginx:1.27", "--replicas=2", "--port=80"],
-        &["create", "service", "clusterip", "cip", "--tcp=80:8080"],
-        &["create", "service", "nodeport", "np", "--tcp=81:8081"],
-        &["create", "service", "loadbalancer", "lb", "--tcp=82:http"],
-        &["create", "service", "externalname", "ext", "--external-name=db.example"],
-        &["create", "job", "once", "--image=busybox", "--", "echo", "hi"],
-        &["create", "cronjob", "tick", "--image=busybox", "--schedule=*/5 * * * *", "--", "date"],
-        &["create", "ingress", "ing", "--rule=shop.example/api*=cip:8080"],
-        &["create", "poddisruptionbudget", "pdb", "--selector=app=web", "--min-available=1"],
-        &["create", "priorityclass", "high", "--value=1000", "--description=important"],
-        &["create", "quota", "q", "--hard=cpu=1500m,memory=1Gi,pods=4"],
-        &["create", "role", "reader", "--verb=get,list", "--resource=pods,deployments.apps"],
-        &["create", "rolebinding", "robot-reads", "--role=reader", "--serviceaccount=default:robot"],
-        &["create", "clusterrole", "health", "--verb=get", "--non-resource-url=/healthz"],
-        &["create", "clusterrolebinding", "bob-health", "--clusterrole=health", "--user=bob"],
-        &["expose", "deployment", "web", "--name=web-svc", "--port=80", "--target-port=8080"],
-        &["run", "one", "--image=busybox", "--labels=app=one", "--env=A=1", "--", "sleep", "10"],
-    ];
-    for args in creates {
-        ok(&s, args, None).await;
-    }
-    let get = |kind: &'static str, name: &'static str| {
-        let s = &s;
-        async move {
-            let out = ok(s, &["get", kind, name, "-o", "json"], None).await;
-            serde_json::from_str::<serde_json::Value>(&out).unwrap()
-        }
-    };
-    assert_eq!(
-        get("configmap", "cm").await["data"],
-        json!({"a": "1", "b": "two"})
-    );
-    assert_eq!(get("secret", "gen").await["data"], json!({"k": "dg=="}));
-    let tls = get("secret", "tls").await;
-    assert_eq!(tls["type"], "kubernetes.io/tls");
-    assert!(tls["data"]["tls.crt"].as_str().unwrap().len() > 100);
-    assert_eq!(
-        get("secret", "reg").await["type"],
-        "kubernetes.io/dockerconfigjson"
-    );
-    let web = get("deployment", "web").await;
-    assert_eq!(web["spec"]["replicas"], 2);
-    assert_eq!(
-        web["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"],
-        80
-    );
-    // IntOrString: numbers stay numbers, names stay names.
-    assert_eq!(
-        get("service", "cip").await["spec"]["ports"][0]["targetPort"],
-        8080
-    );
-    assert_eq!(
-        get("service", "lb").await["spec"]["ports"][0]["targetPort"],
-        "http"
-    );
-    assert_eq!(get("service", "np").await["spec"]["type"], "NodePort");
-    assert_eq!(
-        get("service", "ext").await["spec"]["externalName"],
-        "db.example"
-    );
-    assert_eq!(
-        get("service", "web-svc").await["spec"]["ports"][0]["targetPort"],
-        8080
-    );
-    assert_eq!(
-        get("service", "web-svc").await["spec"]["selector"],
-        json!({"app": "web"})
-    );
-    assert_eq!(
-        get("job", "once").await["spec"]["template"]["spec"]["containers"][0]["command"],
-        json!(["echo", "hi"])
-    );
-    assert_eq!(
-        get("cronjob", "tick").await["spec"]["schedule"],
-        "*/5 * * * *"
-    );
-    let ing = get("ingress", "ing").await;
-    assert_eq!(
-        ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["port"]["number"],
-        8080
-    );
-    assert_eq!(get("pdb", "pdb").await["spec"]["minAvailable"], 1);
-    assert_eq!(get("priorityclass", "high").await["value"], 1000);
-    // Quantities as the client wrote them.
-    assert_eq!(
-        get("quota", "q").await["spec"]["hard"],
-        json!({"cpu": "1500m", "memory": "1Gi", "pods": "4"})
-    );
-    assert_eq!(
-        get("role", "reader").await["rules"],
-        json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
-               {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list"]}])
-    );
-    assert_eq!(
-        get("rolebinding", "robot-reads").await["subjects"],
-        json!([{"kind": "ServiceAccount", "name": "robot", "namespace": "default"}])
-    );
-    assert_eq!(
-        get("clusterrole", "health").await["rules"],
-        json!([{"nonResourceURLs": ["/healthz"], "verbs": ["get"]}])
-    );
-    let pod = get("pod", "one").await;
-    assert_eq!(
-        pod["spec"]["containers"][0]["env"],
-        json!([{"name": "A", "value": "1"}])
-    );
-    assert_eq!(pod["spec"]["containers"][0]["args"], json!(["sleep", "10"]));
-    // Creation metadata from the server, not from the protobuf (which carries none).
-    assert!(pod["metadata"]["creationTimestamp"].is_string());
-
-    // `kubectl create token`: a token the API accepts for the account, which may only do what
-    // its RoleBinding grants.
-    let token = ok(&s, &["create", "token", "robot", "--duration=10m"], None).await;
-    let review = format!(
-        "{{\"apiVersion\":\"authentication.k8s.io/v1\",\"kind\":\"TokenReview\",\"spec\":{{\"token\":\"{}\"}}}}",
-        token.trim()
-    );
-    let out = ok(&s, &["create", "-f", "-", "-o", "json"], Some(&review)).await;
-    let out: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(
-        out["status"]["user"]["username"],
-        "system:serviceaccount:default:robot"
-    );
-    let o = kubectl(&s, &["create", "token", "robot", "--duration=5m"], None).await;
-    assert!(
-        !o.ok
-            && o.stderr
-                .contains("may not specify a duration less than 10 minutes"),
-        "{}",
-        o.stderr
-    );
+    let scratch = s.kubeconfig_path().parent().unwrap().to_path_buf();
+    let s = &s;
+    lab_api::kubectl_create::every_create_subcommand(
+        |args, stdin| async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let o = kubectl(s, &args, stdin.as_deref()).await;
+            (o.ok, o.stdout, o.stderr)
+        },
+        &scratch,
+    )
+    .await
+    .unwrap();
 }

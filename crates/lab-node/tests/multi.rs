@@ -46,12 +46,13 @@ fn token_kubeconfig(mc: &MultiCluster, ctx: &str, token: &str) -> std::path::Pat
     path
 }
 
-async fn kubectl_in(
+/// kubectl on context `ctx`: whether it succeeded, its stdout and its stderr.
+async fn kubectl_ctx(
     mc: &MultiCluster,
     ctx: &str,
     args: &[&str],
     stdin: Option<&str>,
-) -> (bool, String) {
+) -> (bool, String, String) {
     use tokio::io::AsyncWriteExt;
     let mut child = tokio::process::Command::new("kubectl")
         .arg("--kubeconfig")
@@ -72,18 +73,29 @@ async fn kubectl_in(
     }
     drop(input);
     let o = child.wait_with_output().await.unwrap();
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
     (
         o.status.success(),
-        if o.status.success() { out } else { out + &err },
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
     )
+}
+
+/// [`kubectl_ctx`] with stderr appended to the output when it failed.
+async fn kubectl_in(
+    mc: &MultiCluster,
+    ctx: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (bool, String) {
+    let (ok, out, err) = kubectl_ctx(mc, ctx, args, stdin).await;
+    (ok, if ok { out } else { out + &err })
 }
 
 /// The kubectl matrix on one context: `kubectl create` kinds (protobuf bodies), reads, label,
 /// annotate, patch, client- and server-side apply with a conflict and `--force-conflicts`,
-/// `auth can-i --as=system:serviceaccount:…` and real requests with that account's token.
-/// Gives the token for the cross-cluster check.
+/// `auth can-i --as=system:serviceaccount:…` and real requests with that account's token, then
+/// every `kubectl create` subcommand ([`lab_api::kubectl_create`]). Gives the token for the
+/// cross-cluster check.
 async fn kubectl_matrix(mc: &MultiCluster, ctx: &str, service_prefix: &str) -> String {
     let run = |args: Vec<&'static str>| async move {
         let (ok, out) = kubectl_in(mc, ctx, &args, None).await;
@@ -115,14 +127,6 @@ async fn kubectl_matrix(mc: &MultiCluster, ctx: &str, service_prefix: &str) -> S
             "--serviceaccount=matrix:reader",
         ],
         vec!["create", "service", "clusterip", "web", "--tcp=80:8080"],
-        vec![
-            "create",
-            "deployment",
-            "web",
-            "--image=nginx:1",
-            "--dry-run=server",
-        ],
-        vec!["run", "p", "--image=nginx:1", "--dry-run=server"],
         vec!["label", "configmap", "cm", "tier=a"],
         vec!["annotate", "configmap", "cm", "note=x"],
         vec![
@@ -275,6 +279,24 @@ async fn kubectl_matrix(mc: &MultiCluster, ctx: &str, service_prefix: &str) -> S
         !ok && out.contains("cannot delete resource"),
         "{ctx}: {out}"
     );
+
+    // Every `kubectl create` subcommand, `expose`, `run` (real objects, not dry runs) and
+    // `create token`, read back field by field: the lab-api check, on this cluster.
+    let scratch = mc
+        .kubeconfig_path()
+        .parent()
+        .unwrap()
+        .join(format!("create-{ctx}"));
+    std::fs::create_dir_all(&scratch).unwrap();
+    lab_api::kubectl_create::every_create_subcommand(
+        |args, stdin| async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            kubectl_ctx(mc, ctx, &args, stdin.as_deref()).await
+        },
+        &scratch,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{ctx}: {e}"));
     token
 }
 
