@@ -5,7 +5,8 @@
 use crate::persist::{Persist, Record};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -77,6 +78,9 @@ fn current(inner: &Inner, key: &Key, expect: Option<u64>) -> Result<Arc<Value>, 
 
 struct Inner {
     objects: BTreeMap<Key, Arc<Value>>,
+    /// Which Service (namespace, name) holds each ClusterIP, kept with every write so that
+    /// allocating one does not read every Service.
+    service_ips: HashMap<IpAddr, (String, String)>,
     rv: u64,
     history: VecDeque<Arc<Event>>,
     /// Watches must start at or after this version; older ones get 410.
@@ -90,6 +94,25 @@ pub struct Store {
     /// Bumped by every committed write to an RBAC object, so the authorizer rebuilds its
     /// compiled policy only when one changed.
     rbac_generation: AtomicU64,
+}
+
+fn is_service(key: &Key) -> bool {
+    key.group.is_empty() && key.resource == "services"
+}
+
+/// The ClusterIPs a stored Service holds (none when headless or ExternalName).
+fn cluster_ips(obj: &Value) -> impl Iterator<Item = IpAddr> + '_ {
+    obj["spec"]["clusterIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str()?.parse().ok())
+}
+
+fn index_service(index: &mut HashMap<IpAddr, (String, String)>, key: &Key, obj: &Value) {
+    for ip in cluster_ips(obj) {
+        index.insert(ip, (key.namespace.clone(), key.name.clone()));
+    }
 }
 
 pub fn object_rv(obj: &Value) -> Option<u64> {
@@ -123,9 +146,14 @@ impl Store {
             None => None,
         };
         let (events, _) = broadcast::channel(4096);
+        let mut service_ips = HashMap::new();
+        for (k, o) in objects.iter().filter(|(k, _)| is_service(k)) {
+            index_service(&mut service_ips, k, o);
+        }
         Ok(Store {
             inner: Mutex::new(Inner {
                 objects,
+                service_ips,
                 rv,
                 history: VecDeque::new(),
                 horizon: rv,
@@ -148,6 +176,11 @@ impl Store {
 
     pub fn current_rv(&self) -> u64 {
         self.lock().rv
+    }
+
+    /// The Service (namespace, name) holding a ClusterIP, if any.
+    pub fn cluster_ip_holder(&self, ip: &IpAddr) -> Option<(String, String)> {
+        self.lock().service_ips.get(ip).cloned()
     }
 
     pub fn get(&self, key: &Key) -> Option<Arc<Value>> {
@@ -214,6 +247,22 @@ impl Store {
             // Under the store lock: a list taken after reading the new value waits for this
             // commit to finish, so it sees the change.
             self.rbac_generation.fetch_add(1, Ordering::AcqRel);
+        }
+        if is_service(key) {
+            if let Some(p) = &prev {
+                for ip in cluster_ips(p) {
+                    if inner
+                        .service_ips
+                        .get(&ip)
+                        .is_some_and(|(ns, name)| *ns == key.namespace && *name == key.name)
+                    {
+                        inner.service_ips.remove(&ip);
+                    }
+                }
+            }
+            if let Some(o) = &stored {
+                index_service(&mut inner.service_ips, key, o);
+            }
         }
         let object = match &stored {
             Some(o) => {
@@ -324,6 +373,28 @@ mod tests {
             namespace: "d".into(),
             name: name.into(),
         }
+    }
+
+    #[test]
+    fn the_cluster_ip_index_follows_service_writes() {
+        let store = Store::open(None).unwrap();
+        let svc = |ips: &[&str]| json!({"metadata": {"name": "x", "namespace": "d"}, "spec": {"clusterIPs": ips}});
+        let k = key("", "services", "x");
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let holder = Some(("d".to_string(), "x".to_string()));
+        store.create(&k, svc(&["10.96.0.5", "fd00::5"])).unwrap();
+        assert_eq!(store.cluster_ip_holder(&ip("10.96.0.5")), holder);
+        assert_eq!(store.cluster_ip_holder(&ip("fd00::5")), holder);
+        store.update(&k, None, svc(&["10.96.0.5"])).unwrap();
+        assert_eq!(store.cluster_ip_holder(&ip("fd00::5")), None);
+        assert_eq!(store.cluster_ip_holder(&ip("10.96.0.5")), holder);
+        // Another resource with the same shape is not a Service.
+        store
+            .create(&key("", "configmaps", "x"), svc(&["10.96.0.6"]))
+            .unwrap();
+        assert_eq!(store.cluster_ip_holder(&ip("10.96.0.6")), None);
+        store.delete(&k, None).unwrap();
+        assert_eq!(store.cluster_ip_holder(&ip("10.96.0.5")), None);
     }
 
     #[test]

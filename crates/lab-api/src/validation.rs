@@ -90,12 +90,12 @@ impl ServiceCidrs {
     /// A free address for a Service that did not ask for one, as kube-apiserver allocates it:
     /// from a random point of the dynamic band (above the static band), scanning upwards, and
     /// only when that band is full from the static band.
-    fn allocate(&self, family: &str, used: &HashSet<IpAddr>) -> Option<IpAddr> {
+    fn allocate(&self, family: &str, used: impl Fn(&IpAddr) -> bool) -> Option<IpAddr> {
         use rand::Rng;
         let size = self.size(family);
         let band = self.static_band(family).max(1);
         let last = size.saturating_sub(1); // the broadcast/last address is never handed out
-        let free = |n: u128| self.nth(family, n).filter(|a| !used.contains(a));
+        let free = |n: u128| self.nth(family, n).filter(|a| !used(a));
         if band < last {
             let start = rand::rng().random_range(band..last);
             // Bounded: a full dynamic band of a /12 is a million misses, checked only then.
@@ -564,6 +564,16 @@ fn service(
     cidrs: &ServiceCidrs,
     causes: &mut Vec<Cause>,
 ) {
+    let me = (
+        obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    );
     let spec = &mut obj["spec"];
     let ty = spec["type"].as_str().unwrap_or("ClusterIP").to_string();
     let types = ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
@@ -768,7 +778,8 @@ fn service(
     }
 
     if !headless {
-        let used = used_ips(store, old);
+        // Taken: held by another Service (this one's own addresses stay its own on update).
+        let used = |ip: &IpAddr| store.cluster_ip_holder(ip).is_some_and(|h| h != me);
         let mine: Vec<IpAddr> = ips.iter().filter_map(parse_ip).collect();
         for (i, ip) in mine.iter().enumerate() {
             let was_mine = old.is_some_and(|o| {
@@ -782,7 +793,7 @@ fn service(
                     &json!(ip.to_string()),
                     format!("failed to allocate IP {ip}: provided IP is not in the valid range. The range of valid IPs is {}", cidrs.range(family_of(*ip))),
                 ));
-            } else if used.contains(ip) && !was_mine {
+            } else if used(ip) && !was_mine {
                 causes.push(Cause::invalid(
                     format!("spec.clusterIPs[{i}]"),
                     &json!(ip.to_string()),
@@ -791,7 +802,9 @@ fn service(
             }
         }
         for f in families.iter().skip(ips.len()) {
-            match cidrs.allocate(f, &used) {
+            match cidrs.allocate(f, |a| {
+                used(a) || ips.iter().any(|v| parse_ip(v) == Some(*a))
+            }) {
                 Some(a) => ips.push(json!(a.to_string())),
                 None if policy == "PreferDualStack" && !ips.is_empty() => {}
                 None => causes.push(Cause::invalid(
@@ -846,22 +859,6 @@ fn service(
     }
 }
 
-/// ClusterIPs of all Services but the one being updated.
-fn used_ips(store: &Store, except: Option<&Value>) -> HashSet<IpAddr> {
-    let uid = except.map(|o| o["metadata"]["uid"].clone());
-    let (all, _) = store.list("", "services", None);
-    all.iter()
-        .filter(|s| uid.as_ref() != Some(&s["metadata"]["uid"]))
-        .flat_map(|s| {
-            s["spec"]["clusterIPs"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .filter_map(|v| parse_ip(&v))
-        .collect()
-}
-
 fn used_node_ports(store: &Store, except: Option<&Value>) -> HashSet<i64> {
     let uid = except.map(|o| o["metadata"]["uid"].clone());
     let (all, _) = store.list("", "services", None);
@@ -898,20 +895,24 @@ mod tests {
         let mut used = HashSet::new();
         // 10.0.0.16 ..= 10.0.0.254 is the dynamic band (239 addresses).
         for _ in 0..239 {
-            let a = c.allocate("IPv4", &used).expect("dynamic band has room");
+            let a = c
+                .allocate("IPv4", |a| used.contains(a))
+                .expect("dynamic band has room");
             let IpAddr::V4(v4) = a else { panic!("{a}") };
             assert!((16..255).contains(&v4.octets()[3]), "{a} is not dynamic");
             assert!(used.insert(a), "{a} handed out twice");
         }
         // Then the static band, never .0.
         for _ in 0..15 {
-            let a = c.allocate("IPv4", &used).expect("static band has room");
+            let a = c
+                .allocate("IPv4", |a| used.contains(a))
+                .expect("static band has room");
             let IpAddr::V4(v4) = a else { panic!("{a}") };
             assert!((1..16).contains(&v4.octets()[3]), "{a}");
             used.insert(a);
         }
-        assert_eq!(c.allocate("IPv4", &used), None);
-        let a6 = c.allocate("IPv6", &HashSet::new()).unwrap();
+        assert_eq!(c.allocate("IPv4", |a| used.contains(a)), None);
+        let a6 = c.allocate("IPv6", |_| false).unwrap();
         assert!(
             u128::from(match a6 {
                 IpAddr::V6(a) => a,
