@@ -16,6 +16,7 @@
 //! exist is NXDOMAIN with the zone's SOA; a name that exists without the asked type is NOERROR with
 //! no answer and the SOA (NODATA). Any other name is not the zone's: the server forwards it.
 
+use crate::rewrite::{self, Rewrite};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -129,6 +130,8 @@ pub struct Zone {
     names: BTreeSet<String>,
     /// Additional records for SRV targets, by target name.
     serial: u32,
+    /// The Corefile's rewrite rules, applied to questions before the lookup.
+    rewrites: Vec<Rewrite>,
 }
 
 fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
@@ -456,9 +459,37 @@ impl Zone {
         })
     }
 
-    /// Answers one question.
+    /// The zone answering through `rewrites` (a Corefile's rules, see [`crate::rewrite`]).
+    pub fn with_rewrites(mut self, rewrites: Vec<Rewrite>) -> Zone {
+        self.rewrites = rewrites;
+        self
+    }
+
+    /// Answers one question; a name a rewrite rule matches is answered from the rewritten name,
+    /// with the answers' owner names rewritten back.
     pub fn lookup(&self, name: &str, qtype: QType) -> Answer {
         let name = name.trim_end_matches('.').to_lowercase();
+        let Some((rule, to)) = rewrite::apply(&self.rewrites, &name) else {
+            return self.lookup_name(name, qtype);
+        };
+        match self.lookup_name(to, qtype) {
+            Answer::Records {
+                answers,
+                additionals,
+            } => {
+                let back = |v: Vec<(String, Rdata)>| -> Vec<(String, Rdata)> {
+                    v.into_iter().map(|(n, r)| (rule.answer(&n), r)).collect()
+                };
+                Answer::Records {
+                    answers: back(answers),
+                    additionals: back(additionals),
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn lookup_name(&self, name: String, qtype: QType) -> Answer {
         let Some(soa) = self.soa_for(&name) else {
             return Answer::NotOurs;
         };
@@ -634,6 +665,31 @@ mod tests {
             Answer::Records { answers, .. } => answers,
             other => panic!("no records: {other:?}"),
         }
+    }
+
+    #[test]
+    fn rewritten_questions_are_answered_under_the_asked_name() {
+        let rules = crate::rewrite::parse_corefile(
+            "cluster.west {\n rewrite continue {\n  name regex (.*)\\.(.*)\\.svc\\.cluster\\.west {1}.{2}.svc.cluster.local\n  answer name (.*)\\.(.*)\\.svc\\.cluster\\.local {1}.{2}.svc.cluster.west\n }\n}\n",
+        )
+        .unwrap();
+        let z = zone().with_rewrites(rules);
+        assert_eq!(
+            answers(z.lookup("web.shop.svc.cluster.west.", QType::A)),
+            [(
+                "web.shop.svc.cluster.west".into(),
+                Rdata::A("10.96.4.7".parse().unwrap())
+            )]
+        );
+        assert!(matches!(
+            z.lookup("nope.shop.svc.cluster.west", QType::A),
+            Answer::NxDomain(_)
+        ));
+        // Without the rules the name is not the cluster's.
+        assert_eq!(
+            zone().lookup("web.shop.svc.cluster.west", QType::A),
+            Answer::NotOurs
+        );
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //! cluster go to the lab's upstream, if it has one (a socket on the host side, e.g. loopback),
 //! else are refused.
 //!
+//! The `coredns` ConfigMap's Corefile, when there is one, gives the server its `rewrite` rules
+//! (e.g. the blocks `ghostwire mirror coredns-config` prints); its other plugins are ignored.
+//!
 //! Each Pod also gets its own `resolv.conf` (by `dnsPolicy`), `hosts` and `nsswitch.conf`, written
 //! under its directory and bind-mounted over `/etc/…` in every container's own mount namespace.
 
@@ -23,6 +26,33 @@ pub const NAMESPACE: &str = "kube-system";
 pub const SERVICE: &str = "kube-dns";
 /// Where the server listens on the node.
 pub const PORT: u16 = 53;
+/// The ConfigMap (in [`NAMESPACE`]) and key holding the Corefile, as kubeadm installs CoreDNS.
+pub const COREDNS_CONFIGMAP: &str = "coredns";
+pub const COREFILE_KEY: &str = "Corefile";
+
+/// The rewrite rules of the `coredns` ConfigMap's Corefile, parsed when its text changes. A
+/// Corefile the lab cannot take is logged and the rules in force stay (CoreDNS's `reload` keeps
+/// the running config when the new one is invalid); no ConfigMap or no key: no rules.
+#[derive(Default)]
+pub struct Corefile {
+    text: Option<String>,
+    rules: Vec<lab_dns::rewrite::Rewrite>,
+}
+
+impl Corefile {
+    pub fn rewrites(&mut self, text: Option<&str>) -> Vec<lab_dns::rewrite::Rewrite> {
+        if self.text.as_deref() != text {
+            match text.map(lab_dns::rewrite::parse_corefile).transpose() {
+                Ok(rules) => self.rules = rules.unwrap_or_default(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "kube-system/coredns: Corefile refused, the previous rules stay")
+                }
+            }
+            self.text = text.map(str::to_string);
+        }
+        self.rules.clone()
+    }
+}
 
 /// The kube-dns Service as kubeadm installs it (dual-stack here, as the lab is).
 pub fn service(net: &lab_net::Network) -> Value {
@@ -167,6 +197,20 @@ mod tests {
             z.lookup("kube-dns.kube-system.svc.cluster.local", lab_dns::QType::A),
             lab_dns::Answer::Records { .. }
         ));
+    }
+
+    #[test]
+    fn a_refused_corefile_keeps_the_rules_in_force() {
+        let good =
+            "cluster.west {\n rewrite name exact a.cluster.west a.shop.svc.cluster.local\n}\n";
+        let mut c = Corefile::default();
+        assert_eq!(c.rewrites(Some(good)).len(), 1);
+        assert_eq!(
+            c.rewrites(Some("cluster.west {\n rewrite name regex ( x\n}\n"))
+                .len(),
+            1
+        );
+        assert!(c.rewrites(None).is_empty());
     }
 
     #[test]

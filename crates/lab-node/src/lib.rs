@@ -58,7 +58,7 @@ pub use logs::NodeLogs;
 pub use multi::{ClusterSpec, MultiCluster, MultiOptions};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::{reflector, watcher};
@@ -580,14 +580,16 @@ async fn on_pod(shared: &Arc<Shared>, p: Pod) {
     tokio::spawn(pod::run(shared.clone(), rt));
 }
 
-/// The endpoints controller and kube-proxy: reflectors on Services, Pods and EndpointSlices;
-/// every change recomputes the slices (writing differences) and the DNAT table (applied when it
-/// changes).
+/// The endpoints controller, kube-proxy and cluster DNS: reflectors on Services, Pods,
+/// EndpointSlices and kube-system's ConfigMaps (the `coredns` one's Corefile gives the DNS its
+/// rewrite rules); every change recomputes the slices (writing differences), the DNAT table
+/// (applied when it changes) and the DNS zone.
 async fn service_loop(shared: Arc<Shared>) {
     let client = shared.client.clone();
     let (svc_r, svc_w) = reflector::store::<Service>();
     let (pod_r, pod_w) = reflector::store::<Pod>();
     let (eps_r, eps_w) = reflector::store::<EndpointSlice>();
+    let (cm_r, cm_w) = reflector::store::<ConfigMap>();
     let kick = Arc::new(tokio::sync::Notify::new());
     let mut streams = tokio::task::JoinSet::new();
     macro_rules! reflect {
@@ -611,13 +613,19 @@ async fn service_loop(shared: Arc<Shared>) {
     reflect!(svc_w, Api::<Service>::all(client.clone()));
     reflect!(pod_w, Api::<Pod>::all(client.clone()));
     reflect!(eps_w, Api::<EndpointSlice>::all(client.clone()));
+    reflect!(
+        cm_w,
+        Api::<ConfigMap>::namespaced(client.clone(), dns::NAMESPACE)
+    );
     if svc_r.wait_until_ready().await.is_err()
         || pod_r.wait_until_ready().await.is_err()
         || eps_r.wait_until_ready().await.is_err()
+        || cm_r.wait_until_ready().await.is_err()
     {
         return;
     }
     let mut applied: Option<String> = None;
+    let mut corefile = dns::Corefile::default();
     let mut serial: u32 = 0;
     loop {
         let to_json = |v: Vec<Arc<_>>| -> Vec<Value> {
@@ -638,9 +646,13 @@ async fn service_loop(shared: Arc<Shared>) {
         let slices: Vec<Value> = to_json(eps_r.state());
         reconcile_slices(&shared, &services, &pods, &slices).await;
         serial = serial.wrapping_add(1);
+        let text = cm_r
+            .get(&reflector::ObjectRef::new(dns::COREDNS_CONFIGMAP).within(dns::NAMESPACE))
+            .and_then(|cm| cm.data.as_ref()?.get(dns::COREFILE_KEY).cloned());
+        let rewrites = corefile.rewrites(text.as_deref());
         shared
             .dns_zone
-            .set(dns::zone(&shared.network, &services, &slices, serial));
+            .set(dns::zone(&shared.network, &services, &slices, serial).with_rewrites(rewrites));
         let rules = proxy::desired(&services, &slices);
         let script = proxy::render(&rules);
         if applied.as_deref() != Some(&script) {
