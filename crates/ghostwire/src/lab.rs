@@ -69,6 +69,11 @@ pub struct UpArgs {
     /// the host's resolver). Unset: such pods get an empty one.
     #[arg(long, env = "GW_LAB_NODE_RESOLV_CONF")]
     node_resolv_conf: Option<PathBuf>,
+    /// The Kubernetes version the API's `/version` reports (default 1.33; what it serves stays
+    /// 1.33's): `1.29`, or with --clusters `NAME=1.29` per cluster. For clients that pick their
+    /// behaviour by version (e.g. `mirror`'s topology fields).
+    #[arg(long = "kubernetes-version", value_name = "[NAME=]VERSION")]
+    kubernetes_versions: Vec<String>,
 }
 
 #[derive(Args)]
@@ -197,6 +202,22 @@ async fn up(args: UpArgs) -> Result<(), Exit> {
     opts.data_dir = args.data_dir;
     opts.dns_upstream = args.dns_upstream;
     opts.node_resolv_conf = args.node_resolv_conf;
+    match args.kubernetes_versions.as_slice() {
+        [] => {}
+        [v] => {
+            opts.kubernetes_version = v
+                .parse()
+                .context("--kubernetes-version")
+                .code(Code::Config)?
+        }
+        more => {
+            return Err(anyhow::anyhow!(
+                "--kubernetes-version given {} times: one lab cluster takes one version",
+                more.len()
+            ))
+            .code(Code::Config);
+        }
+    }
     let cluster = lab_node::Cluster::start(opts)
         .await
         .context("starting the lab cluster (needs root, iproute2 and nftables)")
@@ -297,6 +318,15 @@ async fn up_many(args: UpArgs) -> Result<(), Exit> {
     }
     for (name, zone) in per_cluster::<String>("zone", &args.zones, &args.clusters)? {
         opts.cluster_mut(&name).code(Code::Config)?.zone = zone;
+    }
+    for (name, v) in per_cluster::<lab_api::KubeVersion>(
+        "kubernetes-version",
+        &args.kubernetes_versions,
+        &args.clusters,
+    )? {
+        opts.cluster_mut(&name)
+            .code(Code::Config)?
+            .kubernetes_version = v;
     }
     opts.validate()
         .context("cluster ranges")

@@ -175,7 +175,7 @@ async fn route(state: &Arc<State>, req: Request) -> Result<Response<Body>, ApiEr
                 .body(Full::new(Bytes::from_static(b"ok")).boxed())
                 .expect("static response parts are valid"));
         }
-        ["version"] => return Ok(json_response(200, &discovery::version())),
+        ["version"] => return Ok(json_response(200, &discovery::version(state.version))),
         ["openapi", ..] => return openapi::serve(state, &segs[1..]),
         _ => {}
     }

@@ -43,6 +43,7 @@ mod typed;
 mod validation;
 mod watch;
 
+pub use discovery::{BadVersion, KubeVersion};
 pub use pod_logs::{LogRequest, PodLogError, PodLogs, PodLogsHandle};
 pub use server::RunningServer;
 pub use stream::{ExecRequest, ExecStreams, Kind as StreamKind, PodStreams, PodStreamsHandle};
@@ -74,6 +75,8 @@ pub struct Options {
     /// Authorize requests with RBAC (the default); without it every authenticated request is
     /// allowed (for comparing the cost of authorization).
     pub rbac: bool,
+    /// The version `/version` reports (the API served is 1.33's whatever it says).
+    pub kubernetes_version: KubeVersion,
 }
 
 impl Default for Options {
@@ -87,6 +90,7 @@ impl Default for Options {
             service_cidrs: ServiceCidrs::default(),
             pod_streams: None,
             rbac: true,
+            kubernetes_version: KubeVersion::default(),
         }
     }
 }

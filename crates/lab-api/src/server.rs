@@ -37,6 +37,8 @@ pub struct State {
     pub pod_logs: Option<crate::PodLogsHandle>,
     /// Where `pods/{name}/exec`, `attach` and `portforward` sessions go (the lab node).
     pub pod_streams: Option<crate::PodStreamsHandle>,
+    /// What `/version` reports.
+    pub version: crate::KubeVersion,
 }
 
 fn key(group: &str, resource: &str, ns: &str, name: &str) -> Key {
@@ -229,6 +231,7 @@ impl RunningServer {
             cidrs: opts.service_cidrs,
             alloc: Mutex::new(()),
             rbac: opts.rbac,
+            version: opts.kubernetes_version,
             rbac_cache: std::sync::RwLock::new(None),
             serial: Default::default(),
             bookmark_interval: opts.bookmark_interval,

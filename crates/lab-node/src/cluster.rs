@@ -36,6 +36,8 @@ pub struct ClusterOptions {
     /// The node's resolv.conf for `dnsPolicy: Default` pods (default: none, so such pods
     /// resolve nothing; pass the host's `/etc/resolv.conf` to use the host's resolver).
     pub node_resolv_conf: Option<PathBuf>,
+    /// What the API's `/version` reports (default 1.33; the API served stays 1.33's).
+    pub kubernetes_version: lab_api::KubeVersion,
 }
 
 impl ClusterOptions {
@@ -53,6 +55,7 @@ impl ClusterOptions {
             context: None,
             dns_upstream: None,
             node_resolv_conf: None,
+            kubernetes_version: lab_api::KubeVersion::default(),
         }
     }
 }
@@ -117,6 +120,7 @@ impl Cluster {
                 v6: (net.service_v6.network(), net.service_v6.prefix_len()),
             },
             pod_streams: Some(pods.streams_handle()),
+            kubernetes_version: opts.kubernetes_version,
             ..Default::default()
         })
         .await?;

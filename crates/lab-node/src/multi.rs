@@ -27,6 +27,8 @@ pub struct ClusterSpec {
     pub zone: String,
     /// Where its API listens (host loopback); port 0 picks one.
     pub listen: SocketAddr,
+    /// What its API's `/version` reports (default 1.33).
+    pub kubernetes_version: lab_api::KubeVersion,
 }
 
 /// How to run several clusters.
@@ -87,6 +89,7 @@ impl MultiOptions {
                 network: lab_net::Network::indexed(i as u8),
                 zone: name.to_string(),
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                kubernetes_version: lab_api::KubeVersion::default(),
             });
         }
         Ok(MultiOptions {
@@ -173,6 +176,7 @@ impl MultiCluster {
             c.backoff_initial = opts.backoff_initial;
             c.network = spec.network;
             c.zone = Some(spec.zone.clone());
+            c.kubernetes_version = spec.kubernetes_version;
             c.gated = true;
             c.context = Some(spec.name.clone());
             let spec = spec.clone();
