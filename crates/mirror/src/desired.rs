@@ -767,6 +767,9 @@ mod tests {
             !ann.contains_key(ANNOTATION_TOPOLOGY_MODE)
                 && !ann.contains_key(ANNOTATION_TOPOLOGY_HINTS)
         );
+        let (ann, td) = with(Topology::TopologyMode);
+        assert_eq!((ann[ANNOTATION_TOPOLOGY_MODE].as_str(), td), ("Auto", None));
+        assert!(!ann.contains_key(ANNOTATION_TOPOLOGY_HINTS));
         let (ann, td) = with(Topology::HintsAnnotation);
         assert_eq!(
             (ann[ANNOTATION_TOPOLOGY_HINTS].as_str(), td),

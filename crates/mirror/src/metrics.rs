@@ -79,6 +79,11 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     /// Watch events queued for a pass (the seed's workqueue adds).
     pub queue_adds: Counter,
+    /// How long the oldest queued event waited for the pass that took it (the seed's
+    /// workqueue latency: time in the queue, not the pass's own duration).
+    pub queue_latency_seconds: Histogram,
+    /// Passes with a failed write, retried after a back-off (the seed's workqueue retries).
+    pub queue_retries: Counter,
     /// Requests to each cluster's API (the seed's kube HTTP request count).
     pub api_requests: Family<ApiCodeLabels, Counter>,
     /// Time to each API response's headers (the seed's kube HTTP request duration).
@@ -105,6 +110,8 @@ impl Metrics {
             conflicts: Family::default(),
             queue_depth: Gauge::default(),
             queue_adds: Counter::default(),
+            queue_latency_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            queue_retries: Counter::default(),
             api_requests: Family::default(),
             api_request_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.001, 2.0, 14))
@@ -151,6 +158,16 @@ impl Metrics {
             "queue_adds",
             "Watch events queued for a reconcile pass",
             m.queue_adds.clone(),
+        );
+        r.register(
+            "queue_latency_seconds",
+            "How long the oldest queued event waited for the pass that took it",
+            m.queue_latency_seconds.clone(),
+        );
+        r.register(
+            "queue_retries",
+            "Passes with a failed write, retried after a back-off",
+            m.queue_retries.clone(),
         );
         r.register(
             "api_requests",

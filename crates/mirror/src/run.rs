@@ -97,11 +97,72 @@ impl Watched {
     }
 }
 
+/// The one work queue: watch events are added (they coalesce into one pending pass) and the
+/// loop takes them all at the start of a pass. Its metrics are the seed's workqueue ones:
+/// depth, adds, and latency (how long the oldest event waited for the pass that took it).
+pub struct Queue {
+    kick: Arc<Notify>,
+    oldest: Mutex<Option<Instant>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Queue {
+    pub fn new(metrics: Arc<Metrics>) -> Queue {
+        Queue {
+            kick: Arc::new(Notify::new()),
+            oldest: Mutex::new(None),
+            metrics,
+        }
+    }
+
+    pub fn add(&self) {
+        self.metrics.queue_adds.inc();
+        self.metrics.queue_depth.inc();
+        self.oldest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(Instant::now);
+        self.kick.notify_one();
+    }
+
+    /// Takes everything queued: depth back to 0, the oldest event's wait observed.
+    pub fn take(&self) {
+        self.metrics.queue_depth.set(0);
+        if let Some(t) = self.oldest.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            self.metrics
+                .queue_latency_seconds
+                .observe(t.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// When to run a pass again after one whose writes failed: 2 s, doubling up to 1 min (the
+/// seed's rate limiter); a clean pass resets it.
+#[derive(Default)]
+pub struct Backoff {
+    last: Option<Duration>,
+}
+
+impl Backoff {
+    pub const FIRST: Duration = Duration::from_secs(2);
+    pub const MAX: Duration = Duration::from_secs(60);
+
+    pub fn failed(&mut self) -> Duration {
+        let next = self.last.map_or(Self::FIRST, |d| (d * 2).min(Self::MAX));
+        self.last = Some(next);
+        next
+    }
+
+    pub fn reset(&mut self) {
+        self.last = None;
+    }
+}
+
 fn watch<K>(
     cluster: &str,
     kind: &'static str,
     client: Client,
-    kick: Arc<Notify>,
+    queue: Arc<Queue>,
     metrics: Arc<Metrics>,
     (listed, slot): (Arc<[AtomicBool; 2]>, usize),
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
@@ -132,12 +193,10 @@ where
             match ev {
                 Ok(ev) => {
                     metrics.watch_events.get_or_create(&labels).inc();
-                    metrics.queue_adds.inc();
-                    metrics.queue_depth.inc();
                     if matches!(ev, watcher::Event::InitDone) {
                         listed[slot].store(true, Ordering::SeqCst);
                     }
-                    kick.notify_one();
+                    queue.add();
                 }
                 Err(e) => {
                     metrics
@@ -173,7 +232,8 @@ pub async fn run(
     health: Arc<MirrorHealth>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let kick = Arc::new(Notify::new());
+    let queue = Arc::new(Queue::new(metrics.clone()));
+    let kick = queue.kick.clone();
     let mut clusters: Vec<Watched> = Vec::new();
     let all = std::iter::once((settings.local_name.clone(), opts.local.clone())).chain(
         settings
@@ -194,7 +254,7 @@ pub async fn run(
             &name,
             "Service",
             client.clone(),
-            kick.clone(),
+            queue.clone(),
             metrics.clone(),
             (listed.clone(), 0),
             &mut probes,
@@ -203,7 +263,7 @@ pub async fn run(
             &name,
             "EndpointSlice",
             client.clone(),
-            kick.clone(),
+            queue.clone(),
             metrics.clone(),
             (listed.clone(), 1),
             &mut probes,
@@ -257,9 +317,11 @@ pub async fn run(
         .filter(|d| !d.is_zero())
         .min()
         .unwrap_or(Duration::from_secs(3600));
+    let mut backoff = Backoff::default();
     loop {
         // Every event queued so far is taken by this pass.
-        metrics.queue_depth.set(0);
+        queue.take();
+        let mut retry_in = None;
         {
             let mut unsynced = health.unsynced.lock().unwrap_or_else(|e| e.into_inner());
             for c in &clusters {
@@ -270,15 +332,22 @@ pub async fn run(
         }
         if leader.load(Ordering::SeqCst) {
             let started = Instant::now();
-            rt.pass(&clusters).await;
+            let clean = rt.pass(&clusters).await;
             metrics
                 .reconcile_seconds
                 .observe(started.elapsed().as_secs_f64());
+            if clean {
+                backoff.reset();
+            } else {
+                // Not left to the next event or resync: retried after a back-off.
+                metrics.queue_retries.inc();
+                retry_in = Some(backoff.failed());
+            }
         }
         tokio::select! {
             _ = &mut shutdown => break,
             _ = kick.notified() => {}
-            _ = tokio::time::sleep(resync) => {}
+            _ = tokio::time::sleep(retry_in.unwrap_or(resync).min(resync)) => {}
         }
     }
     for p in probes {
@@ -441,7 +510,9 @@ impl Reconciler<'_> {
         self.seed_endpoints_removed = true;
     }
 
-    async fn pass(&mut self, clusters: &[Watched]) {
+    /// One pass; false when a write failed (the loop retries after a back-off).
+    async fn pass(&mut self, clusters: &[Watched]) -> bool {
+        let mut clean = true;
         if !self.seed_endpoints_removed {
             self.remove_seed_endpoints().await;
         }
@@ -524,7 +595,7 @@ impl Reconciler<'_> {
                 up && (sync || seen.contains(svc) || d.services.contains_key(svc))
             };
             let actions = plan(&d, &mine_svc, &mine_eps, &may_svc, &may_eps);
-            self.apply(actions).await;
+            clean &= self.apply(actions).await;
         }
 
         // Global services over every cluster whose caches are filled.
@@ -571,7 +642,8 @@ impl Reconciler<'_> {
             label(o, desired::LABEL_SLICE_SYNC).is_some_and(|c| deletable_slices.contains(c))
         };
         let actions = plan(&d, &gl_svcs, &gl_eps, &may_svc, &may_eps);
-        self.apply(actions).await;
+        clean &= self.apply(actions).await;
+        clean
     }
 
     async fn event(&self, key: &str, reason: &str, about: &str, message: String) {
@@ -699,7 +771,9 @@ impl Reconciler<'_> {
         }
     }
 
-    async fn apply(&self, actions: Vec<Action>) {
+    /// Writes `actions`; false when one failed.
+    async fn apply(&self, actions: Vec<Action>) -> bool {
+        let mut clean = true;
         let ns = &self.settings.mirror_namespace;
         let svcs: Api<Service> = Api::namespaced(self.local.clone(), ns);
         let eps: Api<EndpointSlice> = Api::namespaced(self.local.clone(), ns);
@@ -761,7 +835,7 @@ impl Reconciler<'_> {
                 }
                 Err(e) => {
                     // A conflict means the cache is behind; the watch event that follows brings
-                    // another pass.
+                    // another pass, and the loop retries after a back-off anyway.
                     self.metrics
                         .errors
                         .get_or_create(&ErrorLabels {
@@ -769,8 +843,71 @@ impl Reconciler<'_> {
                         })
                         .inc();
                     tracing::warn!(verb, kind, error = %e, "mirror write failed");
+                    clean = false;
                 }
             }
         }
+        clean
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(registry: &prometheus_client::registry::Registry) -> String {
+        let mut s = String::new();
+        prometheus_client::encoding::text::encode(&mut s, registry).unwrap();
+        s
+    }
+
+    #[test]
+    fn the_queue_counts_adds_and_observes_the_oldest_events_wait() {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Arc::new(Metrics::new(&mut registry));
+        let q = Queue::new(metrics.clone());
+        q.take(); // nothing queued: nothing observed
+        q.add();
+        q.add();
+        assert_eq!(metrics.queue_depth.get(), 2);
+        q.take();
+        assert_eq!(metrics.queue_depth.get(), 0);
+        let t = text(&registry);
+        assert!(t.contains("ghostwire_mirror_queue_adds_total 2\n"), "{t}");
+        // One pass took both events: one observation, of the first one's wait.
+        assert!(
+            t.contains("ghostwire_mirror_queue_latency_seconds_count 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("# TYPE ghostwire_mirror_queue_latency_seconds histogram"),
+            "{t}"
+        );
+        assert!(
+            t.contains("# TYPE ghostwire_mirror_queue_retries counter"),
+            "{t}"
+        );
+        // The seed exports its watch event count as a gauge; here it is a counter.
+        metrics
+            .watch_events
+            .get_or_create(&WatchLabels {
+                cluster: "west".into(),
+                kind: "Service".into(),
+            })
+            .inc();
+        let t = text(&registry);
+        assert!(
+            t.contains("# TYPE ghostwire_mirror_watch_events counter"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn retries_back_off_from_2s_to_a_minute_and_reset() {
+        let mut b = Backoff::default();
+        let got: Vec<u64> = (0..7).map(|_| b.failed().as_secs()).collect();
+        assert_eq!(got, [2, 4, 8, 16, 32, 60, 60]);
+        b.reset();
+        assert_eq!(b.failed(), Backoff::FIRST);
     }
 }

@@ -1,7 +1,8 @@
 //! The mirror against a three-cluster lab (east is local; west and central are remotes), run
 //! in-process through the library: mirror, update, delete, global services with hints,
-//! conflict, long name, a remote API stopped and black-holed, and a local Pod reaching a remote
-//! Pod through the mirrored ClusterIP.
+//! conflict, long name, a remote API stopped and black-holed, a local Pod reaching a remote
+//! Pod through the mirrored ClusterIP, and resolving `orders.shop.svc.cluster.<remote>` and
+//! `…cluster.global` through the CoreDNS blocks the CLI prints.
 
 mod common;
 
@@ -10,7 +11,7 @@ use k8s_openapi::api::core::v1::{Event, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client};
-use lab_node::scenario::{apply, client_pod, wait_ready};
+use lab_node::scenario::{apply, client_pod, kubectl, wait_ready};
 use lab_node::{ApiState, MultiCluster, MultiOptions};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -154,6 +155,13 @@ async fn mirror_across_three_clusters() {
     )
     .await
     .unwrap();
+    apply(
+        &west,
+        "shop",
+        &service("blocked", json!({"mirror": "true"}), 80),
+    )
+    .await
+    .unwrap();
     let long = "l".repeat(50);
     apply(
         &west,
@@ -182,6 +190,9 @@ async fn mirror_across_three_clusters() {
             json!({"mirrored-svc": "true", "mirror-svc-prefix-sync": "west"}),
         ),
         ("not-ours", json!({"team": "x"})),
+        // Someone else's Service squatting a mirror's name: creating the mirror fails until
+        // it goes, and the pass is retried after a back-off.
+        ("west-shop-73736d-blocked", json!({"team": "x"})),
     ] {
         apply(&east, NS, &service(name, labels, 80)).await.unwrap();
     }
@@ -243,6 +254,27 @@ async fn mirror_across_three_clusters() {
     })
     .await;
     assert!(get_svc(&east, "not-ours").await.is_some());
+    // The squatter: its create fails, the pass is retried (the seed's workqueue retries);
+    // once it is gone, a retry or the delete's event writes the mirror.
+    until("a failed pass retried", || async {
+        let text = replica.metrics_text();
+        let n: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ghostwire_mirror_queue_retries_total "))?
+            .parse()
+            .ok()?;
+        (n > 0).then_some(())
+    })
+    .await;
+    Api::<Service>::namespaced(east.clone(), NS)
+        .delete("west-shop-73736d-blocked", &DeleteParams::default())
+        .await
+        .unwrap();
+    until("the squatted mirror written", || async {
+        let s = get_svc(&east, "west-shop-73736d-blocked").await?;
+        (s.metadata.labels?.get("mirrored-svc").map(String::as_str) == Some("true")).then_some(())
+    })
+    .await;
     until("the seed's Endpoints removed", || async {
         endpoints
             .get_opt("west-shop-73736d-orders")
@@ -373,6 +405,51 @@ async fn mirror_across_three_clusters() {
             assert_eq!(e.zone.as_deref(), Some(want), "{cluster}");
         }
     }
+    // The CoreDNS blocks `ghostwire mirror coredns-config` prints for this config, put in the
+    // local cluster's `coredns` ConfigMap as an operator would: the lab DNS takes its rewrite
+    // rules from there, so a Pod resolves the remote and global names to the mirrors.
+    let config_file = access.dir.join("mirror.json");
+    std::fs::write(&config_file, config.to_string()).unwrap();
+    let out = std::process::Command::new(common::ghostwire_bin())
+        .args(["mirror", "coredns-config", "--config"])
+        .arg(&config_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let corefile = String::from_utf8(out.stdout).unwrap();
+    let coredns: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "coredns"}, "data": {"Corefile": corefile}}),
+    )
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(east.clone(), "kube-system")
+        .create(&Default::default(), &coredns)
+        .await
+        .unwrap();
+    let east_cluster = mc.cluster("east").unwrap();
+    for (name, want) in [
+        ("orders.shop.svc.cluster.west", ip.clone()),
+        ("orders.shop.svc.cluster.global", cluster_ip(&gl)),
+    ] {
+        // `getent ahostsv4` in the Pod (its resolv.conf → kube-dns): `IP STREAM NAME` first.
+        let got = until(name, || async {
+            let (ok, out, _) = kubectl(
+                east_cluster,
+                &[
+                    "exec", "-n", "shop", "client", "--", "getent", "ahostsv4", name,
+                ],
+            )
+            .await;
+            ok.then_some(out)
+        })
+        .await;
+        let first: Vec<&str> = got.lines().next().unwrap().split_whitespace().collect();
+        assert_eq!(first, [want.as_str(), "STREAM", name], "{got}");
+    }
+
     // Conflict (central's port) and the long name: events and metrics.
     let events = until("events", || async {
         let evs = Api::<Event>::namespaced(east.clone(), NS)
@@ -477,6 +554,7 @@ async fn mirror_across_three_clusters() {
         "ghostwire_mirror_api_request_duration_seconds_count{cluster=\"central\",verb=\"WATCH\"}",
         "ghostwire_mirror_api_requests_total{cluster=\"east\",verb=\"POST\",code=\"201\"}",
         "ghostwire_mirror_queue_adds_total",
+        "ghostwire_mirror_queue_latency_seconds_count",
         "ghostwire_mirror_watched_objects{cluster=\"west\",kind=\"Service\"}",
     ] {
         assert!(text.contains(want), "{want}: {text}");

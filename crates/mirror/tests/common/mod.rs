@@ -43,12 +43,17 @@ where
     }
 }
 
+/// Creates namespace `name` (already there is fine: several mirrors may share a cluster).
 pub async fn namespace(c: &Client, name: &str) {
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    Api::<Namespace>::all(c.clone())
+    match Api::<Namespace>::all(c.clone())
         .create(&Default::default(), &ns)
         .await
-        .unwrap();
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("namespace {name}: {e}"),
+    }
 }
 
 pub fn metrics_text(registry: &prometheus_client::registry::Registry) -> String {
