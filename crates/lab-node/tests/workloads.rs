@@ -221,6 +221,63 @@ async fn deployment_rolls_within_its_bounds_and_kubectl_rollout_works() {
         3
     );
 
+    // The official Python client: scale through the scale subresource, then a rolling update
+    // watched through the Deployment's status, every status the API stored is seen: available
+    // never under 3 - maxUnavailable 1, pods never over 3 + maxSurge 2 (a controller that
+    // deletes everything and recreates it shows 0 available).
+    let script = r#"
+import json, sys, time
+from kubernetes import client, config, watch
+config.load_kube_config(config_file=sys.argv[1])
+apps = client.AppsV1Api()
+def done(d):
+    s = d.status
+    return ((s.observed_generation or 0) >= d.metadata.generation and s.updated_replicas == 3
+            and s.available_replicas == 3 and s.replicas == 3)
+apps.patch_namespaced_deployment_scale("web", "default", {"spec": {"replicas": 3}})
+deadline = time.time() + 90
+while not done(apps.read_namespaced_deployment("web", "default")):
+    assert time.time() < deadline, "scaled to 3"
+    time.sleep(0.1)
+apps.patch_namespaced_deployment("web", "default", {"spec": {"template": {"metadata": {
+    "annotations": {"example.com/restarted-by": "python"}}}}})
+min_available, max_replicas, seen = 3, 0, 0
+w = watch.Watch()
+for ev in w.stream(apps.list_namespaced_deployment, "default",
+                   field_selector="metadata.name=web", timeout_seconds=90):
+    d = ev["object"]
+    seen += 1
+    min_available = min(min_available, d.status.available_replicas or 0)
+    max_replicas = max(max_replicas, d.status.replicas or 0)
+    if done(d):
+        w.stop()
+rss = apps.list_namespaced_replica_set("default", label_selector="app=web").items
+print(json.dumps({"done": done(apps.read_namespaced_deployment("web", "default")),
+                  "min_available": min_available, "max_replicas": max_replicas, "seen": seen,
+                  "sizes": sorted(r.spec.replicas for r in rss),
+                  "owners": sorted({o.kind for r in rss for o in r.metadata.owner_references})}))
+"#;
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(cluster.kubeconfig_path())
+        .output()
+        .await
+        .unwrap();
+    let got: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(got["done"], true, "{got}");
+    assert!(
+        got["min_available"].as_i64() >= Some(2),
+        "maxUnavailable 1 broken: {got}"
+    );
+    assert!(
+        got["max_replicas"].as_i64() <= Some(5),
+        "maxSurge 2 broken: {got}"
+    );
+    assert!(got["seen"].as_i64() >= Some(3), "{got}");
+    assert_eq!(got["sizes"], serde_json::json!([0, 0, 0, 3]), "{got}");
+    assert_eq!(got["owners"], serde_json::json!(["Deployment"]), "{got}");
+
     // Foreground deletion: the Deployment goes only after its ReplicaSets and pods.
     ok(
         &cluster,
