@@ -50,6 +50,10 @@ pub struct Tunnel {
     pub mtu: u32,
     /// The DHCP lease, when the address came from DHCP.
     pub lease: Option<crate::dhcp::client::Lease>,
+    /// How long each step of init took, in order (`resolve`, `routes`, `link`, `address`,
+    /// `gateway answers`): logged by the client sidecar when it rebuilds, shown by the heal
+    /// benchmark. Empty for a tunnel found by [`current`].
+    pub steps: Vec<(&'static str, Duration)>,
 }
 
 /// The Pod's own IPv4 (else IPv6) next hop: its default route, or on re-entry the hop of the
@@ -104,6 +108,12 @@ pub struct Found {
     pub vxlan_exists: bool,
 }
 
+/// How many of `defaults` init must delete itself: those on vxlan0 go with the link, which a
+/// rebuild deletes first (deleting one of them again would fail the whole batch).
+pub fn defaults_off_tunnel(defaults: &[NextHop]) -> usize {
+    defaults.iter().filter(|h| h.dev != VXLAN_DEV).count()
+}
+
 /// The `ip -batch` scripts (IPv4/generic and IPv6) that move the Pod onto the tunnel. Pure.
 pub fn route_scripts(
     s: &Settings,
@@ -137,6 +147,16 @@ pub fn route_scripts(
     v4.push_str(&"route del default\n".repeat(f.defaults4));
     v6.push_str(&"route del default\n".repeat(f.defaults6));
     (v4, v6)
+}
+
+/// The cluster DNS servers that GATEWAY_NAME is resolved at: K8S_DNS_IPS, else the
+/// nameservers of the Pod's own resolv.conf (`resolv_conf`, its text).
+pub fn cluster_dns(s: &Settings, resolv_conf: &str) -> Vec<IpAddr> {
+    if s.k8s_dns_ips.is_empty() {
+        resolv_nameservers(resolv_conf)
+    } else {
+        s.k8s_dns_ips.clone()
+    }
 }
 
 /// The nameservers of a resolv.conf.
@@ -175,17 +195,20 @@ pub fn init_with(
         .clone()
         .or(own6.clone())
         .ok_or(ClientError::NoDefaultRoute)?;
-    let dns = if s.k8s_dns_ips.is_empty() {
-        resolv_nameservers(resolv_conf)
-    } else {
-        s.k8s_dns_ips.clone()
+    let dns = cluster_dns(s, resolv_conf);
+    let mut steps = Vec::new();
+    let mut lap = Instant::now();
+    let mut step = |name: &'static str| {
+        steps.push((name, lap.elapsed()));
+        lap = Instant::now();
     };
     let gateway_ip = resolve_gateway(&s.gateway_name, &dns, Duration::from_secs(2))?;
+    step("resolve");
     let found = Found {
         own4,
         own6,
-        defaults4: iproute::default_routes("-4")?.len(),
-        defaults6: iproute::default_routes("-6")?.len(),
+        defaults4: defaults_off_tunnel(&iproute::default_routes("-4")?),
+        defaults6: defaults_off_tunnel(&iproute::default_routes("-6")?),
         vxlan_exists: iproute::link(VXLAN_DEV)?.is_some(),
     };
     let (v4, v6) = route_scripts(s, gateway_ip, &dns, &found);
@@ -199,6 +222,7 @@ pub fn init_with(
     if !left.is_empty() {
         return Err(ClientError::Leak(left.join(", ")));
     }
+    step("routes");
     let underlay_mtu = iproute::link(&own.dev)?
         .and_then(|l| l["mtu"].as_u64())
         .unwrap_or(1500) as u32;
@@ -237,16 +261,22 @@ pub fn init_with(
     };
     iproute::batch("", &script)?;
     iproute::batch("-6", &script6)?;
+    step("link");
     let (addr4, lease) = match addr4 {
         Some(a) => (Some(a), None),
         None => {
-            let l = crate::dhcp::client::obtain(hostname, previous)
-                .map_err(|e| ClientError::Dhcp(e.to_string()))?;
+            let l = match previous {
+                Some(p) => crate::dhcp::client::reacquire(hostname, p),
+                None => crate::dhcp::client::obtain(hostname, None),
+            }
+            .map_err(|e| ClientError::Dhcp(e.to_string()))?;
             (Some(IpNet::V4(l.addr)), Some(l))
         }
     };
+    step("address");
     wait_for_gateway(IpAddr::V4(s.tunnel4.gateway), Duration::from_secs(10))?;
-    tracing::info!(%gateway_ip, ?addr4, ?addr6, mtu, "client tunnel up");
+    step("gateway answers");
+    tracing::info!(%gateway_ip, ?addr4, ?addr6, mtu, ?steps, "client tunnel up");
     Ok(Tunnel {
         gateway_ip,
         own,
@@ -254,6 +284,7 @@ pub fn init_with(
         addr6,
         mtu,
         lease,
+        steps,
     })
 }
 
@@ -311,5 +342,24 @@ pub fn current(s: &Settings) -> Result<Option<Tunnel>, ClientError> {
         addr6: pick(true),
         mtu: link["mtu"].as_u64().unwrap_or(0) as u32,
         lease: None,
+        steps: Vec::new(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_on_the_tunnel_go_with_the_link() {
+        let hop = |dev: &str| NextHop {
+            gateway: None,
+            dev: dev.into(),
+        };
+        // A rebuild meets the DHCP default on vxlan0: `link del vxlan0` takes it away, so a
+        // `route del default` for it would fail the batch (and the rebuild).
+        assert_eq!(defaults_off_tunnel(&[hop(VXLAN_DEV)]), 0);
+        assert_eq!(defaults_off_tunnel(&[hop("eth0"), hop(VXLAN_DEV)]), 1);
+        assert_eq!(defaults_off_tunnel(&[hop("eth0")]), 1);
+    }
 }

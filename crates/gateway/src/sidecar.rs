@@ -195,38 +195,74 @@ pub struct ClientInputs {
     pub resolv_conf: String,
 }
 
-/// Probes the gateway every `probe_interval`; after CONNECTION_RETRY_COUNT failures in a row
-/// rebuilds the tunnel (re-resolving the gateway, asking DHCP for the same address), and
-/// renews the lease at T1. Returns when `stop` is set.
+/// While the tunnel is broken but GATEWAY_NAME still names the same address, the sidecar waits
+/// this long for that gateway to come back (a restarted container keeps its Pod and address,
+/// and then the tunnel works again as it is) before it rebuilds the tunnel anyway.
+pub const SAME_ADDRESS_GRACE: Duration = Duration::from_secs(3);
+/// While the tunnel is broken: how often GATEWAY_NAME is resolved again (and the gateway
+/// probed, with this as the timeout).
+pub const BROKEN_RECHECK: Duration = Duration::from_millis(50);
+
+/// Probes the gateway every `probe_interval`. After CONNECTION_RETRY_COUNT failures in a row
+/// the tunnel is broken: every [`BROKEN_RECHECK`] the sidecar resolves GATEWAY_NAME again and
+/// rebuilds the tunnel (asking DHCP for the same address) as soon as the name points at
+/// another address — a replaced gateway Pod — or, after [`SAME_ADDRESS_GRACE`], anyway; if
+/// the old gateway answers again first, nothing is rebuilt. Renews the lease at T1. Returns
+/// when `stop` is set.
 pub fn client_loop(inp: &ClientInputs, mut tunnel: Tunnel, stop: &AtomicBool, m: &ClientMetrics) {
     let s = &inp.settings;
     let gw = IpAddr::V4(s.tunnel4.gateway);
+    let dns = client::cluster_dns(s, &inp.resolv_conf);
     let mut failures = 0u32;
     let mut seq = 0u16;
     let mut first_failure: Option<Instant> = None;
     m.tunnel_up.set(1);
     while !stop.load(Ordering::Relaxed) {
         seq = seq.wrapping_add(1);
-        let wait = s
-            .probe_interval
-            .clamp(Duration::from_millis(50), Duration::from_secs(1));
         let t0 = Instant::now();
-        match crate::probe::ping(gw, Some(VXLAN_DEV), seq, wait) {
-            Ok(_) => {
-                failures = 0;
-                first_failure = None;
-                m.tunnel_up.set(1);
-                std::thread::sleep(s.probe_interval.saturating_sub(t0.elapsed()));
-            }
-            Err(e) => {
-                m.probe_failures.inc();
-                failures += 1;
-                first_failure.get_or_insert(t0);
-                tracing::debug!(error = %e, failures, "gateway probe failed");
+        if failures < s.connection_retry_count {
+            let wait = s
+                .probe_interval
+                .clamp(Duration::from_millis(50), Duration::from_secs(1));
+            match crate::probe::ping(gw, Some(VXLAN_DEV), seq, wait) {
+                Ok(_) => {
+                    failures = 0;
+                    first_failure = None;
+                    m.tunnel_up.set(1);
+                    std::thread::sleep(s.probe_interval.saturating_sub(t0.elapsed()));
+                }
+                Err(e) => {
+                    m.probe_failures.inc();
+                    failures += 1;
+                    first_failure.get_or_insert(t0);
+                    tracing::debug!(error = %e, failures, "gateway probe failed");
+                }
             }
         }
         if failures >= s.connection_retry_count {
             m.tunnel_up.set(0);
+            let since = first_failure.get_or_insert(t0).elapsed();
+            // Where does the name point now? No answer (no Ready gateway yet) or the same
+            // address: the old tunnel is as good as a new one, so wait for the gateway there.
+            let moved =
+                match client::resolve_gateway(&s.gateway_name, &dns, Duration::from_millis(500)) {
+                    Ok(ip) => ip != tunnel.gateway_ip || since >= SAME_ADDRESS_GRACE,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "gateway name not resolved yet");
+                        false
+                    }
+                };
+            if !moved {
+                if crate::probe::ping(gw, Some(VXLAN_DEV), seq, BROKEN_RECHECK).is_ok() {
+                    tracing::info!(gateway = %tunnel.gateway_ip, took = ?since, "the gateway answers again");
+                    failures = 0;
+                    first_failure = None;
+                    m.tunnel_up.set(1);
+                } else {
+                    std::thread::sleep(BROKEN_RECHECK.saturating_sub(t0.elapsed()));
+                }
+                continue;
+            }
             let previous = tunnel.addr4.and_then(|a| match a.addr() {
                 IpAddr::V4(v) => Some(v),
                 IpAddr::V6(_) => None,
@@ -234,7 +270,7 @@ pub fn client_loop(inp: &ClientInputs, mut tunnel: Tunnel, stop: &AtomicBool, m:
             match rebuild(inp, previous) {
                 Ok(t) => {
                     let took = first_failure.map(|f| f.elapsed()).unwrap_or_default();
-                    tracing::info!(gateway = %t.gateway_ip, addr = ?t.addr4, ?took, "tunnel rebuilt");
+                    tracing::info!(gateway = %t.gateway_ip, addr = ?t.addr4, ?took, steps = ?t.steps, "tunnel rebuilt");
                     if let Some(h) = m
                         .heal_seconds
                         .lock()
@@ -251,7 +287,7 @@ pub fn client_loop(inp: &ClientInputs, mut tunnel: Tunnel, stop: &AtomicBool, m:
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "tunnel rebuild failed; retrying");
-                    std::thread::sleep(Duration::from_millis(100));
+                    std::thread::sleep(BROKEN_RECHECK.saturating_sub(t0.elapsed()));
                 }
             }
             continue;

@@ -24,6 +24,18 @@ pub fn tcp_request(addr: SocketAddr) -> io::Result<String> {
     Ok(String::from_utf8_lossy(&reply).trim_end().to_owned())
 }
 
+/// [`tcp_request`] with every wait bounded by `within` (connect, then each read and write):
+/// for polling a path that may be broken, where a connect whose SYN was lost should be
+/// abandoned and tried afresh rather than wait for the kernel's 1 s SYN retransmission.
+pub fn tcp_request_within(addr: SocketAddr, within: Duration) -> io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, within)?;
+    stream.set_read_timeout(Some(within))?;
+    stream.set_write_timeout(Some(within))?;
+    stream.write_all(b"hello\n")?;
+    let reply = read_to_end(&mut stream)?;
+    Ok(String::from_utf8_lossy(&reply).trim_end().to_owned())
+}
+
 /// Sends one datagram from a fresh socket (so a fresh conntrack entry), returns the trimmed reply.
 pub fn udp_request(addr: SocketAddr) -> io::Result<String> {
     let local: SocketAddr = match addr {

@@ -186,7 +186,7 @@ impl Sockets {
 }
 
 /// The UDP payload of an IPv4 packet to `port`, if it is one.
-fn udp_payload(ip: &[u8], port: u16) -> Option<&[u8]> {
+pub fn udp_payload(ip: &[u8], port: u16) -> Option<&[u8]> {
     if ip.len() < 20 || ip[0] >> 4 != 4 || ip[9] != 17 {
         return None;
     }
@@ -246,23 +246,41 @@ fn configure(l: &Lease) -> Result<(), DhcpError> {
 /// Gets a lease on vxlan0 and configures it. With `previous`, asks for that address first
 /// (INIT-REBOOT), so a Pod keeps its address across tunnel rebuilds and gateway restarts.
 pub fn obtain(hostname: &str, previous: Option<Ipv4Addr>) -> Result<Lease, DhcpError> {
+    obtain_with(hostname, previous, false)
+}
+
+/// [`obtain`] for a tunnel just rebuilt: asks for `previous` and, when nothing at all answers
+/// within 0.4 s, gives up at once. The tunnel then most likely points at a gateway that is
+/// gone (GATEWAY_NAME still named the old Pod): resolving it again is quicker than waiting
+/// through the seconds of a full DISCOVER.
+pub fn reacquire(hostname: &str, previous: Ipv4Addr) -> Result<Lease, DhcpError> {
+    obtain_with(hostname, Some(previous), true)
+}
+
+fn obtain_with(
+    hostname: &str,
+    previous: Option<Ipv4Addr>,
+    quick: bool,
+) -> Result<Lease, DhcpError> {
     let s = open(hostname)?;
     let kinds = [MessageType::Ack, MessageType::Nak];
     if let Some(prev) = previous {
         let mut m = s.message(MessageType::Request, rand_xid(), Ipv4Addr::UNSPECIFIED);
         m.opts_mut().insert(DhcpOption::RequestedIpAddress(prev));
-        if let Ok(r) = s.exchange(
-            &m,
-            Ipv4Addr::BROADCAST,
-            &kinds,
-            3,
-            Duration::from_millis(400),
-            "ACK",
-        ) && r.opts().msg_type() == Some(MessageType::Ack)
-        {
-            let l = lease_of(&r)?;
-            configure(&l)?;
-            return Ok(l);
+        let (tries, each) = if quick {
+            (2, Duration::from_millis(200))
+        } else {
+            (3, Duration::from_millis(400))
+        };
+        match s.exchange(&m, Ipv4Addr::BROADCAST, &kinds, tries, each, "ACK") {
+            Ok(r) if r.opts().msg_type() == Some(MessageType::Ack) => {
+                let l = lease_of(&r)?;
+                configure(&l)?;
+                return Ok(l);
+            }
+            Err(e) if quick => return Err(e),
+            // A NAK (the address is taken), or a slow server: a fresh DISCOVER.
+            _ => {}
         }
     }
     for _ in 0..3 {
