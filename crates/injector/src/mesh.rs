@@ -37,6 +37,8 @@ pub const PROXY_INIT: &str = "ghostwire-proxy-init";
 pub const PROXY_VALIDATE: &str = "ghostwire-proxy-validate";
 pub const PROXY: &str = "ghostwire-proxy";
 pub const ROUTES_VOLUME: &str = "ghostwire-mesh-routes";
+/// The projected token the proxy presents to the controller.
+pub const TOKEN_VOLUME: &str = "ghostwire-mesh-token";
 /// Where the routes ConfigMap is mounted in the proxy.
 pub const ROUTES_PATH: &str = "/etc/ghostwire/mesh";
 /// The uid the validator runs as: neither root nor the proxy's (as linkerd2-proxy-init's).
@@ -224,6 +226,32 @@ impl Capability for Mesh {
                 json!({"name": mesh_config::CONFIG, "value": format!("{ROUTES_PATH}/routes.yaml")}),
             );
         }
+        if !proxy_settings.controller.is_empty() {
+            // A token for the mesh's audience only, bound to this Pod, rotated by the kubelet
+            // (the proxy reads it again on every connect), where GW_MESH_TOKEN says.
+            let path = &proxy_settings.token;
+            let (dir, file) = match (path.parent(), path.file_name()) {
+                (Some(d), Some(f)) if path.is_absolute() && d != std::path::Path::new("/") => {
+                    (d.display().to_string(), f.to_string_lossy().into_owned())
+                }
+                _ => {
+                    return Err(Denial::Annotation {
+                        annotation: "ghostwire.dev/mesh-token".into(),
+                        value: path.display().to_string(),
+                        reason: "expected an absolute file path below a directory, e.g. /var/run/secrets/ghostwire/mesh/token".into(),
+                    });
+                }
+            };
+            out.add_volume(from_json::<Volume>(json!({
+                "name": TOKEN_VOLUME,
+                "projected": {"sources": [{"serviceAccountToken": {
+                    "audience": mesh_config::TOKEN_AUDIENCE,
+                    "expirationSeconds": 3600,
+                    "path": file,
+                }}]},
+            })))?;
+            mounts.push(json!({"name": TOKEN_VOLUME, "mountPath": dir, "readOnly": true}));
+        }
         if w.wanted.contains(&"preview-switch") {
             // The switch's shared volume, read-only: the switch writes, the proxy reads.
             mounts.push(json!({
@@ -381,6 +409,59 @@ mod tests {
             "app-a-routes"
         );
         assert_eq!(doc["spec"]["containers"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_controller_brings_the_projected_token_for_the_mesh_audience() {
+        let doc = patched(&workload(
+            &[
+                (MESH, "true"),
+                (
+                    "ghostwire.dev/mesh-controller",
+                    "http://ghostwire-controller.ghostwire-system:8090",
+                ),
+            ],
+            &[],
+        ));
+        let proxy = &doc["spec"]["initContainers"][2];
+        assert!(proxy["env"].as_array().unwrap().contains(&json!({
+            "name": "GW_MESH_CONTROLLER",
+            "value": "http://ghostwire-controller.ghostwire-system:8090"
+        })));
+        assert!(proxy["volumeMounts"].as_array().unwrap().contains(&json!({
+            "name": TOKEN_VOLUME, "mountPath": "/var/run/secrets/ghostwire/mesh", "readOnly": true
+        })));
+        let volume = doc["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == TOKEN_VOLUME)
+            .unwrap();
+        let token = &volume["projected"]["sources"][0]["serviceAccountToken"];
+        assert_eq!(token["audience"], mesh_config::TOKEN_AUDIENCE);
+        assert_eq!(token["path"], "token");
+        // Without a controller there is no token to mount.
+        let plain = patched(&workload(&[(MESH, "true")], &[]));
+        assert!(
+            plain["spec"]["volumes"]
+                .as_array()
+                .is_none_or(|v| v.iter().all(|v| v["name"] != TOKEN_VOLUME))
+        );
+        // A token path the volume cannot be mounted for is refused, naming the annotation.
+        let w = workload(
+            &[
+                (MESH, "true"),
+                ("ghostwire.dev/mesh-controller", "http://c:8090"),
+                ("ghostwire.dev/mesh-token", "/token"),
+            ],
+            &[],
+        );
+        let pod: Pod =
+            serde_json::from_value(json!({"spec": {"containers": [{"name": "app"}]}})).unwrap();
+        let e = cap()
+            .patch(&pod, &w, &mut PodPatch::new(&pod).unwrap())
+            .unwrap_err();
+        assert!(e.to_string().contains("ghostwire.dev/mesh-token"), "{e}");
     }
 
     #[test]

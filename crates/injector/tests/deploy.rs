@@ -66,7 +66,8 @@ fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
 
 fn structural(obj: &Value) -> Result<bool, String> {
     use k8s_openapi::api::{
-        admissionregistration::v1 as adm, apps::v1 as apps, core::v1 as core, rbac::v1 as rbac,
+        admissionregistration::v1 as adm, apps::v1 as apps, core::v1 as core, policy::v1 as policy,
+        rbac::v1 as rbac,
     };
     let kind = obj["kind"].as_str().unwrap_or_default();
     match (obj["apiVersion"].as_str().unwrap_or_default(), kind) {
@@ -75,6 +76,7 @@ fn structural(obj: &Value) -> Result<bool, String> {
         ("v1", "ConfigMap") => round_trip::<core::ConfigMap>(obj),
         ("v1", "Service") => round_trip::<core::Service>(obj),
         ("apps/v1", "Deployment") => round_trip::<apps::Deployment>(obj),
+        ("policy/v1", "PodDisruptionBudget") => round_trip::<policy::PodDisruptionBudget>(obj),
         ("rbac.authorization.k8s.io/v1", "Role") => round_trip::<rbac::Role>(obj),
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => round_trip::<rbac::ClusterRole>(obj),
         ("rbac.authorization.k8s.io/v1", "RoleBinding") => round_trip::<rbac::RoleBinding>(obj),

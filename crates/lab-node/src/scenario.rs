@@ -72,8 +72,8 @@ pub async fn workload_rbac(client: &kube::Client, ns: &str) -> Result<()> {
 }
 
 /// Applies every object of a multi-document YAML text (e.g. a file of deploy/) in `ns`
-/// (server-side apply, field manager `lab`); any namespaced kind the lab API serves. `what`
-/// names the text in errors.
+/// (server-side apply, field manager `lab`); any kind the lab API serves, cluster-scoped ones
+/// (Namespace, ClusterRole, ClusterRoleBinding) outside `ns`. `what` names the text in errors.
 pub async fn apply_yaml(client: &kube::Client, ns: &str, what: &str, yaml: &str) -> Result<()> {
     use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
     let docs: Vec<Value> = serde_saphyr::from_multiple(yaml).map_err(|e| Error::Io {
@@ -86,8 +86,13 @@ pub async fn apply_yaml(client: &kube::Client, ns: &str, what: &str, yaml: &str)
         let api_version = obj["apiVersion"].as_str().unwrap_or_default();
         let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
         let gvk = GroupVersionKind::gvk(group, version, obj["kind"].as_str().unwrap_or_default());
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk(&gvk));
+        let ar = ApiResource::from_gvk(&gvk);
+        let api: Api<DynamicObject> = if gvk.kind.starts_with("Cluster") || gvk.kind == "Namespace"
+        {
+            Api::all_with(client.clone(), &ar)
+        } else {
+            Api::namespaced_with(client.clone(), ns, &ar)
+        };
         api.patch(name, &pp, &Patch::Apply(obj)).await?;
     }
     Ok(())

@@ -56,10 +56,14 @@ knobs::knobs! {
     DRAIN_TIMEOUT = "GW_MESH_DRAIN_TIMEOUT", "drain-timeout", "10s",
         "Proxy: on SIGTERM, how long in-flight requests may finish before the proxy exits.";
     CONTROLLER = "GW_MESH_CONTROLLER", "controller", "",
-        "Proxy: comma-separated controller addresses (http://HOST:PORT, tried in turn); the routing config then comes from the controller's gRPC stream, not from --routes. Empty: no controller.";
+        "Proxy: comma-separated controller addresses (http://HOST:PORT, tried in turn); the routing config then comes from the controller's gRPC stream, not from --routes. Empty: no controller. The injector then also mounts the projected token.", @"mesh-controller";
     TOKEN = "GW_MESH_TOKEN", "token", "/var/run/secrets/ghostwire/mesh/token",
-        "Proxy: the projected ServiceAccount token (with the mesh's audience) presented to the controller.";
+        "Proxy: the projected ServiceAccount token (with the mesh's audience) presented to the controller; the injector mounts it there when a controller is set.", @"mesh-token";
 }
+
+/// The audience of the projected token the proxy presents to the controller (the controller's
+/// `GW_CONTROLLER_AUDIENCE` default).
+pub const TOKEN_AUDIENCE: &str = "ghostwire-mesh";
 
 /// The IMDS addresses (AWS, GCP, Azure use the IPv4 one; AWS also the IPv6 one).
 pub const IMDS: [&str; 2] = ["169.254.169.254/32", "fd00:ec2::254/128"];

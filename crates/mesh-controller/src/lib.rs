@@ -24,4 +24,4 @@ pub mod settings;
 pub mod watch;
 
 /// The audience of the tokens proxies present, unless configured otherwise.
-pub const DEFAULT_AUDIENCE: &str = "ghostwire-mesh";
+pub const DEFAULT_AUDIENCE: &str = mesh_config::TOKEN_AUDIENCE;

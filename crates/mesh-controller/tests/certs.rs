@@ -327,3 +327,95 @@ async fn renewal_swaps_new_handshakes_and_keeps_open_connections_and_rotation_fo
     running.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The controller's own ServiceAccount with exactly deploy/controller's RBAC can do all it does:
+/// make and read its CA, review tokens, sign, and record an Event on a proxy's Pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_rbac_is_all_the_controller_needs() {
+    let lab = Server::start(Options::default()).await.unwrap();
+    let admin = lab.client().await.unwrap();
+    let rbac = include_str!("../../../deploy/controller/rbac.yaml");
+    let ns = include_str!("../../../deploy/controller/namespace.yaml");
+    lab_node::scenario::apply_yaml(&admin, "ghostwire-system", "namespace.yaml", ns)
+        .await
+        .unwrap();
+    lab_node::scenario::apply_yaml(&admin, "ghostwire-system", "rbac.yaml", rbac)
+        .await
+        .unwrap();
+    let request = serde_json::from_value(serde_json::json!({"spec": {"audiences": []}})).unwrap();
+    let own = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
+        admin.clone(),
+        "ghostwire-system",
+    )
+    .create_token_request("ghostwire-controller", &PostParams::default(), &request)
+    .await
+    .unwrap()
+    .status
+    .unwrap()
+    .token;
+    let base = lab.kube_config().await.unwrap();
+    let mut config = kube::Config::new(base.cluster_url.clone());
+    config.root_cert = base.root_cert.clone();
+    config.auth_info.token = Some(own.into());
+    let client = kube::Client::try_from(config).unwrap();
+
+    let s = CaSettings {
+        namespace: "ghostwire-system".into(),
+        secret: "ghostwire-mesh-ca".into(),
+        ..settings(Duration::from_secs(3600))
+    };
+    // Created, then read again (the second call takes the `get` path).
+    ca::load_or_create(&client, &s).await.unwrap();
+    let (authority, _) = ca::load_or_create(&client, &s).await.unwrap();
+    // A Secret of another name is not the controller's to read.
+    let other = Api::<Secret>::namespaced(client.clone(), "ghostwire-system")
+        .get("something-else")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(other, kube::Error::Api(ref e) if e.code == 403),
+        "{other:?}"
+    );
+
+    let auth = Arc::new(TokenReviewer::new(client.clone(), AUDIENCE));
+    let controller = Controller::new(Model::default(), auth, Metrics::default())
+        .with_ca(CaHandle::new(authority))
+        .with_events(client.clone());
+    let running = start(controller, "127.0.0.1:0".parse().unwrap()).await;
+    let (token, _) = pod_token(&admin, "app-1", &[AUDIENCE]).await;
+    let me = spiffe_id("lab.local", "default", "default");
+    sign(running.addr, &token, csr_for(&me)).await.unwrap();
+    // The watches' list and the Events' create.
+    let model = Model::default();
+    let watching = tokio::spawn(mesh_controller::watch::run(client.clone(), model.clone()));
+    until("the watches' first publish", || model.load().version > 0).await;
+    watching.abort();
+    kube_util::event::record(
+        &client,
+        kube_util::event::Report {
+            component: "ghostwire-controller",
+            warning: true,
+            reason: "ConfigRefused",
+            action: "Push",
+            message: "a test".into(),
+            about: k8s_openapi::api::core::v1::ObjectReference {
+                namespace: Some("default".into()),
+                name: Some("app-1".into()),
+                kind: Some("Pod".into()),
+                ..Default::default()
+            },
+        },
+    )
+    .await;
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(admin.clone(), "default")
+        .list(&Default::default())
+        .await
+        .unwrap();
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("ConfigRefused"))
+    );
+    running.stop().await;
+}
