@@ -18,15 +18,12 @@ fn flips_follow_the_label() {
     let w = Watcher::start(&c, &[]);
     let orders = c.orders.addr_v4(80);
     assert_eq!(c.reaches(orders), "orders");
-    let m = w.metrics();
-    assert_eq!(
-        metric(&m, "ghostwire_jump_state", &[("state", "off")]),
-        Some(1.0)
-    );
-    assert_eq!(
-        metric(&m, "ghostwire_dnat_rules", &[("service", "orders")]),
-        Some(1.0)
-    );
+    // The gauges are set by the first reconcile, which traffic does not wait for.
+    wait_for("first reconcile published", 10, || {
+        let m = w.metrics();
+        metric(&m, "ghostwire_jump_state", &[("state", "off")]) == Some(1.0)
+            && metric(&m, "ghostwire_dnat_rules", &[("service", "orders")]) == Some(1.0)
+    });
 
     c.label(Some("preview"));
     c.wait_reaches(orders, "orders-preview");
