@@ -4,7 +4,8 @@
 //! - list of 10,000 Services (the whole JSON reply read, not decoded, and decoded by kube-rs);
 //! - one Service write fanned out to 100 watchers (time until every watcher has it).
 //!
-//! `cargo bench -p lab-api --bench scale`
+//! `cargo bench -p lab-api --bench scale`; `GW_BENCH_ROUNDS` (default 5) and `GW_BENCH_LISTS`
+//! (default 20) shorten a run.
 
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
@@ -16,8 +17,26 @@ use std::time::{Duration, Instant};
 
 const SERVICES: usize = 10_000;
 const GETS: usize = 10_000;
-const ROUNDS: usize = 5;
-const LISTS: usize = 20;
+
+/// This process's resident set (both servers, the clients and the runtime), in MiB.
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// A count from the environment, or its default.
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 const WATCHERS: usize = 100;
 const WRITES: usize = 200;
 const CONCURRENCY: usize = 16;
@@ -103,6 +122,8 @@ fn rate(n: usize, d: Duration) -> f64 {
 
 #[tokio::main]
 async fn main() {
+    let rounds = knob("GW_BENCH_ROUNDS", 5);
+    let lists = knob("GW_BENCH_LISTS", 20);
     // RBAC on and off, side by side: 100 Services each is enough for gets.
     let on = Server::start(Options::default()).await.unwrap();
     let off = Server::start(Options {
@@ -117,41 +138,53 @@ async fn main() {
     gets(&c_on).await;
     gets(&c_off).await;
     let (mut t_on, mut t_off) = (Duration::ZERO, Duration::ZERO);
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         t_on += gets(&c_on).await;
         t_off += gets(&c_off).await;
     }
-    let (r_on, r_off) = (rate(GETS * ROUNDS, t_on), rate(GETS * ROUNDS, t_off));
+    let (r_on, r_off) = (rate(GETS * rounds, t_on), rate(GETS * rounds, t_off));
     println!(
-        "get Service as a ServiceAccount token ({CONCURRENCY} concurrent, {ROUNDS}×{GETS} each, alternating): RBAC on {r_on:.0} req/s, off {r_off:.0} req/s, authorization costs {:.1} %",
+        "get Service as a ServiceAccount token ({CONCURRENCY} concurrent, {rounds}×{GETS} each, alternating): RBAC on {r_on:.0} req/s, off {r_off:.0} req/s, authorization costs {:.1} %",
         (1.0 - r_on / r_off) * 100.0
     );
     drop(off);
 
-    // 10,000 Services in one namespace.
+    // 10,000 Services in one namespace, created in chunks of 1,000 so that a create whose cost
+    // grows with the number of Services shows in the per-chunk rates.
     let admin = on.client().await.unwrap();
-    let start = Instant::now();
     let svcs: Api<Service> = Api::namespaced(admin.clone(), "bench");
-    stream::iter(100..SERVICES)
-        .map(|i| {
-            let svcs = svcs.clone();
-            async move {
-                svcs.create(&PostParams::default(), &service(i))
-                    .await
-                    .map(|_| ())
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap();
+    let mut chunks = Vec::new();
+    let total = Instant::now();
+    for chunk in (100..SERVICES).step_by(1_000) {
+        let end = (chunk + 1_000).min(SERVICES);
+        let start = Instant::now();
+        stream::iter(chunk..end)
+            .map(|i| {
+                let svcs = svcs.clone();
+                async move {
+                    svcs.create(&PostParams::default(), &service(i))
+                        .await
+                        .map(|_| ())
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap();
+        chunks.push(format!("{:.0}", rate(end - chunk, start.elapsed())));
+    }
     println!(
-        "create Service: {:.0} req/s",
-        rate(SERVICES - 100, start.elapsed())
+        "create Service ({CONCURRENCY} concurrent, 100 → {SERVICES} Services): {:.0} req/s; per 1,000 in order: {} req/s",
+        rate(SERVICES - 100, total.elapsed()),
+        chunks.join(", ")
+    );
+    println!(
+        "process RSS with {SERVICES} Services stored: {:.1} MiB",
+        rss_mib()
     );
     let start = Instant::now();
     let mut bytes = 0;
-    for _ in 0..LISTS {
+    for _ in 0..lists {
         let req = http::Request::get("/api/v1/namespaces/bench/services")
             .body(Vec::new())
             .unwrap();
@@ -160,16 +193,16 @@ async fn main() {
     println!(
         "list 10,000 Services, reply read whole ({} MB): {:.1} req/s",
         bytes / 1_000_000,
-        rate(LISTS, start.elapsed())
+        rate(lists, start.elapsed())
     );
     let start = Instant::now();
-    for _ in 0..LISTS {
+    for _ in 0..lists {
         let l = svcs.list(&ListParams::default()).await.unwrap();
         assert_eq!(l.items.len(), SERVICES);
     }
     println!(
         "list 10,000 Services, decoded by kube-rs: {:.1} req/s",
-        rate(LISTS, start.elapsed())
+        rate(lists, start.elapsed())
     );
 
     // One write, 100 watchers.
