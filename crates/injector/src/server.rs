@@ -28,8 +28,8 @@ pub struct App {
 /// Bounds of the HTTP edge.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// A client has this long to finish the TLS handshake, and then to send a request's
-    /// headers (HTTP/1.1).
+    /// A client has this long to finish the TLS handshake, then to send its first request's
+    /// headers (HTTP/1.1 and HTTP/2), and then each next request's headers once it started.
     pub header_read_timeout: Duration,
     /// Connections served at once per listener; more wait in the kernel's backlog.
     pub max_connections: u32,
@@ -49,6 +49,55 @@ impl Default for Limits {
             drain_timeout: Duration::from_secs(20),
             api_grace: Duration::from_secs(30),
             api_check_every: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A connection with no request in flight is closed after this long without a new one. Longer
+/// than the API server's own idle timeout for webhook connections (90 s), so that the client,
+/// not the injector, closes an idle connection and no request races the close.
+const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(120);
+
+/// HTTP/2 bounds: an AdmissionReview's headers are small, and the API server sends a few
+/// requests at a time per connection.
+const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
+const H2_MAX_STREAMS: u32 = 64;
+
+/// Requests in flight on one connection, and when the last one began or ended. A request
+/// counts from its complete headers, so a client that never finishes them (an HTTP/2
+/// HEADERS frame waiting for its CONTINUATION, which hyper has no timeout for) stays idle.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    since: std::sync::Mutex<(Instant, bool)>,
+}
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Activity {
+            in_flight: 0.into(),
+            since: std::sync::Mutex::new((Instant::now(), false)),
+        })
+    }
+
+    fn mark(&self) {
+        *self.since.lock().unwrap_or_else(|p| p.into_inner()) = (Instant::now(), true);
+    }
+
+    /// Resolves once no request has been in flight for the first request's header time (or
+    /// [`KEEP_ALIVE_IDLE`] after one was served).
+    async fn idle(&self, first: Duration) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let (at, served) = *self.since.lock().unwrap_or_else(|p| p.into_inner());
+            let limit = if served { KEEP_ALIVE_IDLE } else { first };
+            let busy = self.in_flight.load(Ordering::Acquire) > 0;
+            match limit.checked_sub(at.elapsed()) {
+                Some(left) if !left.is_zero() || busy => {
+                    tokio::time::sleep(left.max(Duration::from_millis(50))).await;
+                }
+                _ if busy => tokio::time::sleep(Duration::from_millis(50)).await,
+                _ => return,
+            }
         }
     }
 }
@@ -157,15 +206,31 @@ async fn connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    use std::sync::atomic::Ordering;
+    let activity = Activity::new();
+    let seen = activity.clone();
     let svc = hyper::service::service_fn(move |req| {
         let app = app.clone();
-        async move { Ok::<_, std::convert::Infallible>(route(app, routes, req).await) }
+        let seen = seen.clone();
+        seen.in_flight.fetch_add(1, Ordering::AcqRel);
+        seen.mark();
+        async move {
+            let response = route(app, routes, req).await;
+            seen.mark();
+            seen.in_flight.fetch_sub(1, Ordering::AcqRel);
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(H2_MAX_HEADER_LIST)
+        .max_concurrent_streams(H2_MAX_STREAMS);
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let stopping = async move {
@@ -176,6 +241,15 @@ async fn connection<I>(
         () = stopping => {
             conn.as_mut().graceful_shutdown();
             conn.await
+        }
+        () = activity.idle(limits.header_read_timeout) => {
+            tracing::debug!("closing an idle connection");
+            conn.as_mut().graceful_shutdown();
+            // A peer that does not read our GOAWAY does not hold the slot either.
+            match tokio::time::timeout(limits.header_read_timeout, conn).await {
+                Ok(ended) => ended,
+                Err(_) => Ok(()),
+            }
         }
     };
     if let Err(e) = ended {

@@ -282,6 +282,39 @@ async fn slow_headers_are_cut_and_connections_are_bounded() {
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
 }
 
+/// HTTP/2 has no header read timeout in hyper: a HEADERS frame whose CONTINUATION never comes
+/// would hold the connection (and its slot) forever. The injector closes a connection that has
+/// had no complete request within the header time, whichever the protocol.
+#[tokio::test]
+async fn unfinished_http2_headers_are_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start_with("h2-bounds", |c| {
+        c.limits.header_read_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let mut slow = tokio::net::TcpStream::connect(h.injector.admin_addr)
+        .await
+        .unwrap();
+    let mut frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // An empty SETTINGS frame, then HEADERS on stream 1 without END_HEADERS (0x4): the
+    // header block (GET http /) is left open for a CONTINUATION that never comes.
+    frames.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    frames.extend_from_slice(&[0, 0, 3, 0x1, 0, 0, 0, 0, 1, 0x82, 0x86, 0x84]);
+    slow.write_all(&frames).await.unwrap();
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        slow.read_to_end(&mut got),
+    )
+    .await;
+    assert!(
+        closed.is_ok(),
+        "an HTTP/2 connection whose headers never finished is still open"
+    );
+    // The server spoke HTTP/2 (its SETTINGS frame came first), so the cut was HTTP/2's.
+    assert!(got.len() >= 9 && got[3] == 0x4, "{got:?}");
+}
+
 #[tokio::test]
 async fn healthz_follows_the_certificate_and_the_api() {
     let h = Harness::start_with("health", |c| {
