@@ -107,6 +107,11 @@ pub struct InjectorArgs {
     /// On SIGTERM, how long the requests in flight get to finish.
     #[arg(long, env = "GW_INJECTOR_DRAIN_TIMEOUT", default_value = "20s", value_parser = duration)]
     pub drain_timeout: Duration,
+    /// A Pod whose owners (ReplicaSet, Deployment, …) cannot be read and that asks for nothing
+    /// by its own annotations: `admit` it unchanged with a warning (an API hiccup does not
+    /// block Pods that never opted in), or `fail` the review (the failurePolicy decides).
+    #[arg(long, env = "GW_INJECTOR_OWNER_READ_FAILURE", default_value = "admit")]
+    pub owner_read_failure: injector::review::OwnerReadFailure,
 }
 
 impl InjectorArgs {
@@ -151,6 +156,7 @@ impl InjectorArgs {
                 drain_timeout: self.drain_timeout,
                 ..Default::default()
             },
+            owner_read_failure: self.owner_read_failure,
         }
     }
 }

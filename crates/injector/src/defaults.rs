@@ -1,6 +1,7 @@
 //! The cluster-wide defaults below the workload annotations: a ConfigMap of `GW_*` keys in the
 //! injector's namespace, read through the API and kept for a short while so that a burst of
-//! Pods costs one read.
+//! Pods costs one read. When a read fails, the last values read are used (an API hiccup does
+//! not block admissions once the ConfigMap has been read).
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
@@ -34,17 +35,26 @@ impl Defaults {
         let Some(name) = &self.name else {
             return Ok(Values::default());
         };
-        if let Some((at, v)) = &*self.cached.lock().unwrap_or_else(|e| e.into_inner())
+        let last = self
+            .cached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some((at, v)) = &last
             && at.elapsed() < self.ttl
         {
             return Ok(v.clone());
         }
-        let data = self
-            .api
-            .get_opt(name)
-            .await?
-            .and_then(|cm| cm.data)
-            .unwrap_or_default();
+        let data = match self.api.get_opt(name).await {
+            Ok(cm) => cm.and_then(|cm| cm.data).unwrap_or_default(),
+            Err(e) => {
+                let Some((_, values)) = last else {
+                    return Err(e);
+                };
+                tracing::warn!(configmap = %name, error = %e, "cannot read the defaults ConfigMap; using the last values read");
+                return Ok(values);
+            }
+        };
         let values = Values::new(data);
         *self.cached.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((Instant::now(), values.clone()));

@@ -69,6 +69,8 @@ pub struct Config {
     pub preview_switch: preview_switch::PreviewSwitch,
     /// Bounds of the HTTP edge (header time, connections, drain) and of the API's grace.
     pub limits: server::Limits,
+    /// A Pod whose owners cannot be read and that asks for nothing by itself: admit or fail.
+    pub owner_read_failure: review::OwnerReadFailure,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +212,7 @@ pub async fn start(config: Config, client: kube::Client) -> Result<Running, Erro
             capabilities,
             owner::Owners::new(client, config.defaults_ttl),
             defaults,
+            config.owner_read_failure,
         ),
         metrics: metrics::Metrics::default(),
         health: health.clone(),

@@ -16,6 +16,9 @@ pub enum Outcome {
     Unchanged,
     /// Refused, with a message naming what to fix.
     Denied,
+    /// Allowed as it came because its owners could not be read and it asks for nothing by
+    /// itself (see [`crate::review::OwnerReadFailure::Admit`]).
+    OwnersUnread,
     /// Not a well-formed AdmissionReview (HTTP 4xx).
     Invalid,
     /// The injector could not decide (API unreachable, …; HTTP 500, so failurePolicy applies).
@@ -29,6 +32,7 @@ impl Outcome {
             Outcome::Injected => "injected",
             Outcome::Unchanged => "unchanged",
             Outcome::Denied => "denied",
+            Outcome::OwnersUnread => "owners_unread",
             Outcome::Invalid => "invalid",
             Outcome::Error => "error",
         }

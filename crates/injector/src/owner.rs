@@ -61,11 +61,12 @@ impl Owners {
         }
     }
 
-    fn cached(&self, uid: &str) -> Option<Node> {
+    /// The kept read of `uid`: fresh only (younger than the TTL), or of any age.
+    fn cached(&self, uid: &str, fresh: bool) -> Option<Node> {
         let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache
             .get(uid)
-            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .filter(|(at, _)| !fresh || at.elapsed() < self.ttl)
             .map(|(_, n)| n.clone())
     }
 
@@ -81,6 +82,8 @@ impl Owners {
     }
 
     /// One owner: from the cache, or read through the API. `None`: gone (or not yet visible).
+    /// When the read fails, an older read of the same owner (same UID) is used instead: a
+    /// rollout during an API hiccup keeps the annotations its first Pods were admitted with.
     async fn node(
         &self,
         namespace: &str,
@@ -89,7 +92,7 @@ impl Owners {
         kind: &str,
         plural: &str,
     ) -> Result<Option<Node>, OwnerError> {
-        if let Some(n) = self.cached(&owner.uid) {
+        if let Some(n) = self.cached(&owner.uid, true) {
             return Ok(Some(n));
         }
         let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
@@ -97,15 +100,21 @@ impl Owners {
             ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), namespace, &resource);
-        let obj = api
-            .get_opt(&owner.name)
-            .await
-            .map_err(|source| OwnerError {
-                kind: kind.into(),
-                namespace: namespace.into(),
-                name: owner.name.clone(),
-                source: Box::new(source),
-            })?;
+        let obj = match api.get_opt(&owner.name).await {
+            Ok(obj) => obj,
+            Err(source) => {
+                if let Some(n) = self.cached(&owner.uid, false) {
+                    tracing::warn!(kind, name = %owner.name, error = %source, "cannot read the owner; using the last read of it");
+                    return Ok(Some(n));
+                }
+                return Err(OwnerError {
+                    kind: kind.into(),
+                    namespace: namespace.into(),
+                    name: owner.name.clone(),
+                    source: Box::new(source),
+                });
+            }
+        };
         // A different UID is a newer object of the same name, not this Pod's owner.
         let Some(obj) = obj.filter(|o| o.metadata.uid.as_deref() == Some(owner.uid.as_str()))
         else {

@@ -29,10 +29,35 @@ pub enum ReviewError {
     Encode(String),
 }
 
+/// What happens to a Pod whose owners cannot be read (the API timed out or refused) when the
+/// Pod asks for nothing by its own labels and annotations or the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OwnerReadFailure {
+    /// Admit it unchanged, with a warning to its creator, a log line and the
+    /// `owners_unread` result: an API hiccup does not block Pods that never opted in, at the
+    /// cost of missing a Pod whose opt-in is only on its Deployment while the API fails.
+    #[default]
+    Admit,
+    /// Fail the review (HTTP 500), so the webhook's failurePolicy decides.
+    Fail,
+}
+
+impl std::str::FromStr for OwnerReadFailure {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "admit" => Ok(Self::Admit),
+            "fail" => Ok(Self::Fail),
+            other => Err(format!("expected \"admit\" or \"fail\", got {other:?}")),
+        }
+    }
+}
+
 pub struct Injector {
     capabilities: Vec<Box<dyn Capability>>,
     owners: owner::Owners,
     defaults: Defaults,
+    owner_read_failure: OwnerReadFailure,
 }
 
 /// The answer to one review: the response body and how it ended.
@@ -46,11 +71,13 @@ impl Injector {
         capabilities: Vec<Box<dyn Capability>>,
         owners: owner::Owners,
         defaults: Defaults,
+        owner_read_failure: OwnerReadFailure,
     ) -> Self {
         Injector {
             capabilities,
             owners,
             defaults,
+            owner_read_failure,
         }
     }
 
@@ -97,12 +124,11 @@ impl Injector {
             .clone()
             .or_else(|| pod.metadata.namespace.clone())
             .unwrap_or_else(|| "default".into());
-        let mut annotations = self.owners.annotations(&namespace, &pod.metadata).await?;
-        annotations.extend(owner::ghostwire_annotations(&pod.metadata));
+        let own = owner::ghostwire_annotations(&pod.metadata);
         let mut workload = Workload {
             labels: pod.metadata.labels.clone().unwrap_or_default(),
             wanted: Vec::new(),
-            annotations,
+            annotations: own.clone(),
             defaults: self
                 .defaults
                 .get()
@@ -110,6 +136,34 @@ impl Injector {
                 .map_err(|e| ReviewError::Defaults(Box::new(e)))?,
             namespace,
         };
+        // The cheap checks first: the Pod's own opt-in decides whether an owner that cannot
+        // be read blocks it.
+        match self
+            .owners
+            .annotations(&workload.namespace, &pod.metadata)
+            .await
+        {
+            Ok(mut from_owners) => {
+                from_owners.extend(own);
+                workload.annotations = from_owners;
+            }
+            Err(e) => {
+                let asks = match self.asks_by_itself(&workload) {
+                    Ok(asks) => asks,
+                    Err(denial) => return Ok((response.deny(denial), Outcome::Denied)),
+                };
+                if asks || self.owner_read_failure == OwnerReadFailure::Fail {
+                    return Err(e.into());
+                }
+                tracing::warn!(namespace = %workload.namespace, pod = %pod_name(&pod), error = %e,
+                    "admitted unchanged: its owners cannot be read and it asks for nothing by itself");
+                let mut response = response;
+                response.warnings = Some(vec![format!(
+                    "ghostwire: admitted without injection: {e}; ghostwire.dev/ annotations on the Pod's owners were not seen"
+                )]);
+                return Ok((response, Outcome::OwnersUnread));
+            }
+        }
         let patch = match self.mutate(&pod, &mut workload) {
             Ok(patch) => patch,
             Err(denial) => {
@@ -138,6 +192,17 @@ impl Injector {
                 Outcome::Unchanged
             },
         ))
+    }
+
+    /// Whether any capability wants the Pod by its own labels and annotations and the
+    /// defaults alone (its owners unread).
+    fn asks_by_itself(&self, workload: &Workload) -> Result<bool, Denial> {
+        for cap in &self.capabilities {
+            if cap.wants(workload)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The patch for a Pod: each wanted capability not injected yet adds its pieces.

@@ -289,3 +289,101 @@ async fn owner_reads_are_cached_by_uid() {
         None
     );
 }
+
+/// With the API gone, owners cannot be read. The Pod's own opt-in is checked first: a Pod that
+/// asks for nothing by itself is admitted unchanged with a warning (`owners_unread`), unless
+/// the policy is `fail`; a Pod that opted in itself fails the review (HTTP 500: the webhook's
+/// failurePolicy decides) rather than be injected without its owners' settings; and a Pod of
+/// an owner read before is admitted from that last read.
+#[tokio::test]
+async fn unreadable_owners_block_only_pods_that_opted_in() {
+    use injector::review::OwnerReadFailure;
+    for policy in [OwnerReadFailure::Admit, OwnerReadFailure::Fail] {
+        let h = Harness::start_with("owners-down", |c| c.owner_read_failure = policy).await;
+        let c = &h.client;
+        namespace(c, "shop").await;
+        let deploy = create(c, "apps/v1", "Deployment", "deployments", json!({
+            "metadata": {"name": "web", "namespace": "shop", "annotations": {"ghostwire.dev/enabled": "true"}},
+            "spec": workload_spec()})).await;
+        let rs = |name: &str, owner: Option<&Value>| {
+            let mut meta = json!({"name": name, "namespace": "shop"});
+            if let Some(o) = owner {
+                meta["ownerReferences"] = owner_ref(o);
+            }
+            create(
+                c,
+                "apps/v1",
+                "ReplicaSet",
+                "replicasets",
+                json!({"metadata": meta, "spec": workload_spec()}),
+            )
+        };
+        let web = rs("web-1", Some(&deploy)).await;
+        let plain = rs("plain-1", None).await;
+        // Read while the API is up: the opt-in on the Deployment is seen.
+        let first = h.admit(owned_pod("web-1-a", &web, json!({}))).await;
+        assert!(first["patch"].is_string(), "{first}");
+
+        let Harness {
+            lab,
+            injector,
+            ca_pem,
+            ..
+        } = h;
+        lab.shutdown().await;
+        let post = async |pod: Value| {
+            let mut https = common::Https::connect(injector.webhook_addr, &ca_pem)
+                .await
+                .unwrap();
+            let (status, body) = https
+                .post("/mutate", common::review("CREATE", pod).to_string())
+                .await;
+            let body: Value = serde_json::from_slice(&body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()));
+            (status, body)
+        };
+
+        // The owner read before: its last read stands in.
+        let (status, again) = post(owned_pod("web-1-b", &web, json!({}))).await;
+        assert_eq!(status, 200, "{again}");
+        assert!(again["response"]["patch"].is_string(), "{again}");
+
+        // Never read, and the Pod asks for nothing by itself.
+        let (status, body) = post(owned_pod("plain-1-a", &plain, json!({}))).await;
+        match policy {
+            OwnerReadFailure::Admit => {
+                assert_eq!(status, 200, "{body}");
+                let r = &body["response"];
+                assert_eq!(r["allowed"], true, "{body}");
+                assert!(r["patch"].is_null(), "{body}");
+                let warning = r["warnings"][0].as_str().unwrap_or_default();
+                assert!(
+                    warning.contains("plain-1") && warning.contains("not seen"),
+                    "{body}"
+                );
+                let (_, metrics) = common::get(injector.admin_addr, "/metrics").await;
+                assert!(
+                    metrics.contains(
+                        "ghostwire_injector_admissions_total{result=\"owners_unread\"} 1"
+                    ),
+                    "{metrics}"
+                );
+            }
+            OwnerReadFailure::Fail => {
+                assert_eq!(status, 500, "{body}");
+                assert!(body.to_string().contains("plain-1"), "{body}");
+            }
+        }
+
+        // The Pod opted in itself: its owners' settings matter, so no guess either way.
+        let (status, body) = post(owned_pod(
+            "plain-1-b",
+            &plain,
+            json!({"ghostwire.dev/enabled": "true"}),
+        ))
+        .await;
+        assert_eq!(status, 500, "{body}");
+        assert!(body.to_string().contains("plain-1"), "{body}");
+        injector.stop().await;
+    }
+}

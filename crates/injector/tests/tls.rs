@@ -74,6 +74,11 @@ async fn self_signed_sets_ca_bundle_and_the_lab_api_calls_the_webhook() {
     // The server presents a certificate the generated CA verifies.
     Https::connect(running.webhook_addr, &ca).await.unwrap();
 
+    // Until the CA is in the caBundle the API server could not verify the injector: not healthy.
+    let (code, body) = common::get(running.admin_addr, "/healthz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("caBundle"), "{body}");
+
     // The configuration appears after the injector started (as with `kubectl apply`), with
     // no caBundle; the injector fills it in.
     let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
@@ -100,6 +105,10 @@ async fn self_signed_sets_ca_bundle_and_the_lab_api_calls_the_webhook() {
         let got = webhooks.get("ghostwire-injector").await.ok()?;
         let bundle = got.webhooks?.first()?.client_config.ca_bundle.clone()?;
         (bundle.0 == ca.as_bytes()).then_some(())
+    })
+    .await;
+    eventually("healthy once the caBundle is written", async || {
+        (common::get(running.admin_addr, "/healthz").await.0 == 200).then_some(())
     })
     .await;
 

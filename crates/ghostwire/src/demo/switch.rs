@@ -290,6 +290,7 @@ pub(super) async fn start_injector(
             sidecars: injector::preview_switch::Sidecars::forced(false),
         },
         limits: Default::default(),
+        owner_read_failure: Default::default(),
     };
     // The webhook's port is only known once the injector is bound: register the configuration
     // first (nothing it selects exists yet), then point it at the injector.

@@ -84,6 +84,7 @@ pub fn config(files: &CertFiles) -> Config {
         defaults_ttl: Duration::ZERO,
         preview_switch: switch(),
         limits: Default::default(),
+        owner_read_failure: Default::default(),
     }
 }
 
