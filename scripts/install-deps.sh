@@ -21,11 +21,17 @@ command -v dnsmasq >/dev/null || need+=(dnsmasq-base)  # the DNS tests' upstream
 command -v tcpdump >/dev/null || need+=(tcpdump)       # the kill-switch test's capture
 command -v dnsperf >/dev/null || need+=(dnsperf)       # the DNS benchmark (lab-dns --bench dnsperf)
 command -v openvpn >/dev/null || need+=(openvpn)       # the gateway's VPN test; the lab's openvpn image (lab-node tests/images.rs)
+command -v ldns-signzone >/dev/null || need+=(ldnsutils)  # the gateway's DNSSEC test signs its own zone
+nsd_missing=0; command -v nsd >/dev/null || { need+=(nsd); nsd_missing=1; }  # ... and serves it
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
+  # The package starts a system nsd; the test runs its own in a lab namespace.
+  if [ "$nsd_missing" -eq 1 ] && command -v systemctl >/dev/null; then
+    systemctl disable --now nsd >/dev/null 2>&1 || true
+  fi
 fi
 # Schema validation of deploy/ (its schemas ship with the package; it runs offline).
 if ! command -v kubernetes-validate >/dev/null; then

@@ -287,6 +287,9 @@ fn dns(seconds: u64, rounds: u64) {
         local_server: None,
         original: "nameserver 10.96.0.10\n".into(),
         resolv_conf: resolv.clone(),
+        dnssec: false,
+        trust_anchor: None,
+        cache_size: 10_000,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let ours = SocketAddr::new(tunnel_ip.into(), 53);

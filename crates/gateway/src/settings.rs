@@ -63,7 +63,9 @@ knobs::knobs! {
     CLIENT_PROBE_INTERVAL = "CLIENT_PROBE_INTERVAL", "client-probe-interval", "150ms",
         "Clients: how often the sidecar probes the gateway through the tunnel. (ghostwire; not in pod-gateway)";
     DNSSEC_TRUST_ANCHOR = "DNSSEC_TRUST_ANCHOR", "dnssec-trust-anchor", "",
-        "File of DS or DNSKEY records used as the DNSSEC trust anchor. Empty: the root zone's. (ghostwire; not in pod-gateway)";
+        "File of DNSKEY records (zone-file syntax) trusted by the DNSSEC validation; a key for a zone other than the root trusts that zone directly. DS records are not accepted. Empty: the root zone's (IANA KSKs 20326 and 38696). (ghostwire; not in pod-gateway)";
+    GATEWAY_DNS_CACHE_SIZE = "GATEWAY_DNS_CACHE_SIZE", "gateway-dns-cache-size", "10000",
+        "Answers the DNS forwarder caches (each for its TTL; negative answers for their SOA minimum). 0: no cache. (ghostwire; not in pod-gateway)";
     GATEWAY_ADMIN_ADDR = "GATEWAY_ADMIN_ADDR", "gateway-admin-addr", "0.0.0.0:8082",
         "Address of /healthz, /readyz and /metrics of the sidecars. (ghostwire; not in pod-gateway)";
 }
@@ -252,6 +254,7 @@ pub struct Settings {
     pub dhcp_lease_time: Duration,
     pub probe_interval: Duration,
     pub dnssec_trust_anchor: Option<PathBuf>,
+    pub dns_cache_size: usize,
     pub admin_addr: std::net::SocketAddr,
 }
 
@@ -461,6 +464,12 @@ impl Settings {
             })?,
             probe_interval: raw.parse(CLIENT_PROBE_INTERVAL, parse_duration)?,
             dnssec_trust_anchor: opt(raw.get(DNSSEC_TRUST_ANCHOR).0).map(PathBuf::from),
+            dns_cache_size: raw.parse(GATEWAY_DNS_CACHE_SIZE, |s| {
+                s.parse::<usize>()
+                    .ok()
+                    .filter(|&n| n <= 10_000_000)
+                    .ok_or_else(|| "expected a number from 0 to 10000000".into())
+            })?,
             admin_addr: raw.parse(GATEWAY_ADMIN_ADDR, |s| {
                 s.parse().map_err(|_| "expected ADDRESS:PORT".into())
             })?,

@@ -74,6 +74,9 @@ impl GatewayState {
             local_server: s.dns_local_server,
             original,
             resolv_conf: resolv_conf.to_path_buf(),
+            dnssec: s.dnssec,
+            trust_anchor: s.dnssec_trust_anchor.clone(),
+            cache_size: s.dns_cache_size,
         };
         let bind = std::net::SocketAddr::new(IpAddr::V4(s.tunnel4.gateway), 53);
         crate::dns::serve(bind, cfg, self.dns.clone(), stop)
@@ -138,6 +141,21 @@ impl prometheus_client::collector::Collector for LeaseCollector {
                 "gateway_dns_reloads",
                 "Upstream reloads after resolv.conf changed",
                 self.1.reloads.load(Ordering::Relaxed),
+            ),
+            (
+                "gateway_dns_cache_hits",
+                "DNS queries answered from the cache",
+                self.1.cache_hits.load(Ordering::Relaxed),
+            ),
+            (
+                "gateway_dns_dnssec_secure",
+                "Upstream answers validated Secure (DNSSEC)",
+                self.1.secure.load(Ordering::Relaxed),
+            ),
+            (
+                "gateway_dns_dnssec_bogus",
+                "Upstream answers that failed DNSSEC validation (answered SERVFAIL)",
+                self.1.bogus.load(Ordering::Relaxed),
             ),
         ] {
             let m = ConstCounter::new(v);

@@ -405,6 +405,9 @@ fn dns_forwarder_splits_local_and_outside_names_and_follows_resolv_conf() {
             dns.ipv4
         ),
         resolv_conf: resolv.clone(),
+        dnssec: false,
+        trust_anchor: None,
+        cache_size: 10_000,
     };
     let counts = Arc::new(gateway::dns::DnsCounts::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -503,5 +506,181 @@ fn dns_forwarder_splits_local_and_outside_names_and_follows_resolv_conf() {
     assert!(counts.reloads.load(Ordering::Relaxed) >= 1);
     stop.store(true, Ordering::SeqCst);
     server.join().unwrap();
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// A child process killed (and reaped) on drop, even when the test fails.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(cmd: &mut std::process::Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/install-deps.sh installs ldnsutils)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// DNSSEC with a zone the test signs itself (ldns-keygen, ldns-signzone) and serves
+/// authoritatively from the lab's internet (nsd), the zone's own key as the trust anchor (no
+/// chain to the root: DNSSEC_TRUST_ANCHOR names a file with that DNSKEY). One record is
+/// changed after signing. Validation on: the good name comes back with AD, the tampered one
+/// is SERVFAIL; validation off: both come back, as nsd serves them.
+#[test]
+fn dnssec_validates_a_self_signed_zone_and_fails_a_tampered_answer() {
+    let mut lab = Lab::new("gw_sec").unwrap();
+    let pod = lab.add_pod("fwd").unwrap();
+    let inet = lab.add_internet().unwrap();
+    let tmp = std::env::temp_dir().join(format!("gw-dnssec-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::write(
+        tmp.join("lab.test.zone"),
+        "$ORIGIN lab.test.\n$TTL 300\n\
+         @ IN SOA ns.lab.test. admin.lab.test. 1 3600 600 86400 60\n\
+         @ IN NS ns.lab.test.\n\
+         ns IN A 203.0.113.53\n\
+         good IN A 198.51.100.1\n\
+         bogus IN A 198.51.100.2\n",
+    )
+    .unwrap();
+    let key = run(std::process::Command::new("ldns-keygen")
+        .current_dir(&tmp)
+        .args(["-a", "ECDSAP256SHA256", "-k", "lab.test."]));
+    run(std::process::Command::new("ldns-signzone")
+        .current_dir(&tmp)
+        .args(["lab.test.zone", &key]));
+    let signed = tmp.join("lab.test.zone.signed");
+    // Tamper: bogus.lab.test's address changes, its signature stays.
+    let text = std::fs::read_to_string(&signed).unwrap();
+    let tampered = text.replace("\tA\t198.51.100.2", "\tA\t198.51.100.66");
+    assert_ne!(
+        text, tampered,
+        "the signed zone has bogus.lab.test's A record"
+    );
+    std::fs::write(&signed, tampered).unwrap();
+    // The trust anchor: the zone's own DNSKEY, as ldns-keygen wrote it.
+    let anchor = tmp.join("anchor.key");
+    std::fs::copy(tmp.join(format!("{key}.key")), &anchor).unwrap();
+    let d = tmp.display();
+    std::fs::write(
+        tmp.join("nsd.conf"),
+        format!(
+            "server:\n  ip-address: 203.0.113.53\n  port: 53\n  zonesdir: \"{d}\"\n  \
+             pidfile: \"{d}/nsd.pid\"\n  database: \"\"\n  xfrdfile: \"{d}/xfrd.state\"\n  \
+             zonelistfile: \"{d}/zone.list\"\n  username: \"\"\n  chroot: \"\"\n  \
+             logfile: \"{d}/nsd.log\"\n  server-count: 1\n\
+             remote-control:\n  control-enable: no\n\
+             zone:\n  name: lab.test\n  zonefile: \"{d}/lab.test.zone.signed\"\n"
+        ),
+    )
+    .unwrap();
+    let _nsd = Child(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", inet.netns().name(), "nsd", "-d", "-c"])
+            .arg(tmp.join("nsd.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nsd (scripts/install-deps.sh installs it)"),
+    );
+    let resolv = tmp.join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 203.0.113.53\n").unwrap();
+    // Two forwarders in the pod: validating on the pod's address, not validating on loopback.
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new(gateway::dns::DnsCounts::default());
+    let forwarders: Vec<_> = [
+        (SocketAddr::new(pod.ipv4.into(), 53), true),
+        (SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 53), false),
+    ]
+    .into_iter()
+    .map(|(bind, dnssec)| {
+        let cfg = gateway::dns::DnsConfig {
+            domains: vec!["local".into()],
+            local_server: None,
+            original: "nameserver 10.96.0.10\n".into(),
+            resolv_conf: resolv.clone(),
+            dnssec,
+            trust_anchor: Some(anchor.clone()),
+            cache_size: 100,
+        };
+        let (stop, ns) = (stop.clone(), pod.netns().clone());
+        let counts = if dnssec {
+            counts.clone()
+        } else {
+            Arc::default()
+        };
+        std::thread::spawn(move || {
+            ns.run(move || gateway::dns::serve(bind, cfg, counts, &stop).unwrap())
+                .unwrap()
+        })
+    })
+    .collect();
+    let dig = |server: String, name: &str| -> String {
+        let out = pod
+            .command("dig")
+            .args([
+                "+time=3",
+                "+tries=1",
+                "+dnssec",
+                "+noall",
+                "+comments",
+                "+answer",
+            ])
+            .arg(format!("@{server}"))
+            .args([name, "A"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let (on, off) = (pod.ipv4.to_string(), "127.0.0.1".to_string());
+    // Wait until nsd and both forwarders answer.
+    let t = Instant::now();
+    while !(dig(on.clone(), "good.lab.test").contains("198.51.100.1")
+        && dig(off.clone(), "good.lab.test").contains("198.51.100.1"))
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no answer for good.lab.test: {} / {} (nsd log: {})",
+            dig(on.clone(), "good.lab.test"),
+            dig(off.clone(), "good.lab.test"),
+            std::fs::read_to_string(tmp.join("nsd.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let flags = |out: &str| {
+        out.lines()
+            .find(|l| l.starts_with(";; flags:"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let good = dig(on.clone(), "good.lab.test");
+    assert!(good.contains("status: NOERROR"), "{good}");
+    assert!(flags(&good).contains(" ad"), "validated: AD set: {good}");
+    let bogus = dig(on.clone(), "bogus.lab.test");
+    assert!(bogus.contains("status: SERVFAIL"), "tampered: {bogus}");
+    assert!(!bogus.contains("198.51.100.66"), "{bogus}");
+    assert!(counts.bogus.load(Ordering::Relaxed) >= 1);
+    assert!(counts.secure.load(Ordering::Relaxed) >= 1);
+    // Validation off: both as served, no AD.
+    let good = dig(off.clone(), "good.lab.test");
+    assert!(!flags(&good).contains(" ad"), "{good}");
+    let bogus = dig(off.clone(), "bogus.lab.test");
+    assert!(bogus.contains("status: NOERROR"), "{bogus}");
+    assert!(bogus.contains("198.51.100.66"), "{bogus}");
+    stop.store(true, Ordering::SeqCst);
+    for f in forwarders {
+        f.join().unwrap();
+    }
     let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -499,6 +499,10 @@ fn client_traffic_and_names_go_through_openvpn_and_nothing_leaves_when_it_dies()
         local_server: None,
         original: "nameserver 10.96.0.10\n".into(),
         resolv_conf: resolv,
+        dnssec: false,
+        trust_anchor: None,
+        // No cache: after the VPN dies, no answer may come from anywhere but the VPN.
+        cache_size: 0,
     };
     let counts = std::sync::Arc::new(gateway::dns::DnsCounts::default());
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

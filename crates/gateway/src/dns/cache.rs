@@ -1,0 +1,353 @@
+//! The forwarder's answer cache: replies keyed by what makes them differ (name, type, class,
+//! and the query's EDNS, DO and CD bits), each kept for the TTL it carries — the smallest TTL
+//! of its answer records, or for a negative answer (NXDOMAIN, or NOERROR without answers) the
+//! smaller of its SOA's TTL and SOA MINIMUM (RFC 2308 §5); a negative answer without an SOA,
+//! a truncated one and any other response code are not kept. At most `capacity` entries: a
+//! full cache drops the entry that expires first (expired ones first of all). Time is passed
+//! in, so the tests step it instead of sleeping.
+
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{DNSClass, LowerName, RData, RecordType};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+/// The longest a positive answer is kept, whatever its TTL (one day).
+pub const MAX_TTL: u32 = 86_400;
+/// The longest a negative answer is kept (three hours, RFC 2308 §5's suggestion).
+pub const MAX_NEGATIVE_TTL: u32 = 10_800;
+
+/// What makes two queries share an answer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    name: LowerName,
+    qtype: RecordType,
+    class: DNSClass,
+    edns: bool,
+    dnssec_ok: bool,
+    checking_disabled: bool,
+}
+
+impl Key {
+    /// The key of `query`'s first question; `None` when it has none.
+    pub fn of(query: &Message) -> Option<Key> {
+        let q = query.queries.first()?;
+        Some(Key {
+            name: LowerName::new(q.name()),
+            qtype: q.query_type(),
+            class: q.query_class(),
+            edns: query.edns.is_some(),
+            dnssec_ok: query.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+            checking_disabled: query.metadata.checking_disabled,
+        })
+    }
+}
+
+/// How long `reply` may be kept, in seconds; `None` when not at all.
+pub fn ttl(reply: &Message) -> Option<u32> {
+    if reply.metadata.truncation {
+        return None;
+    }
+    let positive =
+        reply.metadata.response_code == ResponseCode::NoError && !reply.answers.is_empty();
+    let ttl = if positive {
+        reply.answers.iter().map(|r| r.ttl).min()?.min(MAX_TTL)
+    } else if matches!(
+        reply.metadata.response_code,
+        ResponseCode::NoError | ResponseCode::NXDomain
+    ) {
+        reply
+            .authorities
+            .iter()
+            .find_map(|r| match &r.data {
+                RData::SOA(soa) => Some(r.ttl.min(soa.minimum)),
+                _ => None,
+            })?
+            .min(MAX_NEGATIVE_TTL)
+    } else {
+        return None;
+    };
+    (ttl > 0).then_some(ttl)
+}
+
+#[derive(Debug)]
+struct Entry {
+    reply: Message,
+    stored: Instant,
+    expires: Instant,
+    seq: u64,
+}
+
+/// A bounded TTL cache of replies.
+#[derive(Debug)]
+pub struct Cache {
+    capacity: usize,
+    entries: HashMap<Key, Entry>,
+    by_expiry: BTreeMap<(Instant, u64), Key>,
+    seq: u64,
+}
+
+impl Cache {
+    /// A cache of at most `capacity` replies (0: nothing is kept).
+    pub fn new(capacity: usize) -> Cache {
+        Cache {
+            capacity,
+            entries: HashMap::new(),
+            by_expiry: BTreeMap::new(),
+            seq: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Forgets everything (the upstreams changed).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.by_expiry.clear();
+    }
+
+    fn remove(&mut self, key: &Key) {
+        if let Some(e) = self.entries.remove(key) {
+            self.by_expiry.remove(&(e.expires, e.seq));
+        }
+    }
+
+    /// The reply kept for `key` at `now`, its TTLs lowered by the time it has been kept.
+    pub fn get(&mut self, key: &Key, now: Instant) -> Option<Message> {
+        let e = self.entries.get(key)?;
+        if now >= e.expires {
+            self.remove(key);
+            return None;
+        }
+        let age = u32::try_from(now.duration_since(e.stored).as_secs()).unwrap_or(u32::MAX);
+        let mut reply = e.reply.clone();
+        for r in reply
+            .answers
+            .iter_mut()
+            .chain(reply.authorities.iter_mut())
+            .chain(reply.additionals.iter_mut())
+        {
+            r.ttl = r.ttl.saturating_sub(age);
+        }
+        Some(reply)
+    }
+
+    /// Keeps `reply` for `key` from `now` for as long as its TTL says (see [`ttl`]).
+    pub fn put(&mut self, key: Key, reply: Message, now: Instant) {
+        let Some(ttl) = ttl(&reply) else {
+            return;
+        };
+        if self.capacity == 0 {
+            return;
+        }
+        self.remove(&key);
+        while self.entries.len() >= self.capacity {
+            let Some((_, k)) = self.by_expiry.pop_first() else {
+                break;
+            };
+            self.entries.remove(&k);
+        }
+        self.seq += 1;
+        let expires = now + Duration::from_secs(u64::from(ttl));
+        self.by_expiry.insert((expires, self.seq), key.clone());
+        self.entries.insert(
+            key,
+            Entry {
+                reply,
+                stored: now,
+                expires,
+                seq: self.seq,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{MessageType, OpCode, Query};
+    use hickory_proto::rr::rdata::{A, SOA};
+    use hickory_proto::rr::{Name, Record};
+    use std::net::Ipv4Addr;
+
+    fn query(name: &str) -> Message {
+        let mut q = Message::query();
+        q.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        q
+    }
+
+    fn reply(name: &str, code: ResponseCode, answer_ttls: &[u32]) -> Message {
+        let q = query(name);
+        let mut r = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+        r.metadata.response_code = code;
+        r.add_query(q.queries[0].clone());
+        for (i, t) in answer_ttls.iter().enumerate() {
+            r.answers.push(Record::from_rdata(
+                Name::from_ascii(name).unwrap(),
+                *t,
+                RData::A(A(Ipv4Addr::new(192, 0, 2, i as u8 + 1))),
+            ));
+        }
+        r
+    }
+
+    fn with_soa(mut r: Message, ttl: u32, minimum: u32) -> Message {
+        let zone = Name::from_ascii("example.").unwrap();
+        let soa = SOA::new(
+            zone.clone(),
+            Name::from_ascii("admin.example.").unwrap(),
+            1,
+            3600,
+            600,
+            86400,
+            minimum,
+        );
+        r.authorities
+            .push(Record::from_rdata(zone, ttl, RData::SOA(soa)));
+        r
+    }
+
+    fn key(name: &str) -> Key {
+        Key::of(&query(name)).unwrap()
+    }
+
+    #[test]
+    fn an_answer_lives_for_its_smallest_ttl_and_ages() {
+        let mut c = Cache::new(10);
+        let t0 = Instant::now();
+        c.put(
+            key("a.example."),
+            reply("a.example.", ResponseCode::NoError, &[300, 30]),
+            t0,
+        );
+        let got = c
+            .get(&key("A.Example."), t0 + Duration::from_secs(10))
+            .unwrap();
+        let ttls: Vec<u32> = got.answers.iter().map(|r| r.ttl).collect();
+        assert_eq!(ttls, vec![290, 20]);
+        assert!(
+            c.get(&key("a.example."), t0 + Duration::from_millis(29_999))
+                .is_some()
+        );
+        assert!(
+            c.get(&key("a.example."), t0 + Duration::from_secs(30))
+                .is_none()
+        );
+        assert!(c.is_empty(), "an expired entry is dropped when seen");
+    }
+
+    #[test]
+    fn keys_differ_by_type_and_dnssec_bits() {
+        let mut c = Cache::new(10);
+        let t0 = Instant::now();
+        c.put(
+            key("a.example."),
+            reply("a.example.", ResponseCode::NoError, &[60]),
+            t0,
+        );
+        let mut aaaa = query("a.example.");
+        aaaa.queries[0].set_query_type(RecordType::AAAA);
+        assert!(c.get(&Key::of(&aaaa).unwrap(), t0).is_none());
+        let mut cd = query("a.example.");
+        cd.metadata.checking_disabled = true;
+        assert!(c.get(&Key::of(&cd).unwrap(), t0).is_none());
+        let mut dnssec = query("a.example.");
+        let mut edns = hickory_proto::op::Edns::new();
+        edns.set_dnssec_ok(true);
+        dnssec.edns = Some(edns);
+        assert!(c.get(&Key::of(&dnssec).unwrap(), t0).is_none());
+        assert!(c.get(&key("a.example."), t0).is_some());
+    }
+
+    #[test]
+    fn negative_answers_live_for_the_soa_minimum_and_need_an_soa() {
+        let mut c = Cache::new(10);
+        let t0 = Instant::now();
+        // NXDOMAIN: min(SOA TTL 300, MINIMUM 60) = 60 s.
+        let nx = with_soa(reply("nx.example.", ResponseCode::NXDomain, &[]), 300, 60);
+        assert_eq!(ttl(&nx), Some(60));
+        c.put(key("nx.example."), nx, t0);
+        let got = c
+            .get(&key("nx.example."), t0 + Duration::from_secs(59))
+            .unwrap();
+        assert_eq!(got.metadata.response_code, ResponseCode::NXDomain);
+        assert!(
+            c.get(&key("nx.example."), t0 + Duration::from_secs(60))
+                .is_none()
+        );
+        // NODATA: the SOA's own TTL when it is the smaller.
+        let nodata = with_soa(reply("nd.example.", ResponseCode::NoError, &[]), 20, 60);
+        assert_eq!(ttl(&nodata), Some(20));
+        // Without an SOA a negative answer is not kept; neither is SERVFAIL, nor a truncated
+        // answer, nor a zero TTL.
+        let bare = reply("bare.example.", ResponseCode::NXDomain, &[]);
+        assert_eq!(ttl(&bare), None);
+        c.put(key("bare.example."), bare, t0);
+        assert!(c.get(&key("bare.example."), t0).is_none());
+        let fail = with_soa(reply("f.example.", ResponseCode::ServFail, &[]), 300, 60);
+        assert_eq!(ttl(&fail), None);
+        let mut tc = reply("tc.example.", ResponseCode::NoError, &[60]);
+        tc.metadata.truncation = true;
+        assert_eq!(ttl(&tc), None);
+        assert_eq!(ttl(&reply("z.example.", ResponseCode::NoError, &[0])), None);
+        // Huge TTLs are capped.
+        assert_eq!(
+            ttl(&with_soa(
+                reply("nx.example.", ResponseCode::NXDomain, &[]),
+                1 << 30,
+                1 << 30
+            )),
+            Some(MAX_NEGATIVE_TTL)
+        );
+        assert_eq!(
+            ttl(&reply("a.example.", ResponseCode::NoError, &[1 << 30])),
+            Some(MAX_TTL)
+        );
+    }
+
+    #[test]
+    fn a_full_cache_drops_what_expires_first() {
+        let mut c = Cache::new(3);
+        let t0 = Instant::now();
+        for (name, t) in [("a.example.", 100), ("b.example.", 10), ("c.example.", 50)] {
+            c.put(key(name), reply(name, ResponseCode::NoError, &[t]), t0);
+        }
+        assert_eq!(c.len(), 3);
+        c.put(
+            key("d.example."),
+            reply("d.example.", ResponseCode::NoError, &[70]),
+            t0,
+        );
+        assert_eq!(c.len(), 3, "never more than the bound");
+        assert!(c.get(&key("b.example."), t0).is_none(), "b expired first");
+        for name in ["a.example.", "c.example.", "d.example."] {
+            assert!(c.get(&key(name), t0).is_some(), "{name}");
+        }
+        // Replacing a key does not grow the cache.
+        c.put(
+            key("a.example."),
+            reply("a.example.", ResponseCode::NoError, &[5]),
+            t0,
+        );
+        assert_eq!(c.len(), 3);
+        // Many more names: still bounded.
+        for i in 0..100 {
+            let n = format!("n{i}.example.");
+            c.put(key(&n), reply(&n, ResponseCode::NoError, &[1000 + i]), t0);
+        }
+        assert_eq!(c.len(), 3);
+        // A zero-capacity cache keeps nothing.
+        let mut none = Cache::new(0);
+        none.put(
+            key("a.example."),
+            reply("a.example.", ResponseCode::NoError, &[60]),
+            t0,
+        );
+        assert!(none.get(&key("a.example."), t0).is_none());
+    }
+}

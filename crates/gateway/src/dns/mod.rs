@@ -1,0 +1,491 @@
+//! The gateway's DNS forwarder on the tunnel address (clients' only nameserver): names under
+//! DNS_LOCAL_CIDRS' domains go to the cluster DNS (DNS_LOCAL_SERVER, else the first nameserver
+//! of the resolv.conf saved at start, RESOLV_CONF_COPY), everything else to the nameservers of
+//! the Pod's current /etc/resolv.conf — which a VPN client rewrites to its own resolvers, so
+//! the file is re-read when it changes (and the cache emptied).
+//!
+//! One tokio runtime on one thread (every socket is made on the caller's thread, so in the
+//! caller's network namespace): a task per UDP query and per TCP connection (RFC 7766 framing,
+//! several queries per connection). A UDP query goes upstream over UDP and a truncated answer
+//! is relayed as is, so the client retries over TCP, which goes upstream over TCP. Answers are
+//! kept in a bounded TTL cache ([`cache`]), positive and negative.
+//!
+//! With GATEWAY_ENABLE_DNSSEC, upstream (not cluster) answers are validated ([`dnssec`]): a
+//! secure answer gets the AD bit (when the client set DO or AD), a bogus one — or one that
+//! cannot be validated — becomes SERVFAIL; a client that sets CD gets the answer unvalidated.
+//! Cluster names are never validated (the cluster zone is not signed).
+
+pub mod cache;
+pub mod dnssec;
+
+use crate::client::resolv_nameservers;
+use hickory_proto::dnssec::TrustAnchors;
+use hickory_proto::op::{Edns, Message, MessageType, ResponseCode};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Where one query goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Local,
+    Upstream,
+}
+
+/// Whether `qname` is in one of the local `domains` (case-insensitive, trailing dot ignored).
+pub fn route(domains: &[String], qname: &str) -> Route {
+    let q = qname.trim_end_matches('.').to_ascii_lowercase();
+    let local = domains
+        .iter()
+        .any(|d| q == *d || q.ends_with(&format!(".{d}")));
+    if local { Route::Local } else { Route::Upstream }
+}
+
+/// The forwarder's upstreams, swapped whole when resolv.conf changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstreams {
+    pub local: Vec<IpAddr>,
+    pub upstream: Vec<IpAddr>,
+}
+
+/// Counters for /metrics.
+#[derive(Debug, Default)]
+pub struct DnsCounts {
+    pub local: AtomicU64,
+    pub upstream: AtomicU64,
+    pub failures: AtomicU64,
+    pub reloads: AtomicU64,
+    /// Answers served from the cache.
+    pub cache_hits: AtomicU64,
+    /// Upstream answers validated Secure, and those that failed validation (SERVFAIL).
+    pub secure: AtomicU64,
+    pub bogus: AtomicU64,
+}
+
+/// Saves `resolv` to `copy` once (the first start of the Pod), and returns the copy's text.
+pub fn save_original(resolv: &Path, copy: &Path) -> std::io::Result<String> {
+    if let Ok(t) = std::fs::read_to_string(copy) {
+        return Ok(t);
+    }
+    let t = std::fs::read_to_string(resolv)?;
+    std::fs::write(copy, &t)?;
+    Ok(t)
+}
+
+/// The forwarder's inputs.
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    pub domains: Vec<String>,
+    pub local_server: Option<IpAddr>,
+    /// The saved original resolv.conf (cluster DNS).
+    pub original: String,
+    /// The live resolv.conf whose nameservers are the upstreams.
+    pub resolv_conf: PathBuf,
+    /// GATEWAY_ENABLE_DNSSEC: validate upstream answers.
+    pub dnssec: bool,
+    /// DNSSEC_TRUST_ANCHOR: a file of DNSKEY records; `None` is the root zone's anchor.
+    pub trust_anchor: Option<PathBuf>,
+    /// GATEWAY_DNS_CACHE_SIZE: at most this many cached answers (0: no cache).
+    pub cache_size: usize,
+}
+
+fn upstreams(cfg: &DnsConfig) -> Upstreams {
+    let live = std::fs::read_to_string(&cfg.resolv_conf).unwrap_or_default();
+    Upstreams {
+        local: match cfg.local_server {
+            Some(s) => vec![s],
+            None => resolv_nameservers(&cfg.original)
+                .into_iter()
+                .take(1)
+                .collect(),
+        },
+        upstream: resolv_nameservers(&live),
+    }
+}
+
+fn mtime(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a client's TCP connection may stay idle.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// One length-prefixed DNS message from a TCP stream (RFC 1035 4.2.2); `None` at EOF.
+async fn read_framed<R: AsyncReadExt + Unpin>(c: &mut R) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 2];
+    match c.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+    c.read_exact(&mut msg).await?;
+    Ok(Some(msg))
+}
+
+async fn write_framed<W: AsyncWriteExt + Unpin>(c: &mut W, msg: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(msg.len()).map_err(|_| std::io::Error::other("message too long"))?;
+    let mut out = Vec::with_capacity(msg.len() + 2);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(msg);
+    c.write_all(&out).await
+}
+
+async fn forward_tcp(query: &[u8], servers: &[IpAddr]) -> Option<Vec<u8>> {
+    for s in servers {
+        let once = async {
+            let mut c = tokio::net::TcpStream::connect(SocketAddr::new(*s, 53)).await?;
+            write_framed(&mut c, query).await?;
+            read_framed(&mut c).await
+        };
+        if let Ok(Ok(Some(reply))) = tokio::time::timeout(UPSTREAM_TIMEOUT, once).await {
+            return Some(reply);
+        }
+    }
+    None
+}
+
+/// `query` to each server in turn over UDP (a fresh socket, so a fresh source port, per
+/// query) until one answers with the query's id.
+async fn forward_udp(query: &[u8], servers: &[IpAddr]) -> Option<Vec<u8>> {
+    let id = query.get(..2)?;
+    for s in servers {
+        let any: SocketAddr = if s.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let once = async {
+            let sock = tokio::net::UdpSocket::bind(any).await?;
+            sock.connect((*s, 53)).await?;
+            sock.send(query).await?;
+            let mut buf = vec![0u8; 65535];
+            loop {
+                let n = sock.recv(&mut buf).await?;
+                if buf.get(..2) == Some(id) {
+                    buf.truncate(n);
+                    return Ok::<_, std::io::Error>(buf);
+                }
+            }
+        };
+        if let Ok(Ok(reply)) = tokio::time::timeout(UPSTREAM_TIMEOUT, once).await {
+            return Some(reply);
+        }
+    }
+    None
+}
+
+/// The upstreams in use, and a validating handle per upstream server when DNSSEC is on.
+struct Current {
+    servers: Upstreams,
+    validators: Vec<dnssec::Validator>,
+}
+
+impl Current {
+    /// Must run inside the runtime (validators spawn their exchange tasks).
+    fn new(servers: Upstreams, anchors: Option<&Arc<TrustAnchors>>) -> Current {
+        let validators = match anchors {
+            Some(a) => servers
+                .upstream
+                .iter()
+                .map(|s| dnssec::validator(*s, a.clone(), UPSTREAM_TIMEOUT))
+                .collect(),
+            None => Vec::new(),
+        };
+        Current {
+            servers,
+            validators,
+        }
+    }
+}
+
+/// Shared by every task of the forwarder.
+struct Forwarder {
+    domains: Vec<String>,
+    current: RwLock<Arc<Current>>,
+    cache: Mutex<cache::Cache>,
+    counts: Arc<DnsCounts>,
+    anchors: Option<Arc<TrustAnchors>>,
+}
+
+fn servfail(query: &Message) -> Message {
+    let mut m = Message::error_msg(
+        query.metadata.id,
+        query.metadata.op_code,
+        ResponseCode::ServFail,
+    );
+    m.queries = query.queries.clone();
+    m.metadata.recursion_desired = query.metadata.recursion_desired;
+    m.metadata.recursion_available = true;
+    m
+}
+
+/// `reply` (from upstream or the cache) made the answer to `query`: its id, its question
+/// (the client's spelling), its EDNS (an OPT only if the client sent one).
+fn answer_to(query: &Message, mut reply: Message) -> Message {
+    reply.metadata.id = query.metadata.id;
+    reply.metadata.message_type = MessageType::Response;
+    reply.metadata.recursion_desired = query.metadata.recursion_desired;
+    reply.queries = query.queries.clone();
+    reply.edns = query.edns.as_ref().map(|e| {
+        let mut o = Edns::new();
+        o.set_max_payload(dnssec::EDNS_PAYLOAD);
+        o.set_dnssec_ok(e.flags().dnssec_ok);
+        o
+    });
+    reply
+}
+
+/// The wire form of `m` for a client that asked over UDP (`udp`) or TCP: a UDP answer larger
+/// than the client can take goes out empty with TC set, so the client asks again over TCP.
+fn encode(m: &Message, query: &Message, udp: bool) -> Option<Vec<u8>> {
+    let bytes = m.to_vec().ok()?;
+    let limit = query
+        .edns
+        .as_ref()
+        .map_or(512, |e| usize::from(e.max_payload().max(512)));
+    if !udp || bytes.len() <= limit {
+        return Some(bytes);
+    }
+    let mut tc = m.clone();
+    tc.answers.clear();
+    tc.authorities.clear();
+    tc.additionals.clear();
+    tc.metadata.truncation = true;
+    tc.to_vec().ok()
+}
+
+impl Forwarder {
+    fn current(&self) -> Arc<Current> {
+        self.current
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, cache::Cache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The answer to one query (UDP when `udp`), or `None` for what is not a query.
+    async fn answer(&self, raw: &[u8], udp: bool) -> Option<Vec<u8>> {
+        let query = Message::from_vec(raw).ok()?;
+        if query.metadata.message_type != MessageType::Query {
+            return None;
+        }
+        let q = query.queries.first()?;
+        let r = route(&self.domains, &q.name().to_ascii());
+        match r {
+            Route::Local => &self.counts.local,
+            Route::Upstream => &self.counts.upstream,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        let key = cache::Key::of(&query)?;
+        if let Some(hit) = self.cache().get(&key, Instant::now()) {
+            let reply = answer_to(&query, hit);
+            let bytes = encode(&reply, &query, udp)?;
+            self.counts.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Some(bytes);
+        }
+        let cur = self.current();
+        let validate =
+            r == Route::Upstream && self.anchors.is_some() && !query.metadata.checking_disabled;
+        if validate {
+            let reply = self.validated(&query, &cur).await;
+            if reply.metadata.response_code != ResponseCode::ServFail {
+                self.cache().put(key, reply.clone(), Instant::now());
+            }
+            return encode(&reply, &query, udp);
+        }
+        let servers = match r {
+            Route::Local => &cur.servers.local,
+            Route::Upstream => &cur.servers.upstream,
+        };
+        let got = if udp {
+            forward_udp(raw, servers).await
+        } else {
+            forward_tcp(raw, servers).await
+        };
+        let Some(bytes) = got else {
+            self.counts.failures.fetch_add(1, Ordering::Relaxed);
+            return servfail(&query).to_vec().ok();
+        };
+        if let Ok(m) = Message::from_vec(&bytes) {
+            self.cache().put(key, m, Instant::now());
+        }
+        Some(bytes)
+    }
+
+    /// The validated answer to `query` from the first upstream that gives one that is not
+    /// SERVFAIL; SERVFAIL when none does or validation fails.
+    async fn validated(&self, query: &Message, cur: &Current) -> Message {
+        let asked = query.queries.first().map(|q| q.query_type());
+        let dnssec_ok = query.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
+        let mut why = String::from("no upstream nameserver");
+        for v in &cur.validators {
+            let (mut m, secure) = match dnssec::ask(v, query).await {
+                dnssec::Verdict::Secure(m) => (m, true),
+                dnssec::Verdict::Insecure(m) => (m, false),
+                dnssec::Verdict::Bogus(e) => {
+                    why = e;
+                    continue;
+                }
+            };
+            if secure {
+                self.counts.secure.fetch_add(1, Ordering::Relaxed);
+            }
+            if !dnssec_ok && let Some(t) = asked {
+                dnssec::strip_dnssec(&mut m, t);
+            }
+            m.metadata.authentic_data = secure && (dnssec_ok || query.metadata.authentic_data);
+            m.metadata.checking_disabled = false;
+            m.metadata.recursion_available = true;
+            m.metadata.authoritative = false;
+            return answer_to(query, m);
+        }
+        let name = query
+            .queries
+            .first()
+            .map(|q| q.name().to_string())
+            .unwrap_or_default();
+        tracing::warn!(%name, reason = %why, "DNSSEC validation failed: SERVFAIL");
+        self.counts.bogus.fetch_add(1, Ordering::Relaxed);
+        servfail(query)
+    }
+
+    /// Re-reads the upstreams (and empties the cache) when resolv.conf changed.
+    fn reload(&self, cfg: &DnsConfig) {
+        let u = upstreams(cfg);
+        tracing::info!(upstreams = ?u, "resolv.conf changed; upstreams reloaded");
+        self.counts.reloads.fetch_add(1, Ordering::Relaxed);
+        let next = Arc::new(Current::new(u, self.anchors.as_ref()));
+        if let Ok(mut w) = self.current.write() {
+            *w = next;
+        }
+        self.cache().clear();
+    }
+}
+
+/// Answers the queries of one TCP connection, in order, until the client closes it or is idle
+/// for [`TCP_IDLE`].
+async fn serve_tcp_conn(mut c: tokio::net::TcpStream, fwd: Arc<Forwarder>) {
+    while let Ok(Ok(Some(query))) = tokio::time::timeout(TCP_IDLE, read_framed(&mut c)).await {
+        let Some(reply) = fwd.answer(&query, false).await else {
+            return;
+        };
+        if write_framed(&mut c, &reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Serves on `bind` (UDP and TCP) until `stop`; re-reads the upstreams when resolv.conf
+/// changes. Blocks the calling thread, which runs the forwarder's runtime. Fails at once on a
+/// trust anchor that cannot be read (the error names DNSSEC_TRUST_ANCHOR and the file).
+pub fn serve(
+    bind: SocketAddr,
+    cfg: DnsConfig,
+    counts: Arc<DnsCounts>,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
+    let anchors = if cfg.dnssec {
+        Some(dnssec::trust_anchor(cfg.trust_anchor.as_deref()).map_err(std::io::Error::other)?)
+    } else {
+        None
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(serve_async(bind, cfg, counts, anchors, stop))
+}
+
+async fn serve_async(
+    bind: SocketAddr,
+    cfg: DnsConfig,
+    counts: Arc<DnsCounts>,
+    anchors: Option<Arc<TrustAnchors>>,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
+    let sock = Arc::new(tokio::net::UdpSocket::bind(bind).await?);
+    let listener = tokio::net::TcpListener::bind(bind).await?;
+    let fwd = Arc::new(Forwarder {
+        domains: cfg.domains.clone(),
+        current: RwLock::new(Arc::new(Current::new(upstreams(&cfg), anchors.as_ref()))),
+        cache: Mutex::new(cache::Cache::new(cfg.cache_size)),
+        counts,
+        anchors,
+    });
+    let mut seen = mtime(&cfg.resolv_conf);
+    let mut checked = Instant::now();
+    tracing::info!(
+        %bind,
+        upstreams = ?fwd.current().servers,
+        dnssec = cfg.dnssec,
+        cache = cfg.cache_size,
+        "DNS forwarder listening (UDP and TCP)"
+    );
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut buf = vec![0u8; 65535];
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                if checked.elapsed() >= Duration::from_millis(500) {
+                    checked = Instant::now();
+                    let now = mtime(&cfg.resolv_conf);
+                    if now != seen {
+                        seen = now;
+                        fwd.reload(&cfg);
+                    }
+                }
+            }
+            got = sock.recv_from(&mut buf) => {
+                let (n, from) = match got {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "DNS: receive failed");
+                        continue;
+                    }
+                };
+                let query = buf[..n].to_vec();
+                let (sock, fwd) = (sock.clone(), fwd.clone());
+                tokio::spawn(async move {
+                    if let Some(reply) = fwd.answer(&query, true).await {
+                        let _ = sock.send_to(&reply, from).await;
+                    }
+                });
+            }
+            got = listener.accept() => {
+                match got {
+                    Ok((c, _)) => {
+                        tokio::spawn(serve_tcp_conn(c, fwd.clone()));
+                    }
+                    Err(e) => tracing::debug!(error = %e, "DNS: accept failed"),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_domains_match_whole_labels_only() {
+        let d = vec!["local".to_string(), "corp.example".to_string()];
+        assert_eq!(route(&d, "web.default.svc.cluster.local."), Route::Local);
+        assert_eq!(route(&d, "LOCAL"), Route::Local);
+        assert_eq!(route(&d, "a.CORP.example"), Route::Local);
+        assert_eq!(route(&d, "notlocal."), Route::Upstream);
+        assert_eq!(route(&d, "example.com"), Route::Upstream);
+        assert_eq!(route(&d, "corp.example.com"), Route::Upstream);
+        assert_eq!(route(&[], "x.local"), Route::Upstream);
+    }
+}
