@@ -58,6 +58,8 @@ impl std::str::FromStr for BackendKind {
 /// chain name for hooks, with the rule lines as `iptables-save` prints them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Observed {
+    /// nftables only: each set's and map's declaration (key and data types, flags), by name.
+    pub decls: BTreeMap<String, String>,
     pub sets: BTreeMap<String, BTreeSet<IpNet>>,
     pub maps: BTreeMap<String, BTreeSet<crate::DnatEntry>>,
     pub chains: BTreeMap<String, Vec<String>>,
@@ -91,6 +93,7 @@ impl Observed {
             }
         }
         let mut out = Vec::new();
+        keyed("declaration of", &self.decls, &other.decls, &mut out);
         keyed("set", &self.sets, &other.sets, &mut out);
         keyed("map", &self.maps, &other.maps, &mut out);
         keyed("chain", &self.chains, &other.chains, &mut out);
@@ -251,7 +254,14 @@ impl Backend {
         match self.kind {
             BackendKind::Nftables => {
                 let current = self.read(t)?;
+                // A set or map kept but declared otherwise (its type, its flags) cannot be
+                // changed in place: the table is replaced.
+                let same_decls = nft::expected(t)
+                    .decls
+                    .iter()
+                    .all(|(name, d)| current.decls.get(name).is_none_or(|c| c == d));
                 let in_place = current != Observed::default()
+                    && same_decls
                     && match run("nft", &["-f", "-"], Some(&nft::render_update(t, &current))) {
                         Ok(_) => true,
                         Err(e) => {

@@ -399,6 +399,15 @@ fn nft_verify_compares_every_field() {
                 "meta l4proto { tcp, udp, sctp } dnat ip to ip daddr . meta l4proto . th sport map @dnat4 comment \"ghostwire: active to preview\"",
             )
         }),
+        ("flags of a set", &|| {
+            // The same table, its exclude4 set declared with one more flag.
+            let text = crate::nft::render_table(&sample()).replace(
+                "exclude4 { type ipv4_addr; flags interval; }",
+                "exclude4 { type ipv4_addr; flags interval, timeout; }",
+            );
+            assert!(text.contains("timeout"), "{text}");
+            crate::exec::run("nft", &["-f", "-"], Some(&text)).unwrap();
+        }),
         ("base chain policy", &|| {
             let st = std::process::Command::new("nft")
                 .args(["chain", "inet", "ghostwire", "output", "{ policy drop ; }"])

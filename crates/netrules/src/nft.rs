@@ -336,9 +336,18 @@ pub fn render_cleanup(table: &str) -> String {
 pub fn expected(t: &Table) -> Observed {
     let mut o = Observed::default();
     for s in &t.sets {
+        o.decls.insert(
+            s.name.clone(),
+            format!("type {} flags interval", addr_type(s.family)),
+        );
         o.sets.insert(s.name.clone(), s.normalized());
     }
     for m in &t.maps {
+        let a = addr_type(m.family);
+        o.decls.insert(
+            m.name.clone(),
+            format!("type {a} . inet_proto . inet_service : {a} . inet_service"),
+        );
         o.maps.insert(m.name.clone(), m.entries.clone());
     }
     for c in &t.chains {
@@ -562,6 +571,29 @@ fn rule_signature(rule: &Value) -> String {
     sig
 }
 
+/// A set's or map's declaration as `nft -j` prints it, in the words [`expected`] uses:
+/// `type K [: D] [flags F,G]`. Type and flags may each be one string or a list.
+fn decl_signature(d: &Value) -> String {
+    let words = |v: &Value, sep: &str| match v {
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| x.as_str().unwrap_or("?"))
+            .collect::<Vec<_>>()
+            .join(sep),
+        _ => String::new(),
+    };
+    let mut sig = format!("type {}", words(&d["type"], " . "));
+    if let Some(data) = d.get("map") {
+        let _ = write!(sig, " : {}", words(data, " . "));
+    }
+    let flags = words(&d["flags"], ",");
+    if !flags.is_empty() {
+        let _ = write!(sig, " flags {flags}");
+    }
+    sig
+}
+
 /// Parses `nft -j list table inet NAME` into the shape [`expected`] produces.
 pub fn parse(json: &str) -> Result<Observed> {
     let doc: Value = serde_json::from_str(json).map_err(|e| perr(e.to_string()))?;
@@ -570,6 +602,12 @@ pub fn parse(json: &str) -> Result<Observed> {
         .ok_or_else(|| perr("no \"nftables\" array"))?;
     let mut o = Observed::default();
     for item in items {
+        if let Some(d) = item.get("set").or_else(|| item.get("map")) {
+            o.decls.insert(
+                d["name"].as_str().unwrap_or_default().to_string(),
+                decl_signature(d),
+            );
+        }
         if let Some(s) = item.get("set") {
             let name = s["name"].as_str().unwrap_or_default().to_string();
             let elems = s["elem"]

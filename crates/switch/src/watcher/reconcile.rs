@@ -63,6 +63,7 @@ impl KernelView {
                     ..Default::default()
                 },
                 netrules::Observed {
+                    decls: o.decls.clone(),
                     sets: o.sets.clone(),
                     maps: o.maps.clone(),
                     chains: collect(rest),
