@@ -2,12 +2,15 @@
 //! across two remote clusters (5,000 each), mirrored into a local one.
 //! - initial sync: mirror start → every mirror Service and slice written;
 //! - memory: the mirror process's resident set before it starts and after the sync, and its peak;
-//! - change → mirrored: a label changed on a remote Service until the local mirror has it
-//!   (seen by a watch on the local API), p50/p99 over sequential changes.
+//! - change → mirrored: a label changed on a remote Service (west and central in turn) until
+//!   the local mirror has it (seen by a watch on the local API), p50/p99 over sequential
+//!   changes;
+//! - who does the work: CPU seconds of the lab APIs' process and of the mirror's during the
+//!   sync and during the changes, and the mirror's passes (full or keyed) and names looked at.
 //!
 //! The three lab APIs run in a child process (this binary again, `GW_MIRROR_BENCH_ROLE=apis`),
-//! so this process's memory is the mirror's (plus the bench's one watch). The mirror runs
-//! in-process through the library, as `ghostwire mirror` runs it, with admin kubeconfigs.
+//! so this process's memory and CPU are the mirror's (plus the bench's one watch). The mirror
+//! runs in-process through the library, as `ghostwire mirror` runs it, with admin kubeconfigs.
 //!
 //! `cargo bench -p mirror --bench sync` (env: `GW_MIRROR_BENCH_SERVICES`, default 10000;
 //! `GW_MIRROR_BENCH_CHANGES`, default 200).
@@ -135,6 +138,45 @@ fn memory() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// CPU seconds (user + system) used so far by process `pid` ("self" for this one).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name in parentheses: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    let ticks = f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0);
+    // USER_HZ is 100 on Linux.
+    ticks / 100.0
+}
+
+/// CPU seconds of the lab APIs and of the mirror between two readings.
+struct Cpu {
+    apis: f64,
+    mirror: f64,
+}
+
+impl Cpu {
+    fn now(child: u32) -> Cpu {
+        Cpu {
+            apis: cpu_seconds(&child.to_string()),
+            mirror: cpu_seconds("self"),
+        }
+    }
+
+    fn report(&self, child: u32, what: &str, wall: Duration) {
+        let now = Cpu::now(child);
+        let (apis, mirror) = (now.apis - self.apis, now.mirror - self.mirror);
+        println!(
+            "CPU during {what} ({:.1} s wall): lab APIs {apis:.1} s, mirror (+ bench watch) {mirror:.1} s: the APIs' share {:.0} %",
+            wall.as_secs_f64(),
+            100.0 * apis / (apis + mirror).max(1e-9)
+        );
+    }
+}
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -211,6 +253,8 @@ async fn bench() {
         );
     }
     let (rss_before, _) = memory();
+    let child_pid = child.id();
+    let cpu = Cpu::now(child_pid);
     let started = Instant::now();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(mirror::run::run(
@@ -248,6 +292,7 @@ async fn bench() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let sync = started.elapsed();
+    cpu.report(child_pid, "the initial sync", sync);
     let (rss_after, peak) = memory();
     println!(
         "initial sync: {services} mirror Services + {services} EndpointSlices written in {:.2} s",
@@ -263,7 +308,13 @@ async fn bench() {
 
     // Change → mirrored: the local watch sees the mirror with the new label.
     let east = client(&dir, "east").await;
-    let west = client(&dir, "west").await;
+    let remote_svcs: Vec<(&str, Api<Service>)> = vec![
+        ("west", Api::namespaced(client(&dir, "west").await, "shop")),
+        (
+            "central",
+            Api::namespaced(client(&dir, "central").await, "shop"),
+        ),
+    ];
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String, Instant)>();
     let local_svcs: Api<Service> = Api::namespaced(east.clone(), MIRROR_NS);
     let watch = tokio::spawn(async move {
@@ -282,22 +333,49 @@ async fn bench() {
             let _ = tx.send((svc.metadata.name.unwrap_or_default(), rev, Instant::now()));
         }
     });
-    let remote_svcs: Api<Service> = Api::namespaced(west, "shop");
+    // Let the mirror's passes over its own writes' events finish before timing changes.
+    let settled = Instant::now();
+    let mut last = metrics.queue_adds.get();
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = metrics.queue_adds.get();
+        if now == last && metrics.queue_depth.get() == 0 {
+            break;
+        }
+        last = now;
+    }
+    println!(
+        "settled {:.1} s after the sync",
+        settled.elapsed().as_secs_f64()
+    );
+    while rx.try_recv().is_ok() {}
     let per_remote = services / 2;
     let mut lat = Vec::new();
+    let names_before = metrics.reconciled_names.get();
+    let passes = |scope: &str| {
+        metrics
+            .passes
+            .get_or_create(&mirror::metrics::PassLabels {
+                scope: scope.into(),
+            })
+            .get()
+    };
+    let (full_before, keyed_before) = (passes("full"), passes("keyed"));
+    let cpu = Cpu::now(child_pid);
+    let changing = Instant::now();
     for k in 0..changes {
         let j = (k * 7919) % per_remote;
         let rev = format!("r{k}");
+        let (remote, api) = &remote_svcs[k % 2];
         let sent = Instant::now();
-        remote_svcs
-            .patch(
-                &format!("s{j}"),
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"labels": {"rev": rev}}})),
-            )
-            .await
-            .unwrap();
-        let want = format!("west-shop-73736d-s{j}");
+        api.patch(
+            &format!("s{j}"),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"rev": rev}}})),
+        )
+        .await
+        .unwrap();
+        let want = format!("{remote}-shop-73736d-s{j}");
         loop {
             let (name, got, at) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
                 .await
@@ -309,9 +387,17 @@ async fn bench() {
             }
         }
     }
+    cpu.report(child_pid, "the changes", changing.elapsed());
+    println!(
+        "mirror passes during the changes: {} keyed, {} full; {} names looked at ({:.1} per change)",
+        passes("keyed") - keyed_before,
+        passes("full") - full_before,
+        metrics.reconciled_names.get() - names_before,
+        (metrics.reconciled_names.get() - names_before) as f64 / changes.max(1) as f64
+    );
     lat.sort();
     println!(
-        "change in a remote → mirrored locally ({changes} sequential label changes): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "change in a remote → mirrored locally ({changes} sequential label changes, west and central in turn): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         pct(&lat, 0.5).as_secs_f64() * 1e3,
         pct(&lat, 0.99).as_secs_f64() * 1e3,
         lat.last().unwrap().as_secs_f64() * 1e3

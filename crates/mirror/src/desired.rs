@@ -74,7 +74,28 @@ pub fn mirror_name(prefix: &str, namespace: &str, name: &str) -> String {
 }
 
 pub fn global_name(namespace: &str, name: &str) -> String {
-    format!("gl-{namespace}-{SEPARATOR}-{name}")
+    format!("{GLOBAL_PREFIX}-{namespace}-{SEPARATOR}-{name}")
+}
+
+/// The prefix of global Service names.
+pub const GLOBAL_PREFIX: &str = "gl";
+
+/// Every source `(namespace, name)` whose name with `prefix` is `generated` (the inverse of
+/// [`mirror_name`] and, with [`GLOBAL_PREFIX`], of [`global_name`]). A namespace may itself
+/// hold the separator, so one name can have several sources; each split is one candidate.
+pub fn sources_of(generated: &str, prefix: &str) -> Vec<(String, String)> {
+    let Some(rest) = generated
+        .strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix('-'))
+    else {
+        return Vec::new();
+    };
+    let sep = format!("-{SEPARATOR}-");
+    rest.match_indices(&sep)
+        .map(|(i, _)| (&rest[..i], &rest[i + sep.len()..]))
+        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
+        .map(|(ns, name)| (ns.to_string(), name.to_string()))
+        .collect()
 }
 
 /// A generated name that would be too long: nothing is written for that source.
@@ -532,6 +553,37 @@ mod tests {
             "west-shop-73736d-orders"
         );
         assert_eq!(global_name("shop", "orders"), "gl-shop-73736d-orders");
+    }
+
+    #[test]
+    fn generated_names_lead_back_to_every_possible_source() {
+        let pair = |ns: &str, n: &str| (ns.to_string(), n.to_string());
+        assert_eq!(
+            sources_of("west-shop-73736d-orders", "west"),
+            [pair("shop", "orders")]
+        );
+        assert_eq!(
+            sources_of(&global_name("shop", "orders"), GLOBAL_PREFIX),
+            [pair("shop", "orders")]
+        );
+        // The separator inside a namespace or a name: both splits are candidates, and each
+        // gives the same generated name back.
+        let name = mirror_name("west", "a-73736d-b", "c");
+        let got = sources_of(&name, "west");
+        assert_eq!(got, [pair("a", "b-73736d-c"), pair("a-73736d-b", "c")]);
+        for (ns, n) in &got {
+            assert_eq!(mirror_name("west", ns, n), name);
+        }
+        // Another prefix, a prefix that is only the start of a word, no separator, empty parts.
+        for (generated, prefix) in [
+            ("west-shop-73736d-orders", "central"),
+            ("western-shop-73736d-orders", "west"),
+            ("west-shop-orders", "west"),
+            ("west--73736d-orders", "west"),
+            ("west-shop-73736d-", "west"),
+        ] {
+            assert!(sources_of(generated, prefix).is_empty(), "{generated}");
+        }
     }
 
     #[test]

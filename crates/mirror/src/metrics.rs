@@ -57,6 +57,12 @@ pub struct CaLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PassLabels {
+    /// `full` (every generated name) or `keyed` (only the names the queued events touch).
+    pub scope: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub kind: String,
 }
@@ -75,7 +81,8 @@ pub struct Metrics {
     pub name_too_long: Family<SourceLabels, Counter>,
     /// 1 while sources of a global Service disagree on a field.
     pub conflicts: Family<ConflictLabels, Gauge>,
-    /// Watch events not yet taken by a reconcile pass (they coalesce into one pass).
+    /// Distinct keys (a source Service, a name of the mirror's, or "everything") not yet taken
+    /// by a reconcile pass; the same key queued twice counts once, as in the seed's workqueue.
     pub queue_depth: Gauge,
     /// Watch events queued for a pass (the seed's workqueue adds).
     pub queue_adds: Counter,
@@ -94,6 +101,11 @@ pub struct Metrics {
     /// Failed fetches of remoteCAURL.
     pub ca_fetch_errors: Family<CaLabels, Counter>,
     pub reconcile_seconds: Histogram,
+    /// Reconcile passes, full or keyed.
+    pub passes: Family<PassLabels, Counter>,
+    /// Generated names (a mirror or global Service with its slices) looked at by the passes:
+    /// a keyed pass looks at the few names its events touch, a full pass at every one.
+    pub reconciled_names: Counter,
     /// 1 while this replica holds the Lease (writes), 0 otherwise.
     pub leader: Gauge,
 }
@@ -119,6 +131,8 @@ impl Metrics {
             ca_refused: Family::default(),
             ca_fetch_errors: Family::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            passes: Family::default(),
+            reconciled_names: Counter::default(),
             leader: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("ghostwire_mirror");
@@ -151,7 +165,7 @@ impl Metrics {
         );
         r.register(
             "queue_depth",
-            "Watch events not yet taken by a reconcile pass",
+            "Distinct keys not yet taken by a reconcile pass",
             m.queue_depth.clone(),
         );
         r.register(
@@ -193,6 +207,16 @@ impl Metrics {
             "reconcile_duration_seconds",
             "One reconcile pass",
             m.reconcile_seconds.clone(),
+        );
+        r.register(
+            "passes",
+            "Reconcile passes by scope: full (every name) or keyed (the names events touched)",
+            m.passes.clone(),
+        );
+        r.register(
+            "reconciled_names",
+            "Generated names (mirror or global Service and its slices) the passes looked at",
+            m.reconciled_names.clone(),
         );
         r.register(
             "leader",

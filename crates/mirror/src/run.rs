@@ -1,20 +1,25 @@
 //! The controller: reflectors on every remote and on the local cluster feed one level-triggered
 //! reconcile loop (observe → desired → diff → act) that only the Lease holder runs. One worker,
-//! so there is no shared state to race on; every pass recomputes everything from the caches.
+//! so there is no shared state to race on. A watch event queues the keys it touches
+//! ([`crate::keys`]); a pass recomputes and diffs only the generated names of those keys, from
+//! the caches, and writes their changes concurrently. Every name is recomputed (a full pass)
+//! when a cache is (re)listed, a cluster goes up or down or fails over, the Lease is won, and
+//! every resync period; names whose writes failed are retried after a back-off.
 
 use crate::config::Settings;
-use crate::desired::{self, ClusterView, GlobalSource, Rules};
+use crate::desired::{self, ClusterView, GLOBAL_PREFIX, GlobalSource, Rules};
+use crate::keys::{Pending, SliceIndex, Target};
 use crate::lease::{LeaseConfig, try_lead};
 use crate::metrics::{
-    ClusterLabel, ConflictLabels, ErrorLabels, Metrics, SourceLabels, WatchLabels, WriteLabels,
+    ClusterLabel, ConflictLabels, ErrorLabels, Metrics, PassLabels, SourceLabels, WatchLabels,
+    WriteLabels,
 };
 use crate::reconcile::{Action, plan};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Event, ObjectReference, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::api::{DeleteParams, PostParams};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use std::collections::{BTreeMap, BTreeSet};
@@ -75,10 +80,15 @@ impl admin::Health for MirrorHealth {
     }
 }
 
+/// Writes in flight at once (each generated name's writes stay in order).
+const WRITES_IN_FLIGHT: usize = 16;
+
 struct Watched {
     name: String,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
+    /// Which slices belong to which Service in `slices`.
+    index: Arc<Mutex<SliceIndex>>,
     /// Both initial lists complete.
     listed: Arc<[AtomicBool; 2]>,
     /// Since when the API has not answered (None: up).
@@ -95,14 +105,47 @@ impl Watched {
             .unwrap_or_else(|e| e.into_inner())
             .map(|t| t.elapsed())
     }
+
+    fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
+        self.services.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// The slices labelled for Service `namespace/service`, from the index, checked against
+    /// the cache (the index may be a moment behind it).
+    fn slices_of(&self, namespace: &str, service: &str) -> Vec<Arc<EndpointSlice>> {
+        let names = self
+            .index
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .slices(namespace, service);
+        names
+            .iter()
+            .filter_map(|n| self.slices.get(&ObjectRef::new(n).within(namespace)))
+            .filter(|e| label(e.as_ref(), desired::LABEL_SERVICE_NAME) == Some(service))
+            .collect()
+    }
+
+    /// The Services `candidates` names that this cluster has, and their slices.
+    fn view_of(&self, candidates: &[(String, String)]) -> (Vec<Service>, Vec<EndpointSlice>) {
+        let mut services = Vec::new();
+        let mut slices = Vec::new();
+        for (ns, name) in candidates {
+            if let Some(s) = self.service(ns, name) {
+                services.push((*s).clone());
+                slices.extend(self.slices_of(ns, name).iter().map(|e| (**e).clone()));
+            }
+        }
+        (services, slices)
+    }
 }
 
-/// The one work queue: watch events are added (they coalesce into one pending pass) and the
+/// The one work queue: the keys of watch events are added (the same key twice is one) and the
 /// loop takes them all at the start of a pass. Its metrics are the seed's workqueue ones:
-/// depth, adds, and latency (how long the oldest event waited for the pass that took it).
+/// depth (distinct keys), adds, and latency (how long the oldest key waited for the pass that
+/// took it).
 pub struct Queue {
     kick: Arc<Notify>,
-    oldest: Mutex<Option<Instant>>,
+    pending: Mutex<(Pending, Option<Instant>)>,
     metrics: Arc<Metrics>,
 }
 
@@ -110,29 +153,36 @@ impl Queue {
     pub fn new(metrics: Arc<Metrics>) -> Queue {
         Queue {
             kick: Arc::new(Notify::new()),
-            oldest: Mutex::new(None),
+            pending: Mutex::new((Pending::default(), None)),
             metrics,
         }
     }
 
-    pub fn add(&self) {
+    pub fn add(&self, keys: Pending) {
+        if keys.is_empty() {
+            return;
+        }
         self.metrics.queue_adds.inc();
-        self.metrics.queue_depth.inc();
-        self.oldest
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert_with(Instant::now);
+        {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.0.merge(keys);
+            p.1.get_or_insert_with(Instant::now);
+            self.metrics.queue_depth.set(p.0.len() as i64);
+        }
         self.kick.notify_one();
     }
 
-    /// Takes everything queued: depth back to 0, the oldest event's wait observed.
-    pub fn take(&self) {
+    /// Takes everything queued: depth back to 0, the oldest key's wait observed.
+    pub fn take(&self) -> Pending {
+        let (keys, oldest) =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         self.metrics.queue_depth.set(0);
-        if let Some(t) = self.oldest.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(t) = oldest {
             self.metrics
                 .queue_latency_seconds
                 .observe(t.elapsed().as_secs_f64());
         }
+        keys
     }
 }
 
@@ -158,6 +208,9 @@ impl Backoff {
     }
 }
 
+/// A reflector on every `K` of the cluster; each event's keys (from `keys`) are queued, and a
+/// completed (re)list queues a full pass.
+#[allow(clippy::too_many_arguments)]
 fn watch<K>(
     cluster: &str,
     kind: &'static str,
@@ -165,6 +218,7 @@ fn watch<K>(
     queue: Arc<Queue>,
     metrics: Arc<Metrics>,
     (listed, slot): (Arc<[AtomicBool; 2]>, usize),
+    mut keys: impl FnMut(&watcher::Event<K>) -> Pending + Send + 'static,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Store<K>
 where
@@ -178,9 +232,12 @@ where
 {
     let (reader, writer) = reflector::store::<K>();
     let api: Api<K> = Api::all(client);
+    // managedFields are never read here: not kept, to save memory at 10,000s of objects.
     let stream = reflector::reflector(
         writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(|o| kube::Resource::meta_mut(o).managed_fields = None),
     );
     let labels = WatchLabels {
         cluster: cluster.to_string(),
@@ -193,10 +250,13 @@ where
             match ev {
                 Ok(ev) => {
                     metrics.watch_events.get_or_create(&labels).inc();
+                    let mut touched = keys(&ev);
                     if matches!(ev, watcher::Event::InitDone) {
                         listed[slot].store(true, Ordering::SeqCst);
+                        // A relist may have missed deletes: every name is looked at again.
+                        touched.full = true;
                     }
-                    queue.add();
+                    queue.add(touched);
                 }
                 Err(e) => {
                     metrics
@@ -213,11 +273,68 @@ where
     reader
 }
 
-fn clone_all<K>(s: &Store<K>) -> Vec<K>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + 'static,
-{
-    s.state().iter().map(|o| (**o).clone()).collect()
+/// The keys of a Service event in a cluster (`local`: the mirror's own).
+fn service_keys(
+    local: bool,
+    mirror_namespace: String,
+) -> impl FnMut(&watcher::Event<Service>) -> Pending + Send + 'static {
+    move |ev| {
+        let mut p = Pending::default();
+        if let watcher::Event::Apply(o) | watcher::Event::Delete(o) = ev {
+            p.touch(
+                local,
+                &mirror_namespace,
+                o.metadata.namespace.as_deref().unwrap_or_default(),
+                o.metadata.name.as_deref().unwrap_or_default(),
+            );
+        }
+        p
+    }
+}
+
+/// The keys of an EndpointSlice event (its Service's, and the one it left if relabelled),
+/// keeping `index` current; a relist builds a new index, swapped in when it completes.
+fn slice_keys(
+    local: bool,
+    mirror_namespace: String,
+    index: Arc<Mutex<SliceIndex>>,
+) -> impl FnMut(&watcher::Event<EndpointSlice>) -> Pending + Send + 'static {
+    let mut relist: Option<SliceIndex> = None;
+    move |ev| {
+        let mut p = Pending::default();
+        let ns_name = |o: &EndpointSlice| {
+            (
+                o.metadata.namespace.clone().unwrap_or_default(),
+                o.metadata.name.clone().unwrap_or_default(),
+            )
+        };
+        let mut index = index.lock().unwrap_or_else(|e| e.into_inner());
+        match ev {
+            watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+                let (ns, name) = ns_name(o);
+                let service = label(o, desired::LABEL_SERVICE_NAME);
+                let before = if matches!(ev, watcher::Event::Apply(_)) {
+                    index.apply(&ns, &name, service)
+                } else {
+                    index.delete(&ns, &name)
+                };
+                for s in service.into_iter().chain(before.as_deref()) {
+                    p.touch(local, &mirror_namespace, &ns, s);
+                }
+            }
+            watcher::Event::Init => relist = Some(SliceIndex::default()),
+            watcher::Event::InitApply(o) => {
+                let (ns, name) = ns_name(o);
+                relist.get_or_insert_with(SliceIndex::default).apply(
+                    &ns,
+                    &name,
+                    label(o, desired::LABEL_SERVICE_NAME),
+                );
+            }
+            watcher::Event::InitDone => *index = relist.take().unwrap_or_default(),
+        }
+        p
+    }
 }
 
 fn label<'a, K: kube::Resource>(o: &'a K, key: &str) -> Option<&'a str> {
@@ -244,12 +361,14 @@ pub async fn run(
     );
     let mut probes = Vec::new();
     for (i, (name, client)) in all.enumerate() {
+        let local = i == 0;
         let listed = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
         health
             .unsynced
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.clone());
+        let index = Arc::new(Mutex::new(SliceIndex::default()));
         let services = watch::<Service>(
             &name,
             "Service",
@@ -257,6 +376,7 @@ pub async fn run(
             queue.clone(),
             metrics.clone(),
             (listed.clone(), 0),
+            service_keys(local, settings.mirror_namespace.clone()),
             &mut probes,
         );
         let slices = watch::<EndpointSlice>(
@@ -266,16 +386,17 @@ pub async fn run(
             queue.clone(),
             metrics.clone(),
             (listed.clone(), 1),
+            slice_keys(local, settings.mirror_namespace.clone(), index.clone()),
             &mut probes,
         );
         let down_since = Arc::new(Mutex::new(None));
-        if i > 0 {
+        if !local {
             probes.push(tokio::spawn(probe(
                 name.clone(),
                 client,
-                opts.probe_interval,
+                (opts.probe_interval, opts.failover_grace),
                 down_since.clone(),
-                kick.clone(),
+                queue.clone(),
                 metrics.clone(),
                 health.clone(),
             )));
@@ -284,6 +405,7 @@ pub async fn run(
             name,
             services,
             slices,
+            index,
             listed,
             down_since,
         });
@@ -295,7 +417,7 @@ pub async fn run(
             Api::namespaced(opts.local.clone(), &cfg.namespace),
             cfg,
             leader.clone(),
-            kick.clone(),
+            queue.clone(),
             metrics.clone(),
         ))
     });
@@ -317,11 +439,21 @@ pub async fn run(
         .filter(|d| !d.is_zero())
         .min()
         .unwrap_or(Duration::from_secs(3600));
+    let mut next_full = tokio::time::Instant::now() + resync;
     let mut backoff = Backoff::default();
+    // Names whose writes failed, retried (with whatever else is queued) at `retry_at`.
+    let mut retry: BTreeSet<Target> = BTreeSet::new();
+    let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
-        // Every event queued so far is taken by this pass.
-        queue.take();
-        let mut retry_in = None;
+        // Every key queued so far is taken by this pass.
+        let mut keys = queue.take();
+        let now = tokio::time::Instant::now();
+        if now >= next_full {
+            keys.full = true;
+        }
+        if keys.full {
+            next_full = now + resync;
+        }
         {
             let mut unsynced = health.unsynced.lock().unwrap_or_else(|e| e.into_inner());
             for c in &clusters {
@@ -331,23 +463,40 @@ pub async fn run(
             }
         }
         if leader.load(Ordering::SeqCst) {
-            let started = Instant::now();
-            let clean = rt.pass(&clusters).await;
-            metrics
-                .reconcile_seconds
-                .observe(started.elapsed().as_secs_f64());
-            if clean {
-                backoff.reset();
-            } else {
-                // Not left to the next event or resync: retried after a back-off.
-                metrics.queue_retries.inc();
-                retry_in = Some(backoff.failed());
+            let retrying = retry_at.is_some_and(|t| now >= t);
+            if retrying {
+                retry_at = None;
             }
+            let again = if retrying {
+                std::mem::take(&mut retry)
+            } else {
+                BTreeSet::new()
+            };
+            if !keys.is_empty() || !again.is_empty() {
+                let started = Instant::now();
+                let failed = rt.pass(&clusters, &keys, again).await;
+                metrics
+                    .reconcile_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                if !failed.is_empty() {
+                    // Not left to the next event or resync: retried after a back-off.
+                    metrics.queue_retries.inc();
+                    retry.extend(failed);
+                    retry_at = Some(tokio::time::Instant::now() + backoff.failed());
+                } else if retry.is_empty() {
+                    backoff.reset();
+                }
+            }
+        } else {
+            // Winning the Lease brings a full pass.
+            retry.clear();
+            retry_at = None;
         }
+        let wake = retry_at.map_or(next_full, |t| t.min(next_full));
         tokio::select! {
             _ = &mut shutdown => break,
             _ = kick.notified() => {}
-            _ = tokio::time::sleep(retry_in.unwrap_or(resync).min(resync)) => {}
+            _ = tokio::time::sleep_until(wake) => {}
         }
     }
     for p in probes {
@@ -377,12 +526,14 @@ async fn local_topology(local: &Client) -> desired::Topology {
     desired::Topology::HintsAnnotation
 }
 
+/// Probes a remote's API every `every`; going down or up, and staying down past `grace` (its
+/// endpoints leave the global Services), each queue a full pass.
 async fn probe(
     cluster: String,
     client: Client,
-    every: Duration,
+    (every, grace): (Duration, Duration),
     down_since: Arc<Mutex<Option<Instant>>>,
-    kick: Arc<Notify>,
+    queue: Arc<Queue>,
     metrics: Arc<Metrics>,
     health: Arc<MirrorHealth>,
 ) {
@@ -392,6 +543,7 @@ async fn probe(
             cluster: cluster.clone(),
         })
         .clone();
+    let mut failed_over = false;
     loop {
         let result = match tokio::time::timeout(every, client.apiserver_version()).await {
             Ok(Ok(_)) => Ok(()),
@@ -404,24 +556,30 @@ async fn probe(
             match &result {
                 Ok(()) => {
                     down.remove(&cluster);
+                    failed_over = false;
                     since.take().is_some()
                 }
                 Err(why) => {
                     down.insert(cluster.clone(), why.clone());
-                    if since.is_none() {
-                        tracing::warn!(cluster, error = why, "remote cluster unreachable");
-                        *since = Some(Instant::now());
-                        true
-                    } else {
-                        false
+                    match *since {
+                        None => {
+                            tracing::warn!(cluster, error = why, "remote cluster unreachable");
+                            *since = Some(Instant::now());
+                            true
+                        }
+                        // The grace runs out between events.
+                        Some(t) if !failed_over && t.elapsed() >= grace => {
+                            failed_over = true;
+                            true
+                        }
+                        Some(_) => false,
                     }
                 }
             }
         };
         up_gauge.set(i64::from(result.is_ok()));
-        // Also kick while down: the failover grace runs out between events.
-        if changed || result.is_err() {
-            kick.notify_one();
+        if changed {
+            queue.add(Pending::full());
         }
         tokio::time::sleep(every).await;
     }
@@ -431,7 +589,7 @@ async fn lead(
     api: Api<k8s_openapi::api::coordination::v1::Lease>,
     cfg: LeaseConfig,
     leader: Arc<AtomicBool>,
-    kick: Arc<Notify>,
+    queue: Arc<Queue>,
     metrics: Arc<Metrics>,
 ) {
     let every = (cfg.duration / 3).max(Duration::from_millis(200));
@@ -454,11 +612,52 @@ async fn lead(
         }
         if leader.swap(won, Ordering::SeqCst) != won {
             tracing::info!(identity = cfg.identity, leading = won, "lease");
-            kick.notify_one();
+            queue.add(Pending::full());
         }
         metrics.leader.set(i64::from(won));
         tokio::time::sleep(every).await;
     }
+}
+
+/// One cluster's part in the global Services during a pass.
+struct SourceState {
+    /// Its caches are filled.
+    listed: bool,
+    /// Down past the grace period: its endpoints leave the global Services.
+    failed_over: bool,
+    /// Its global slices may be deleted (it is up and listed, or failed over).
+    deletable: bool,
+}
+
+/// Every key the caches know: each Service of each cluster, and each name in the local mirror
+/// namespace that has a Service or slices (so what is left of a vanished source is found).
+fn everything(settings: &Settings, clusters: &[Watched]) -> Pending {
+    let mut p = Pending::default();
+    let ns = &settings.mirror_namespace;
+    for (i, c) in clusters.iter().enumerate() {
+        for svc in c.services.state() {
+            p.touch(
+                i == 0,
+                ns,
+                svc.metadata.namespace.as_deref().unwrap_or_default(),
+                svc.metadata.name.as_deref().unwrap_or_default(),
+            );
+        }
+    }
+    if let Some(local) = clusters.first() {
+        let owned = local
+            .index
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .services_in(ns);
+        p.owned.extend(owned);
+    }
+    p
+}
+
+/// A slice the mirror wrote (its `endpointslice.kubernetes.io/managed-by`).
+fn ours(o: &EndpointSlice) -> bool {
+    label(o, desired::LABEL_MANAGED_BY) == Some(desired::MANAGED_BY)
 }
 
 struct Reconciler<'a> {
@@ -510,26 +709,36 @@ impl Reconciler<'_> {
         self.seed_endpoints_removed = true;
     }
 
-    /// One pass; false when a write failed (the loop retries after a back-off).
-    async fn pass(&mut self, clusters: &[Watched]) -> bool {
-        let mut clean = true;
+    /// One pass over the names `keys` touch (every name when `keys.full`) and `again` (names
+    /// whose writes failed before); returns the names whose writes failed this time.
+    async fn pass(
+        &mut self,
+        clusters: &[Watched],
+        keys: &Pending,
+        again: BTreeSet<Target>,
+    ) -> BTreeSet<Target> {
         if !self.seed_endpoints_removed {
             self.remove_seed_endpoints().await;
         }
         let s = self.settings;
-        let rules = Rules {
-            mirror_namespace: &s.mirror_namespace,
-            mirror: &s.mirror_selector,
-            global: &s.global_selector,
-            routing: &s.routing_selector,
-            topology: self.topology,
-        };
-        let views: Vec<(Vec<Service>, Vec<EndpointSlice>)> = clusters
-            .iter()
-            .map(|c| (clone_all(&c.services), clone_all(&c.slices)))
-            .collect();
-        for (c, (svcs, eps)) in clusters.iter().zip(&views) {
-            for (kind, n) in [("Service", svcs.len()), ("EndpointSlice", eps.len())] {
+        let prefixes: Vec<&str> = s.remotes.iter().map(|r| r.prefix.as_str()).collect();
+        let mut targets = crate::keys::targets(keys, &prefixes);
+        if keys.full {
+            targets.extend(crate::keys::targets(&everything(s, clusters), &prefixes));
+        }
+        targets.extend(again);
+        let scope = if keys.full { "full" } else { "keyed" };
+        self.metrics
+            .passes
+            .get_or_create(&PassLabels {
+                scope: scope.into(),
+            })
+            .inc();
+        self.metrics.reconciled_names.inc_by(targets.len() as u64);
+        tracing::debug!(scope, names = targets.len(), "reconcile pass");
+        for c in clusters {
+            let slices = c.index.lock().unwrap_or_else(|e| e.into_inner()).len();
+            for (kind, n) in [("Service", c.services.len()), ("EndpointSlice", slices)] {
                 self.metrics
                     .watched_objects
                     .get_or_create(&WatchLabels {
@@ -539,158 +748,192 @@ impl Reconciler<'_> {
                     .set(n as i64);
             }
         }
-        let ns = &s.mirror_namespace;
-        let (local_svcs, local_eps) = &views[0];
-        let owned_svcs: Vec<&Service> = local_svcs
-            .iter()
-            .filter(|o| o.metadata.namespace.as_deref() == Some(ns))
-            .collect();
-        let owned_eps: Vec<&EndpointSlice> = local_eps
-            .iter()
-            .filter(|o| {
-                o.metadata.namespace.as_deref() == Some(ns)
-                    && label(*o, desired::LABEL_MANAGED_BY) == Some(desired::MANAGED_BY)
-            })
-            .collect();
-
-        // Mirrors, per remote.
-        for (i, remote) in s.remotes.iter().enumerate() {
-            let c = &clusters[i + 1];
-            if !c.listed() {
-                continue;
-            }
-            let (svcs, eps) = &views[i + 1];
-            let view = ClusterView {
-                name: &remote.name,
-                services: svcs,
-                slices: eps,
-            };
-            let d = desired::mirrors(&view, &remote.prefix, &rules);
-            self.refusals(&d.refused).await;
-            self.seen.extend(d.services.keys().cloned());
-            let up = c.down_for().is_none();
-            let mine_svc: Vec<Service> = owned_svcs
-                .iter()
-                .filter(|o| {
-                    label(**o, desired::LABEL_MIRRORED_SVC) == Some("true")
-                        && label(**o, desired::LABEL_PREFIX_SYNC) == Some(remote.prefix.as_str())
-                })
-                .map(|o| (*o).clone())
-                .collect();
-            let mine_eps: Vec<EndpointSlice> = owned_eps
-                .iter()
-                .filter(|o| {
-                    label(**o, desired::LABEL_GLOBAL_SVC).is_none()
-                        && label(**o, desired::LABEL_PREFIX_SYNC) == Some(remote.prefix.as_str())
-                })
-                .map(|o| (*o).clone())
-                .collect();
-            let sync = s.service_sync;
-            let seen = &self.seen;
-            let may_svc = |o: &Service| {
-                up && (sync || seen.contains(o.metadata.name.as_deref().unwrap_or_default()))
-            };
-            let may_eps = |o: &EndpointSlice| {
-                let svc = label(o, desired::LABEL_SERVICE_NAME).unwrap_or_default();
-                up && (sync || seen.contains(svc) || d.services.contains_key(svc))
-            };
-            let actions = plan(&d, &mine_svc, &mine_eps, &may_svc, &may_eps);
-            clean &= self.apply(actions).await;
-        }
-
-        // Global services over every cluster whose caches are filled.
-        let mut sources = Vec::new();
+        // Which clusters' global endpoints count, and whose may be deleted.
+        let mut states = Vec::new();
         let mut all_listed_up = true;
-        let mut deletable_slices: BTreeSet<&str> = BTreeSet::new();
-        for (i, c) in clusters.iter().enumerate() {
+        for c in clusters {
             let down = c.down_for();
             if !c.listed() || down.is_some() {
                 all_listed_up = false;
             }
-            if !c.listed() {
-                continue;
-            }
             let failed_over = down.is_some_and(|d| d >= self.grace);
-            if down.is_none() || failed_over {
-                deletable_slices.insert(c.name.as_str());
-            }
-            sources.push(GlobalSource {
-                view: ClusterView {
-                    name: &c.name,
-                    services: &views[i].0,
-                    slices: &views[i].1,
-                },
-                local: i == 0,
-                endpoints: !failed_over,
+            states.push(SourceState {
+                listed: c.listed(),
+                failed_over,
+                deletable: c.listed() && (down.is_none() || failed_over),
             });
         }
-        let d = desired::globals(&sources, &s.local_zones, &rules);
+        let mut work: Vec<(Target, Vec<Action>)> = Vec::new();
+        for t in targets {
+            let actions = match &t {
+                Target::Mirror { remote, name } => self.mirror(clusters, *remote, name).await,
+                Target::Global { name } => {
+                    self.global(clusters, name, &states, all_listed_up).await
+                }
+            };
+            if !actions.is_empty() {
+                work.push((t, actions));
+            }
+        }
+        let this = &*self;
+        futures::stream::iter(work)
+            .map(|(t, actions)| async move { (t, this.apply(actions).await) })
+            .buffer_unordered(WRITES_IN_FLIGHT)
+            .filter_map(|(t, clean)| async move { (!clean).then_some(t) })
+            .collect()
+            .await
+    }
+
+    fn rules(&self) -> Rules<'_> {
+        let s = self.settings;
+        Rules {
+            mirror_namespace: &s.mirror_namespace,
+            mirror: &s.mirror_selector,
+            global: &s.global_selector,
+            routing: &s.routing_selector,
+            topology: self.topology,
+        }
+    }
+
+    /// The writes that make `name` the mirror it should be of remote `remote`'s sources.
+    async fn mirror(&mut self, clusters: &[Watched], remote: usize, name: &str) -> Vec<Action> {
+        let s = self.settings;
+        let r = &s.remotes[remote];
+        let c = &clusters[remote + 1];
+        if !c.listed() {
+            // Its listing brings a full pass.
+            return Vec::new();
+        }
+        let (svcs, eps) = c.view_of(&desired::sources_of(name, &r.prefix));
+        let view = ClusterView {
+            name: &r.name,
+            services: &svcs,
+            slices: &eps,
+        };
+        let d = desired::mirrors(&view, &r.prefix, &self.rules());
         self.refusals(&d.refused).await;
-        self.conflicts(&d.conflicts).await;
-        let gl_svcs: Vec<Service> = owned_svcs
-            .iter()
-            .filter(|o| label(**o, desired::LABEL_GLOBAL_SVC) == Some("true"))
+        self.seen.extend(d.services.keys().cloned());
+        let local = &clusters[0];
+        let ns = &s.mirror_namespace;
+        let mine_svc: Vec<Service> = local
+            .service(ns, name)
+            .filter(|o| {
+                label(o.as_ref(), desired::LABEL_MIRRORED_SVC) == Some("true")
+                    && label(o.as_ref(), desired::LABEL_PREFIX_SYNC) == Some(r.prefix.as_str())
+            })
+            .map(|o| (*o).clone())
+            .into_iter()
+            .collect();
+        let mine_eps: Vec<EndpointSlice> = local
+            .slices_of(ns, name)
+            .into_iter()
+            .filter(|o| {
+                ours(o)
+                    && label(o.as_ref(), desired::LABEL_GLOBAL_SVC).is_none()
+                    && label(o.as_ref(), desired::LABEL_PREFIX_SYNC) == Some(r.prefix.as_str())
+            })
             .map(|o| (*o).clone())
             .collect();
-        let gl_eps: Vec<EndpointSlice> = owned_eps
+        let up = c.down_for().is_none();
+        let sync = s.service_sync;
+        let seen = &self.seen;
+        let may_svc = |o: &Service| {
+            up && (sync || seen.contains(o.metadata.name.as_deref().unwrap_or_default()))
+        };
+        let may_eps = |o: &EndpointSlice| {
+            let svc = label(o, desired::LABEL_SERVICE_NAME).unwrap_or_default();
+            up && (sync || seen.contains(svc) || d.services.contains_key(svc))
+        };
+        plan(&d, &mine_svc, &mine_eps, &may_svc, &may_eps)
+    }
+
+    /// The writes that make `name` the global Service it should be, over every listed cluster.
+    async fn global(
+        &mut self,
+        clusters: &[Watched],
+        name: &str,
+        states: &[SourceState],
+        all_listed_up: bool,
+    ) -> Vec<Action> {
+        let s = self.settings;
+        let candidates = desired::sources_of(name, GLOBAL_PREFIX);
+        let views: Vec<(Vec<Service>, Vec<EndpointSlice>)> = clusters
             .iter()
-            .filter(|o| label(**o, desired::LABEL_GLOBAL_SVC) == Some("true"))
+            .zip(states)
+            .map(|(c, st)| {
+                if st.listed {
+                    c.view_of(&candidates)
+                } else {
+                    Default::default()
+                }
+            })
+            .collect();
+        let sources: Vec<GlobalSource> = clusters
+            .iter()
+            .zip(states)
+            .zip(&views)
+            .enumerate()
+            .filter(|(_, ((_, st), _))| st.listed)
+            .map(|(i, ((c, st), (svcs, eps)))| GlobalSource {
+                view: ClusterView {
+                    name: &c.name,
+                    services: svcs,
+                    slices: eps,
+                },
+                local: i == 0,
+                endpoints: !st.failed_over,
+            })
+            .collect();
+        let d = desired::globals(&sources, &s.local_zones, &self.rules());
+        self.refusals(&d.refused).await;
+        self.conflicts(name, &d.conflicts).await;
+        let local = &clusters[0];
+        let ns = &s.mirror_namespace;
+        let gl_svcs: Vec<Service> = local
+            .service(ns, name)
+            .filter(|o| label(o.as_ref(), desired::LABEL_GLOBAL_SVC) == Some("true"))
+            .map(|o| (*o).clone())
+            .into_iter()
+            .collect();
+        let gl_eps: Vec<EndpointSlice> = local
+            .slices_of(ns, name)
+            .into_iter()
+            .filter(|o| ours(o) && label(o.as_ref(), desired::LABEL_GLOBAL_SVC) == Some("true"))
             .map(|o| (*o).clone())
             .collect();
         let may_svc = |_: &Service| all_listed_up;
         let may_eps = |o: &EndpointSlice| {
-            label(o, desired::LABEL_SLICE_SYNC).is_some_and(|c| deletable_slices.contains(c))
+            label(o, desired::LABEL_SLICE_SYNC).is_some_and(|c| {
+                clusters
+                    .iter()
+                    .zip(states)
+                    .any(|(cl, st)| cl.name == c && st.deletable)
+            })
         };
-        let actions = plan(&d, &gl_svcs, &gl_eps, &may_svc, &may_eps);
-        clean &= self.apply(actions).await;
-        clean
+        plan(&d, &gl_svcs, &gl_eps, &may_svc, &may_eps)
     }
 
-    async fn event(&self, key: &str, reason: &str, about: &str, message: String) {
+    /// A Warning Event about Service `about` in the mirror namespace.
+    async fn event(&self, reason: &str, about: &str, message: String) {
         let ns = &self.settings.mirror_namespace;
-        let now = k8s_openapi::jiff::Timestamp::now();
-        let h = {
-            let mut h: u32 = 0x811c_9dc5;
-            for b in key.bytes() {
-                h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
-            }
-            h
-        };
-        let ev = Event {
-            metadata: ObjectMeta {
-                name: Some(format!("ghostwire-mirror.{h:08x}.{}", now.as_millisecond())),
-                namespace: Some(ns.clone()),
-                ..Default::default()
+        kube_util::event::record(
+            &self.local,
+            kube_util::event::Report {
+                component: "ghostwire-mirror",
+                warning: true,
+                reason,
+                action: "Mirror",
+                message,
+                about: ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Service".into()),
+                    namespace: Some(ns.clone()),
+                    name: Some(about.to_string()),
+                    ..Default::default()
+                },
             },
-            involved_object: ObjectReference {
-                kind: Some("Service".into()),
-                namespace: Some(ns.clone()),
-                name: Some(about.to_string()),
-                api_version: Some("v1".into()),
-                ..Default::default()
-            },
-            reason: Some(reason.into()),
-            message: Some(message),
-            type_: Some("Warning".into()),
-            count: Some(1),
-            first_timestamp: Some(Time(now)),
-            last_timestamp: Some(Time(now)),
-            event_time: Some(MicroTime(now)),
-            reporting_component: Some("ghostwire-mirror".into()),
-            reporting_instance: Some("ghostwire-mirror".into()),
-            action: Some("Mirror".into()),
-            source: Some(k8s_openapi::api::core::v1::EventSource {
-                component: Some("ghostwire-mirror".into()),
-                host: None,
-            }),
-            ..Default::default()
-        };
-        if let Err(e) = Api::<Event>::namespaced(self.local.clone(), ns)
-            .create(&PostParams::default(), &ev)
-            .await
-        {
-            tracing::warn!(error = %e, reason, "cannot record event");
-        }
+        )
+        .await;
     }
 
     async fn refusals(&mut self, refused: &[desired::Refusal]) {
@@ -718,20 +961,22 @@ impl Reconciler<'_> {
             );
             tracing::warn!("{msg}");
             let about: String = r.wanted.chars().take(desired::MAX_NAME).collect();
-            self.event(&key, "NameTooLong", &about, msg).await;
+            self.event("NameTooLong", &about, msg).await;
         }
     }
 
-    async fn conflicts(&mut self, conflicts: &[desired::Conflict]) {
+    /// The conflicts of global Service `service` now (reported once each; cleared ones
+    /// go back to 0).
+    async fn conflicts(&mut self, service: &str, conflicts: &[desired::Conflict]) {
         let now: BTreeSet<String> = conflicts
             .iter()
             .map(|c| format!("conflict {} {}", c.service, c.field))
             .collect();
-        // Cleared conflicts go back to 0.
+        let mine = format!("conflict {service} ");
         let stale: Vec<String> = self
             .reported
             .iter()
-            .filter(|k| k.starts_with("conflict ") && !now.contains(*k))
+            .filter(|k| k.starts_with(&mine) && !now.contains(*k))
             .cloned()
             .collect();
         for k in stale {
@@ -765,8 +1010,7 @@ impl Reconciler<'_> {
                     c.others.join("; ")
                 );
                 tracing::warn!("{msg}");
-                self.event(&key, "GlobalServiceConflict", &c.service, msg)
-                    .await;
+                self.event("GlobalServiceConflict", &c.service, msg).await;
             }
         }
     }
@@ -866,14 +1110,24 @@ mod tests {
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
         let q = Queue::new(metrics.clone());
-        q.take(); // nothing queued: nothing observed
-        q.add();
-        q.add();
+        assert!(q.take().is_empty()); // nothing queued: nothing observed
+        let key = |name: &str| {
+            let mut p = Pending::default();
+            p.touch(false, "m", "shop", name);
+            p
+        };
+        q.add(key("a"));
+        q.add(Pending::default()); // no key: not an add
+        q.add(key("a"));
+        q.add(key("b"));
+        // The same key twice waits once.
         assert_eq!(metrics.queue_depth.get(), 2);
-        q.take();
+        let got = q.take();
+        assert_eq!(got.sources.len(), 2);
+        assert!(!got.full);
         assert_eq!(metrics.queue_depth.get(), 0);
         let t = text(&registry);
-        assert!(t.contains("ghostwire_mirror_queue_adds_total 2\n"), "{t}");
+        assert!(t.contains("ghostwire_mirror_queue_adds_total 3\n"), "{t}");
         // One pass took both events: one observation, of the first one's wait.
         assert!(
             t.contains("ghostwire_mirror_queue_latency_seconds_count 1\n"),

@@ -4,7 +4,6 @@
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::{Api, Client};
 use lab_node::MultiCluster;
 use mirror::config::{Access, Overrides, Settings};
@@ -73,25 +72,9 @@ async fn apply_file(c: &Client, file: &str, ns: &str) {
         .join("../../deploy")
         .join(file);
     let text = std::fs::read_to_string(&path).unwrap();
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
-    let pp = PatchParams::apply("lab").force();
-    for obj in docs.iter().filter(|d| d.is_object()) {
-        let (group, version) = match obj["apiVersion"].as_str().unwrap().split_once('/') {
-            Some((g, v)) => (g, v),
-            None => ("", obj["apiVersion"].as_str().unwrap()),
-        };
-        let kind = obj["kind"].as_str().unwrap();
-        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
-        let api: Api<DynamicObject> = if kind.starts_with("Cluster") || kind == "Namespace" {
-            Api::all_with(c.clone(), &ar)
-        } else {
-            Api::namespaced_with(c.clone(), ns, &ar)
-        };
-        let name = obj["metadata"]["name"].as_str().unwrap();
-        api.patch(name, &pp, &Patch::Apply(obj))
-            .await
-            .unwrap_or_else(|e| panic!("{file}: {kind} {name}: {e}"));
-    }
+    lab_node::scenario::apply_yaml(c, ns, file, &text)
+        .await
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
 }
 
 /// A token of ServiceAccount `ns/name`, issued by the cluster (TokenRequest).
@@ -269,6 +252,8 @@ pub struct ReplicaOptions {
     pub probe_interval: Duration,
     pub lease: Option<LeaseConfig>,
     pub ca_refresh: Duration,
+    /// How often every name is reconciled without events.
+    pub resync: Duration,
 }
 
 impl Default for ReplicaOptions {
@@ -279,6 +264,7 @@ impl Default for ReplicaOptions {
             probe_interval: Duration::from_secs(1),
             lease: None,
             ca_refresh: Duration::from_secs(60),
+            resync: Duration::from_secs(5),
         }
     }
 }
@@ -327,7 +313,7 @@ impl Replica {
                     .unwrap(),
             );
         }
-        let resync = Duration::from_secs(5);
+        let resync = o.resync;
         let health = Arc::new(MirrorHealth::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(run(
