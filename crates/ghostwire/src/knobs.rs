@@ -32,6 +32,13 @@ impl Table for Controller {
     const KNOBS: &'static [Knob] = mesh_controller::settings::KNOBS;
 }
 
+/// The identity capability's knobs (`identity`, `attach`).
+#[derive(Debug, Clone)]
+pub struct Identity;
+impl Table for Identity {
+    const KNOBS: &'static [Knob] = identity::settings::KNOBS;
+}
+
 /// The egress gateway's knobs (`gateway …`, `client …`): pod-gateway's names, no `GW_` prefix.
 #[derive(Debug, Clone)]
 pub struct Gateway;

@@ -8,6 +8,7 @@ mod controller;
 mod demo;
 mod exit;
 mod gateway;
+mod identity;
 mod init;
 mod injector;
 mod knobs;
@@ -53,6 +54,8 @@ enum Command {
     Proxy(proxy::ProxyArgs),
     /// Mesh control plane: streams routing config to the proxies over gRPC (ghostwire.mesh.v1).
     Controller(controller::ControllerArgs),
+    /// Pod identity: a certificate from the mesh CA for each opted-in Pod, in a Secret the Pod owns.
+    Identity(identity::IdentityArgs),
     /// Mutating admission webhook: adds the containers each workload's ghostwire.dev/* annotations ask for.
     Injector(Box<injector::InjectorArgs>),
     /// Service mirror: remote clusters' Services and endpoints mirrored locally; global Services.
@@ -90,6 +93,7 @@ fn main() -> std::process::ExitCode {
             Command::Mirror(args) => mirror::run(*args).await,
             Command::Proxy(args) => proxy::run(args).await,
             Command::Controller(args) => controller::run(args).await,
+            Command::Identity(args) => identity::run(args).await,
             #[cfg(feature = "lab")]
             Command::Demo(args) => demo::run(args).await,
             #[cfg(feature = "lab")]

@@ -273,9 +273,44 @@ impl Authority {
             .clone()
             .try_into()
             .map_err(|e: rcgen::Error| SignError::Sign(e.to_string()))?;
+        self.leaf(vec![SanType::URI(uri)], &csr.public_key, now)
+    }
+
+    /// A certificate for a Pod whose key the CA side makes (`ghostwire identity`: the attached
+    /// container cannot run the CSR flow, so the key travels in a Secret owned by the Pod). The
+    /// names come from the Pod as the API reports it, never from the Pod itself: its SPIFFE ID,
+    /// its DNS names and its IPs. Returns the certificate and the key's PKCS#8 PEM.
+    pub fn issue(
+        &self,
+        spiffe_id: &str,
+        dns: &[String],
+        ips: &[std::net::IpAddr],
+        now: SystemTime,
+    ) -> Result<(Signed, String), SignError> {
+        let mut sans = vec![SanType::URI(spiffe_id.to_string().try_into().map_err(
+            |e: rcgen::Error| SignError::Sign(format!("{spiffe_id:?}: {e}")),
+        )?)];
+        for d in dns {
+            sans.push(SanType::DnsName(d.clone().try_into().map_err(
+                |e: rcgen::Error| SignError::Sign(format!("DNS name {d:?}: {e}")),
+            )?));
+        }
+        sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        let key = KeyPair::generate().map_err(|e| SignError::Sign(e.to_string()))?;
+        let signed = self.leaf(sans, &key, now)?;
+        Ok((signed, key.serialize_pem()))
+    }
+
+    /// Signs a leaf (server and client auth) for `sans` and `public_key`, with a random serial.
+    fn leaf(
+        &self,
+        sans: Vec<SanType>,
+        public_key: &impl PublicKeyData,
+        now: SystemTime,
+    ) -> Result<Signed, SignError> {
         let mut p = CertificateParams::default();
         p.distinguished_name = DistinguishedName::new();
-        p.subject_alt_names = vec![SanType::URI(uri)];
+        p.subject_alt_names = sans;
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
@@ -290,12 +325,9 @@ impl Authority {
         p.not_before = time(now - BACKDATE);
         p.not_after = time(not_after);
         p.serial_number = Some(serial());
-        let cert = CertificateSigningRequestParams {
-            params: p,
-            public_key: csr.public_key,
-        }
-        .signed_by(&self.issuer)
-        .map_err(|e| SignError::Sign(e.to_string()))?;
+        let cert = p
+            .signed_by(public_key, &self.issuer)
+            .map_err(|e| SignError::Sign(e.to_string()))?;
         let mut chain_pem = cert.pem();
         if !self.signer_is_anchor {
             chain_pem.push_str(&self.signer_pem);

@@ -59,8 +59,31 @@ pub fn settings(given: &BTreeMap<String, String>) -> Result<Settings, ConfigErro
     })
 }
 
+/// The env names of the four CA knobs in a knob table; `ghostwire identity` signs with the same
+/// CA and declares the same four knobs under its own names.
+#[derive(Debug, Clone, Copy)]
+pub struct CaKnobs {
+    pub secret: &'static str,
+    pub trust_domain: &'static str,
+    pub lifetime: &'static str,
+    pub reload: &'static str,
+}
+
+/// This controller's names for them.
+pub const CA_KNOBS: CaKnobs = CaKnobs {
+    secret: CA_SECRET,
+    trust_domain: TRUST_DOMAIN,
+    lifetime: CERT_LIFETIME,
+    reload: CA_RELOAD,
+};
+
 fn ca_settings(r: &Resolver<'_>) -> Result<CaSettings, ConfigError> {
-    let (namespace, secret) = r.parse(CA_SECRET, |s| match s.trim().split_once('/') {
+    ca_settings_from(r, CA_KNOBS)
+}
+
+/// Resolves and checks the CA knobs named by `k` in `r`'s table.
+pub fn ca_settings_from(r: &Resolver<'_>, k: CaKnobs) -> Result<CaSettings, ConfigError> {
+    let (namespace, secret) = r.parse(k.secret, |s| match s.trim().split_once('/') {
         Some((ns, name)) if dns_label(ns) && dns_label(name) => {
             Ok((ns.to_string(), name.to_string()))
         }
@@ -68,7 +91,7 @@ fn ca_settings(r: &Resolver<'_>) -> Result<CaSettings, ConfigError> {
             "expected NAMESPACE/NAME of a Secret, e.g. ghostwire-system/ghostwire-mesh-ca".into(),
         ),
     })?;
-    let trust_domain = r.parse(TRUST_DOMAIN, |s| {
+    let trust_domain = r.parse(k.trust_domain, |s| {
         let s = s.trim();
         let ok = !s.is_empty()
             && s.len() <= 255
@@ -84,14 +107,14 @@ fn ca_settings(r: &Resolver<'_>) -> Result<CaSettings, ConfigError> {
             )
         }
     })?;
-    let lifetime = r.parse(CERT_LIFETIME, |s| {
+    let lifetime = r.parse(k.lifetime, |s| {
         let d = parse_duration(s)?;
         if d < Duration::from_secs(1) || d > Duration::from_secs(720 * 3600) {
             return Err("must be from 1s to 720h".into());
         }
         Ok(d)
     })?;
-    let reload = r.parse(CA_RELOAD, |s| match parse_duration(s)? {
+    let reload = r.parse(k.reload, |s| match parse_duration(s)? {
         d if d.is_zero() => Err("must be more than 0s".into()),
         d => Ok(d),
     })?;
