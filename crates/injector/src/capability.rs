@@ -54,6 +54,66 @@ pub enum Denial {
     NoSpec,
 }
 
+/// A capability's knobs as one workload sets them, keyed by env name: by its annotations, and
+/// by the injector's defaults ConfigMap below them.
+pub struct KnobValues {
+    pub given: BTreeMap<String, String>,
+    pub defaults: BTreeMap<String, String>,
+}
+
+impl KnobValues {
+    pub fn of(table: &[knobs::Knob], w: &Workload) -> Self {
+        let mut values = KnobValues {
+            given: BTreeMap::new(),
+            defaults: BTreeMap::new(),
+        };
+        for k in table {
+            if let Some(v) = k.annotation.and_then(|a| w.annotations.get(a)) {
+                values.given.insert(k.env.to_string(), v.clone());
+            }
+            if let Some(v) = w.defaults.get(k.env) {
+                values.defaults.insert(k.env.to_string(), v.clone());
+            }
+        }
+        values
+    }
+
+    /// A value the capability's settings refused, named where the user wrote it: the
+    /// annotation, or the ConfigMap key (with the annotation that would override it).
+    pub fn denial(&self, table: &[knobs::Knob], e: knobs::ConfigError) -> Denial {
+        let annotation = table
+            .iter()
+            .find(|k| k.env == e.knob)
+            .and_then(|k| k.annotation)
+            .unwrap_or("(none)");
+        if self.given.contains_key(e.knob) {
+            Denial::Annotation {
+                annotation: annotation.into(),
+                value: e.value,
+                reason: e.reason,
+            }
+        } else {
+            Denial::Default {
+                key: e.knob.into(),
+                value: e.value,
+                reason: e.reason,
+                annotation: annotation.into(),
+            }
+        }
+    }
+
+    /// The containers' env: the ConfigMap's values with the annotations' over them.
+    pub fn env(self, table: &'static [knobs::Knob]) -> BTreeMap<&'static str, String> {
+        let mut env = BTreeMap::new();
+        for (k, v) in self.defaults.into_iter().chain(self.given) {
+            if let Some(knob) = table.iter().find(|n| n.env == k) {
+                env.insert(knob.env, v);
+            }
+        }
+        env
+    }
+}
+
 /// One thing the injector can add to a Pod.
 pub trait Capability: Send + Sync {
     /// Stable name, recorded in the `ghostwire.dev/injected` annotation so reinvocations and

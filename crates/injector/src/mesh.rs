@@ -21,7 +21,7 @@
 //! whether it is on (the Pod's role says preview) to the shared volume, and the proxy, which
 //! mounts it read-only, sends connections to an active Service's address to its preview.
 
-use crate::capability::{Capability, Denial, PodPatch, Workload};
+use crate::capability::{Capability, Denial, KnobValues, PodPatch, Workload};
 use k8s_openapi::api::core::v1::{Container, Pod, Volume};
 use mesh_config::{ADMIN_ADDR, KNOBS, SEED_LABEL, Sources};
 use serde_json::json;
@@ -72,52 +72,19 @@ impl Mesh {
     /// The mesh knobs the workload sets (annotations over ConfigMap defaults), validated by
     /// resolving them as proxy-init and the proxy will.
     pub fn env(&self, w: &Workload) -> Result<BTreeMap<&'static str, String>, Denial> {
-        let mut given = BTreeMap::new();
-        let mut file = BTreeMap::new();
-        for k in KNOBS {
-            if let Some(v) = k.annotation.and_then(|a| w.annotations.get(a)) {
-                given.insert(k.env.to_string(), v.clone());
-            }
-            if let Some(v) = w.defaults.get(k.env) {
-                file.insert(k.env.to_string(), v.clone());
-            }
-        }
+        let values = KnobValues::of(KNOBS, w);
         let sources = Sources {
-            given,
-            file,
+            given: values.given.clone(),
+            file: values.defaults.clone(),
             ..Sources::default()
         };
         if let Err(e) = sources
             .init_settings()
             .and_then(|_| sources.proxy_settings())
         {
-            let annotation = KNOBS
-                .iter()
-                .find(|k| k.env == e.knob)
-                .and_then(|k| k.annotation)
-                .unwrap_or("(none)");
-            return Err(if sources.given.contains_key(e.knob) {
-                Denial::Annotation {
-                    annotation: annotation.into(),
-                    value: e.value,
-                    reason: e.reason,
-                }
-            } else {
-                Denial::Default {
-                    key: e.knob.into(),
-                    value: e.value,
-                    reason: e.reason,
-                    annotation: annotation.into(),
-                }
-            });
+            return Err(values.denial(KNOBS, e));
         }
-        let mut env = BTreeMap::new();
-        for (k, v) in sources.file.into_iter().chain(sources.given) {
-            if let Some(knob) = KNOBS.iter().find(|n| n.env == k) {
-                env.insert(knob.env, v);
-            }
-        }
-        Ok(env)
+        Ok(values.env(KNOBS))
     }
 
     fn container(&self, name: &str, args: &[&str], env: &[serde_json::Value]) -> serde_json::Value {

@@ -2,7 +2,7 @@
 //! `ghostwire watcher` sidecar and the volume they share, configured from the workload's
 //! `ghostwire.dev/*` annotations through the switch's own knob table.
 
-use crate::capability::{Capability, Denial, PodPatch, Workload};
+use crate::capability::{Capability, Denial, KnobValues, PodPatch, Workload};
 use k8s_openapi::api::core::v1::{Container, Pod, Volume, VolumeMount};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -78,47 +78,17 @@ impl PreviewSwitch {
     /// The `GW_*` env the workload sets (annotations over ConfigMap defaults), validated by
     /// resolving the switch's settings exactly as the containers will.
     pub fn env(&self, w: &Workload) -> Result<BTreeMap<&'static str, String>, Denial> {
-        let mut cli = BTreeMap::new();
-        let mut file = BTreeMap::new();
-        for k in KNOBS {
-            if let Some(v) = k.annotation.and_then(|a| w.annotations.get(a)) {
-                cli.insert(k.env.to_string(), v.clone());
-            }
-            if let Some(v) = w.defaults.get(k.env) {
-                file.insert(k.env.to_string(), v.clone());
-            }
-        }
+        let values = KnobValues::of(KNOBS, w);
         let sources = Sources {
-            cli,
-            file,
+            cli: values.given.clone(),
+            file: values.defaults.clone(),
             pod_namespace: Some(w.namespace.clone()),
             ..Default::default()
         };
         if let Err(e) = Settings::resolve(&sources) {
-            let knob = KNOBS.iter().find(|k| k.env == e.knob);
-            let annotation = knob.and_then(|k| k.annotation).unwrap_or("(none)");
-            return Err(if sources.cli.contains_key(e.knob) {
-                Denial::Annotation {
-                    annotation: annotation.into(),
-                    value: e.value,
-                    reason: e.reason,
-                }
-            } else {
-                Denial::Default {
-                    key: e.knob.into(),
-                    value: e.value,
-                    reason: e.reason,
-                    annotation: annotation.into(),
-                }
-            });
+            return Err(values.denial(KNOBS, e));
         }
-        let mut env = BTreeMap::new();
-        for (k, v) in sources.file.into_iter().chain(sources.cli) {
-            if let Some(knob) = KNOBS.iter().find(|n| n.env == k) {
-                env.insert(knob.env, v);
-            }
-        }
-        Ok(env)
+        Ok(values.env(KNOBS))
     }
 
     /// One of the switch's containers: root with NET_ADMIN and nothing else, because the
