@@ -717,6 +717,11 @@ impl Reconciler<'_> {
         keys: &Pending,
         again: BTreeSet<Target>,
     ) -> BTreeSet<Target> {
+        if !clusters[0].listed() {
+            // What the mirror owns is not known yet (creates would conflict); the local
+            // listing brings a full pass.
+            return BTreeSet::new();
+        }
         if !self.seed_endpoints_removed {
             self.remove_seed_endpoints().await;
         }
