@@ -19,6 +19,7 @@ command -v dhcpcd >/dev/null || need+=(dhcpcd-base)
 command -v dig >/dev/null || need+=(dnsutils)          # dig, nslookup: cluster DNS tests
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base)  # the DNS tests' upstream, the DNS benchmark's peer
 command -v tcpdump >/dev/null || need+=(tcpdump)       # the kill-switch test's capture
+command -v openssl >/dev/null || need+=(openssl)       # the mesh TLS test: the app's own TLS server (s_server)
 command -v dnsperf >/dev/null || need+=(dnsperf)       # the DNS benchmark (lab-dns --bench dnsperf)
 command -v openvpn >/dev/null || need+=(openvpn)       # the gateway's VPN test; the lab's openvpn image (lab-node tests/images.rs)
 command -v ldns-signzone >/dev/null || need+=(ldnsutils)  # the gateway's DNSSEC test signs its own zone

@@ -4,7 +4,11 @@ use crate::exit::{Code, Exit, WithCode};
 use crate::knobs::{KnobArgs, Mesh};
 use clap::Args;
 use mesh_config::Sources;
+use mesh_controller::identity::{CertStore, Renewer};
 use mesh_proxy::store::{ConfigSource, FileSource, Store};
+use mesh_proxy::tls::IdentitySource;
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct ProxyArgs {
@@ -39,7 +43,23 @@ pub async fn run(args: ProxyArgs) -> Result<(), Exit> {
         }
         None => None,
     };
-    mesh_proxy::run(s, store, source, crate::injector::stop_signal())
+    let identity: Option<Arc<dyn IdentitySource>> = match (&s.tls_files, &s.identity) {
+        (None, Some(id)) if !s.controller.is_empty() => {
+            let certs = Arc::new(CertStore::default());
+            let renewer = Renewer {
+                addresses: s.controller.clone(),
+                token_path: s.token.clone(),
+                spiffe_id: id.clone(),
+                timeout: Duration::from_secs(10),
+                max_backoff: Duration::from_secs(30),
+            };
+            tracing::info!(spiffe_id = %id, "mesh TLS identity from the controller");
+            tokio::spawn(renewer.run(certs.clone(), |_| {}));
+            Some(certs)
+        }
+        _ => None,
+    };
+    mesh_proxy::run(s, store, source, identity, crate::injector::stop_signal())
         .await
         .code(Code::Failure)?;
     tracing::info!("proxy stopped");

@@ -57,6 +57,16 @@ knobs::knobs! {
         "Proxy: on SIGTERM, how long in-flight requests may finish before the proxy exits.";
     CONTROLLER = "GW_MESH_CONTROLLER", "controller", "",
         "Proxy: comma-separated controller addresses (http://HOST:PORT, tried in turn); the routing config then comes from the controller's gRPC stream, not from --routes. Empty: no controller. The injector then also mounts the projected token.", @"mesh-controller";
+    TLS_MODE = "GW_MESH_TLS", "mesh-tls", "permissive",
+        "Proxy: inbound policy. `permissive`: mesh TLS and plaintext (or the app's own TLS) are both accepted; `strict`: only mesh TLS with a verified client certificate, everything else is closed (probes must then use a skipped port or exec).", @"mesh-tls";
+    TLS_CERT = "GW_MESH_TLS_CERT", "tls-cert", "",
+        "Proxy: PEM certificate chain presented in mesh TLS (its leaf's only URI SAN is the workload's SPIFFE ID), reloaded when it changes. Set with --tls-key and --tls-roots, or none of the three.";
+    TLS_KEY = "GW_MESH_TLS_KEY", "tls-key", "",
+        "Proxy: PEM private key of --tls-cert.";
+    TLS_ROOTS = "GW_MESH_TLS_ROOTS", "tls-roots", "",
+        "Proxy: PEM trust anchors peers' certificates must chain to.";
+    IDENTITY = "GW_MESH_IDENTITY", "identity", "",
+        "Proxy: this workload's SPIFFE ID (spiffe://TRUST-DOMAIN/ns/NS/sa/SA). With --controller and no --tls-cert, the proxy asks the controller to sign a certificate for it and renews it at two thirds of its life. Neither files nor controller identity: mesh TLS off (plaintext both ways).";
     TOKEN = "GW_MESH_TOKEN", "token", "/var/run/secrets/ghostwire/mesh/token",
         "Proxy: the projected ServiceAccount token (with the mesh's audience) presented to the controller; the injector mounts it there when a controller is set.", @"mesh-token";
 }
@@ -95,6 +105,34 @@ pub struct InitSettings {
     pub validate_timeout: Duration,
 }
 
+/// The proxy's inbound policy for connections that are not mesh TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Mesh TLS and plaintext are both accepted.
+    Permissive,
+    /// Only mesh TLS with a verified client certificate is accepted.
+    Strict,
+}
+
+impl std::str::FromStr for TlsMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<TlsMode, String> {
+        match s.trim() {
+            "permissive" => Ok(TlsMode::Permissive),
+            "strict" => Ok(TlsMode::Strict),
+            _ => Err("expected permissive or strict".into()),
+        }
+    }
+}
+
+/// Mesh TLS identity from files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub roots: PathBuf,
+}
+
 /// Everything `proxy` needs at start-up (routes come from [`CONFIG`] at run time).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxySettings {
@@ -116,6 +154,11 @@ pub struct ProxySettings {
     /// Controller addresses; empty: the routing config comes from [`CONFIG`] (or nowhere).
     pub controller: Vec<String>,
     pub token: PathBuf,
+    pub tls_mode: TlsMode,
+    /// Certificate, key and anchors from files; `None`: from the controller or nowhere.
+    pub tls_files: Option<TlsFiles>,
+    /// This workload's SPIFFE ID (for the controller's certificate).
+    pub identity: Option<String>,
 }
 
 /// Where raw values come from.
@@ -261,6 +304,42 @@ impl Sources {
                     .collect()
             })?,
             token: PathBuf::from(r.raw(TOKEN)),
+            tls_mode: r.parse(TLS_MODE, |s| s.parse())?,
+            tls_files: {
+                let path = |k| {
+                    Some(r.raw(k))
+                        .filter(|p| !p.trim().is_empty())
+                        .map(PathBuf::from)
+                };
+                match (path(TLS_CERT), path(TLS_KEY), path(TLS_ROOTS)) {
+                    (Some(cert), Some(key), Some(roots)) => Some(TlsFiles { cert, key, roots }),
+                    (None, None, None) => None,
+                    _ => {
+                        let missing = [TLS_CERT, TLS_KEY, TLS_ROOTS]
+                            .into_iter()
+                            .find(|k| path(k).is_none())
+                            .expect("one is missing");
+                        let why =
+                            format!("set all of {TLS_CERT}, {TLS_KEY} and {TLS_ROOTS}, or none");
+                        return Err(r
+                            .parse(missing, |_| Err::<(), String>(why))
+                            .expect_err("always an error"));
+                    }
+                }
+            },
+            identity: r.parse(IDENTITY, |s| {
+                let s = s.trim();
+                if s.is_empty() {
+                    return Ok(None);
+                }
+                let rest = s
+                    .strip_prefix("spiffe://")
+                    .ok_or("expected spiffe://TRUST-DOMAIN/ns/NS/sa/SA")?;
+                if rest.split('/').count() != 5 {
+                    return Err("expected spiffe://TRUST-DOMAIN/ns/NS/sa/SA".to_string());
+                }
+                Ok(Some(s.to_string()))
+            })?,
         })
     }
 }
@@ -319,6 +398,16 @@ mod tests {
             .proxy_settings()
             .unwrap_err();
         assert_eq!(e.knob, MAX_HEADER_BYTES);
+        let e = given(&[(TLS_CERT, "/c.pem"), (TLS_KEY, "/k.pem")])
+            .proxy_settings()
+            .unwrap_err();
+        assert_eq!(e.knob, TLS_ROOTS);
+        let e = given(&[(TLS_MODE, "on")]).proxy_settings().unwrap_err();
+        assert_eq!(e.knob, TLS_MODE);
+        let e = given(&[(IDENTITY, "spiffe://td/web")])
+            .proxy_settings()
+            .unwrap_err();
+        assert_eq!(e.knob, IDENTITY);
         let s = given(&[(IPV6, "false")]).init_settings().unwrap();
         assert!(s.skip_outbound_cidrs.iter().all(|c| c.addr().is_ipv4()));
     }

@@ -51,6 +51,14 @@ pub fn to_config<'a>(
                         .map(|(i, e)| addr(format!("{p}.backends[{}].endpoints[{i}]", b.name), e))
                         .collect::<Result<_, _>>()?,
                     weight: b.weight,
+                    identities: b
+                        .identities
+                        .iter()
+                        .map(|(e, id)| {
+                            let path = format!("{p}.backends[{}].identities[{e}]", b.name);
+                            Ok((addr(path, e)?, id.clone()))
+                        })
+                        .collect::<Result<_, ConfigError>>()?,
                 })
             })
             .collect::<Result<_, ConfigError>>()?;
@@ -129,11 +137,17 @@ mod tests {
                     name: "v1".into(),
                     endpoints: vec!["10.244.0.5:8080".into()],
                     weight: 90,
+                    ..Default::default()
                 },
                 v1::Backend {
                     name: "v2".into(),
                     endpoints: vec!["[fd00::6]:8080".into()],
                     weight: 10,
+                    identities: [(
+                        "[fd00::6]:8080".to_string(),
+                        "spiffe://td/ns/app-b/sa/v2".to_string(),
+                    )]
+                    .into(),
                 },
             ],
             routes: vec![v1::Route {
@@ -157,6 +171,10 @@ mod tests {
         assert_eq!(r.timeout.as_deref(), Some("2000ms"));
         assert_eq!(r.matches.headers["x-canary"], "true");
         assert_eq!(c.services[0].failure_accrual, FailureAccrual::default());
+        assert_eq!(
+            c.services[0].backends[1].identities[&"[fd00::6]:8080".parse().unwrap()],
+            "spiffe://td/ns/app-b/sa/v2"
+        );
 
         let mut bad = s.clone();
         bad.backends[0].endpoints[0] = "pod-a:8080".into();

@@ -80,6 +80,18 @@ impl rustls::client::ResolvesClientCert for CertStore {
     }
 }
 
+/// The proxy's mesh TLS takes its certificate and anchors from here, as it does from files.
+impl mesh_proxy::tls::IdentitySource for CertStore {
+    fn certified_key(&self) -> Option<Arc<CertifiedKey>> {
+        self.current().map(|i| i.key.clone())
+    }
+    fn trust_anchors(&self) -> Vec<CertificateDer<'static>> {
+        self.current()
+            .map(|i| i.anchors.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// Asks the controller at `address` for a certificate for `spiffe_id`, with a fresh key.
 pub async fn request(
     address: &str,

@@ -105,6 +105,7 @@ mod tests {
                 name: "v1".into(),
                 endpoints: vec!["10.244.0.5:8080".into()],
                 weight,
+                ..Default::default()
             }],
             ..v1::Service::default()
         }

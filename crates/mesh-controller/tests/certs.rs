@@ -387,7 +387,11 @@ async fn deploy_rbac_is_all_the_controller_needs() {
     sign(running.addr, &token, csr_for(&me)).await.unwrap();
     // The watches' list and the Events' create.
     let model = Model::default();
-    let watching = tokio::spawn(mesh_controller::watch::run(client.clone(), model.clone()));
+    let watching = tokio::spawn(mesh_controller::watch::run(
+        client.clone(),
+        model.clone(),
+        "cluster.local".into(),
+    ));
     until("the watches' first publish", || model.load().version > 0).await;
     watching.abort();
     kube_util::event::record(

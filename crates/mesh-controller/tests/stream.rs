@@ -28,11 +28,13 @@ fn service(weight_v2: u32, split_to: &str) -> v1::Service {
                 name: "v1".into(),
                 endpoints: vec!["10.244.0.5:8080".into()],
                 weight: 100 - weight_v2,
+                ..Default::default()
             },
             v1::Backend {
                 name: "v2".into(),
                 endpoints: vec!["10.244.0.6:8080".into()],
                 weight: weight_v2,
+                ..Default::default()
             },
         ],
         routes: vec![v1::Route {

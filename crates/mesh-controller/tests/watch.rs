@@ -49,7 +49,11 @@ async fn services_and_slices_become_entries_recomputed_one_service_at_a_time() {
         .unwrap();
 
     let model = Model::default();
-    let task = tokio::spawn(mesh_controller::watch::run(admin.clone(), model.clone()));
+    let task = tokio::spawn(mesh_controller::watch::run(
+        admin.clone(),
+        model.clone(),
+        "cluster.local".into(),
+    ));
     until("the first publication", || {
         model.load().services.contains_key("app-b.default:80")
     })

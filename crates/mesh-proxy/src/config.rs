@@ -41,6 +41,11 @@ pub struct Backend {
     /// Share of the service's traffic when no route's split applies.
     #[serde(default = "one")]
     pub weight: u32,
+    /// Endpoint → the SPIFFE ID of the meshed Pod behind it. Connections to a listed endpoint
+    /// use mesh TLS and accept only that identity; unlisted endpoints are not meshed
+    /// (plaintext).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub identities: BTreeMap<SocketAddr, String>,
 }
 
 fn one() -> u32 {
@@ -228,6 +233,15 @@ impl Config {
                         "empty or not unique",
                     ));
                 }
+                for (a, id) in &b.identities {
+                    let ip = format!("{p}.backends[{j}].identities[{a}]");
+                    if !b.endpoints.contains(a) {
+                        return Err(field(ip, a, "not one of this backend's endpoints"));
+                    }
+                    if !id.starts_with("spiffe://") || id.len() <= "spiffe://".len() {
+                        return Err(field(ip, id, "expected a SPIFFE ID (spiffe://...)"));
+                    }
+                }
             }
             if s.backends.iter().all(|b| b.weight == 0) {
                 return Err(field(
@@ -312,7 +326,10 @@ services:
     addresses: ["10.96.0.11:80", "[fd00:10:96::11]:80"]
     backends:
       - {name: v1, weight: 90, endpoints: ["10.244.0.5:8080"]}
-      - {name: v2, weight: 10, endpoints: ["10.244.0.6:8080"]}
+      - name: v2
+        weight: 10
+        endpoints: ["10.244.0.6:8080"]
+        identities: {"10.244.0.6:8080": "spiffe://cluster.local/ns/app-b/sa/app-b"}
     routes:
       - name: canary
         match: {headers: {x-canary: "true"}}
@@ -326,6 +343,10 @@ services:
     fn parses_yaml_and_json() {
         let c = Config::parse(SAMPLE).unwrap();
         assert_eq!(c.services[0].backends[0].weight, 90);
+        assert_eq!(
+            c.services[0].backends[1].identities[&"10.244.0.6:8080".parse().unwrap()],
+            "spiffe://cluster.local/ns/app-b/sa/app-b"
+        );
         assert_eq!(
             c.services[0].routes[1].retry.as_ref().unwrap().statuses,
             [502, 503, 504]
@@ -342,6 +363,15 @@ services:
             e.starts_with("services[0].routes[0].split[0].backend=\"v3\""),
             "{e}"
         );
+        let bad = SAMPLE.replace("\"10.244.0.6:8080\": ", "\"10.244.0.7:8080\": ");
+        let e = Config::parse(&bad).unwrap_err().to_string();
+        assert!(
+            e.starts_with("services[0].backends[1].identities[10.244.0.7:8080]=10.244.0.7:8080"),
+            "{e}"
+        );
+        let bad = SAMPLE.replace("spiffe://cluster.local/ns", "https://cluster.local/ns");
+        let e = Config::parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("expected a SPIFFE ID"), "{e}");
         let bad = SAMPLE.replace("timeout: 2s", "timeout: soon");
         let e = Config::parse(&bad).unwrap_err().to_string();
         assert!(e.contains("services[0].routes[1].timeout=\"soon\""), "{e}");

@@ -5,8 +5,9 @@ use crate::Direction;
 use crate::balance;
 use crate::config::idempotent;
 use crate::metrics::{Labels, Metrics};
-use crate::pool::{Body, BoxError, Pool, SendError};
+use crate::pool::{Body, BoxError, Pool, SendError, Target};
 use crate::store::{Route, Service, Store};
+use crate::tls::CLIENT_ID_HEADER;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -18,11 +19,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// What a request knows about its connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Conn {
     pub direction: Direction,
     pub orig_dst: SocketAddr,
     pub h2: bool,
+    /// Inbound over mesh TLS: the client's verified SPIFFE ID.
+    pub client_id: Option<Arc<str>>,
 }
 
 pub struct Http {
@@ -139,21 +142,39 @@ impl Http {
         };
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade);
+        if conn.direction == Direction::Inbound {
+            // Only this proxy says who the client is: a copy from the client is a forgery.
+            parts.headers.remove(CLIENT_ID_HEADER);
+            if let Some(id) = conn
+                .client_id
+                .as_deref()
+                .and_then(|id| HeaderValue::from_str(id).ok())
+            {
+                parts.headers.insert(CLIENT_ID_HEADER, id);
+            }
+        }
         let (route_name, resp, backend) = match &service {
             Some(svc) if !upgrade => {
                 let route = svc.route(&parts);
-                let (resp, backend) = self.routed(conn, svc, route, parts, body).await;
+                let (resp, backend) = self.routed(&conn, svc, route, parts, body).await;
                 (route.name.clone(), resp, backend)
             }
             _ => {
-                let target = match &service {
+                let addr = match &service {
                     // An upgrade to a configured service goes to one of its endpoints.
                     Some(svc) => pick_endpoint(svc, &svc.default_split, Instant::now())
                         .map_or(conn.orig_dst, |(_, e)| e.addr),
                     None => conn.orig_dst,
                 };
+                let target = Target {
+                    addr,
+                    identity: match conn.direction {
+                        Direction::Outbound => snap.identity(addr).cloned(),
+                        Direction::Inbound => None,
+                    },
+                };
                 let req = Request::from_parts(parts, boxed(body));
-                let resp = self.pool.send(target, conn.h2, upgrade, req).await;
+                let resp = self.pool.send(&target, conn.h2, upgrade, req).await;
                 (String::new(), resp.map_err(Failure::Send), String::new())
             }
         };
@@ -216,7 +237,7 @@ impl Http {
     /// A request to a configured service: split, endpoint, retries, timeout.
     async fn routed(
         &self,
-        conn: Conn,
+        conn: &Conn,
         svc: &Arc<Service>,
         route: &Route,
         parts: http::request::Parts,
@@ -277,7 +298,11 @@ impl Http {
                 *req.extensions_mut() = http::Extensions::new();
                 let sent_at = Instant::now();
                 let guard = ep.start();
-                let res = self.pool.send(ep.addr, conn.h2, false, req).await;
+                let target = Target {
+                    addr: ep.addr,
+                    identity: svc.identities.get(&ep.addr).cloned(),
+                };
+                let res = self.pool.send(&target, conn.h2, false, req).await;
                 drop(guard);
                 let rtt = sent_at.elapsed();
                 let (ok, retry) = match &res {

@@ -22,6 +22,7 @@ pub mod retry;
 pub mod server;
 pub mod store;
 pub mod tcp;
+pub mod tls;
 
 pub use server::{Proxy, run};
 

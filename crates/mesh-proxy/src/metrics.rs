@@ -20,6 +20,7 @@ pub struct Metrics {
     pub refused: Family<Labels, Counter>,
     pub tcp_bytes: Family<Labels, Counter>,
     pub preview_switched: Family<Labels, Counter>,
+    pub tls_handshakes: Family<Labels, Counter>,
     pub config_generation: Gauge,
     pub config_errors: Counter,
 }
@@ -43,6 +44,7 @@ impl Metrics {
             refused: Family::default(),
             tcp_bytes: Family::default(),
             preview_switched: Family::default(),
+            tls_handshakes: Family::default(),
             config_generation: Gauge::default(),
             config_errors: Counter::default(),
         };
@@ -72,6 +74,11 @@ impl Metrics {
             "connections",
             "Connections accepted, by direction and detected protocol",
             m.connections.clone(),
+        );
+        r.register(
+            "tls_handshakes",
+            "Mesh TLS handshakes by direction and result (ok, failed)",
+            m.tls_handshakes.clone(),
         );
         r.register(
             "open_connections",
@@ -129,6 +136,7 @@ mod tests {
             &m.refused,
             &m.tcp_bytes,
             &m.preview_switched,
+            &m.tls_handshakes,
         ] {
             f.get_or_create(&vec![("x", "y".into())]).inc();
         }
@@ -148,6 +156,7 @@ mod tests {
             "ghostwire_proxy_refused_connections_total",
             "ghostwire_proxy_tcp_bytes_total",
             "ghostwire_proxy_preview_switched_connections_total",
+            "ghostwire_proxy_tls_handshakes_total",
             "ghostwire_proxy_config_generation",
             "ghostwire_proxy_config_errors_total",
         ] {

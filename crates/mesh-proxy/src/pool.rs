@@ -1,7 +1,8 @@
 //! Upstream connections, pooled per endpoint: HTTP/1.1 keeps idle connections for reuse,
 //! HTTP/2 shares one multiplexed connection per endpoint. Every dial goes through
 //! [`Pool::connect`], which only the proxy's own logic (original destination or configured
-//! endpoint) ever calls.
+//! endpoint) ever calls. A meshed endpoint (one with an identity) is reached over mesh TLS,
+//! and its connections are pooled apart from plaintext ones.
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -10,9 +11,12 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+
+use crate::tls::MeshTls;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -28,6 +32,13 @@ pub enum SendError {
     },
     #[error("connect to {addr}: timed out after {after:?}")]
     ConnectTimeout { addr: SocketAddr, after: Duration },
+    /// Mesh TLS failed (the peer is not who the config says, or is not meshed): nothing sent.
+    #[error("mesh TLS with {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("HTTP handshake with {addr}: {source}")]
     Handshake {
         addr: SocketAddr,
@@ -53,11 +64,35 @@ impl SendError {
     }
 }
 
+/// Where an upstream connection goes: an address, and for a meshed endpoint the identity it
+/// must present.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub identity: Option<Arc<str>>,
+}
+
+impl Target {
+    pub fn plain(addr: SocketAddr) -> Target {
+        Target {
+            addr,
+            identity: None,
+        }
+    }
+}
+
+/// A byte stream upstream: plain TCP or mesh TLS.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+pub type Upstream = Box<dyn Io>;
+
 pub struct Pool {
-    h1_idle: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<Body>>>>,
-    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
+    h1_idle: Mutex<HashMap<Target, Vec<http1::SendRequest<Body>>>>,
+    h2: Mutex<HashMap<Target, http2::SendRequest<Body>>>,
     connect_timeout: Duration,
     max_idle_per_endpoint: usize,
+    tls: Option<Arc<MeshTls>>,
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -65,12 +100,58 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Pool {
-    pub fn new(connect_timeout: Duration, max_idle_per_endpoint: usize) -> Pool {
+    /// With `tls`, targets that carry an identity are reached over mesh TLS; without it (mesh
+    /// TLS off) every connection is plaintext.
+    pub fn new(
+        connect_timeout: Duration,
+        max_idle_per_endpoint: usize,
+        tls: Option<Arc<MeshTls>>,
+    ) -> Pool {
         Pool {
             h1_idle: Mutex::default(),
             h2: Mutex::default(),
             connect_timeout,
             max_idle_per_endpoint,
+            tls,
+            metrics: None,
+        }
+    }
+
+    /// Counts outbound mesh TLS handshakes in `m`.
+    pub fn with_metrics(mut self, m: crate::metrics::Metrics) -> Pool {
+        self.metrics = Some(m);
+        self
+    }
+
+    fn handshake(&self, ok: bool) {
+        if let Some(m) = &self.metrics {
+            m.tls_handshakes
+                .get_or_create(&vec![
+                    ("direction", "outbound".into()),
+                    ("result", if ok { "ok" } else { "failed" }.into()),
+                ])
+                .inc();
+        }
+    }
+
+    /// A connection to `target`: mesh TLS expecting its identity when it has one (and mesh TLS
+    /// is on), else plain TCP.
+    pub async fn open(&self, target: &Target) -> Result<Upstream, SendError> {
+        let tcp = self.connect(target.addr).await?;
+        match (&self.tls, &target.identity) {
+            (Some(tls), Some(id)) => {
+                let addr = target.addr;
+                let r = tokio::time::timeout(self.connect_timeout, tls.connect(tcp, id))
+                    .await
+                    .map_err(|_| SendError::ConnectTimeout {
+                        addr,
+                        after: self.connect_timeout,
+                    })
+                    .and_then(|r| r.map_err(|source| SendError::Tls { addr, source }));
+                self.handshake(r.is_ok());
+                Ok(Box::new(r?))
+            }
+            _ => Ok(Box::new(tcp)),
         }
     }
 
@@ -91,22 +172,23 @@ impl Pool {
     /// HTTP/1 connection is not returned to the pool (it becomes the tunnel).
     pub async fn send(
         self: &std::sync::Arc<Self>,
-        addr: SocketAddr,
+        target: &Target,
         h2: bool,
         upgrade: bool,
         req: http::Request<Body>,
     ) -> Result<http::Response<Incoming>, SendError> {
+        let addr = target.addr;
         if h2 {
-            let mut sender = self.h2_sender(addr).await?;
+            let mut sender = self.h2_sender(target).await?;
             return sender
                 .send_request(req)
                 .await
                 .map_err(|source| SendError::Http { addr, source });
         }
-        let mut sender = match self.h1_checkout(addr) {
+        let mut sender = match self.h1_checkout(target) {
             Some(s) => s,
             None => {
-                let io = TokioIo::new(self.connect(addr).await?);
+                let io = TokioIo::new(self.open(target).await?);
                 let (sender, conn) = http1::Builder::new()
                     .handshake(io)
                     .await
@@ -126,10 +208,11 @@ impl Pool {
         if !upgrade {
             // Back to the pool once the response body is read and the connection is free.
             let pool = self.clone();
+            let target = target.clone();
             tokio::spawn(async move {
                 if sender.ready().await.is_ok() {
                     let mut idle = lock(&pool.h1_idle);
-                    let v = idle.entry(addr).or_default();
+                    let v = idle.entry(target).or_default();
                     if v.len() < pool.max_idle_per_endpoint {
                         v.push(sender);
                     }
@@ -139,9 +222,9 @@ impl Pool {
         Ok(resp)
     }
 
-    fn h1_checkout(&self, addr: SocketAddr) -> Option<http1::SendRequest<Body>> {
+    fn h1_checkout(&self, target: &Target) -> Option<http1::SendRequest<Body>> {
         let mut idle = lock(&self.h1_idle);
-        let v = idle.get_mut(&addr)?;
+        let v = idle.get_mut(target)?;
         while let Some(s) = v.pop() {
             if s.is_ready() {
                 return Some(s);
@@ -150,11 +233,12 @@ impl Pool {
         None
     }
 
-    async fn h2_sender(&self, addr: SocketAddr) -> Result<http2::SendRequest<Body>, SendError> {
-        if let Some(s) = lock(&self.h2).get(&addr).filter(|s| !s.is_closed()) {
+    async fn h2_sender(&self, target: &Target) -> Result<http2::SendRequest<Body>, SendError> {
+        if let Some(s) = lock(&self.h2).get(target).filter(|s| !s.is_closed()) {
             return Ok(s.clone());
         }
-        let io = TokioIo::new(self.connect(addr).await?);
+        let addr = target.addr;
+        let io = TokioIo::new(self.open(target).await?);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .handshake(io)
             .await
@@ -164,7 +248,7 @@ impl Pool {
                 tracing::debug!(error = %e, %addr, "upstream HTTP/2 connection ended");
             }
         });
-        lock(&self.h2).insert(addr, sender.clone());
+        lock(&self.h2).insert(target.clone(), sender.clone());
         Ok(sender)
     }
 }

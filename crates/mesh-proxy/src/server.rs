@@ -7,14 +7,16 @@ use crate::metrics::{Labels, Metrics};
 use crate::pool::Pool;
 use crate::preview::Preview;
 use crate::store::{ConfigSource, Store};
+use crate::tls::{self, FileIdentity, IdentitySource, MeshTls};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use mesh_config::ProxySettings;
+use mesh_config::{ProxySettings, TlsMode};
 use prometheus_client::registry::Registry;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 
@@ -27,7 +29,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("mesh TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
+
+/// Inbound on an opaque (server-speaks-first) port with mesh TLS on: how long a client may
+/// stay silent before its connection is taken as plaintext.
+pub const OPAQUE_TLS_WINDOW: Duration = Duration::from_millis(300);
+
+type Task = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Counts live connections, so drain can wait for them.
 #[derive(Default)]
@@ -87,7 +97,9 @@ pub struct Proxy {
     registry: Arc<Registry>,
     source: Option<Box<dyn ConfigSource>>,
     preview: Preview,
-    preview_task: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+    preview_task: Option<Task>,
+    tls: Option<Arc<MeshTls>>,
+    tls_task: Option<Task>,
 }
 
 async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
@@ -97,12 +109,40 @@ async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Err
 }
 
 impl Proxy {
-    /// Binds the inbound, outbound and admin listeners.
+    /// Binds the inbound, outbound and admin listeners; mesh TLS from the settings' files, if
+    /// any.
     pub async fn bind(
         settings: ProxySettings,
         store: Store,
         source: Option<Box<dyn ConfigSource>>,
     ) -> Result<Proxy, Error> {
+        Proxy::bind_with(settings, store, source, None).await
+    }
+
+    /// As [`Proxy::bind`]; `identity` (e.g. the controller's certificates) takes the place of
+    /// the files. Neither: mesh TLS is off.
+    pub async fn bind_with(
+        settings: ProxySettings,
+        store: Store,
+        source: Option<Box<dyn ConfigSource>>,
+        identity: Option<Arc<dyn IdentitySource>>,
+    ) -> Result<Proxy, Error> {
+        let mut tls_task: Option<Task> = None;
+        let identity = match (identity, &settings.tls_files) {
+            (Some(i), _) => Some(i),
+            (None, Some(f)) => {
+                let files = Arc::new(FileIdentity::new(
+                    f.cert.clone(),
+                    f.key.clone(),
+                    f.roots.clone(),
+                ));
+                files.reload()?;
+                tls_task = Some(Box::pin(files.clone().follow(settings.config_poll, |_| {})));
+                Some(files as Arc<dyn IdentitySource>)
+            }
+            (None, None) => None,
+        };
+        let tls = identity.map(|i| Arc::new(MeshTls::new(i)));
         let any: IpAddr = if settings.ipv6 {
             Ipv6Addr::UNSPECIFIED.into()
         } else {
@@ -115,16 +155,15 @@ impl Proxy {
         let metrics = Metrics::new(&mut registry);
         let http = Arc::new(Http {
             store: store.clone(),
-            pool: Arc::new(Pool::new(Duration::from_secs(5), 64)),
+            pool: Arc::new(
+                Pool::new(Duration::from_secs(5), 64, tls.clone()).with_metrics(metrics.clone()),
+            ),
             metrics: metrics.clone(),
         });
         let (preview, preview_task) = match &settings.preview_map {
             Some(path) => {
                 let (p, task) = crate::preview::follow(path.clone(), settings.config_poll);
-                (
-                    p,
-                    Some(Box::pin(task) as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>),
-                )
+                (p, Some(Box::pin(task) as Task))
             }
             None => (Preview::none(), None),
         };
@@ -140,6 +179,8 @@ impl Proxy {
             source,
             preview,
             preview_task,
+            tls,
+            tls_task,
         })
     }
 
@@ -162,6 +203,8 @@ impl Proxy {
             source,
             preview,
             preview_task,
+            tls,
+            tls_task,
         } = self;
         let settings = Arc::new(settings);
         let draining = Arc::new(AtomicBool::new(false));
@@ -199,6 +242,9 @@ impl Proxy {
         if let Some(t) = preview_task {
             tasks.spawn(t);
         }
+        if let Some(t) = tls_task {
+            tasks.spawn(t);
+        }
         let mut admin_stop = stop_rx.clone();
         tasks.spawn(admin::serve(admin, registry, health, async move {
             until(&mut admin_stop).await;
@@ -216,6 +262,8 @@ impl Proxy {
                 live: live.clone(),
                 direction,
                 preview: preview.clone(),
+                tls: tls.clone(),
+                store: store.clone(),
             };
             let mut drain = drain_rx.clone();
             let sem = Arc::new(Semaphore::new(settings.max_connections));
@@ -283,6 +331,8 @@ struct Ctx {
     live: Arc<Live>,
     direction: Direction,
     preview: Preview,
+    tls: Option<Arc<MeshTls>>,
+    store: Store,
 }
 
 impl Ctx {
@@ -331,47 +381,155 @@ impl Ctx {
             }
             Direction::Inbound => orig,
         };
-        let (protocol, prefix) = if self.settings.opaque_ports.contains(&orig.port()) {
+        let opaque_port = self.settings.opaque_ports.contains(&orig.port());
+        let (protocol, mut prefix) = match (opaque_port, self.direction, &self.tls) {
             // Server-speaks-first: the client may wait for the server, so do not wait for it.
-            (Protocol::Opaque, Vec::new())
-        } else {
-            match detect::detect(&mut stream, self.settings.detect_timeout).await {
-                Ok(d) => d,
-                Err(_) => return,
+            (true, Direction::Outbound, _) | (true, Direction::Inbound, None) => {
+                (Protocol::Opaque, Vec::new())
+            }
+            // Inbound with mesh TLS on: a meshed client's proxy speaks first (its
+            // ClientHello); a plaintext client that waits for the server is let through after
+            // a short window.
+            (true, Direction::Inbound, Some(_)) => {
+                match detect::detect(&mut stream, OPAQUE_TLS_WINDOW).await {
+                    Ok((Protocol::Tls, p)) => (Protocol::Tls, p),
+                    Ok((_, p)) => (Protocol::Opaque, p),
+                    Err(_) => return,
+                }
+            }
+            (false, _, _) => {
+                match detect::detect(&mut stream, self.settings.detect_timeout).await {
+                    Ok(d) => d,
+                    Err(_) => return,
+                }
             }
         };
-        let dir = self.direction.as_str();
+        if self.direction == Direction::Inbound {
+            let mesh = protocol == Protocol::Tls
+                && self.tls.is_some()
+                && self.mesh_alpn(&mut stream, &mut prefix).await;
+            if mesh {
+                return self.inbound_mesh(Prefixed::new(prefix, stream), orig).await;
+            }
+            if self.settings.tls_mode == TlsMode::Strict {
+                return self.refuse("not_mesh_tls");
+            }
+        }
+        self.count(protocol);
+        let io = Prefixed::new(prefix, stream);
+        self.dispatch(io, orig, protocol, None).await;
+    }
+
+    fn count(&self, protocol: Protocol) {
         self.metrics
             .connections
             .get_or_create(&vec![
-                ("direction", dir.into()),
+                ("direction", self.direction.as_str().into()),
                 ("protocol", protocol.as_str().into()),
             ])
             .inc();
+    }
+
+    async fn dispatch<I>(
+        &self,
+        io: I,
+        orig: SocketAddr,
+        protocol: Protocol,
+        client_id: Option<Arc<str>>,
+    ) where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         let open = self
             .metrics
             .open_connections
-            .get_or_create(&vec![("direction", dir.into())])
+            .get_or_create(&vec![("direction", self.direction.as_str().into())])
             .clone();
         open.inc();
-        let io = Prefixed::new(prefix, stream);
         match protocol {
-            Protocol::Http1 | Protocol::Http2 => self.serve_http(io, orig, protocol).await,
+            Protocol::Http1 | Protocol::Http2 => {
+                self.serve_http(io, orig, protocol, client_id).await
+            }
             Protocol::Tls | Protocol::Opaque => self.opaque(io, orig).await,
         }
         open.dec();
     }
 
-    async fn serve_http(&self, io: Prefixed<TcpStream>, orig: SocketAddr, protocol: Protocol) {
+    /// Reads the rest of a ClientHello (within the detection timeout) and tells whether it
+    /// offers the mesh's ALPN.
+    async fn mesh_alpn(&self, stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+        let deadline = tokio::time::Instant::now() + self.settings.detect_timeout;
+        loop {
+            if let Some(mesh) = tls::offers_mesh_alpn(buf) {
+                return mesh;
+            }
+            if buf.len() > 64 * 1024 {
+                return false;
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => return false,
+            }
+        }
+    }
+
+    fn handshake(&self, ok: bool) {
+        self.metrics
+            .tls_handshakes
+            .get_or_create(&vec![
+                ("direction", self.direction.as_str().into()),
+                ("result", if ok { "ok" } else { "failed" }.into()),
+            ])
+            .inc();
+    }
+
+    /// Mesh TLS in: terminate it, verify the client, then detect and proxy what it carries to
+    /// the app (the original destination), telling HTTP apps who the client is.
+    async fn inbound_mesh(&self, io: Prefixed<TcpStream>, orig: SocketAddr) {
+        let Some(tls) = &self.tls else { return };
+        let (mut s, client) =
+            match tokio::time::timeout(self.settings.detect_timeout, tls.accept(io)).await {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "inbound mesh TLS handshake failed");
+                    return self.handshake(false);
+                }
+                Err(_) => return self.handshake(false),
+            };
+        self.handshake(true);
+        let (protocol, prefix) = match detect::detect(&mut s, self.settings.detect_timeout).await {
+            Ok(d) => d,
+            Err(_) => return,
+        };
+        self.count(protocol);
+        self.dispatch(
+            Prefixed::new(prefix, s),
+            orig,
+            protocol,
+            Some(client.into()),
+        )
+        .await;
+    }
+
+    async fn serve_http<I>(
+        &self,
+        io: I,
+        orig: SocketAddr,
+        protocol: Protocol,
+        client_id: Option<Arc<str>>,
+    ) where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         let h2 = protocol == Protocol::Http2;
         let conn = Conn {
             direction: self.direction,
             orig_dst: orig,
             h2,
+            client_id,
         };
         let http = self.http.clone();
         let svc = hyper::service::service_fn(move |req| {
-            let http = http.clone();
+            let (http, conn) = (http.clone(), conn.clone());
             async move { Ok::<_, std::convert::Infallible>(http.handle(conn, req).await) }
         });
         let io = TokioIo::new(io);
@@ -411,8 +569,20 @@ impl Ctx {
         }
     }
 
-    async fn opaque(&self, io: Prefixed<TcpStream>, orig: SocketAddr) {
-        let upstream = match self.http.pool.connect(orig).await {
+    /// Bytes both ways to the original destination; outbound to a meshed endpoint over mesh
+    /// TLS.
+    async fn opaque<I>(&self, io: I, orig: SocketAddr)
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let target = crate::pool::Target {
+            addr: orig,
+            identity: match self.direction {
+                Direction::Outbound => self.store.load().identity(orig).cloned(),
+                Direction::Inbound => None,
+            },
+        };
+        let upstream = match self.http.pool.open(&target).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(error = %e, "opaque TCP: cannot reach the original destination");
@@ -441,9 +611,10 @@ pub async fn run(
     settings: ProxySettings,
     store: Store,
     source: Option<Box<dyn ConfigSource>>,
+    identity: Option<Arc<dyn IdentitySource>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let p = Proxy::bind(settings, store, source).await?;
+    let p = Proxy::bind_with(settings, store, source, identity).await?;
     tracing::info!(admin = %p.admin_addr(), "proxy listening");
     p.serve(shutdown).await;
     Ok(())

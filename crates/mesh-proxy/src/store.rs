@@ -52,6 +52,8 @@ pub struct Service {
     pub default_split: Vec<(usize, u32)>,
     pub budget: Arc<Budget>,
     pub accrual: Accrual,
+    /// Meshed endpoints → the identity they must present.
+    pub identities: HashMap<SocketAddr, Arc<str>>,
 }
 
 /// The route a request takes when no configured route matches.
@@ -92,11 +94,17 @@ pub struct Snapshot {
     pub generation: u64,
     pub config: Config,
     by_addr: HashMap<SocketAddr, Arc<Service>>,
+    identities: HashMap<SocketAddr, Arc<str>>,
 }
 
 impl Snapshot {
     pub fn service(&self, dst: SocketAddr) -> Option<&Arc<Service>> {
         self.by_addr.get(&dst)
+    }
+
+    /// The identity a meshed endpoint must present (any service's config may name it).
+    pub fn identity(&self, endpoint: SocketAddr) -> Option<&Arc<str>> {
+        self.identities.get(&endpoint)
     }
 }
 
@@ -153,7 +161,15 @@ impl Store {
         config.validate()?;
         let generation = self.load().generation + 1;
         let mut by_addr = HashMap::new();
+        let mut all_identities = HashMap::new();
         for (i, s) in config.services.iter().enumerate() {
+            let identities: HashMap<SocketAddr, Arc<str>> = s
+                .backends
+                .iter()
+                .flat_map(|b| b.identities.iter())
+                .map(|(a, id)| (*a, Arc::<str>::from(id.as_str())))
+                .collect();
+            all_identities.extend(identities.iter().map(|(a, id)| (*a, id.clone())));
             let p = format!("services[{i}]");
             let backends: Vec<Backend> = s
                 .backends
@@ -235,6 +251,7 @@ impl Store {
                         &s.failure_accrual.eject_for,
                     )?,
                 },
+                identities,
             });
             for a in &s.addresses {
                 by_addr.insert(*a, svc.clone());
@@ -244,6 +261,7 @@ impl Store {
             generation,
             config,
             by_addr,
+            identities: all_identities,
         }));
         Ok(generation)
     }

@@ -76,7 +76,7 @@ pub struct Service {
     #[prost(message, optional, tag = "6")]
     pub failure_accrual: ::core::option::Option<FailureAccrual>,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Backend {
     #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
@@ -85,6 +85,14 @@ pub struct Backend {
     pub endpoints: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(uint32, tag = "3")]
     pub weight: u32,
+    /// Endpoint ("ip:port", one of `endpoints`) → the SPIFFE ID of the meshed Pod behind it
+    /// (from its ServiceAccount). Proxies reach listed endpoints over mesh TLS and accept only
+    /// that identity; unlisted endpoints are not meshed.
+    #[prost(map = "string, string", tag = "4")]
+    pub identities: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Route {

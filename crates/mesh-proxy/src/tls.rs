@@ -1,0 +1,542 @@
+//! Mutual TLS between meshed Pods.
+//!
+//! - An [`IdentitySource`] says what this proxy presents (its certificate chain and key) and
+//!   whom it trusts (the mesh's anchors). [`FileIdentity`] reads PEM files and swaps in what
+//!   they say when they change; the controller's `mesh_controller::identity::CertStore` is the
+//!   other source. Either feeds the same resolver, so handshakes always use the current one.
+//! - Peers are verified here, not by host name: webpki checks the chain to the anchors, then
+//!   the leaf's only URI SAN must be a SPIFFE ID, and on the outbound side exactly the one the
+//!   routing config names for the endpoint.
+//! - Mesh TLS is told apart from the app's own TLS by ALPN: only a ClientHello offering
+//!   [`ALPN`] is terminated by the inbound side; any other TLS passes through opaque.
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig,
+    SignatureScheme,
+};
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+/// The private ALPN id a meshed proxy offers; the app's own TLS never does.
+pub const ALPN: &[u8] = b"gw.mesh/1";
+
+/// The header carrying the verified client identity (SPIFFE ID) to the app; the inbound side
+/// removes any copy the client sent before adding its own.
+pub const CLIENT_ID_HEADER: &str = "x-ghostwire-client-id";
+
+/// What this proxy presents and whom it trusts.
+pub trait IdentitySource: Send + Sync + std::fmt::Debug + 'static {
+    /// The certificate chain and key presented in handshakes; `None` until there is one.
+    fn certified_key(&self) -> Option<Arc<CertifiedKey>>;
+    /// The anchors peers' chains must lead to (several during a rotation).
+    fn trust_anchors(&self) -> Vec<CertificateDer<'static>>;
+}
+
+pub use mesh_config::TlsMode as Mode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+fn file_error(path: &Path, reason: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    anchors: Vec<CertificateDer<'static>>,
+}
+
+/// Certificate chain, private key and trust anchors from PEM files (e.g. a mounted
+/// `kubernetes.io/tls` Secret: `tls.crt`, `tls.key`, `ca.crt`). [`FileIdentity::reload`] swaps
+/// all three in at once, and only when they are consistent (the key matches the leaf, the leaf
+/// names a SPIFFE ID, at least one anchor); otherwise the previous ones stay.
+#[derive(Debug)]
+pub struct FileIdentity {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub roots: PathBuf,
+    current: RwLock<Option<Loaded>>,
+    seen: Mutex<Option<Vec<Vec<u8>>>>,
+}
+
+impl FileIdentity {
+    pub fn new(cert: PathBuf, key: PathBuf, roots: PathBuf) -> FileIdentity {
+        FileIdentity {
+            cert,
+            key,
+            roots,
+            current: RwLock::default(),
+            seen: Mutex::default(),
+        }
+    }
+
+    /// Reads the files; when their bytes changed and they are valid, swaps them in. `Ok(true)`:
+    /// a new identity is in use.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| file_error(p, e));
+        let bytes = vec![read(&self.cert)?, read(&self.key)?, read(&self.roots)?];
+        if self.seen.lock().unwrap_or_else(|e| e.into_inner()).as_ref() == Some(&bytes) {
+            return Ok(false);
+        }
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes[0])
+            .collect::<Result<_, _>>()
+            .map_err(|e| file_error(&self.cert, format!("not PEM certificates: {e:?}")))?;
+        let Some(leaf) = chain.first() else {
+            return Err(file_error(&self.cert, "no CERTIFICATE block"));
+        };
+        spiffe_id(leaf).map_err(|r| file_error(&self.cert, r))?;
+        let key = PrivateKeyDer::from_pem_slice(&bytes[1])
+            .map_err(|e| file_error(&self.key, format!("no usable private key: {e:?}")))?;
+        let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+            .map_err(|e| file_error(&self.key, e))?;
+        let certified = CertifiedKey::new(chain, signer);
+        if let Err(e @ rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) =
+            certified.keys_match()
+        {
+            return Err(file_error(&self.key, e));
+        }
+        let anchors: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes[2])
+            .collect::<Result<_, _>>()
+            .map_err(|e| file_error(&self.roots, format!("not PEM certificates: {e:?}")))?;
+        if anchors.is_empty() {
+            return Err(file_error(&self.roots, "no CERTIFICATE block"));
+        }
+        if let Some(bad) = anchors
+            .iter()
+            .find(|a| webpki::anchor_from_trusted_cert(a).is_err())
+        {
+            return Err(file_error(
+                &self.roots,
+                format!("a certificate is not a usable anchor ({} bytes)", bad.len()),
+            ));
+        }
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Loaded {
+            key: Arc::new(certified),
+            anchors,
+        });
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
+        Ok(true)
+    }
+
+    /// Reloads every `poll` until the process ends; errors go to `on_error` and the previous
+    /// identity stays in use.
+    pub async fn follow(self: Arc<Self>, poll: Duration, on_error: impl Fn(&TlsError) + Send) {
+        let mut tick = tokio::time::interval(poll);
+        loop {
+            tick.tick().await;
+            let me = self.clone();
+            match tokio::task::spawn_blocking(move || me.reload()).await {
+                Ok(Ok(true)) => {
+                    tracing::info!(cert = %self.cert.display(), "mesh TLS identity loaded")
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "mesh TLS files refused; keeping the previous identity");
+                    on_error(&e);
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+impl IdentitySource for FileIdentity {
+    fn certified_key(&self) -> Option<Arc<CertifiedKey>> {
+        let g = self.current.read().unwrap_or_else(|e| e.into_inner());
+        g.as_ref().map(|l| l.key.clone())
+    }
+    fn trust_anchors(&self) -> Vec<CertificateDer<'static>> {
+        let g = self.current.read().unwrap_or_else(|e| e.into_inner());
+        g.as_ref().map(|l| l.anchors.clone()).unwrap_or_default()
+    }
+}
+
+/// The only URI SAN of `cert`, which must be a SPIFFE ID.
+pub fn spiffe_id(cert: &CertificateDer<'_>) -> Result<String, String> {
+    let (_, c) =
+        X509Certificate::from_der(cert).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let san = c
+        .subject_alternative_name()
+        .map_err(|e| format!("bad subjectAltName: {e}"))?
+        .ok_or("no subjectAltName")?;
+    let uris: Vec<&str> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|g| match g {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+        .collect();
+    match uris.as_slice() {
+        [one] if one.starts_with("spiffe://") => Ok(one.to_string()),
+        [one] => Err(format!("URI SAN {one:?} is not a SPIFFE ID")),
+        [] => Err("no URI SAN".into()),
+        _ => Err(format!("{} URI SANs, expected one", uris.len())),
+    }
+}
+
+fn pki_error(e: webpki::Error) -> rustls::Error {
+    use webpki::Error as W;
+    rustls::Error::InvalidCertificate(match e {
+        W::UnknownIssuer => CertificateError::UnknownIssuer,
+        W::CertExpired { .. } => CertificateError::Expired,
+        W::CertNotValidYet { .. } => CertificateError::NotValidYet,
+        W::BadDer | W::BadDerTime => CertificateError::BadEncoding,
+        other => CertificateError::Other(rustls::OtherError(Arc::new(other))),
+    })
+}
+
+/// The chain of `end` to `source`'s anchors for `usage`, then its SPIFFE ID.
+fn verify_peer(
+    source: &dyn IdentitySource,
+    provider: &CryptoProvider,
+    end: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    usage: webpki::KeyUsage,
+) -> Result<String, rustls::Error> {
+    let anchors_der = source.trust_anchors();
+    let anchors: Vec<_> = anchors_der
+        .iter()
+        .filter_map(|a| webpki::anchor_from_trusted_cert(a).ok())
+        .collect();
+    if anchors.is_empty() {
+        return Err(rustls::Error::General(
+            "no mesh trust anchors loaded".into(),
+        ));
+    }
+    let ee = webpki::EndEntityCert::try_from(end).map_err(pki_error)?;
+    ee.verify_for_usage(
+        provider.signature_verification_algorithms.all,
+        &anchors,
+        intermediates,
+        now,
+        usage,
+        None,
+        None,
+    )
+    .map_err(pki_error)?;
+    spiffe_id(end).map_err(|reason| {
+        tracing::debug!(%reason, "peer certificate has no SPIFFE ID");
+        rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+    })
+}
+
+/// Outbound: the server must chain to the anchors and be exactly `expected`.
+#[derive(Debug)]
+struct ServerVerifier {
+    source: Arc<dyn IdentitySource>,
+    provider: Arc<CryptoProvider>,
+    expected: String,
+}
+
+impl ServerCertVerifier for ServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let id = verify_peer(
+            &*self.source,
+            &self.provider,
+            end_entity,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+        )?;
+        if id != self.expected {
+            tracing::debug!(presented = %id, expected = %self.expected, "peer identity mismatch");
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName,
+            ));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Inbound: a client certificate is required and must chain to the anchors with a SPIFFE ID.
+#[derive(Debug)]
+struct ClientVerifier {
+    source: Arc<dyn IdentitySource>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        verify_peer(
+            &*self.source,
+            &self.provider,
+            end_entity,
+            intermediates,
+            now,
+            webpki::KeyUsage::client_auth(),
+        )?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Presents the source's current certificate, as server and as client.
+#[derive(Debug)]
+struct Presents(Arc<dyn IdentitySource>);
+
+impl rustls::server::ResolvesServerCert for Presents {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.certified_key()
+    }
+}
+
+impl rustls::client::ResolvesClientCert for Presents {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.0.certified_key()
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The proxy's mesh TLS: one server config, one client config per expected peer identity.
+#[derive(Debug)]
+pub struct MeshTls {
+    source: Arc<dyn IdentitySource>,
+    provider: Arc<CryptoProvider>,
+    server: Arc<ServerConfig>,
+    clients: Mutex<HashMap<String, Arc<ClientConfig>>>,
+}
+
+pub type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+impl MeshTls {
+    pub fn new(source: Arc<dyn IdentitySource>) -> MeshTls {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("ring supports TLS 1.3")
+            .with_client_cert_verifier(Arc::new(ClientVerifier {
+                source: source.clone(),
+                provider: provider.clone(),
+            }))
+            .with_cert_resolver(Arc::new(Presents(source.clone())));
+        server.alpn_protocols = vec![ALPN.to_vec()];
+        MeshTls {
+            source,
+            provider,
+            server: Arc::new(server),
+            clients: Mutex::default(),
+        }
+    }
+
+    /// Whether there is a certificate to present yet.
+    pub fn ready(&self) -> bool {
+        self.source.certified_key().is_some()
+    }
+
+    fn client(&self, expected: &str) -> Arc<ClientConfig> {
+        let mut m = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = m.get(expected) {
+            return c.clone();
+        }
+        let mut c = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("ring supports TLS 1.3")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ServerVerifier {
+                source: self.source.clone(),
+                provider: self.provider.clone(),
+                expected: expected.to_string(),
+            }))
+            .with_client_cert_resolver(Arc::new(Presents(self.source.clone())));
+        c.alpn_protocols = vec![ALPN.to_vec()];
+        let c = Arc::new(c);
+        if m.len() > 4096 {
+            m.clear();
+        }
+        m.insert(expected.to_string(), c.clone());
+        c
+    }
+
+    /// Mesh TLS over `tcp` to a peer that must be `expected`.
+    pub async fn connect(&self, tcp: TcpStream, expected: &str) -> io::Result<ClientStream> {
+        if !self.ready() {
+            return Err(io::Error::other("no mesh certificate yet"));
+        }
+        let ip = tcp.peer_addr()?.ip();
+        tokio_rustls::TlsConnector::from(self.client(expected))
+            .connect(ServerName::IpAddress(ip.into()), tcp)
+            .await
+    }
+
+    /// Terminates mesh TLS on `io`; returns the stream and the client's verified identity.
+    pub async fn accept<IO>(
+        &self,
+        io: IO,
+    ) -> io::Result<(tokio_rustls::server::TlsStream<IO>, String)>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let s = tokio_rustls::TlsAcceptor::from(self.server.clone())
+            .accept(io)
+            .await?;
+        let id = s
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or_else(|| io::Error::other("no client certificate"))
+            .and_then(|c| spiffe_id(c).map_err(io::Error::other))?;
+        Ok((s, id))
+    }
+}
+
+/// Whether the ClientHello at the start of `buf` offers [`ALPN`]; `None`: not complete yet.
+/// Bytes that are not a parseable ClientHello are `Some(false)` (not mesh TLS).
+pub fn offers_mesh_alpn(buf: &[u8]) -> Option<bool> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut rest = buf;
+    while !rest.is_empty() {
+        match acceptor.read_tls(&mut rest) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) => return Some(false),
+        }
+    }
+    match acceptor.accept() {
+        Ok(Some(accepted)) => Some(
+            accepted
+                .client_hello()
+                .alpn()
+                .is_some_and(|mut protocols| protocols.any(|p| p == ALPN)),
+        ),
+        Ok(None) => None,
+        Err(_) => Some(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(alpn: &[&[u8]]) -> Vec<u8> {
+        let mut c =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+        c.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        let mut conn =
+            rustls::ClientConnection::new(Arc::new(c), "app.example".try_into().unwrap()).unwrap();
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn alpn_tells_mesh_tls_from_the_apps_own() {
+        let mesh = hello(&[b"h2", ALPN]);
+        assert_eq!(offers_mesh_alpn(&mesh), Some(true));
+        assert_eq!(offers_mesh_alpn(&mesh[..mesh.len() / 2]), None);
+        assert_eq!(offers_mesh_alpn(&hello(&[b"h2", b"http/1.1"])), Some(false));
+        assert_eq!(offers_mesh_alpn(&hello(&[])), Some(false));
+        assert_eq!(offers_mesh_alpn(b"\x16\x03\x01\x00\x05hello"), Some(false));
+    }
+}

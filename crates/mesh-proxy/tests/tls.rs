@@ -1,0 +1,367 @@
+//! Mesh mTLS between two meshed lab pods (real kernel, real sockets, a capture on the server
+//! pod's eth0): no plaintext on the wire when on and the marker visible when off; the client's
+//! identity reaches the app and a forged one does not; a wrong peer identity is refused; the
+//! app's own TLS passes through opaque; certificate files are reloaded; strict refuses
+//! plaintext, permissive accepts it.
+
+mod common;
+
+use common::*;
+use lab_net::{Lab, Pod, ServicePort};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    SanType,
+};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const CLIENT_ID: &str = "spiffe://td.test/ns/app-a/sa/client";
+const SERVER_ID: &str = "spiffe://td.test/ns/app-b/sa/server";
+
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = p.self_signed(&key).unwrap();
+        Ca {
+            issuer: Issuer::new(p, key),
+            pem: cert.pem(),
+        }
+    }
+
+    /// Writes `<name>.crt`, `<name>.key` and `<name>.roots` (the anchors) for `id` into `dir`;
+    /// returns the knobs that point the proxy at them.
+    fn issue(&self, dir: &Path, name: &str, id: &str) -> Vec<(&'static str, String)> {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.subject_alt_names = vec![SanType::URI(id.to_string().try_into().unwrap())];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        let path = |ext: &str| dir.join(format!("{name}.{ext}"));
+        // Key first: a reader that catches the files half-written refuses the mismatch and
+        // keeps what it had.
+        std::fs::write(path("key"), key.serialize_pem()).unwrap();
+        std::fs::write(path("crt"), cert.pem()).unwrap();
+        std::fs::write(path("roots"), &self.pem).unwrap();
+        let s = |p: PathBuf| p.display().to_string();
+        vec![
+            (mesh_config::TLS_CERT, s(path("crt"))),
+            (mesh_config::TLS_KEY, s(path("key"))),
+            (mesh_config::TLS_ROOTS, s(path("roots"))),
+        ]
+    }
+}
+
+fn knobs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    v.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// tcpdump on `pod`'s eth0, printing payloads as text; killed on drop.
+struct Capture {
+    child: Child,
+    text: Arc<Mutex<String>>,
+}
+
+impl Capture {
+    fn start(pod: &Pod, filter: &str) -> Capture {
+        let mut child = pod
+            .command("tcpdump")
+            .args(["-i", "eth0", "-nn", "-l", "-U", "-A", filter])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // tcpdump says "listening on eth0" once the capture runs.
+        let mut err = child.stderr.take().unwrap();
+        let mut seen = Vec::new();
+        let mut b = [0u8; 256];
+        while !String::from_utf8_lossy(&seen).contains("listening on") {
+            let n = err.read(&mut b).unwrap();
+            assert!(n > 0, "tcpdump: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&b[..n]);
+        }
+        let text = Arc::new(Mutex::new(String::new()));
+        let t = text.clone();
+        std::thread::spawn(move || {
+            let mut b = [0u8; 4096];
+            while let Ok(n) = err.read(&mut b) {
+                if n == 0 {
+                    return;
+                }
+                t.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&b[..n]));
+            }
+        });
+        let (mut out, t) = (child.stdout.take().unwrap(), text.clone());
+        std::thread::spawn(move || {
+            let mut b = [0u8; 4096];
+            while let Ok(n) = out.read(&mut b) {
+                if n == 0 {
+                    return;
+                }
+                t.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&b[..n]));
+            }
+        });
+        Capture { child, text }
+    }
+
+    fn contains(&self, s: &str) -> bool {
+        self.text.lock().unwrap().contains(s)
+    }
+
+    /// Waits (bounded) until the capture shows `s`.
+    fn wait_for(&self, s: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.contains(s) {
+            assert!(
+                Instant::now() < deadline,
+                "{s} never captured; the capture:\n{}",
+                self.text.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plaintext request from `pod` as root (the proxy's uid in these tests, so not redirected
+/// in `pod`): it reaches the peer's inbound proxy as plaintext.
+fn plain_curl(pod: &Pod, args: &[&str]) -> String {
+    let out = pod
+        .command("curl")
+        .args(["-s", "--max-time", "5"])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn routes(vip: SocketAddr, ep: SocketAddr, identity: Option<&str>) -> String {
+    let ids = identity.map_or(String::new(), |id| {
+        format!(", identities: {{\"{ep}\": \"{id}\"}}")
+    });
+    format!(
+        "services:\n  - name: app-b.app-b\n    addresses: [\"{vip}\"]\n    backends:\n      - {{name: v1, endpoints: [\"{ep}\"]{ids}}}\n"
+    )
+}
+
+/// Waits (bounded) until `f` holds.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn mesh_tls_between_pods() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut lab = Lab::new("mesh-tls").unwrap();
+    let client = lab.add_pod("client").unwrap();
+    let server = lab.add_pod("server").unwrap();
+    let _app = http_backend(&rt, &server, "server", 8080);
+    let svc = lab
+        .add_service("app-b", &[ServicePort::tcp(80, 8080)], &[&server])
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("gw-mesh-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = Ca::new("test mesh CA");
+    let client_files = ca.issue(&dir, "client", CLIENT_ID);
+    let server_files = ca.issue(&dir, "server", SERVER_ID);
+    let c = Meshed::start(&client, &knobs(&client_files));
+    let mut s = Meshed::start(&server, &knobs(&server_files));
+    let vip = svc.addr_v4(80);
+    let ep = SocketAddr::new(server.ipv4.into(), 8080);
+    let url = format!("http://{vip}/headers");
+    let cap = Capture::start(&server, "tcp port 8080");
+
+    // On: the endpoint is meshed with the server's identity.
+    c.configure(&routes(vip, ep, Some(SERVER_ID)));
+    let out = curl(
+        &client,
+        &[
+            "-H",
+            "x-marker: SECRET-ON-THE-WIRE",
+            "-H",
+            "x-ghostwire-client-id: spiffe://td.test/ns/evil/sa/forged",
+            &url,
+        ],
+    );
+    assert!(
+        out.contains(&format!("x-ghostwire-client-id: {CLIENT_ID}")),
+        "{out}"
+    );
+    assert!(!out.contains("forged") && out.contains("x-marker"), "{out}");
+    // A plaintext request after it (permissive server): once the capture shows it, it has
+    // everything before it too.
+    let out = plain_curl(
+        &client,
+        &[
+            "-H",
+            "x-marker: PLAIN-SENTINEL",
+            "-H",
+            "x-ghostwire-client-id: spiffe://td.test/ns/evil/sa/forged",
+            &format!("http://{ep}/headers"),
+        ],
+    );
+    assert!(
+        out.contains("x-marker: PLAIN-SENTINEL") && !out.contains("x-ghostwire-client-id"),
+        "a forged identity header reached the app: {out}"
+    );
+    cap.wait_for("PLAIN-SENTINEL");
+    assert!(
+        !cap.contains("SECRET-ON-THE-WIRE"),
+        "plaintext on the wire with mesh TLS on"
+    );
+    let cm = c.metrics();
+    assert!(
+        metric(
+            &cm,
+            "ghostwire_proxy_tls_handshakes_total{direction=\"outbound\",result=\"ok\"}"
+        ) >= 1.0,
+        "{cm}"
+    );
+    let sm = s.metrics();
+    assert!(
+        metric(
+            &sm,
+            "ghostwire_proxy_tls_handshakes_total{direction=\"inbound\",result=\"ok\"}"
+        ) >= 1.0,
+        "{sm}"
+    );
+
+    // Off (the endpoint is not meshed in the config): the same marker is on the wire.
+    c.configure(&routes(vip, ep, None));
+    let out = curl(&client, &["-H", "x-marker: SECRET-ON-THE-WIRE", &url]);
+    assert!(
+        out.contains("x-marker") && !out.contains("x-ghostwire-client-id"),
+        "{out}"
+    );
+    cap.wait_for("SECRET-ON-THE-WIRE");
+
+    // A peer with another identity than the config says is refused before any byte of the
+    // request is sent.
+    c.configure(&routes(
+        vip,
+        ep,
+        Some("spiffe://td.test/ns/app-b/sa/someone-else"),
+    ));
+    let out = curl(&client, &["-w", "\n%{http_code}", &url]);
+    assert!(out.ends_with("\n502") && out.contains("mesh TLS"), "{out}");
+    assert!(
+        metric(
+            &c.metrics(),
+            "ghostwire_proxy_tls_handshakes_total{direction=\"outbound\",result=\"failed\"}"
+        ) >= 1.0
+    );
+
+    // The app's own TLS (no mesh ALPN) passes both proxies opaque, end to end.
+    let key = dir.join("app.key");
+    let crt = dir.join("app.crt");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args([
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=app.example",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let mut tls_app = server
+        .command("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept", "8443", "-cert"])
+        .arg(&crt)
+        .arg("-key")
+        .arg(&key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let app_url = format!("https://{}:8443/", server.ipv4);
+    let mut out = String::new();
+    eventually("the app's own TLS answers through both proxies", || {
+        out = curl(&client, &["-k", &app_url]);
+        out.contains("s_server")
+    });
+    let _ = tls_app.kill();
+    let _ = tls_app.wait();
+    assert!(
+        metric(
+            &s.metrics(),
+            "ghostwire_proxy_connections_total{direction=\"inbound\",protocol=\"tls\"}"
+        ) >= 1.0
+    );
+
+    // New files are picked up: the client now presents another identity on new connections
+    // (pooled ones keep the session they made; the IPv6 endpoint is a new one).
+    let other = "spiffe://td.test/ns/app-a/sa/renamed";
+    ca.issue(&dir, "client", other);
+    let ep6 = SocketAddr::new(server.ipv6.into(), 8080);
+    c.configure(&routes(vip, ep6, Some(SERVER_ID)));
+    eventually("the reloaded client identity reaches the app", || {
+        curl(&client, &[&url]).contains(&format!("x-ghostwire-client-id: {other}"))
+    });
+
+    // Strict: plaintext is refused, mesh TLS still passes.
+    s.join();
+    drop(s);
+    let strict: Vec<(&str, &str)> = knobs(&server_files)
+        .into_iter()
+        .chain([(mesh_config::TLS_MODE, "strict")])
+        .collect();
+    let s = Meshed::start(&server, &strict);
+    assert_eq!(plain_curl(&client, &[&format!("http://{ep}/hello")]), "");
+    assert!(
+        metric(
+            &s.metrics(),
+            "ghostwire_proxy_refused_connections_total{direction=\"inbound\",reason=\"not_mesh_tls\"}"
+        ) >= 1.0
+    );
+    eventually("mesh TLS passes a strict server", || {
+        curl(&client, &[&url]).contains("x-ghostwire-client-id")
+    });
+    drop(cap);
+    let _ = std::fs::remove_dir_all(&dir);
+}
