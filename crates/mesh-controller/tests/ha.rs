@@ -47,7 +47,11 @@ fn endpoints(store: &Store, dst: SocketAddr) -> Vec<String> {
 /// One replica: its own model fed by its own watch, its own server.
 async fn replica(admin: &kube::Client) -> (Controller, common::Running) {
     let model = Model::default();
-    tokio::spawn(mesh_controller::watch::run(admin.clone(), model.clone()));
+    tokio::spawn(mesh_controller::watch::run(
+        admin.clone(),
+        model.clone(),
+        "cluster.local".into(),
+    ));
     let mut registry = prometheus_client::registry::Registry::default();
     let auth = Arc::new(TokenReviewer::new(admin.clone(), AUDIENCE));
     let controller = Controller::new(model, auth, Metrics::new(&mut registry));
