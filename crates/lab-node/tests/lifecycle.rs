@@ -77,6 +77,31 @@ async fn native_sidecar_starts_first_restarts_and_stops_after_the_job() {
             .exit_code,
         0
     );
+    // The official Python client reads the same Pod: the sidecar's restartPolicy survives its
+    // model, and the statuses say what happened (restarted once, stopped after main).
+    let script = r#"
+import json, sys
+from kubernetes import client, config
+config.load_kube_config(config_file=sys.argv[1])
+p = client.CoreV1Api().read_namespaced_pod("job", "default")
+s = p.status.init_container_statuses[0]
+print(json.dumps({"phase": p.status.phase,
+                  "sidecar": [p.spec.init_containers[0].restart_policy, s.restart_count,
+                              s.last_state.terminated.exit_code, s.state.terminated.exit_code],
+                  "main": p.status.container_statuses[0].state.terminated.exit_code}))
+"#;
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(cluster.kubeconfig_path())
+        .output()
+        .await
+        .unwrap();
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(
+        got,
+        json!({"phase": "Succeeded", "sidecar": ["Always", 1, 1, 0], "main": 0})
+    );
 }
 
 /// An exec postStart and an HTTP preStop hook, an HTTP startup probe against a server in the container, and ephemeral containers
