@@ -285,6 +285,11 @@ pub fn default_object(rt: &ResourceType, obj: &mut Value) {
                 );
             }
             set_default(obj, "status", json!({}));
+            // Required in the schema (no omitempty upstream): clients whose models check it,
+            // such as the official Python client, refuse a status without it.
+            if rt.resource != "deployments" {
+                set_default(&mut obj["status"], "replicas", json!(0));
+            }
         }
         ("apps", "daemonsets") => {
             set_default(obj, "spec", json!({}));
@@ -295,6 +300,14 @@ pub fn default_object(rt: &ResourceType, obj: &mut Value) {
                 json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}),
             );
             set_default(obj, "status", json!({}));
+            for field in [
+                "currentNumberScheduled",
+                "desiredNumberScheduled",
+                "numberMisscheduled",
+                "numberReady",
+            ] {
+                set_default(&mut obj["status"], field, json!(0));
+            }
         }
         ("apiextensions.k8s.io", "customresourcedefinitions") if obj["status"].is_null() => {
             crate::crd::default_status(obj)
@@ -872,6 +885,30 @@ fn used_node_ports(store: &Store, except: Option<&Value>) -> HashSet<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workload_statuses_carry_their_required_counts() {
+        let reg = crate::resources::Registry::builtin();
+        for (resource, want) in [
+            ("statefulsets", json!({"replicas": 0})),
+            ("replicasets", json!({"replicas": 0})),
+            ("deployments", json!({})),
+            (
+                "daemonsets",
+                json!({"currentNumberScheduled": 0, "desiredNumberScheduled": 0,
+                       "numberMisscheduled": 0, "numberReady": 0}),
+            ),
+        ] {
+            let rt = reg.find("apps", "v1", resource).unwrap();
+            let mut obj = json!({"metadata": {"name": "x"}, "spec": {}});
+            default_object(&rt, &mut obj);
+            assert_eq!(obj["status"], want, "{resource}");
+            // A count the controller wrote stays.
+            obj["status"]["replicas"] = json!(3);
+            default_object(&rt, &mut obj);
+            assert_eq!(obj["status"]["replicas"], 3, "{resource}");
+        }
+    }
 
     #[test]
     fn static_band_follows_range_size() {

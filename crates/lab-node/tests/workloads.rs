@@ -1,6 +1,7 @@
 //! The controller manager with the real kubectl: Deployments (rollout status, restart, undo,
 //! pause/resume, scale, the surge/unavailability bounds sampled during a rolling update),
-//! StatefulSets, DaemonSets, Jobs and cascading deletion.
+//! StatefulSets, DaemonSets, Jobs and cascading deletion; the official Python `kubernetes` client
+//! drives the same kinds in its own namespace, at the same time.
 
 mod common;
 
@@ -9,7 +10,7 @@ use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::ListParams;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::time::Duration;
 
 async fn kubectl_stdin(cluster: &lab_node::Cluster, args: &[&str], input: &str) -> (bool, String) {
@@ -305,10 +306,133 @@ print(json.dumps({"done": done(apps.read_namespaced_deployment("web", "default")
     );
 }
 
+/// The official Python client, in namespace `py`: a StatefulSet watched from before its first
+/// Pod (each ordinal appears only after the one before it is Ready; every Pod's hostname and
+/// subdomain, `hostname` inside it and its DNS name through the headless Service; a deleted Pod
+/// comes back under the same name), a DaemonSet on the node, a Job with completions and
+/// parallelism, one failing past its backoffLimit, and deletions with foreground and orphan
+/// propagation. Prints one JSON object of what it saw.
+const PY_WORKLOADS: &str = r#"
+import json, sys, time
+from kubernetes import client, config, watch
+from kubernetes.stream import stream
+config.load_kube_config(config_file=sys.argv[1])
+core, apps, batch = client.CoreV1Api(), client.AppsV1Api(), client.BatchV1Api()
+ns = "py"
+def wait(what, f, timeout=90):
+    deadline = time.time() + timeout
+    while True:
+        v = f()
+        if v:
+            return v
+        assert time.time() < deadline, what
+        time.sleep(0.2)
+def ready(p):
+    return p.metadata.deletion_timestamp is None and any(
+        c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))
+def cond(obj, t):
+    return next((c for c in (obj.status.conditions or []) if c.type == t and c.status == "True"), None)
+def exists(read, name):
+    try:
+        read(name, ns)
+        return True
+    except client.ApiException as e:
+        assert e.status == 404, e
+        return False
+def job(name, spec, cmd):
+    spec["template"] = {"spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+        "containers": [{"name": "work", "image": "busybox", "command": ["sh", "-c", cmd]}]}}
+    batch.create_namespaced_job(ns, {"metadata": {"name": name}, "spec": spec})
+core.create_namespace({"metadata": {"name": ns}})
+core.create_namespaced_service(ns, {"metadata": {"name": "pydb"}, "spec": {"clusterIP": "None",
+    "selector": {"app": "pydb"}, "ports": [{"name": "pg", "port": 5432}]}})
+rv = core.list_namespaced_pod(ns).metadata.resource_version
+apps.create_namespaced_stateful_set(ns, {"metadata": {"name": "pydb"}, "spec": {
+    "replicas": 3, "serviceName": "pydb", "selector": {"matchLabels": {"app": "pydb"}},
+    "template": {"metadata": {"labels": {"app": "pydb"}}, "spec": {
+        "terminationGracePeriodSeconds": 1,
+        "containers": [{"name": "db", "image": "busybox", "command": ["sleep", "1000000"],
+            "readinessProbe": {"exec": {"command": ["true"]}, "initialDelaySeconds": 1,
+                               "periodSeconds": 1}}]}}}})
+apps.create_namespaced_daemon_set(ns, {"metadata": {"name": "pyagent"}, "spec": {
+    "selector": {"matchLabels": {"app": "pyagent"}},
+    "template": {"metadata": {"labels": {"app": "pyagent"}}, "spec": {
+        "terminationGracePeriodSeconds": 1,
+        "containers": [{"name": "agent", "image": "busybox", "command": ["sleep", "1000000"]}]}}}})
+job("pyjob", {"completions": 3, "parallelism": 2}, "echo done")
+job("pyfail", {"backoffLimit": 1}, "exit 3")
+
+# OrderedReady: every event is checked against the readiness seen so far.
+order, early, is_ready = [], [], set()
+w = watch.Watch()
+for ev in w.stream(core.list_namespaced_pod, ns, label_selector="app=pydb",
+                   resource_version=rv, timeout_seconds=90):
+    p = ev["object"]
+    n = p.metadata.name
+    if n not in order:
+        order.append(n)
+        i = int(n.rsplit("-", 1)[1])
+        if i > 0 and "pydb-%d" % (i - 1) not in is_ready:
+            early.append(n)
+    if ready(p):
+        is_ready.add(n)
+    if "pydb-2" in is_ready:
+        w.stop()
+pods = {p.metadata.name: p for p in core.list_namespaced_pod(ns, label_selector="app=pydb").items}
+names = [[n, pods[n].spec.hostname, pods[n].spec.subdomain] for n in sorted(pods)]
+resolve = ("for i in $(seq 100); do getent hosts pydb-0.pydb >/dev/null && break; sleep 0.1; done;"
+           " hostname; getent hosts pydb-0.pydb | cut -d' ' -f1")
+inside = stream(core.connect_get_namespaced_pod_exec, "pydb-2", ns,
+                command=["sh", "-c", resolve], stderr=True, stdin=False, stdout=True, tty=False)
+dns_ok = inside.split() == ["pydb-2", pods["pydb-0"].status.pod_ip]
+# A deleted member comes back under its name, with a new uid.
+old_uid = pods["pydb-1"].metadata.uid
+core.delete_namespaced_pod("pydb-1", ns)
+back = wait("pydb-1 back", lambda: next((p for p in core.list_namespaced_pod(
+    ns, label_selector="app=pydb").items if p.metadata.name == "pydb-1"
+    and p.metadata.uid != old_uid and ready(p)), None))
+
+done = wait("pyjob complete", lambda: cond(batch.read_namespaced_job_status("pyjob", ns), "Complete"))
+pyjob = batch.read_namespaced_job_status("pyjob", ns)
+failed = wait("pyfail failed", lambda: cond(batch.read_namespaced_job_status("pyfail", ns), "Failed"))
+pyfail = batch.read_namespaced_job_status("pyfail", ns)
+ds = wait("pyagent ready", lambda: (lambda d: d if d.status.number_ready == 1 else None)(
+    apps.read_namespaced_daemon_set_status("pyagent", ns)))
+agents = core.list_namespaced_pod(ns, label_selector="app=pyagent").items
+
+# Foreground: the StatefulSet is gone only once its Pods are. Orphan: the Job goes, its Pods stay.
+apps.delete_namespaced_stateful_set("pydb", ns, propagation_policy="Foreground")
+left_when_gone = None
+while left_when_gone is None:
+    gone = not exists(apps.read_namespaced_stateful_set, "pydb")
+    left = len(core.list_namespaced_pod(ns, label_selector="app=pydb").items)
+    if gone:
+        left_when_gone = left
+    time.sleep(0.1)
+batch.delete_namespaced_job("pyjob", ns, propagation_policy="Orphan")
+wait("pyjob gone", lambda: not exists(batch.read_namespaced_job, "pyjob"))
+orphans = core.list_namespaced_pod(ns, label_selector="job-name=pyjob").items
+print(json.dumps({
+    "order": order, "early": early, "names": names, "dns": [inside.split(), dns_ok],
+    "replaced": [back.metadata.name, back.spec.hostname],
+    "job": [done.reason, pyjob.status.succeeded, pyjob.spec.parallelism],
+    "fail": [failed.reason, pyfail.status.failed],
+    "daemonset": [ds.status.desired_number_scheduled, ds.status.number_ready,
+                  [(p.spec.node_name, p.metadata.owner_references[0].kind) for p in agents]],
+    "foreground_left": left_when_gone,
+    "orphans": [len(orphans), sum(len(p.metadata.owner_references or []) for p in orphans)],
+}))
+"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statefulset_daemonset_job_and_orphans() {
     let cluster = cluster("workloads").await;
     let client = cluster.client().await.unwrap();
+    let python = tokio::process::Command::new("python3")
+        .args(["-c", PY_WORKLOADS])
+        .arg(cluster.kubeconfig_path())
+        .output();
+    let python = tokio::spawn(python);
     let manifests = r#"
 apiVersion: apps/v1
 kind: StatefulSet
@@ -497,4 +621,31 @@ spec:
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(pods.get("db-0").await.is_ok(), "the orphan stays");
+
+    // What the Python client saw in its namespace meanwhile.
+    let out = python.await.unwrap().expect("python3 runs");
+    let got: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(got["order"], json!(["pydb-0", "pydb-1", "pydb-2"]), "{got}");
+    assert_eq!(got["early"], json!([]), "OrderedReady broken: {got}");
+    assert_eq!(
+        got["names"],
+        json!([
+            ["pydb-0", "pydb-0", "pydb"],
+            ["pydb-1", "pydb-1", "pydb"],
+            ["pydb-2", "pydb-2", "pydb"]
+        ]),
+        "{got}"
+    );
+    assert_eq!(got["dns"][1], true, "hostname and pydb-0.pydb: {got}");
+    assert_eq!(got["replaced"], json!(["pydb-1", "pydb-1"]), "{got}");
+    assert_eq!(got["job"], json!(["CompletionsReached", 3, 2]), "{got}");
+    assert_eq!(got["fail"], json!(["BackoffLimitExceeded", 2]), "{got}");
+    assert_eq!(
+        got["daemonset"],
+        json!([1, 1, [["lab-node", "DaemonSet"]]]),
+        "{got}"
+    );
+    assert_eq!(got["foreground_left"], 0, "foreground deletion: {got}");
+    assert_eq!(got["orphans"], json!([3, 0]), "orphaned Job pods: {got}");
 }
