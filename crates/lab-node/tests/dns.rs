@@ -1,7 +1,10 @@
 //! Cluster DNS from inside Pods, with the real `getent`, `dig` and `nslookup`: the Pods' own
 //! resolv.conf, hosts and nsswitch.conf, kube-dns on 10.96.0.10 reached through kube-proxy,
 //! Service, headless, hostname/subdomain, SRV, PTR and pod names, NXDOMAIN with the SOA, and an
-//! outside name forwarded to the lab's upstream (a real dnsmasq on loopback).
+//! outside name forwarded to the lab's upstream (a real dnsmasq on loopback). The official
+//! Python `kubernetes` client drives the same checks from its side: it creates a Python Pod that
+//! resolves through libc and runs the same real tools, reads its log, kube-dns's ClusterIPs and
+//! the headless Service's EndpointSlice hostnames.
 
 mod common;
 
@@ -74,6 +77,79 @@ echo "== outside"; dig +short outside.test
 echo "== nslookup-outside"; nslookup outside.test
 echo "== end"
 "#;
+
+/// Runs inside the `python` image's Pod (the host's python3 and tools): libc's resolver through
+/// Python's socket module, then the real `getent`, `nslookup` and `dig`.
+const PY_PROBE: &str = r#"
+import socket, subprocess, time
+for _ in range(100):
+    try:
+        socket.gethostbyname("db-0.db")
+        break
+    except OSError:
+        time.sleep(0.1)
+def run(*argv):
+    print(subprocess.run(argv, capture_output=True, text=True).stdout, end="")
+web = socket.gethostbyname("web")
+print("== py-web"); print(web)
+print("== py-db-0"); print(socket.gethostbyname_ex("db-0.db")[2][0])
+print("== py-ptr"); print(socket.gethostbyaddr(web)[0])
+try:
+    socket.gethostbyname("nope.shop.svc.cluster.local.")
+    print("== py-nx"); print("resolved")
+except socket.gaierror as e:
+    print("== py-nx"); print(e.errno == socket.EAI_NONAME)
+print("== getent"); run("getent", "ahostsv4", "web.shop")
+print("== nslookup"); run("nslookup", "db.shop.svc.cluster.local")
+print("== dig-srv"); run("dig", "+short", "_pg._tcp.db.shop.svc.cluster.local", "SRV")
+print("== end")
+"#;
+
+/// The official Python client: creates the Pod running [`PY_PROBE`], waits for it to finish, and
+/// reads its log, kube-dns's ClusterIPs and the hostnames in the headless Service's slices.
+const PY_CLIENT: &str = r#"
+import json, sys, time
+from kubernetes import client, config
+config.load_kube_config(config_file=sys.argv[1])
+core = client.CoreV1Api()
+core.create_namespaced_pod("shop", {"apiVersion": "v1", "kind": "Pod",
+    "metadata": {"name": "py-probe"},
+    "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+             "containers": [{"name": "probe", "image": "python:3.12-slim",
+                             "command": ["python3", "-c", sys.argv[2]]}]}})
+deadline = time.time() + 90
+while True:
+    p = core.read_namespaced_pod("py-probe", "shop")
+    if p.status.phase in ("Succeeded", "Failed"):
+        break
+    assert time.time() < deadline, p.status
+    time.sleep(0.2)
+kube_dns = core.read_namespaced_service("kube-dns", "kube-system").spec
+slices = client.DiscoveryV1Api().list_namespaced_endpoint_slice(
+    "shop", label_selector="kubernetes.io/service-name=db").items
+print(json.dumps({"phase": p.status.phase,
+    # (the field's Python name changed between client versions)
+    "kube_dns": getattr(kube_dns, "cluster_ips", None) or getattr(kube_dns, "cluster_i_ps"),
+    "db_hostnames": sorted(e.hostname or "" for s in slices for e in s.endpoints),
+    "log": core.read_namespaced_pod_log("py-probe", "shop")}))
+"#;
+
+async fn python_probe(cluster: &Cluster) -> serde_json::Value {
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", PY_CLIENT])
+        .arg(cluster.kubeconfig_path())
+        .arg(PY_PROBE)
+        .output()
+        .await
+        .expect("python3 runs");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
 
 fn sections(log: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
@@ -157,7 +233,11 @@ async fn pods_resolve_cluster_names_with_real_resolvers() {
     let db_pod = wait_pod(&client, "shop", "db-0", "Ready", ready).await;
     let db_ip = db_pod.status.unwrap().pod_ip.unwrap();
 
-    let log = run_probe(&cluster, "probe", "", PROBE).await;
+    // kubectl's probe Pod and the Python client's, at the same time.
+    let (log, py) = tokio::join!(
+        run_probe(&cluster, "probe", "", PROBE),
+        python_probe(&cluster)
+    );
     let s = sections(&log);
     assert!(s.contains_key("end"), "{log}");
     assert_eq!(
@@ -208,6 +288,31 @@ async fn pods_resolve_cluster_names_with_real_resolvers() {
     assert!(
         s["nslookup-outside"].contains("Address: 192.0.2.7"),
         "{log}"
+    );
+
+    // The Python client's side: its Pod resolved through libc and the same tools.
+    assert_eq!(py["phase"], "Succeeded", "{py}");
+    assert_eq!(
+        py["kube_dns"],
+        serde_json::json!(["10.96.0.10", "fd00:10:96::a"])
+    );
+    assert_eq!(py["db_hostnames"], serde_json::json!(["db-0"]), "{py}");
+    let plog = py["log"].as_str().unwrap_or_default();
+    let p = sections(plog);
+    assert!(p.contains_key("end"), "{plog}");
+    assert_eq!(p["py-web"].trim(), web_v4, "{plog}");
+    assert_eq!(p["py-db-0"].trim(), db_ip, "{plog}");
+    assert_eq!(p["py-ptr"].trim(), "web.shop.svc.cluster.local", "{plog}");
+    assert_eq!(p["py-nx"].trim(), "True", "NXDOMAIN: {plog}");
+    assert!(p["getent"].starts_with(&web_v4), "{plog}");
+    assert!(
+        p["nslookup"].contains(&format!("Address: {db_ip}")),
+        "{plog}"
+    );
+    assert_eq!(
+        p["dig-srv"].trim(),
+        "0 100 5432 db-0.db.shop.svc.cluster.local.",
+        "{plog}"
     );
 
     // dnsPolicy None: only dnsConfig; Default: the node's (none given to this lab: empty).
