@@ -16,65 +16,15 @@
 use lab_dns::peer::Dnsmasq;
 use lab_dns::records::Rdata;
 use lab_dns::{DnsServer, Upstream, ZoneHandle};
+use lab_net::bench::dnsperf;
 use serde_json::json;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// What one dnsperf run reported.
-struct Run {
-    qps: f64,
-    avg_latency_ms: f64,
-    lost: String,
-}
-
-fn dnsperf(server: SocketAddr, queries: &std::path::Path, seconds: u64) -> Run {
-    let out = std::process::Command::new("dnsperf")
-        .args([
-            "-s",
-            &server.ip().to_string(),
-            "-p",
-            &server.port().to_string(),
-        ])
-        .arg("-d")
-        .arg(queries)
-        .args([
-            "-l",
-            &seconds.to_string(),
-            "-c",
-            "4",
-            "-T",
-            "2",
-            "-q",
-            "100",
-        ])
-        .output()
-        .expect("dnsperf (Debian package dnsperf) is installed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let field = |label: &str| -> String {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(label))
-            .map(|v| v.trim().to_string())
-            .unwrap_or_default()
-    };
-    let number = |label: &str| -> f64 {
-        field(label)
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
-    Run {
-        qps: number("Queries per second:"),
-        avg_latency_ms: number("Average Latency (s):") * 1e3,
-        lost: field("Queries lost:"),
-    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -132,9 +82,12 @@ async fn main() {
         for (who, addr) in [("lab DNS", lab_addr), ("dnsmasq", dnsmasq.addr())] {
             let server = addr;
             let q = queries_file.clone();
-            let r = tokio::task::spawn_blocking(move || dnsperf(server, &q, seconds))
-                .await
-                .unwrap();
+            let r = tokio::task::spawn_blocking(move || {
+                dnsperf(std::process::Command::new("dnsperf"), server, &q, seconds)
+                    .expect("dnsperf (Debian package dnsperf) is installed")
+            })
+            .await
+            .unwrap();
             println!(
                 "round {round} {who:<8} {:>9.0} queries/s  avg latency {:>6.3} ms  lost {}",
                 r.qps, r.avg_latency_ms, r.lost

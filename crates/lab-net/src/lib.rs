@@ -27,6 +27,7 @@
 //! ```
 
 mod backbone;
+pub mod bench;
 pub mod client;
 pub mod echo;
 pub mod internet;
