@@ -15,7 +15,10 @@
 //!   replica is ready and updated; also each Pod's create → Ready (its first `Ready=True` seen
 //!   through a watch), as p50/p99 over all Pods of the run.
 //! - rolling update: from the template patch (an annotation, as `kubectl rollout restart`
-//!   does) to the Deployment having `replicas` updated, available pods and no old ones.
+//!   does) to the Deployment having `replicas` updated, available pods and no old ones; the
+//!   bounds are checked at every Pod event the watch delivers meanwhile: Pods not being deleted
+//!   at most `replicas + maxSurge`, Ready ones at least `replicas - maxUnavailable` (25 % each,
+//!   rounded up and down as Kubernetes does). The run stops with an error if they are broken.
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -58,6 +61,35 @@ fn deployment(name: &str, replicas: i32, probe: &str) -> Deployment {
                               "spec": {"terminationGracePeriodSeconds": 1, "containers": [c]}}}
     }))
     .unwrap()
+}
+
+/// The Pods the watch has shown, and the extremes seen while a rolling update runs.
+#[derive(Default)]
+struct Tracker {
+    pods: HashMap<String, (bool, bool)>,
+    rolling: bool,
+    max_active: usize,
+    min_ready: usize,
+    events: usize,
+}
+
+impl Tracker {
+    fn update(&mut self, p: &Pod, deleted: bool) {
+        let name = p.metadata.name.clone().unwrap_or_default();
+        if deleted {
+            self.pods.remove(&name);
+        } else {
+            let active = p.metadata.deletion_timestamp.is_none();
+            self.pods.insert(name, (active, active && is_ready(p)));
+        }
+        if self.rolling {
+            let active = self.pods.values().filter(|(a, _)| *a).count();
+            let ready = self.pods.values().filter(|(_, r)| *r).count();
+            self.max_active = self.max_active.max(active);
+            self.min_ready = self.min_ready.min(ready);
+            self.events += 1;
+        }
+    }
 }
 
 fn is_ready(p: &Pod) -> bool {
@@ -115,6 +147,8 @@ async fn main() {
         let ready_at: std::sync::Arc<std::sync::Mutex<HashMap<String, (Instant, Instant)>>> =
             Default::default();
         let seen = ready_at.clone();
+        let tracker: std::sync::Arc<std::sync::Mutex<Tracker>> = Default::default();
+        let track = tracker.clone();
         let watch_api = pods.clone();
         let selector = format!("app={name}");
         let watching = tokio::spawn(async move {
@@ -122,6 +156,13 @@ async fn main() {
             let mut s = watcher(watch_api, cfg).boxed();
             let mut first_seen: HashMap<String, Instant> = HashMap::new();
             while let Some(Ok(ev)) = s.next().await {
+                match &ev {
+                    watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
+                        track.lock().unwrap().update(p, false)
+                    }
+                    watcher::Event::Delete(p) => track.lock().unwrap().update(p, true),
+                    _ => {}
+                }
                 if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = ev {
                     let n = p.metadata.name.clone().unwrap_or_default();
                     let born = *first_seen.entry(n.clone()).or_insert_with(Instant::now);
@@ -157,6 +198,11 @@ async fn main() {
         );
         applies.push(apply);
 
+        {
+            let mut t = tracker.lock().unwrap();
+            t.rolling = true;
+            t.min_ready = usize::MAX;
+        }
         let t1 = Instant::now();
         let patched = deploys
             .patch(
@@ -182,9 +228,22 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let roll = t1.elapsed();
+        // 25 % of replicas: surge rounded up, unavailable rounded down.
+        let (surge, unavailable) = ((replicas as usize).div_ceil(4), replicas as usize / 4);
+        let (max_active, min_ready, events) = {
+            let mut t = tracker.lock().unwrap();
+            t.rolling = false;
+            (t.max_active, t.min_ready, t.events)
+        };
         println!(
-            "run {run}: rolling update of {replicas}  {:>8.0} ms",
-            ms(roll)
+            "run {run}: rolling update of {replicas}  {:>8.0} ms   at {events} Pod events: at most {max_active} Pods (bound {}), at least {min_ready} Ready (bound {})",
+            ms(roll),
+            replicas as usize + surge,
+            replicas as usize - unavailable
+        );
+        assert!(
+            max_active <= replicas as usize + surge && min_ready >= replicas as usize - unavailable,
+            "rolling update bounds broken"
         );
         rolls.push(roll);
         watching.abort();
