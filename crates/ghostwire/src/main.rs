@@ -3,6 +3,7 @@
 //! This crate only parses the command line, sets up logging and dispatches
 //! to the capability libraries; the work lives in those crates.
 
+mod attach;
 mod controller;
 #[cfg(feature = "lab")]
 mod demo;
@@ -56,6 +57,11 @@ enum Command {
     Controller(controller::ControllerArgs),
     /// Pod identity: a certificate from the mesh CA for each opted-in Pod, in a Secret the Pod owns.
     Identity(identity::IdentityArgs),
+    /// Attach the identity agent to a running Pod (an ephemeral container; nothing restarts).
+    Attach(Box<attach::AttachArgs>),
+    /// What `attach` runs in the Pod: redirects its outbound TCP to a supervised proxy.
+    #[command(hide = true)]
+    IdentityAgent(Box<attach::AgentArgs>),
     /// Mutating admission webhook: adds the containers each workload's ghostwire.dev/* annotations ask for.
     Injector(Box<injector::InjectorArgs>),
     /// Service mirror: remote clusters' Services and endpoints mirrored locally; global Services.
@@ -94,6 +100,8 @@ fn main() -> std::process::ExitCode {
             Command::Proxy(args) => proxy::run(args).await,
             Command::Controller(args) => controller::run(args).await,
             Command::Identity(args) => identity::run(args).await,
+            Command::Attach(args) => attach::attach(*args).await,
+            Command::IdentityAgent(args) => attach::agent(*args).await,
             #[cfg(feature = "lab")]
             Command::Demo(args) => demo::run(args).await,
             #[cfg(feature = "lab")]

@@ -8,6 +8,8 @@
 //! - [`controller`]: the level-triggered loop around it: observe (Pods from a watch cache, the
 //!   managed Secrets listed fresh every pass) → desired → diff → act (issue from the mesh CA,
 //!   `mesh_controller::ca`, into a Secret owned by the Pod; delete what no Pod wants).
+//! - [`attach`]: `ghostwire attach POD`, the agent as an ephemeral container; [`agent`]: its
+//!   supervisor and redirection; [`proxy`]: the proxy it supervises.
 //!
 //! Which path a Pod's certificate takes: a Pod that runs the mesh proxy as a sidecar has a
 //! projected mesh-audience token and gets its certificate over `SignCertificate` (its key never
@@ -17,6 +19,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
+pub mod attach;
 pub mod controller;
 pub mod desired;
+pub mod proxy;
 pub mod settings;

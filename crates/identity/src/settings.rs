@@ -22,6 +22,22 @@ knobs::knobs! {
         "Identity: watch Pods of this namespace only. Empty: all namespaces.";
     ADMIN_ADDR = "GW_IDENTITY_ADMIN_ADDR", "admin-addr", "0.0.0.0:9092",
         "Identity: address of /healthz, /readyz and /metrics.";
+    IMAGE = "GW_IDENTITY_IMAGE", "image", "ghostwire",
+        "Attach: image of the ephemeral container (it runs `ghostwire identity-agent`).";
+    LOCAL_PORT = "GW_IDENTITY_LOCAL_PORT", "local-port", "18000",
+        "Agent: the plain listener on 127.0.0.1 the Pod's outbound TCP is redirected to (the seed's port).";
+    TLS_PORT = "GW_IDENTITY_TLS_PORT", "tls-port", "18443",
+        "Agent: the mTLS listener, serving the Pod's certificate (the seed's port).";
+    AGENT_ADMIN_ADDR = "GW_IDENTITY_AGENT_ADMIN_ADDR", "agent-admin-addr", "0.0.0.0:18090",
+        "Agent: the proxy's /healthz, /readyz and /metrics.";
+    REDIRECT_CIDRS = "GW_IDENTITY_REDIRECT_CIDRS", "redirect-cidrs", "10.244.0.0/16,10.96.0.0/12",
+        "Agent: comma-separated IPv4 Pod and Service CIDRs whose TCP is redirected to the local port; the Pod's `ghostwire.dev/identity-cidrs` (or the seed's `kube-gateway.io/podcidr`) wins at attach.", @"identity-cidrs";
+    PROXY_UID = "GW_IDENTITY_PROXY_UID", "proxy-uid", "1337",
+        "Agent: the uid the proxy runs as; its own connections are not redirected.";
+    MAX_RESTARTS = "GW_IDENTITY_MAX_RESTARTS", "max-restarts", "5",
+        "Agent: how often the supervisor restarts a dead proxy; past that it removes the redirection and exits, so the Pod's traffic flows directly.";
+    RELOAD = "GW_IDENTITY_RELOAD", "reload", "2s",
+        "Agent: how often the proxy reads its Secret again (a renewed certificate is served without a restart).";
 }
 
 /// The labels and annotations of a managed Secret.

@@ -1,0 +1,288 @@
+//! `ghostwire attach POD`: adds the agent to a running Pod as an ephemeral container (the
+//! `ephemeralcontainers` subresource: the Pod's containers are not restarted), after granting
+//! the Pod's ServiceAccount `get` on the Pod's identity Secret (a Role and RoleBinding owned by
+//! the Pod).
+//!
+//! Why the Secret is read through the API and not mounted: an ephemeral container cannot add
+//! volumes, and the Pod has no volume holding its Secret (it did not exist when the Pod was
+//! made). It may mount the Pod's existing volumes, so it mounts the Pod's ServiceAccount token
+//! volume (`kube-api-access-*`) where one exists, and reads the Secret with that token; reading
+//! it again every `GW_IDENTITY_RELOAD` is also how a renewed certificate arrives without a
+//! restart. The cost: every Pod of that ServiceAccount may read the Secret (it names the same
+//! SPIFFE ID, but another Pod's IP).
+
+use crate::desired::secret_name;
+use crate::settings::{
+    AGENT_ADMIN_ADDR, IMAGE, KNOBS, LOCAL_PORT, MAX_RESTARTS, PROXY_UID, REDIRECT_CIDRS, RELOAD,
+    TLS_PORT,
+};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// The ephemeral container's name; one per Pod.
+pub const CONTAINER: &str = "ghostwire-identity";
+const SA_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// Pod annotations that override the redirected CIDRs (ours, then the seed's).
+const CIDR_ANNOTATIONS: [&str; 2] = ["ghostwire.dev/identity-cidrs", "kube-gateway.io/podcidr"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("Pod {0} not found")]
+    NotFound(String),
+    #[error("Pod {0} has no containers to attach beside")]
+    NoContainers(String),
+    #[error("Pod {pod}: annotation {annotation}={value:?} is invalid: {reason}")]
+    Annotation {
+        pod: String,
+        annotation: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Config(#[from] knobs::ConfigError),
+    #[error("{what} for Pod {pod}: {source}")]
+    Api {
+        what: &'static str,
+        pod: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// The ephemeral container for `pod` (pure). `given` are the flags/env of `ghostwire attach`;
+/// the agent knobs are passed on resolved, so the agent runs with what attach was told.
+pub fn container(pod: &Pod, given: &BTreeMap<String, String>) -> Result<Value, AttachError> {
+    let name = format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    );
+    let spec = pod.spec.as_ref();
+    let target = spec
+        .and_then(|s| s.containers.first())
+        .map(|c| c.name.clone())
+        .ok_or_else(|| AttachError::NoContainers(name.clone()))?;
+    let file = BTreeMap::new();
+    let r = knobs::Resolver {
+        table: KNOBS,
+        given,
+        file: &file,
+    };
+    let mut env = vec![
+        json!({"name": "POD_NAME", "value": pod.metadata.name}),
+        json!({"name": "POD_NAMESPACE", "value": pod.metadata.namespace}),
+    ];
+    for knob in [
+        LOCAL_PORT,
+        TLS_PORT,
+        AGENT_ADMIN_ADDR,
+        REDIRECT_CIDRS,
+        PROXY_UID,
+        MAX_RESTARTS,
+        RELOAD,
+    ] {
+        env.push(json!({"name": knob, "value": r.raw(knob)}));
+    }
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    if let Some((annotation, value)) = CIDR_ANNOTATIONS
+        .iter()
+        .find_map(|a| annotations.get(*a).map(|v| (*a, v.clone())))
+    {
+        crate::agent::parse_cidrs(&value).map_err(|reason| AttachError::Annotation {
+            pod: name.clone(),
+            annotation,
+            value: value.clone(),
+            reason,
+        })?;
+        env.retain(|e| e["name"] != REDIRECT_CIDRS);
+        env.push(json!({"name": REDIRECT_CIDRS, "value": value}));
+    }
+    // Mount the Pod's own ServiceAccount token volume where it has one.
+    let mounts: Vec<Value> = spec
+        .and_then(|s| s.volumes.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|v| v.name.starts_with("kube-api-access-"))
+        .take(1)
+        .map(|v| json!({"name": v.name, "mountPath": SA_MOUNT, "readOnly": true}))
+        .collect();
+    let mut c = json!({
+        "name": CONTAINER,
+        "image": r.raw(IMAGE),
+        "command": ["ghostwire", "identity-agent"],
+        "targetContainerName": target,
+        "env": env,
+        "securityContext": {
+            "runAsUser": 0,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW", "SETUID", "SETGID"]},
+        },
+    });
+    if !mounts.is_empty() {
+        c["volumeMounts"] = Value::Array(mounts);
+    }
+    Ok(c)
+}
+
+/// The Role and RoleBinding that let the Pod's ServiceAccount read its Secret (pure).
+pub fn grant(pod: &Pod) -> (Role, RoleBinding) {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let sa = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".into());
+    let owner = json!([{"apiVersion": "v1", "kind": "Pod", "name": name,
+        "uid": pod.metadata.uid, "blockOwnerDeletion": false}]);
+    let secret = secret_name(&name);
+    let meta = json!({"name": secret, "namespace": ns, "ownerReferences": owner,
+        "labels": {crate::settings::MANAGED_BY: crate::settings::MANAGER}});
+    let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta,
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [secret], "verbs": ["get"]}]});
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta,
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": secret},
+        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]});
+    (
+        serde_json::from_value(role).unwrap_or_default(),
+        serde_json::from_value(binding).unwrap_or_default(),
+    )
+}
+
+/// What `attach` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attached {
+    Added,
+    AlreadyThere,
+}
+
+/// Grants the Secret, then adds the agent; a Pod that has it already is left as it is.
+pub async fn attach(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &str,
+    given: &BTreeMap<String, String>,
+) -> Result<Attached, AttachError> {
+    let full = format!("{namespace}/{pod}");
+    let api_err = |what| {
+        let full = full.clone();
+        move |source| AttachError::Api {
+            what,
+            pod: full,
+            source,
+        }
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let p = pods
+        .get_opt(pod)
+        .await
+        .map_err(api_err("reading"))?
+        .ok_or_else(|| AttachError::NotFound(full.clone()))?;
+    let there = p
+        .spec
+        .as_ref()
+        .and_then(|s| s.ephemeral_containers.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.name == CONTAINER));
+    if there {
+        return Ok(Attached::AlreadyThere);
+    }
+    let c = container(&p, given)?;
+    let (role, binding) = grant(&p);
+    let apply = PatchParams::apply(crate::settings::MANAGER).force();
+    let name = secret_name(pod);
+    Api::<Role>::namespaced(client.clone(), namespace)
+        .patch(&name, &apply, &Patch::Apply(&role))
+        .await
+        .map_err(api_err("granting its Secret (Role)"))?;
+    Api::<RoleBinding>::namespaced(client.clone(), namespace)
+        .patch(&name, &apply, &Patch::Apply(&binding))
+        .await
+        .map_err(api_err("granting its Secret (RoleBinding)"))?;
+    pods.patch_ephemeral_containers(
+        pod,
+        &PatchParams::default(),
+        &Patch::Strategic(json!({"spec": {"ephemeralContainers": [c]}})),
+    )
+    .await
+    .map_err(api_err("adding the ephemeral container"))?;
+    Ok(Attached::Added)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(annotations: Value, volumes: Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u1", "annotations": annotations},
+            "spec": {"serviceAccountName": "api", "containers": [{"name": "app"}, {"name": "side"}], "volumes": volumes},
+        }))
+        .unwrap()
+    }
+
+    fn env(c: &Value, name: &str) -> Option<String> {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].as_str().unwrap().to_string())
+    }
+
+    #[test]
+    fn the_container_targets_the_first_container_and_carries_the_knobs() {
+        let given = [(MAX_RESTARTS.to_string(), "1".to_string())].into();
+        let c = container(
+            &pod(json!({}), json!([{"name": "kube-api-access-x1", "projected": {}}, {"name": "data", "emptyDir": {}}])),
+            &given,
+        )
+        .unwrap();
+        assert_eq!(c["targetContainerName"], "app");
+        assert_eq!(c["name"], CONTAINER);
+        assert_eq!(env(&c, "POD_NAME").as_deref(), Some("web"));
+        assert_eq!(env(&c, MAX_RESTARTS).as_deref(), Some("1"));
+        assert_eq!(env(&c, LOCAL_PORT).as_deref(), Some("18000"));
+        assert_eq!(
+            c["volumeMounts"],
+            json!([{"name": "kube-api-access-x1", "mountPath": SA_MOUNT, "readOnly": true}])
+        );
+        // The Pod's annotation wins over the flag; a bad one is named.
+        let c = container(
+            &pod(json!({"kube-gateway.io/podcidr": "10.1.0.0/16"}), json!([])),
+            &given,
+        )
+        .unwrap();
+        assert_eq!(env(&c, REDIRECT_CIDRS).as_deref(), Some("10.1.0.0/16"));
+        assert!(c.get("volumeMounts").is_none());
+        let e = container(
+            &pod(json!({"ghostwire.dev/identity-cidrs": "nope"}), json!([])),
+            &given,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("ghostwire.dev/identity-cidrs=\"nope\""), "{e}");
+    }
+
+    #[test]
+    fn the_grant_is_one_secret_for_the_pods_account_owned_by_the_pod() {
+        let (role, binding) = grant(&pod(json!({}), json!([])));
+        let rule = &role.rules.as_ref().unwrap()[0];
+        assert_eq!(
+            rule.resource_names.as_deref(),
+            Some(&["web-ghostwire-identity".to_string()][..])
+        );
+        assert_eq!(rule.verbs, ["get"]);
+        let s = &binding.subjects.as_ref().unwrap()[0];
+        assert_eq!(
+            (s.kind.as_str(), s.name.as_str()),
+            ("ServiceAccount", "api")
+        );
+        assert_eq!(
+            role.metadata.owner_references.as_ref().unwrap()[0].uid,
+            "u1"
+        );
+    }
+}
