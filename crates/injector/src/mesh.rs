@@ -37,6 +37,11 @@ pub const PROXY_INIT: &str = "ghostwire-proxy-init";
 pub const PROXY_VALIDATE: &str = "ghostwire-proxy-validate";
 pub const PROXY: &str = "ghostwire-proxy";
 pub const ROUTES_VOLUME: &str = "ghostwire-mesh-routes";
+/// The trust domain of the identities the injector names: the controller's default
+/// (`GW_CONTROLLER_TRUST_DOMAIN`). A controller with another one needs `GW_MESH_IDENTITY` set
+/// per workload.
+const TRUST_DOMAIN: &str = "cluster.local";
+
 /// The projected token the proxy presents to the controller.
 pub const TOKEN_VOLUME: &str = "ghostwire-mesh-token";
 /// Where the routes ConfigMap is mounted in the proxy.
@@ -192,6 +197,24 @@ impl Capability for Mesh {
             proxy_env.push(
                 json!({"name": mesh_config::CONFIG, "value": format!("{ROUTES_PATH}/routes.yaml")}),
             );
+        }
+        if !proxy_settings.controller.is_empty()
+            && !knobs.contains_key(mesh_config::IDENTITY)
+            && !knobs.contains_key(mesh_config::TLS_CERT)
+        {
+            // The proxy's identity, so that it asks the controller for its certificate and
+            // peers dial it with mTLS: the Pod's ServiceAccount in the controller's default
+            // trust domain (the controller signs only this name for this Pod's token).
+            let sa = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.as_deref())
+                .filter(|s| !s.is_empty())
+                .unwrap_or("default");
+            proxy_env.push(json!({
+                "name": mesh_config::IDENTITY,
+                "value": format!("spiffe://{TRUST_DOMAIN}/ns/{}/sa/{sa}", w.namespace),
+            }));
         }
         if !proxy_settings.controller.is_empty() {
             // A token for the mesh's audience only, bound to this Pod, rotated by the kubelet
@@ -407,8 +430,43 @@ mod tests {
         let token = &volume["projected"]["sources"][0]["serviceAccountToken"];
         assert_eq!(token["audience"], mesh_config::TOKEN_AUDIENCE);
         assert_eq!(token["path"], "token");
-        // Without a controller there is no token to mount.
+        // ... and the Pod's identity, so the proxy gets its certificate and peers use mTLS.
+        assert!(proxy["env"].as_array().unwrap().contains(&json!({
+            "name": "GW_MESH_IDENTITY",
+            "value": "spiffe://cluster.local/ns/app-a/sa/default"
+        })));
+        // Certificates from files (the defaults ConfigMap): no identity is made up.
+        let mut w = workload(
+            &[
+                (MESH, "true"),
+                ("ghostwire.dev/mesh-controller", "http://c:8090"),
+            ],
+            &[],
+        );
+        w.defaults = std::sync::Arc::new(
+            [
+                ("GW_MESH_TLS_CERT", "/certs/tls.crt"),
+                ("GW_MESH_TLS_KEY", "/certs/tls.key"),
+                ("GW_MESH_TLS_ROOTS", "/certs/ca.crt"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        );
+        let files = patched(&w);
+        let env = files["spec"]["initContainers"][2]["env"]
+            .as_array()
+            .unwrap();
+        assert!(
+            env.iter().all(|e| e["name"] != "GW_MESH_IDENTITY"),
+            "{env:?}"
+        );
+        // Without a controller there is no token to mount and no identity.
         let plain = patched(&workload(&[(MESH, "true")], &[]));
+        let env = plain["spec"]["initContainers"][2]["env"]
+            .as_array()
+            .unwrap();
+        assert!(env.iter().all(|e| e["name"] != "GW_MESH_IDENTITY"));
         assert!(
             plain["spec"]["volumes"]
                 .as_array()
