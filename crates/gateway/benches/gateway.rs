@@ -28,7 +28,7 @@ use lab_net::internet::{self, Internet};
 use lab_net::{Lab, Pod};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -204,56 +204,6 @@ fn throughput(seconds: u64, rounds: u64) {
 // ---------------------------------------------------------------------------------------------
 // dns
 
-struct Perf {
-    qps: f64,
-    latency_ms: f64,
-    lost: String,
-}
-
-fn dnsperf(pod: &Pod, server: SocketAddr, queries: &Path, seconds: u64) -> Perf {
-    let out = pod
-        .command("dnsperf")
-        .args([
-            "-s",
-            &server.ip().to_string(),
-            "-p",
-            &server.port().to_string(),
-        ])
-        .arg("-d")
-        .arg(queries)
-        .args([
-            "-l",
-            &seconds.to_string(),
-            "-c",
-            "4",
-            "-T",
-            "2",
-            "-q",
-            "100",
-        ])
-        .output()
-        .expect("dnsperf (Debian package dnsperf)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let field = |label: &str| -> String {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(label))
-            .map(|v| v.trim().to_string())
-            .unwrap_or_default()
-    };
-    let number = |label: &str| -> f64 {
-        field(label)
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
-    Perf {
-        qps: number("Queries per second:"),
-        latency_ms: number("Average Latency (s):") * 1e3,
-        lost: field("Queries lost:"),
-    }
-}
-
 fn dns(seconds: u64, rounds: u64) {
     let mut lab = Lab::new("gwb_dns").unwrap();
     let inet = lab.add_internet().unwrap();
@@ -346,15 +296,17 @@ fn dns(seconds: u64, rounds: u64) {
         })
         .collect();
     println!(
-        "\n## dns: dnsperf -c 4 -T 2 -q 100 -l {seconds}, from the client Pod through the tunnel"
+        "\n## dns: dnsperf {} -l {seconds}, from the client Pod through the tunnel",
+        lab_net::bench::DNSPERF_OPTIONS.join(" ")
     );
     for round in 1..=rounds {
         for (n, f) in &files {
             for (who, at) in [("ours", ours), ("dnsmasq", theirs), ("dnsmasq-10k", big)] {
-                let p = dnsperf(&client, at, f, seconds);
+                let p = lab_net::bench::dnsperf(client.command("dnsperf"), at, f, seconds)
+                    .expect("dnsperf (Debian package dnsperf)");
                 println!(
                     "round {round}: {n:>4} names  {who:<11} {:>8.0} queries/s  avg latency {:>6.3} ms  lost {}",
-                    p.qps, p.latency_ms, p.lost
+                    p.qps, p.avg_latency_ms, p.lost
                 );
             }
         }
