@@ -491,6 +491,27 @@ fn dns_forwarder_splits_local_and_outside_names_and_follows_resolv_conf() {
             String::from_utf8_lossy(&dig.stderr)
         );
     }
+    // Asked again in another spelling: answered from the cache, in the asker's spelling.
+    let hits = counts.cache_hits.load(Ordering::Relaxed);
+    let dig = client
+        .command("dig")
+        .args([
+            "+noall",
+            "+answer",
+            "+time=3",
+            "+tries=1",
+            "@172.16.0.1",
+            "ExAmple.ORG",
+            "A",
+        ])
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&dig.stdout);
+    assert!(
+        answer.starts_with("ExAmple.ORG.") && answer.trim_end().ends_with(&vpn_a.to_string()),
+        "{answer}"
+    );
+    assert_eq!(counts.cache_hits.load(Ordering::Relaxed), hits + 1);
     // The VPN rewrites resolv.conf: outside names follow, cluster names do not move.
     std::thread::sleep(Duration::from_millis(20));
     std::fs::write(&resolv, "nameserver 203.0.113.10\n").unwrap();

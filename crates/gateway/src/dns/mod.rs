@@ -259,6 +259,43 @@ fn encode(m: &Message, query: &Message, udp: bool) -> Option<Vec<u8>> {
     tc.to_vec().ok()
 }
 
+/// What the cache made of one query.
+enum Lookup {
+    NotAQuery,
+    Hit(Vec<u8>),
+    Miss {
+        query: Box<Message>,
+        key: cache::Key,
+        route: Route,
+    },
+}
+
+/// A cached answer (kept as [`answer_to`] made it for the first client that asked, TTLs aged)
+/// made the answer to `raw`: its id, its RD bit and its question's spelling patched in place.
+/// A UDP answer too large for the client goes the slow way through [`encode`], which sets TC;
+/// `None` when the two questions do not line up byte for byte (then the caller asks upstream).
+fn from_cache(mut wire: Vec<u8>, raw: &[u8], query: &Message, udp: bool) -> Option<Vec<u8>> {
+    const RD: u8 = 0x01;
+    let question = cache::question_len(raw)?;
+    if wire.len() < 12 + question
+        || cache::question_len(&wire)? != question
+        || !wire[12..12 + question].eq_ignore_ascii_case(&raw[12..12 + question])
+    {
+        return None;
+    }
+    wire[..2].copy_from_slice(&raw[..2]);
+    wire[2] = (wire[2] & !RD) | (raw[2] & RD);
+    wire[12..12 + question].copy_from_slice(&raw[12..12 + question]);
+    let limit = query
+        .edns
+        .as_ref()
+        .map_or(512, |e| usize::from(e.max_payload().max(512)));
+    if udp && wire.len() > limit {
+        return encode(&Message::from_vec(&wire).ok()?, query, udp);
+    }
+    Some(wire)
+}
+
 impl Forwarder {
     fn current(&self) -> Arc<Current> {
         self.current
@@ -271,33 +308,64 @@ impl Forwarder {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The answer to one query (UDP when `udp`), or `None` for what is not a query.
-    async fn answer(&self, raw: &[u8], udp: bool) -> Option<Vec<u8>> {
-        let query = Message::from_vec(raw).ok()?;
+    /// Reads one query and answers it from the cache when it can, without leaving the
+    /// caller's task (the hot path: no task, no parse of the answer, no encode).
+    fn lookup(&self, raw: &[u8], udp: bool) -> Lookup {
+        let Ok(query) = Message::from_vec(raw) else {
+            return Lookup::NotAQuery;
+        };
         if query.metadata.message_type != MessageType::Query {
-            return None;
+            return Lookup::NotAQuery;
         }
-        let q = query.queries.first()?;
-        let r = route(&self.domains, &q.name().to_ascii());
-        match r {
+        let Some(q) = query.queries.first() else {
+            return Lookup::NotAQuery;
+        };
+        let route = route(&self.domains, &q.name().to_ascii());
+        match route {
             Route::Local => &self.counts.local,
             Route::Upstream => &self.counts.upstream,
         }
         .fetch_add(1, Ordering::Relaxed);
-        let key = cache::Key::of(&query)?;
-        if let Some(hit) = self.cache().get(&key, Instant::now()) {
-            let reply = answer_to(&query, hit);
-            let bytes = encode(&reply, &query, udp)?;
+        let Some(key) = cache::Key::of(&query) else {
+            return Lookup::NotAQuery;
+        };
+        let hit = self.cache().get(&key, Instant::now());
+        if let Some(wire) = hit.and_then(|w| from_cache(w, raw, &query, udp)) {
             self.counts.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Some(bytes);
+            return Lookup::Hit(wire);
         }
+        Lookup::Miss {
+            query: Box::new(query),
+            key,
+            route,
+        }
+    }
+
+    /// The answer to one query (UDP when `udp`), or `None` for what is not a query.
+    async fn answer(&self, raw: &[u8], udp: bool) -> Option<Vec<u8>> {
+        match self.lookup(raw, udp) {
+            Lookup::NotAQuery => None,
+            Lookup::Hit(wire) => Some(wire),
+            Lookup::Miss { query, key, route } => self.resolve(raw, query, key, route, udp).await,
+        }
+    }
+
+    /// Asks upstream for what the cache did not have, and keeps the answer.
+    async fn resolve(
+        &self,
+        raw: &[u8],
+        query: Box<Message>,
+        key: cache::Key,
+        r: Route,
+        udp: bool,
+    ) -> Option<Vec<u8>> {
         let cur = self.current();
         let validate =
             r == Route::Upstream && self.anchors.is_some() && !query.metadata.checking_disabled;
         if validate {
             let reply = self.validated(&query, &cur).await;
             if reply.metadata.response_code != ResponseCode::ServFail {
-                self.cache().put(key, reply.clone(), Instant::now());
+                self.cache().put(key, &reply, Instant::now());
             }
             return encode(&reply, &query, udp);
         }
@@ -315,7 +383,7 @@ impl Forwarder {
             return servfail(&query).to_vec().ok();
         };
         if let Ok(m) = Message::from_vec(&bytes) {
-            self.cache().put(key, m, Instant::now());
+            self.cache().put(key, &answer_to(&query, m), Instant::now());
         }
         Some(bytes)
     }
@@ -453,10 +521,20 @@ async fn serve_async(
                         continue;
                     }
                 };
-                let query = buf[..n].to_vec();
+                let raw = &buf[..n];
+                let (query, key, route) = match fwd.lookup(raw, true) {
+                    Lookup::NotAQuery => continue,
+                    Lookup::Hit(reply) => {
+                        // A full socket buffer drops the answer, as it would drop the query.
+                        let _ = sock.try_send_to(&reply, from);
+                        continue;
+                    }
+                    Lookup::Miss { query, key, route } => (query, key, route),
+                };
+                let raw = raw.to_vec();
                 let (sock, fwd) = (sock.clone(), fwd.clone());
                 tokio::spawn(async move {
-                    if let Some(reply) = fwd.answer(&query, true).await {
+                    if let Some(reply) = fwd.resolve(&raw, query, key, route, true).await {
                         let _ = sock.send_to(&reply, from).await;
                     }
                 });
@@ -487,5 +565,70 @@ mod tests {
         assert_eq!(route(&d, "example.com"), Route::Upstream);
         assert_eq!(route(&d, "corp.example.com"), Route::Upstream);
         assert_eq!(route(&[], "x.local"), Route::Upstream);
+    }
+
+    fn a_query(name: &str, id: u16, rd: bool) -> Message {
+        use hickory_proto::op::Query;
+        use hickory_proto::rr::{Name, RecordType};
+        let mut q = Message::query();
+        q.metadata.id = id;
+        q.metadata.recursion_desired = rd;
+        q.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        q
+    }
+
+    fn a_reply(query: &Message, addresses: u8) -> Message {
+        use hickory_proto::rr::{RData, Record};
+        let mut r = query.clone();
+        r.metadata.message_type = MessageType::Response;
+        let name = query.queries[0].name().clone();
+        for i in 0..addresses {
+            r.answers.push(Record::from_rdata(
+                name.clone(),
+                300,
+                RData::A(std::net::Ipv4Addr::new(192, 0, 2, i).into()),
+            ));
+        }
+        r
+    }
+
+    #[test]
+    fn a_cached_answer_takes_the_askers_id_rd_bit_and_spelling() {
+        let first = a_query("web.example.", 1, false);
+        let mut c = cache::Cache::new(10);
+        let key = cache::Key::of(&first).unwrap();
+        c.put(
+            key.clone(),
+            &answer_to(&first, a_reply(&first, 2)),
+            Instant::now(),
+        );
+        let second = a_query("WeB.ExAmple.", 4242, true);
+        let raw = second.to_vec().unwrap();
+        let wire = c.get(&key, Instant::now()).unwrap();
+        let got = Message::from_vec(&from_cache(wire, &raw, &second, true).unwrap()).unwrap();
+        assert_eq!(got.metadata.id, 4242);
+        assert!(got.metadata.recursion_desired);
+        assert_eq!(got.metadata.message_type, MessageType::Response);
+        assert_eq!(got.queries[0].name().to_ascii(), "WeB.ExAmple.");
+        assert_eq!(got.answers.len(), 2);
+        // A question that does not line up (another name of the same length) is not answered
+        // from this entry.
+        let other = a_query("wef.example.", 9, true);
+        let wire = c.get(&key, Instant::now()).unwrap();
+        assert!(from_cache(wire, &other.to_vec().unwrap(), &other, true).is_none());
+    }
+
+    #[test]
+    fn a_cached_answer_too_large_for_udp_is_truncated() {
+        let q = a_query("big.example.", 3, true);
+        let mut c = cache::Cache::new(10);
+        let key = cache::Key::of(&q).unwrap();
+        c.put(key.clone(), &answer_to(&q, a_reply(&q, 40)), Instant::now());
+        let raw = q.to_vec().unwrap();
+        let udp = from_cache(c.get(&key, Instant::now()).unwrap(), &raw, &q, true).unwrap();
+        let udp = Message::from_vec(&udp).unwrap();
+        assert!(udp.metadata.truncation && udp.answers.is_empty());
+        let tcp = from_cache(c.get(&key, Instant::now()).unwrap(), &raw, &q, false).unwrap();
+        assert_eq!(Message::from_vec(&tcp).unwrap().answers.len(), 40);
     }
 }
