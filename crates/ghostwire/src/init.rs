@@ -39,8 +39,13 @@ pub struct InitArgs {
     pub output: Output,
 }
 
-/// Resolves settings from flags, env, the defaults file and built-in defaults.
-pub fn settings(knobs: &KnobArgs, config: Option<&PathBuf>) -> Result<Settings, Exit> {
+/// Resolves settings from flags, env, the defaults file and built-in defaults. The Pod's
+/// IPs (for `GW_IPV6=auto`) are read in `netns` when given, else here.
+pub fn settings(
+    knobs: &KnobArgs,
+    config: Option<&PathBuf>,
+    netns: Option<&netns::Netns>,
+) -> Result<Settings, Exit> {
     let file = match config {
         Some(p) => read_defaults_file(p)
             .with_context(|| format!("GW_CONFIG={:?}: cannot read the defaults file", p.display()))
@@ -58,12 +63,33 @@ pub fn settings(knobs: &KnobArgs, config: Option<&PathBuf>) -> Result<Settings, 
         pod_namespace: std::env::var("POD_NAMESPACE").ok(),
         resolv_conf: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
         api_server_host: std::env::var("KUBERNETES_SERVICE_HOST").ok(),
+        pod_ips: Vec::new(),
     };
-    Settings::resolve(&sources).code(Code::Config)
+    // Only `auto` needs the Pod's IPs; an explicit GW_IPV6 never reads them.
+    let auto = sources
+        .cli
+        .get(switch::config::IPV6)
+        .or_else(|| sources.file.get(switch::config::IPV6))
+        .is_none_or(|v| v.trim() == "auto");
+    let pod_ips = if auto {
+        let env = std::env::var("POD_IPS").ok();
+        match netns {
+            Some(ns) => ns
+                .run(move || discover::pod_ips(env.as_deref()))
+                .context("entering the network namespace to read the Pod's IPs")
+                .code(Code::Kernel)?,
+            None => discover::pod_ips(env.as_deref()),
+        }
+    } else {
+        Vec::new()
+    };
+    let s = Settings::resolve(&Sources { pod_ips, ..sources }).code(Code::Config)?;
+    tracing::debug!(ipv4 = s.ipv4, ipv6 = s.ipv6, "families mapped");
+    Ok(s)
 }
 
 pub async fn run(args: InitArgs) -> Result<(), Exit> {
-    let s = settings(&args.knobs, args.config.as_ref())?;
+    let s = settings(&args.knobs, args.config.as_ref(), None)?;
     if args.cleanup {
         let backend = sw::backend(&s).code(Code::Kernel)?;
         sw::cleanup(&backend).code(Code::Kernel)?;

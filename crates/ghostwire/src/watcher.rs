@@ -52,7 +52,6 @@ pub(crate) fn signal() -> impl std::future::Future<Output = ()> {
 
 pub async fn run(args: WatcherArgs) -> Result<(), Exit> {
     let shutdown = signal();
-    let settings = crate::init::settings(&args.knobs, args.config.as_ref())?;
     let netns = match &args.netns {
         Some(name) => Some(
             netns::Netns::open(name)
@@ -61,6 +60,7 @@ pub async fn run(args: WatcherArgs) -> Result<(), Exit> {
         ),
         None => None,
     };
+    let settings = crate::init::settings(&args.knobs, args.config.as_ref(), netns.as_ref())?;
     let backend = if settings.mode == switch::config::Mode::Mesh {
         // Mesh mode touches no rules; the backend is never used (and the container may
         // have no NET_ADMIN to detect one).
@@ -85,8 +85,8 @@ pub async fn run(args: WatcherArgs) -> Result<(), Exit> {
     let mut registry = prometheus_client::registry::Registry::with_prefix("ghostwire");
     let metrics = Metrics::new(&mut registry);
     let health = Health::default();
-    let listener = tokio::net::TcpListener::bind(settings.http_addr)
-        .await
+    let listener = watcher::listen(settings.http_addr)
+        .and_then(tokio::net::TcpListener::from_std)
         .with_context(|| format!("GW_HTTP_ADDR={}: cannot listen", settings.http_addr))
         .code(Code::Config)?;
     let addr = listener.local_addr().context("admin address")?;

@@ -234,10 +234,11 @@ fn dry_run_touches_nothing_and_json_output() {
     assert_eq!(before, fingerprint(&pod), "dry run changed rules");
     assert!(!w.dir.path("client.map").exists(), "dry run wrote the map");
 
+    // The lab pod is dual-stack: GW_IPV6=auto would map both families; IPv4 only here.
     let out = w.init(
         &pod,
         &["--output", "json"],
-        &[("GW_BACKEND", "iptables-legacy")],
+        &[("GW_BACKEND", "iptables-legacy"), ("GW_IPV6", "false")],
     );
     assert_ok(&out, "json");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{Pod, Service as KService};
 use kube::api::{Api, DeleteParams, PostParams};
 use lab_net::ServicePort;
 use std::process::Command;
+use std::time::Duration;
 
 #[test]
 fn flips_follow_the_label() {
@@ -22,7 +23,8 @@ fn flips_follow_the_label() {
     wait_for("first reconcile published", 10, || {
         let m = w.metrics();
         metric(&m, "ghostwire_jump_state", &[("state", "off")]) == Some(1.0)
-            && metric(&m, "ghostwire_dnat_rules", &[("service", "orders")]) == Some(1.0)
+            // The lab pod is dual-stack, so GW_IPV6=auto maps IPv4 and IPv6.
+            && metric(&m, "ghostwire_dnat_rules", &[("service", "orders")]) == Some(2.0)
     });
 
     c.label(Some("preview"));
@@ -262,6 +264,7 @@ fn init_discovers_services_through_the_api() {
         .args(["init", "--dry-run", "--activate", "--output", "json"])
         .env("KUBECONFIG", c.kubeconfig())
         .env("GW_NAMESPACE", "default")
+        .env("GW_IPV6", "false")
         .output()
         .unwrap();
     assert_ok(&out, "init --dry-run against the lab API");
@@ -340,4 +343,164 @@ fn black_holed_api_is_reported_and_does_not_hold_sigterm() {
         .unwrap();
     assert!(st.success());
     assert_eq!(w.wait_exit(15), Some(0), "{}", w.logs());
+}
+
+/// One HTTP/1.1 request on a kept-alive connection; the backend's name, or why not.
+fn ask(stream: &mut std::net::TcpStream) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return Ok(body.trim().to_string());
+            }
+        }
+    }
+}
+
+/// A long-lived TCP connection and a UDP flow from the client pod to orders, open
+/// before a flip to preview; then what each sees after it, with `policy`.
+fn established_across_a_flip(test: &str, policy: &str) -> (std::io::Result<String>, String) {
+    let c = Cluster::with_udp(test);
+    c.init(&[]);
+    let w = Watcher::start(&c, &[("GW_FLUSH_CONNTRACK", policy)]);
+    let (tcp_addr, udp_addr) = (c.orders.addr_v4(80), c.orders.addr_v4(53));
+    let (mut tcp, udp) = c
+        .client
+        .netns()
+        .run(move || {
+            let tcp = std::net::TcpStream::connect_timeout(&tcp_addr, Duration::from_secs(5))?;
+            let udp = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            udp.connect(udp_addr)?;
+            for s in [
+                tcp.set_read_timeout(Some(Duration::from_secs(5))),
+                udp.set_read_timeout(Some(Duration::from_secs(2))),
+            ] {
+                s?;
+            }
+            std::io::Result::Ok((tcp, udp))
+        })
+        .unwrap()
+        .unwrap();
+    let udp_ask = || -> String {
+        let mut buf = [0u8; 256];
+        let _ = udp.send(b"q");
+        match udp.recv(&mut buf) {
+            Ok(n) => String::from_utf8_lossy(&buf[..n]).trim().to_string(),
+            Err(e) => format!("error: {e}"),
+        }
+    };
+    assert_eq!(ask(&mut tcp).unwrap(), "orders");
+    assert_eq!(udp_ask(), "orders");
+    c.label(Some("preview"));
+    // New connections move, and the flip is counted (the cut comes just after it). The
+    // UDP flow is kept busy meanwhile so that its conntrack entry cannot time out.
+    wait_for("flip done and counted", 30, || {
+        let _ = udp_ask();
+        c.reaches(tcp_addr) == "orders-preview"
+            && metric(&w.metrics(), "ghostwire_flips_total", &[("to", "on")]) == Some(1.0)
+    });
+    if policy == "cut" {
+        wait_for("connections cut", 20, || {
+            let m = w.metrics();
+            metric(&m, "ghostwire_flip_cut_total", &[("what", "socket")]).unwrap_or(0.0) >= 1.0
+                && metric(&m, "ghostwire_flip_cut_total", &[("what", "conntrack")]).unwrap_or(0.0)
+                    >= 2.0
+        });
+        assert_eq!(
+            metric(&w.metrics(), "ghostwire_sock_destroy_supported", &[]),
+            Some(1.0),
+            "{}",
+            w.logs()
+        );
+        assert!(w.logs().contains("tcp_sockets=1"), "{}", w.logs());
+    }
+    (ask(&mut tcp), udp_ask())
+}
+
+#[test]
+fn flip_with_cut_ends_tcp_and_moves_udp() {
+    let (tcp, udp) = established_across_a_flip("wcut", "cut");
+    assert!(tcp.is_err(), "the TCP connection survived the cut: {tcp:?}");
+    assert_eq!(udp, "orders-preview", "the UDP flow did not move");
+}
+
+#[test]
+fn flip_with_keep_leaves_established_flows() {
+    let (tcp, udp) = established_across_a_flip("wkeep", "keep");
+    assert_eq!(
+        tcp.unwrap(),
+        "orders",
+        "the TCP connection was cut or moved"
+    );
+    assert_eq!(udp, "orders", "the UDP flow moved without a cut");
+}
+
+/// An IPv6-only Pod: with GW_IPV6 unset, init maps its IPv6 ClusterIPs (and says why
+/// the IPv4 ones are left alone), the watcher flips them, and its dual-stack probe
+/// port answers on ::1 and 127.0.0.1.
+#[test]
+fn ipv6_only_pod_maps_ipv6_and_probes_answer_on_both_loopbacks() {
+    let c = Cluster::new("wv6only");
+    let out = c
+        .client
+        .command("ip")
+        .args(["-4", "addr", "flush", "scope", "global"])
+        .output()
+        .unwrap();
+    assert_ok(&out, "ip -4 addr flush");
+    let file = c.dir.path("services.json").display().to_string();
+    let map = c.dir.path("dnat.map").display().to_string();
+    let out = run_in(
+        &c.client,
+        &["init", "--from-file", &file, "--dnat-map", &map],
+        &[],
+    );
+    assert_ok(&out, "init");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("ClusterIP {} not mapped", c.orders.ipv4)) && err.contains("IPv4"),
+        "{err}"
+    );
+    let rules = fingerprint(&c.client);
+    assert!(
+        rules.contains("preview6") && !rules.contains("preview4"),
+        "{rules}"
+    );
+    let orders = c.orders.addr_v6(80);
+    assert_eq!(c.reaches(orders), "orders");
+
+    let w = Watcher::start(&c, &[("GW_HTTP_ADDR", "[::]:0")]);
+    let port = w.admin.port();
+    for ip in ["127.0.0.1", "::1"] {
+        let addr = std::net::SocketAddr::new(ip.parse().unwrap(), port);
+        assert_eq!(http_get(addr, "/readyz").unwrap().0, 200, "{addr}");
+    }
+    c.label(Some("preview"));
+    c.wait_reaches(orders, "orders-preview");
+    // The watcher's own checks agree with init's families: nothing to repair.
+    assert_eq!(
+        metric(&w.metrics(), "ghostwire_errors_total", &[("type", "drift")]),
+        Some(0.0),
+        "{}",
+        w.logs()
+    );
+    c.label(Some("active"));
+    c.wait_reaches(orders, "orders");
 }

@@ -228,8 +228,10 @@ impl Capability for PreviewSwitch {
 
         // Init sets the jump from the Pod's own role label, read from a downward-API volume:
         // no API call, no RBAC, and routing matches the label before the app's first packet.
+        // POD_IPS: the Pod's own families decide which ClusterIPs are mapped (GW_IPV6=auto).
         let mut init_env = vec![
             downward("POD_NAMESPACE", "metadata.namespace"),
+            downward("POD_IPS", "status.podIPs"),
             json!({"name": LABELS_FILE, "value": format!("{PODINFO_PATH}/labels")}),
         ];
         init_env.extend(knobs.iter().filter(|k| k["name"] != LABELS_FILE).cloned());
@@ -242,7 +244,9 @@ impl Capability for PreviewSwitch {
         let mut watcher_env = vec![
             downward("POD_NAME", "metadata.name"),
             downward("POD_NAMESPACE", "metadata.namespace"),
-            json!({"name": HTTP_ADDR, "value": format!("0.0.0.0:{}", self.watcher_port)}),
+            downward("POD_IPS", "status.podIPs"),
+            // Dual-stack: the kubelet probes whichever of the Pod's IPs comes first.
+            json!({"name": HTTP_ADDR, "value": format!("[::]:{}", self.watcher_port)}),
         ];
         watcher_env.extend(knobs);
         let mut watcher = self.container(WATCHER, "watcher", &watcher_env, &mounts, caps);

@@ -67,6 +67,7 @@ fn seed_shape(p: &Pod) {
             env(c, "POD_NAMESPACE").as_deref(),
             Some("fieldRef:metadata.namespace")
         );
+        assert_eq!(env(c, "POD_IPS").as_deref(), Some("fieldRef:status.podIPs"));
         assert_eq!(env(c, "GW_JUMP_HOOK").as_deref(), Some("PREROUTING"));
         let mounts: Vec<(&str, &str)> = c
             .volume_mounts
@@ -88,10 +89,7 @@ fn seed_shape(p: &Pod) {
         env(watcher, "POD_NAME").as_deref(),
         Some("fieldRef:metadata.name")
     );
-    assert_eq!(
-        env(watcher, "GW_HTTP_ADDR").as_deref(),
-        Some("0.0.0.0:8081")
-    );
+    assert_eq!(env(watcher, "GW_HTTP_ADDR").as_deref(), Some("[::]:8081"));
     assert_eq!(env(init, "POD_NAME"), None);
     let probe = watcher
         .readiness_probe

@@ -202,7 +202,7 @@ async fn defaults_configmap_sits_below_annotations() {
         .filter(|e| e.name == "GW_HTTP_ADDR")
         .collect();
     assert_eq!(addrs.len(), 1);
-    assert_eq!(addrs[0].value.as_deref(), Some("0.0.0.0:8081"));
+    assert_eq!(addrs[0].value.as_deref(), Some("[::]:8081"));
 
     // A bad default is denied naming the ConfigMap key, and the annotation that overrides it.
     let api: Api<k8s_openapi::api::core::v1::ConfigMap> =

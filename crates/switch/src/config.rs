@@ -40,14 +40,14 @@ knobs::knobs! {
         "Watcher: how often to read the Pod while no watch can be held.", @"pollInterval";
     REFRESH_INTERVAL = "GW_REFRESH_INTERVAL", "refresh-interval", "",
         "Watcher: also re-list the Services this often (they are watched anyway); the table is rebuilt only if it differs. Empty: never.", @"refreshInterval";
-    IPV6 = "GW_IPV6", "ipv6", "false",
-        "Also map the IPv6 ClusterIPs of dual-stack Services.", @"ipv6";
+    IPV6 = "GW_IPV6", "ipv6", "auto",
+        "Which ClusterIP families are mapped. `auto`: those of the Pod's own IPs (`POD_IPS`, else the addresses of its interfaces; IPv4 when none is known). `true`: IPv4 and IPv6. `false`: IPv4 only.", @"ipv6";
     BACKEND = "GW_BACKEND", "backend", "auto",
         "Rule backend: auto, nftables, iptables, iptables-nft or iptables-legacy.", @"backend";
-    HTTP_ADDR = "GW_HTTP_ADDR", "http-addr", "0.0.0.0:8081",
-        "Watcher: address of /healthz, /readyz and /metrics.";
-    FLUSH_CONNTRACK = "GW_FLUSH_CONNTRACK", "flush-conntrack", "false",
-        "Watcher: on a flip, cut tracked connections to the remapped ClusterIPs so long-lived clients move too.", @"flushConntrack";
+    HTTP_ADDR = "GW_HTTP_ADDR", "http-addr", "[::]:8081",
+        "Watcher: address of /healthz, /readyz and /metrics. `[::]` listens on IPv6 and IPv4 (IPV6_V6ONLY off), and falls back to 0.0.0.0 when the kernel has no IPv6.";
+    FLUSH_CONNTRACK = "GW_FLUSH_CONNTRACK", "flush-conntrack", "keep",
+        "Watcher: what a flip does to established connections to the remapped ClusterIP:ports. `keep` (or `false`): they stay on their old target. `cut` (or `true`): their conntrack entries are deleted (UDP flows move) and the Pod's TCP sockets to them are destroyed (SOCK_DESTROY), so clients reconnect to the new target.", @"flushConntrack";
     STRICT_PAIRING = "GW_STRICT_PAIRING", "strict-pairing", "false",
         "Honour a preview Service only if its `ghostwire.dev/preview-of` annotation names the active Service.", @"strictPairing";
     LABELS_FILE = "GW_LABELS_FILE", "labels-file", "",
@@ -77,6 +77,32 @@ pub struct Sources {
     pub resolv_conf: String,
     /// `KUBERNETES_SERVICE_HOST`: the API server's ClusterIP, never remapped.
     pub api_server_host: Option<String>,
+    /// The Pod's own IPs (`POD_IPS`, else its interfaces' addresses); empty when unknown.
+    /// `GW_IPV6=auto` maps the families found here.
+    pub pod_ips: Vec<std::net::IpAddr>,
+}
+
+/// What a flip does to established connections (`GW_FLUSH_CONNTRACK`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFlip {
+    /// Leave them on their old target.
+    Keep,
+    /// Delete their conntrack entries and destroy the Pod's TCP sockets to the remapped pairs.
+    Cut,
+}
+
+/// The Pod's IPs from `POD_IPS` (the downward API's `status.podIPs`, comma-separated).
+/// Malformed entries are returned apart, each with its reason, for the caller to log.
+pub fn parse_pod_ips(v: &str) -> (Vec<std::net::IpAddr>, Vec<String>) {
+    let mut ips = Vec::new();
+    let mut bad = Vec::new();
+    for a in v.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        match a.parse() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => bad.push(format!("POD_IPS entry {a:?} is not an IP address; ignored")),
+        }
+    }
+    (ips, bad)
 }
 
 /// The name of a preview Service, made from the active one's name.
@@ -157,11 +183,14 @@ pub struct Settings {
     pub exclude_cidrs: Vec<IpNet>,
     pub poll_interval: Duration,
     pub refresh_interval: Option<Duration>,
+    /// Map IPv4 ClusterIPs (and serve IPv4 exclusions).
+    pub ipv4: bool,
+    /// Map IPv6 ClusterIPs.
     pub ipv6: bool,
     pub backend: BackendChoice,
     pub api_timeout: Duration,
     pub http_addr: std::net::SocketAddr,
-    pub flush_conntrack: bool,
+    pub on_flip: OnFlip,
     pub strict_pairing: bool,
     pub mode: Mode,
     /// Init: the downward-API labels file (`GW_LABELS_FILE`).
@@ -215,6 +244,26 @@ pub fn read_defaults_file(path: &std::path::Path) -> std::io::Result<BTreeMap<St
 }
 
 impl Settings {
+    /// The address families whose ClusterIPs are mapped.
+    pub fn families(&self) -> Vec<netrules::Family> {
+        let mut f = Vec::new();
+        if self.ipv4 {
+            f.push(netrules::Family::Ipv4);
+        }
+        if self.ipv6 {
+            f.push(netrules::Family::Ipv6);
+        }
+        f
+    }
+
+    /// Whether ClusterIPs of `f` are mapped.
+    pub fn serves(&self, f: netrules::Family) -> bool {
+        match f {
+            netrules::Family::Ipv4 => self.ipv4,
+            netrules::Family::Ipv6 => self.ipv6,
+        }
+    }
+
     /// Resolves every knob and validates it; the first bad one is reported with its name and value.
     pub fn resolve(src: &Sources) -> Result<Settings, ConfigError> {
         let raw = |env: &'static str| -> (String, &'static Knob) {
@@ -264,7 +313,16 @@ impl Settings {
         check(NAT_CHAIN, &|s| {
             netrules::check_name("chain", s).map_err(|e| e.to_string())
         })?;
-        let ipv6 = parsed(&raw, IPV6, parse_bool)?;
+        let (ipv4, ipv6) = parsed(&raw, IPV6, |s| match s.trim() {
+            "auto" if src.pod_ips.is_empty() => Ok((true, false)),
+            "auto" => Ok((
+                src.pod_ips.iter().any(std::net::IpAddr::is_ipv4),
+                src.pod_ips.iter().any(std::net::IpAddr::is_ipv6),
+            )),
+            other => parse_bool(other)
+                .map(|v6| (true, v6))
+                .map_err(|_| "expected auto, true or false".to_string()),
+        })?;
         let exclude_cidrs = parsed(&raw, EXCLUDE_CIDRS, |s| {
             if s.trim() == "auto" {
                 let mut v: Vec<IpNet> = IMDS.iter().map(|c| c.parse().expect("valid")).collect();
@@ -324,10 +382,14 @@ impl Settings {
             })?,
             exclude_cidrs: exclude_cidrs
                 .into_iter()
-                .filter(|c| ipv6 || matches!(c, IpNet::V4(_)))
+                .filter(|c| match c {
+                    IpNet::V4(_) => ipv4,
+                    IpNet::V6(_) => ipv6,
+                })
                 .collect(),
             poll_interval: parsed(&raw, POLL_INTERVAL, positive)?,
             refresh_interval,
+            ipv4,
             ipv6,
             backend: parsed(&raw, BACKEND, |s| match s {
                 "auto" => Ok(BackendChoice::Auto),
@@ -339,7 +401,11 @@ impl Settings {
                     "expected ADDRESS:PORT, e.g. 0.0.0.0:8081 or [::]:8081".to_string()
                 })
             })?,
-            flush_conntrack: parsed(&raw, FLUSH_CONNTRACK, parse_bool)?,
+            on_flip: parsed(&raw, FLUSH_CONNTRACK, |s| match s.trim() {
+                "keep" | "false" => Ok(OnFlip::Keep),
+                "cut" | "true" => Ok(OnFlip::Cut),
+                _ => Err("expected keep or cut (false or true)".to_string()),
+            })?,
             strict_pairing: parsed(&raw, STRICT_PAIRING, parse_bool)?,
             mode: parsed(&raw, MODE, |s| match s.trim() {
                 "dnat" => Ok(Mode::Dnat),

@@ -20,8 +20,9 @@ pub struct Svc {
     pub ports: Vec<SvcPort>,
     /// The value of its [`PREVIEW_OF`] annotation.
     pub preview_of: Option<String>,
-    /// Ports that cannot be mapped, each with why (an unsupported protocol, a bad number).
-    pub bad_ports: Vec<String>,
+    /// Ports and addresses that cannot be mapped, each with why (an unsupported protocol, a
+    /// bad number, a malformed ClusterIP).
+    pub unusable: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,34 +49,35 @@ impl Svc {
         let kind = if spec.type_.as_deref() == Some("ExternalName") {
             SvcKind::ExternalName
         } else {
-            let ips: Vec<String> = match (&spec.cluster_ips, &spec.cluster_ip) {
-                (Some(ips), _) if !ips.is_empty() => ips.clone(),
-                (_, Some(ip)) => vec![ip.clone()],
-                _ => vec![],
-            };
+            let ips = ips_of(&spec);
             if ips.iter().any(|i| i == "None") {
                 SvcKind::Headless
             } else if ips.is_empty() {
                 SvcKind::NoClusterIp("no ClusterIP allocated".into())
             } else {
-                match ips
-                    .iter()
-                    .map(|i| i.parse())
-                    .collect::<Result<Vec<IpAddr>, _>>()
-                {
-                    Ok(v) => SvcKind::ClusterIp(v),
-                    Err(_) => SvcKind::NoClusterIp(format!("unparsable clusterIPs {ips:?}")),
+                let good: Vec<IpAddr> = ips.iter().filter_map(|i| i.parse().ok()).collect();
+                if good.is_empty() {
+                    SvcKind::NoClusterIp(format!("unparsable clusterIPs {ips:?}"))
+                } else {
+                    SvcKind::ClusterIp(good)
                 }
             }
         };
         let mut ports = Vec::new();
-        let mut bad_ports = Vec::new();
+        let mut unusable = Vec::new();
+        if matches!(kind, SvcKind::ClusterIp(_)) {
+            for ip in &ips_of(&spec) {
+                if ip.parse::<IpAddr>().is_err() {
+                    unusable.push(format!("clusterIP {ip:?}: not an IP address; not mapped"));
+                }
+            }
+        }
         for p in spec.ports.unwrap_or_default() {
             let label = format!("port {} ({})", p.name.as_deref().unwrap_or("-"), p.port);
             let port = match u16::try_from(p.port) {
                 Ok(n) if n > 0 => n,
                 _ => {
-                    bad_ports.push(format!("{label}: not a port number (1-65535)"));
+                    unusable.push(format!("{label}: not a port number (1-65535)"));
                     continue;
                 }
             };
@@ -85,7 +87,7 @@ impl Svc {
                     port,
                     protocol,
                 }),
-                Err(e) => bad_ports.push(format!("{label}: {e}")),
+                Err(e) => unusable.push(format!("{label}: {e}")),
             }
         }
         let preview_of = s
@@ -99,8 +101,17 @@ impl Svc {
             kind,
             ports,
             preview_of,
-            bad_ports,
+            unusable,
         }
+    }
+}
+
+/// The ClusterIPs of a Service spec as written (`clusterIPs`, else `clusterIP`).
+fn ips_of(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<String> {
+    match (&spec.cluster_ips, &spec.cluster_ip) {
+        (Some(ips), _) if !ips.is_empty() => ips.clone(),
+        (_, Some(ip)) => vec![ip.clone()],
+        _ => vec![],
     }
 }
 
@@ -230,6 +241,21 @@ pub fn plan(services: &[Svc], settings: &Settings) -> Plan {
                 continue;
             }
         };
+        // Addresses of a family this Pod does not serve are reported once each.
+        for ip in a_ips.iter().filter(|ip| !settings.serves(Family::of(ip))) {
+            skip(
+                &active.name,
+                format!(
+                    "ClusterIP {ip} not mapped: this Pod does not serve {} (GW_IPV6={}; its own IPs decide with auto)",
+                    family_name(Family::of(ip)),
+                    match (settings.ipv4, settings.ipv6) {
+                        (true, true) => "true",
+                        (true, false) => "false or auto with IPv4 only",
+                        _ => "auto with IPv6 only",
+                    }
+                ),
+            );
+        }
         for a_port in &active.ports {
             let Some(p_port) = pair_port(a_port, &preview.ports) else {
                 skip(
@@ -245,7 +271,7 @@ pub fn plan(services: &[Svc], settings: &Settings) -> Plan {
             };
             for a_ip in a_ips {
                 let fam = Family::of(a_ip);
-                if fam == Family::Ipv6 && !settings.ipv6 {
+                if !settings.serves(fam) {
                     continue;
                 }
                 let Some(p_ip) = p_ips.iter().find(|p| Family::of(p) == fam) else {
@@ -267,7 +293,7 @@ pub fn plan(services: &[Svc], settings: &Settings) -> Plan {
         }
     }
     for s in services {
-        for why in &s.bad_ports {
+        for why in &s.unusable {
             skipped.push(Skipped {
                 service: s.name.clone(),
                 reason: why.clone(),
@@ -317,6 +343,13 @@ fn protected(active: &Svc, s: &Settings) -> Option<String> {
     })
 }
 
+fn family_name(f: Family) -> &'static str {
+    match f {
+        Family::Ipv4 => "IPv4",
+        Family::Ipv6 => "IPv6",
+    }
+}
+
 fn describe(k: &SvcKind) -> String {
     match k {
         SvcKind::Headless => "headless (clusterIP: None): no virtual IP to rewrite".into(),
@@ -344,7 +377,7 @@ pub(crate) mod tests {
                 })
                 .collect(),
             preview_of: None,
-            bad_ports: vec![],
+            unusable: vec![],
         }
     }
 
@@ -497,6 +530,90 @@ pub(crate) mod tests {
         let p = plan(&svcs, &settings(&[("GW_IPV6", "true")]));
         assert_eq!(p.mappings.len(), 1);
         assert!(p.skipped[0].reason.contains("Ipv6"));
+    }
+
+    #[test]
+    fn families_follow_the_pods_own_ips_unless_set() {
+        let svcs = [
+            svc("a", &["10.96.0.5", "fd00:10:96::5"], &[(None, 80, TCP)]),
+            svc(
+                "a-preview",
+                &["10.96.0.6", "fd00:10:96::6"],
+                &[(None, 80, TCP)],
+            ),
+        ];
+        let with_ips = |ips: &[&str], pairs: &[(&str, &str)]| {
+            Settings::resolve(&Sources {
+                cli: pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                pod_ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        let fams = |s: &Settings| {
+            plan(&svcs, s)
+                .mappings
+                .iter()
+                .map(|m| m.family())
+                .collect::<Vec<_>>()
+        };
+        // An IPv6-only Pod maps IPv6 only, and says why IPv4 is left alone.
+        let v6 = with_ips(&["fd00:10:244::7"], &[]);
+        assert_eq!(fams(&v6), [Family::Ipv6]);
+        let p = plan(&svcs, &v6);
+        assert_eq!(p.skipped.len(), 1, "{:?}", p.skipped);
+        assert!(
+            p.skipped[0].reason.contains("10.96.0.5") && p.skipped[0].reason.contains("IPv4"),
+            "{:?}",
+            p.skipped
+        );
+        // Dual-stack Pod: both; IPv4-only Pod: IPv4, the IPv6 address reported.
+        let dual = with_ips(&["10.244.0.7", "fd00:10:244::7"], &[]);
+        assert_eq!(fams(&dual), [Family::Ipv4, Family::Ipv6]);
+        let v4 = with_ips(&["10.244.0.7"], &[]);
+        assert_eq!(fams(&v4), [Family::Ipv4]);
+        assert!(plan(&svcs, &v4).skipped[0].reason.contains("fd00:10:96::5"));
+        // GW_IPV6 set wins over the Pod's IPs.
+        assert_eq!(
+            fams(&with_ips(&["fd00:10:244::7"], &[("GW_IPV6", "true")])),
+            [Family::Ipv4, Family::Ipv6]
+        );
+        assert_eq!(
+            fams(&with_ips(
+                &["10.244.0.7", "fd00:10:244::7"],
+                &[("GW_IPV6", "false")]
+            )),
+            [Family::Ipv4]
+        );
+        // Unknown IPs: IPv4, as before.
+        assert_eq!(fams(&with_ips(&[], &[])), [Family::Ipv4]);
+    }
+
+    #[test]
+    fn a_malformed_cluster_ip_is_skipped_alone_with_its_reason() {
+        let service = |name: &str, ips: &[&str]| -> Service {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "spec": {"clusterIP": ips[0], "clusterIPs": ips, "ports": [{"port": 80}]}
+            }))
+            .unwrap()
+        };
+        let svcs = [
+            Svc::from_service(&service("a", &["10.96.0.5", "fd00::zz"])),
+            Svc::from_service(&service("a-preview", &["10.96.0.6", "fd00::6"])),
+        ];
+        let p = plan(&svcs, &settings(&[("GW_IPV6", "true")]));
+        assert_eq!(p.mappings.len(), 1, "{:?}", p.mappings);
+        assert!(
+            p.skipped
+                .iter()
+                .any(|k| k.service == "a" && k.reason.contains("\"fd00::zz\"")),
+            "{:?}",
+            p.skipped
+        );
     }
 
     /// Settings as a pod in `default` sees them: the API server's ClusterIP in

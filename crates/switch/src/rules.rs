@@ -22,11 +22,8 @@ pub fn base_chain(s: &Settings) -> &'static str {
 /// The switch's whole table. Exclusions come first, then one map lookup per
 /// family; the base chain holds the single jump when `jump` is on.
 pub fn table(plan: &Plan, s: &Settings, jump: bool) -> Table {
-    let families: &[Family] = if s.ipv6 {
-        &[Family::Ipv4, Family::Ipv6]
-    } else {
-        &[Family::Ipv4]
-    };
+    let families = s.families();
+    let families = families.as_slice();
     let mut t = Table {
         name: TABLE.to_string(),
         sets: vec![],

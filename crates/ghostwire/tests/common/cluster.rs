@@ -33,6 +33,15 @@ pub fn kube_service(s: &Service) -> KService {
 
 impl Cluster {
     pub fn new(test: &str) -> Cluster {
+        Cluster::build(test, false)
+    }
+
+    /// Like [`Cluster::new`], and every Service also has UDP 53 (backends answer on 5353).
+    pub fn with_udp(test: &str) -> Cluster {
+        Cluster::build(test, true)
+    }
+
+    fn build(test: &str, udp: bool) -> Cluster {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let data_dir = TempDir::new(&format!("{test}-api"));
         let api = rt
@@ -44,13 +53,19 @@ impl Cluster {
             .unwrap();
         let kube = rt.block_on(api.client()).unwrap();
         let mut lab = Lab::new(test).unwrap();
-        let ports = [ServicePort::tcp(80, 8080).named("http")];
+        let mut ports = vec![ServicePort::tcp(80, 8080).named("http")];
+        let udp_ports: &[u16] = if udp {
+            ports.push(ServicePort::udp(53, 5353).named("dns"));
+            &[5353]
+        } else {
+            &[]
+        };
         let mut echo = Vec::new();
         let mut services = Vec::new();
         let mut pods = Vec::new();
         for name in ["orders", "orders-preview", "payments"] {
             let pod = lab.add_pod(&format!("{name}-be")).unwrap();
-            echo.push(pod.serve_echo(name, &[8080], &[]).unwrap());
+            echo.push(pod.serve_echo(name, &[8080], udp_ports).unwrap());
             services.push(lab.add_service(name, &ports, &[&pod]).unwrap());
             pods.push(pod);
         }

@@ -22,6 +22,8 @@ pub struct Metrics {
     flips: Family<Labels, Counter>,
     flip_seconds: Histogram,
     rebuilds: Counter,
+    cut: Family<Labels, Counter>,
+    sock_destroy: Gauge,
 }
 
 impl Metrics {
@@ -37,6 +39,8 @@ impl Metrics {
                 prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 13),
             ),
             rebuilds: Counter::default(),
+            cut: Family::default(),
+            sock_destroy: Gauge::default(),
         };
         registry.register(
             "dnat_rules",
@@ -68,6 +72,19 @@ impl Metrics {
             "Full rebuilds of the DNAT chain",
             m.rebuilds.clone(),
         );
+        registry.register(
+            "flip_cut",
+            "With GW_FLUSH_CONNTRACK=cut: conntrack entries deleted (what=conntrack) and TCP sockets destroyed (what=socket) on flips",
+            m.cut.clone(),
+        );
+        registry.register(
+            "sock_destroy_supported",
+            "1 when the kernel can destroy sockets (CONFIG_INET_DIAG_DESTROY), so cut ends TCP connections; 0 when it cannot",
+            m.sock_destroy.clone(),
+        );
+        for w in ["conntrack", "socket"] {
+            let _ = m.cut.get_or_create(&label("what", w));
+        }
         m.set_jump(false);
         for t in ["api", "kernel", "drift", "conntrack"] {
             let _ = m.errors.get_or_create(&label("type", t));
@@ -93,6 +110,21 @@ impl Metrics {
         self.flips.get_or_create(&label("to", to)).inc();
         self.flip_seconds.observe(seconds);
         self.set_jump(on);
+    }
+
+    /// Counts what a cut removed.
+    pub fn cut(&self, conntrack: usize, sockets: usize) {
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        self.cut
+            .get_or_create(&label("what", "conntrack"))
+            .inc_by(n(conntrack));
+        self.cut
+            .get_or_create(&label("what", "socket"))
+            .inc_by(n(sockets));
+    }
+
+    pub fn set_sock_destroy(&self, supported: bool) {
+        self.sock_destroy.set(i64::from(supported));
     }
 
     pub fn rebuilt(&self) {

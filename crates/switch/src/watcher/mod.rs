@@ -16,7 +16,7 @@ pub mod role;
 pub use metrics::Metrics;
 pub use role::Role;
 
-use crate::config::{Mode, Settings};
+use crate::config::{Mode, OnFlip, Settings};
 use crate::dnat_map::MeshMap;
 use crate::init::{self as sw};
 use crate::pairing::{Plan, Svc};
@@ -29,6 +29,7 @@ use kube::runtime::{WatchStreamExt, reflector};
 use netns::Netns;
 use netrules::Backend;
 use reconcile::{Act, Decision, KernelView, Last, Observation};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -141,6 +142,8 @@ struct Reconciler {
     health: Health,
     /// What the previous reconcile left verified (for telling flips from drift).
     last: Option<Last>,
+    /// Whether the kernel can destroy sockets (probed at start with `cut`).
+    sock_destroy: bool,
 }
 
 impl Reconciler {
@@ -314,8 +317,8 @@ impl Reconciler {
                 seconds = secs,
                 "jump flipped"
             );
-            if self.s.flush_conntrack && self.s.mode == Mode::Dnat {
-                self.flush_conntrack(plan).await;
+            if self.s.on_flip == OnFlip::Cut && self.s.mode == Mode::Dnat {
+                self.cut(plan).await;
             }
         } else {
             self.metrics.set_jump(d.jump);
@@ -329,57 +332,123 @@ impl Reconciler {
         });
     }
 
-    /// Cuts tracked connections whose original destination is a remapped active
-    /// ClusterIP:port, so that long-lived clients reconnect and follow the flip.
-    async fn flush_conntrack(&self, plan: Option<&Plan>) {
+    /// Probes CONFIG_INET_DIAG_DESTROY in the Pod's namespace; says so when it is absent.
+    async fn probe_sock_destroy(&self) -> bool {
+        let got = self
+            .kernel
+            .run(|_| crate::netlink::sock_destroy_supported())
+            .await
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let ok = match got {
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::warn!(
+                    "this kernel cannot destroy sockets (no CONFIG_INET_DIAG_DESTROY): with GW_FLUSH_CONNTRACK=cut a flip moves UDP flows but established TCP connections stay on their old target"
+                );
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot probe SOCK_DESTROY; established TCP connections will not be cut");
+                false
+            }
+        };
+        self.metrics.set_sock_destroy(ok);
+        ok
+    }
+
+    /// `GW_FLUSH_CONNTRACK=cut`, on a flip: deletes the conntrack entries of every remapped
+    /// active ClusterIP:port (a UDP flow then takes the new path with its next packet)
+    /// and destroys the Pod's TCP sockets connected to them (their clients reconnect and
+    /// follow the flip), in process over netlink, in the Pod's namespace.
+    async fn cut(&self, plan: Option<&Plan>) {
         let Some(plan) = plan else { return };
-        let script: String = plan
+        let pairs: Vec<(SocketAddr, netrules::Protocol)> = plan
             .mappings
             .iter()
-            .map(|m| {
-                let fam = if m.active_addr.is_ipv6() {
-                    "-f ipv6 "
-                } else {
-                    ""
-                };
-                format!(
-                    "-D {fam}-d {} -p {} --dport {}\n",
-                    m.active_addr.ip(),
-                    m.protocol,
-                    m.active_addr.port()
-                )
-            })
+            .map(|m| (m.active_addr, m.protocol))
             .collect();
-        if script.is_empty() {
+        if pairs.is_empty() {
             return;
         }
+        let destroy = self.sock_destroy;
         let res = self
             .kernel
-            .run(move |_| {
-                use std::io::Write;
-                let mut child = std::process::Command::new("conntrack")
-                    .args(["-R", "-"])
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .map_err(|e| format!("cannot run conntrack: {e}"))?;
-                if let Some(mut stdin) = child.stdin.take() {
-                    let _ = stdin.write_all(script.as_bytes());
+            .run(move |_| -> Result<(usize, usize), String> {
+                let (mut entries, mut sockets) = (0, 0);
+                for (dst, proto) in &pairs {
+                    entries +=
+                        crate::netlink::conntrack_delete(*dst, crate::netlink::ip_proto(*proto))
+                            .map_err(|e| {
+                                format!("deleting the conntrack entries of {dst}/{proto}: {e}")
+                            })?;
+                    if destroy && *proto == netrules::Protocol::Tcp {
+                        sockets += crate::netlink::destroy_tcp_to(*dst)
+                            .map_err(|e| format!("destroying the TCP sockets to {dst}: {e}"))?;
+                    }
                 }
-                let out = child.wait_with_output().map_err(|e| e.to_string())?;
-                if out.status.success() {
-                    Ok(())
-                } else {
-                    Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-                }
+                Ok((entries, sockets))
             })
             .await
             .and_then(|r| r);
-        if let Err(e) = res {
-            self.metrics.error("conntrack");
-            tracing::warn!(error = %e, "flushing conntrack entries failed");
+        match res {
+            Ok((entries, sockets)) => {
+                self.metrics.cut(entries, sockets);
+                tracing::info!(
+                    conntrack_entries = entries,
+                    tcp_sockets = sockets,
+                    "cut established connections to the flipped ClusterIPs (GW_FLUSH_CONNTRACK=cut)"
+                );
+            }
+            Err(e) => {
+                self.metrics.error("conntrack");
+                tracing::warn!(error = %e, "cutting established connections failed");
+            }
         }
+    }
+}
+
+/// Where to listen instead of `addr` after binding it failed with `err`: the IPv4
+/// wildcard, when `addr` is the IPv6 wildcard and the kernel has no IPv6 (no
+/// AF_INET6 sockets, or no IPv6 address to bind).
+pub fn listen_fallback(
+    addr: std::net::SocketAddr,
+    err: &std::io::Error,
+) -> Option<std::net::SocketAddr> {
+    const EAFNOSUPPORT: i32 = 97;
+    const EADDRNOTAVAIL: i32 = 99;
+    let no_ipv6 = matches!(err.raw_os_error(), Some(EAFNOSUPPORT | EADDRNOTAVAIL));
+    (no_ipv6 && addr.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED))
+        .then(|| std::net::SocketAddr::from(([0, 0, 0, 0], addr.port())))
+}
+
+/// Listens on `addr`; the IPv6 wildcard listens dual-stack (IPV6_V6ONLY off, so a
+/// kubelet probing either of the Pod's IPs reaches it) and falls back to the IPv4
+/// wildcard, with a log line, when the kernel has no IPv6.
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let bind = |addr: std::net::SocketAddr| -> std::io::Result<std::net::TcpListener> {
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        if addr.is_ipv6() {
+            sock.set_only_v6(false)?;
+        }
+        sock.set_reuse_address(true)?;
+        sock.bind(&addr.into())?;
+        sock.listen(128)?;
+        sock.set_nonblocking(true)?;
+        Ok(sock.into())
+    };
+    match bind(addr) {
+        Err(e) => match listen_fallback(addr, &e) {
+            Some(v4) => {
+                tracing::warn!(%addr, error = %e, fallback = %v4, "no IPv6 in this kernel; listening on IPv4 only");
+                bind(v4)
+            }
+            None => Err(e),
+        },
+        ok => ok,
     }
 }
 
@@ -506,7 +575,11 @@ pub async fn run(
         metrics,
         health,
         last: None,
+        sock_destroy: false,
     };
+    if s.on_flip == OnFlip::Cut && s.mode == Mode::Dnat {
+        r.sock_destroy = r.probe_sock_destroy().await;
+    }
     let mut pod = PodView::default();
     let mut plan: Option<Plan> = None;
 
@@ -688,6 +761,36 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ipv6_wildcard_falls_back_to_ipv4_only_without_ipv6() {
+        let any6: std::net::SocketAddr = "[::]:8081".parse().unwrap();
+        let no_af = std::io::Error::from_raw_os_error(97);
+        assert_eq!(
+            listen_fallback(any6, &no_af),
+            Some("0.0.0.0:8081".parse().unwrap())
+        );
+        assert_eq!(
+            listen_fallback(any6, &std::io::Error::from_raw_os_error(99)),
+            Some("0.0.0.0:8081".parse().unwrap())
+        );
+        // Address in use is not a missing IPv6; a fixed address is never changed.
+        assert_eq!(
+            listen_fallback(any6, &std::io::Error::from_raw_os_error(98)),
+            None
+        );
+        assert_eq!(listen_fallback("[::1]:8081".parse().unwrap(), &no_af), None);
+    }
+
+    #[test]
+    fn the_wildcard_listener_answers_on_both_loopbacks() {
+        let l = listen("[::]:0".parse().unwrap()).unwrap();
+        let port = l.local_addr().unwrap().port();
+        for ip in ["127.0.0.1", "::1"] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            std::net::TcpStream::connect((ip, port)).unwrap_or_else(|e| panic!("{ip}: {e}"));
+        }
+    }
 
     #[test]
     fn older_pod_reads_are_ignored_only_when_comparable() {
