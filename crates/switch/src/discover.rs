@@ -112,6 +112,26 @@ pub async fn services_from_api(
     }
 }
 
+/// The Pod's own IPs, for `GW_IPV6=auto`: `POD_IPS` (the downward API's `status.podIPs`)
+/// when given, else the global addresses of the calling thread's network namespace.
+/// Every entry that is left out is logged with its reason; empty when nothing is known.
+pub fn pod_ips(pod_ips_env: Option<&str>) -> Vec<std::net::IpAddr> {
+    if let Some(v) = pod_ips_env.filter(|v| !v.trim().is_empty()) {
+        let (ips, bad) = crate::config::parse_pod_ips(v);
+        for why in bad {
+            tracing::warn!(reason = %why, "skipped");
+        }
+        return ips;
+    }
+    match crate::netlink::global_addresses() {
+        Ok(ips) => ips,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the Pod's addresses; GW_IPV6=auto maps IPv4 only");
+            Vec::new()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,25 +176,5 @@ mod tests {
                 .unwrap_err()
                 .contains("Deployment")
         );
-    }
-}
-
-/// The Pod's own IPs, for `GW_IPV6=auto`: `POD_IPS` (the downward API's `status.podIPs`)
-/// when given, else the global addresses of the calling thread's network namespace.
-/// Every entry that is left out is logged with its reason; empty when nothing is known.
-pub fn pod_ips(pod_ips_env: Option<&str>) -> Vec<std::net::IpAddr> {
-    if let Some(v) = pod_ips_env.filter(|v| !v.trim().is_empty()) {
-        let (ips, bad) = crate::config::parse_pod_ips(v);
-        for why in bad {
-            tracing::warn!(reason = %why, "skipped");
-        }
-        return ips;
-    }
-    match crate::netlink::global_addresses() {
-        Ok(ips) => ips,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot list the Pod's addresses; GW_IPV6=auto maps IPv4 only");
-            Vec::new()
-        }
     }
 }
