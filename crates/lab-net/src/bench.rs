@@ -83,3 +83,50 @@ mod tests {
         assert_eq!((failed.qps, failed.lost.as_str()), (0.0, ""));
     }
 }
+
+/// A `kB` field of `/proc/PID/status`, e.g. `VmRSS:` or `VmHWM:`; `None` when the process is
+/// gone or the field is missing.
+pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// CPU time a process has used, user + system (fields 14 and 15 of `/proc/PID/stat`), in
+/// clock ticks of [`TICKS_PER_SECOND`]; `None` when the process is gone.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name in parentheses may hold spaces; fields are counted after it.
+    let after = stat.get(stat.rfind(')')? + 2..)?;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// USER_HZ on Linux: the unit of [`cpu_ticks`].
+pub const TICKS_PER_SECOND: f64 = 100.0;
+
+#[cfg(test)]
+mod proc_tests {
+    use super::*;
+
+    #[test]
+    fn own_process_has_rss_and_cpu_time() {
+        let pid = std::process::id();
+        assert!(status_kib(pid, "VmRSS:").is_some_and(|k| k > 0));
+        let t0 = cpu_ticks(pid).unwrap();
+        // Spin until the kernel has charged at least one tick (bounded: a loaded machine may
+        // give this thread little CPU).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut x = 0u64;
+        while cpu_ticks(pid).unwrap() == t0 {
+            assert!(std::time::Instant::now() < deadline, "no CPU time charged");
+            for _ in 0..1_000_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        assert_eq!(status_kib(pid, "NoSuchField:"), None);
+        assert_eq!(cpu_ticks(u32::MAX), None);
+    }
+}

@@ -8,63 +8,14 @@ mod common;
 
 use common::*;
 use lab_net::{Lab, Pod, ServicePort};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    SanType,
-};
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const CLIENT_ID: &str = "spiffe://td.test/ns/app-a/sa/client";
 const SERVER_ID: &str = "spiffe://td.test/ns/app-b/sa/server";
-
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::default();
-        p.distinguished_name.push(DnType::CommonName, name);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let cert = p.self_signed(&key).unwrap();
-        Ca {
-            issuer: Issuer::new(p, key),
-            pem: cert.pem(),
-        }
-    }
-
-    /// Writes `<name>.crt`, `<name>.key` and `<name>.roots` (the anchors) for `id` into `dir`;
-    /// returns the knobs that point the proxy at them.
-    fn issue(&self, dir: &Path, name: &str, id: &str) -> Vec<(&'static str, String)> {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::default();
-        p.subject_alt_names = vec![SanType::URI(id.to_string().try_into().unwrap())];
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = p.signed_by(&key, &self.issuer).unwrap();
-        let path = |ext: &str| dir.join(format!("{name}.{ext}"));
-        // Key first: a reader that catches the files half-written refuses the mismatch and
-        // keeps what it had.
-        std::fs::write(path("key"), key.serialize_pem()).unwrap();
-        std::fs::write(path("crt"), cert.pem()).unwrap();
-        std::fs::write(path("roots"), &self.pem).unwrap();
-        let s = |p: PathBuf| p.display().to_string();
-        vec![
-            (mesh_config::TLS_CERT, s(path("crt"))),
-            (mesh_config::TLS_KEY, s(path("key"))),
-            (mesh_config::TLS_ROOTS, s(path("roots"))),
-        ]
-    }
-}
 
 fn knobs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     v.iter().map(|(k, v)| (*k, v.as_str())).collect()
@@ -157,15 +108,6 @@ fn plain_curl(pod: &Pod, args: &[&str]) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn routes(vip: SocketAddr, ep: SocketAddr, identity: Option<&str>) -> String {
-    let ids = identity.map_or(String::new(), |id| {
-        format!(", identities: {{\"{ep}\": \"{id}\"}}")
-    });
-    format!(
-        "services:\n  - name: app-b.app-b\n    addresses: [\"{vip}\"]\n    backends:\n      - {{name: v1, endpoints: [\"{ep}\"]{ids}}}\n"
-    )
 }
 
 /// Waits (bounded) until `f` holds.

@@ -13,7 +13,11 @@ use mesh_proxy::Proxy;
 use mesh_proxy::store::{FileSource, Store};
 use netrules::{Backend, BackendKind};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    SanType,
+};
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,12 +56,7 @@ impl Meshed {
             given: given.into_iter().collect(),
             ..Sources::default()
         };
-        let init = sources.init_settings().unwrap();
-        let b = Backend::new(BackendKind::Nftables);
-        pod.netns()
-            .run(|| mesh_proxy_init::rules::apply(&b, &init))
-            .unwrap()
-            .unwrap();
+        proxy_init(pod, &sources);
         let settings = sources.proxy_settings().unwrap();
         let store = Store::default();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -136,6 +135,71 @@ impl Drop for Meshed {
         self.join();
         let _ = std::fs::remove_dir_all(self.config.parent().unwrap());
     }
+}
+
+/// proxy-init's rules (nftables) in `pod`, from the knobs in `sources`.
+pub fn proxy_init(pod: &Pod, sources: &Sources) {
+    let init = sources.init_settings().unwrap();
+    let b = Backend::new(BackendKind::Nftables);
+    pod.netns()
+        .run(|| mesh_proxy_init::rules::apply(&b, &init))
+        .unwrap()
+        .unwrap();
+}
+
+/// A throwaway mesh CA (rcgen) that issues SPIFFE leaf certificates as PEM files.
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pub pem: String,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = p.self_signed(&key).unwrap();
+        Ca {
+            issuer: Issuer::new(p, key),
+            pem: cert.pem(),
+        }
+    }
+
+    /// Writes `<name>.crt`, `<name>.key` and `<name>.roots` (the anchors) for `id` into `dir`;
+    /// returns the knobs that point the proxy at them.
+    pub fn issue(&self, dir: &Path, name: &str, id: &str) -> Vec<(&'static str, String)> {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.subject_alt_names = vec![SanType::URI(id.to_string().try_into().unwrap())];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        let path = |ext: &str| dir.join(format!("{name}.{ext}"));
+        // Key first: a reader that catches the files half-written refuses the mismatch and
+        // keeps what it had.
+        std::fs::write(path("key"), key.serialize_pem()).unwrap();
+        std::fs::write(path("crt"), cert.pem()).unwrap();
+        std::fs::write(path("roots"), &self.pem).unwrap();
+        let s = |p: PathBuf| p.display().to_string();
+        vec![
+            (mesh_config::TLS_CERT, s(path("crt"))),
+            (mesh_config::TLS_KEY, s(path("key"))),
+            (mesh_config::TLS_ROOTS, s(path("roots"))),
+        ]
+    }
+}
+
+/// A routing config with one service at `vip` and one endpoint `ep`, meshed with `identity`.
+pub fn routes(vip: SocketAddr, ep: SocketAddr, identity: Option<&str>) -> String {
+    let ids = identity.map_or(String::new(), |id| {
+        format!(", identities: {{\"{ep}\": \"{id}\"}}")
+    });
+    format!(
+        "services:\n  - name: app-b.app-b\n    addresses: [\"{vip}\"]\n    backends:\n      - {{name: v1, endpoints: [\"{ep}\"]{ids}}}\n"
+    )
 }
 
 /// Value of one sample line of the metrics text (0 if absent).

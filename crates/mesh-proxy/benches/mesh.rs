@@ -1,0 +1,746 @@
+//! Mesh data plane benchmark (needs root, `wrk`, `h2load` and `haproxy` from Debian):
+//!
+//!   flock /work/release.lock cargo build --release -p ghostwire
+//!   cargo bench -p mesh-proxy --bench mesh
+//!
+//! Side by side in one run, each path in its own pair of lab Pods (a client Pod and a server
+//! Pod on the lab bridge, the client dialling a ClusterIP that the lab DNATs to the server):
+//!
+//! - `direct`: client → app;
+//! - `ghostwire`: client → its Pod's `ghostwire proxy` (outbound) → the server Pod's `ghostwire
+//!   proxy` (inbound) → app, both Pods redirected by proxy-init's rules, the proxies run from
+//!   the release binary as uid 1337;
+//! - `ghostwire-mtls`: the same with mesh TLS between the two proxies;
+//! - `haproxy`, `haproxy-mtls`: Debian's haproxy in place of each proxy, behind the same
+//!   rules, dialling the original destination (`server … 0.0.0.0:0`, SO_ORIGINAL_DST).
+//!
+//! Loads, per path: `wrk` (HTTP/1.1) and `h2load` (HTTP/2) at saturation; HTTP/1.1 at fixed
+//! rates from the open-loop generator below; HTTP/2 at fixed rates from `h2load --rps`.
+//! Reported: req/s, p50/p99/p99.9, the proxies' CPU (utime+stime from /proc) and RSS.
+//!
+//! Knobs: `GW_BENCH_SECONDS` (per load, default 10), `GW_BENCH_ROUNDS` (default 2),
+//! `GW_BENCH_PATHS` (comma list, default all), `GW_BENCH_RATES` (default 1000,10000),
+//! `GW_BENCH_GHOSTWIRE` (the binary, default target/release/ghostwire).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use bytes::Bytes;
+use common::{Ca, http_backend, metric, proxy_init, routes};
+use http_body_util::{BodyExt, Empty};
+use lab_net::bench::{TICKS_PER_SECOND, cpu_ticks, status_kib};
+use lab_net::{Lab, Pod, ServicePort};
+use mesh_config::Sources;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const PROXY_UID: &str = "1337";
+const CLIENT_ID: &str = "spiffe://td.bench/ns/app-a/sa/client";
+const SERVER_ID: &str = "spiffe://td.bench/ns/app-b/sa/server";
+const APP_PORT: u16 = 8080;
+/// Concurrency of the saturation runs: wrk connections, and h2load clients × streams.
+const WRK_CONNECTIONS: u32 = 32;
+const H2_CLIENTS: u32 = 4;
+const H2_STREAMS: u32 = 8;
+/// Connections of the HTTP/1.1 open-loop generator (its bound on requests in flight).
+const OPEN_LOOP_CONNECTIONS: usize = 64;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A process started in a Pod; killed on drop.
+struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    fn ticks(&self) -> u64 {
+        cpu_ticks(self.pid()).unwrap_or(0)
+    }
+    fn rss_kib(&self) -> u64 {
+        status_kib(self.pid(), "VmRSS:").unwrap_or(0)
+    }
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `program args…` in `pod` as the proxy's uid (so proxy-init does not redirect it), logging
+/// to `log`.
+fn as_proxy(pod: &Pod, program: &Path, log: &Path) -> Command {
+    let mut c = pod.command("setpriv");
+    c.args([
+        &format!("--reuid={PROXY_UID}"),
+        &format!("--regid={PROXY_UID}"),
+        "--clear-groups",
+        "--",
+    ])
+    .arg(program)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(log).unwrap());
+    c
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Direct,
+    Ghostwire,
+    Haproxy,
+}
+
+/// One client Pod → server Pod pair, with its proxies.
+struct Pair {
+    name: &'static str,
+    client: Pod,
+    vip: SocketAddr,
+    /// Outbound (client Pod), inbound (server Pod).
+    proxies: Vec<(&'static str, Proc)>,
+    idle_rss: Vec<u64>,
+    kind: Kind,
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ghostwire_proxy(
+    bin: &Path,
+    pod: &Pod,
+    dir: &Path,
+    env: &[(&'static str, String)],
+    name: &str,
+) -> Proc {
+    let mut c = as_proxy(pod, bin, &dir.join(format!("{name}.log")));
+    c.arg("proxy").env("GW_LOG_LEVEL", "warn");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let p = Proc {
+        child: c.spawn().unwrap(),
+    };
+    let admin = SocketAddr::new(pod.ipv4.into(), 4191);
+    wait_until(&format!("{name} ready"), || {
+        pod.http_get(admin, "/ready").is_ok()
+    });
+    p
+}
+
+/// haproxy's config for one hop: a frontend on `port` that sends every request to its
+/// connection's original destination, HTTP/2 when the client spoke HTTP/2; the TLS options
+/// of its bind line and of its server lines (empty for plaintext).
+fn haproxy_config(port: u16, hop: &str, bind_tls: &str, server_tls_h1: &str, server_tls_h2: &str) -> String {
+    format!(
+        "global\n  nbthread 2\n  maxconn 20000\n\
+         defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+         frontend hop\n  bind 0.0.0.0:{port}{bind_tls}\n  http-response set-header x-hop-{hop} 1\n\
+         \x20 use_backend orig-h2 if {{ req.ver 2.0 }}\n  default_backend orig-h1\n\
+         backend orig-h1\n  server orig 0.0.0.0:0{server_tls_h1}\n\
+         backend orig-h2\n  server orig 0.0.0.0:0 proto h2{server_tls_h2}\n"
+    )
+}
+
+fn haproxy(pod: &Pod, dir: &Path, name: &str, config: &str) -> Proc {
+    let cfg = dir.join(format!("{name}.cfg"));
+    std::fs::write(&cfg, config).unwrap();
+    let mut c = as_proxy(pod, Path::new("/usr/sbin/haproxy"), &dir.join(format!("{name}.log")));
+    c.args(["-db", "-f"]).arg(&cfg);
+    Proc {
+        child: c.spawn().unwrap(),
+    }
+}
+
+struct Setup {
+    lab: Lab,
+    dir: PathBuf,
+    bin: PathBuf,
+    ca: Ca,
+    rt: tokio::runtime::Runtime,
+    apps: Vec<common::Backend2>,
+}
+
+impl Setup {
+    fn path(&mut self, name: &'static str, kind: Kind, tls: bool) -> Pair {
+        let client = self.lab.add_pod(&format!("{name}-c")).unwrap();
+        let server = self.lab.add_pod(&format!("{name}-s")).unwrap();
+        self.apps
+            .push(http_backend(&self.rt, &server, name, APP_PORT));
+        let svc = self
+            .lab
+            .add_service(name, &[ServicePort::tcp(80, APP_PORT)], &[&server])
+            .unwrap();
+        let vip = svc.addr_v4(80);
+        let ep = SocketAddr::new(server.ipv4.into(), APP_PORT);
+        if kind != Kind::Direct {
+            let s = Sources {
+                given: [(mesh_config::PROXY_UID.to_string(), PROXY_UID.to_string())]
+                    .into_iter()
+                    .collect(),
+                ..Sources::default()
+            };
+            proxy_init(&client, &s);
+            proxy_init(&server, &s);
+        }
+        let dir = self.dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cf, sf) = if tls {
+            (
+                self.ca.issue(&dir, "client", CLIENT_ID),
+                self.ca.issue(&dir, "server", SERVER_ID),
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let proxies = match kind {
+            Kind::Direct => Vec::new(),
+            Kind::Ghostwire => {
+                let cfg = dir.join("routes.yaml");
+                std::fs::write(&cfg, routes(vip, ep, tls.then_some(SERVER_ID))).unwrap();
+                let mut env = cf.clone();
+                env.push((mesh_config::CONFIG, cfg.display().to_string()));
+                vec![
+                    (
+                        "outbound",
+                        ghostwire_proxy(&self.bin, &client, &dir, &env, "outbound"),
+                    ),
+                    (
+                        "inbound",
+                        ghostwire_proxy(&self.bin, &server, &dir, &sf, "inbound"),
+                    ),
+                ]
+            }
+            Kind::Haproxy => {
+                let (bind, h1, h2) = if tls {
+                    // haproxy wants the chain and key in one file.
+                    for f in ["client", "server"] {
+                        let crt = std::fs::read_to_string(dir.join(format!("{f}.crt"))).unwrap();
+                        let key = std::fs::read_to_string(dir.join(format!("{f}.key"))).unwrap();
+                        std::fs::write(dir.join(format!("{f}.pem")), crt + &key).unwrap();
+                    }
+                    let d = dir.display();
+                    let v = format!(" ssl ca-file {d}/client.roots verify required");
+                    (
+                        format!(
+                            " ssl crt {d}/server.pem ca-file {d}/server.roots verify required alpn h2,http/1.1"
+                        ),
+                        format!("{v} crt {d}/client.pem alpn http/1.1"),
+                        format!("{v} crt {d}/client.pem alpn h2"),
+                    )
+                } else {
+                    Default::default()
+                };
+                vec![
+                    (
+                        "outbound",
+                        haproxy(
+                            &client,
+                            &dir,
+                            "outbound",
+                            &haproxy_config(5000, "out", "", &h1, &h2),
+                        ),
+                    ),
+                    (
+                        "inbound",
+                        haproxy(
+                            &server,
+                            &dir,
+                            "inbound",
+                            &haproxy_config(4000, "in", &bind, "", ""),
+                        ),
+                    ),
+                ]
+            }
+        };
+        let mut p = Pair {
+            name,
+            client,
+            vip,
+            proxies,
+            idle_rss: Vec::new(),
+            kind,
+        };
+        // The path works, and really goes through both proxies.
+        wait_until(&format!("{name}: a request through"), || {
+            p.client
+                .http(p.vip, "/hello")
+                .is_ok_and(|r| r.status == 200 && r.body.trim() == name)
+        });
+        let r = p.client.http(p.vip, "/hello").unwrap();
+        match kind {
+            Kind::Haproxy => assert!(
+                r.header("x-hop-out").is_some() && r.header("x-hop-in").is_some(),
+                "{name}: not through both haproxies"
+            ),
+            Kind::Ghostwire => {
+                let text = |pod: &Pod| {
+                    pod.http_get(SocketAddr::new(pod.ipv4.into(), 4191), "/metrics")
+                        .unwrap()
+                };
+                let out = text(&p.client);
+                let inb = text(&server);
+                assert!(
+                    metric(&out, "ghostwire_proxy_requests_total{direction=\"outbound\"") >= 1.0
+                        && metric(&inb, "ghostwire_proxy_requests_total{direction=\"inbound\"")
+                            >= 1.0,
+                    "{name}: not through both proxies"
+                );
+                let tls_ok = metric(
+                    &inb,
+                    "ghostwire_proxy_tls_handshakes_total{direction=\"inbound\",result=\"ok\"}",
+                );
+                assert_eq!(tls_ok >= 1.0, tls, "{name}: mesh TLS {tls_ok}");
+            }
+            Kind::Direct => {}
+        }
+        for (_, proc) in &mut p.proxies {
+            assert!(proc.alive(), "{name}: a proxy died");
+        }
+        p.idle_rss = p.proxies.iter().map(|(_, q)| q.rss_kib()).collect();
+        p
+    }
+}
+
+/// What one load run measured.
+#[derive(Default, Clone)]
+struct Run {
+    requests: u64,
+    errors: u64,
+    seconds: f64,
+    /// Latency quantiles in µs: p50, p99, p99.9.
+    q: [f64; 3],
+    /// CPU seconds used by the path's proxies (both together) during the run.
+    cpu: f64,
+    /// Highest RSS of each proxy sampled during the run, kB.
+    rss: Vec<u64>,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+}
+
+fn quantiles(mut v: Vec<u64>) -> [f64; 3] {
+    if v.is_empty() {
+        return [f64::NAN; 3];
+    }
+    v.sort_unstable();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize] as f64;
+    [at(0.5), at(0.99), at(0.999)]
+}
+
+/// Runs `load` while sampling the path's proxies' CPU and RSS.
+fn measured(p: &Pair, load: impl FnOnce() -> Run) -> Run {
+    let t0: Vec<u64> = p.proxies.iter().map(|(_, q)| q.ticks()).collect();
+    let stop = Arc::new(AtomicU64::new(0));
+    let pids: Vec<u32> = p.proxies.iter().map(|(_, q)| q.pid()).collect();
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut max = vec![0u64; pids.len()];
+            while stop.load(Ordering::SeqCst) == 0 {
+                for (m, pid) in max.iter_mut().zip(&pids) {
+                    *m = (*m).max(status_kib(*pid, "VmRSS:").unwrap_or(0));
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            max
+        })
+    };
+    let mut run = load();
+    stop.store(1, Ordering::SeqCst);
+    run.rss = sampler.join().unwrap();
+    run.cpu = p
+        .proxies
+        .iter()
+        .zip(t0)
+        .map(|((_, q), t)| q.ticks().saturating_sub(t))
+        .sum::<u64>() as f64
+        / TICKS_PER_SECOND;
+    run
+}
+
+fn wrk_script(dir: &Path) -> PathBuf {
+    let path = dir.join("report.lua");
+    std::fs::write(
+        &path,
+        "done = function(s, latency, requests)\n\
+         \x20 local e = s.errors\n\
+         \x20 io.write(string.format(\"GWBENCH %d %d %d %d %d %d\\n\", s.requests, s.duration,\n\
+         \x20   latency:percentile(50), latency:percentile(99), latency:percentile(99.9),\n\
+         \x20   e.connect + e.read + e.write + e.status + e.timeout))\n\
+         end\n",
+    )
+    .unwrap();
+    path
+}
+
+fn wrk(p: &Pair, script: &Path, seconds: u64) -> Run {
+    let out = p
+        .client
+        .command("wrk")
+        .args(["-t1", &format!("-c{WRK_CONNECTIONS}"), &format!("-d{seconds}s"), "-s"])
+        .arg(script)
+        .arg(format!("http://{}/hello", p.vip))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<f64> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("GWBENCH "))
+        .unwrap_or_else(|| panic!("wrk: {text}{}", String::from_utf8_lossy(&out.stderr)))
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    Run {
+        requests: f[0] as u64,
+        seconds: f[1] / 1e6,
+        q: [f[2], f[3], f[4]],
+        errors: f[5] as u64,
+        ..Run::default()
+    }
+}
+
+/// h2load (HTTP/2 with prior knowledge); `rps` per client for a fixed rate, else saturation.
+fn h2load(p: &Pair, dir: &Path, seconds: u64, rate: Option<u64>) -> Run {
+    let log = dir.join("h2load.log");
+    let _ = std::fs::remove_file(&log);
+    let mut c = p.client.command("h2load");
+    match rate {
+        // 10 clients with up to 10 streams each: the rate is split between them.
+        Some(r) => c.args(["-c10", "-m10", &format!("--rps={}", r / 10)]),
+        None => c.args([&format!("-c{H2_CLIENTS}"), &format!("-m{H2_STREAMS}")]),
+    };
+    let out = c
+        .args(["-D", &seconds.to_string(), "--log-file"])
+        .arg(&log)
+        .arg(format!("http://{}/hello", p.vip))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |prefix: &str| -> Vec<String> {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("h2load: no {prefix:?} in {text}"))
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    // "finished in 10.00s, 9999.90 req/s, …"; "requests: N total, N started, N done,
+    // N succeeded, N failed, …"
+    let fin = field("finished in");
+    let seconds: f64 = fin[0].trim_end_matches('s').parse().unwrap();
+    let req = field("requests:");
+    let done: u64 = req[4].parse().unwrap();
+    let succeeded: u64 = req[6].parse().unwrap();
+    let lat: Vec<u64> = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f.get(1)? == &"200").then(|| f.get(2)?.parse().ok())?
+        })
+        .collect();
+    Run {
+        requests: succeeded,
+        errors: done - succeeded,
+        seconds,
+        q: quantiles(lat),
+        ..Run::default()
+    }
+}
+
+/// The HTTP/1.1 open-loop generator: request i is due at start + i/rate whatever happened to
+/// the ones before it. Each of [`OPEN_LOOP_CONNECTIONS`] keep-alive connections takes the next
+/// due request when it is free. Latency runs from the moment a request is due when it leaves
+/// late because every connection was busy (no coordinated omission), and from when it leaves
+/// when it leaves on time (tokio's timer wakes on 1 ms ticks: that lag is the generator's, not
+/// the path's).
+fn open_loop(p: &Pair, rate: u64, seconds: u64) -> Run {
+    let vip = p.vip;
+    let socks: Vec<std::net::TcpStream> = p
+        .client
+        .netns()
+        .run(|| {
+            (0..OPEN_LOOP_CONNECTIONS)
+                .map(|_| std::net::TcpStream::connect(vip))
+                .collect::<std::io::Result<Vec<_>>>()
+        })
+        .unwrap()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let total = rate * seconds;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    rt.block_on(async move {
+        let next = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let start = tokio::time::Instant::now() + Duration::from_millis(20);
+        let mut tasks = tokio::task::JoinSet::new();
+        for s in socks {
+            s.set_nonblocking(true).unwrap();
+            s.set_nodelay(true).unwrap();
+            let s = tokio::net::TcpStream::from_std(s).unwrap();
+            let (next, errors) = (next.clone(), errors.clone());
+            tasks.spawn(async move {
+                let (mut send, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+                        .await
+                        .unwrap();
+                tokio::spawn(conn);
+                let mut lat = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        return lat;
+                    }
+                    let due = start + interval * i as u32;
+                    let from = if due > tokio::time::Instant::now() {
+                        tokio::time::sleep_until(due).await;
+                        tokio::time::Instant::now()
+                    } else {
+                        due
+                    };
+                    let req = http::Request::get("/hello")
+                        .header(http::header::HOST, vip.to_string())
+                        .body(Empty::<Bytes>::new())
+                        .unwrap();
+                    let ok = match send.send_request(req).await {
+                        Ok(r) => {
+                            let ok = r.status() == 200;
+                            ok && r.into_body().collect().await.is_ok()
+                        }
+                        Err(_) => false,
+                    };
+                    if !ok {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        return lat;
+                    }
+                    lat.push(from.elapsed().as_micros() as u64);
+                }
+            });
+        }
+        let mut lat = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            lat.extend(r.unwrap());
+        }
+        let seconds = (tokio::time::Instant::now() - start).as_secs_f64();
+        Run {
+            requests: lat.len() as u64,
+            errors: errors.load(Ordering::Relaxed),
+            seconds,
+            q: quantiles(lat),
+            ..Run::default()
+        }
+    })
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let seconds: u64 = env_or("GW_BENCH_SECONDS", 10);
+    let rounds: u32 = env_or("GW_BENCH_ROUNDS", 2);
+    let rates: Vec<u64> = env_or("GW_BENCH_RATES", "1000,10000".to_string())
+        .split(',')
+        .map(|r| r.trim().parse().expect("GW_BENCH_RATES: numbers"))
+        .collect();
+    let only: String = env_or("GW_BENCH_PATHS", String::new());
+    let bin: PathBuf = env_or(
+        "GW_BENCH_GHOSTWIRE",
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release/ghostwire"),
+    );
+    assert!(
+        bin.exists(),
+        "{}: build it first (cargo build --release -p ghostwire) or set GW_BENCH_GHOSTWIRE",
+        bin.display()
+    );
+    let dir = std::env::temp_dir().join(format!("gw-meshbench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut setup = Setup {
+        lab: Lab::new("meshbench").unwrap(),
+        dir: dir.clone(),
+        bin,
+        ca: Ca::new("bench mesh CA"),
+        rt: tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap(),
+        apps: Vec::new(),
+    };
+    let all = [
+        ("direct", Kind::Direct, false),
+        ("ghostwire", Kind::Ghostwire, false),
+        ("ghostwire-mtls", Kind::Ghostwire, true),
+        ("haproxy", Kind::Haproxy, false),
+        ("haproxy-mtls", Kind::Haproxy, true),
+    ];
+    let mut paths: Vec<Pair> = Vec::new();
+    for (name, kind, tls) in all {
+        if only.is_empty() || only.split(',').any(|o| o == name) {
+            paths.push(setup.path(name, kind, tls));
+        }
+    }
+    println!("load average at start: {}", load_average());
+    for p in &paths {
+        let rss: Vec<String> = p
+            .proxies
+            .iter()
+            .zip(&p.idle_rss)
+            .map(|((n, _), kb)| format!("{n} {:.1} MB", *kb as f64 / 1024.0))
+            .collect();
+        println!("idle RSS after one request, {}: {}", p.name, rss.join(", "));
+    }
+    let script = wrk_script(&dir);
+    // (path, load) → runs
+    let mut results: BTreeMap<(usize, String), Vec<Run>> = BTreeMap::new();
+    for round in 1..=rounds {
+        for (i, p) in paths.iter().enumerate() {
+            // Warm-up: pools filled, caches hot.
+            wrk(p, &script, 1);
+            let mut record = |load: String, run: Run| {
+                println!(
+                    "round {round} {:>15} {:<22} {:>9.0} req/s  p50 {:>7.0} µs  p99 {:>7.0} µs  p99.9 {:>7.0} µs  errors {:>4}  proxy CPU {:>5.2} s  RSS max {:?} kB",
+                    p.name,
+                    load,
+                    run.rate(),
+                    run.q[0],
+                    run.q[1],
+                    run.q[2],
+                    run.errors,
+                    run.cpu,
+                    run.rss
+                );
+                results.entry((i, load)).or_default().push(run);
+            };
+            record("h1 saturation (wrk)".into(), measured(p, || wrk(p, &script, seconds)));
+            record(
+                "h2 saturation (h2load)".into(),
+                measured(p, || h2load(p, &dir, seconds, None)),
+            );
+            for &r in &rates {
+                record(
+                    format!("h1 {r}/s (open loop)"),
+                    measured(p, || open_loop(p, r, seconds)),
+                );
+                record(
+                    format!("h2 {r}/s (h2load)"),
+                    measured(p, || h2load(p, &dir, seconds, Some(r))),
+                );
+            }
+        }
+        println!("load average after round {round}: {}", load_average());
+    }
+    summary(&paths, &results);
+    for p in &mut paths {
+        for (n, q) in &mut p.proxies {
+            assert!(q.alive(), "{}: the {n} proxy died during the run", p.name);
+        }
+    }
+    drop(paths);
+    drop(setup);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Medians over the rounds, as markdown tables: the numbers, then per proxy path the p99 it
+/// adds over direct, requests per CPU-second and CPU per 1k req/s.
+fn summary(paths: &[Pair], results: &BTreeMap<(usize, String), Vec<Run>>) {
+    println!("\n| path | load | req/s | p50 µs | p99 µs | p99.9 µs | errors | proxies' CPU s | req per proxy CPU-s | CPU % per 1k req/s | RSS under load, MB (out / in) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for ((i, load), runs) in results {
+        let p = &paths[*i];
+        let m = |f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
+        let rate = m(&|r| r.rate());
+        let cpu = m(&|r| r.cpu);
+        let per_cpu = m(&|r| r.requests as f64 / r.cpu.max(0.01));
+        let per_1k = m(&|r| r.cpu / r.seconds / (r.rate() / 1000.0) * 100.0);
+        let rss: Vec<String> = (0..p.proxies.len())
+            .map(|k| {
+                let v = runs.iter().map(|r| r.rss[k]).max().unwrap_or(0);
+                format!("{:.1}", v as f64 / 1024.0)
+            })
+            .collect();
+        let proxied = p.kind != Kind::Direct;
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} |",
+            p.name,
+            load,
+            rate,
+            m(&|r| r.q[0]),
+            m(&|r| r.q[1]),
+            m(&|r| r.q[2]),
+            runs.iter().map(|r| r.errors).sum::<u64>(),
+            if proxied { format!("{cpu:.2}") } else { "–".into() },
+            if proxied { format!("{per_cpu:.0}") } else { "–".into() },
+            if proxied { format!("{per_1k:.2}") } else { "–".into() },
+            if proxied { rss.join(" / ") } else { "–".into() },
+        );
+    }
+    // Added p99 at the fixed rates: the path's median p99 minus direct's, per round pairing.
+    let direct = paths.iter().position(|p| p.kind == Kind::Direct);
+    if let Some(d) = direct {
+        println!("\n| path | load | added p50 µs | added p99 µs | added p99.9 µs |");
+        println!("|---|---|---|---|---|");
+        for ((i, load), runs) in results {
+            if *i == d || !load.contains("/s") {
+                continue;
+            }
+            let Some(base) = results.get(&(d, load.clone())) else {
+                continue;
+            };
+            let add = |k: usize| {
+                median(runs.iter().map(|r| r.q[k]).collect())
+                    - median(base.iter().map(|r| r.q[k]).collect())
+            };
+            println!(
+                "| {} | {} | {:.0} | {:.0} | {:.0} |",
+                paths[*i].name,
+                load,
+                add(0),
+                add(1),
+                add(2)
+            );
+        }
+    }
+}
