@@ -11,8 +11,9 @@
 //!   proxy` (inbound) → app, both Pods redirected by proxy-init's rules, the proxies run from
 //!   the release binary as uid 1337;
 //! - `ghostwire-mtls`: the same with mesh TLS between the two proxies;
-//! - `haproxy`, `haproxy-mtls`: Debian's haproxy in place of each proxy, behind the same
-//!   rules, dialling the original destination (`server … 0.0.0.0:0`, SO_ORIGINAL_DST).
+//! - `haproxy`, `haproxy-mtls`: Debian's haproxy in place of each proxy (uid 1337, 2
+//!   threads), behind the same rules, configured with the app's endpoint as ghostwire's routes
+//!   name it (haproxy checks the peer's chain but no SPIFFE ID).
 //!
 //! Loads, per path: `wrk` (HTTP/1.1) and `h2load` (HTTP/2) at saturation; HTTP/1.1 at fixed
 //! rates from the open-loop generator below; HTTP/2 at fixed rates from `h2load --rps`.
@@ -26,7 +27,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Ca, http_backend, metric, proxy_init, routes};
+use common::{Ca, metric, proxy_init, routes};
 use http_body_util::{BodyExt, Empty};
 use lab_net::bench::{TICKS_PER_SECOND, cpu_ticks, status_kib};
 use lab_net::{Lab, Pod, ServicePort};
@@ -149,24 +150,36 @@ fn ghostwire_proxy(
     p
 }
 
-/// haproxy's config for one hop: a frontend on `port` that sends every request to its
-/// connection's original destination, HTTP/2 when the client spoke HTTP/2; the TLS options
-/// of its bind line and of its server lines (empty for plaintext).
-fn haproxy_config(port: u16, hop: &str, bind_tls: &str, server_tls_h1: &str, server_tls_h2: &str) -> String {
+/// haproxy's config for one hop: a frontend on `port` that sends every request to the app's
+/// endpoint `ep` (as ghostwire's routes name it), over HTTP/2 when the client spoke HTTP/2;
+/// `bind_tls` and `server_tls_*` are the TLS options of the bind and server lines (empty for
+/// plaintext).
+fn haproxy_config(
+    port: u16,
+    hop: &str,
+    ep: SocketAddr,
+    bind_tls: &str,
+    server_tls_h1: &str,
+    server_tls_h2: &str,
+) -> String {
     format!(
-        "global\n  nbthread 2\n  maxconn 20000\n\
+        "global\n  nbthread 2\n  maxconn 4096\n\
          defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
          frontend hop\n  bind 0.0.0.0:{port}{bind_tls}\n  http-response set-header x-hop-{hop} 1\n\
-         \x20 use_backend orig-h2 if {{ req.ver 2.0 }}\n  default_backend orig-h1\n\
-         backend orig-h1\n  server orig 0.0.0.0:0{server_tls_h1}\n\
-         backend orig-h2\n  server orig 0.0.0.0:0 proto h2{server_tls_h2}\n"
+         \x20 use_backend app-h2 if {{ req.ver 2.0 }}\n  default_backend app-h1\n\
+         backend app-h1\n  server app {ep}{server_tls_h1}\n\
+         backend app-h2\n  server app {ep} proto h2{server_tls_h2}\n"
     )
 }
 
 fn haproxy(pod: &Pod, dir: &Path, name: &str, config: &str) -> Proc {
     let cfg = dir.join(format!("{name}.cfg"));
     std::fs::write(&cfg, config).unwrap();
-    let mut c = as_proxy(pod, Path::new("/usr/sbin/haproxy"), &dir.join(format!("{name}.log")));
+    let mut c = as_proxy(
+        pod,
+        Path::new("/usr/sbin/haproxy"),
+        &dir.join(format!("{name}.log")),
+    );
     c.args(["-db", "-f"]).arg(&cfg);
     Proc {
         child: c.spawn().unwrap(),
@@ -178,16 +191,25 @@ struct Setup {
     dir: PathBuf,
     bin: PathBuf,
     ca: Ca,
-    rt: tokio::runtime::Runtime,
-    apps: Vec<common::Backend2>,
+    apps: Vec<Proc>,
 }
 
 impl Setup {
     fn path(&mut self, name: &'static str, kind: Kind, tls: bool) -> Pair {
         let client = self.lab.add_pod(&format!("{name}-c")).unwrap();
         let server = self.lab.add_pod(&format!("{name}-s")).unwrap();
-        self.apps
-            .push(http_backend(&self.rt, &server, name, APP_PORT));
+        // The app: `ghostwire lab app-b` (hyper, HTTP/1.1 and HTTP/2) from the same release
+        // binary, answering its name.
+        let app = server
+            .command(&self.bin)
+            .args(["lab", "app-b"])
+            .env("HOSTNAME", name)
+            .env("PORT", APP_PORT.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.apps.push(Proc { child: app });
         let svc = self
             .lab
             .add_service(name, &[ServicePort::tcp(80, APP_PORT)], &[&server])
@@ -259,7 +281,7 @@ impl Setup {
                             &client,
                             &dir,
                             "outbound",
-                            &haproxy_config(5000, "out", "", &h1, &h2),
+                            &haproxy_config(5000, "out", ep, "", &h1, &h2),
                         ),
                     ),
                     (
@@ -268,7 +290,7 @@ impl Setup {
                             &server,
                             &dir,
                             "inbound",
-                            &haproxy_config(4000, "in", &bind, "", ""),
+                            &haproxy_config(4000, "in", ep, &bind, "", ""),
                         ),
                     ),
                 ]
@@ -286,7 +308,7 @@ impl Setup {
         wait_until(&format!("{name}: a request through"), || {
             p.client
                 .http(p.vip, "/hello")
-                .is_ok_and(|r| r.status == 200 && r.body.trim() == name)
+                .is_ok_and(|r| r.status == 200 && r.body.starts_with(name))
         });
         let r = p.client.http(p.vip, "/hello").unwrap();
         match kind {
@@ -302,7 +324,10 @@ impl Setup {
                 let out = text(&p.client);
                 let inb = text(&server);
                 assert!(
-                    metric(&out, "ghostwire_proxy_requests_total{direction=\"outbound\"") >= 1.0
+                    metric(
+                        &out,
+                        "ghostwire_proxy_requests_total{direction=\"outbound\""
+                    ) >= 1.0
                         && metric(&inb, "ghostwire_proxy_requests_total{direction=\"inbound\"")
                             >= 1.0,
                     "{name}: not through both proxies"
@@ -402,7 +427,12 @@ fn wrk(p: &Pair, script: &Path, seconds: u64) -> Run {
     let out = p
         .client
         .command("wrk")
-        .args(["-t1", &format!("-c{WRK_CONNECTIONS}"), &format!("-d{seconds}s"), "-s"])
+        .args([
+            "-t1",
+            &format!("-c{WRK_CONNECTIONS}"),
+            &format!("-d{seconds}s"),
+            "-s",
+        ])
         .arg(script)
         .arg(format!("http://{}/hello", p.vip))
         .output()
@@ -588,11 +618,6 @@ fn main() {
         dir: dir.clone(),
         bin,
         ca: Ca::new("bench mesh CA"),
-        rt: tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap(),
         apps: Vec::new(),
     };
     let all = [
@@ -640,7 +665,10 @@ fn main() {
                 );
                 results.entry((i, load)).or_default().push(run);
             };
-            record("h1 saturation (wrk)".into(), measured(p, || wrk(p, &script, seconds)));
+            record(
+                "h1 saturation (wrk)".into(),
+                measured(p, || wrk(p, &script, seconds)),
+            );
             record(
                 "h2 saturation (h2load)".into(),
                 measured(p, || h2load(p, &dir, seconds, None)),
@@ -686,7 +714,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Medians over the rounds, as markdown tables: the numbers, then per proxy path the p99 it
 /// adds over direct, requests per CPU-second and CPU per 1k req/s.
 fn summary(paths: &[Pair], results: &BTreeMap<(usize, String), Vec<Run>>) {
-    println!("\n| path | load | req/s | p50 µs | p99 µs | p99.9 µs | errors | proxies' CPU s | req per proxy CPU-s | CPU % per 1k req/s | RSS under load, MB (out / in) |");
+    println!(
+        "\n| path | load | req/s | p50 µs | p99 µs | p99.9 µs | errors | proxies' CPU s | req per proxy CPU-s | CPU % per 1k req/s | RSS under load, MB (out / in) |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for ((i, load), runs) in results {
         let p = &paths[*i];
@@ -711,10 +741,26 @@ fn summary(paths: &[Pair], results: &BTreeMap<(usize, String), Vec<Run>>) {
             m(&|r| r.q[1]),
             m(&|r| r.q[2]),
             runs.iter().map(|r| r.errors).sum::<u64>(),
-            if proxied { format!("{cpu:.2}") } else { "–".into() },
-            if proxied { format!("{per_cpu:.0}") } else { "–".into() },
-            if proxied { format!("{per_1k:.2}") } else { "–".into() },
-            if proxied { rss.join(" / ") } else { "–".into() },
+            if proxied {
+                format!("{cpu:.2}")
+            } else {
+                "–".into()
+            },
+            if proxied {
+                format!("{per_cpu:.0}")
+            } else {
+                "–".into()
+            },
+            if proxied {
+                format!("{per_1k:.2}")
+            } else {
+                "–".into()
+            },
+            if proxied {
+                rss.join(" / ")
+            } else {
+                "–".into()
+            },
         );
     }
     // Added p99 at the fixed rates: the path's median p99 minus direct's, per round pairing.

@@ -12,11 +12,11 @@ use mesh_config::Sources;
 use mesh_proxy::Proxy;
 use mesh_proxy::store::{FileSource, Store};
 use netrules::{Backend, BackendKind};
-use std::net::SocketAddr;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     SanType,
 };
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Arc;
