@@ -199,6 +199,55 @@ fn connect_latency(kind: BackendKind, n: usize, samples: usize) -> (Duration, Du
     (percentile(&lat, 0.5), percentile(&lat, 0.99))
 }
 
+/// Issue 10 point 14: ghostwire's whole nftables apply of `n` pairs (pre-read, render,
+/// one transaction, read-back, verify) beside a bare `nft -f` of the same ruleset text,
+/// alternating in fresh namespaces; medians of `runs`.
+fn apply_vs_bare(n: usize, runs: usize) -> (Duration, Duration) {
+    let s = settings();
+    let plan = Plan {
+        mappings: synthetic(n),
+        skipped: vec![],
+    };
+    let table = switch::rules::table(&plan, &s, true);
+    let backend = Backend::new(BackendKind::Nftables);
+    let text = backend.render(&table).expect("render");
+    let (mut ours, mut bare) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let ns = Ns::new("ratio");
+        bare.push(
+            ns.0.run(|| {
+                use std::io::Write;
+                let t = Instant::now();
+                let mut child = std::process::Command::new("nft")
+                    .args(["-f", "-"])
+                    .stdin(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("nft");
+                child
+                    .stdin
+                    .take()
+                    .expect("stdin")
+                    .write_all(text.as_bytes())
+                    .expect("write");
+                assert!(child.wait().expect("nft").success());
+                t.elapsed()
+            })
+            .expect("netns"),
+        );
+        drop(ns);
+        let ns = Ns::new("ratio");
+        ours.push(
+            ns.0.run(|| {
+                let t = Instant::now();
+                backend.apply(&table).expect("apply");
+                t.elapsed()
+            })
+            .expect("netns"),
+        );
+    }
+    (median(ours), median(bare))
+}
+
 fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
@@ -206,6 +255,22 @@ fn us(d: Duration) -> String {
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` lists; nothing to list here.
+    }
+    if std::env::args().any(|a| a == "apply-ratio") {
+        // Only the apply-versus-bare comparison: `cargo bench -p switch --bench dnat -- apply-ratio`.
+        apply_vs_bare(10, 1);
+        println!("| pairs | ghostwire apply (read-back included) | bare nft -f | ratio |");
+        println!("|---|---|---|---|");
+        for n in [1_000, 10_000] {
+            let (ours, bare) = apply_vs_bare(n, 5);
+            println!(
+                "| {n} | {} | {} | {:.2}x |",
+                ms(ours),
+                ms(bare),
+                ours.as_secs_f64() / bare.as_secs_f64()
+            );
+        }
+        return;
     }
     let kinds = [
         BackendKind::Nftables,
