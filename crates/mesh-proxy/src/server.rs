@@ -409,7 +409,9 @@ impl Ctx {
                 && self.tls.is_some()
                 && self.mesh_alpn(&mut stream, &mut prefix).await;
             if mesh {
-                return self.inbound_mesh(Prefixed::new(prefix, stream), orig).await;
+                return self
+                    .inbound_mesh(Prefixed::new(prefix, stream), orig, opaque_port)
+                    .await;
             }
             if self.settings.tls_mode == TlsMode::Strict {
                 return self.refuse("not_mesh_tls");
@@ -484,8 +486,11 @@ impl Ctx {
     }
 
     /// Mesh TLS in: terminate it, verify the client, then detect and proxy what it carries to
-    /// the app (the original destination), telling HTTP apps who the client is.
-    async fn inbound_mesh(&self, io: Prefixed<TcpStream>, orig: SocketAddr) {
+    /// the app (the original destination), telling HTTP apps who the client is. On a
+    /// server-speaks-first port what it carries is opaque at once: its client waits for the
+    /// app's greeting, so waiting for the client's first bytes would stall it until the
+    /// detection timeout.
+    async fn inbound_mesh(&self, io: Prefixed<TcpStream>, orig: SocketAddr, opaque_port: bool) {
         let Some(tls) = &self.tls else { return };
         let (mut s, client) =
             match tokio::time::timeout(self.settings.detect_timeout, tls.accept(io)).await {
@@ -497,9 +502,13 @@ impl Ctx {
                 Err(_) => return self.handshake(false),
             };
         self.handshake(true);
-        let (protocol, prefix) = match detect::detect(&mut s, self.settings.detect_timeout).await {
-            Ok(d) => d,
-            Err(_) => return,
+        let (protocol, prefix) = if opaque_port {
+            (Protocol::Opaque, Vec::new())
+        } else {
+            match detect::detect(&mut s, self.settings.detect_timeout).await {
+                Ok(d) => d,
+                Err(_) => return,
+            }
         };
         self.count(protocol);
         self.dispatch(

@@ -1,7 +1,8 @@
 //! Mesh mTLS between two meshed lab pods (real kernel, real sockets, a capture on the server
 //! pod's eth0): no plaintext on the wire when on and the marker visible when off; the client's
 //! identity reaches the app and a forged one does not; a wrong peer identity is refused; the
-//! app's own TLS passes through opaque; certificate files are reloaded; strict refuses
+//! app's own TLS passes through opaque; a server-speaks-first protocol passes meshed and
+//! plaintext without waiting for detection; certificate files are reloaded; strict refuses
 //! plaintext, permissive accepts it.
 
 mod common;
@@ -10,7 +11,7 @@ use common::*;
 use lab_net::{Lab, Pod, ServicePort};
 use std::io::Read;
 use std::net::SocketAddr;
-use std::process::{Child, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -134,8 +135,17 @@ fn mesh_tls_between_pods() {
     let ca = Ca::new("test mesh CA");
     let client_files = ca.issue(&dir, "client", CLIENT_ID);
     let server_files = ca.issue(&dir, "server", SERVER_ID);
-    let c = Meshed::start(&client, &knobs(&client_files));
-    let mut s = Meshed::start(&server, &knobs(&server_files));
+    // Detection would wait this long for a silent client: far longer than any wait here, so
+    // a server-first connection that waits for detection never gets its greeting in time.
+    let slow_detect = (mesh_config::DETECT_TIMEOUT, "600s".to_string());
+    let client_knobs: Vec<_> = client_files
+        .iter()
+        .cloned()
+        .chain([slow_detect.clone()])
+        .collect();
+    let server_knobs: Vec<_> = server_files.iter().cloned().chain([slow_detect]).collect();
+    let c = Meshed::start(&client, &knobs(&client_knobs));
+    let mut s = Meshed::start(&server, &knobs(&server_knobs));
     let vip = svc.addr_v4(80);
     let ep = SocketAddr::new(server.ipv4.into(), 8080);
     let url = format!("http://{vip}/headers");
@@ -195,6 +205,57 @@ fn mesh_tls_between_pods() {
         ) >= 1.0,
         "{sm}"
     );
+
+    // A server-speaks-first protocol on a default opaque port (Redis, 6379), the app greeting
+    // and closing. Meshed (its endpoint has an identity): mesh TLS to the server's proxy, which
+    // passes what it carries to the app at once instead of waiting for the client's bytes.
+    let greeter = server
+        .netns()
+        .run(|| std::net::TcpListener::bind(("::", 6379)))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        for conn in greeter.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let _ = std::io::Write::write_all(&mut conn, b"+GREETING\r\n");
+        }
+    });
+    let redis = SocketAddr::new(server.ipv4.into(), 6379);
+    c.configure(&format!(
+        "{}  - name: redis\n    addresses: [\"{redis}\"]\n    backends:\n      - {{name: v1, endpoints: [\"{redis}\"], identities: {{\"{redis}\": \"{SERVER_ID}\"}}}}\n",
+        routes(vip, ep, Some(SERVER_ID))
+    ));
+    let ok_before = metric(
+        &s.metrics(),
+        "ghostwire_proxy_tls_handshakes_total{direction=\"inbound\",result=\"ok\"}",
+    );
+    // socat gives up after 20 s without a byte (the bound of this check, far below the 600 s
+    // detection timeout).
+    let greet = |out: Output| String::from_utf8_lossy(&out.stdout).into_owned();
+    let tcp = format!("TCP:{redis}");
+    let out = greet(as_client(
+        &client,
+        "socat",
+        &["-T", "20", "-u", &tcp, "STDOUT"],
+    ));
+    assert_eq!(out, "+GREETING\r\n", "meshed server-first connection");
+    assert!(
+        metric(
+            &s.metrics(),
+            "ghostwire_proxy_tls_handshakes_total{direction=\"inbound\",result=\"ok\"}"
+        ) > ok_before,
+        "the server-first connection did not come over mesh TLS"
+    );
+    // Plaintext (not redirected in the client Pod), the client silent: the inbound proxy waits
+    // a short window for a ClientHello, then passes it as plaintext (permissive).
+    let out = greet(
+        client
+            .command("socat")
+            .args(["-T", "20", "-u", &tcp, "STDOUT"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(out, "+GREETING\r\n", "plaintext server-first connection");
 
     // Off (the endpoint is not meshed in the config): the same marker is on the wire.
     c.configure(&routes(vip, ep, None));
