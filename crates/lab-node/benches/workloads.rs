@@ -21,11 +21,12 @@
 //!   rounded up and down as Kubernetes does). The run stops with an error if they are broken.
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
+use lab_node::scenario::RolloutBounds;
 use lab_node::{Cluster, ClusterOptions};
 use serde_json::json;
 use std::collections::HashMap;
@@ -63,35 +64,6 @@ fn deployment(name: &str, replicas: i32, probe: &str) -> Deployment {
     .unwrap()
 }
 
-/// The Pods the watch has shown, and the extremes seen while a rolling update runs.
-#[derive(Default)]
-struct Tracker {
-    pods: HashMap<String, (bool, bool)>,
-    rolling: bool,
-    max_active: usize,
-    min_ready: usize,
-    events: usize,
-}
-
-impl Tracker {
-    fn update(&mut self, p: &Pod, deleted: bool) {
-        let name = p.metadata.name.clone().unwrap_or_default();
-        if deleted {
-            self.pods.remove(&name);
-        } else {
-            let active = p.metadata.deletion_timestamp.is_none();
-            self.pods.insert(name, (active, active && is_ready(p)));
-        }
-        if self.rolling {
-            let active = self.pods.values().filter(|(a, _)| *a).count();
-            let ready = self.pods.values().filter(|(_, r)| *r).count();
-            self.max_active = self.max_active.max(active);
-            self.min_ready = self.min_ready.min(ready);
-            self.events += 1;
-        }
-    }
-}
-
 fn is_ready(p: &Pod) -> bool {
     p.status
         .as_ref()
@@ -109,18 +81,43 @@ fn complete(d: &Deployment, replicas: i32, generation: i64) -> bool {
         && s.available_replicas == Some(replicas)
 }
 
-async fn wait_complete(api: &Api<Deployment>, name: &str, replicas: i32, generation: i64) {
-    let deadline = Instant::now() + Duration::from_secs(1800);
+/// Waits until the rollout is complete; past `GW_BENCH_LIMIT_SECONDS` (1800) stops the run with
+/// the Deployment's and its ReplicaSets' status, so a stuck rollout shows where it stopped.
+async fn wait_complete(client: &kube::Client, name: &str, replicas: i32, generation: i64) {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let limit = Duration::from_secs(env("GW_BENCH_LIMIT_SECONDS", 1800));
+    let deadline = Instant::now() + limit;
     loop {
         if let Ok(d) = api.get(name).await
             && complete(&d, replicas, generation)
         {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "deployment {name} never completed"
-        );
+        if Instant::now() > deadline {
+            let d = api.get(name).await.ok();
+            let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+            let sets: Vec<String> = rss
+                .list(&ListParams::default().labels(&format!("app={name}")))
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default()
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} spec {:?} status {}",
+                        r.metadata.name.as_deref().unwrap_or_default(),
+                        r.spec.as_ref().and_then(|s| s.replicas),
+                        serde_json::to_string(&r.status).unwrap_or_default()
+                    )
+                })
+                .collect();
+            panic!(
+                "deployment {name} not complete after {limit:?}: generation {:?} status {}\nreplica sets:\n{}",
+                d.as_ref().and_then(|d| d.metadata.generation),
+                serde_json::to_string(&d.and_then(|d| d.status)).unwrap_or_default(),
+                sets.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -147,7 +144,7 @@ async fn main() {
         let ready_at: std::sync::Arc<std::sync::Mutex<HashMap<String, (Instant, Instant)>>> =
             Default::default();
         let seen = ready_at.clone();
-        let tracker: std::sync::Arc<std::sync::Mutex<Tracker>> = Default::default();
+        let tracker: std::sync::Arc<std::sync::Mutex<RolloutBounds>> = Default::default();
         let track = tracker.clone();
         let watch_api = pods.clone();
         let selector = format!("app={name}");
@@ -156,13 +153,7 @@ async fn main() {
             let mut s = watcher(watch_api, cfg).boxed();
             let mut first_seen: HashMap<String, Instant> = HashMap::new();
             while let Some(Ok(ev)) = s.next().await {
-                match &ev {
-                    watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
-                        track.lock().unwrap().update(p, false)
-                    }
-                    watcher::Event::Delete(p) => track.lock().unwrap().update(p, true),
-                    _ => {}
-                }
+                track.lock().unwrap().observe(&ev);
                 if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = ev {
                     let n = p.metadata.name.clone().unwrap_or_default();
                     let born = *first_seen.entry(n.clone()).or_insert_with(Instant::now);
@@ -181,7 +172,7 @@ async fn main() {
             .create(&PostParams::default(), &deployment(&name, replicas, &probe))
             .await
             .unwrap();
-        wait_complete(&deploys, &name, replicas, 1).await;
+        wait_complete(&client, &name, replicas, 1).await;
         let apply = t0.elapsed();
         let per_pod: Vec<Duration> = ready_at
             .lock()
@@ -198,11 +189,7 @@ async fn main() {
         );
         applies.push(apply);
 
-        {
-            let mut t = tracker.lock().unwrap();
-            t.rolling = true;
-            t.min_ready = usize::MAX;
-        }
+        tracker.lock().unwrap().start();
         let t1 = Instant::now();
         let patched = deploys
             .patch(
@@ -214,7 +201,7 @@ async fn main() {
             .await
             .unwrap();
         let generation = patched.metadata.generation.unwrap_or(2);
-        wait_complete(&deploys, &name, replicas, generation).await;
+        wait_complete(&client, &name, replicas, generation).await;
         // The old pods are gone too (not only scaled away).
         loop {
             let list = pods
@@ -232,7 +219,7 @@ async fn main() {
         let (surge, unavailable) = ((replicas as usize).div_ceil(4), replicas as usize / 4);
         let (max_active, min_ready, events) = {
             let mut t = tracker.lock().unwrap();
-            t.rolling = false;
+            t.stop();
             (t.max_active, t.min_ready, t.events)
         };
         println!(

@@ -6,7 +6,9 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::wait::{await_condition, conditions};
+use kube::runtime::watcher;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -204,6 +206,164 @@ pub async fn wait_available(
     Ok(())
 }
 
+/// The Pods of a rollout as a watch delivers them, and the extremes they reached: how many were
+/// not being deleted (what `maxSurge` bounds) and how many of those were Ready (what
+/// `maxUnavailable` bounds), counted after every event, so every state the API went through is
+/// checked, not samples of it. A controller that deletes every Pod and recreates them shows
+/// `min_ready` 0.
+#[derive(Debug, Clone, Default)]
+pub struct RolloutBounds {
+    /// Name → (active, ready) as the watch last showed it.
+    pods: BTreeMap<String, (bool, bool)>,
+    /// A re-list in progress (the watch restarted): replaces `pods` once complete.
+    relisting: Option<BTreeMap<String, (bool, bool)>>,
+    counting: bool,
+    /// Events counted since [`RolloutBounds::start`].
+    pub events: usize,
+    /// Most Pods not being deleted (nor finished) at once since `start`.
+    pub max_active: usize,
+    /// Fewest Ready Pods not being deleted at once since `start`.
+    pub min_ready: usize,
+}
+
+impl RolloutBounds {
+    /// Takes in one watch event.
+    pub fn observe(&mut self, ev: &watcher::Event<Pod>) {
+        let entry = |p: &Pod| {
+            let active = p.metadata.deletion_timestamp.is_none()
+                && !matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                );
+            (
+                p.metadata.name.clone().unwrap_or_default(),
+                (active, active && is_ready(p)),
+            )
+        };
+        match ev {
+            watcher::Event::Init => self.relisting = Some(BTreeMap::new()),
+            watcher::Event::InitApply(p) => {
+                let (name, v) = entry(p);
+                self.relisting
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(name, v);
+                return;
+            }
+            watcher::Event::InitDone => {
+                self.pods = self.relisting.take().unwrap_or_default();
+            }
+            watcher::Event::Apply(p) => {
+                let (name, v) = entry(p);
+                self.pods.insert(name, v);
+            }
+            watcher::Event::Delete(p) => {
+                self.pods
+                    .remove(p.metadata.name.as_deref().unwrap_or_default());
+            }
+        }
+        if self.counting {
+            self.count();
+        }
+    }
+
+    fn count(&mut self) {
+        self.events += 1;
+        self.max_active = self.max_active.max(self.active());
+        self.min_ready = self.min_ready.min(self.ready());
+    }
+
+    /// Pods not being deleted (nor finished) now.
+    pub fn active(&self) -> usize {
+        self.pods.values().filter(|(a, _)| *a).count()
+    }
+
+    /// Of those, the Ready ones.
+    pub fn ready(&self) -> usize {
+        self.pods.values().filter(|(_, r)| *r).count()
+    }
+
+    /// Starts counting extremes from the current state on.
+    pub fn start(&mut self) {
+        self.counting = true;
+        self.events = 0;
+        self.max_active = 0;
+        self.min_ready = usize::MAX;
+        self.count();
+    }
+
+    /// Stops counting; the extremes stay as they were.
+    pub fn stop(&mut self) {
+        self.counting = false;
+    }
+
+    /// Whether the counted extremes stayed within `replicas + max_surge` Pods and
+    /// `replicas - max_unavailable` Ready ones.
+    pub fn held(&self, replicas: usize, max_surge: usize, max_unavailable: usize) -> bool {
+        self.max_active <= replicas + max_surge
+            && self.min_ready >= replicas.saturating_sub(max_unavailable)
+    }
+}
+
+/// A background watch of the Pods matching a label selector, feeding [`RolloutBounds`]; stops
+/// when dropped.
+pub struct RolloutWatch {
+    bounds: std::sync::Arc<std::sync::Mutex<RolloutBounds>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RolloutWatch {
+    /// Starts watching and returns once the first list arrived (bounded by `timeout`).
+    pub async fn start(
+        client: &kube::Client,
+        ns: &str,
+        selector: &str,
+        timeout: Duration,
+    ) -> Result<RolloutWatch> {
+        use futures::StreamExt;
+        let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let bounds: std::sync::Arc<std::sync::Mutex<RolloutBounds>> = Default::default();
+        let (synced_tx, synced) = tokio::sync::oneshot::channel();
+        let feed = bounds.clone();
+        let config = watcher::Config::default().labels(selector);
+        let task = tokio::spawn(async move {
+            let mut synced_tx = Some(synced_tx);
+            let mut events = watcher(api, config).boxed();
+            while let Some(ev) = events.next().await {
+                match ev {
+                    Ok(ev) => {
+                        crate::lock(&feed).observe(&ev);
+                        if matches!(ev, watcher::Event::InitDone)
+                            && let Some(tx) = synced_tx.take()
+                        {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "rollout watch"),
+                }
+            }
+        });
+        let what = format!("the first list of Pods {selector} in {ns}");
+        match tokio::time::timeout(timeout, synced).await {
+            Ok(Ok(())) => Ok(RolloutWatch { bounds, task }),
+            _ => {
+                task.abort();
+                Err(Error::Timeout(timeout, what))
+            }
+        }
+    }
+
+    /// The tracker (call `start`/`stop` on it, read its extremes).
+    pub fn bounds(&self) -> std::sync::MutexGuard<'_, RolloutBounds> {
+        crate::lock(&self.bounds)
+    }
+}
+
+impl Drop for RolloutWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Deletes Pods and waits until they are gone (processes stopped, namespaces removed).
 pub async fn delete_pods(
     client: &kube::Client,
@@ -288,5 +448,62 @@ pub async fn kubectl(cluster: &crate::Cluster, args: &[&str]) -> (bool, String, 
             String::from_utf8_lossy(&out.stderr).into_owned(),
         ),
         Err(e) => (false, String::new(), format!("cannot run kubectl: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, ready: bool, deleting: bool) -> Pod {
+        let mut p = json!({"metadata": {"name": name}, "status": {"phase": "Running",
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}});
+        if deleting {
+            p["metadata"]["deletionTimestamp"] = json!("2026-11-26T00:00:00Z");
+        }
+        serde_json::from_value(p).unwrap()
+    }
+
+    fn listed(names: &[&str]) -> RolloutBounds {
+        let mut b = RolloutBounds::default();
+        b.observe(&watcher::Event::Init);
+        for n in names {
+            b.observe(&watcher::Event::InitApply(pod(n, true, false)));
+        }
+        b.observe(&watcher::Event::InitDone);
+        b.start();
+        b
+    }
+
+    #[test]
+    fn a_rolling_step_holds_and_deleting_everything_does_not() {
+        // 2 replicas, surge 1, unavailable 0: one new Pod, Ready, then one old one goes.
+        let mut b = listed(&["old-1", "old-2"]);
+        b.observe(&watcher::Event::Apply(pod("new-1", false, false)));
+        b.observe(&watcher::Event::Apply(pod("new-1", true, false)));
+        b.observe(&watcher::Event::Apply(pod("old-1", true, true)));
+        b.observe(&watcher::Event::Delete(pod("old-1", true, true)));
+        assert_eq!((b.max_active, b.min_ready, b.events), (3, 2, 5));
+        assert!(b.held(2, 1, 0));
+        // Both old Pods deleted before a new one is Ready: 0 Ready at one event.
+        let mut b = listed(&["old-1", "old-2"]);
+        b.observe(&watcher::Event::Apply(pod("old-1", true, true)));
+        b.observe(&watcher::Event::Apply(pod("old-2", true, true)));
+        b.observe(&watcher::Event::Apply(pod("new-1", true, false)));
+        b.observe(&watcher::Event::Apply(pod("new-2", true, false)));
+        assert_eq!(b.min_ready, 0);
+        assert!(!b.held(2, 1, 0));
+        assert!(!b.held(2, 1, 1));
+        // Too many at once breaks the surge bound.
+        let mut b = listed(&["old-1", "old-2"]);
+        b.observe(&watcher::Event::Apply(pod("new-1", false, false)));
+        b.observe(&watcher::Event::Apply(pod("new-2", false, false)));
+        assert_eq!(b.max_active, 4);
+        assert!(!b.held(2, 1, 0));
+        // Not counted before `start` nor after `stop`.
+        let mut b = listed(&["a"]);
+        b.stop();
+        b.observe(&watcher::Event::Apply(pod("a", false, true)));
+        assert_eq!((b.min_ready, b.events), (1, 1));
     }
 }

@@ -1,7 +1,7 @@
 //! The controller manager with the real kubectl: Deployments (rollout status, restart, undo,
-//! pause/resume, scale, the surge/unavailability bounds sampled during a rolling update),
-//! StatefulSets, DaemonSets, Jobs and cascading deletion; the official Python `kubernetes` client
-//! drives the same kinds in its own namespace, at the same time.
+//! pause/resume, scale, the surge/unavailability bounds checked at every Pod event of a rolling
+//! update and broken by a Recreate), StatefulSets, DaemonSets, Jobs and cascading deletion; the
+//! official Python `kubernetes` client drives the same kinds in its own namespace, at the same time.
 
 mod common;
 
@@ -114,46 +114,64 @@ async fn deployment_rolls_within_its_bounds_and_kubectl_rollout_works() {
                 == *rs1.metadata.name.as_ref().unwrap()
     }));
 
-    // A rolling update, sampled while it runs: never more than 6 + 2 pods, never fewer than
-    // 6 - 1 ready.
-    let sampler = {
-        let pods = pods.clone();
-        tokio::spawn(async move {
-            let (mut samples, mut max_active, mut min_ready) = (0, 0, usize::MAX);
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-            loop {
-                let list = pods.list(&ListParams::default()).await.unwrap().items;
-                let active = list.iter().filter(|p| is_active(p)).count();
-                let ready = list.iter().filter(|p| is_ready(p)).count();
-                let new = list
-                    .iter()
-                    .filter(|p| is_ready(p) && !p.metadata.name.as_ref().unwrap().contains(&hash))
-                    .count();
-                samples += 1;
-                max_active = max_active.max(active);
-                min_ready = min_ready.min(ready);
-                if new == 6 && active == 6 || tokio::time::Instant::now() > deadline {
-                    return (samples, max_active, min_ready, new);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    // A rolling update, checked at every Pod event the watch delivers while it runs: never
+    // more than 6 + 2 Pods, never fewer than 6 - 1 Ready.
+    let watch = lab_node::scenario::RolloutWatch::start(&client, "default", "app=web", TIMEOUT)
+        .await
+        .unwrap();
+    watch.bounds().start();
     ok(&cluster, &["rollout", "restart", "deployment/web"]).await;
     ok(
         &cluster,
         &["rollout", "status", "deployment/web", "--timeout=90s"],
     )
     .await;
-    let (samples, max_active, min_ready, new) = sampler.await.unwrap();
-    assert_eq!(new, 6, "the rollout finished");
-    assert!(samples > 10, "sampled {samples} times");
+    // `rollout status` is done once 6 are updated and available; the old Pods may still be
+    // terminating: wait until the watch shows only the new ones.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while watch.bounds().active() != 6 || watch.bounds().ready() != 6 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            *watch.bounds()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rolled = {
+        let mut b = watch.bounds();
+        b.stop();
+        b.clone()
+    };
+    let new_hash = rss
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|r| r.spec.as_ref().and_then(|s| s.replicas) == Some(6))
+        .filter_map(|r| {
+            r.metadata
+                .labels
+                .as_ref()?
+                .get("pod-template-hash")
+                .cloned()
+        })
+        .collect::<Vec<_>>();
+    assert!(new_hash.len() == 1 && new_hash[0] != hash, "{new_hash:?}");
+    // Every Pod changes at least three times (created, running, ready) and each old one at
+    // least once (deleted): at least 6 * 3 + 6 events.
+    assert!(rolled.events >= 24, "{rolled:?}");
     assert!(
-        max_active <= 8,
-        "maxSurge 2 broken: {max_active} pods at once"
+        rolled.max_active <= 8,
+        "maxSurge 2 broken: {} pods at once ({rolled:?})",
+        rolled.max_active
     );
-    assert!(min_ready >= 5, "maxUnavailable 1 broken: {min_ready} ready");
-
+    assert!(
+        rolled.min_ready >= 5,
+        "maxUnavailable 1 broken: {} ready ({rolled:?})",
+        rolled.min_ready
+    );
+    assert!(rolled.held(6, 2, 1));
     let history = ok(&cluster, &["rollout", "history", "deployment/web"]).await;
     assert!(
         history.contains("1 ") && history.contains("2 "),
@@ -278,6 +296,37 @@ print(json.dumps({"done": done(apps.read_namespaced_deployment("web", "default")
     assert!(got["seen"].as_i64() >= Some(3), "{got}");
     assert_eq!(got["sizes"], serde_json::json!([0, 0, 0, 3]), "{got}");
     assert_eq!(got["owners"], serde_json::json!(["Deployment"]), "{got}");
+
+    // The same check fails a controller that deletes everything and recreates it: the
+    // Recreate strategy does exactly that, so held to the RollingUpdate bounds it breaks them.
+    let watch = lab_node::scenario::RolloutWatch::start(&client, "default", "app=web", TIMEOUT)
+        .await
+        .unwrap();
+    ok(
+        &cluster,
+        &[
+            "patch",
+            "deployment/web",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"strategy":{"type":"Recreate","rollingUpdate":null}}}"#,
+        ],
+    )
+    .await;
+    watch.bounds().start();
+    ok(&cluster, &["rollout", "restart", "deployment/web"]).await;
+    ok(
+        &cluster,
+        &["rollout", "status", "deployment/web", "--timeout=90s"],
+    )
+    .await;
+    let recreated = {
+        let mut b = watch.bounds();
+        b.stop();
+        b.clone()
+    };
+    assert_eq!(recreated.min_ready, 0, "{recreated:?}");
+    assert!(!recreated.held(3, 2, 1), "{recreated:?}");
 
     // Foreground deletion: the Deployment goes only after its ReplicaSets and pods.
     ok(
