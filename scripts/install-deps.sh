@@ -22,6 +22,7 @@ command -v tcpdump >/dev/null || need+=(tcpdump)       # the kill-switch test's 
 command -v openssl >/dev/null || need+=(openssl)       # the mesh TLS test: the app's own TLS server (s_server)
 command -v dnsperf >/dev/null || need+=(dnsperf)       # the DNS benchmark (lab-dns --bench dnsperf)
 command -v openvpn >/dev/null || need+=(openvpn)       # the gateway's VPN test; the lab's openvpn image (lab-node tests/images.rs)
+command -v ping >/dev/null || need+=(iputils-ping)   # the openvpn peers ping each other through the tunnel (tests/images.rs)
 command -v ldns-signzone >/dev/null || need+=(ldnsutils)  # the gateway's DNSSEC test signs its own zone
 nsd_missing=0; command -v nsd >/dev/null || { need+=(nsd); nsd_missing=1; }  # ... and serves it
 if [ "${#need[@]}" -gt 0 ]; then

@@ -1,6 +1,7 @@
 //! The image table's host-backed images in real pods: a Python app (the host's python3 running
 //! a script from a ConfigMap, as a Deployment behind its readiness probe) and an openvpn peer
-//! pair (Debian's openvpn, a point-to-point tunnel between two pods, pinged through).
+//! pair (Debian's openvpn, a point-to-point tunnel between two pods, pinged through; the second
+//! peer created by the official Python `kubernetes` client, Ready once the tunnel answers).
 
 mod common;
 
@@ -43,10 +44,7 @@ spec:
       volumes: [{name: app, configMap: {name: app}}]
 "#;
 
-fn openvpn_pod(name: &str, local: &str, remote: &str, peer: Option<&str>) -> String {
-    let remote_arg = peer
-        .map(|ip| format!(", --remote, \"{ip}\""))
-        .unwrap_or_default();
+fn openvpn_pod(name: &str, local: &str, remote: &str) -> String {
     format!(
         r#"
 apiVersion: v1
@@ -58,13 +56,49 @@ spec:
   - name: vpn
     image: kylemanna/openvpn
     args: [--dev, tun0, --proto, udp, --port, "1194", --ifconfig, "{local}", "{remote}",
-           --secret, /keys/static.key, --cipher, AES-256-CBC, --verb, "3"{remote_arg}]
+           --secret, /keys/static.key, --cipher, AES-256-CBC, --verb, "3"]
     securityContext: {{capabilities: {{add: [NET_ADMIN]}}}}
     volumeMounts: [{{name: keys, mountPath: /keys}}]
   volumes: [{{name: keys, secret: {{secretName: vpn-key}}}}]
 "#
     )
 }
+
+/// The official Python client creates the openvpn peer `vpn-b` (the `kylemanna/openvpn` image,
+/// the static key from Secret `vpn-key`, the peer at argv[2]) with a readiness probe that pings
+/// 10.8.0.1 through the tunnel, waits for Ready through a watch, then runs `ip addr show tun0`
+/// and a ping through exec. Prints one JSON object.
+const PY_OPENVPN: &str = r#"
+import json, sys
+from kubernetes import client, config, watch
+from kubernetes.stream import stream
+config.load_kube_config(config_file=sys.argv[1])
+core = client.CoreV1Api()
+core.create_namespaced_pod("default", {"metadata": {"name": "vpn-b"}, "spec": {
+    "terminationGracePeriodSeconds": 1,
+    "containers": [{"name": "vpn", "image": "kylemanna/openvpn",
+        "args": ["--dev", "tun0", "--proto", "udp", "--port", "1194",
+                 "--ifconfig", "10.8.0.2", "10.8.0.1", "--secret", "/keys/static.key",
+                 "--cipher", "AES-256-CBC", "--verb", "3", "--remote", sys.argv[2]],
+        "securityContext": {"capabilities": {"add": ["NET_ADMIN"]}},
+        "readinessProbe": {"exec": {"command": ["ping", "-c", "1", "-W", "1", "10.8.0.1"]},
+                           "periodSeconds": 1, "timeoutSeconds": 2},
+        "volumeMounts": [{"name": "keys", "mountPath": "/keys"}]}],
+    "volumes": [{"name": "keys", "secret": {"secretName": "vpn-key"}}]}})
+ready = False
+w = watch.Watch()
+for ev in w.stream(core.list_namespaced_pod, "default", field_selector="metadata.name=vpn-b",
+                   timeout_seconds=90):
+    p = ev["object"]
+    if any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or [])):
+        ready = True
+        w.stop()
+def run(cmd):
+    return stream(core.connect_get_namespaced_pod_exec, "vpn-b", "default", command=cmd,
+                  stderr=True, stdin=False, stdout=True, tty=False)
+print(json.dumps({"ready": ready, "tun0": run(["ip", "-4", "-o", "addr", "show", "tun0"]),
+                  "ping": run(["ping", "-c", "3", "-W", "2", "10.8.0.1"])}))
+"#;
 
 async fn apply_yaml(cluster: &lab_node::Cluster, yaml: &str, file: &str) {
     let path = cluster.data_dir().join(file);
@@ -146,7 +180,7 @@ async fn python_app_and_openvpn_peers_run_from_the_image_table() {
     assert!(ok, "{out}{err}");
     apply_yaml(
         &cluster,
-        &openvpn_pod("vpn-a", "10.8.0.1", "10.8.0.2", None),
+        &openvpn_pod("vpn-a", "10.8.0.1", "10.8.0.2"),
         "vpn-a.yaml",
     )
     .await;
@@ -155,46 +189,40 @@ async fn python_app_and_openvpn_peers_run_from_the_image_table() {
     })
     .await;
     let a_ip = a.status.unwrap().pod_ip.unwrap();
-    apply_yaml(
-        &cluster,
-        &openvpn_pod("vpn-b", "10.8.0.2", "10.8.0.1", Some(&a_ip)),
-        "vpn-b.yaml",
-    )
-    .await;
-    wait_pod(&client, "default", "vpn-b", "Running", |p| {
-        phase(p) == "Running"
-    })
-    .await;
-    let b = cluster.node().pod_netns("default", "vpn-b").unwrap();
-    // The tunnel is up once b's pings through tun0 reach a (bounded retries, no timing asserted).
-    let mut last = String::new();
-    for _ in 0..30 {
-        let out = b
-            .command("ping")
-            .args(["-c", "1", "-W", "1", "10.8.0.1"])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            last.clear();
-            break;
-        }
-        last = String::from_utf8_lossy(&out.stdout).into_owned();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    // The second peer from the official Python client: Ready only once a ping through the
+    // tunnel answers (its readiness probe), then asked through exec for its tun0 address.
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", PY_OPENVPN])
+        .arg(cluster.kubeconfig_path())
+        .arg(&a_ip)
+        .output()
+        .await
+        .expect("python3 runs");
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
     let (_, logs, _) = kubectl(&cluster, &["logs", "vpn-b"]).await;
+    assert_eq!(got["ready"], true, "{got}\n{logs}");
     assert!(
-        last.is_empty(),
-        "no ping through the tunnel: {last}\n{logs}"
+        got["tun0"]
+            .as_str()
+            .is_some_and(|t| t.contains("inet 10.8.0.2 peer 10.8.0.1/32")),
+        "{got}"
+    );
+    assert!(
+        got["ping"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(" 0% packet loss"),
+        "{got}"
     );
     assert!(logs.contains("Initialization Sequence Completed"), "{logs}");
-    let route = b
-        .command("ip")
-        .args(["-4", "addr", "show", "tun0"])
+    // And from the node's side of the Pod's namespace, the tunnel carries traffic.
+    let b = cluster.node().pod_netns("default", "vpn-b").unwrap();
+    let ping = b
+        .command("ping")
+        .args(["-c", "1", "-W", "5", "10.8.0.1"])
         .output()
         .unwrap();
-    assert!(
-        String::from_utf8_lossy(&route.stdout).contains("10.8.0.2"),
-        "{route:?}"
-    );
+    assert!(ping.status.success(), "{ping:?}");
     cluster.shutdown(Duration::from_secs(1)).await;
 }

@@ -211,3 +211,162 @@ async fn http_hooks_startup_probe_and_ephemeral_containers() {
     let log = std::fs::read_to_string(host.join("access.log")).unwrap();
     assert!(log.contains("\"GET /prestop HTTP/1.1\""), "{log}");
 }
+
+/// Driven by the official Python `kubernetes` client: a Pod whose native sidecar serves HTTP
+/// (python3) with an exec postStart and an HTTP preStop hook, and whose main container has an
+/// exec startup probe on a file the test creates, an HTTP postStart and an exec preStop hook.
+/// The script waits until the startup probe has failed twice (its Unhealthy event) and sees the
+/// container running but not started and the Pod not Ready, creates the file, and sees it
+/// started and Ready; adds an ephemeral container through the `ephemeralcontainers`
+/// subresource with its own securityContext and reads its log; deletes the Pod and reads the
+/// server's access log. Prints one JSON object of what it saw.
+const PY_LIFECYCLE: &str = r#"
+import json, os, sys, time
+from kubernetes import client, config
+config.load_kube_config(config_file=sys.argv[1])
+host = sys.argv[2]
+core = client.CoreV1Api()
+def wait(what, f, timeout=90):
+    deadline = time.time() + timeout
+    while True:
+        v = f()
+        if v:
+            return v
+        assert time.time() < deadline, what
+        time.sleep(0.2)
+def pod():
+    return core.read_namespaced_pod("hooks", "default")
+def main(p):
+    return next((s for s in (p.status.container_statuses or []) if s.name == "main"), None)
+def pod_ready(p):
+    return any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))
+def startup_failures():
+    return sum(e.count or 1 for e in core.list_namespaced_event("default").items
+               if e.reason == "Unhealthy" and e.involved_object.name == "hooks"
+               and e.involved_object.field_path == "spec.containers{main}"
+               and e.message.startswith("Startup probe failed"))
+def paths():
+    with open(os.path.join(host, "access.log")) as f:
+        return [l.split('"GET ', 1)[1].split(" ", 1)[0] for l in f if '"GET ' in l]
+mount = [{"name": "host", "mountPath": "/host"}]
+core.create_namespaced_pod("default", {"metadata": {"name": "hooks"}, "spec": {
+    "terminationGracePeriodSeconds": 5,
+    "initContainers": [{"name": "web", "image": "python:3.12-slim", "restartPolicy": "Always",
+        "command": ["sh", "-c", "cd /host && exec python3 -u -m http.server 8000 2>>/host/access.log"],
+        "startupProbe": {"tcpSocket": {"port": 8000}, "periodSeconds": 1, "failureThreshold": 60},
+        "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c", "hostname > /host/poststart-exec"]}},
+                      "preStop": {"httpGet": {"path": "/prestop-web", "port": 8000}}},
+        "volumeMounts": mount}],
+    "containers": [{"name": "main", "image": "busybox",
+        "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 1000000 & wait"],
+        "startupProbe": {"exec": {"command": ["test", "-f", "/host/gate"]}, "periodSeconds": 1,
+                         "failureThreshold": 300},
+        "lifecycle": {"postStart": {"httpGet": {"path": "/poststart-main", "port": 8000}},
+                      "preStop": {"exec": {"command": ["curl", "-sf", "http://127.0.0.1:8000/prestop-main"]}}},
+        "volumeMounts": mount}],
+    "volumes": [{"name": "host", "hostPath": {"path": host}}]}})
+
+# Running, its startup probe failing: not started, not Ready.
+wait("main running", lambda: (lambda s: s and s.state.running)(main(pod())))
+wait("two startup probe failures", lambda: startup_failures() >= 2)
+p = pod()
+gated = {"running": main(p).state.running is not None, "started": main(p).started,
+         "ready": main(p).ready, "pod_ready": pod_ready(p), "failures": startup_failures() >= 2,
+         "poststart": "/poststart-main" in paths()}
+open(os.path.join(host, "gate"), "w").close()
+p = wait("main started and the Pod Ready", lambda: (lambda p: p if main(p).started and pod_ready(p) else None)(pod()))
+opened = {"started": main(p).started, "ready": main(p).ready, "pod_ready": pod_ready(p)}
+ip = p.status.pod_ip
+
+# An ephemeral container with its own securityContext, through the subresource.
+dbg = "echo uid=$(id -u); ip -4 -o addr show eth0; grep CapEff /proc/self/status; curl -sf http://127.0.0.1:8000/ephemeral >/dev/null && echo reached"
+core.patch_namespaced_pod_ephemeralcontainers("hooks", "default", {"spec": {"ephemeralContainers": [{
+    "name": "dbg", "image": "busybox", "command": ["sh", "-c", dbg],
+    "securityContext": {"runAsUser": 4321, "capabilities": {"drop": ["ALL"]}}}]}})
+def dbg_done():
+    s = pod().status.ephemeral_container_statuses or []
+    return s[0].state.terminated if s and s[0].state.terminated else None
+done = wait("the ephemeral container ran", dbg_done)
+log = core.read_namespaced_pod_log("hooks", "default", container="dbg")
+
+core.delete_namespaced_pod("hooks", "default")
+def gone():
+    try:
+        pod()
+        return False
+    except client.ApiException as e:
+        assert e.status == 404, e
+        return True
+wait("pod gone", gone, timeout=60)
+def read(f):
+    try:
+        return open(os.path.join(host, f)).read().strip()
+    except FileNotFoundError:
+        return None
+print(json.dumps({"events": sorted({"%s %s: %s" % (e.involved_object.field_path, e.reason, e.message)
+                                     for e in core.list_namespaced_event("default").items
+                                     if e.involved_object.name == "hooks" and e.type == "Warning"}),"gated": gated, "opened": opened, "ip": ip,
+                  "ephemeral": [done.exit_code, log], "paths": paths(),
+                  "poststart_exec": read("poststart-exec")}))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_startup_probe_hooks_and_ephemeral_container() {
+    let cluster = cluster("pyhooks").await;
+    let host = cluster.data_dir().join("pyhooks-host");
+    std::fs::create_dir_all(&host).unwrap();
+    // The server answers 404 for anything else: a hook on a missing path fails.
+    for f in ["poststart-main", "prestop-main", "prestop-web", "ephemeral"] {
+        std::fs::write(host.join(f), "ok\n").unwrap();
+    }
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", PY_LIFECYCLE])
+        .arg(cluster.kubeconfig_path())
+        .arg(&host)
+        .output()
+        .await
+        .expect("python3 runs");
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    // Before the file exists: running, the startup probe failing, neither started nor Ready;
+    // the HTTP postStart hook has already run.
+    assert_eq!(
+        got["gated"],
+        json!({"running": true, "started": false, "ready": false, "pod_ready": false,
+               "failures": true, "poststart": true}),
+        "{got}"
+    );
+    assert_eq!(
+        got["opened"],
+        json!({"started": true, "ready": true, "pod_ready": true}),
+        "{got}"
+    );
+    // The sidecar's exec postStart ran in its UTS namespace (the Pod's hostname).
+    assert_eq!(got["poststart_exec"], "hooks", "{got}");
+    // The ephemeral container: its user, no capabilities, the Pod's eth0 and loopback.
+    let ip = got["ip"].as_str().unwrap();
+    let log = got["ephemeral"][1].as_str().unwrap();
+    assert_eq!(got["ephemeral"][0], 0, "{got}");
+    assert!(log.contains("uid=4321\n"), "{log}");
+    assert!(log.contains(&format!("inet {ip}/")), "{log}");
+    assert!(log.contains("CapEff:\t0000000000000000"), "{log}");
+    assert!(log.contains("reached"), "{log}");
+    // The hooks in order: main's postStart, the ephemeral container, then on deletion main's
+    // exec preStop and only after main stopped the sidecar's HTTP preStop.
+    let paths: Vec<&str> = got["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/poststart-main",
+            "/ephemeral",
+            "/prestop-main",
+            "/prestop-web"
+        ],
+        "{got}"
+    );
+}
