@@ -8,6 +8,8 @@
 //!
 //! Containers share the host's root filesystem: a mount path that does not exist is created on
 //! the host (empty) so the bind mount has a target; the mount itself is private to the container.
+//! `ip` and `setsid` are started by absolute path, so std uses `posix_spawn` rather than `fork`
+//! (see `util::host_program`).
 
 use crate::util::sh_quote;
 use std::path::PathBuf;
@@ -140,12 +142,14 @@ pub fn setpriv(uid: Option<u32>, gid: Option<u32>, caps: Option<&[String]>) -> V
 
 /// The command that starts the container (spawn it in its own process group).
 pub fn command(l: &Launch) -> Command {
+    // Absolute paths: see `util::host_program` (posix_spawn, not fork).
+    let ip = crate::util::host_program("ip");
     let mut cmd = if l.tty {
-        let mut c = Command::new("setsid");
-        c.args(["-c", "ip"]);
+        let mut c = Command::new(crate::util::host_program("setsid"));
+        c.arg("-c").arg(&ip);
         c
     } else {
-        Command::new("ip")
+        Command::new(&ip)
     };
     cmd.args([
         "netns", "exec", &l.netns, "unshare", "--uts", "--", "sh", "-c",
@@ -160,6 +164,14 @@ pub fn command(l: &Launch) -> Command {
 
 /// Whether a process's argv is one of the steps above rather than the container's program.
 pub fn is_setup_step(argv: &[&str]) -> bool {
+    // The node starts `ip` and `setsid` by absolute path.
+    let mut argv = argv.to_vec();
+    if let Some(first) = argv.first_mut()
+        && matches!(first.rsplit('/').next(), Some("ip" | "setsid"))
+    {
+        *first = first.rsplit('/').next().unwrap_or(first);
+    }
+    let argv = argv.as_slice();
     matches!(
         argv,
         ["setsid", "-c", ..]
@@ -170,20 +182,31 @@ pub fn is_setup_step(argv: &[&str]) -> bool {
 }
 
 /// Waits (at most `timeout`) until the process `pid` runs the container's program, so that
-/// entering its namespaces finds the pod's hostname and mounts.
-pub async fn wait_launched(pid: i32, timeout: std::time::Duration) {
+/// entering its namespaces finds the pod's hostname and mounts. A process still in the node's
+/// own mount namespace has not got that far, whatever its command line says (between `fork`
+/// and `exec` it shows the node's): entering it then would run a hook or probe on the host.
+/// Whether it did within `timeout`.
+pub async fn wait_launched(pid: i32, timeout: std::time::Duration) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
+    let own_mounts = std::fs::read_link("/proc/self/ns/mnt").ok();
     while tokio::time::Instant::now() < deadline {
         let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            return;
+            // Gone: whatever runs next finds no namespaces to enter and says so.
+            return true;
         };
+        let mounts = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+        if mounts.is_some() && mounts == own_mounts {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
+        }
         let text = String::from_utf8_lossy(&raw);
         let argv: Vec<&str> = text.trim_end_matches('\0').split('\0').collect();
         if !is_setup_step(&argv) {
-            return;
+            return true;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    false
 }
 
 #[cfg(test)]
@@ -197,6 +220,8 @@ mod tests {
     #[test]
     fn setup_steps_are_told_from_programs() {
         assert!(is_setup_step(&["ip", "netns", "exec", "gw-x", "unshare"]));
+        assert!(is_setup_step(&["/usr/bin/ip", "netns", "exec", "gw-x"]));
+        assert!(is_setup_step(&["/usr/bin/setsid", "-c", "/usr/bin/ip"]));
         assert!(is_setup_step(&["unshare", "--uts", "--", "sh"]));
         assert!(is_setup_step(&[
             "sh",

@@ -87,8 +87,20 @@ pub async fn run(shared: Arc<Shared>, rt: Arc<PodRt>) {
             }),
             ..Default::default()
         };
-        if let Err(e) = api.delete(&rt.name, &dp).await {
-            tracing::debug!(pod = rt.name, error = %e, "final delete");
+        // Retried until it is done: a Pod whose final delete was lost (an API too busy to
+        // answer in time) would stay Terminating for good, and a rollout waiting for it too.
+        // 404: already gone; 409: the uid precondition failed, the name is another Pod's now.
+        // Bounded, for an API that went away for good (the lab shutting down).
+        for attempt in 0u32..20 {
+            match api.delete(&rt.name, &dp).await {
+                Ok(_) => break,
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => break,
+                Err(e) => {
+                    tracing::warn!(pod = rt.name, error = %e, attempt, "final delete; retrying");
+                    let wait = Duration::from_millis(500 * u64::from(attempt + 1));
+                    tokio::time::sleep(wait.min(Duration::from_secs(5))).await;
+                }
+            }
         }
     }
     if !matches!(why, Stop::NodeShutdown { .. }) {

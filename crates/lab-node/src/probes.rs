@@ -169,8 +169,14 @@ pub async fn handler(
             return Err("exec: no command".into());
         }
         // Not before the container's own namespaces and mounts are in place.
-        crate::container::wait_launched(pgid, timeout).await;
-        let mut c = tokio::process::Command::new("nsenter");
+        if !crate::container::wait_launched(pgid, timeout).await {
+            return Err(format!(
+                "exec {:?}: the container did not start within {}s",
+                cmd[0],
+                timeout.as_secs()
+            ));
+        }
+        let mut c = tokio::process::Command::new(crate::util::host_program("nsenter"));
         c.args([
             "--target",
             &pgid.to_string(),

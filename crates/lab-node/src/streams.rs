@@ -265,7 +265,8 @@ fn start(
     } else {
         argv
     };
-    let mut cmd = std::process::Command::new(&argv[0]);
+    // By absolute path: `posix_spawn`, not `fork` (see `util::host_program`).
+    let mut cmd = std::process::Command::new(crate::util::host_program(&argv[0]));
     cmd.args(&argv[1..])
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
