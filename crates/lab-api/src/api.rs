@@ -112,11 +112,18 @@ fn respond_to(req: &Request, t: &Target, code: u16, obj: &Value) -> Reply {
 }
 
 fn get(state: &State, req: &Request, t: &Target, name: &str) -> Reply {
-    let obj = state
+    let stored = state
         .store
-        .get(&t.key(name))
+        .get_stored(&t.key(name))
         .ok_or_else(|| ApiError::not_found(t.subject(name)))?;
-    respond_to(req, t, 200, &obj)
+    if t.sub.as_deref() == Some("scale") || table::wanted(&req.accept) {
+        return respond_to(req, t, 200, &stored.object);
+    }
+    // The object itself: its stored JSON with the served type.
+    Ok(crate::http::bytes_response(
+        200,
+        crate::serial::typed(&t.rt, &stored.json),
+    ))
 }
 
 /// `continue` tokens: the last key returned and the list's resourceVersion.
@@ -156,7 +163,7 @@ fn list(state: &State, req: &Request, t: &Target) -> Reply {
     let (labels, fields) = selectors(req, &t.rt)?;
     let (all, rv) = state
         .store
-        .list(&t.rt.group, &t.rt.resource, t.namespace.as_deref());
+        .list_stored(&t.rt.group, &t.rt.resource, t.namespace.as_deref());
     let mut list_rv = rv;
     let mut start: Option<(String, String)> = None;
     if let Some(c) = req.param("continue").filter(|c| !c.is_empty()) {
@@ -168,10 +175,11 @@ fn list(state: &State, req: &Request, t: &Target) -> Reply {
         .param("limit")
         .and_then(|l| l.parse::<usize>().ok())
         .filter(|l| *l > 0);
-    let mut items: Vec<&Arc<Value>> = Vec::new();
+    let mut items: Vec<&crate::store::Stored> = Vec::new();
     let mut next = None;
     let mut remaining = 0usize;
-    for obj in all.iter() {
+    for stored in all.iter() {
+        let obj = &stored.object;
         let before_start = start.as_ref().is_some_and(|(ns, name)| {
             let m = &obj["metadata"];
             (
@@ -186,12 +194,12 @@ fn list(state: &State, req: &Request, t: &Target) -> Reply {
             remaining += 1;
             continue;
         }
-        items.push(obj);
+        items.push(stored);
     }
     if remaining > 0
         && let Some(last) = items.last()
     {
-        next = Some(continue_token(list_rv, last));
+        next = Some(continue_token(list_rv, &last.object));
     }
     let mut meta = json!({"resourceVersion": list_rv.to_string()});
     if let Some(n) = next {
@@ -199,7 +207,7 @@ fn list(state: &State, req: &Request, t: &Target) -> Reply {
         meta["remainingItemCount"] = json!(remaining);
     }
     if table::wanted(&req.accept) {
-        let items: Vec<&Value> = items.into_iter().map(Arc::as_ref).collect();
+        let items: Vec<&Value> = items.into_iter().map(|s| s.object.as_ref()).collect();
         return Ok(json_response(
             200,
             &table::render(
@@ -210,11 +218,10 @@ fn list(state: &State, req: &Request, t: &Target) -> Reply {
             ),
         ));
     }
-    let body = state.serial.list(&t.rt, &items, &meta);
-    if t.namespace.is_none() && start.is_none() && limit.is_none() {
-        state.serial.retain(&t.rt, &all);
-    }
-    Ok(crate::http::bytes_response(200, body))
+    Ok(crate::http::bytes_response(
+        200,
+        crate::serial::list(&t.rt, &items, &meta),
+    ))
 }
 
 /// Decodes a request body (JSON, YAML or protobuf); other media types are refused with 415.

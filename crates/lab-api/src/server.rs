@@ -26,8 +26,6 @@ pub struct State {
     pub rbac: bool,
     /// The policy last compiled from the RBAC objects, and the store's RBAC generation then.
     pub rbac_cache: std::sync::RwLock<Option<crate::authz::PolicyCache>>,
-    /// The JSON of the objects lists and watches send, made once per object version.
-    pub serial: crate::serial::Cache,
     pub bookmark_interval: Duration,
     pub shutdown: watch::Receiver<bool>,
     /// Bumped to end every open watch (clients resume from their last version).
@@ -233,7 +231,6 @@ impl RunningServer {
             rbac: opts.rbac,
             version: opts.kubernetes_version,
             rbac_cache: std::sync::RwLock::new(None),
-            serial: Default::default(),
             bookmark_interval: opts.bookmark_interval,
             shutdown,
             watch_reset: watch::Sender::new(0),
@@ -317,6 +314,12 @@ impl RunningServer {
     /// The current (global) resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.state.store.current_rv()
+    }
+
+    /// How many object versions the store has serialised to JSON: one per write, none per
+    /// list, get or watch event it serves (a test asserts this).
+    pub fn serialisations(&self) -> u64 {
+        self.state.store.serialisations()
     }
 
     /// Compacts the watch history and ends every open watch, as an etcd compaction followed by

@@ -1,8 +1,10 @@
 //! Object storage: JSON objects keyed by group/resource/namespace/name, one global increasing
 //! resourceVersion, a bounded event history for watches (older versions answer 410 Gone), and
-//! optional persistence through [`crate::persist`].
+//! optional persistence through [`crate::persist`]. Each stored version is serialised to JSON
+//! once, when it is stored ([`Stored`]); lists, gets and watch events send those bytes.
 
 use crate::persist::{Persist, Record};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -32,6 +34,15 @@ pub enum EventType {
     Deleted,
 }
 
+/// One stored version of an object and its JSON without `apiVersion` and `kind` (as list items
+/// of built-in kinds are sent; [`crate::serial`] puts the served type in front for gets and
+/// watch events). The JSON is made once, when the version is stored.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub object: Arc<Value>,
+    pub json: Bytes,
+}
+
 /// One change, as watches see it. `prev` lets a filtered watch turn a change that moves an object
 /// in or out of its selector into ADDED or DELETED, as the real server does.
 #[derive(Debug)]
@@ -40,7 +51,11 @@ pub struct Event {
     pub kind: EventType,
     pub key: Key,
     pub object: Arc<Value>,
+    /// `object`'s JSON, as in [`Stored`].
+    pub json: Bytes,
     pub prev: Option<Arc<Value>>,
+    /// The watch lines made from this event, shared by every watcher that sends the same one.
+    pub lines: crate::serial::Lines,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +83,7 @@ fn current(inner: &Inner, key: &Key, expect: Option<u64>) -> Result<Arc<Value>, 
     let prev = inner
         .objects
         .get(key)
-        .cloned()
+        .map(|s| s.object.clone())
         .ok_or(StoreError::NotFound)?;
     if expect.is_some_and(|e| Some(e) != object_rv(&prev)) {
         return Err(StoreError::Conflict);
@@ -77,7 +92,7 @@ fn current(inner: &Inner, key: &Key, expect: Option<u64>) -> Result<Arc<Value>, 
 }
 
 struct Inner {
-    objects: BTreeMap<Key, Arc<Value>>,
+    objects: BTreeMap<Key, Stored>,
     /// Which Service (namespace, name) holds each ClusterIP, kept with every write so that
     /// allocating one does not read every Service.
     service_ips: HashMap<IpAddr, (String, String)>,
@@ -94,6 +109,8 @@ pub struct Store {
     /// Bumped by every committed write to an RBAC object, so the authorizer rebuilds its
     /// compiled policy only when one changed.
     rbac_generation: AtomicU64,
+    /// How many times an object was serialised for storage (see [`Store::serialisations`]).
+    serialisations: AtomicU64,
 }
 
 fn is_service(key: &Key) -> bool {
@@ -129,6 +146,26 @@ fn with_rv(mut obj: Value, rv: u64) -> Value {
     obj
 }
 
+/// The objects of one resource (in one namespace, or all), in key order.
+fn in_range(inner: &Inner, group: &str, resource: &str, namespace: Option<&str>) -> Vec<Stored> {
+    let start = Key {
+        group: group.into(),
+        resource: resource.into(),
+        namespace: namespace.unwrap_or("").into(),
+        name: String::new(),
+    };
+    inner
+        .objects
+        .range(start..)
+        .take_while(|(k, _)| {
+            k.group == group
+                && k.resource == resource
+                && namespace.is_none_or(|ns| k.namespace == ns)
+        })
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
 impl Store {
     /// An in-memory store, or one loaded from and written to `data_dir`.
     pub fn open(data_dir: Option<&Path>) -> Result<Self, StoreError> {
@@ -150,6 +187,14 @@ impl Store {
         for (k, o) in objects.iter().filter(|(k, _)| is_service(k)) {
             index_service(&mut service_ips, k, o);
         }
+        let serialisations = AtomicU64::new(objects.len() as u64);
+        let objects = objects
+            .into_iter()
+            .map(|(k, object)| {
+                let json = crate::serial::untyped(&object);
+                (k, Stored { object, json })
+            })
+            .collect();
         Ok(Store {
             inner: Mutex::new(Inner {
                 objects,
@@ -161,7 +206,19 @@ impl Store {
             }),
             events,
             rbac_generation: AtomicU64::new(0),
+            serialisations,
         })
+    }
+
+    /// How many object versions were serialised to JSON since the store opened: one per write
+    /// (and one per object loaded from disk), none per list, get or watch event sent.
+    pub fn serialisations(&self) -> u64 {
+        self.serialisations.load(Ordering::Relaxed)
+    }
+
+    fn serialise(&self, obj: &Value) -> Bytes {
+        self.serialisations.fetch_add(1, Ordering::Relaxed);
+        crate::serial::untyped(obj)
     }
 
     /// How many writes to RBAC objects were committed. Read it before listing them: a list
@@ -184,6 +241,11 @@ impl Store {
     }
 
     pub fn get(&self, key: &Key) -> Option<Arc<Value>> {
+        self.get_stored(key).map(|s| s.object)
+    }
+
+    /// The object under `key` with its JSON.
+    pub fn get_stored(&self, key: &Key) -> Option<Stored> {
         self.lock().objects.get(key).cloned()
     }
 
@@ -194,8 +256,19 @@ impl Store {
         resource: &str,
         namespace: Option<&str>,
     ) -> (Vec<Arc<Value>>, u64) {
-        let (items, rv, _) = self.list_and_watch(group, resource, namespace);
-        (items, rv)
+        let (items, rv) = self.list_stored(group, resource, namespace);
+        (items.into_iter().map(|s| s.object).collect(), rv)
+    }
+
+    /// [`Store::list`] with each object's JSON.
+    pub fn list_stored(
+        &self,
+        group: &str,
+        resource: &str,
+        namespace: Option<&str>,
+    ) -> (Vec<Stored>, u64) {
+        let inner = self.lock();
+        (in_range(&inner, group, resource, namespace), inner.rv)
     }
 
     pub fn create(&self, key: &Key, obj: Value) -> Result<Arc<Value>, StoreError> {
@@ -234,12 +307,18 @@ impl Store {
         kind: EventType,
     ) -> Result<Arc<Value>, StoreError> {
         let rv = inner.rv + 1;
-        let stored = obj.map(|o| Arc::new(with_rv(o, rv)));
+        let stored = obj.map(|o| {
+            let object = Arc::new(with_rv(o, rv));
+            Stored {
+                json: self.serialise(&object),
+                object,
+            }
+        });
         if let Some(p) = inner.persist.as_mut() {
             p.append(&Record {
                 rv,
                 key: key.clone(),
-                object: stored.as_deref().cloned(),
+                object: stored.as_ref().map(|s| s.object.as_ref().clone()),
             })?;
         }
         inner.rv = rv;
@@ -260,18 +339,22 @@ impl Store {
                     }
                 }
             }
-            if let Some(o) = &stored {
-                index_service(&mut inner.service_ips, key, o);
+            if let Some(s) = &stored {
+                index_service(&mut inner.service_ips, key, &s.object);
             }
         }
-        let object = match &stored {
-            Some(o) => {
-                inner.objects.insert(key.clone(), o.clone());
-                o.clone()
+        let Stored { object, json } = match stored {
+            Some(s) => {
+                inner.objects.insert(key.clone(), s.clone());
+                s
             }
             None => {
                 inner.objects.remove(key);
-                Arc::new(with_rv(prev.as_deref().cloned().unwrap_or(Value::Null), rv))
+                let object = Arc::new(with_rv(prev.as_deref().cloned().unwrap_or(Value::Null), rv));
+                Stored {
+                    json: self.serialise(&object),
+                    object,
+                }
             }
         };
         let event = Arc::new(Event {
@@ -279,7 +362,9 @@ impl Store {
             kind,
             key: key.clone(),
             object: object.clone(),
+            json,
             prev,
+            lines: Default::default(),
         });
         if inner.history.len() >= HISTORY
             && let Some(old) = inner.history.pop_front()
@@ -295,7 +380,7 @@ impl Store {
             let snapshot: Vec<(Key, Value)> = inner
                 .objects
                 .iter()
-                .map(|(k, v)| (k.clone(), v.as_ref().clone()))
+                .map(|(k, v)| (k.clone(), v.object.as_ref().clone()))
                 .collect();
             if let Some(p) = inner.persist.as_mut() {
                 p.compact(rv, &snapshot)?;
@@ -330,26 +415,10 @@ impl Store {
         group: &str,
         resource: &str,
         namespace: Option<&str>,
-    ) -> (Vec<Arc<Value>>, u64, broadcast::Receiver<Arc<Event>>) {
+    ) -> (Vec<Stored>, u64, broadcast::Receiver<Arc<Event>>) {
         let inner = self.lock();
         let rx = self.events.subscribe();
-        let start = Key {
-            group: group.into(),
-            resource: resource.into(),
-            namespace: namespace.unwrap_or("").into(),
-            name: String::new(),
-        };
-        let items = inner
-            .objects
-            .range(start..)
-            .take_while(|(k, _)| {
-                k.group == group
-                    && k.resource == resource
-                    && namespace.is_none_or(|ns| k.namespace == ns)
-            })
-            .map(|(_, v)| v.clone())
-            .collect();
-        (items, inner.rv, rx)
+        (in_range(&inner, group, resource, namespace), inner.rv, rx)
     }
 
     /// Forgets the watch history up to and including the current version, as etcd compaction
@@ -395,6 +464,48 @@ mod tests {
         assert_eq!(store.cluster_ip_holder(&ip("10.96.0.6")), None);
         store.delete(&k, None).unwrap();
         assert_eq!(store.cluster_ip_holder(&ip("10.96.0.5")), None);
+    }
+
+    #[test]
+    fn each_version_is_serialised_once_when_written() {
+        let store = Store::open(None).unwrap();
+        let obj = |v: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "d"}, "data": {"v": v}});
+        let k = key("", "configmaps", "x");
+        store.create(&k, obj("1")).unwrap();
+        store.create(&key("", "configmaps", "y"), obj("2")).unwrap();
+        assert_eq!(store.serialisations(), 2);
+        let (first, _) = store.list_stored("", "configmaps", Some("d"));
+        for _ in 0..5 {
+            let (again, _) = store.list_stored("", "configmaps", None);
+            // The very same bytes, not an equal copy.
+            let same = |a: &Stored, b: &Stored| a.json.as_ptr() == b.json.as_ptr();
+            assert!(first.iter().zip(&again).all(|(a, b)| same(a, b)));
+            assert!(same(&store.get_stored(&k).unwrap(), &first[0]));
+        }
+        let (_, mut rx) = store.watch(None).unwrap();
+        assert_eq!(store.serialisations(), 2);
+        // Stored without its type; the stored JSON is the object's, resourceVersion included.
+        let v: Value = serde_json::from_slice(&first[0].json).unwrap();
+        assert_eq!(
+            v,
+            json!({"metadata": {"name": "x", "namespace": "d", "resourceVersion": "2"}, "data": {"v": "1"}})
+        );
+        // A write serialises its version once, and its event carries those bytes.
+        let updated = store.update(&k, None, obj("3")).unwrap();
+        let ev = rx.try_recv().unwrap();
+        assert_eq!(store.serialisations(), 3);
+        assert!(Arc::ptr_eq(&ev.object, &updated));
+        assert_eq!(
+            ev.json.as_ptr(),
+            store.get_stored(&k).unwrap().json.as_ptr()
+        );
+        // A delete's event is the last version stamped with the deletion's resourceVersion.
+        store.delete(&k, None).unwrap();
+        let ev = rx.try_recv().unwrap();
+        assert_eq!(store.serialisations(), 4);
+        let v: Value = serde_json::from_slice(&ev.json).unwrap();
+        assert_eq!(v["metadata"]["resourceVersion"], json!(ev.rv.to_string()));
+        assert_eq!(v["data"]["v"], "3");
     }
 
     #[test]

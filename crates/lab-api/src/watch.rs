@@ -7,11 +7,12 @@ use crate::api::{Target, selectors, store_error};
 use crate::http::{Body, Request, stream_response};
 use crate::resources::ResourceType;
 use crate::selectors::{FieldSelector, LabelSelector};
+use crate::serial;
 use crate::server::State;
 use crate::status::ApiError;
-use crate::store::{Event, EventType};
+use crate::store::{Event, EventType, Stored};
 use crate::table;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use hyper::Response;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -61,29 +62,33 @@ struct Shape {
     rt: Arc<ResourceType>,
     table: bool,
     include_object: String,
-    /// Where the objects' JSON is shared between watchers.
-    state: Arc<State>,
 }
 
 impl Shape {
-    fn line(&self, kind: &str, obj: &Arc<Value>) -> Bytes {
+    fn table_line(&self, kind: &str, obj: &Value) -> Bytes {
+        let object = table::render(
+            &self.rt,
+            &[obj],
+            json!({"resourceVersion": obj["metadata"]["resourceVersion"]}),
+            &self.include_object,
+        );
+        Self::event(kind, &object)
+    }
+
+    /// The line of a stored object that the watch starts with.
+    fn initial(&self, s: &Stored) -> Bytes {
         if self.table {
-            let object = table::render(
-                &self.rt,
-                &[obj.as_ref()],
-                json!({"resourceVersion": obj["metadata"]["resourceVersion"]}),
-                &self.include_object,
-            );
-            return Self::event(kind, &object);
+            return self.table_line("ADDED", &s.object);
         }
-        let object = self.state.serial.object(&self.rt, obj);
-        let mut b = BytesMut::with_capacity(object.len() + kind.len() + 24);
-        b.put_slice(b"{\"type\":\"");
-        b.put_slice(kind.as_bytes());
-        b.put_slice(b"\",\"object\":");
-        b.put_slice(&object);
-        b.put_slice(b"}\n");
-        b.freeze()
+        serial::event_line(&self.rt, "ADDED", &s.json)
+    }
+
+    /// The line of a change, shared with the other watchers that send the same one.
+    fn change(&self, kind: &'static str, ev: &Event) -> Bytes {
+        if self.table {
+            return self.table_line(kind, &ev.object);
+        }
+        ev.lines.get(&self.rt, kind, &ev.json)
     }
 
     fn event(kind: &str, object: &Value) -> Bytes {
@@ -127,7 +132,6 @@ pub fn serve(
         rt: t.rt.clone(),
         table: table::wanted(&req.accept),
         include_object: req.param("includeObject").unwrap_or("Metadata").to_string(),
-        state: state.clone(),
     };
     let bookmarks = req.flag("allowWatchBookmarks");
     let send_initial = req.flag("sendInitialEvents");
@@ -157,8 +161,8 @@ pub fn serve(
         first.extend(
             items
                 .iter()
-                .filter(|o| filter.matches(o))
-                .map(|o| shape.line("ADDED", o)),
+                .filter(|s| filter.matches(&s.object))
+                .map(|s| shape.initial(s)),
         );
         if send_initial {
             first.push(shape.bookmark(list_rv, true));
@@ -194,7 +198,7 @@ pub fn serve(
         for ev in backlog {
             last = ev.rv;
             if let Some(kind) = filter.view(&ev)
-                && tx.send(shape.line(kind, &ev.object)).await.is_err()
+                && tx.send(shape.change(kind, &ev)).await.is_err()
             {
                 return;
             }
@@ -226,7 +230,7 @@ pub fn serve(
                         }
                         last = ev.rv;
                         if let Some(kind) = filter.view(&ev)
-                            && tx.send(shape.line(kind, &ev.object)).await.is_err()
+                            && tx.send(shape.change(kind, &ev)).await.is_err()
                         {
                             return;
                         }

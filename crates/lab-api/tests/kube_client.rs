@@ -472,6 +472,139 @@ async fn list_pages_with_limit_and_continue() {
     assert_eq!(seen.len(), 7);
 }
 
+/// Lists, gets and watch events are the JSON the store made when each object version was
+/// written: across many reads the store's count of serialisations moves only with writes (one
+/// each). List items carry no apiVersion/kind (as kube-apiserver sends them), gets and watch
+/// events do.
+#[tokio::test]
+async fn reads_send_the_json_made_at_write_time() {
+    use kube::api::{ApiResource, DynamicObject, WatchEvent, WatchParams};
+    let server = Server::start(Options::default()).await.unwrap();
+    let client = server.client().await.unwrap();
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    for i in 0..20 {
+        let tier = if i % 2 == 0 { "web" } else { "db" };
+        svcs.create(
+            &PostParams::default(),
+            &service(&format!("s{i}"), json!({"tier": tier})),
+        )
+        .await
+        .unwrap();
+    }
+    // Watchers from "now", one filtered, plus one starting with the current state.
+    let rv = server.resource_version().to_string();
+    let dynamic: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &ApiResource::erase::<Service>(&()),
+    );
+    let mut watches = Vec::new();
+    for wp in [
+        WatchParams::default(),
+        WatchParams::default().labels("tier=web"),
+    ] {
+        watches.push(dynamic.watch(&wp, &rv).await.unwrap().boxed());
+    }
+    let mut initial = svcs
+        .watch(&WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+    let (s0, rv0) = (server.serialisations(), server.resource_version());
+
+    for _ in 0..10 {
+        assert!(svcs.list(&ListParams::default()).await.unwrap().items.len() >= 20);
+    }
+    let web = svcs
+        .list(&ListParams::default().labels("tier=web"))
+        .await
+        .unwrap();
+    assert_eq!(web.items.len(), 10);
+    let mut pages = 0;
+    let mut lp = ListParams::default().limit(7);
+    loop {
+        let page = svcs.list(&lp).await.unwrap();
+        pages += 1;
+        match page.metadata.continue_ {
+            Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
+            _ => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    for i in 0..20 {
+        svcs.get(&format!("s{i}")).await.unwrap();
+    }
+    let raw = |path: &str| http::Request::get(path).body(Vec::new()).unwrap();
+    let list: serde_json::Value = serde_json::from_str(
+        &client
+            .request_text(raw("/api/v1/namespaces/default/services"))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (&list["kind"], &list["apiVersion"]),
+        (&json!("ServiceList"), &json!("v1"))
+    );
+    for item in list["items"].as_array().unwrap() {
+        assert!(
+            item.get("kind").is_none() && item.get("apiVersion").is_none(),
+            "{item}"
+        );
+        assert!(item["metadata"]["resourceVersion"].is_string(), "{item}");
+    }
+    let one: serde_json::Value = serde_json::from_str(
+        &client
+            .request_text(raw("/api/v1/namespaces/default/services/s3"))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (&one["kind"], &one["apiVersion"]),
+        (&json!("Service"), &json!("v1"))
+    );
+    let mut added = 0;
+    while added < 20 {
+        if let WatchEvent::Added(s) = initial.try_next().await.unwrap().unwrap()
+            && s.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with('s'))
+        {
+            added += 1;
+        }
+    }
+
+    // One write: every watcher gets it, typed.
+    svcs.patch(
+        "s4",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"seen": "yes"}}})),
+    )
+    .await
+    .unwrap();
+    for w in &mut watches {
+        loop {
+            if let WatchEvent::Modified(o) = w.try_next().await.unwrap().unwrap() {
+                assert_eq!(o.metadata.name.as_deref(), Some("s4"));
+                let types = o.types.expect("a watch event's object has its type");
+                assert_eq!(
+                    (types.api_version.as_str(), types.kind.as_str()),
+                    ("v1", "Service")
+                );
+                break;
+            }
+        }
+    }
+    // Reads serialised nothing: every serialisation since is a write's.
+    assert_eq!(
+        server.serialisations() - s0,
+        server.resource_version() - rv0
+    );
+    assert!(server.resource_version() > rv0);
+}
+
 #[tokio::test]
 async fn watcher_sees_changes_and_survives_410() {
     let server = Server::start(Options::default()).await.unwrap();
