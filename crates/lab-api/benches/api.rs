@@ -73,7 +73,11 @@ async fn main() {
         .try_collect::<Vec<_>>()
         .await
         .unwrap();
-    report("list 1,000 Services (decoded by kube-rs)", LISTS, start.elapsed());
+    report(
+        "list 1,000 Services (decoded by kube-rs)",
+        LISTS,
+        start.elapsed(),
+    );
 
     // The same lists with the reply read whole but not decoded: the server's share.
     let start = Instant::now();
@@ -93,7 +97,11 @@ async fn main() {
         .try_collect::<Vec<_>>()
         .await
         .unwrap();
-    report("list 1,000 Services (reply read whole)", LISTS, start.elapsed());
+    report(
+        "list 1,000 Services (reply read whole)",
+        LISTS,
+        start.elapsed(),
+    );
 
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "bench");
     let rv = server.resource_version().to_string();
