@@ -62,7 +62,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), Exit> {
     let stop = crate::injector::stop_signal();
     tokio::pin!(stop);
     tokio::select! {
-        r = mesh_controller::watch::run(client, model.clone(), s.ca.trust_domain.clone()) => {
+        r = mesh_controller::watch::run_with_metrics(client, model.clone(), s.ca.trust_domain.clone(), metrics) => {
             r.code(Code::Api)?;
         }
         () = serve(controller, grpc, std::future::pending()) => {}

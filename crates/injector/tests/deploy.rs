@@ -86,6 +86,9 @@ fn structural(obj: &Value) -> Result<bool, String> {
         ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration") => {
             round_trip::<adm::MutatingWebhookConfiguration>(obj)
         }
+        ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => round_trip::<
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+        >(obj),
         // cert-manager's kinds: no schema here; kubectl kustomize already parsed them.
         ("cert-manager.io/v1", "Certificate" | "Issuer") => return Ok(false),
         (v, k) => return Err(format!("no structural check for {v} {k}; add one")),

@@ -11,14 +11,19 @@
 //! - [`ca`]: the mesh CA (a Secret), signing each proxy a short-lived certificate for its own
 //!   SPIFFE ID only; [`identity`]: the proxy's side, renewing at two thirds of the lifetime.
 //! - [`convert`]: `ghostwire.mesh.v1` ⇄ the proxy's routing config.
+//! - [`gateway`]: the Gateway API `HTTPRoute`/`GRPCRoute` subset (kube `CustomResource`);
+//!   [`routes`]: routes → entries' routes and `status.parents` (pure).
+//! - [`watch`]: the cluster → the [`model::Model`]; [`model`] also decides each proxy's view.
 
 pub mod auth;
 pub mod ca;
 pub mod convert;
 pub mod feed;
+pub mod gateway;
 pub mod identity;
 pub mod metrics;
 pub mod model;
+pub mod routes;
 pub mod server;
 pub mod settings;
 pub mod watch;

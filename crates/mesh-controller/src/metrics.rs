@@ -26,6 +26,11 @@ pub struct Metrics {
     pub certificates: Family<Labels, Counter>,
     /// Edits of the CA Secret that could not be used (the last good CA stays).
     pub ca_errors: Counter,
+    /// Per-proxy view updates, by `how` (incremental: only the entries a version changed;
+    /// full: the proxy had skipped versions).
+    pub recomputes: Family<Labels, Counter>,
+    /// Route status writes, by `result` (written, failed).
+    pub route_status: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -69,6 +74,16 @@ impl Metrics {
             "ca_errors",
             "Changes of the CA Secret that could not be used",
             m.ca_errors.clone(),
+        );
+        r.register(
+            "view_recomputes",
+            "Per-proxy view updates, by how (incremental, full)",
+            m.recomputes.clone(),
+        );
+        r.register(
+            "route_status_writes",
+            "HTTPRoute/GRPCRoute status writes, by result",
+            m.route_status.clone(),
         );
         m
     }

@@ -10,7 +10,7 @@
 use crate::auth::{Authenticate, Caller, bearer};
 use crate::ca::{CaHandle, SignError};
 use crate::metrics::Metrics;
-use crate::model::{Model, ServiceMap, diff, view_for};
+use crate::model::{Model, ServiceMap, advance, view_for};
 use futures::Stream;
 use mesh_api::v1::mesh_control_server::{MeshControl, MeshControlServer};
 use mesh_api::v1::proxy_message::Kind;
@@ -156,23 +156,34 @@ impl Controller {
         }
     }
 
-    /// Sends the snapshot, then deltas, until the proxy goes away.
+    /// Sends the snapshot, then deltas, until the proxy goes away. The proxy's view is kept and
+    /// brought up to date per version ([`advance`]): only the entries a version changed are
+    /// looked at, and a version that changes nothing this proxy sees sends nothing.
     async fn push(self, id: u64, caller: Caller, tx: mpsc::Sender<Result<ConfigUpdate, Status>>) {
         let mut states = self.model.subscribe();
-        let mut sent: Option<ServiceMap> = None;
+        let mut view: Option<(ServiceMap, u64)> = None;
         loop {
             let state = states.borrow_and_update().clone();
-            let view = view_for(&state, &caller);
-            let update = match &sent {
-                None => Some(ConfigUpdate {
-                    version: state.version,
-                    snapshot: true,
-                    services: view.values().map(|s| (**s).clone()).collect(),
-                    removed: vec![],
-                    pod: caller.pod(),
-                }),
-                Some(old) => {
-                    let (services, removed) = diff(old, &view);
+            let update = match &mut view {
+                None => {
+                    let v = view_for(&state, &caller);
+                    let u = ConfigUpdate {
+                        version: state.version,
+                        snapshot: true,
+                        services: v.values().map(|s| (**s).clone()).collect(),
+                        removed: vec![],
+                        pod: caller.pod(),
+                    };
+                    view = Some((v, state.version));
+                    Some(u)
+                }
+                Some((v, seen)) => {
+                    let (services, removed, how) = advance(v, *seen, &state, &caller.namespace);
+                    *seen = state.version;
+                    self.metrics
+                        .recomputes
+                        .get_or_create(&vec![("how", format!("{how:?}").to_lowercase())])
+                        .inc();
                     (!services.is_empty() || !removed.is_empty()).then(|| ConfigUpdate {
                         version: state.version,
                         snapshot: false,
@@ -194,7 +205,6 @@ impl Controller {
                 if tx.send(Ok(u)).await.is_err() {
                     return;
                 }
-                sent = Some(view);
             }
             tokio::select! {
                 changed = states.changed() => if changed.is_err() { return },

@@ -385,14 +385,46 @@ async fn deploy_rbac_is_all_the_controller_needs() {
     let (token, _) = pod_token(&admin, "app-1", &[AUDIENCE]).await;
     let me = spiffe_id("lab.local", "default", "default");
     sign(running.addr, &token, csr_for(&me)).await.unwrap();
-    // The watches' list and the Events' create.
+    // The watches' list (routes too) and the routes' status writes.
+    mesh_controller::gateway::install_crds(&admin)
+        .await
+        .unwrap();
+    let routes: Api<mesh_controller::gateway::HTTPRoute> =
+        Api::namespaced(admin.clone(), "default");
+    let route = serde_json::from_value(serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "api"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "kubernetes"}],
+                 "rules": [{"backendRefs": [{"name": "kubernetes", "port": 443}]}]}}))
+    .unwrap();
+    routes.create(&PostParams::default(), &route).await.unwrap();
     let model = Model::default();
     let watching = tokio::spawn(mesh_controller::watch::run(
         client.clone(),
         model.clone(),
         "cluster.local".into(),
     ));
-    until("the watches' first publish", || model.load().version > 0).await;
+    until("the watches' first publish with the route", || {
+        model
+            .load()
+            .services
+            .get("kubernetes.default:443")
+            .is_some_and(|e| !e.routes.is_empty())
+    })
+    .await;
+    let mut written = false;
+    for _ in 0..400 {
+        let r = routes.get("api").await.unwrap();
+        if r.status.is_some_and(|s| !s.parents.is_empty()) {
+            written = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        written,
+        "the controller's account could not write the route's status"
+    );
     watching.abort();
     kube_util::event::record(
         &client,

@@ -27,12 +27,23 @@ pub async fn pod_token_as(
     sa: &str,
     audiences: &[&str],
 ) -> (String, String) {
-    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "default");
+    pod_token_in(admin, "default", pod, sa, audiences).await
+}
+
+/// [`pod_token_as`] in namespace `ns` (which must exist).
+pub async fn pod_token_in(
+    admin: &kube::Client,
+    ns: &str,
+    pod: &str,
+    sa: &str,
+    audiences: &[&str],
+) -> (String, String) {
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
     if sas.get_opt(sa).await.unwrap().is_none() {
         let account = serde_json::from_value(json!({"metadata": {"name": sa}})).unwrap();
         sas.create(&PostParams::default(), &account).await.unwrap();
     }
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
     let uid = match pods.get_opt(pod).await.unwrap() {
         Some(p) => p.metadata.uid.unwrap(),
         None => {
@@ -92,4 +103,47 @@ pub async fn until(what: &str, mut f: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("timed out waiting for {what}");
+}
+
+/// A raw `StreamConfig` subscriber: every update it gets, in order (it ACKs none).
+pub struct Recorder {
+    pub updates: std::sync::Arc<std::sync::Mutex<Vec<mesh_api::v1::ConfigUpdate>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Recorder {
+    pub async fn subscribe(addr: SocketAddr, token: &str) -> Recorder {
+        use futures::StreamExt;
+        use mesh_api::v1;
+        let mut client =
+            v1::mesh_control_client::MeshControlClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+        let first = v1::ProxyMessage {
+            kind: Some(v1::proxy_message::Kind::Subscribe(v1::Subscribe::default())),
+        };
+        let mut req =
+            tonic::Request::new(futures::stream::iter([first]).chain(futures::stream::pending()));
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let mut stream = client.stream_config(req).await.unwrap().into_inner();
+        let updates = std::sync::Arc::<std::sync::Mutex<Vec<v1::ConfigUpdate>>>::default();
+        let u = updates.clone();
+        let task = tokio::spawn(async move {
+            while let Ok(Some(m)) = stream.message().await {
+                u.lock().unwrap().push(m);
+            }
+        });
+        Recorder { updates, task }
+    }
+
+    pub fn get(&self) -> Vec<mesh_api::v1::ConfigUpdate> {
+        self.updates.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
