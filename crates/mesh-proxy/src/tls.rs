@@ -10,16 +10,13 @@
 //! - Mesh TLS is told apart from the app's own TLS by ALPN: only a ClientHello offering
 //!   [`ALPN`] is terminated by the inbound side; any other TLS passes through opaque.
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::ServerCertVerified;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::danger::ClientCertVerified;
 use rustls::sign::CertifiedKey;
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig,
-    SignatureScheme,
-};
+use rustls::{CertificateError, ClientConfig, ServerConfig, SignatureScheme};
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -244,15 +241,15 @@ fn verify_peer(
 
 /// Outbound: the server must chain to the anchors and be exactly `expected`.
 #[derive(Debug)]
-struct ServerVerifier {
+struct ServerCheck {
     source: Arc<dyn IdentitySource>,
-    provider: Arc<CryptoProvider>,
     expected: String,
 }
 
-impl ServerCertVerifier for ServerVerifier {
-    fn verify_server_cert(
+impl tls_peer::CheckServer for ServerCheck {
+    fn check_server(
         &self,
+        provider: &CryptoProvider,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
@@ -261,7 +258,7 @@ impl ServerCertVerifier for ServerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let id = verify_peer(
             &*self.source,
-            &self.provider,
+            provider,
             end_entity,
             intermediates,
             now,
@@ -275,103 +272,31 @@ impl ServerCertVerifier for ServerVerifier {
         }
         Ok(ServerCertVerified::assertion())
     }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 /// Inbound: a client certificate is required and must chain to the anchors with a SPIFFE ID.
 #[derive(Debug)]
-struct ClientVerifier {
+struct ClientCheck {
     source: Arc<dyn IdentitySource>,
-    provider: Arc<CryptoProvider>,
 }
 
-impl ClientCertVerifier for ClientVerifier {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
+impl tls_peer::CheckClient for ClientCheck {
+    fn check_client(
         &self,
+        provider: &CryptoProvider,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         verify_peer(
             &*self.source,
-            &self.provider,
+            provider,
             end_entity,
             intermediates,
             now,
             webpki::KeyUsage::client_auth(),
         )?;
         Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 
@@ -411,10 +336,12 @@ impl MeshTls {
         let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("ring supports TLS 1.3")
-            .with_client_cert_verifier(Arc::new(ClientVerifier {
-                source: source.clone(),
-                provider: provider.clone(),
-            }))
+            .with_client_cert_verifier(Arc::new(tls_peer::WithProvider::new(
+                provider.clone(),
+                ClientCheck {
+                    source: source.clone(),
+                },
+            )))
             .with_cert_resolver(Arc::new(Presents(source.clone())));
         server.alpn_protocols = vec![ALPN.to_vec()];
         MeshTls {
@@ -439,11 +366,13 @@ impl MeshTls {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("ring supports TLS 1.3")
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ServerVerifier {
-                source: self.source.clone(),
-                provider: self.provider.clone(),
-                expected: expected.to_string(),
-            }))
+            .with_custom_certificate_verifier(Arc::new(tls_peer::WithProvider::new(
+                self.provider.clone(),
+                ServerCheck {
+                    source: self.source.clone(),
+                    expected: expected.to_string(),
+                },
+            )))
             .with_client_cert_resolver(Arc::new(Presents(self.source.clone())));
         c.alpn_protocols = vec![ALPN.to_vec()];
         let c = Arc::new(c);

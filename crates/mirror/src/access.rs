@@ -17,11 +17,11 @@
 use crate::metrics::{ApiLabels, CaLabels, Metrics};
 use bytes::Bytes;
 use http::{Request, Response};
+use rustls::RootCertStore;
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, RootCertStore};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -100,90 +100,52 @@ impl CaPin {
 }
 
 /// The TLS verifier of a remote: the accepted CA in force at every handshake.
-#[derive(Debug)]
-pub struct CaVerifier {
-    current: RwLock<Option<Arc<WebPkiServerVerifier>>>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
+pub type CaVerifier = tls_peer::WithProvider<CurrentCa>;
+
+/// The remote's accepted CA, as a webpki verifier (`None` until it was fetched).
+#[derive(Debug, Default)]
+pub struct CurrentCa(RwLock<Option<Arc<WebPkiServerVerifier>>>);
+
+fn ca_verifier() -> CaVerifier {
+    tls_peer::WithProvider::new(
+        Arc::new(rustls::crypto::ring::default_provider()),
+        CurrentCa::default(),
+    )
 }
 
-impl CaVerifier {
-    fn new() -> CaVerifier {
-        CaVerifier {
-            current: RwLock::new(None),
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
-        }
+fn set_ca(v: &CaVerifier, ders: Vec<Vec<u8>>) -> Result<(), String> {
+    let mut roots = RootCertStore::empty();
+    for d in ders {
+        roots
+            .add(CertificateDer::from(d))
+            .map_err(|e| format!("not a usable CA certificate: {e}"))?;
     }
-
-    fn set(&self, ders: Vec<Vec<u8>>) -> Result<(), String> {
-        let mut roots = RootCertStore::empty();
-        for d in ders {
-            roots
-                .add(CertificateDer::from(d))
-                .map_err(|e| format!("not a usable CA certificate: {e}"))?;
-        }
-        let v = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| e.to_string())?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(v);
-        Ok(())
-    }
-
-    fn get(&self) -> Result<Arc<WebPkiServerVerifier>, rustls::Error> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(|| {
-                rustls::Error::General("the remote's CA has not been fetched yet".into())
-            })
-    }
+    let w = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), v.provider.clone())
+        .build()
+        .map_err(|e| e.to_string())?;
+    *v.check.0.write().unwrap_or_else(|e| e.into_inner()) = Some(w);
+    Ok(())
 }
 
-impl ServerCertVerifier for CaVerifier {
-    fn verify_server_cert(
+impl tls_peer::CheckServer for CurrentCa {
+    fn check_server(
         &self,
+        _provider: &rustls::crypto::CryptoProvider,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.get()?
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        let current = self
+            .0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                rustls::Error::General("the remote's CA has not been fetched yet".into())
+            })?;
+        current.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
 }
 
@@ -394,7 +356,7 @@ async fn refresh_ca(
     };
     match result {
         Ok(None) => {}
-        Ok(Some(ders)) => match verifier.set(ders) {
+        Ok(Some(ders)) => match set_ca(verifier, ders) {
             Ok(()) => {
                 tracing::info!(
                     cluster,
@@ -462,7 +424,7 @@ pub async fn client_for(
             let url: http::Uri = api_url
                 .parse()
                 .map_err(|e| fail(format!("remoteAPIURL {api_url:?}: {e}")))?;
-            let verifier = Arc::new(CaVerifier::new());
+            let verifier = Arc::new(ca_verifier());
             let mut pin = CaPin {
                 allowed: ca_sha256.clone(),
                 current: None,
@@ -516,7 +478,7 @@ mod tests {
     use super::*;
 
     /// A PEM block around fixed bytes, distinct per `n`: `CaPin` parses the PEM framing and
-    /// hashes the DER, it does not validate the certificate (rustls does, at `CaVerifier::set`).
+    /// hashes the DER, it does not validate the certificate (rustls does, at `set_ca`).
     fn ca(n: u8) -> Vec<u8> {
         use base64::Engine;
         let der: Vec<u8> = (0..64).map(|i| i ^ n).collect();
