@@ -24,6 +24,15 @@ pub fn tcp_request(addr: SocketAddr) -> io::Result<String> {
     Ok(String::from_utf8_lossy(&reply).trim_end().to_owned())
 }
 
+/// Sends `line` (a newline is added), returns the reply with its trailing newline trimmed
+/// (empty when the server closed without answering).
+pub fn line_request(addr: SocketAddr, line: &str) -> io::Result<String> {
+    let mut stream = connect(addr)?;
+    stream.write_all(format!("{line}\n").as_bytes())?;
+    let reply = read_to_end(&mut stream)?;
+    Ok(String::from_utf8_lossy(&reply).trim_end().to_owned())
+}
+
 /// [`tcp_request`] with every wait bounded by `within` (connect, then each read and write):
 /// for polling a path that may be broken, where a connect whose SYN was lost should be
 /// abandoned and tried afresh rather than wait for the kernel's 1 s SYN retransmission.

@@ -28,6 +28,7 @@
 
 mod backbone;
 pub mod bench;
+pub mod capture;
 pub mod client;
 pub mod echo;
 pub mod internet;
@@ -724,6 +725,13 @@ impl Pod {
     pub fn tcp_request(&self, addr: SocketAddr) -> Result<String> {
         self.netns
             .run(|| client::tcp_request(addr))?
+            .map_err(|e| self.io_error(format!("tcp request to {addr}"), e))
+    }
+
+    /// One line over TCP from inside the pod ([`client::line_request`]); returns the reply.
+    pub fn line_request(&self, addr: SocketAddr, line: &str) -> Result<String> {
+        self.netns
+            .run(|| client::line_request(addr, line))?
             .map_err(|e| self.io_error(format!("tcp request to {addr}"), e))
     }
 

@@ -8,6 +8,7 @@
 mod common;
 
 use common::*;
+use lab_net::capture::Capture;
 use lab_net::{Lab, Pod, ServicePort};
 use std::io::Read;
 use std::net::SocketAddr;
@@ -22,81 +23,13 @@ fn knobs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     v.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
-/// tcpdump on `pod`'s eth0, printing payloads as text; killed on drop.
-struct Capture {
-    child: Child,
-    text: Arc<Mutex<String>>,
-}
-
-impl Capture {
-    fn start(pod: &Pod, filter: &str) -> Capture {
-        let mut child = pod
-            .command("tcpdump")
-            .args(["-i", "eth0", "-nn", "-l", "-U", "-A", filter])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // tcpdump says "listening on eth0" once the capture runs.
-        let mut err = child.stderr.take().unwrap();
-        let mut seen = Vec::new();
-        let mut b = [0u8; 256];
-        while !String::from_utf8_lossy(&seen).contains("listening on") {
-            let n = err.read(&mut b).unwrap();
-            assert!(n > 0, "tcpdump: {}", String::from_utf8_lossy(&seen));
-            seen.extend_from_slice(&b[..n]);
-        }
-        let text = Arc::new(Mutex::new(String::new()));
-        let t = text.clone();
-        std::thread::spawn(move || {
-            let mut b = [0u8; 4096];
-            while let Ok(n) = err.read(&mut b) {
-                if n == 0 {
-                    return;
-                }
-                t.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&b[..n]));
-            }
-        });
-        let (mut out, t) = (child.stdout.take().unwrap(), text.clone());
-        std::thread::spawn(move || {
-            let mut b = [0u8; 4096];
-            while let Ok(n) = out.read(&mut b) {
-                if n == 0 {
-                    return;
-                }
-                t.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&b[..n]));
-            }
-        });
-        Capture { child, text }
-    }
-
-    fn contains(&self, s: &str) -> bool {
-        self.text.lock().unwrap().contains(s)
-    }
-
-    /// Waits (bounded) until the capture shows `s`.
-    fn wait_for(&self, s: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.contains(s) {
-            assert!(
-                Instant::now() < deadline,
-                "{s} never captured; the capture:\n{}",
-                self.text.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Waits (bounded) until the capture shows `s`.
+fn wait_for(cap: &Capture, s: &str) {
+    assert!(
+        cap.wait_for(s, Duration::from_secs(20)),
+        "{s} never captured; the capture:\n{}",
+        cap.text()
+    );
 }
 
 /// A plaintext request from `pod` as root (the proxy's uid in these tests, so not redirected
@@ -149,7 +82,7 @@ fn mesh_tls_between_pods() {
     let vip = svc.addr_v4(80);
     let ep = SocketAddr::new(server.ipv4.into(), 8080);
     let url = format!("http://{vip}/headers");
-    let cap = Capture::start(&server, "tcp port 8080");
+    let cap = Capture::start(server.command("tcpdump"), "eth0", "tcp port 8080").unwrap();
 
     // On: the endpoint is meshed with the server's identity.
     c.configure(&routes(vip, ep, Some(SERVER_ID)));
@@ -184,7 +117,7 @@ fn mesh_tls_between_pods() {
         out.contains("x-marker: PLAIN-SENTINEL") && !out.contains("x-ghostwire-client-id"),
         "a forged identity header reached the app: {out}"
     );
-    cap.wait_for("PLAIN-SENTINEL");
+    wait_for(&cap, "PLAIN-SENTINEL");
     assert!(
         !cap.contains("SECRET-ON-THE-WIRE"),
         "plaintext on the wire with mesh TLS on"
@@ -264,7 +197,7 @@ fn mesh_tls_between_pods() {
         out.contains("x-marker") && !out.contains("x-ghostwire-client-id"),
         "{out}"
     );
-    cap.wait_for("SECRET-ON-THE-WIRE");
+    wait_for(&cap, "SECRET-ON-THE-WIRE");
 
     // A peer with another identity than the config says is refused before any byte of the
     // request is sent.
