@@ -4,6 +4,8 @@
 //! restart, refuses a peer without a mesh certificate, and killing the proxy never black-holes
 //! the Pod: it is restarted, and once the supervisor gives up the redirection is gone.
 
+mod common;
+
 use identity::controller::{Controller, Metrics};
 use identity::desired::{SERIAL, secret_name};
 use identity::settings;
@@ -23,16 +25,9 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 
 async fn until<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
-    mut f: impl FnMut() -> F,
+    f: impl FnMut() -> F,
 ) -> T {
-    let end = tokio::time::Instant::now() + TIMEOUT;
-    while tokio::time::Instant::now() < end {
-        if let Some(x) = f().await {
-            return x;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("timed out waiting for {what}");
+    common::until(what, TIMEOUT.as_secs(), f).await
 }
 
 /// The pids of the attached proxies in the network namespace `ns` (an inode).
@@ -54,14 +49,17 @@ fn proxies(ns: u64) -> Vec<u32> {
     out
 }
 
-/// A counter of the agent's /metrics (0 when absent or unreachable).
-fn counter(pod: &lab_net::Pod, ip: IpAddr, name: &str) -> u64 {
+/// Outbound connections the attached mesh proxy took (0 when unreachable).
+fn proxied(pod: &lab_net::Pod, ip: IpAddr) -> f64 {
     let text = pod
-        .http_get(SocketAddr::new(ip, 18090), "/metrics")
+        .http_get(SocketAddr::new(ip, 18091), "/metrics")
         .unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0)
+    common::metric(
+        &common::parse_metrics(&text),
+        "ghostwire_proxy_connections_total",
+        &[("direction", "outbound"), ("protocol", "opaque")],
+    )
+    .unwrap_or(0.0)
 }
 
 fn restarts(p: &Pod) -> Vec<(String, i32, bool)> {
@@ -230,12 +228,8 @@ async fn attach_redirects_serves_renews_and_never_black_holes() {
     // The Pod's outbound TCP goes through the proxy.
     let first = until("traffic through the proxy", || async {
         let ok = web_ns.http_get(srv, "/").is_ok();
-        let n = counter(
-            &web_ns,
-            web_ip,
-            "ghostwire_identity_agent_connections_total{listener=\"plain\"}",
-        );
-        (ok && n >= 1)
+        let n = proxied(&web_ns, web_ip);
+        (ok && n >= 1.0)
             .then(|| proxies(netns_ino))
             .filter(|p| p.len() == 1)
     })
@@ -288,12 +282,8 @@ async fn attach_redirects_serves_renews_and_never_black_holes() {
     let second = until("a restarted proxy carrying traffic", || async {
         let p = proxies(netns_ino);
         let ok = web_ns.http_get(srv, "/").is_ok();
-        let n = counter(
-            &web_ns,
-            web_ip,
-            "ghostwire_identity_agent_connections_total{listener=\"plain\"}",
-        );
-        (ok && n >= 1 && p.len() == 1 && p[0] != first).then(|| p[0])
+        let n = proxied(&web_ns, web_ip);
+        (ok && n >= 1.0 && p.len() == 1 && p[0] != first).then(|| p[0])
     })
     .await;
     // Killed again, past --max-restarts 1: the supervisor removes the redirection and exits;

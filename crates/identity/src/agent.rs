@@ -13,10 +13,12 @@
 //! and the proxy as they are (the proxy then has no one to restart it).
 
 use crate::settings::{
-    AGENT_ADMIN_ADDR, KNOBS, LOCAL_PORT, MAX_RESTARTS, PROXY_UID, REDIRECT_CIDRS, RELOAD, TLS_PORT,
+    AGENT_ADMIN_ADDR, INBOUND_PORT, KNOBS, LOCAL_PORT, MAX_RESTARTS, MESH_ADMIN_ADDR, MESH_TLS,
+    PROXY_UID, REDIRECT_CIDRS, RELOAD, TLS_PORT, TRUST_DOMAIN,
 };
 use ipnet::{IpNet, Ipv4Net};
 use knobs::{ConfigError, Resolver, parse_duration};
+use mesh_config::TlsMode;
 use netrules::{Action, AddrSet, Backend, Chain, Family, Hook, Match, Protocol, Rule, Table};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,6 +28,7 @@ use std::time::Duration;
 /// The agent's nftables table (iptables comment tag).
 pub const TABLE: &str = "ghostwire_identity";
 const CHAIN: &str = "IDENTITY_OUTBOUND";
+const INBOUND_CHAIN: &str = "IDENTITY_INBOUND";
 const SET: &str = "redirect4";
 /// How long a new proxy may take to listen before it counts as dead.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -59,7 +62,11 @@ pub struct AgentSettings {
     pub namespace: String,
     pub local_port: u16,
     pub tls_port: u16,
+    pub inbound_port: u16,
     pub admin_addr: SocketAddr,
+    pub mesh_admin_addr: SocketAddr,
+    pub tls_mode: TlsMode,
+    pub trust_domain: String,
     pub cidrs: Vec<Ipv4Net>,
     pub proxy_uid: u32,
     pub max_restarts: u32,
@@ -112,9 +119,23 @@ pub fn settings(
             .ok_or(AgentError::MissingEnv("POD_NAMESPACE"))?,
         local_port: r.parse(LOCAL_PORT, port)?,
         tls_port: r.parse(TLS_PORT, port)?,
+        inbound_port: r.parse(INBOUND_PORT, port)?,
         admin_addr: r.parse(AGENT_ADMIN_ADDR, |s| {
             s.parse()
                 .map_err(|_| "expected ADDRESS:PORT, e.g. 0.0.0.0:18090".to_string())
+        })?,
+        mesh_admin_addr: r.parse(MESH_ADMIN_ADDR, |s| {
+            s.parse()
+                .map_err(|_| "expected ADDRESS:PORT, e.g. 0.0.0.0:18091".to_string())
+        })?,
+        tls_mode: r.parse(MESH_TLS, |s| s.parse())?,
+        trust_domain: r.parse(TRUST_DOMAIN, |s| {
+            let s = s.trim();
+            if s.is_empty() || s.contains('/') {
+                Err("expected a trust domain, e.g. cluster.local".to_string())
+            } else {
+                Ok(s.to_string())
+            }
         })?,
         cidrs: r.parse(REDIRECT_CIDRS, parse_cidrs)?,
         proxy_uid: r.parse(PROXY_UID, |s| match s.trim().parse::<u32>() {
@@ -132,6 +153,18 @@ pub fn settings(
             d => Ok(d),
         })?,
     };
+    let ports = [
+        (LOCAL_PORT, s.local_port),
+        (TLS_PORT, s.tls_port),
+        (INBOUND_PORT, s.inbound_port),
+        (AGENT_ADMIN_ADDR, s.admin_addr.port()),
+        (MESH_ADMIN_ADDR, s.mesh_admin_addr.port()),
+    ];
+    for (i, (k, p)) in ports.iter().enumerate() {
+        if let Some((other, _)) = ports[..i].iter().find(|(_, q)| q == p) {
+            r.parse(k, |_| Err::<(), _>(format!("the same port as {other}")))?;
+        }
+    }
     Ok(s)
 }
 
@@ -144,8 +177,30 @@ fn rule(matches: Vec<Match>, action: Action, comment: &str) -> Rule {
 }
 
 /// The redirection (pure): the Pod's outbound IPv4 TCP to the CIDRs goes to the local port,
-/// except the proxy's own connections and loopback.
+/// except the proxy's own connections and loopback; its inbound IPv4 TCP goes to the mesh
+/// proxy's inbound port, except the agent's own ports.
 pub fn table(s: &AgentSettings) -> Table {
+    let mut inbound: Vec<Rule> = [
+        s.local_port,
+        s.tls_port,
+        s.inbound_port,
+        s.admin_addr.port(),
+        s.mesh_admin_addr.port(),
+    ]
+    .into_iter()
+    .map(|p| {
+        rule(
+            vec![Match::DstPort(Protocol::Tcp, p)],
+            Action::Return,
+            "the agent ports",
+        )
+    })
+    .collect();
+    inbound.push(rule(
+        vec![Match::L4(Protocol::Tcp)],
+        Action::Redirect(s.inbound_port),
+        "inbound TCP to the mesh proxy",
+    ));
     Table {
         name: TABLE.into(),
         sets: vec![AddrSet {
@@ -183,6 +238,20 @@ pub fn table(s: &AgentSettings) -> Table {
                     vec![Match::Nfproto(Family::Ipv4), Match::L4(Protocol::Tcp)],
                     Action::Jump(CHAIN.into()),
                     "outbound TCP",
+                )],
+            },
+            Chain {
+                name: INBOUND_CHAIN.into(),
+                hook: None,
+                rules: inbound,
+            },
+            Chain {
+                name: "prerouting".into(),
+                hook: Some(Hook::Prerouting),
+                rules: vec![rule(
+                    vec![Match::Nfproto(Family::Ipv4), Match::L4(Protocol::Tcp)],
+                    Action::Jump(INBOUND_CHAIN.into()),
+                    "inbound TCP",
                 )],
             },
         ],
@@ -338,6 +407,11 @@ mod tests {
         let skuid = text.find("skuid 1337").expect(&text);
         let redirect = text.find("redirect to :18000").expect(&text);
         assert!(skuid < redirect, "{text}");
+        // Inbound: the agent's own ports stay, the rest goes to the mesh proxy's inbound port.
+        let own = text.find("tcp dport 18443 return").expect(&text);
+        let inbound = text.find("redirect to :18006").expect(&text);
+        assert!(own < inbound, "{text}");
+        assert!(text.contains("tcp dport 18091 return"), "{text}");
         // The same model renders for iptables too.
         let ipt = Backend::new(BackendKind::Iptables(netrules::IptablesFlavour::Nft))
             .render(&t)

@@ -10,14 +10,18 @@
 //! it again every `GW_IDENTITY_RELOAD` is also how a renewed certificate arrives without a
 //! restart. The cost: every Pod of that ServiceAccount may read the Secret (it names the same
 //! SPIFFE ID, but another Pod's IP).
+//!
+//! The attached proxy also lists Pods, Services and EndpointSlices (whom to expect at each
+//! address, [`crate::peers`]): attach binds the account to the ClusterRole [`PEERS_ROLE`]
+//! (`list` only). Cluster-scoped objects cannot be owned by a Pod: the binding stays after it.
 
 use crate::desired::secret_name;
 use crate::settings::{
-    AGENT_ADMIN_ADDR, IMAGE, KNOBS, LOCAL_PORT, MAX_RESTARTS, PROXY_UID, REDIRECT_CIDRS, RELOAD,
-    TLS_PORT,
+    AGENT_ADMIN_ADDR, IMAGE, INBOUND_PORT, KNOBS, LOCAL_PORT, MAX_RESTARTS, MESH_ADMIN_ADDR,
+    MESH_TLS, PROXY_UID, REDIRECT_CIDRS, RELOAD, TLS_PORT, TRUST_DOMAIN,
 };
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -78,6 +82,10 @@ pub fn container(pod: &Pod, given: &BTreeMap<String, String>) -> Result<Value, A
     for knob in [
         LOCAL_PORT,
         TLS_PORT,
+        INBOUND_PORT,
+        MESH_TLS,
+        MESH_ADMIN_ADDR,
+        TRUST_DOMAIN,
         AGENT_ADMIN_ADDR,
         REDIRECT_CIDRS,
         PROXY_UID,
@@ -152,6 +160,35 @@ pub fn grant(pod: &Pod) -> (Role, RoleBinding) {
     )
 }
 
+/// The ClusterRole every attached proxy's account is bound to: it reads which Pod owns each
+/// address and which endpoints each Service has (cluster-scoped, so not owned by the Pod).
+pub const PEERS_ROLE: &str = "ghostwire-identity-peers";
+
+/// The ClusterRole and the Pod's ServiceAccount's binding to it (pure).
+pub fn grant_peers(pod: &Pod) -> (ClusterRole, ClusterRoleBinding) {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let sa = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".into());
+    let labels = json!({crate::settings::MANAGED_BY: crate::settings::MANAGER});
+    let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": PEERS_ROLE, "labels": labels},
+        "rules": [
+            {"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["list"]},
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list"]}]});
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": format!("{PEERS_ROLE}-{ns}-{sa}"), "labels": labels},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": PEERS_ROLE},
+        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]});
+    (
+        serde_json::from_value(role).unwrap_or_default(),
+        serde_json::from_value(binding).unwrap_or_default(),
+    )
+}
+
 /// What `attach` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attached {
@@ -201,6 +238,16 @@ pub async fn attach(
         .patch(&name, &apply, &Patch::Apply(&binding))
         .await
         .map_err(api_err("granting its Secret (RoleBinding)"))?;
+    let (role, binding) = grant_peers(&p);
+    Api::<ClusterRole>::all(client.clone())
+        .patch(PEERS_ROLE, &apply, &Patch::Apply(&role))
+        .await
+        .map_err(api_err("granting the peer list (ClusterRole)"))?;
+    let bname = binding.metadata.name.clone().unwrap_or_default();
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .patch(&bname, &apply, &Patch::Apply(&binding))
+        .await
+        .map_err(api_err("granting the peer list (ClusterRoleBinding)"))?;
     pods.patch_ephemeral_containers(
         pod,
         &PatchParams::default(),

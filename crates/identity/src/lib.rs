@@ -23,5 +23,6 @@ pub mod agent;
 pub mod attach;
 pub mod controller;
 pub mod desired;
+pub mod peers;
 pub mod proxy;
 pub mod settings;

@@ -27,7 +27,13 @@ knobs::knobs! {
     LOCAL_PORT = "GW_IDENTITY_LOCAL_PORT", "local-port", "18000",
         "Agent: the plain listener on 127.0.0.1 the Pod's outbound TCP is redirected to (the seed's port).";
     TLS_PORT = "GW_IDENTITY_TLS_PORT", "tls-port", "18443",
-        "Agent: the mTLS listener, serving the Pod's certificate (the seed's port).";
+        "Agent: the seed's mTLS listener (`ip:port` then `Y`), serving the Pod's certificate; encryption between Pods uses the inbound port instead.";
+    INBOUND_PORT = "GW_IDENTITY_INBOUND_PORT", "inbound-port", "18006",
+        "Agent: the mesh proxy's inbound port (L4 mode): the Pod's inbound TCP is redirected to it; mesh TLS (ALPN gw.mesh/1) from a peer is terminated there and goes on to its original destination.";
+    MESH_TLS = "GW_IDENTITY_MESH_TLS", "mesh-tls", "permissive",
+        "Agent: inbound policy of the mesh proxy. `permissive`: plaintext peers are let through too; `strict`: only mesh TLS from the Pod that owns the client's address.";
+    MESH_ADMIN_ADDR = "GW_IDENTITY_MESH_ADMIN_ADDR", "mesh-admin-addr", "0.0.0.0:18091",
+        "Agent: the mesh proxy's /metrics, /ready and /config_dump.";
     AGENT_ADMIN_ADDR = "GW_IDENTITY_AGENT_ADMIN_ADDR", "agent-admin-addr", "0.0.0.0:18090",
         "Agent: the proxy's /healthz, /readyz and /metrics.";
     REDIRECT_CIDRS = "GW_IDENTITY_REDIRECT_CIDRS", "redirect-cidrs", "10.244.0.0/16,10.96.0.0/12",

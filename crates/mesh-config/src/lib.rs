@@ -159,6 +159,11 @@ pub struct ProxySettings {
     pub tls_files: Option<TlsFiles>,
     /// This workload's SPIFFE ID (for the controller's certificate).
     pub identity: Option<String>,
+    /// L4 only (the identity agent's mode; not a knob): no protocol detection, every
+    /// connection is opaque TCP (a Service address goes to one endpoint the proxy picks, with
+    /// that endpoint's identity), and an inbound mesh client must be the Pod that owns its
+    /// source address (the config's `pods`).
+    pub l4_only: bool,
 }
 
 /// Where raw values come from.
@@ -262,6 +267,7 @@ impl Sources {
     pub fn proxy_settings(&self) -> Result<ProxySettings, ConfigError> {
         let r = self.resolver();
         Ok(ProxySettings {
+            l4_only: false,
             inbound_port: r.parse(INBOUND_PORT, port)?,
             outbound_port: r.parse(OUTBOUND_PORT, port)?,
             admin_addr: r.parse(ADMIN_ADDR, |s| {

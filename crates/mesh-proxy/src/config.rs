@@ -12,6 +12,11 @@ use std::time::Duration;
 pub struct Config {
     #[serde(default)]
     pub services: Vec<Service>,
+    /// Pod IP → the SPIFFE ID of the meshed Pod that owns that address now (any port). A
+    /// connection to it uses mesh TLS and accepts only that identity; in L4 mode an inbound
+    /// mesh client from it must present it too. An endpoint's own entry in `services` wins.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pods: BTreeMap<std::net::IpAddr, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -194,6 +199,15 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for (ip, id) in &self.pods {
+            if !id.starts_with("spiffe://") || id.len() <= "spiffe://".len() {
+                return Err(field(
+                    format!("pods[{ip}]"),
+                    id,
+                    "expected a SPIFFE ID (spiffe://...)",
+                ));
+            }
+        }
         let mut names = BTreeSet::new();
         let mut claimed = BTreeMap::new();
         for (i, s) in self.services.iter().enumerate() {

@@ -354,7 +354,7 @@ enum Failure {
 }
 
 /// A weighted backend, then an endpoint of it (retrying other backends if one is empty).
-fn pick_endpoint(
+pub(crate) fn pick_endpoint(
     svc: &Service,
     split: &[(usize, u32)],
     now: Instant,

@@ -352,9 +352,10 @@ impl Ctx {
     }
 
     async fn connection(&self, mut stream: TcpStream) {
-        let Ok(local) = stream.local_addr() else {
+        let (Ok(local), Ok(peer)) = (stream.local_addr(), stream.peer_addr()) else {
             return;
         };
+        let peer = mesh_orig_dst::unmap(peer);
         // Never an open relay: only connections the kernel redirected have a destination.
         let orig = match mesh_orig_dst::original_dst(&stream, local) {
             Ok(a) => mesh_orig_dst::unmap(a),
@@ -381,7 +382,8 @@ impl Ctx {
             }
             Direction::Inbound => orig,
         };
-        let opaque_port = self.settings.opaque_ports.contains(&orig.port());
+        let opaque_port =
+            self.settings.l4_only || self.settings.opaque_ports.contains(&orig.port());
         let (protocol, mut prefix) = match (opaque_port, self.direction, &self.tls) {
             // Server-speaks-first: the client may wait for the server, so do not wait for it.
             (true, Direction::Outbound, _) | (true, Direction::Inbound, None) => {
@@ -410,7 +412,7 @@ impl Ctx {
                 && self.mesh_alpn(&mut stream, &mut prefix).await;
             if mesh {
                 return self
-                    .inbound_mesh(Prefixed::new(prefix, stream), orig, opaque_port)
+                    .inbound_mesh(Prefixed::new(prefix, stream), orig, opaque_port, peer)
                     .await;
             }
             if self.settings.tls_mode == TlsMode::Strict {
@@ -490,7 +492,13 @@ impl Ctx {
     /// server-speaks-first port what it carries is opaque at once: its client waits for the
     /// app's greeting, so waiting for the client's first bytes would stall it until the
     /// detection timeout.
-    async fn inbound_mesh(&self, io: Prefixed<TcpStream>, orig: SocketAddr, opaque_port: bool) {
+    async fn inbound_mesh(
+        &self,
+        io: Prefixed<TcpStream>,
+        orig: SocketAddr,
+        opaque_port: bool,
+        peer: SocketAddr,
+    ) {
         let Some(tls) = &self.tls else { return };
         let (mut s, client) =
             match tokio::time::timeout(self.settings.detect_timeout, tls.accept(io)).await {
@@ -502,6 +510,19 @@ impl Ctx {
                 Err(_) => return self.handshake(false),
             };
         self.handshake(true);
+        if self.settings.l4_only {
+            // The client's address is kept end to end here: it must be the Pod that owns it.
+            let snap = self.store.load();
+            let want = snap.pod_identity(peer.ip());
+            if want.map(|w| &**w) != Some(client.as_str()) {
+                tracing::info!(%peer, presented = %client, expected = ?want, "mesh client is not the Pod that owns its address");
+                return self.refuse("wrong_client_identity");
+            }
+            self.count(Protocol::Opaque);
+            return self
+                .dispatch(s, orig, Protocol::Opaque, Some(client.into()))
+                .await;
+        }
         let (protocol, prefix) = if opaque_port {
             (Protocol::Opaque, Vec::new())
         } else {
@@ -584,13 +605,30 @@ impl Ctx {
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        let snap = self.store.load();
+        // L4 mode: a Service address goes to an endpoint picked here, so the identity checked
+        // is the one of the endpoint the bytes really reach.
+        let addr = match (self.direction, snap.service(orig)) {
+            (Direction::Outbound, Some(svc)) if self.settings.l4_only => {
+                match crate::http::pick_endpoint(
+                    svc,
+                    &svc.default_split,
+                    tokio::time::Instant::now(),
+                ) {
+                    Some((_, ep)) => ep.addr,
+                    None => return self.refuse("no_endpoint"),
+                }
+            }
+            _ => orig,
+        };
         let target = crate::pool::Target {
-            addr: orig,
+            addr,
             identity: match self.direction {
-                Direction::Outbound => self.store.load().identity(orig).cloned(),
+                Direction::Outbound => snap.identity(addr).cloned(),
                 Direction::Inbound => None,
             },
         };
+        drop(snap);
         let upstream = match self.http.pool.open(&target).await {
             Ok(s) => s,
             Err(e) => {

@@ -95,6 +95,7 @@ pub struct Snapshot {
     pub config: Config,
     by_addr: HashMap<SocketAddr, Arc<Service>>,
     identities: HashMap<SocketAddr, Arc<str>>,
+    pods: HashMap<std::net::IpAddr, Arc<str>>,
 }
 
 impl Snapshot {
@@ -104,7 +105,14 @@ impl Snapshot {
 
     /// The identity a meshed endpoint must present (any service's config may name it).
     pub fn identity(&self, endpoint: SocketAddr) -> Option<&Arc<str>> {
-        self.identities.get(&endpoint)
+        self.identities
+            .get(&endpoint)
+            .or_else(|| self.pod_identity(endpoint.ip()))
+    }
+
+    /// The identity of the meshed Pod that owns `ip` now, as the config's `pods` says.
+    pub fn pod_identity(&self, ip: std::net::IpAddr) -> Option<&Arc<str>> {
+        self.pods.get(&ip)
     }
 }
 
@@ -259,9 +267,14 @@ impl Store {
         }
         self.tx.send_replace(Arc::new(Snapshot {
             generation,
-            config,
             by_addr,
             identities: all_identities,
+            pods: config
+                .pods
+                .iter()
+                .map(|(ip, id)| (*ip, Arc::<str>::from(id.as_str())))
+                .collect(),
+            config,
         }));
         Ok(generation)
     }
