@@ -5,6 +5,7 @@
 //! all in order and exits 0 only if every one passed; a failed capability does not stop the
 //! others, so one run reports all of them.
 
+mod encryption;
 mod gateway;
 mod mesh;
 mod mirror;
@@ -41,6 +42,9 @@ pub enum Capability {
     Mesh,
     /// Egress gateway: an annotated Pod's traffic and DNS through the gateway Pod over VXLAN.
     Gateway,
+    /// Pod identity: two attached Pods encrypt with mTLS; a capture sees no plaintext; an
+    /// impostor is refused.
+    Identity,
 }
 
 impl Capability {
@@ -50,6 +54,7 @@ impl Capability {
             Capability::Mirror => "mirror",
             Capability::Mesh => "mesh",
             Capability::Gateway => "gateway",
+            Capability::Identity => "identity",
         }
     }
 
@@ -59,6 +64,7 @@ impl Capability {
             Capability::Mirror => mirror::run(args).await,
             Capability::Mesh => mesh::run(args).await,
             Capability::Gateway => gateway::run(args).await,
+            Capability::Identity => encryption::run(args).await,
         }
     }
 }
