@@ -5,7 +5,7 @@ use crate::knobs::KnobArgs;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
-use switch::config::{Settings, Sources, read_defaults_file};
+use switch::config::{ApiUnreachable, Settings, Sources, read_defaults_file};
 use switch::init::{self as sw, Jump};
 use switch::{discover, dnat_map};
 
@@ -115,10 +115,23 @@ pub async fn run(args: InitArgs) -> Result<(), Exit> {
     let services = match &args.from_file {
         Some(path) => discover::services_from_file(path).code(Code::Config)?,
         None => {
+            // A client that cannot even be configured (no kubeconfig, no in-cluster account)
+            // is a configuration error, whatever GW_API_UNREACHABLE says.
             let client = kube_util::client().await.code(Code::Api)?;
-            discover::services_from_api(client, &s.namespace, s.api_timeout)
-                .await
-                .code(Code::Api)?
+            let listed = discover::services_from_api(client, &s.namespace, s.api_timeout).await;
+            match (listed, s.api_unreachable) {
+                (Ok(services), _) => services,
+                (Err(e), ApiUnreachable::Fail) => return Err(e).code(Code::Api),
+                (Err(e), ApiUnreachable::Active) => {
+                    tracing::warn!(
+                        error = %e,
+                        "the API could not be reached: starting with no pairs, so every \
+                         Service reaches its active backend (GW_API_UNREACHABLE=active); \
+                         the watcher fills the pairs in once the API answers"
+                    );
+                    Vec::new()
+                }
+            }
         }
     };
     tracing::info!(namespace = %s.namespace, services = services.len(), "discovered Services");

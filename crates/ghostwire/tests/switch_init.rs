@@ -331,6 +331,23 @@ fn unreachable_api_exits_3_after_bounded_retries() {
         err.contains("gave up after") && err.contains("namespace \"default\""),
         "{err}"
     );
+    // With GW_API_UNREACHABLE=active init starts anyway, with no pairs: every Service reaches
+    // its active backend.
+    let out = std::process::Command::new(ghostwire())
+        .args(["init", "--dry-run", "--api-timeout", "1s"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("GW_API_UNREACHABLE", "active")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("GW_API_UNREACHABLE=active"), "{err}");
+    assert!(
+        text.contains("mappings=0"),
+        "no pairs without the API: {text}"
+    );
 }
 
 #[test]
@@ -405,6 +422,7 @@ fn bad_knobs_are_refused_before_any_api_call() {
     .unwrap();
     for (args, knob, value) in [
         (&["init", "--dry-run"][..], "GW_JUMP_HOOK", "POSTROUTING"),
+        (&["init", "--dry-run"][..], "GW_API_UNREACHABLE", "maybe"),
         (
             &["watcher", "--pod-name", "p"][..],
             "GW_REFRESH_INTERVAL",

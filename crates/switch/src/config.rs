@@ -54,6 +54,8 @@ knobs::knobs! {
         "Init: the Pod's labels as a downward-API volume writes them; the jump is set from the role label in it. Empty: init keeps the jump as it finds it.";
     API_TIMEOUT = "GW_API_TIMEOUT", "api-timeout", "30s",
         "How long to keep retrying an unreachable Kubernetes API before giving up. Watcher: the bound on one API call (at most 10 s) and on a silent watch; /readyz fails when the Pod was not heard of for twice this.";
+    API_UNREACHABLE = "GW_API_UNREACHABLE", "api-unreachable", "fail",
+        "Init: when the API cannot be reached within GW_API_TIMEOUT, `fail` (exit 3: the Pod does not start, and the kubelet retries it) or `active` (start with no pairs, so every Service reaches its active backend; a watcher fills the pairs in once the API answers, without one the Pod stays on active).", @"apiUnreachable";
     MODE = "GW_SWITCH_MODE", "switch-mode", "dnat",
         "`dnat`: a DNAT chain and one jump in the kernel. `mesh`: no kernel rules; init and watcher write the mapping and whether it is on to GW_IPTABLES_DNAT_MAP as JSON, and the mesh proxy routes by it (the injector sets this when a Pod also asks for the mesh).";
 }
@@ -160,6 +162,15 @@ pub enum Mode {
     Mesh,
 }
 
+/// What init does when the API cannot be reached (`GW_API_UNREACHABLE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiUnreachable {
+    /// Fail the Pod (exit 3).
+    Fail,
+    /// Start with no pairs: routing on active.
+    Active,
+}
+
 /// Which rule backend to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendChoice {
@@ -192,6 +203,7 @@ pub struct Settings {
     pub http_addr: std::net::SocketAddr,
     pub on_flip: OnFlip,
     pub strict_pairing: bool,
+    pub api_unreachable: ApiUnreachable,
     pub mode: Mode,
     /// Init: the downward-API labels file (`GW_LABELS_FILE`).
     pub labels_file: Option<PathBuf>,
@@ -407,6 +419,11 @@ impl Settings {
                 _ => Err("expected keep or cut (false or true)".to_string()),
             })?,
             strict_pairing: parsed(&raw, STRICT_PAIRING, parse_bool)?,
+            api_unreachable: parsed(&raw, API_UNREACHABLE, |s| match s.trim() {
+                "fail" => Ok(ApiUnreachable::Fail),
+                "active" => Ok(ApiUnreachable::Active),
+                _ => Err("expected fail or active".to_string()),
+            })?,
             mode: parsed(&raw, MODE, |s| match s.trim() {
                 "dnat" => Ok(Mode::Dnat),
                 "mesh" => Ok(Mode::Mesh),

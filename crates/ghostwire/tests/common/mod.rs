@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod target;
 
 use lab_net::Pod;
 use std::path::{Path, PathBuf};
