@@ -335,13 +335,14 @@ fn lab_down_removes_what_a_killed_lab_up_left() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injector_with_kubectl() {
     let c = cluster("e2e-injector").await;
-    // The backends (the first six objects of the preview-switch example).
+    // The backends (the first seven objects of the preview-switch example: the apps'
+    // ConfigMap, three Services, three Deployments).
     let example = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../docs/lab/preview-switch.yaml"
     ))
     .unwrap();
-    let backends: Vec<&str> = example.split("\n---\n").take(6).collect();
+    let backends: Vec<&str> = example.split("\n---\n").take(7).collect();
     assert!(backends.last().unwrap().contains("name: payments"));
     apply_stdin(&c, &backends.join("\n---\n")).await;
     // The injected containers get exactly deploy/'s Roles (through the Pod's account).
@@ -491,7 +492,8 @@ async fn injector_with_kubectl() {
         let reached = tokio::task::spawn_blocking(move || {
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
             loop {
-                let got = ns.tcp_request(orders).unwrap_or_default();
+                let got = ns.http_get(orders, "/").unwrap_or_default();
+                let got = got.trim_end().to_string();
                 if got == want || std::time::Instant::now() > deadline {
                     return got;
                 }
