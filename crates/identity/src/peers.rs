@@ -180,7 +180,7 @@ mod tests {
             "endpoints": [{"addresses": ["10.244.0.7"], "conditions": {"ready": true},
                 "targetRef": {"kind": "Pod", "name": "web", "namespace": "shop"}}]}))
         .unwrap();
-        let c = config(&[web], &[svc.clone()], &[slice], "td").unwrap();
+        let c = config(&[web], std::slice::from_ref(&svc), &[slice], "td").unwrap();
         let s = &c.services[0];
         assert_eq!(s.addresses, ["10.96.0.20:80".parse().unwrap()]);
         assert_eq!(

@@ -10,10 +10,8 @@ mod common;
 use common::*;
 use lab_net::capture::Capture;
 use lab_net::{Lab, Pod, ServicePort};
-use std::io::Read;
 use std::net::SocketAddr;
-use std::process::{Child, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 const CLIENT_ID: &str = "spiffe://td.test/ns/app-a/sa/client";
