@@ -329,6 +329,7 @@ async fn every_annotation_maps_to_its_env() {
         "GW_BACKEND" => "iptables-nft",
         "GW_FLUSH_CONNTRACK" => "true",
         "GW_STRICT_PAIRING" => "true",
+        "GW_API_UNREACHABLE" => "active",
         other => panic!("no test value for {other}; add one"),
     };
     let mut annotations = json!({"ghostwire.dev/enabled": "true"});
