@@ -11,24 +11,8 @@
 mod common;
 
 use common::cluster::{Cluster, Watcher};
+use lab_net::bench::{TICKS_PER_SECOND, cpu_ticks, status_kib};
 use std::time::{Duration, Instant};
-
-fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap();
-    text.lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
-/// utime + stime in clock ticks (fields 14 and 15 of /proc/PID/stat).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -66,15 +50,16 @@ fn main() {
 
     let pid = w.child.id();
     std::thread::sleep(Duration::from_secs(2));
-    let before = cpu_ticks(pid);
+    let ticks_now = || cpu_ticks(pid).expect("the watcher exited");
+    let before = ticks_now();
     std::thread::sleep(Duration::from_secs(10));
-    let ticks = cpu_ticks(pid) - before;
-    let hz = 100.0; // USER_HZ on Linux
+    let ticks = ticks_now() - before;
+    let kib = |key| status_kib(pid, key).expect("the watcher exited");
     println!(
         "idle: VmRSS {} kB, VmHWM {} kB, CPU {:.2}% over 10 s ({} ticks)",
-        proc_field(pid, "status", "VmRSS:"),
-        proc_field(pid, "status", "VmHWM:"),
-        ticks as f64 / hz / 10.0 * 100.0,
+        kib("VmRSS:"),
+        kib("VmHWM:"),
+        ticks as f64 / TICKS_PER_SECOND / 10.0 * 100.0,
         ticks
     );
 }

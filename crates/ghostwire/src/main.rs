@@ -81,7 +81,16 @@ fn main() -> std::process::ExitCode {
         eprintln!("ghostwire: {e}");
         return exit::Code::Config.into();
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The proxy sizes its own runtime (a sidecar's CPU budget); everything else takes one
+    // worker per core.
+    let runtime = match &cli.command {
+        Command::Proxy(args) => match proxy::settings(args) {
+            Ok(s) => proxy::runtime(&s),
+            Err(e) => return exit::report(Err(e)),
+        },
+        _ => tokio::runtime::Runtime::new(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ghostwire: cannot start the async runtime: {e}");
@@ -97,7 +106,7 @@ fn main() -> std::process::ExitCode {
             Command::Gateway(cmd) => gateway::run_gateway(cmd).await,
             Command::Client(cmd) => gateway::run_client(cmd).await,
             Command::Mirror(args) => mirror::run(*args).await,
-            Command::Proxy(args) => proxy::run(args).await,
+            Command::Proxy(args) => proxy::run(proxy::settings(&args)?).await,
             Command::Controller(args) => controller::run(args).await,
             Command::Identity(args) => identity::run(args).await,
             Command::Attach(args) => attach::attach(*args).await,

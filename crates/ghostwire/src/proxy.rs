@@ -3,7 +3,7 @@
 use crate::exit::{Code, Exit, WithCode};
 use crate::knobs::{KnobArgs, Mesh};
 use clap::Args;
-use mesh_config::Sources;
+use mesh_config::{ProxySettings, Sources};
 use mesh_controller::identity::{CertStore, Renewer};
 use mesh_proxy::store::{ConfigSource, FileSource, Store};
 use mesh_proxy::tls::IdentitySource;
@@ -16,13 +16,33 @@ pub struct ProxyArgs {
     pub knobs: KnobArgs<Mesh>,
 }
 
-pub async fn run(args: ProxyArgs) -> Result<(), Exit> {
-    let s = Sources {
+/// The proxy's settings, resolved before its runtime is built (the runtime's size is one).
+pub fn settings(args: &ProxyArgs) -> Result<ProxySettings, Exit> {
+    Sources {
         given: args.knobs.0.clone(),
         ..Sources::default()
     }
     .proxy_settings()
-    .code(Code::Config)?;
+    .code(Code::Config)
+}
+
+/// A single-threaded runtime for one worker (no cross-thread wake-ups per request: measured
+/// in docs/benchmarks.md), else a multi-threaded one of that size.
+pub fn runtime(s: &ProxySettings) -> std::io::Result<tokio::runtime::Runtime> {
+    match s.threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    }
+    .enable_all()
+    .build()
+}
+
+pub async fn run(s: ProxySettings) -> Result<(), Exit> {
+    tracing::info!(threads = s.threads, "proxy starting");
     let store = Store::default();
     let source: Option<Box<dyn ConfigSource>> = match &s.config {
         _ if !s.controller.is_empty() => {

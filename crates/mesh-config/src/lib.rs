@@ -53,6 +53,8 @@ knobs::knobs! {
         "Proxy: largest request head accepted (else 431).";
     MAX_HEADERS = "GW_MESH_MAX_HEADERS", "max-headers", "100",
         "Proxy: most header fields in a request (else 431).";
+    THREADS = "GW_MESH_PROXY_THREADS", "proxy-threads", "1",
+        "Proxy: worker threads. 1 serves every connection on one thread (no cross-thread wake-ups: the least CPU per request, as a sidecar with a one-core budget wants); more add throughput where the Pod's CPU limit allows. docs/benchmarks.md compares them.", @"meshProxyThreads";
     DRAIN_TIMEOUT = "GW_MESH_DRAIN_TIMEOUT", "drain-timeout", "10s",
         "Proxy: on SIGTERM, how long in-flight requests may finish before the proxy exits.";
     CONTROLLER = "GW_MESH_CONTROLLER", "controller", "",
@@ -150,6 +152,8 @@ pub struct ProxySettings {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub drain_timeout: Duration,
+    /// Worker threads of the proxy's runtime; 1 means a single-threaded runtime.
+    pub threads: usize,
     pub ipv6: bool,
     /// Controller addresses; empty: the routing config comes from [`CONFIG`] (or nowhere).
     pub controller: Vec<String>,
@@ -295,6 +299,10 @@ impl Sources {
             })?,
             max_headers: r.parse(MAX_HEADERS, count)?,
             drain_timeout: r.parse(DRAIN_TIMEOUT, parse_duration)?,
+            threads: r.parse(THREADS, |s| match count(s)? {
+                n if n > 64 => Err("at most 64".to_string()),
+                n => Ok(n),
+            })?,
             ipv6: r.parse(IPV6, parse_bool)?,
             controller: r.parse(CONTROLLER, |s| {
                 s.split(',')
@@ -386,6 +394,7 @@ mod tests {
         assert_eq!(p.admin_addr.port(), 4191);
         assert!(p.opaque_ports.contains(&3306) && p.opaque_ports.contains(&6379));
         assert_eq!(p.config, None);
+        assert_eq!(p.threads, 1);
     }
 
     #[test]
@@ -410,6 +419,11 @@ mod tests {
         assert_eq!(e.knob, TLS_ROOTS);
         let e = given(&[(TLS_MODE, "on")]).proxy_settings().unwrap_err();
         assert_eq!(e.knob, TLS_MODE);
+        for threads in ["0", "65", "two"] {
+            let e = given(&[(THREADS, threads)]).proxy_settings().unwrap_err();
+            assert_eq!(e.knob, THREADS, "{threads}");
+        }
+        assert_eq!(given(&[(THREADS, "4")]).proxy_settings().unwrap().threads, 4);
         let e = given(&[(IDENTITY, "spiffe://td/web")])
             .proxy_settings()
             .unwrap_err();

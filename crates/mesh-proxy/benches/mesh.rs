@@ -21,7 +21,9 @@
 //!
 //! Knobs: `GW_BENCH_SECONDS` (per load, default 10), `GW_BENCH_ROUNDS` (default 2),
 //! `GW_BENCH_PATHS` (comma list, default all), `GW_BENCH_RATES` (default 1000,10000),
-//! `GW_BENCH_GHOSTWIRE` (the binary, default target/release/ghostwire).
+//! `GW_BENCH_GHOSTWIRE` (the proxies' binary, default target/release/ghostwire),
+//! `GW_BENCH_APP` (the binary that runs `lab app-b`, default the proxies' binary: set it when
+//! the proxies come from a production build without the lab, e.g. the `image` profile).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -190,6 +192,7 @@ struct Setup {
     lab: Lab,
     dir: PathBuf,
     bin: PathBuf,
+    app: PathBuf,
     ca: Ca,
     apps: Vec<Proc>,
 }
@@ -198,10 +201,9 @@ impl Setup {
     fn path(&mut self, name: &'static str, kind: Kind, tls: bool) -> Pair {
         let client = self.lab.add_pod(&format!("{name}-c")).unwrap();
         let server = self.lab.add_pod(&format!("{name}-s")).unwrap();
-        // The app: `ghostwire lab app-b` (hyper, HTTP/1.1 and HTTP/2) from the same release
-        // binary, answering its name.
+        // The app: `ghostwire lab app-b` (hyper, HTTP/1.1 and HTTP/2), answering its name.
         let app = server
-            .command(&self.bin)
+            .command(&self.app)
             .args(["lab", "app-b"])
             .env("HOSTNAME", name)
             .env("PORT", APP_PORT.to_string())
@@ -611,12 +613,14 @@ fn main() {
         "{}: build it first (cargo build --release -p ghostwire) or set GW_BENCH_GHOSTWIRE",
         bin.display()
     );
+    let app: PathBuf = env_or("GW_BENCH_APP", bin.clone());
     let dir = std::env::temp_dir().join(format!("gw-meshbench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut setup = Setup {
         lab: Lab::new("meshbench").unwrap(),
         dir: dir.clone(),
         bin,
+        app,
         ca: Ca::new("bench mesh CA"),
         apps: Vec::new(),
     };
