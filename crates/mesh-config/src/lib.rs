@@ -423,7 +423,10 @@ mod tests {
             let e = given(&[(THREADS, threads)]).proxy_settings().unwrap_err();
             assert_eq!(e.knob, THREADS, "{threads}");
         }
-        assert_eq!(given(&[(THREADS, "4")]).proxy_settings().unwrap().threads, 4);
+        assert_eq!(
+            given(&[(THREADS, "4")]).proxy_settings().unwrap().threads,
+            4
+        );
         let e = given(&[(IDENTITY, "spiffe://td/web")])
             .proxy_settings()
             .unwrap_err();
