@@ -134,7 +134,8 @@ pub fn container(pod: &Pod, given: &BTreeMap<String, String>) -> Result<Value, A
     Ok(c)
 }
 
-/// The Role and RoleBinding that let the Pod's ServiceAccount read its Secret (pure).
+/// The Role and RoleBinding that let the Pod's ServiceAccount read its Secret, and watch its
+/// own Pod and AI ConfigMaps (pure).
 pub fn grant(pod: &Pod) -> (Role, RoleBinding) {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
@@ -150,7 +151,12 @@ pub fn grant(pod: &Pod) -> (Role, RoleBinding) {
     let meta = json!({"name": secret, "namespace": ns, "ownerReferences": owner,
         "labels": {crate::settings::MANAGED_BY: crate::settings::MANAGER}});
     let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta,
-        "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [secret], "verbs": ["get"]}]});
+        "rules": [
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [secret], "verbs": ["get"]},
+            // The AI policy's inputs, watched by name (crate::ai).
+            {"apiGroups": [""], "resources": ["pods"], "resourceNames": [name], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": crate::ai::configmap_names(&name),
+             "verbs": ["get", "list", "watch"]}]});
     let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta,
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": secret},
         "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]});
@@ -322,6 +328,27 @@ mod tests {
             Some(&["web-ghostwire-identity".to_string()][..])
         );
         assert_eq!(rule.verbs, ["get"]);
+        // Its own Pod and AI ConfigMaps, by name only.
+        let rules = role.rules.as_ref().unwrap();
+        assert_eq!(rules.len(), 3);
+        assert_eq!(
+            rules[1].resource_names.as_deref(),
+            Some(&["web".to_string()][..])
+        );
+        assert_eq!(
+            rules[2].resource_names.as_deref(),
+            Some(
+                &[
+                    "web-ghostwire-ai".to_string(),
+                    "web-kube-gateway".to_string()
+                ][..]
+            )
+        );
+        assert!(
+            rules[1..]
+                .iter()
+                .all(|r| r.verbs == ["get", "list", "watch"])
+        );
         let s = &binding.subjects.as_ref().unwrap()[0];
         assert_eq!(
             (s.kind.as_str(), s.name.as_str()),

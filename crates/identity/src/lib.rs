@@ -9,7 +9,8 @@
 //!   managed Secrets listed fresh every pass) → desired → diff → act (issue from the mesh CA,
 //!   `mesh_controller::ca`, into a Secret owned by the Pod; delete what no Pod wants).
 //! - [`attach`]: `ghostwire attach POD`, the agent as an ephemeral container; [`agent`]: its
-//!   supervisor and redirection; [`proxy`]: the proxy it supervises.
+//!   supervisor and redirection; [`proxy`]: the proxy it supervises; [`ai`]: the LLM
+//!   rewriting policy of a Pod with `ghostwire.dev/ai`, for the proxy's outbound HTTP path.
 //!
 //! Which path a Pod's certificate takes: a Pod that runs the mesh proxy as a sidecar has a
 //! projected mesh-audience token and gets its certificate over `SignCertificate` (its key never
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod ai;
 pub mod attach;
 pub mod controller;
 pub mod desired;

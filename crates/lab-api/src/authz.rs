@@ -488,12 +488,47 @@ fn impersonate(state: &State, requester: UserInfo, c: &Credentials) -> Result<Us
 pub fn admit(state: &State, creds: &Credentials, req: &Request) -> Result<UserInfo, ApiError> {
     let requester = authenticate(state, creds)?;
     let user = impersonate(state, requester, creds)?;
+    let attrs = attributes(req.method.as_str(), &req.path, req.flag("watch"));
     check(
         state,
         &user,
-        &attributes(req.method.as_str(), &req.path, req.flag("watch")),
+        &named_by_selector(attrs, req.param("fieldSelector")),
     )?;
     Ok(user)
+}
+
+/// A list or watch whose field selector asks for `metadata.name=X` is a request for X, as
+/// kube-apiserver's RequestInfo has it, so `resourceNames` rules can allow it (a kubelet, or
+/// an agent watching one ConfigMap).
+pub fn named_by_selector(attrs: Attributes, field_selector: Option<&str>) -> Attributes {
+    match attrs {
+        Attributes::Resource {
+            verb,
+            group,
+            resource,
+            subresource,
+            namespace,
+            name,
+        } if name.is_empty() && matches!(verb.as_str(), "list" | "watch") => {
+            let name = field_selector
+                .unwrap_or_default()
+                .split(',')
+                .find_map(|term| {
+                    let (k, v) = term.split_once("==").or_else(|| term.split_once('='))?;
+                    (k.trim() == "metadata.name" && !k.ends_with('!')).then(|| v.trim().to_string())
+                })
+                .unwrap_or_default();
+            Attributes::Resource {
+                verb,
+                group,
+                resource,
+                subresource,
+                namespace,
+                name,
+            }
+        }
+        other => other,
+    }
 }
 
 /// Authenticates, impersonates and authorizes a streaming upgrade: `create` on `pods/exec`,
@@ -919,6 +954,32 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn a_name_field_selector_names_a_list_or_watch() {
+        let named = |m: &str, w: bool, sel: &str| {
+            named_by_selector(
+                attributes(m, "/api/v1/namespaces/shop/configmaps", w),
+                Some(sel),
+            )
+        };
+        assert_eq!(
+            named("GET", true, "metadata.name=web-ai"),
+            res("watch", "", "configmaps", "", "shop", "web-ai")
+        );
+        assert_eq!(
+            named("GET", false, "a=b,metadata.name==web-ai"),
+            res("list", "", "configmaps", "", "shop", "web-ai")
+        );
+        assert_eq!(
+            named("GET", false, "metadata.name!=web-ai"),
+            res("list", "", "configmaps", "", "shop", "")
+        );
+        assert_eq!(
+            named("DELETE", false, "metadata.name=x"),
+            res("deletecollection", "", "configmaps", "", "shop", "")
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::tls::CLIENT_ID_HEADER;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -107,14 +107,39 @@ pub fn error_response(status: StatusCode, direction: Direction, msg: &str) -> Re
     r
 }
 
-fn boxed(b: Incoming) -> Body {
+pub(crate) fn boxed(b: Incoming) -> Body {
     b.map_err(|e| -> BoxError { Box::new(e) }).boxed()
+}
+
+/// Why a body was not read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("the body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("reading the body: {0}")]
+    Body(BoxError),
+}
+
+/// Reads a body whole, at most `limit` bytes (trailers are dropped). A loop over frames rather
+/// than `http_body_util::Limited`: its `Into<BoxError>` bound on a boxed body's error trips
+/// rustc's higher-ranked lifetime check in the `Send` futures hyper needs.
+pub async fn collect(mut body: Body, limit: usize) -> Result<Bytes, CollectError> {
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.map_err(CollectError::Body)?.into_data() {
+            if out.len() + data.len() > limit {
+                return Err(CollectError::TooLarge(limit));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
 }
 
 /// A request body that can be sent again, or one that can be sent once.
 enum Replay {
     Buffered(Bytes),
-    Once(Option<Incoming>),
+    Once(Option<Body>),
 }
 
 impl Replay {
@@ -125,13 +150,13 @@ impl Replay {
                     .map_err(|e| -> BoxError { match e {} })
                     .boxed(),
             ),
-            Replay::Once(b) => b.take().map(boxed),
+            Replay::Once(b) => b.take(),
         }
     }
 }
 
 impl Http {
-    pub async fn handle(&self, conn: Conn, mut req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(&self, conn: Conn, mut req: Request<Body>) -> Response<Body> {
         let started = Instant::now();
         let upgrade = is_upgrade(&req);
         let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -173,7 +198,7 @@ impl Http {
                         Direction::Inbound => None,
                     },
                 };
-                let req = Request::from_parts(parts, boxed(body));
+                let req = Request::from_parts(parts, body);
                 let resp = self.pool.send(&target, conn.h2, upgrade, req).await;
                 (String::new(), resp.map_err(Failure::Send), String::new())
             }
@@ -241,7 +266,7 @@ impl Http {
         svc: &Arc<Service>,
         route: &Route,
         parts: http::request::Parts,
-        body: Incoming,
+        body: Body,
     ) -> (Result<Response<Incoming>, Failure>, String) {
         let split = if route.split.is_empty() {
             &svc.default_split
@@ -259,8 +284,8 @@ impl Http {
                     .upper()
                     .is_some_and(|n| n <= p.max_body_bytes as u64) =>
             {
-                match Limited::new(body, p.max_body_bytes).collect().await {
-                    Ok(c) => Replay::Buffered(c.to_bytes()),
+                match collect(body, p.max_body_bytes).await {
+                    Ok(c) => Replay::Buffered(c),
                     Err(e) => return (Err(Failure::Body(e.to_string())), String::new()),
                 }
             }
@@ -344,6 +369,34 @@ impl Http {
             },
             None => work.await,
         }
+    }
+}
+
+/// [`Http::handle`] for one connection as a tower service, so layers (the LLM rewriting,
+/// [`crate::llm`]) can wrap it.
+#[derive(Clone)]
+pub struct HttpService {
+    pub http: Arc<Http>,
+    pub conn: Conn,
+}
+
+impl tower::Service<Request<Body>> for HttpService {
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<Body>, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let (http, conn) = (self.http.clone(), self.conn.clone());
+        Box::pin(async move { Ok(http.handle(conn, req).await) })
     }
 }
 

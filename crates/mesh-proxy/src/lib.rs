@@ -15,6 +15,7 @@ pub mod balance;
 pub mod config;
 pub mod detect;
 pub mod http;
+pub mod llm;
 pub mod metrics;
 pub mod pool;
 pub mod preview;

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub tcp_bytes: Family<Labels, Counter>,
     pub preview_switched: Family<Labels, Counter>,
     pub tls_handshakes: Family<Labels, Counter>,
+    pub llm_requests: Family<Labels, Counter>,
     pub config_generation: Gauge,
     pub config_errors: Counter,
 }
@@ -45,6 +46,7 @@ impl Metrics {
             tcp_bytes: Family::default(),
             preview_switched: Family::default(),
             tls_handshakes: Family::default(),
+            llm_requests: Family::default(),
             config_generation: Gauge::default(),
             config_errors: Counter::default(),
         };
@@ -101,6 +103,11 @@ impl Metrics {
             m.preview_switched.clone(),
         );
         r.register(
+            "llm_requests",
+            "Model API requests on the AI rewriting path, by api and outcome (rewritten, blocked, passed)",
+            m.llm_requests.clone(),
+        );
+        r.register(
             "config_generation",
             "Generation of the routing config in use (0: none)",
             m.config_generation.clone(),
@@ -137,6 +144,7 @@ mod tests {
             &m.tcp_bytes,
             &m.preview_switched,
             &m.tls_handshakes,
+            &m.llm_requests,
         ] {
             f.get_or_create(&vec![("x", "y".into())]).inc();
         }
@@ -157,6 +165,7 @@ mod tests {
             "ghostwire_proxy_tcp_bytes_total",
             "ghostwire_proxy_preview_switched_connections_total",
             "ghostwire_proxy_tls_handshakes_total",
+            "ghostwire_proxy_llm_requests_total",
             "ghostwire_proxy_config_generation",
             "ghostwire_proxy_config_errors_total",
         ] {

@@ -2,7 +2,8 @@
 
 use crate::Direction;
 use crate::detect::{self, Prefixed, Protocol};
-use crate::http::{Conn, Http};
+use crate::http::{Conn, Http, HttpService, boxed};
+use crate::llm::{LlmLayer, PolicyHandle};
 use crate::metrics::{Labels, Metrics};
 use crate::pool::Pool;
 use crate::preview::Preview;
@@ -100,6 +101,7 @@ pub struct Proxy {
     preview_task: Option<Task>,
     tls: Option<Arc<MeshTls>>,
     tls_task: Option<Task>,
+    llm: Option<PolicyHandle>,
 }
 
 async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
@@ -181,7 +183,16 @@ impl Proxy {
             preview_task,
             tls,
             tls_task,
+            llm: None,
         })
+    }
+
+    /// Rewrites the Pod's outbound model API requests by `policy` ([`crate::llm`]). In L4
+    /// mode this turns protocol detection back on for outbound connections (except on the
+    /// opaque ports), so plaintext HTTP takes the HTTP path and its layer.
+    pub fn with_llm(mut self, policy: PolicyHandle) -> Proxy {
+        self.llm = Some(policy);
+        self
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -205,6 +216,7 @@ impl Proxy {
             preview_task,
             tls,
             tls_task,
+            llm,
         } = self;
         let settings = Arc::new(settings);
         let draining = Arc::new(AtomicBool::new(false));
@@ -264,6 +276,12 @@ impl Proxy {
                 preview: preview.clone(),
                 tls: tls.clone(),
                 store: store.clone(),
+                llm: match direction {
+                    Direction::Outbound => llm
+                        .clone()
+                        .map(|p| LlmLayer::new(p, metrics.llm_requests.clone())),
+                    Direction::Inbound => None,
+                },
             };
             let mut drain = drain_rx.clone();
             let sem = Arc::new(Semaphore::new(settings.max_connections));
@@ -333,6 +351,8 @@ struct Ctx {
     preview: Preview,
     tls: Option<Arc<MeshTls>>,
     store: Store,
+    /// Outbound, for a Pod with AI rewriting.
+    llm: Option<LlmLayer>,
 }
 
 impl Ctx {
@@ -382,8 +402,9 @@ impl Ctx {
             }
             Direction::Inbound => orig,
         };
-        let opaque_port =
-            self.settings.l4_only || self.settings.opaque_ports.contains(&orig.port());
+        // L4 mode is opaque, but for the outbound of a Pod with AI rewriting, which needs HTTP.
+        let l4 = self.settings.l4_only && self.llm.is_none();
+        let opaque_port = l4 || self.settings.opaque_ports.contains(&orig.port());
         let (protocol, mut prefix) = match (opaque_port, self.direction, &self.tls) {
             // Server-speaks-first: the client may wait for the server, so do not wait for it.
             (true, Direction::Outbound, _) | (true, Direction::Inbound, None) => {
@@ -557,10 +578,22 @@ impl Ctx {
             h2,
             client_id,
         };
-        let http = self.http.clone();
-        let svc = hyper::service::service_fn(move |req| {
-            let (http, conn) = (http.clone(), conn.clone());
-            async move { Ok::<_, std::convert::Infallible>(http.handle(conn, req).await) }
+        let base = HttpService {
+            http: self.http.clone(),
+            conn,
+        };
+        // Boxed: hyper's connection future then holds one concrete service type, which keeps
+        // rustc's `Send` check of this async body from tripping on the layers' bounds.
+        let svc: tower::util::BoxCloneService<_, _, std::convert::Infallible> =
+            tower::util::BoxCloneService::new(
+                tower::ServiceBuilder::new()
+                    .option_layer(self.llm.clone())
+                    .service(base),
+            );
+        // Every service in this stack is always ready (no back-pressure layer), so `call`
+        // goes without `poll_ready`; the future it gives is a plain boxed one.
+        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            tower::Service::call(&mut svc.clone(), req.map(boxed))
         });
         let io = TokioIo::new(io);
         let s = &self.settings;
