@@ -20,8 +20,8 @@
 //! `BackendNotFound`) and an empty backend, so their share of requests fails.
 
 use crate::gateway::{
-    BackendRef, CONTROLLER_NAME, GRPCRoute, HTTPRoute, HeaderMatch, ParentReference,
-    RouteParentStatus, RouteStatus,
+    BackendRef, CONTROLLER_NAME, GRPCRoute, GRPCRouteMatch, GRPCRouteRule, HTTPRoute,
+    HTTPRouteMatch, HTTPRouteRule, HeaderMatch, ParentReference, RouteParentStatus, RouteStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use mesh_api::v1;
@@ -221,110 +221,43 @@ fn check_backends(path: &str, refs: &[BackendRef]) -> Result<(), Unsupported> {
     Ok(())
 }
 
-fn lower_http_rules(r: &HTTPRoute) -> Result<Vec<Rule>, Unsupported> {
+/// What the lowering needs from one rule of either kind; everything the two kinds share
+/// (filters, backends, the default match, the rule's name) is done once, in [`lower_rules`].
+trait RouteRule {
+    type Match;
+    fn name(&self) -> Option<&String>;
+    fn filters(&self) -> &[crate::gateway::Filter];
+    fn backend_refs(&self) -> &[BackendRef];
+    fn matches(&self) -> &[Self::Match];
+    /// One match (at field path `path`) as the proxies run it.
+    fn lower_match(path: &str, m: &Self::Match) -> Result<v1::RouteMatch, Unsupported>;
+    /// The request timeout in ms (0: none) and the retry policy, of the rule at `path`.
+    fn policy(&self, path: &str) -> Result<(u64, Option<v1::Retry>), Unsupported>;
+}
+
+fn lower_rules<R: RouteRule>(rules: &[R]) -> Result<Vec<Rule>, Unsupported> {
     let mut out = vec![];
-    for (i, rule) in r.spec.rules.iter().enumerate() {
+    for (i, rule) in rules.iter().enumerate() {
         let p = format!("spec.rules[{i}]");
-        check_filters(&p, &rule.filters)?;
-        check_backends(&p, &rule.backend_refs)?;
-        let mut matches = vec![];
-        for (j, m) in rule.matches.iter().enumerate() {
-            let mp = format!("{p}.matches[{j}]");
-            let path_prefix = match &m.path {
-                None => "/".to_string(),
-                Some(path) => {
-                    let t = path.type_.as_deref().unwrap_or("PathPrefix");
-                    if t != "PathPrefix" {
-                        return Err(unsupported(
-                            format!("{mp}.path.type"),
-                            t,
-                            "only PathPrefix path matches are supported",
-                        ));
-                    }
-                    let v = path.value.clone().unwrap_or_else(|| "/".into());
-                    if !v.starts_with('/') {
-                        return Err(unsupported(
-                            format!("{mp}.path.value"),
-                            &v,
-                            "must start with /",
-                        ));
-                    }
-                    v
-                }
-            };
-            if !m.query_params.is_empty() {
-                return Err(unsupported(
-                    format!("{mp}.queryParams[0].name"),
-                    &m.query_params[0].name,
-                    "query parameter matches are not supported",
-                ));
-            }
-            matches.push(v1::RouteMatch {
-                path_prefix,
-                method: m.method.clone().unwrap_or_default(),
-                headers: headers(&mp, &m.headers)?.into_iter().collect(),
-            });
-        }
+        check_filters(&p, rule.filters())?;
+        check_backends(&p, rule.backend_refs())?;
+        let mut matches = rule
+            .matches()
+            .iter()
+            .enumerate()
+            .map(|(j, m)| R::lower_match(&format!("{p}.matches[{j}]"), m))
+            .collect::<Result<Vec<_>, _>>()?;
         if matches.is_empty() {
             matches.push(v1::RouteMatch {
                 path_prefix: "/".into(),
                 ..Default::default()
             });
         }
-        let timeout_ms = match rule.timeouts.as_ref().and_then(|t| t.request.as_ref()) {
-            Some(t) => duration_ms(t).map_err(|e| Unsupported {
-                field: format!("{p}.timeouts.request"),
-                value: format!("{t:?}"),
-                reason: e,
-            })?,
-            None => 0,
-        };
-        let retry = match &rule.retry {
-            None => None,
-            Some(rt) => {
-                let attempts = rt.attempts.unwrap_or(1);
-                if !(0..=10).contains(&attempts) {
-                    return Err(unsupported(
-                        format!("{p}.retry.attempts"),
-                        attempts,
-                        "0 to 10",
-                    ));
-                }
-                let mut statuses = vec![];
-                for (k, c) in rt.codes.iter().enumerate() {
-                    if !(400..=599).contains(c) {
-                        return Err(unsupported(
-                            format!("{p}.retry.codes[{k}]"),
-                            c,
-                            "a status from 400 to 599",
-                        ));
-                    }
-                    statuses.push(*c as u32);
-                }
-                if statuses.is_empty() {
-                    statuses = vec![502, 503, 504];
-                }
-                let backoff_ms = match &rt.backoff {
-                    Some(b) => duration_ms(b).map_err(|e| Unsupported {
-                        field: format!("{p}.retry.backoff"),
-                        value: format!("{b:?}"),
-                        reason: e,
-                    })?,
-                    None => 25,
-                };
-                (attempts > 0).then_some(v1::Retry {
-                    attempts: attempts as u32,
-                    statuses,
-                    backoff_ms,
-                    non_idempotent: false,
-                    max_body_bytes: 64 * 1024,
-                })
-            }
-        };
+        let (timeout_ms, retry) = rule.policy(&p)?;
         out.push(Rule {
-            name: rule.name.clone().unwrap_or_else(|| i.to_string()),
+            name: rule.name().cloned().unwrap_or_else(|| i.to_string()),
             matches,
-            backends: rule.backend_refs.clone(),
+            backends: rule.backend_refs().to_vec(),
             timeout_ms,
             retry,
         });
@@ -332,61 +265,163 @@ fn lower_http_rules(r: &HTTPRoute) -> Result<Vec<Rule>, Unsupported> {
     Ok(out)
 }
 
-fn lower_grpc_rules(r: &GRPCRoute) -> Result<Vec<Rule>, Unsupported> {
-    let mut out = vec![];
-    for (i, rule) in r.spec.rules.iter().enumerate() {
-        let p = format!("spec.rules[{i}]");
-        check_filters(&p, &rule.filters)?;
-        check_backends(&p, &rule.backend_refs)?;
-        let mut matches = vec![];
-        for (j, m) in rule.matches.iter().enumerate() {
-            let mp = format!("{p}.matches[{j}]");
-            let path_prefix = match &m.method {
-                None => "/".to_string(),
-                Some(mm) => {
-                    let t = mm.type_.as_deref().unwrap_or("Exact");
-                    if t != "Exact" {
+fn field_duration(field: String, value: &str) -> Result<u64, Unsupported> {
+    duration_ms(value).map_err(|reason| Unsupported {
+        field,
+        value: format!("{value:?}"),
+        reason,
+    })
+}
+
+impl RouteRule for HTTPRouteRule {
+    type Match = HTTPRouteMatch;
+    fn name(&self) -> Option<&String> {
+        self.name.as_ref()
+    }
+    fn filters(&self) -> &[crate::gateway::Filter] {
+        &self.filters
+    }
+    fn backend_refs(&self) -> &[BackendRef] {
+        &self.backend_refs
+    }
+    fn matches(&self) -> &[HTTPRouteMatch] {
+        &self.matches
+    }
+
+    fn lower_match(mp: &str, m: &HTTPRouteMatch) -> Result<v1::RouteMatch, Unsupported> {
+        let path_prefix = match &m.path {
+            None => "/".to_string(),
+            Some(path) => {
+                let t = path.type_.as_deref().unwrap_or("PathPrefix");
+                if t != "PathPrefix" {
+                    return Err(unsupported(
+                        format!("{mp}.path.type"),
+                        t,
+                        "only PathPrefix path matches are supported",
+                    ));
+                }
+                let v = path.value.clone().unwrap_or_else(|| "/".into());
+                if !v.starts_with('/') {
+                    return Err(unsupported(
+                        format!("{mp}.path.value"),
+                        &v,
+                        "must start with /",
+                    ));
+                }
+                v
+            }
+        };
+        if let Some(q) = m.query_params.first() {
+            return Err(unsupported(
+                format!("{mp}.queryParams[0].name"),
+                &q.name,
+                "query parameter matches are not supported",
+            ));
+        }
+        Ok(v1::RouteMatch {
+            path_prefix,
+            method: m.method.clone().unwrap_or_default(),
+            headers: headers(mp, &m.headers)?.into_iter().collect(),
+        })
+    }
+
+    fn policy(&self, p: &str) -> Result<(u64, Option<v1::Retry>), Unsupported> {
+        let timeout_ms = match self.timeouts.as_ref().and_then(|t| t.request.as_ref()) {
+            Some(t) => field_duration(format!("{p}.timeouts.request"), t)?,
+            None => 0,
+        };
+        let Some(rt) = &self.retry else {
+            return Ok((timeout_ms, None));
+        };
+        let attempts = rt.attempts.unwrap_or(1);
+        if !(0..=10).contains(&attempts) {
+            return Err(unsupported(
+                format!("{p}.retry.attempts"),
+                attempts,
+                "0 to 10",
+            ));
+        }
+        let mut statuses = vec![];
+        for (k, c) in rt.codes.iter().enumerate() {
+            if !(400..=599).contains(c) {
+                return Err(unsupported(
+                    format!("{p}.retry.codes[{k}]"),
+                    c,
+                    "a status from 400 to 599",
+                ));
+            }
+            statuses.push(*c as u32);
+        }
+        if statuses.is_empty() {
+            statuses = vec![502, 503, 504];
+        }
+        let backoff_ms = match &rt.backoff {
+            Some(b) => field_duration(format!("{p}.retry.backoff"), b)?,
+            None => 25,
+        };
+        let retry = (attempts > 0).then_some(v1::Retry {
+            attempts: attempts as u32,
+            statuses,
+            backoff_ms,
+            non_idempotent: false,
+            max_body_bytes: 64 * 1024,
+        });
+        Ok((timeout_ms, retry))
+    }
+}
+
+impl RouteRule for GRPCRouteRule {
+    type Match = GRPCRouteMatch;
+    fn name(&self) -> Option<&String> {
+        self.name.as_ref()
+    }
+    fn filters(&self) -> &[crate::gateway::Filter] {
+        &self.filters
+    }
+    fn backend_refs(&self) -> &[BackendRef] {
+        &self.backend_refs
+    }
+    fn matches(&self) -> &[GRPCRouteMatch] {
+        &self.matches
+    }
+
+    fn lower_match(mp: &str, m: &GRPCRouteMatch) -> Result<v1::RouteMatch, Unsupported> {
+        let path_prefix = match &m.method {
+            None => "/".to_string(),
+            Some(mm) => {
+                let t = mm.type_.as_deref().unwrap_or("Exact");
+                if t != "Exact" {
+                    return Err(unsupported(
+                        format!("{mp}.method.type"),
+                        t,
+                        "only Exact method matches are supported",
+                    ));
+                }
+                match (mm.service.as_deref(), mm.method.as_deref()) {
+                    (Some(s), Some(m)) => format!("/{s}/{m}"),
+                    (Some(s), None) => format!("/{s}/"),
+                    (None, Some(m)) => {
                         return Err(unsupported(
-                            format!("{mp}.method.type"),
-                            t,
-                            "only Exact method matches are supported",
+                            format!("{mp}.method.method"),
+                            m,
+                            "a method without its service is not supported",
                         ));
                     }
-                    match (mm.service.as_deref(), mm.method.as_deref()) {
-                        (Some(s), Some(m)) => format!("/{s}/{m}"),
-                        (Some(s), None) => format!("/{s}/"),
-                        (None, Some(m)) => {
-                            return Err(unsupported(
-                                format!("{mp}.method.method"),
-                                m,
-                                "a method without its service is not supported",
-                            ));
-                        }
-                        (None, None) => "/".to_string(),
-                    }
+                    (None, None) => "/".to_string(),
                 }
-            };
-            matches.push(v1::RouteMatch {
-                path_prefix,
-                method: String::new(),
-                headers: headers(&mp, &m.headers)?.into_iter().collect(),
-            });
-        }
-        if matches.is_empty() {
-            matches.push(v1::RouteMatch {
-                path_prefix: "/".into(),
-                ..Default::default()
-            });
-        }
-        out.push(Rule {
-            name: rule.name.clone().unwrap_or_else(|| i.to_string()),
-            matches,
-            backends: rule.backend_refs.clone(),
-            timeout_ms: 0,
-            retry: None,
-        });
+            }
+        };
+        Ok(v1::RouteMatch {
+            path_prefix,
+            method: String::new(),
+            headers: headers(mp, &m.headers)?.into_iter().collect(),
+        })
     }
-    Ok(out)
+
+    /// GRPCRoute has no timeouts or retries in its standard channel.
+    fn policy(&self, _: &str) -> Result<(u64, Option<v1::Retry>), Unsupported> {
+        Ok((0, None))
+    }
 }
 
 fn lowered(
@@ -411,7 +446,7 @@ pub fn lower_http(r: &HTTPRoute) -> Lowered {
         Kind::Http,
         &r.metadata,
         &r.spec.parent_refs,
-        lower_http_rules(r),
+        lower_rules(&r.spec.rules),
     )
 }
 
@@ -420,7 +455,7 @@ pub fn lower_grpc(r: &GRPCRoute) -> Lowered {
         Kind::Grpc,
         &r.metadata,
         &r.spec.parent_refs,
-        lower_grpc_rules(r),
+        lower_rules(&r.spec.rules),
     )
 }
 
@@ -847,6 +882,31 @@ mod tests {
             .map(|r| r.name.split('/').nth(2).unwrap())
             .collect();
         assert_eq!(order, ["long", "method", "hdr", "old", "new"]);
+    }
+
+    /// Gateway API's PathPrefix is per path element: the route for `/api` takes `/api` and
+    /// `/api/v1` in the proxy that runs it, not `/apix` (which keeps the Service's default).
+    #[test]
+    fn a_path_prefix_takes_whole_path_elements_in_the_proxy() {
+        let r = lower_http(&http(json!({"parentRefs": parent(), "rules": [
+            {"matches": [{"path": {"value": "/api"}}], "backendRefs": [{"name": "web-v2", "port": 80}]}]})));
+        let s = applied(&[&r]);
+        let store = mesh_proxy::store::Store::default();
+        store
+            .replace(crate::convert::to_config([&s]).unwrap())
+            .unwrap();
+        let snap = store.load();
+        let svc = snap.service("10.96.0.10:80".parse().unwrap()).unwrap();
+        let route = |path: &str| {
+            let req = tonic::codegen::http::Request::get(path).body(()).unwrap();
+            svc.route(&req.into_parts().0).name.clone()
+        };
+        let ours = &s.routes[0].name;
+        assert_eq!(&route("/api"), ours);
+        assert_eq!(&route("/api/"), ours);
+        assert_eq!(&route("/api/v1?x=1"), ours);
+        assert_eq!(route("/apix"), "default");
+        assert_eq!(route("/ap"), "default");
     }
 
     #[test]

@@ -74,7 +74,7 @@ impl Service {
             .find(|r| {
                 r.path_prefix
                     .as_ref()
-                    .is_none_or(|p| req.uri.path().starts_with(p.as_str()))
+                    .is_none_or(|p| path_has_prefix(req.uri.path(), p))
                     && r.method.as_ref().is_none_or(|m| *m == req.method)
                     && r.headers.iter().all(|(n, v)| {
                         req.headers
@@ -84,6 +84,17 @@ impl Service {
                     })
             })
             .unwrap_or(&DEFAULT_ROUTE)
+    }
+}
+
+/// Whether `path` lies under `prefix`, element by element as Gateway API's `PathPrefix` says:
+/// `/api` (or `/api/`) matches `/api`, `/api/` and `/api/v1`, not `/apix`; `/` matches
+/// everything. A trailing `/` of the prefix is ignored.
+pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
     }
 }
 
@@ -404,5 +415,32 @@ services:
         assert_eq!(svc.route(&parts("/hello", Some("false"))).name, "default");
         assert_eq!(svc.route(&parts("/other", Some("true"))).name, "default");
         assert_eq!(svc.route(&parts("/hello", None)).name, "default");
+        assert_eq!(svc.route(&parts("/hello/x", Some("true"))).name, "canary");
+        assert_eq!(svc.route(&parts("/hellox", Some("true"))).name, "default");
+    }
+
+    #[test]
+    fn path_prefixes_match_whole_path_elements() {
+        for (path, prefix, want) in [
+            ("/api", "/api", true),
+            ("/api/", "/api", true),
+            ("/api/v1", "/api", true),
+            ("/api/v1?x=1", "/api", true),
+            ("/apix", "/api", false),
+            ("/ap", "/api", false),
+            ("/api", "/api/", true),
+            ("/api/v1", "/api/", true),
+            ("/apix", "/api/", false),
+            ("/anything", "/", true),
+            ("/", "/", true),
+            ("/pkg.Svc/Get", "/pkg.Svc/", true),
+            ("/pkg.SvcX/Get", "/pkg.Svc/", false),
+            ("/pkg.Svc/Get", "/pkg.Svc/Get", true),
+            ("/pkg.Svc/GetAll", "/pkg.Svc/Get", false),
+        ] {
+            // The query is not part of `Uri::path`; the case with one checks the path only.
+            let path = path.split('?').next().unwrap();
+            assert_eq!(path_has_prefix(path, prefix), want, "{path} under {prefix}");
+        }
     }
 }
