@@ -10,7 +10,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use lab_net::Pod;
 use mesh_config::Sources;
 use mesh_proxy::Proxy;
-use mesh_proxy::store::{FileSource, Store};
+use mesh_proxy::store::{ConfigSource, FileSource, Store};
+use mesh_proxy::tls::IdentitySource;
 use netrules::{Backend, BackendKind};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -38,6 +39,17 @@ pub struct Meshed {
 impl Meshed {
     /// proxy-init's rules (nftables, proxy uid 0) and a proxy reading `config` (YAML).
     pub fn start(pod: &Pod, knobs: &[(&str, &str)]) -> Meshed {
+        Meshed::start_with(pod, knobs, None, None)
+    }
+
+    /// [`Meshed::start`], with the routing config from `source` instead of the file and mesh
+    /// TLS from `identity`, when given (e.g. the controller's stream and certificates).
+    pub fn start_with(
+        pod: &Pod,
+        knobs: &[(&str, &str)],
+        source: Option<Box<dyn ConfigSource>>,
+        identity: Option<Arc<dyn IdentitySource>>,
+    ) -> Meshed {
         let dir = std::env::temp_dir().join(format!(
             "gw-mesh-{}-{}",
             std::process::id(),
@@ -71,9 +83,15 @@ impl Meshed {
                         .build()
                         .unwrap();
                     rt.block_on(async move {
-                        let src = FileSource { path: cfg, poll };
-                        src.load_once(&st).unwrap();
-                        let proxy = Proxy::bind(settings, st, Some(Box::new(src)))
+                        let src: Box<dyn ConfigSource> = match source {
+                            Some(s) => s,
+                            None => {
+                                let src = FileSource { path: cfg, poll };
+                                src.load_once(&st).unwrap();
+                                Box::new(src)
+                            }
+                        };
+                        let proxy = Proxy::bind_with(settings, st, Some(src), identity)
                             .await
                             .unwrap();
                         ready_tx.send(()).unwrap();
