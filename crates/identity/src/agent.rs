@@ -13,8 +13,8 @@
 //! and the proxy as they are (the proxy then has no one to restart it).
 
 use crate::settings::{
-    AGENT_ADMIN_ADDR, INBOUND_PORT, KNOBS, LOCAL_PORT, MAX_RESTARTS, MESH_ADMIN_ADDR, MESH_TLS,
-    PROXY_UID, REDIRECT_CIDRS, RELOAD, TLS_PORT, TRUST_DOMAIN,
+    AGENT_ADMIN_ADDR, INBOUND_PORT, KNOBS, KTLS, LOCAL_PORT, MAX_RESTARTS, MESH_ADMIN_ADDR,
+    MESH_TLS, PROXY_UID, REDIRECT_CIDRS, RELOAD, TLS_PORT, TRUST_DOMAIN,
 };
 use ipnet::{IpNet, Ipv4Net};
 use knobs::{ConfigError, Resolver, parse_duration};
@@ -71,6 +71,8 @@ pub struct AgentSettings {
     pub proxy_uid: u32,
     pub max_restarts: u32,
     pub reload: Duration,
+    /// Mesh TLS sessions to the kernel where it can take them.
+    pub ktls: bool,
 }
 
 /// Comma-separated IPv4 CIDRs, at least one.
@@ -152,6 +154,7 @@ pub fn settings(
             d if d.is_zero() => Err("must be more than 0s".into()),
             d => Ok(d),
         })?,
+        ktls: r.parse(KTLS, knobs::parse_bool)?,
     };
     let ports = [
         (LOCAL_PORT, s.local_port),

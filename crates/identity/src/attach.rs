@@ -17,7 +17,7 @@
 
 use crate::desired::secret_name;
 use crate::settings::{
-    AGENT_ADMIN_ADDR, IMAGE, INBOUND_PORT, KNOBS, LOCAL_PORT, MAX_RESTARTS, MESH_ADMIN_ADDR,
+    AGENT_ADMIN_ADDR, IMAGE, INBOUND_PORT, KNOBS, KTLS, LOCAL_PORT, MAX_RESTARTS, MESH_ADMIN_ADDR,
     MESH_TLS, PROXY_UID, REDIRECT_CIDRS, RELOAD, TLS_PORT, TRUST_DOMAIN,
 };
 use k8s_openapi::api::core::v1::Pod;
@@ -29,6 +29,8 @@ use std::collections::BTreeMap;
 /// The ephemeral container's name; one per Pod.
 pub const CONTAINER: &str = "ghostwire-identity";
 const SA_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// The Pod annotation that asks for kTLS (overrides `GW_IDENTITY_KTLS`).
+pub const KTLS_ANNOTATION: &str = "ghostwire.dev/ktls";
 /// Pod annotations that override the redirected CIDRs (ours, then the seed's).
 const CIDR_ANNOTATIONS: [&str; 2] = ["ghostwire.dev/identity-cidrs", "kube-gateway.io/podcidr"];
 
@@ -55,6 +57,9 @@ pub enum AttachError {
         source: kube::Error,
     },
 }
+
+/// Pod annotations that win over a knob: their names, the knob, and the check of the value.
+type Override = (&'static [&'static str], &'static str, fn(&str) -> Result<(), String>);
 
 /// The ephemeral container for `pod` (pure). `given` are the flags/env of `ghostwire attach`;
 /// the agent knobs are passed on resolved, so the agent runs with what attach was told.
@@ -91,22 +96,32 @@ pub fn container(pod: &Pod, given: &BTreeMap<String, String>) -> Result<Value, A
         PROXY_UID,
         MAX_RESTARTS,
         RELOAD,
+        KTLS,
     ] {
         env.push(json!({"name": knob, "value": r.raw(knob)}));
     }
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-    if let Some((annotation, value)) = CIDR_ANNOTATIONS
-        .iter()
-        .find_map(|a| annotations.get(*a).map(|v| (*a, v.clone())))
-    {
-        crate::agent::parse_cidrs(&value).map_err(|reason| AttachError::Annotation {
+    let overrides: [Override; 2] = [
+        (&CIDR_ANNOTATIONS, REDIRECT_CIDRS, |v| {
+            crate::agent::parse_cidrs(v).map(drop)
+        }),
+        (&[KTLS_ANNOTATION], KTLS, |v| knobs::parse_bool(v).map(drop)),
+    ];
+    for (names, knob, check) in overrides {
+        let Some((annotation, value)) = names
+            .iter()
+            .find_map(|a| annotations.get(*a).map(|v| (*a, v.clone())))
+        else {
+            continue;
+        };
+        check(&value).map_err(|reason| AttachError::Annotation {
             pod: name.clone(),
             annotation,
             value: value.clone(),
             reason,
         })?;
-        env.retain(|e| e["name"] != REDIRECT_CIDRS);
-        env.push(json!({"name": REDIRECT_CIDRS, "value": value}));
+        env.retain(|e| e["name"] != knob);
+        env.push(json!({"name": knob, "value": value}));
     }
     // Mount the Pod's own ServiceAccount token volume where it has one.
     let mounts: Vec<Value> = spec
@@ -317,6 +332,14 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("ghostwire.dev/identity-cidrs=\"nope\""), "{e}");
+        // kTLS: off unless asked for; the Pod's annotation wins; a bad value is named.
+        assert_eq!(env(&c, KTLS).as_deref(), Some("false"));
+        let c = container(&pod(json!({KTLS_ANNOTATION: "true"}), json!([])), &given).unwrap();
+        assert_eq!(env(&c, KTLS).as_deref(), Some("true"));
+        let e = container(&pod(json!({KTLS_ANNOTATION: "maybe"}), json!([])), &given)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ghostwire.dev/ktls=\"maybe\""), "{e}");
     }
 
     #[test]

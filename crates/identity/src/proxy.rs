@@ -415,6 +415,7 @@ pub fn mesh_settings(s: &AgentSettings) -> mesh_config::ProxySettings {
         .proxy_settings()
         .expect("the mesh's built-in defaults are valid");
     m.l4_only = true;
+    m.ktls = s.ktls;
     m.inbound_port = s.inbound_port;
     m.outbound_port = s.local_port;
     m.admin_addr = s.mesh_admin_addr;

@@ -42,6 +42,8 @@ knobs::knobs! {
         "Agent: the uid the proxy runs as; its own connections are not redirected.";
     MAX_RESTARTS = "GW_IDENTITY_MAX_RESTARTS", "max-restarts", "5",
         "Agent: how often the supervisor restarts a dead proxy; past that it removes the redirection and exits, so the Pod's traffic flows directly.";
+    KTLS = "GW_IDENTITY_KTLS", "ktls", "false",
+        "Agent: hand the mesh TLS sessions to the kernel (kTLS: TCP_ULP tls, TLS_TX/TLS_RX) where the kernel has the TLS module; without it TLS stays in userspace, logged once and counted in `ghostwire_proxy_ktls_offloads_total{result=\"userspace\"}`. The Pod's `ghostwire.dev/ktls` wins at attach.", @"ktls";
     RELOAD = "GW_IDENTITY_RELOAD", "reload", "2s",
         "Agent: how often the proxy reads its Secret again (a renewed certificate is served without a restart).";
 }

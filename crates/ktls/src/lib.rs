@@ -10,7 +10,9 @@
 //!
 //! Safe code only: nix wraps the socket options; the crypto-info layouts are libc's.
 
+use std::collections::BTreeSet;
 use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex};
 
 use nix::sys::socket::{setsockopt, sockopt};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -21,6 +23,8 @@ use rustls::kernel::KernelConnection;
 use rustls::{ConnectionTrafficSecrets, ProtocolVersion};
 
 pub use nix::sys::socket::sockopt::TlsCryptoInfo;
+
+pub mod stream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KtlsError {
@@ -203,31 +207,46 @@ pub enum Offload<C: IntoKernel> {
 /// it back with the reason; counts either way. The config must have
 /// `enable_secret_extraction = true`.
 pub fn offload<C: IntoKernel>(sock: &impl AsFd, conn: C, metrics: &Metrics) -> Offload<C> {
-    let version = match conn.version() {
-        Some(v @ (ProtocolVersion::TLSv1_2 | ProtocolVersion::TLSv1_3)) => v,
-        other => {
-            let reason = KtlsError::Version(other.unwrap_or(ProtocolVersion::Unknown(0)));
-            return metrics.fallback(conn, reason);
-        }
-    };
+    if let Err(reason) = version(&conn) {
+        return metrics.fallback(conn, reason);
+    }
     if let Err(reason) = attach_ulp(sock) {
         return metrics.fallback(conn, reason);
     }
     // From here the socket has the ULP and rustls has given up the session: a failure can
     // only close the connection (the caller's userspace TLS has nothing left to resume).
-    let result = conn
-        .into_kernel()
-        .map_err(KtlsError::from)
-        .and_then(|(secrets, kernel)| {
-            let tx = crypto_info(version, secrets.tx.0, &secrets.tx.1)?;
-            let rx = crypto_info(version, secrets.rx.0, &secrets.rx.1)?;
-            set_keys(sock, Some(&tx), Some(&rx))?;
-            Ok(Session { kernel, version })
-        });
-    match result {
-        Ok(s) => {
+    match install(sock, conn, metrics) {
+        Ok(s) => Offload::Kernel(Box::new(s)),
+        Err(e) => Offload::Failed(e),
+    }
+}
+
+fn version<C: IntoKernel>(conn: &C) -> Result<ProtocolVersion, KtlsError> {
+    match conn.version() {
+        Some(v @ (ProtocolVersion::TLSv1_2 | ProtocolVersion::TLSv1_3)) => Ok(v),
+        other => Err(KtlsError::Version(
+            other.unwrap_or(ProtocolVersion::Unknown(0)),
+        )),
+    }
+}
+
+/// The session out of rustls and its keys into the socket, whose ULP is attached; counts
+/// `kernel` or `failed`.
+fn install<C: IntoKernel>(
+    sock: &impl AsFd,
+    conn: C,
+    metrics: &Metrics,
+) -> Result<Session<C::Data>, KtlsError> {
+    let result = version(&conn).and_then(|version| {
+        let (secrets, kernel) = conn.into_kernel()?;
+        let tx = crypto_info(version, secrets.tx.0, &secrets.tx.1)?;
+        let rx = crypto_info(version, secrets.rx.0, &secrets.rx.1)?;
+        set_keys(sock, Some(&tx), Some(&rx))?;
+        Ok(Session { kernel, version })
+    });
+    match &result {
+        Ok(_) => {
             metrics.offloads.get_or_create(&Labels::kernel()).inc();
-            Offload::Kernel(Box::new(s))
         }
         Err(e) => {
             metrics
@@ -235,9 +254,9 @@ pub fn offload<C: IntoKernel>(sock: &impl AsFd, conn: C, metrics: &Metrics) -> O
                 .get_or_create(&Labels::failed(e.reason()))
                 .inc();
             tracing::warn!(error = %e, "kTLS hand-off failed after the session left rustls");
-            Offload::Failed(e)
         }
     }
+    result
 }
 
 /// What the data path must do after a handshake record arrived on a kTLS socket.
@@ -348,29 +367,60 @@ impl Labels {
     }
 }
 
-/// `ghostwire_ktls_offloads_total{result, reason}`.
-#[derive(Default, Clone)]
+/// `<prefix>_ktls_offloads_total{result, reason}`. The first fallback for each reason is
+/// logged at info, later ones at debug (a kernel without the module falls back on every
+/// connection).
+#[derive(Default, Clone, Debug)]
 pub struct Metrics {
     pub offloads: Family<Labels, Counter>,
+    logged: Arc<Mutex<BTreeSet<&'static str>>>,
 }
 
 impl Metrics {
+    /// Registers `ktls_offloads` under `registry` (give it a prefix, e.g. `ghostwire`).
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
-            "ghostwire_ktls_offloads",
+            "ktls_offloads",
             "kTLS hand-offs by result (kernel, userspace fallback, failed) and reason",
             self.offloads.clone(),
         );
     }
 
-    fn fallback<C: IntoKernel>(&self, conn: C, reason: KtlsError) -> Offload<C> {
+    /// The cheap test before a handshake: attaches the TLS ULP to `sock` (which changes
+    /// nothing until keys are installed). `false`: the kernel refused it; the fallback is
+    /// counted and logged, and the socket is as it was, for userspace TLS.
+    pub fn probe(&self, sock: &impl AsFd) -> bool {
+        match attach_ulp(sock) {
+            Ok(()) => true,
+            Err(reason) => {
+                self.count_fallback(&reason);
+                false
+            }
+        }
+    }
+
+    fn count_fallback(&self, reason: &KtlsError) {
+        let label = reason.reason();
         self.offloads
             .get_or_create(&Labels {
                 result: "userspace",
-                reason: reason.reason(),
+                reason: label,
             })
             .inc();
-        tracing::info!(reason = %reason, "kTLS not available; TLS stays in userspace");
+        let first = self
+            .logged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(label);
+        if first {
+            tracing::info!(reason = %reason, "kTLS not available; TLS stays in userspace");
+        } else {
+            tracing::debug!(reason = %reason, "kTLS not available; TLS stays in userspace");
+        }
+    }
+
+    fn fallback<C: IntoKernel>(&self, conn: C, reason: KtlsError) -> Offload<C> {
+        self.count_fallback(&reason);
         Offload::Userspace { conn, reason }
     }
 }

@@ -250,7 +250,7 @@ fn without_the_kernel_module_the_session_stays_in_userspace_and_is_counted() {
     let mut got = [0u8; 5];
     s.reader().read_exact(&mut got).unwrap();
     let metrics = Metrics::default();
-    let mut registry = prometheus_client::registry::Registry::default();
+    let mut registry = prometheus_client::registry::Registry::with_prefix("ghostwire");
     metrics.register(&mut registry);
     match ktls::offload(&sock, c, &metrics) {
         Offload::Userspace { mut conn, reason } => {
@@ -285,5 +285,141 @@ fn without_the_kernel_module_the_session_stays_in_userspace_and_is_counted() {
             "offloaded without tls in {ulp:?}"
         ),
         Offload::Failed(e) => panic!("the kernel took the ULP but refused the keys: {e}"),
+    }
+    // The data path's probe, before any handshake: the same answer, counted the same way.
+    let fresh = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let _peer = listener.accept().unwrap();
+    let took = metrics.probe(&fresh);
+    assert_eq!(took, ulp.split_whitespace().any(|u| u == "tls"), "{ulp:?}");
+    if !took {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(
+                r#"ghostwire_ktls_offloads_total{result="userspace",reason="no_tls_ulp"} 2"#
+            ),
+            "{text}"
+        );
+    }
+}
+
+/// What the kernel does when it sends: seals `plain` as one application-data record with the
+/// crypto-info, `n` records after the one its sequence number names.
+fn seal(info: &TlsCryptoInfo, n: u64, plain: &[u8]) -> Vec<u8> {
+    let (alg, key, salt, iv, rec_seq): (_, &[u8], &[u8], &[u8], _) = match info {
+        TlsCryptoInfo::Aes128Gcm(i) => {
+            (&ring::aead::AES_128_GCM, &i.key, &i.salt, &i.iv, i.rec_seq)
+        }
+        TlsCryptoInfo::Aes256Gcm(i) => {
+            (&ring::aead::AES_256_GCM, &i.key, &i.salt, &i.iv, i.rec_seq)
+        }
+        TlsCryptoInfo::Chacha20Poly1305(i) => (
+            &ring::aead::CHACHA20_POLY1305,
+            &i.key,
+            &i.salt,
+            &i.iv,
+            i.rec_seq,
+        ),
+    };
+    let seq = u64::from_be_bytes(rec_seq) + n;
+    let mut nonce = [0u8; 12];
+    nonce[..salt.len()].copy_from_slice(salt);
+    nonce[salt.len()..].copy_from_slice(iv);
+    for (n, s) in nonce[4..].iter_mut().zip(seq.to_be_bytes()) {
+        *n ^= s;
+    }
+    let key = ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(alg, key).unwrap());
+    let mut body = plain.to_vec();
+    body.push(23);
+    let len = (body.len() + alg.tag_len()) as u16;
+    let mut header = vec![23, 3, 3];
+    header.extend_from_slice(&len.to_be_bytes());
+    key.seal_in_place_append_tag(
+        ring::aead::Nonce::assume_unique_for_key(nonce),
+        ring::aead::Aad::from(&header[..]),
+        &mut body,
+    )
+    .unwrap();
+    header.extend_from_slice(&body);
+    header
+}
+
+/// One whole TLS record read from a socket (header + ciphertext).
+async fn read_record(tcp: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut rec = vec![0u8; 5];
+    tcp.read_exact(&mut rec).await.unwrap();
+    let len = u16::from_be_bytes([rec[3], rec[4]]) as usize;
+    rec.resize(5 + len, 0);
+    tcp.read_exact(&mut rec[5..]).await.unwrap();
+    rec
+}
+
+/// A real connection on loopback: the kTLS data path's handshake (whole records only) against
+/// a tokio-rustls server, then the keys and sequence numbers rustls hands out, used as the
+/// kernel would: the client's first record, sealed with the transmit keys, is read by the
+/// server as plaintext; the server's tickets and first reply, read raw off the socket, open
+/// with the receive keys at the sequence numbers the hand-off names. A wrong key, IV or
+/// sequence number fails the AEAD.
+#[tokio::test]
+async fn secrets_of_a_real_connection_seal_and_open_its_records() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for suite in rustls::crypto::ring::default_provider().cipher_suites {
+        if suite.version() != &rustls::version::TLS13 {
+            continue;
+        }
+        let (cc, sc) = configs(suite);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = tokio_rustls::TlsAcceptor::from(sc)
+                .accept(tcp)
+                .await
+                .unwrap();
+            let mut got = [0u8; 21];
+            tls.read_exact(&mut got).await.unwrap();
+            tls.write_all(b"pong from userspace TLS").await.unwrap();
+            tls.flush().await.unwrap();
+            got
+        });
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut c = UnbufferedClientConnection::new(cc, ServerName::try_from("peer.test").unwrap())
+            .unwrap();
+        ktls::stream::handshake(&mut tcp, &mut c, Vec::new())
+            .await
+            .unwrap();
+        let (secrets, kernel) = c.into_kernel().unwrap();
+        let tx = crypto_info(ProtocolVersion::TLSv1_3, secrets.tx.0, &secrets.tx.1).unwrap();
+        let rx = crypto_info(ProtocolVersion::TLSv1_3, secrets.rx.0, &secrets.rx.1).unwrap();
+        let mut session = Session::new(kernel, ProtocolVersion::TLSv1_3);
+
+        tcp.write_all(&seal(&tx, 0, b"ping from the kernel!"))
+            .await
+            .unwrap();
+        assert_eq!(
+            &server.await.unwrap(),
+            b"ping from the kernel!",
+            "{suite:?}"
+        );
+
+        let mut n = 0;
+        let reply = loop {
+            let rec = read_record(&mut tcp).await;
+            assert_eq!(rec[0], 23, "TLS 1.3 records all look like application data");
+            let (ty, body) = open(&rx, n, &rec);
+            n += 1;
+            match ty {
+                22 => {
+                    for a in session.on_handshake(&body).unwrap() {
+                        assert!(matches!(a, Action::TicketStored), "{a:?}");
+                    }
+                }
+                23 => break body,
+                other => panic!("record type {other}"),
+            }
+        };
+        assert_eq!(reply, b"pong from userspace TLS", "{suite:?}");
+        assert!(n >= 2, "the server's tickets came first");
     }
 }

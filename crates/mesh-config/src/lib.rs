@@ -69,6 +69,10 @@ knobs::knobs! {
         "Proxy: PEM trust anchors peers' certificates must chain to.";
     IDENTITY = "GW_MESH_IDENTITY", "identity", "",
         "Proxy: this workload's SPIFFE ID (spiffe://TRUST-DOMAIN/ns/NS/sa/SA). With --controller and no --tls-cert, the proxy asks the controller to sign a certificate for it and renews it at two thirds of its life. Neither files nor controller identity: mesh TLS off (plaintext both ways).";
+    L4_ONLY = "GW_MESH_L4_ONLY", "l4-only", "false",
+        "Proxy: L4 only (the identity agent's mode): no protocol detection, every connection is opaque TCP; a Service address goes to one endpoint the proxy picks, with that endpoint's identity; an inbound mesh client must present the identity the routing config's `pods` gives its source address.";
+    KTLS = "GW_MESH_KTLS", "ktls", "false",
+        "Proxy: hand mesh TLS sessions to the kernel (kTLS: TCP_ULP tls, then TLS_TX/TLS_RX) where the kernel has the TLS module; without it they stay in userspace TLS, logged once and counted in `ghostwire_proxy_ktls_offloads_total{result=\"userspace\"}`.";
     TOKEN = "GW_MESH_TOKEN", "token", "/var/run/secrets/ghostwire/mesh/token",
         "Proxy: the projected ServiceAccount token (with the mesh's audience) presented to the controller; the injector mounts it there when a controller is set.", @"mesh-token";
 }
@@ -163,11 +167,14 @@ pub struct ProxySettings {
     pub tls_files: Option<TlsFiles>,
     /// This workload's SPIFFE ID (for the controller's certificate).
     pub identity: Option<String>,
-    /// L4 only (the identity agent's mode; not a knob): no protocol detection, every
+    /// L4 only (the identity agent's mode, [`L4_ONLY`]): no protocol detection, every
     /// connection is opaque TCP (a Service address goes to one endpoint the proxy picks, with
     /// that endpoint's identity), and an inbound mesh client must be the Pod that owns its
     /// source address (the config's `pods`).
     pub l4_only: bool,
+    /// Hand mesh TLS sessions to the kernel (kTLS) where it can take them ([`KTLS`]; the
+    /// identity agent's from the Pod's `ghostwire.dev/ktls`).
+    pub ktls: bool,
 }
 
 /// Where raw values come from.
@@ -271,7 +278,8 @@ impl Sources {
     pub fn proxy_settings(&self) -> Result<ProxySettings, ConfigError> {
         let r = self.resolver();
         Ok(ProxySettings {
-            l4_only: false,
+            l4_only: r.parse(L4_ONLY, parse_bool)?,
+            ktls: r.parse(KTLS, parse_bool)?,
             inbound_port: r.parse(INBOUND_PORT, port)?,
             outbound_port: r.parse(OUTBOUND_PORT, port)?,
             admin_addr: r.parse(ADMIN_ADDR, |s| {

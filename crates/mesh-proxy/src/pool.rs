@@ -141,7 +141,7 @@ impl Pool {
         match (&self.tls, &target.identity) {
             (Some(tls), Some(id)) => {
                 let addr = target.addr;
-                let r = tokio::time::timeout(self.connect_timeout, tls.connect(tcp, id))
+                let r = tokio::time::timeout(self.connect_timeout, tls.connect_io(tcp, id))
                     .await
                     .map_err(|_| SendError::ConnectTimeout {
                         addr,
@@ -149,7 +149,7 @@ impl Pool {
                     })
                     .and_then(|r| r.map_err(|source| SendError::Tls { addr, source }));
                 self.handshake(r.is_ok());
-                Ok(Box::new(r?))
+                r
             }
             _ => Ok(Box::new(tcp)),
         }

@@ -144,7 +144,13 @@ impl Proxy {
             }
             (None, None) => None,
         };
-        let tls = identity.map(|i| Arc::new(MeshTls::new(i)));
+        let mut registry = Registry::with_prefix("ghostwire");
+        let ktls = settings.ktls.then(|| {
+            let m = ktls::Metrics::default();
+            m.register(registry.sub_registry_with_prefix("proxy"));
+            m
+        });
+        let tls = identity.map(|i| Arc::new(MeshTls::with_ktls(i, ktls)));
         let any: IpAddr = if settings.ipv6 {
             Ipv6Addr::UNSPECIFIED.into()
         } else {
@@ -153,7 +159,6 @@ impl Proxy {
         let inbound = listen("inbound", SocketAddr::new(any, settings.inbound_port)).await?;
         let outbound = listen("outbound", SocketAddr::new(any, settings.outbound_port)).await?;
         let admin = listen("admin", settings.admin_addr).await?;
-        let mut registry = Registry::with_prefix("ghostwire");
         let metrics = Metrics::new(&mut registry);
         let http = Arc::new(Http {
             store: store.clone(),
@@ -433,7 +438,7 @@ impl Ctx {
                 && self.mesh_alpn(&mut stream, &mut prefix).await;
             if mesh {
                 return self
-                    .inbound_mesh(Prefixed::new(prefix, stream), orig, opaque_port, peer)
+                    .inbound_mesh(prefix, stream, orig, opaque_port, peer)
                     .await;
             }
             if self.settings.tls_mode == TlsMode::Strict {
@@ -515,14 +520,17 @@ impl Ctx {
     /// detection timeout.
     async fn inbound_mesh(
         &self,
-        io: Prefixed<TcpStream>,
+        read: Vec<u8>,
+        stream: TcpStream,
         orig: SocketAddr,
         opaque_port: bool,
         peer: SocketAddr,
     ) {
         let Some(tls) = &self.tls else { return };
         let (mut s, client) =
-            match tokio::time::timeout(self.settings.detect_timeout, tls.accept(io)).await {
+            match tokio::time::timeout(self.settings.detect_timeout, tls.accept_io(read, stream))
+                .await
+            {
                 Ok(Ok(x)) => x,
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "inbound mesh TLS handshake failed");

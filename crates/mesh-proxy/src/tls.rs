@@ -10,10 +10,14 @@
 //! - Mesh TLS is told apart from the app's own TLS by ALPN: only a ClientHello offering
 //!   [`ALPN`] is terminated by the inbound side; any other TLS passes through opaque.
 
+use crate::detect::Prefixed;
+use crate::pool::Upstream;
+use rustls::client::UnbufferedClientConnection;
 use rustls::client::danger::ServerCertVerified;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::UnbufferedServerConnection;
 use rustls::server::danger::ClientCertVerified;
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, ClientConfig, ServerConfig, SignatureScheme};
@@ -326,12 +330,22 @@ pub struct MeshTls {
     provider: Arc<CryptoProvider>,
     server: Arc<ServerConfig>,
     clients: Mutex<HashMap<String, Arc<ClientConfig>>>,
+    /// kTLS asked for (the Pod's `ghostwire.dev/ktls`): its counters; `None`: userspace only.
+    ktls: Option<ktls::Metrics>,
 }
 
 pub type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
 
 impl MeshTls {
     pub fn new(source: Arc<dyn IdentitySource>) -> MeshTls {
+        MeshTls::with_ktls(source, None)
+    }
+
+    /// With `ktls`, every mesh TLS connection tries the kernel hand-off: the socket is probed
+    /// for the TLS ULP first; where the kernel has it, the handshake runs on rustls'
+    /// unbuffered API and the session keys go to the kernel (`ktls::stream`); where it has
+    /// not, the connection is the ordinary userspace one and the fallback is counted.
+    pub fn with_ktls(source: Arc<dyn IdentitySource>, ktls: Option<ktls::Metrics>) -> MeshTls {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -344,11 +358,13 @@ impl MeshTls {
             )))
             .with_cert_resolver(Arc::new(Presents(source.clone())));
         server.alpn_protocols = vec![ALPN.to_vec()];
+        server.enable_secret_extraction = ktls.is_some();
         MeshTls {
             source,
             provider,
             server: Arc::new(server),
             clients: Mutex::default(),
+            ktls,
         }
     }
 
@@ -375,6 +391,7 @@ impl MeshTls {
             )))
             .with_client_cert_resolver(Arc::new(Presents(self.source.clone())));
         c.alpn_protocols = vec![ALPN.to_vec()];
+        c.enable_secret_extraction = self.ktls.is_some();
         let c = Arc::new(c);
         if m.len() > 4096 {
             m.clear();
@@ -394,6 +411,46 @@ impl MeshTls {
             .await
     }
 
+    /// Mesh TLS over `tcp` to a peer that must be `expected`, handed to the kernel when kTLS
+    /// is asked for and the kernel has it (else as [`MeshTls::connect`]).
+    pub async fn connect_io(&self, mut tcp: TcpStream, expected: &str) -> io::Result<Upstream> {
+        let Some(m) = self.ktls.as_ref().filter(|m| m.probe(&tcp)) else {
+            return Ok(Box::new(self.connect(tcp, expected).await?));
+        };
+        if !self.ready() {
+            return Err(io::Error::other("no mesh certificate yet"));
+        }
+        let ip = tcp.peer_addr()?.ip();
+        let mut conn = UnbufferedClientConnection::new(
+            self.client(expected),
+            ServerName::IpAddress(ip.into()),
+        )
+        .map_err(io::Error::other)?;
+        ktls::stream::handshake(&mut tcp, &mut conn, Vec::new()).await?;
+        let stream = ktls::stream::hand_off(tcp, conn, m).map_err(io::Error::other)?;
+        Ok(Box::new(stream))
+    }
+
+    /// Terminates mesh TLS on `tcp`, whose first bytes (`read`, at least the ClientHello's
+    /// start) were already read; the stream and the client's verified identity. Handed to the
+    /// kernel when kTLS is asked for and the kernel has it.
+    pub async fn accept_io(
+        &self,
+        read: Vec<u8>,
+        mut tcp: TcpStream,
+    ) -> io::Result<(Upstream, String)> {
+        let Some(m) = self.ktls.as_ref().filter(|m| m.probe(&tcp)) else {
+            let (s, id) = self.accept(Prefixed::new(read, tcp)).await?;
+            return Ok((Box::new(s), id));
+        };
+        let mut conn =
+            UnbufferedServerConnection::new(self.server.clone()).map_err(io::Error::other)?;
+        ktls::stream::handshake(&mut tcp, &mut conn, read).await?;
+        let id = client_id(conn.peer_certificates())?;
+        let stream = ktls::stream::hand_off(tcp, conn, m).map_err(io::Error::other)?;
+        Ok((Box::new(stream), id))
+    }
+
     /// Terminates mesh TLS on `io`; returns the stream and the client's verified identity.
     pub async fn accept<IO>(
         &self,
@@ -405,15 +462,17 @@ impl MeshTls {
         let s = tokio_rustls::TlsAcceptor::from(self.server.clone())
             .accept(io)
             .await?;
-        let id = s
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .ok_or_else(|| io::Error::other("no client certificate"))
-            .and_then(|c| spiffe_id(c).map_err(io::Error::other))?;
+        let id = client_id(s.get_ref().1.peer_certificates())?;
         Ok((s, id))
     }
+}
+
+/// The SPIFFE ID of a verified client's leaf.
+fn client_id(certs: Option<&[CertificateDer<'_>]>) -> io::Result<String> {
+    certs
+        .and_then(|c| c.first())
+        .ok_or_else(|| io::Error::other("no client certificate"))
+        .and_then(|c| spiffe_id(c).map_err(io::Error::other))
 }
 
 /// Whether the ClientHello at the start of `buf` offers [`ALPN`]; `None`: not complete yet.
