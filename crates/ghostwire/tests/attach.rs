@@ -6,14 +6,13 @@
 
 mod common;
 
-use identity::controller::{Controller, Metrics};
+use identity::controller::InProcess;
 use identity::desired::{SERIAL, secret_name};
 use identity::settings;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::Api;
 use lab_node::scenario::{apply, echo_pod, wait_ready};
 use lab_node::{Cluster, ClusterOptions};
-use mesh_controller::ca::{CaHandle, load_or_create};
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -130,20 +129,17 @@ async fn attach_redirects_serves_renews_and_never_black_holes() {
         .await
         .expect("lab cluster (needs root)");
     let client = c.client().await.unwrap();
-    let ns = serde_json::from_value(json!({"metadata": {"name": "ghostwire-system"}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
     // Certificates live 6 s: renewed every 4 s.
     let s = settings::with(&[
         (settings::CERT_LIFETIME, "6s"),
         (settings::TRUST_DOMAIN, "lab.local"),
     ])
     .unwrap();
-    let (authority, _) = load_or_create(&client, &s.ca).await.unwrap();
-    let anchors = authority.anchors_pem().to_string();
-    let (peer, peer_key) = authority
+    let running = InProcess::start(&client, s).await.unwrap();
+    let anchors = running.anchors();
+    let (peer, peer_key) = running
+        .ca
+        .current()
         .issue(
             "spiffe://lab.local/ns/default/sa/peer",
             &[],
@@ -151,21 +147,6 @@ async fn attach_redirects_serves_renews_and_never_black_holes() {
             SystemTime::now() - Duration::from_secs(1),
         )
         .unwrap();
-    let mut registry = prometheus_client::registry::Registry::default();
-    let controller = Controller {
-        client: client.clone(),
-        settings: s,
-        ca: CaHandle::new(authority),
-        metrics: Metrics::new(&mut registry),
-    };
-    let task = tokio::spawn(controller.run(|| {}));
-    struct Abort<T>(tokio::task::JoinHandle<T>);
-    impl<T> Drop for Abort<T> {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
-    let _task = Abort(task);
 
     apply(&client, "default", &echo_pod("srv", None))
         .await

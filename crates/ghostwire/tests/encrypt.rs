@@ -9,16 +9,15 @@
 mod common;
 
 use common::{metric, parse_metrics, until};
-use identity::controller::{Controller, Metrics};
+use identity::controller::InProcess;
 use identity::proxy::SecretIdentity;
 use identity::settings;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, PostParams};
 use lab_net::capture::Capture;
 use lab_node::scenario::{apply, echo_pod, wait_ready};
 use lab_node::{Cluster, ClusterOptions};
-use mesh_controller::ca::{CaHandle, load_or_create};
 use mesh_proxy::tls::MeshTls;
 use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
@@ -28,6 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECS: u64 = 120;
 const REPLY: &str = "gw-reply-from-server";
+const THIEF_REPLY: &str = "gw-reply-from-the-new-owner";
 
 /// One line to `to` from inside `pod`; the reply (empty when the connection was closed).
 fn say(pod: &lab_net::Pod, to: SocketAddr, line: &str) -> std::io::Result<String> {
@@ -82,39 +82,31 @@ async fn attached_pods_encrypt_and_refuse_impostors() {
     .await
     .expect("lab cluster (needs root)");
     let client = c.client().await.unwrap();
-    let ns = serde_json::from_value(json!({"metadata": {"name": "ghostwire-system"}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
-    let s = settings::with(&[(settings::TRUST_DOMAIN, "lab.local")]).unwrap();
-    let (authority, _) = load_or_create(&client, &s.ca).await.unwrap();
-    let anchors = authority.anchors_pem().to_string();
-    // A valid mesh certificate of the client's identity, in the hands of another Pod.
-    let (stolen, stolen_key) = authority
-        .issue(
-            "spiffe://lab.local/ns/default/sa/client",
-            &[],
-            &[],
-            SystemTime::now() - Duration::from_secs(1),
-        )
-        .unwrap();
-    let mut registry = prometheus_client::registry::Registry::default();
-    let controller = Controller {
-        client: client.clone(),
-        settings: s,
-        ca: CaHandle::new(authority),
-        metrics: Metrics::new(&mut registry),
+    // Certificates live 6 s (renewed every 4 s): rotation happens under the traffic below.
+    let s = settings::with(&[
+        (settings::TRUST_DOMAIN, "lab.local"),
+        (settings::CERT_LIFETIME, "6s"),
+    ])
+    .unwrap();
+    let running = InProcess::start(&client, s).await.unwrap();
+    let anchors = running.anchors();
+    // A valid mesh certificate of the client's identity, in the hands of another Pod (issued
+    // when used: certificates live 6 s here).
+    let stolen = || {
+        let (cert, key) = running
+            .ca
+            .current()
+            .issue(
+                "spiffe://lab.local/ns/default/sa/client",
+                &[],
+                &[],
+                SystemTime::now() - Duration::from_secs(1),
+            )
+            .unwrap();
+        Arc::new(SecretIdentity::from_pem(&cert.chain_pem, &key, &anchors).unwrap())
     };
-    struct Abort<T>(tokio::task::JoinHandle<T>);
-    impl<T> Drop for Abort<T> {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
-    let _task = Abort(tokio::spawn(controller.run(|| {})));
 
-    for sa in ["client", "server"] {
+    for sa in ["client", "server", "thief"] {
         let a = serde_json::from_value(json!({"metadata": {"name": sa}})).unwrap();
         Api::<ServiceAccount>::namespaced(client.clone(), "default")
             .create(&PostParams::default(), &a)
@@ -122,13 +114,17 @@ async fn attached_pods_encrypt_and_refuse_impostors() {
             .unwrap();
     }
     let mut server = echo_pod("server", None);
-    server["metadata"]["annotations"] = json!({"ghostwire.dev/encrypt": "true"});
+    // Both ask for kTLS: the kernel path where the kernel has the TLS module, else the
+    // counted fallback (this machine's case).
+    server["metadata"]["annotations"] =
+        json!({"ghostwire.dev/encrypt": "true", "ghostwire.dev/ktls": "true"});
     server["spec"]["serviceAccountName"] = json!("server");
     server["spec"]["containers"][0]["args"] = json!(["--reply", REPLY]);
     apply(&client, "default", &server).await.unwrap();
     let sleeper = |name: &str, sa: &str, encrypt: bool| {
         json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "annotations": {"ghostwire.dev/encrypt": encrypt.to_string()}},
+            "metadata": {"name": name, "annotations": {"ghostwire.dev/encrypt": encrypt.to_string(),
+                "ghostwire.dev/ktls": encrypt.to_string()}},
             "spec": {"terminationGracePeriodSeconds": 1, "serviceAccountName": sa,
                 "containers": [{"name": "app", "image": "busybox", "command": ["sleep", "1000000"]}]}})
     };
@@ -174,7 +170,7 @@ async fn attached_pods_encrypt_and_refuse_impostors() {
     assert!(cap.contains("gw-marker-before"), "{}", cap.text());
 
     // Both attached: the client's connection goes through both proxies over mTLS.
-    for pod in ["server", "client"] {
+    let attach = |pod: &str| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_ghostwire"))
             .args([
                 "attach",
@@ -192,6 +188,9 @@ async fn attached_pods_encrypt_and_refuse_impostors() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+    };
+    for pod in ["server", "client"] {
+        attach(pod);
     }
     let inbound_ok = || {
         mesh_metric(
@@ -222,6 +221,83 @@ async fn attached_pods_encrypt_and_refuse_impostors() {
         cap.text()
     );
 
+    // kTLS asked for: each proxy tried the hand-off on its mesh TLS connections; here the
+    // kernel has no TLS module, so each fell back to userspace TLS (the traffic above) and
+    // counted why. A kernel with the module (loaded now, if autoloaded) must have taken them.
+    let kernel_tls = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp")
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|u| u == "tls");
+    let labels: &[(&str, &str)] = if kernel_tls {
+        &[("result", "kernel"), ("reason", "")]
+    } else {
+        &[("result", "userspace"), ("reason", "no_tls_ulp")]
+    };
+    for (pod, ip) in [(&client_ns, client_ip), (&server_ns, server_ip)] {
+        let n = mesh_metric(pod, ip, "ghostwire_proxy_ktls_offloads_total", labels);
+        assert!(n >= 1.0, "no kTLS attempt counted {labels:?} in {ip}");
+    }
+
+    // Rotation under load: requests without pause while both Pods' certificates are renewed
+    // twice (and loaded by their proxies); not one may fail, every one over mesh TLS.
+    let loads = |pod: &lab_net::Pod, ip: IpAddr| {
+        let text = pod
+            .http_get(SocketAddr::new(ip, 18090), "/metrics")
+            .unwrap_or_default();
+        metric(
+            &parse_metrics(&text),
+            "ghostwire_identity_agent_certificate_loads_total",
+            &[],
+        )
+        .unwrap_or(0.0)
+    };
+    let handshake_failures = || {
+        mesh_metric(
+            &client_ns,
+            client_ip,
+            "ghostwire_proxy_tls_handshakes_total",
+            &[("direction", "outbound"), ("result", "failed")],
+        ) + mesh_metric(
+            &server_ns,
+            server_ip,
+            "ghostwire_proxy_tls_handshakes_total",
+            &[("direction", "inbound"), ("result", "failed")],
+        )
+    };
+    let (loads_c, loads_s) = (loads(&client_ns, client_ip), loads(&server_ns, server_ip));
+    let (failed_before, ok_before) = (handshake_failures(), inbound_ok());
+    let (mut sent, mut failures) = (0, Vec::new());
+    let deadline = std::time::Instant::now() + Duration::from_secs(SECS);
+    while loads(&client_ns, client_ip) < loads_c + 2.0
+        || loads(&server_ns, server_ip) < loads_s + 2.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "two renewals did not happen in {SECS} s"
+        );
+        for _ in 0..5 {
+            sent += 1;
+            match say(&client_ns, to, &format!("gw-rotate-{sent}")) {
+                Ok(r) if r == REPLY => {}
+                other => failures.push(format!("request {sent}: {other:?}")),
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed during rotation: {failures:?}",
+        failures.len()
+    );
+    assert_eq!(
+        handshake_failures(),
+        failed_before,
+        "handshakes failed during rotation"
+    );
+    assert!(
+        inbound_ok() >= ok_before + sent as f64,
+        "not every request went over mesh TLS"
+    );
+
     // An impostor client: a valid mesh certificate (the client's identity) presented from an
     // address the API gives to another Pod.
     let refused = || {
@@ -235,12 +311,10 @@ async fn attached_pods_encrypt_and_refuse_impostors() {
             ],
         )
     };
-    let identity =
-        Arc::new(SecretIdentity::from_pem(&stolen.chain_pem, &stolen_key, &anchors).unwrap());
     let answer = mesh_say(
         &intruder_ns,
         to,
-        identity,
+        stolen(),
         "spiffe://lab.local/ns/default/sa/server",
         "gw-impostor",
     )
@@ -310,4 +384,58 @@ async fn attached_pods_encrypt_and_refuse_impostors() {
     assert!(failed() > before, "no failed handshake counted");
     flush(&cap);
     assert!(!cap.contains("gw-marker-liar"), "{}", cap.text());
+
+    // A Pod IP reused by another workload: the client Pod goes, a Pod of another
+    // ServiceAccount gets its address (the lab's fixed-address annotation) and is attached. A
+    // client that expects the old Pod there refuses it; the one that knows the new owner (the
+    // server's proxy, from the API) reaches it.
+    let old_id = "spiffe://lab.local/ns/default/sa/client";
+    let thief_id = "spiffe://lab.local/ns/default/sa/thief";
+    pods.delete("client", &Default::default()).await.unwrap();
+    let mut thief = echo_pod("thief", None);
+    let fixed_ip = lab_node::POD_IP_ANNOTATION;
+    thief["metadata"]["annotations"] =
+        json!({"ghostwire.dev/encrypt": "true", fixed_ip: client_ip.to_string()});
+    thief["spec"]["serviceAccountName"] = json!("thief");
+    thief["spec"]["containers"][0]["args"] = json!(["--reply", THIEF_REPLY]);
+    apply(&client, "default", &thief).await.unwrap();
+    wait_ready(&client, "default", &["thief"], Duration::from_secs(SECS))
+        .await
+        .unwrap();
+    assert_eq!(ip_of(&pods.get("thief").await.unwrap()), client_ip);
+    attach("thief");
+    let thief_ns = c.node().pod_netns("default", "thief").unwrap();
+    let reused = SocketAddr::new(client_ip, 8080);
+    until(
+        "the server's proxy to reach the new owner over mTLS",
+        SECS,
+        || {
+            let ok = say(&server_ns, reused, "gw-to-the-new-owner")
+                .ok()
+                .as_deref()
+                == Some(THIEF_REPLY);
+            let tls = mesh_metric(
+                &thief_ns,
+                client_ip,
+                "ghostwire_proxy_tls_handshakes_total",
+                &[("direction", "inbound"), ("result", "ok")],
+            );
+            async move { (ok && tls >= 1.0).then_some(()) }
+        },
+    )
+    .await;
+    let expecting =
+        |id: &'static str| mesh_say(&intruder_ns, reused, stolen(), id, "gw-who-is-there");
+    let refused = expecting(old_id).await;
+    assert!(
+        matches!(&refused, Err(e) if e.to_string().contains("NotValidForName")),
+        "a client expecting {old_id} at {reused} accepted the new owner: {refused:?}"
+    );
+    // The control: expecting the new owner, the server's identity passes the client's check
+    // (whatever the server then thinks of this client).
+    let control = expecting(thief_id).await;
+    assert!(
+        !matches!(&control, Err(e) if e.to_string().contains("NotValidForName")),
+        "{control:?}"
+    );
 }

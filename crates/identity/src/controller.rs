@@ -46,6 +46,8 @@ pub enum IdentityError {
     },
     #[error("the Pod watch never became ready")]
     NotReady,
+    #[error("the mesh CA: {0}")]
+    Ca(#[from] mesh_controller::ca::CaError),
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -300,4 +302,66 @@ pub fn serial_of(pem_text: &str) -> Option<String> {
     let first = pem::parse_many(pem_text).ok()?.into_iter().next()?;
     let (_, cert) = x509_parser::parse_x509_certificate(first.contents()).ok()?;
     Some(cert.raw_serial_as_string().replace(':', ""))
+}
+
+/// The controller run inside this process (the demo and the lab tests): the CA's namespace is
+/// made when missing, the CA loaded (or made), and the loop runs until this is dropped.
+pub struct InProcess {
+    /// The CA the loop signs with (e.g. to issue an impostor's certificate in a test).
+    pub ca: CaHandle,
+    pub metrics: Metrics,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl InProcess {
+    pub async fn start(
+        client: &kube::Client,
+        settings: Settings,
+    ) -> Result<InProcess, IdentityError> {
+        let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": settings.ca.namespace}}),
+        )
+        .expect("a Namespace");
+        match Api::all(client.clone())
+            .create(&Default::default(), &ns)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(source) => {
+                return Err(IdentityError::Api {
+                    what: "creating namespace",
+                    namespace: settings.ca.namespace.clone(),
+                    name: settings.ca.namespace.clone(),
+                    source,
+                });
+            }
+        }
+        let (authority, _) = mesh_controller::ca::load_or_create(client, &settings.ca).await?;
+        let ca = CaHandle::new(authority);
+        let metrics = Metrics::new(&mut Registry::default());
+        let controller = Controller {
+            client: client.clone(),
+            settings,
+            ca: ca.clone(),
+            metrics: metrics.clone(),
+        };
+        let task = tokio::spawn(async move {
+            if let Err(e) = controller.run(|| {}).await {
+                tracing::warn!(error = %e, "the identity controller stopped");
+            }
+        });
+        Ok(InProcess { ca, metrics, task })
+    }
+
+    /// The mesh's trust anchors (PEM).
+    pub fn anchors(&self) -> String {
+        self.ca.current().anchors_pem().to_string()
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

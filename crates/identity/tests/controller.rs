@@ -2,12 +2,11 @@
 //! IP, each certificate has its own serial, renewal replaces it, and the Secret goes with the
 //! Pod.
 
-use identity::controller::{Controller, Metrics, serial_of};
+use identity::controller::{InProcess, serial_of};
 use identity::desired::{CA_KEY, CERT_KEY, KEY_KEY, secret_name};
 use identity::settings;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use mesh_controller::ca::{CaHandle, load_or_create};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -83,35 +82,15 @@ async fn pods_get_their_identity_renewed_and_lose_it_with_the_pod() {
         .await
         .unwrap();
     let client = lab.client().await.unwrap();
-    let ns = serde_json::from_value(json!({"metadata": {"name": "ghostwire-system"}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
     // Short-lived: renewed every 4 s.
     let s = settings::with(&[
         (settings::CERT_LIFETIME, "6s"),
         (settings::TRUST_DOMAIN, "lab.local"),
     ])
     .unwrap();
-    let (authority, _) = load_or_create(&client, &s.ca).await.unwrap();
-    let anchors = authority.anchors_pem().to_string();
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = Metrics::new(&mut registry);
-    let controller = Controller {
-        client: client.clone(),
-        settings: s,
-        ca: CaHandle::new(authority),
-        metrics: metrics.clone(),
-    };
-    let task = tokio::spawn(controller.run(|| {}));
-    struct Abort(tokio::task::JoinHandle<Result<(), identity::controller::IdentityError>>);
-    impl Drop for Abort {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
-    let _task = Abort(task);
+    let running = InProcess::start(&client, s).await.unwrap();
+    let anchors = running.anchors();
+    let metrics = running.metrics.clone();
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");

@@ -425,6 +425,13 @@ impl Lab {
     /// Adds pod `name` (namespace `<prefix>-<name>`): a veth `vpN` on the bridge, its peer
     /// `eth0` in the pod with 10.244.0.N/24 and fd00:10:244::N/64, default routes via the node.
     pub fn add_pod(&mut self, name: &str) -> Result<Pod> {
+        self.add_pod_at(name, None)
+    }
+
+    /// Like [`Lab::add_pod`]; with `ipv4`, the pod gets that address (and the IPv6 address of
+    /// the same host number) instead of the next free one, e.g. a deleted pod's old address.
+    /// It must be in the pod range and free.
+    pub fn add_pod_at(&mut self, name: &str, ipv4: Option<Ipv4Addr>) -> Result<Pod> {
         self.registry.check_live()?;
         validate_name("pod name", name)?;
         if name == "node" {
@@ -438,10 +445,27 @@ impl Lab {
             return Err(invalid("pod name", name, "already exists in this lab"));
         }
         let used: BTreeSet<u32> = self.pods.iter().map(|p| p.host).collect();
-        let (host, reused) = next_host(&used, self.last_host).ok_or_else(|| Error::Exhausted {
-            lab: self.prefix.clone(),
-            pool: "pod address",
-        })?;
+        let (host, reused) = match ipv4 {
+            Some(want) => {
+                let host = (FIRST_POD_HOST..=LAST_POD_HOST)
+                    .find(|h| self.network.pod_ipv4(*h) == want)
+                    .ok_or_else(|| {
+                        invalid("pod address", &want.to_string(), "not in the pod range")
+                    })?;
+                if let Some(p) = self.pods.iter().find(|p| p.host == host) {
+                    return Err(invalid(
+                        "pod address",
+                        &want.to_string(),
+                        &format!("in use by pod {}", p.name),
+                    ));
+                }
+                (host, true)
+            }
+            None => next_host(&used, self.last_host).ok_or_else(|| Error::Exhausted {
+                lab: self.prefix.clone(),
+                pool: "pod address",
+            })?,
+        };
         let ipv4 = self.network.pod_ipv4(host);
         let ipv6 = self.network.pod_ipv6(host);
         if reused {

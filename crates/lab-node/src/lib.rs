@@ -56,6 +56,7 @@ pub use cluster::{Cluster, ClusterOptions, cleanup_stale};
 pub use gate::ApiState;
 pub use logs::NodeLogs;
 pub use multi::{ClusterSpec, MultiCluster, MultiOptions};
+pub use pod::POD_IP_ANNOTATION;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};

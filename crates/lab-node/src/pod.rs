@@ -143,6 +143,20 @@ async fn status_writer(shared: Arc<Shared>, rt: Arc<PodRt>) {
     }
 }
 
+/// The annotation that asks the lab for a Pod's IPv4 address.
+pub const POD_IP_ANNOTATION: &str = "lab.ghostwire.dev/pod-ip";
+const POD_IP_POINTER: &str = "/metadata/annotations/lab.ghostwire.dev~1pod-ip";
+
+fn requested_ip(value: &str) -> Result<Option<std::net::Ipv4Addr>, String> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| format!("annotation {POD_IP_ANNOTATION}={value:?}: not an IPv4 address"))
+}
+
 async fn lifecycle(
     shared: &Arc<Shared>,
     rt: &Arc<PodRt>,
@@ -175,12 +189,18 @@ async fn lifecycle(
     rt.touch();
     // The sandbox: a network namespace on the node's bridge.
     let lab_name = shared.lab_pod_name(&rt.name);
+    // The lab's stand-in for a CNI's fixed-address annotation (Calico's `ipAddrs`), e.g. to
+    // give a new Pod a deleted Pod's address; while that Pod's sandbox still holds it, the
+    // sandbox creation fails and is retried like any other.
+    let want = str_of(&pod, POD_IP_POINTER).to_string();
     let mut attempt = 0;
     let netns = loop {
         let shared2 = shared.clone();
         let name = lab_name.clone();
+        let want = want.clone();
         let made = tokio::task::spawn_blocking(move || match crate::lock(&shared2.lab).as_mut() {
-            Some(lab) => lab.add_pod(&name).map_err(|e| e.to_string()),
+            Some(lab) => requested_ip(&want)
+                .and_then(|ip| lab.add_pod_at(&name, ip).map_err(|e| e.to_string())),
             None => Err("node is shut down".to_string()),
         })
         .await

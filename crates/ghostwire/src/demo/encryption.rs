@@ -8,7 +8,7 @@ use super::DemoArgs;
 use crate::exit::{Code, Exit, WithCode};
 use anyhow::{Context, anyhow};
 use identity::proxy::SecretIdentity;
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::Api;
 use lab_net::capture::Capture;
 use lab_node::{Cluster, ClusterOptions, scenario};
@@ -44,15 +44,6 @@ pub async fn run(args: &DemoArgs) -> Result<(), Exit> {
     result
 }
 
-/// Aborts the in-process controller when the demo ends, however it ends.
-struct Abort(tokio::task::JoinHandle<()>);
-
-impl Drop for Abort {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 fn check(ok: bool, what: &str, failed: &mut Vec<String>) {
     println!("  {} {what}", if ok { "✓" } else { "✗" });
     if !ok {
@@ -62,19 +53,17 @@ fn check(ok: bool, what: &str, failed: &mut Vec<String>) {
 
 async fn show(cluster: &Cluster) -> Result<(), Exit> {
     let client = cluster.client().await?;
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "ghostwire-system"}}))?;
-    Api::<Namespace>::all(client.clone())
-        .create(&Default::default(), &ns)
-        .await
-        .code(Code::Api)?;
     let s = identity::settings::with(&[(identity::settings::TRUST_DOMAIN, TRUST_DOMAIN)])
         .code(Code::Config)?;
-    let (authority, _) = mesh_controller::ca::load_or_create(&client, &s.ca)
+    // Stops when the demo ends, however it ends.
+    let running = identity::controller::InProcess::start(&client, s)
         .await
         .code(Code::Api)?;
-    let anchors = authority.anchors_pem().to_string();
+    let anchors = running.anchors();
     // What an impostor holds: a valid certificate of the client's identity.
-    let (stolen, stolen_key) = authority
+    let (stolen, stolen_key) = running
+        .ca
+        .current()
         .issue(
             &format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/client"),
             &[],
@@ -82,16 +71,6 @@ async fn show(cluster: &Cluster) -> Result<(), Exit> {
             SystemTime::now() - Duration::from_secs(1),
         )
         .map_err(|e| anyhow!("issuing the impostor's certificate: {e}"))?;
-    let mut registry = prometheus_client::registry::Registry::default();
-    let controller = identity::controller::Controller {
-        client: client.clone(),
-        settings: s,
-        ca: mesh_controller::ca::CaHandle::new(authority),
-        metrics: identity::controller::Metrics::new(&mut registry),
-    };
-    let _controller = Abort(tokio::spawn(async move {
-        let _ = controller.run(|| {}).await;
-    }));
 
     for sa in ["client", "server"] {
         let a: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": sa}}))?;
