@@ -27,22 +27,20 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
-use bytes::Bytes;
 use common::{Ca, metric, proxy_init, routes};
-use http_body_util::{BodyExt, Empty};
-use lab_net::bench::{TICKS_PER_SECOND, cpu_ticks, status_kib};
 use lab_net::{Lab, Pod, ServicePort};
 use mesh_config::Sources;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use support::{
+    PROXY_UID, Proc, Run, as_proxy, env_or, ghostwire_proxy, load_average, measured, median,
+    open_loop, quantiles, wait_until,
+};
 
-const PROXY_UID: &str = "1337";
 const CLIENT_ID: &str = "spiffe://td.bench/ns/app-a/sa/client";
 const SERVER_ID: &str = "spiffe://td.bench/ns/app-b/sa/server";
 const APP_PORT: u16 = 8080;
@@ -50,59 +48,6 @@ const APP_PORT: u16 = 8080;
 const WRK_CONNECTIONS: u32 = 32;
 const H2_CLIENTS: u32 = 4;
 const H2_STREAMS: u32 = 8;
-/// Connections of the HTTP/1.1 open-loop generator (its bound on requests in flight).
-const OPEN_LOOP_CONNECTIONS: usize = 64;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A process started in a Pod; killed on drop.
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-    fn ticks(&self) -> u64 {
-        cpu_ticks(self.pid()).unwrap_or(0)
-    }
-    fn rss_kib(&self) -> u64 {
-        status_kib(self.pid(), "VmRSS:").unwrap_or(0)
-    }
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `program args…` in `pod` as the proxy's uid (so proxy-init does not redirect it), logging
-/// to `log`.
-fn as_proxy(pod: &Pod, program: &Path, log: &Path) -> Command {
-    let mut c = pod.command("setpriv");
-    c.args([
-        &format!("--reuid={PROXY_UID}"),
-        &format!("--regid={PROXY_UID}"),
-        "--clear-groups",
-        "--",
-    ])
-    .arg(program)
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(log).unwrap());
-    c
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
@@ -120,36 +65,6 @@ struct Pair {
     proxies: Vec<(&'static str, Proc)>,
     idle_rss: Vec<u64>,
     kind: Kind,
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "never: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn ghostwire_proxy(
-    bin: &Path,
-    pod: &Pod,
-    dir: &Path,
-    env: &[(&'static str, String)],
-    name: &str,
-) -> Proc {
-    let mut c = as_proxy(pod, bin, &dir.join(format!("{name}.log")));
-    c.arg("proxy").env("GW_LOG_LEVEL", "warn");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let p = Proc {
-        child: c.spawn().unwrap(),
-    };
-    let admin = SocketAddr::new(pod.ipv4.into(), 4191);
-    wait_until(&format!("{name} ready"), || {
-        pod.http_get(admin, "/ready").is_ok()
-    });
-    p
 }
 
 /// haproxy's config for one hop: a frontend on `port` that sends every request to the app's
@@ -350,64 +265,10 @@ impl Setup {
     }
 }
 
-/// What one load run measured.
-#[derive(Default, Clone)]
-struct Run {
-    requests: u64,
-    errors: u64,
-    seconds: f64,
-    /// Latency quantiles in µs: p50, p99, p99.9.
-    q: [f64; 3],
-    /// CPU seconds used by the path's proxies (both together) during the run.
-    cpu: f64,
-    /// Highest RSS of each proxy sampled during the run, kB.
-    rss: Vec<u64>,
-}
-
-impl Run {
-    fn rate(&self) -> f64 {
-        self.requests as f64 / self.seconds
+impl Pair {
+    fn procs(&self) -> Vec<&Proc> {
+        self.proxies.iter().map(|(_, q)| q).collect()
     }
-}
-
-fn quantiles(mut v: Vec<u64>) -> [f64; 3] {
-    if v.is_empty() {
-        return [f64::NAN; 3];
-    }
-    v.sort_unstable();
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize] as f64;
-    [at(0.5), at(0.99), at(0.999)]
-}
-
-/// Runs `load` while sampling the path's proxies' CPU and RSS.
-fn measured(p: &Pair, load: impl FnOnce() -> Run) -> Run {
-    let t0: Vec<u64> = p.proxies.iter().map(|(_, q)| q.ticks()).collect();
-    let stop = Arc::new(AtomicU64::new(0));
-    let pids: Vec<u32> = p.proxies.iter().map(|(_, q)| q.pid()).collect();
-    let sampler = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut max = vec![0u64; pids.len()];
-            while stop.load(Ordering::SeqCst) == 0 {
-                for (m, pid) in max.iter_mut().zip(&pids) {
-                    *m = (*m).max(status_kib(*pid, "VmRSS:").unwrap_or(0));
-                }
-                std::thread::sleep(Duration::from_millis(250));
-            }
-            max
-        })
-    };
-    let mut run = load();
-    stop.store(1, Ordering::SeqCst);
-    run.rss = sampler.join().unwrap();
-    run.cpu = p
-        .proxies
-        .iter()
-        .zip(t0)
-        .map(|((_, q), t)| q.ticks().saturating_sub(t))
-        .sum::<u64>() as f64
-        / TICKS_PER_SECOND;
-    run
 }
 
 fn wrk_script(dir: &Path) -> PathBuf {
@@ -506,93 +367,6 @@ fn h2load(p: &Pair, dir: &Path, seconds: u64, rate: Option<u64>) -> Run {
     }
 }
 
-/// The HTTP/1.1 open-loop generator: request i is due at start + i/rate whatever happened to
-/// the ones before it. Each of [`OPEN_LOOP_CONNECTIONS`] keep-alive connections takes the next
-/// due request when it is free. Latency runs from the moment a request is due when it leaves
-/// late because every connection was busy (no coordinated omission), and from when it leaves
-/// when it leaves on time (tokio's timer wakes on 1 ms ticks: that lag is the generator's, not
-/// the path's).
-fn open_loop(p: &Pair, rate: u64, seconds: u64) -> Run {
-    let vip = p.vip;
-    let socks: Vec<std::net::TcpStream> = p
-        .client
-        .netns()
-        .run(|| {
-            (0..OPEN_LOOP_CONNECTIONS)
-                .map(|_| std::net::TcpStream::connect(vip))
-                .collect::<std::io::Result<Vec<_>>>()
-        })
-        .unwrap()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let total = rate * seconds;
-    let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    rt.block_on(async move {
-        let next = Arc::new(AtomicU64::new(0));
-        let errors = Arc::new(AtomicU64::new(0));
-        let start = tokio::time::Instant::now() + Duration::from_millis(20);
-        let mut tasks = tokio::task::JoinSet::new();
-        for s in socks {
-            s.set_nonblocking(true).unwrap();
-            s.set_nodelay(true).unwrap();
-            let s = tokio::net::TcpStream::from_std(s).unwrap();
-            let (next, errors) = (next.clone(), errors.clone());
-            tasks.spawn(async move {
-                let (mut send, conn) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
-                        .await
-                        .unwrap();
-                tokio::spawn(conn);
-                let mut lat = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= total {
-                        return lat;
-                    }
-                    let due = start + interval * i as u32;
-                    let from = if due > tokio::time::Instant::now() {
-                        tokio::time::sleep_until(due).await;
-                        tokio::time::Instant::now()
-                    } else {
-                        due
-                    };
-                    let req = http::Request::get("/hello")
-                        .header(http::header::HOST, vip.to_string())
-                        .body(Empty::<Bytes>::new())
-                        .unwrap();
-                    let ok = match send.send_request(req).await {
-                        Ok(r) => {
-                            let ok = r.status() == 200;
-                            ok && r.into_body().collect().await.is_ok()
-                        }
-                        Err(_) => false,
-                    };
-                    if !ok {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        return lat;
-                    }
-                    lat.push(from.elapsed().as_micros() as u64);
-                }
-            });
-        }
-        let mut lat = Vec::new();
-        while let Some(r) = tasks.join_next().await {
-            lat.extend(r.unwrap());
-        }
-        let seconds = (tokio::time::Instant::now() - start).as_secs_f64();
-        Run {
-            requests: lat.len() as u64,
-            errors: errors.load(Ordering::Relaxed),
-            seconds,
-            q: quantiles(lat),
-            ..Run::default()
-        }
-    })
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -671,20 +445,20 @@ fn main() {
             };
             record(
                 "h1 saturation (wrk)".into(),
-                measured(p, || wrk(p, &script, seconds)),
+                measured(&p.procs(), || wrk(p, &script, seconds)),
             );
             record(
                 "h2 saturation (h2load)".into(),
-                measured(p, || h2load(p, &dir, seconds, None)),
+                measured(&p.procs(), || h2load(p, &dir, seconds, None)),
             );
             for &r in &rates {
                 record(
                     format!("h1 {r}/s (open loop)"),
-                    measured(p, || open_loop(p, r, seconds)),
+                    measured(&p.procs(), || open_loop(&p.client, p.vip, r, seconds)),
                 );
                 record(
                     format!("h2 {r}/s (h2load)"),
-                    measured(p, || h2load(p, &dir, seconds, Some(r))),
+                    measured(&p.procs(), || h2load(p, &dir, seconds, Some(r))),
                 );
             }
         }
@@ -699,20 +473,6 @@ fn main() {
     drop(paths);
     drop(setup);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// Medians over the rounds, as markdown tables: the numbers, then per proxy path the p99 it

@@ -1,0 +1,259 @@
+//! What the benchmarks in this directory share (`#[path]`-included by each): processes in lab
+//! Pods (as the proxy's uid, killed on drop), `ghostwire proxy` started and waited for, the
+//! HTTP/1.1 open-loop generator, and the statistics.
+
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use lab_net::Pod;
+use lab_net::bench::{TICKS_PER_SECOND, cpu_ticks, status_kib};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub const PROXY_UID: &str = "1337";
+/// Connections of the HTTP/1.1 open-loop generator (its bound on requests in flight).
+pub const OPEN_LOOP_CONNECTIONS: usize = 64;
+
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A process started in a Pod; killed on drop.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    pub fn ticks(&self) -> u64 {
+        cpu_ticks(self.pid()).unwrap_or(0)
+    }
+    pub fn rss_kib(&self) -> u64 {
+        status_kib(self.pid(), "VmRSS:").unwrap_or(0)
+    }
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `program args…` in `pod` as the proxy's uid (so proxy-init does not redirect it), logging
+/// to `log`.
+pub fn as_proxy(pod: &Pod, program: &Path, log: &Path) -> Command {
+    let mut c = pod.command("setpriv");
+    c.args([
+        &format!("--reuid={PROXY_UID}"),
+        &format!("--regid={PROXY_UID}"),
+        "--clear-groups",
+        "--",
+    ])
+    .arg(program)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(log).unwrap());
+    c
+}
+
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn ghostwire_proxy(
+    bin: &Path,
+    pod: &Pod,
+    dir: &Path,
+    env: &[(&'static str, String)],
+    name: &str,
+) -> Proc {
+    let mut c = as_proxy(pod, bin, &dir.join(format!("{name}.log")));
+    c.arg("proxy").env("GW_LOG_LEVEL", "warn");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let p = Proc {
+        child: c.spawn().unwrap(),
+    };
+    let admin = SocketAddr::new(pod.ipv4.into(), 4191);
+    wait_until(&format!("{name} ready"), || {
+        pod.http_get(admin, "/ready").is_ok()
+    });
+    p
+}
+
+/// What one load run measured.
+#[derive(Default, Clone)]
+pub struct Run {
+    pub requests: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    /// Latency quantiles in µs: p50, p99, p99.9.
+    pub q: [f64; 3],
+    /// CPU seconds used by the path's proxies (both together) during the run.
+    pub cpu: f64,
+    /// Highest RSS of each proxy sampled during the run, kB.
+    pub rss: Vec<u64>,
+}
+
+impl Run {
+    pub fn rate(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+}
+
+pub fn quantiles(mut v: Vec<u64>) -> [f64; 3] {
+    if v.is_empty() {
+        return [f64::NAN; 3];
+    }
+    v.sort_unstable();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize] as f64;
+    [at(0.5), at(0.99), at(0.999)]
+}
+
+/// Runs `load` while sampling `proxies`' CPU and RSS.
+pub fn measured(proxies: &[&Proc], load: impl FnOnce() -> Run) -> Run {
+    let t0: Vec<u64> = proxies.iter().map(|q| q.ticks()).collect();
+    let stop = Arc::new(AtomicU64::new(0));
+    let pids: Vec<u32> = proxies.iter().map(|q| q.pid()).collect();
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut max = vec![0u64; pids.len()];
+            while stop.load(Ordering::SeqCst) == 0 {
+                for (m, pid) in max.iter_mut().zip(&pids) {
+                    *m = (*m).max(status_kib(*pid, "VmRSS:").unwrap_or(0));
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            max
+        })
+    };
+    let mut run = load();
+    stop.store(1, Ordering::SeqCst);
+    run.rss = sampler.join().unwrap();
+    run.cpu = proxies
+        .iter()
+        .zip(t0)
+        .map(|(q, t)| q.ticks().saturating_sub(t))
+        .sum::<u64>() as f64
+        / TICKS_PER_SECOND;
+    run
+}
+
+/// The HTTP/1.1 open-loop generator: request i is due at start + i/rate whatever happened to
+/// the ones before it. Each of [`OPEN_LOOP_CONNECTIONS`] keep-alive connections takes the next
+/// due request when it is free. Latency runs from the moment a request is due when it leaves
+/// late because every connection was busy (no coordinated omission), and from when it leaves
+/// when it leaves on time (tokio's timer wakes on 1 ms ticks: that lag is the generator's, not
+/// the path's).
+pub fn open_loop(client: &Pod, vip: SocketAddr, rate: u64, seconds: u64) -> Run {
+    let socks: Vec<std::net::TcpStream> = client
+        .netns()
+        .run(|| {
+            (0..OPEN_LOOP_CONNECTIONS)
+                .map(|_| std::net::TcpStream::connect(vip))
+                .collect::<std::io::Result<Vec<_>>>()
+        })
+        .unwrap()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let total = rate * seconds;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    rt.block_on(async move {
+        let next = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let start = tokio::time::Instant::now() + Duration::from_millis(20);
+        let mut tasks = tokio::task::JoinSet::new();
+        for s in socks {
+            s.set_nonblocking(true).unwrap();
+            s.set_nodelay(true).unwrap();
+            let s = tokio::net::TcpStream::from_std(s).unwrap();
+            let (next, errors) = (next.clone(), errors.clone());
+            tasks.spawn(async move {
+                let (mut send, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+                        .await
+                        .unwrap();
+                tokio::spawn(conn);
+                let mut lat = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        return lat;
+                    }
+                    let due = start + interval * i as u32;
+                    let from = if due > tokio::time::Instant::now() {
+                        tokio::time::sleep_until(due).await;
+                        tokio::time::Instant::now()
+                    } else {
+                        due
+                    };
+                    let req = http::Request::get("/hello")
+                        .header(http::header::HOST, vip.to_string())
+                        .body(Empty::<Bytes>::new())
+                        .unwrap();
+                    let ok = match send.send_request(req).await {
+                        Ok(r) => {
+                            let ok = r.status() == 200;
+                            ok && r.into_body().collect().await.is_ok()
+                        }
+                        Err(_) => false,
+                    };
+                    if !ok {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        return lat;
+                    }
+                    lat.push(from.elapsed().as_micros() as u64);
+                }
+            });
+        }
+        let mut lat = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            lat.extend(r.unwrap());
+        }
+        let seconds = (tokio::time::Instant::now() - start).as_secs_f64();
+        Run {
+            requests: lat.len() as u64,
+            errors: errors.load(Ordering::Relaxed),
+            seconds,
+            q: quantiles(lat),
+            ..Run::default()
+        }
+    })
+}
+
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
