@@ -59,7 +59,11 @@ pub enum AttachError {
 }
 
 /// Pod annotations that win over a knob: their names, the knob, and the check of the value.
-type Override = (&'static [&'static str], &'static str, fn(&str) -> Result<(), String>);
+type Override = (
+    &'static [&'static str],
+    &'static str,
+    fn(&str) -> Result<(), String>,
+);
 
 /// The ephemeral container for `pod` (pure). `given` are the flags/env of `ghostwire attach`;
 /// the agent knobs are passed on resolved, so the agent runs with what attach was told.
