@@ -130,7 +130,7 @@ impl<K> Watched<K> {
 }
 
 enum Ev {
-    Pod(watcher::Event<Pod>),
+    Pod(Box<watcher::Event<Pod>>),
     Ours(watcher::Event<ConfigMap>),
     Seed(watcher::Event<ConfigMap>),
 }
@@ -155,7 +155,7 @@ pub async fn follow(
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
     let pods = watcher(Api::<Pod>::namespaced(client, &namespace), by_name(&pod))
         .default_backoff()
-        .map(|e| e.map(Ev::Pod))
+        .map(|e| e.map(|e| Ev::Pod(Box::new(e))))
         .boxed();
     let ours = watcher(cms.clone(), by_name(&ours_name))
         .default_backoff()
@@ -169,7 +169,7 @@ pub async fn follow(
     let (mut p, mut o, mut s) = (Watched::new(), Watched::new(), Watched::new());
     while let Some(ev) = events.next().await {
         let changed = match ev {
-            Ok(Ev::Pod(e)) => p.apply(e),
+            Ok(Ev::Pod(e)) => p.apply(*e),
             Ok(Ev::Ours(e)) => o.apply(e),
             Ok(Ev::Seed(e)) => s.apply(e),
             Err(e) => {
