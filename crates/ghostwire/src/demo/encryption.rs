@@ -155,17 +155,17 @@ async fn show(cluster: &Cluster) -> Result<(), Exit> {
             .http_get(SocketAddr::new(server_ip, 18091), "/metrics")
             .unwrap_or_default()
     };
-    let handshakes = |text: &str| {
+    // The value of one series of the server proxy's metrics (0 when absent).
+    let series = |text: &str, name: &str| {
         text.lines()
-            .find_map(|l| {
-                l.strip_prefix(
-                    "ghostwire_proxy_tls_handshakes_total{direction=\"inbound\",result=\"ok\"} ",
-                )?
-                .trim()
-                .parse::<f64>()
-                .ok()
-            })
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
             .unwrap_or(0.0)
+    };
+    let handshakes = |text: &str| {
+        series(
+            text,
+            "ghostwire_proxy_tls_handshakes_total{direction=\"inbound\",result=\"ok\"} ",
+        )
     };
     let deadline = Instant::now() + WAIT;
     let mut n = 0;
@@ -212,9 +212,16 @@ async fn show(cluster: &Cluster) -> Result<(), Exit> {
         let _ = s.write_all(b"gw-impostor\n").await;
         let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
     }
-    let refused = server_metrics().contains(
-        "ghostwire_proxy_refused_connections_total{direction=\"inbound\",reason=\"wrong_client_identity\"} 1",
-    );
+    // The refusal is counted by the server's proxy on its own time: wait for it.
+    let refusals = "ghostwire_proxy_refused_connections_total{direction=\"inbound\",reason=\"wrong_client_identity\"} ";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let seen = series(&server_metrics(), refusals) >= 1.0;
+        if seen || Instant::now() > deadline {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
     check(
         !String::from_utf8_lossy(&answer).contains(REPLY) && refused,
         "impostor: the intruder Pod with a valid certificate of the client's identity is refused",
