@@ -307,6 +307,9 @@ impl Proxy {
                             }
                         },
                     };
+                    // Replies are often several small writes (HTTP/2 HEADERS then DATA): with
+                    // Nagle on, the second waits for the client's delayed ACK (~40 ms).
+                    let _ = stream.set_nodelay(true);
                     ctx.live.n.fetch_add(1, Ordering::SeqCst);
                     let guard = LiveGuard(ctx.live.clone());
                     let ctx = ctx.clone();
