@@ -6,8 +6,8 @@
 //!
 //! One client Pod and one server Pod, both redirected by proxy-init's rules, each with a
 //! `ghostwire proxy` in L4 mode (`GW_MESH_L4_ONLY=true`, uid 1337, the release binary). The
-//! server Pod runs `ghostwire lab app-b` (HTTP) and `iperf3 -s` twice each: once on ports the
-//! rules redirect, once on ports they skip. Three paths, told apart by the address dialled:
+//! server Pod runs `ghostwire lab app-b` (HTTP) and `iperf3 -s` three times each: for mTLS and for
+//! plaintext on ports the rules redirect (8080/5201, 8082/5203), and on ports they skip.
 //!
 //! - `direct`: the skipped ports (8081, 5202) on the server Pod's IP; no proxy;
 //! - `l4-plain`: a Service address whose endpoint has no identity: the client's proxy → the
@@ -55,6 +55,10 @@ const SERVER_ID: &str = "spiffe://td.bench/ns/l4/sa/server";
 /// The app and iperf3: redirected ports, and the ports the rules skip (the direct path).
 const HTTP: u16 = 8080;
 const IPERF: u16 = 5201;
+/// The plaintext path's own endpoints: the proxy keys identities by endpoint, so the two
+/// proxied paths must not share one.
+const HTTP_PLAIN: u16 = 8082;
+const IPERF_PLAIN: u16 = 5203;
 const HTTP_DIRECT: u16 = 8081;
 const IPERF_DIRECT: u16 = 5202;
 
@@ -204,7 +208,7 @@ fn main() {
     let client = lab.add_pod("l4-c").unwrap();
     let server = lab.add_pod("l4-s").unwrap();
     let mut apps = Vec::new();
-    for port in [HTTP, HTTP_DIRECT] {
+    for port in [HTTP, HTTP_PLAIN, HTTP_DIRECT] {
         apps.push(spawn(
             &server,
             &bin,
@@ -212,7 +216,7 @@ fn main() {
             &[("HOSTNAME", "l4".into()), ("PORT", port.to_string())],
         ));
     }
-    for port in [IPERF, IPERF_DIRECT] {
+    for port in [IPERF, IPERF_PLAIN, IPERF_DIRECT] {
         apps.push(spawn(
             &server,
             Path::new("iperf3"),
@@ -228,8 +232,8 @@ fn main() {
     };
     let plain = Dest {
         name: "l4-plain",
-        http: vip("plain-http", HTTP),
-        iperf: vip("plain-iperf", IPERF),
+        http: vip("plain-http", HTTP_PLAIN),
+        iperf: vip("plain-iperf", IPERF_PLAIN),
     };
     let mtls = Dest {
         name: "l4-mtls",
@@ -260,8 +264,8 @@ fn main() {
         &cfg,
         routes(
             &[
-                ("plain-http", plain.http, ep(HTTP), false),
-                ("plain-iperf", plain.iperf, ep(IPERF), false),
+                ("plain-http", plain.http, ep(HTTP_PLAIN), false),
+                ("plain-iperf", plain.iperf, ep(IPERF_PLAIN), false),
                 ("tls-http", mtls.http, ep(HTTP), true),
                 ("tls-iperf", mtls.iperf, ep(IPERF), true),
             ],
@@ -290,14 +294,18 @@ fn main() {
             "ghostwire_proxy_tls_handshakes_total{direction=\"inbound\",result=\"ok\"}",
         )
     };
-    // Each path answers, and only l4-mtls does a mesh TLS handshake.
+    // Each path answers (asked from the client Pod), and only l4-mtls does a mesh TLS handshake.
+    let ask = |to: SocketAddr| {
+        client
+            .netns()
+            .run(move || one_request(to).unwrap_or(false))
+            .unwrap_or(false)
+    };
     let paths = [direct, plain, mtls];
     for p in &paths {
-        wait_until(&format!("{}: iperf3 and the app answer", p.name), || {
-            one_request(p.http).unwrap_or(false)
-        });
+        wait_until(&format!("{}: the app answers", p.name), || ask(p.http));
         let before = handshakes();
-        assert!(one_request(p.http).unwrap(), "{}", p.name);
+        assert!(ask(p.http), "{}", p.name);
         let tls = handshakes() - before;
         assert_eq!(
             tls >= 1.0,
