@@ -199,14 +199,27 @@ pub async fn wait_launched(pid: i32, timeout: std::time::Duration) -> bool {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             continue;
         }
-        let text = String::from_utf8_lossy(&raw);
-        let argv: Vec<&str> = text.trim_end_matches('\0').split('\0').collect();
-        if !is_setup_step(&argv) {
+        if shows_program(&raw) {
             return true;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     false
+}
+
+/// Whether a process's `/proc/PID/cmdline` shows the container's program rather than a set-up
+/// step. An empty one does not: the kernel shows nothing while an `exec` is between installing
+/// the new program's memory and writing its arguments there, and every step of the chain
+/// `exec`s. After `ip` unshared the mount namespace and before the bind mounts exist, taking
+/// that for the program ran a postStart hook on the host's (empty) mount targets, and the
+/// container's startup probe then never saw what the hook should have made.
+fn shows_program(cmdline: &[u8]) -> bool {
+    if cmdline.is_empty() {
+        return false;
+    }
+    let text = String::from_utf8_lossy(cmdline);
+    let argv: Vec<&str> = text.trim_end_matches('\0').split('\0').collect();
+    !is_setup_step(&argv)
 }
 
 #[cfg(test)]
@@ -234,6 +247,15 @@ mod tests {
         assert!(!is_setup_step(&["sh", "-c", "sleep 1"]));
         assert!(!is_setup_step(&["ip", "monitor"]));
         assert!(!is_setup_step(&["sleep", "1000"]));
+    }
+
+    #[test]
+    fn an_exec_in_progress_is_not_the_program() {
+        // Between an exec's new memory and its arguments the command line reads empty.
+        assert!(!shows_program(b""));
+        assert!(!shows_program(b"/usr/bin/ip\0netns\0exec\0gw-x\0unshare\0"));
+        assert!(!shows_program(b"setpriv\0--\0sh\0-c\0sleep 1\0"));
+        assert!(shows_program(b"sh\0-c\0sleep 1\0"));
     }
 
     #[test]

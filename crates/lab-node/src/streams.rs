@@ -126,6 +126,10 @@ impl PodStreams for NodeStreams {
                     _ => return Err(not_running(&container)),
                 }
             };
+            // Not into a container still setting up (it would run on the node's mounts).
+            if !crate::container::wait_launched(pid, std::time::Duration::from_secs(10)).await {
+                return Err(not_running(&container));
+            }
             let mut env = info.env.clone();
             if req.tty {
                 env.push(("TERM".into(), "xterm".into()));
