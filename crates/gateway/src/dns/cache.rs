@@ -11,7 +11,7 @@
 //! fast on hits, and what the forwarder's hot path needs).
 
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::{DNSClass, LowerName, RData, RecordType};
+use hickory_proto::rr::{RData, RecordType};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -20,29 +20,152 @@ pub const MAX_TTL: u32 = 86_400;
 /// The longest a negative answer is kept (three hours, RFC 2308 §5's suggestion).
 pub const MAX_NEGATIVE_TTL: u32 = 10_800;
 
-/// What makes two queries share an answer.
+/// What makes two queries share an answer: the question's name (lower case, wire form), type
+/// and class, and whether the query has EDNS, the DO bit and the CD bit — as bytes, so that a
+/// query's key is built straight from its wire form ([`WireQuery::parse`]) without parsing
+/// it into a message, and compares equal to the key [`Key::of`] builds from the parsed query.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Key {
-    name: LowerName,
-    qtype: RecordType,
-    class: DNSClass,
-    edns: bool,
-    dnssec_ok: bool,
-    checking_disabled: bool,
+pub struct Key(Box<[u8]>);
+
+impl std::borrow::Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
 }
+
+const KEY_EDNS: u8 = 1;
+const KEY_DO: u8 = 2;
+const KEY_CD: u8 = 4;
+/// flags, type, class, then the name (at most 255 bytes).
+const KEY_MAX: usize = 5 + 255;
 
 impl Key {
     /// The key of `query`'s first question; `None` when it has none.
     pub fn of(query: &Message) -> Option<Key> {
         let q = query.queries.first()?;
-        Some(Key {
-            name: LowerName::new(q.name()),
-            qtype: q.query_type(),
-            class: q.query_class(),
-            edns: query.edns.is_some(),
-            dnssec_ok: query.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
-            checking_disabled: query.metadata.checking_disabled,
+        let mut flags = 0;
+        if let Some(e) = &query.edns {
+            flags |= KEY_EDNS;
+            if e.flags().dnssec_ok {
+                flags |= KEY_DO;
+            }
+        }
+        if query.metadata.checking_disabled {
+            flags |= KEY_CD;
+        }
+        let mut k = Vec::with_capacity(KEY_MAX);
+        k.push(flags);
+        k.extend_from_slice(&u16::from(q.query_type()).to_be_bytes());
+        k.extend_from_slice(&u16::from(q.query_class()).to_be_bytes());
+        for label in q.name().iter() {
+            k.push(u8::try_from(label.len()).ok()?);
+            k.extend(label.iter().map(u8::to_ascii_lowercase));
+        }
+        k.push(0);
+        Some(Key(k.into_boxed_slice()))
+    }
+
+    /// The question's name in wire form, lower case.
+    pub fn name(&self) -> &[u8] {
+        &self.0[5..]
+    }
+}
+
+/// What the forwarder's hot path needs of a query, read from its wire form without parsing
+/// it into a message: only a plain query (opcode QUERY, one question, no answer or authority
+/// records, at most one additional record which is an OPT) is read; anything else is `None`
+/// and takes the slow path.
+#[derive(Debug)]
+pub struct WireQuery {
+    key: [u8; KEY_MAX],
+    key_len: usize,
+    /// The length of the question section (from offset 12).
+    pub question_len: usize,
+    /// The largest UDP answer the client takes (512 without EDNS).
+    pub udp_limit: usize,
+}
+
+impl WireQuery {
+    pub fn parse(raw: &[u8]) -> Option<WireQuery> {
+        let u16_at = |i: usize| -> Option<u16> {
+            Some(u16::from_be_bytes([*raw.get(i)?, *raw.get(i + 1)?]))
+        };
+        // QR = 0 (a query), opcode 0 (QUERY).
+        if raw.len() < 12 || raw[2] & 0xF8 != 0 {
+            return None;
+        }
+        let (qd, an, ns, ar) = (u16_at(4)?, u16_at(6)?, u16_at(8)?, u16_at(10)?);
+        if qd != 1 || an != 0 || ns != 0 || ar > 1 {
+            return None;
+        }
+        let mut key = [0u8; KEY_MAX];
+        let mut k = 5;
+        let mut at = 12;
+        loop {
+            let len = usize::from(*raw.get(at)?);
+            if len & 0xC0 != 0 || k + 1 + len > KEY_MAX {
+                return None;
+            }
+            key[k] = len as u8;
+            let label = raw.get(at + 1..at + 1 + len)?;
+            for (d, s) in key[k + 1..k + 1 + len].iter_mut().zip(label) {
+                *d = s.to_ascii_lowercase();
+            }
+            k += 1 + len;
+            at += 1 + len;
+            if len == 0 {
+                break;
+            }
+        }
+        key[1..5].copy_from_slice(raw.get(at..at + 4)?);
+        let question_len = at + 4 - 12;
+        at += 4;
+        let mut flags = 0;
+        if raw[3] & 0x10 != 0 {
+            flags |= KEY_CD;
+        }
+        let mut udp_limit = 512;
+        if ar == 1 {
+            // An OPT pseudo-record: root name, type 41, class = payload size, TTL = extended
+            // rcode, version, flags (DO is the top bit); its options must fill its data exactly.
+            if *raw.get(at)? != 0 || u16_at(at + 1)? != u16::from(RecordType::OPT) {
+                return None;
+            }
+            udp_limit = usize::from(u16_at(at + 3)?).max(512);
+            flags |= KEY_EDNS;
+            if u16_at(at + 7)? & 0x8000 != 0 {
+                flags |= KEY_DO;
+            }
+            let end = at + 11 + usize::from(u16_at(at + 9)?);
+            let mut o = at + 11;
+            while o < end {
+                o += 4 + usize::from(u16_at(o + 2)?);
+            }
+            if o != end {
+                return None;
+            }
+            at = end;
+        }
+        if at != raw.len() {
+            return None;
+        }
+        key[0] = flags;
+        Some(WireQuery {
+            key,
+            key_len: k,
+            question_len,
+            udp_limit,
         })
+    }
+
+    /// The cache key, as [`Key::of`] would make it from the parsed query.
+    pub fn key(&self) -> &[u8] {
+        &self.key[..self.key_len]
+    }
+
+    /// The question's name in wire form, lower case.
+    pub fn name(&self) -> &[u8] {
+        &self.key[5..self.key_len]
     }
 }
 
@@ -166,7 +289,7 @@ impl Cache {
         self.by_expiry.clear();
     }
 
-    fn remove(&mut self, key: &Key) {
+    fn remove(&mut self, key: &[u8]) {
         if let Some(e) = self.entries.remove(key) {
             self.by_expiry.remove(&(e.expires, e.seq));
         }
@@ -175,19 +298,32 @@ impl Cache {
     /// The reply kept for `key` at `now`, in wire form, its TTLs lowered by the time it has
     /// been kept.
     pub fn get(&mut self, key: &Key, now: Instant) -> Option<Vec<u8>> {
-        let e = self.entries.get(key)?;
+        let mut out = Vec::new();
+        self.get_into(&key.0, now, &mut out).then_some(out)
+    }
+
+    /// [`Cache::get`] into `out` (replacing what it held), with the key in wire form
+    /// ([`WireQuery::key`]); whether there was an answer. The hot path: no allocation once
+    /// `out` has grown to the answers' size.
+    pub fn get_into(&mut self, key: &[u8], now: Instant, out: &mut Vec<u8>) -> bool {
+        let Some(e) = self.entries.get(key) else {
+            return false;
+        };
         if now >= e.expires {
             self.remove(key);
-            return None;
+            return false;
         }
         let age = u32::try_from(now.duration_since(e.stored).as_secs()).unwrap_or(u32::MAX);
-        let mut wire = e.wire.clone();
-        for &at in &e.ttl_at {
-            let field = &mut wire[at..at + 4];
-            let ttl = u32::from_be_bytes([field[0], field[1], field[2], field[3]]);
-            field.copy_from_slice(&ttl.saturating_sub(age).to_be_bytes());
+        out.clear();
+        out.extend_from_slice(&e.wire);
+        if age > 0 {
+            for &at in &e.ttl_at {
+                let field = &mut out[at..at + 4];
+                let ttl = u32::from_be_bytes([field[0], field[1], field[2], field[3]]);
+                field.copy_from_slice(&ttl.saturating_sub(age).to_be_bytes());
+            }
         }
-        Some(wire)
+        true
     }
 
     /// Keeps `reply` for `key` from `now` for as long as its TTL says (see [`ttl`]).
@@ -204,7 +340,7 @@ impl Cache {
         let Some(ttl_at) = ttl_offsets(&wire) else {
             return;
         };
-        self.remove(&key);
+        self.remove(&key.0);
         while self.entries.len() >= self.capacity {
             let Some((_, k)) = self.by_expiry.pop_first() else {
                 break;

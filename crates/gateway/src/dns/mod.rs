@@ -21,6 +21,7 @@ pub mod dnssec;
 use crate::client::resolv_nameservers;
 use hickory_proto::dnssec::TrustAnchors;
 use hickory_proto::op::{Edns, Message, MessageType, ResponseCode};
+use std::borrow::Borrow;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,6 +43,36 @@ pub fn route(domains: &[String], qname: &str) -> Route {
         .iter()
         .any(|d| q == *d || q.ends_with(&format!(".{d}")));
     if local { Route::Local } else { Route::Upstream }
+}
+
+/// `domains` in wire form (length-prefixed labels, root label included), for [`route_wire`].
+fn wire_domains(domains: &[String]) -> Vec<Vec<u8>> {
+    domains
+        .iter()
+        .map(|d| {
+            let mut w = Vec::new();
+            for label in d.trim_matches('.').split('.').filter(|l| !l.is_empty()) {
+                w.push(u8::try_from(label.len()).unwrap_or(u8::MAX));
+                w.extend(label.bytes().map(|b| b.to_ascii_lowercase()));
+            }
+            w.push(0);
+            w
+        })
+        .collect()
+}
+
+/// [`route`] for a name in wire form, lower case ([`cache::WireQuery::name`]): local when the
+/// name ends, at a label boundary, with one of `domains` ([`wire_domains`]).
+fn route_wire(domains: &[Vec<u8>], name: &[u8]) -> Route {
+    let mut at = 0;
+    while at < name.len() {
+        let rest = &name[at..];
+        if domains.iter().any(|d| d.len() > 1 && rest == d.as_slice()) {
+            return Route::Local;
+        }
+        at += 1 + usize::from(name[at]);
+    }
+    Route::Upstream
 }
 
 /// The forwarder's upstreams, swapped whole when resolv.conf changes.
@@ -206,6 +237,8 @@ impl Current {
 /// Shared by every task of the forwarder.
 struct Forwarder {
     domains: Vec<String>,
+    /// `domains` in wire form, for the hot path.
+    wire_domains: Vec<Vec<u8>>,
     current: RwLock<Arc<Current>>,
     cache: Mutex<cache::Cache>,
     counts: Arc<DnsCounts>,
@@ -262,7 +295,8 @@ fn encode(m: &Message, query: &Message, udp: bool) -> Option<Vec<u8>> {
 /// What the cache made of one query.
 enum Lookup {
     NotAQuery,
-    Hit(Vec<u8>),
+    /// The answer is in the caller's buffer.
+    Hit,
     Miss {
         query: Box<Message>,
         key: cache::Key,
@@ -270,30 +304,41 @@ enum Lookup {
     },
 }
 
-/// A cached answer (kept as [`answer_to`] made it for the first client that asked, TTLs aged)
-/// made the answer to `raw`: its id, its RD bit and its question's spelling patched in place.
-/// A UDP answer too large for the client goes the slow way through [`encode`], which sets TC;
-/// `None` when the two questions do not line up byte for byte (then the caller asks upstream).
-fn from_cache(mut wire: Vec<u8>, raw: &[u8], query: &Message, udp: bool) -> Option<Vec<u8>> {
+/// A cached answer in `wire` (kept as [`answer_to`] made it for the first client that asked,
+/// TTLs aged) made, in place, the answer to `raw`, whose question section is `question` bytes
+/// long: its id, its RD bit and its question's spelling patched in. A UDP answer larger than
+/// `udp_limit` (what the client takes) goes the slow way through [`encode`], which sets TC.
+/// `false` when the two questions do not line up byte for byte (then the caller asks
+/// upstream).
+fn from_cache(
+    wire: &mut Vec<u8>,
+    raw: &[u8],
+    question: usize,
+    udp_limit: usize,
+    udp: bool,
+) -> bool {
     const RD: u8 = 0x01;
-    let question = cache::question_len(raw)?;
-    if wire.len() < 12 + question
-        || cache::question_len(&wire)? != question
+    if raw.len() < 12 + question
+        || wire.len() < 12 + question
+        || cache::question_len(wire) != Some(question)
         || !wire[12..12 + question].eq_ignore_ascii_case(&raw[12..12 + question])
     {
-        return None;
+        return false;
     }
     wire[..2].copy_from_slice(&raw[..2]);
     wire[2] = (wire[2] & !RD) | (raw[2] & RD);
     wire[12..12 + question].copy_from_slice(&raw[12..12 + question]);
-    let limit = query
-        .edns
-        .as_ref()
-        .map_or(512, |e| usize::from(e.max_payload().max(512)));
-    if udp && wire.len() > limit {
-        return encode(&Message::from_vec(&wire).ok()?, query, udp);
+    if udp && wire.len() > udp_limit {
+        let truncated = Message::from_vec(wire)
+            .ok()
+            .zip(Message::from_vec(raw).ok())
+            .and_then(|(m, q)| encode(&m, &q, udp));
+        let Some(t) = truncated else {
+            return false;
+        };
+        *wire = t;
     }
-    Some(wire)
+    true
 }
 
 impl Forwarder {
@@ -308,9 +353,19 @@ impl Forwarder {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reads one query and answers it from the cache when it can, without leaving the
-    /// caller's task (the hot path: no task, no parse of the answer, no encode).
-    fn lookup(&self, raw: &[u8], udp: bool) -> Lookup {
+    /// Reads one query and answers it from the cache into `out` when it can ([`Lookup::Hit`]),
+    /// without leaving the caller's task. The hot path reads a plain query's wire form only
+    /// ([`cache::WireQuery`]): no parse, no allocation, no encode; what it cannot answer takes
+    /// the slow path, which parses the query with hickory.
+    fn lookup(&self, raw: &[u8], udp: bool, out: &mut Vec<u8>) -> Lookup {
+        if let Some(w) = cache::WireQuery::parse(raw) {
+            let hit = self.cache().get_into(w.key(), Instant::now(), out);
+            if hit && from_cache(out, raw, w.question_len, w.udp_limit, udp) {
+                self.count(route_wire(&self.wire_domains, w.name()));
+                self.counts.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Lookup::Hit;
+            }
+        }
         let Ok(query) = Message::from_vec(raw) else {
             return Lookup::NotAQuery;
         };
@@ -321,18 +376,20 @@ impl Forwarder {
             return Lookup::NotAQuery;
         };
         let route = route(&self.domains, &q.name().to_ascii());
-        match route {
-            Route::Local => &self.counts.local,
-            Route::Upstream => &self.counts.upstream,
-        }
-        .fetch_add(1, Ordering::Relaxed);
+        self.count(route);
         let Some(key) = cache::Key::of(&query) else {
             return Lookup::NotAQuery;
         };
-        let hit = self.cache().get(&key, Instant::now());
-        if let Some(wire) = hit.and_then(|w| from_cache(w, raw, &query, udp)) {
-            self.counts.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Lookup::Hit(wire);
+        let hit = self.cache().get_into(key.borrow(), Instant::now(), out);
+        if hit && let Some(question) = cache::question_len(raw) {
+            let limit = query
+                .edns
+                .as_ref()
+                .map_or(512, |e| usize::from(e.max_payload().max(512)));
+            if from_cache(out, raw, question, limit, udp) {
+                self.counts.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Lookup::Hit;
+            }
         }
         Lookup::Miss {
             query: Box::new(query),
@@ -341,11 +398,20 @@ impl Forwarder {
         }
     }
 
+    fn count(&self, route: Route) {
+        match route {
+            Route::Local => &self.counts.local,
+            Route::Upstream => &self.counts.upstream,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The answer to one query (UDP when `udp`), or `None` for what is not a query.
     async fn answer(&self, raw: &[u8], udp: bool) -> Option<Vec<u8>> {
-        match self.lookup(raw, udp) {
+        let mut out = Vec::new();
+        match self.lookup(raw, udp, &mut out) {
             Lookup::NotAQuery => None,
-            Lookup::Hit(wire) => Some(wire),
+            Lookup::Hit => Some(out),
             Lookup::Miss { query, key, route } => self.resolve(raw, query, key, route, udp).await,
         }
     }
@@ -478,10 +544,11 @@ async fn serve_async(
     anchors: Option<Arc<TrustAnchors>>,
     stop: &AtomicBool,
 ) -> std::io::Result<()> {
-    let sock = Arc::new(tokio::net::UdpSocket::bind(bind).await?);
+    let sock = tokio::net::UdpSocket::bind(bind).await?;
     let listener = tokio::net::TcpListener::bind(bind).await?;
     let fwd = Arc::new(Forwarder {
         domains: cfg.domains.clone(),
+        wire_domains: wire_domains(&cfg.domains),
         current: RwLock::new(Arc::new(Current::new(upstreams(&cfg), anchors.as_ref()))),
         cache: Mutex::new(cache::Cache::new(cfg.cache_size)),
         counts,
@@ -496,58 +563,81 @@ async fn serve_async(
         cache = cfg.cache_size,
         "DNS forwarder listening (UDP and TCP)"
     );
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut buf = vec![0u8; 65535];
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                if stop.load(Ordering::Relaxed) {
-                    return Ok(());
+    tokio::spawn(serve_udp(sock, fwd.clone()));
+    let reload_fwd = fwd.clone();
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((c, _)) => {
+                    tokio::spawn(serve_tcp_conn(c, fwd.clone()));
                 }
-                if checked.elapsed() >= Duration::from_millis(500) {
-                    checked = Instant::now();
-                    let now = mtime(&cfg.resolv_conf);
-                    if now != seen {
-                        seen = now;
-                        fwd.reload(&cfg);
-                    }
-                }
-            }
-            got = sock.recv_from(&mut buf) => {
-                let (n, from) = match got {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "DNS: receive failed");
-                        continue;
-                    }
-                };
-                let raw = &buf[..n];
-                let (query, key, route) = match fwd.lookup(raw, true) {
-                    Lookup::NotAQuery => continue,
-                    Lookup::Hit(reply) => {
-                        // A full socket buffer drops the answer, as it would drop the query.
-                        let _ = sock.try_send_to(&reply, from);
-                        continue;
-                    }
-                    Lookup::Miss { query, key, route } => (query, key, route),
-                };
-                let raw = raw.to_vec();
-                let (sock, fwd) = (sock.clone(), fwd.clone());
-                tokio::spawn(async move {
-                    if let Some(reply) = fwd.resolve(&raw, query, key, route, true).await {
-                        let _ = sock.send_to(&reply, from).await;
-                    }
-                });
-            }
-            got = listener.accept() => {
-                match got {
-                    Ok((c, _)) => {
-                        tokio::spawn(serve_tcp_conn(c, fwd.clone()));
-                    }
-                    Err(e) => tracing::debug!(error = %e, "DNS: accept failed"),
-                }
+                Err(e) => tracing::debug!(error = %e, "DNS: accept failed"),
             }
         }
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        if stop.load(Ordering::Relaxed) {
+            // Returning ends the runtime, and with it every task.
+            return Ok(());
+        }
+        if checked.elapsed() >= Duration::from_millis(500) {
+            checked = Instant::now();
+            let now = mtime(&cfg.resolv_conf);
+            if now != seen {
+                seen = now;
+                reload_fwd.reload(&cfg);
+            }
+        }
+    }
+}
+
+/// How many UDP queries one wake-up of [`serve_udp`] answers before it lets the other tasks
+/// (TCP, upstream answers, the reload tick) run.
+const UDP_BATCH: usize = 64;
+
+/// Answers the UDP queries: each time the socket is readable, every query waiting in it
+/// (up to [`UDP_BATCH`]) is read and, when the cache has the answer, answered right there with
+/// one reused buffer; a miss goes to a task of its own that asks upstream.
+async fn serve_udp(sock: tokio::net::UdpSocket, fwd: Arc<Forwarder>) {
+    let sock = Arc::new(sock);
+    let mut buf = vec![0u8; 65535];
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        if let Err(e) = sock.readable().await {
+            tracing::debug!(error = %e, "DNS: socket not readable");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        for _ in 0..UDP_BATCH {
+            let (n, from) = match sock.try_recv_from(&mut buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "DNS: receive failed");
+                    continue;
+                }
+            };
+            let raw = &buf[..n];
+            let (query, key, route) = match fwd.lookup(raw, true, &mut out) {
+                Lookup::NotAQuery => continue,
+                Lookup::Hit => {
+                    // A full socket buffer drops the answer, as it would drop the query.
+                    let _ = sock.try_send_to(&out, from);
+                    continue;
+                }
+                Lookup::Miss { query, key, route } => (query, key, route),
+            };
+            let raw = raw.to_vec();
+            let (sock, fwd) = (sock.clone(), fwd.clone());
+            tokio::spawn(async move {
+                if let Some(reply) = fwd.resolve(&raw, query, key, route, true).await {
+                    let _ = sock.send_to(&reply, from).await;
+                }
+            });
+        }
+        tokio::task::yield_now().await;
     }
 }
 
@@ -592,6 +682,100 @@ mod tests {
         r
     }
 
+    /// [`from_cache`] as the slow path calls it, on a copy.
+    fn patched(mut wire: Vec<u8>, raw: &[u8], query: &Message, udp: bool) -> Option<Vec<u8>> {
+        let question = cache::question_len(raw)?;
+        let limit = query
+            .edns
+            .as_ref()
+            .map_or(512, |e| usize::from(e.max_payload().max(512)));
+        from_cache(&mut wire, raw, question, limit, udp).then_some(wire)
+    }
+
+    #[test]
+    fn the_wire_route_is_the_route() {
+        let d = vec!["local".to_string(), "corp.example".to_string()];
+        let w = wire_domains(&d);
+        for name in [
+            "web.default.svc.cluster.local.",
+            "LOCAL.",
+            "a.CORP.example.",
+            "notlocal.",
+            "example.com.",
+            "corp.example.com.",
+            "xlocal.",
+            "corp.example.",
+            "example.",
+            ".",
+        ] {
+            let q = a_query(name, 1, true);
+            let wq = cache::WireQuery::parse(&q.to_vec().unwrap()).unwrap();
+            assert_eq!(route_wire(&w, wq.name()), route(&d, name), "{name}");
+            assert_eq!(route_wire(&[], wq.name()), Route::Upstream);
+        }
+    }
+
+    #[test]
+    fn the_wire_key_is_the_parsed_key() {
+        let mut queries = vec![a_query("Web.Example.", 1, true), a_query(".", 2, false)];
+        let mut cd = a_query("a.example.", 3, true);
+        cd.metadata.checking_disabled = true;
+        queries.push(cd);
+        for (dnssec_ok, payload) in [(false, 1232), (true, 4096), (true, 100)] {
+            let mut q = a_query("a.EXAMPLE.", 4, true);
+            let mut e = Edns::new();
+            e.set_dnssec_ok(dnssec_ok);
+            e.set_max_payload(payload);
+            q.edns = Some(e);
+            queries.push(q);
+        }
+        let mut aaaa = a_query("a.example.", 5, true);
+        aaaa.queries[0].set_query_type(hickory_proto::rr::RecordType::AAAA);
+        queries.push(aaaa);
+        let mut keys = std::collections::HashSet::new();
+        for q in &queries {
+            let raw = q.to_vec().unwrap();
+            let w = cache::WireQuery::parse(&raw).expect("a plain query");
+            let key = cache::Key::of(q).unwrap();
+            assert_eq!(w.key(), Borrow::<[u8]>::borrow(&key), "{q:?}");
+            assert_eq!(w.name(), key.name());
+            assert_eq!(Some(w.question_len), cache::question_len(&raw));
+            let limit = q
+                .edns
+                .as_ref()
+                .map_or(512, |e| usize::from(e.max_payload().max(512)));
+            assert_eq!(w.udp_limit, limit);
+            keys.insert(key);
+        }
+        assert_eq!(
+            keys.len(),
+            queries.len() - 1,
+            "only the case of a name is folded"
+        );
+        // What is not a plain query takes the slow path.
+        let plain = a_query("a.example.", 6, true).to_vec().unwrap();
+        let mut response = plain.clone();
+        response[2] |= 0x80;
+        let mut notify = plain.clone();
+        notify[2] |= 4 << 3;
+        let mut two = plain.clone();
+        two[5] = 2;
+        let mut trailing = plain.clone();
+        trailing.push(0);
+        let mut compressed = plain.clone();
+        compressed[12] = 0xC0;
+        for bad in [
+            response,
+            notify,
+            two,
+            trailing,
+            compressed,
+            plain[..20].to_vec(),
+        ] {
+            assert!(cache::WireQuery::parse(&bad).is_none(), "{bad:?}");
+        }
+    }
+
     #[test]
     fn a_cached_answer_takes_the_askers_id_rd_bit_and_spelling() {
         let first = a_query("web.example.", 1, false);
@@ -605,7 +789,7 @@ mod tests {
         let second = a_query("WeB.ExAmple.", 4242, true);
         let raw = second.to_vec().unwrap();
         let wire = c.get(&key, Instant::now()).unwrap();
-        let got = Message::from_vec(&from_cache(wire, &raw, &second, true).unwrap()).unwrap();
+        let got = Message::from_vec(&patched(wire, &raw, &second, true).unwrap()).unwrap();
         assert_eq!(got.metadata.id, 4242);
         assert!(got.metadata.recursion_desired);
         assert_eq!(got.metadata.message_type, MessageType::Response);
@@ -615,7 +799,7 @@ mod tests {
         // from this entry.
         let other = a_query("wef.example.", 9, true);
         let wire = c.get(&key, Instant::now()).unwrap();
-        assert!(from_cache(wire, &other.to_vec().unwrap(), &other, true).is_none());
+        assert!(patched(wire, &other.to_vec().unwrap(), &other, true).is_none());
     }
 
     #[test]
@@ -625,10 +809,10 @@ mod tests {
         let key = cache::Key::of(&q).unwrap();
         c.put(key.clone(), &answer_to(&q, a_reply(&q, 40)), Instant::now());
         let raw = q.to_vec().unwrap();
-        let udp = from_cache(c.get(&key, Instant::now()).unwrap(), &raw, &q, true).unwrap();
+        let udp = patched(c.get(&key, Instant::now()).unwrap(), &raw, &q, true).unwrap();
         let udp = Message::from_vec(&udp).unwrap();
         assert!(udp.metadata.truncation && udp.answers.is_empty());
-        let tcp = from_cache(c.get(&key, Instant::now()).unwrap(), &raw, &q, false).unwrap();
+        let tcp = patched(c.get(&key, Instant::now()).unwrap(), &raw, &q, false).unwrap();
         assert_eq!(Message::from_vec(&tcp).unwrap().answers.len(), 40);
     }
 }
