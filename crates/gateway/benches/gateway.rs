@@ -166,6 +166,67 @@ fn iperf3(pod: &Pod, seconds: u64) -> f64 {
     panic!("iperf3 from {} never ran", pod.netns().name());
 }
 
+/// The median of `v` (the mean of the middle two for an even count).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// A shell line run in network namespace `ns`; its standard output.
+fn sh_in(ns: &str, script: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c", script])
+        .output()
+        .expect("sh");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What decides the tunnel's cost, printed beside the numbers: vxlan0's MTU and offloads
+/// (both ends), the underlay's, and the gateway's MSS clamp.
+fn tunnel_settings(client: &Pod, gw: &Pod) {
+    let features = "ethtool -k vxlan0 | grep -E '^(rx-checksumming|tx-checksumming|generic-segmentation-offload|generic-receive-offload|tx-udp_tnl-segmentation|rx-gro-list|rx-udp-gro-forwarding):' | tr -s ' \\n' ' '";
+    for (who, pod) in [("client", client), ("gateway", gw)] {
+        let ns = pod.netns().name();
+        let mtu = sh_in(
+            ns,
+            "cat /sys/class/net/vxlan0/mtu /sys/class/net/eth0/mtu | tr '\\n' ' '",
+        );
+        println!(
+            "{who}: vxlan0/eth0 MTU {}| vxlan0 {}| eth0 GRO {}",
+            mtu,
+            sh_in(ns, features).trim(),
+            sh_in(
+                ns,
+                "ethtool -k eth0 | grep '^generic-receive-offload:' | cut -d: -f2"
+            )
+            .trim()
+        );
+    }
+    let clamp = sh_in(
+        gw.netns().name(),
+        "nft list ruleset | grep -o 'tcp option maxseg size set [a-z ]*' | sort -u | tr '\\n' ';'",
+    );
+    println!("gateway MSS clamp: {}", clamp.trim());
+}
+
+/// `ethtool -K DEV gro on` on every veth of namespace `ns` (veth GRO is off by default).
+fn gro_on(ns: &str) {
+    sh_in(
+        ns,
+        "ip -o link show type veth | cut -d: -f2 | cut -d@ -f1 | while read d; do ethtool -K $d gro on >/dev/null; done",
+    );
+}
+
+/// Tunnel against direct, `rounds` pairs, the order alternating (tunnel first in odd pairs,
+/// direct first in even ones) so that a drift of the machine's load does not favour one;
+/// prints each pair's ratio and, at the end, the ratio of the medians. With GW_BENCH_GRO=1
+/// every veth of the lab gets GRO on first (both paths alike).
 fn throughput(seconds: u64, rounds: u64) {
     let mut lab = Lab::new("gwb_tput").unwrap();
     let inet = lab.add_internet().unwrap();
@@ -180,25 +241,62 @@ fn throughput(seconds: u64, rounds: u64) {
         .netns()
         .run(|| gateway::client::init(&s, "client", &nat4, &[], "").unwrap())
         .unwrap();
+    let gro = env("GW_BENCH_GRO", 0) == 1;
+    if gro {
+        for ns in [
+            lab.node(),
+            plain.netns(),
+            client.netns(),
+            gw.netns(),
+            inet.netns(),
+        ] {
+            gro_on(ns.name());
+        }
+    }
     let _server = spawn_in(
         inet.netns().name(),
         "iperf3",
         &["-s", "-B", &internet::HOST_V4.to_string(), "-p", "5201"].map(String::from),
     );
     println!(
-        "\n## throughput: iperf3 -c {} -t {seconds} (TCP, one stream)",
-        internet::HOST_V4
+        "\n## throughput: iperf3 -c {} -t {seconds} (TCP, one stream), {rounds} pairs, order alternating{}",
+        internet::HOST_V4,
+        if gro { ", GRO on every veth" } else { "" }
     );
+    tunnel_settings(&client, &gw);
+    let (mut tunnels, mut directs) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
-        let tunnel = iperf3(&client, seconds);
-        let direct = iperf3(&plain, seconds);
+        let (tunnel, direct) = if round % 2 == 1 {
+            let t = iperf3(&client, seconds);
+            (t, iperf3(&plain, seconds))
+        } else {
+            let d = iperf3(&plain, seconds);
+            (iperf3(&client, seconds), d)
+        };
         println!(
-            "round {round}: tunnel {:>6.2} Gbit/s   direct veth {:>6.2} Gbit/s   tunnel/direct {:>5.1} %",
+            "pair {round} ({}): tunnel {:>6.2} Gbit/s   direct veth {:>6.2} Gbit/s   tunnel/direct {:>5.1} %",
+            if round % 2 == 1 {
+                "tunnel first"
+            } else {
+                "direct first"
+            },
             tunnel / 1e9,
             direct / 1e9,
             100.0 * tunnel / direct
         );
+        tunnels.push(tunnel);
+        directs.push(direct);
     }
+    let ratios: Vec<f64> = tunnels.iter().zip(&directs).map(|(t, d)| t / d).collect();
+    println!(
+        "throughput: median tunnel {:.2} Gbit/s, median direct {:.2} Gbit/s, ratio of the medians {:.1} %, median of the pair ratios {:.1} % (pairs {:.0}-{:.0} %)",
+        median(&tunnels) / 1e9,
+        median(&directs) / 1e9,
+        100.0 * median(&tunnels) / median(&directs),
+        100.0 * median(&ratios),
+        100.0 * ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        100.0 * ratios.iter().copied().fold(0.0, f64::max),
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
