@@ -26,7 +26,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::net::TcpStream;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
@@ -334,7 +334,16 @@ pub struct MeshTls {
     ktls: Option<ktls::Metrics>,
 }
 
-pub type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
+pub type ClientStream = tokio_rustls::client::TlsStream<BufReader<TcpStream>>;
+
+/// rustls pulls TLS from its transport 4 KiB at a time (rustls 0.23's deframer), so a full
+/// 16 KiB record would cost four `recvfrom` calls; a read buffer under it makes that one call
+/// for up to two records. Writes pass straight through.
+const TLS_READ_BUFFER: usize = 32 * 1024;
+
+fn buffered(tcp: TcpStream) -> BufReader<TcpStream> {
+    BufReader::with_capacity(TLS_READ_BUFFER, tcp)
+}
 
 impl MeshTls {
     pub fn new(source: Arc<dyn IdentitySource>) -> MeshTls {
@@ -407,7 +416,7 @@ impl MeshTls {
         }
         let ip = tcp.peer_addr()?.ip();
         tokio_rustls::TlsConnector::from(self.client(expected))
-            .connect(ServerName::IpAddress(ip.into()), tcp)
+            .connect(ServerName::IpAddress(ip.into()), buffered(tcp))
             .await
     }
 
@@ -440,7 +449,7 @@ impl MeshTls {
         mut tcp: TcpStream,
     ) -> io::Result<(Upstream, String)> {
         let Some(m) = self.ktls.as_ref().filter(|m| m.probe(&tcp)) else {
-            let (s, id) = self.accept(Prefixed::new(read, tcp)).await?;
+            let (s, id) = self.accept(Prefixed::new(read, buffered(tcp))).await?;
             return Ok((Box::new(s), id));
         };
         let mut conn =
