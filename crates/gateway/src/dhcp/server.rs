@@ -299,19 +299,93 @@ impl Leases {
     }
 }
 
-/// Hardware address as `aa:bb:…`.
-pub fn mac_text(chaddr: &[u8]) -> String {
-    chaddr
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+/// ETH_P_IP in network byte order, as a packet socket's protocol.
+const ETH_P_IP_BE: i32 = 0x0008;
+
+/// A classic BPF program for a packet socket (link header stripped): keeps UDP datagrams to
+/// port 67 that arrived on interface `ifindex` and are not fragments, drops everything else,
+/// so that the gateway's forwarded traffic never reaches the server's socket.
+fn request_filter(ifindex: u32) -> [socket2::SockFilter; 11] {
+    use socket2::SockFilter as F;
+    // BPF_LD|BPF_W|BPF_ABS of SKF_AD_OFF + SKF_AD_IFINDEX (-4096 + 8): the receiving interface.
+    const IFINDEX: u32 = 0xFFFF_F008;
+    [
+        F::new(0x20, 0, 0, IFINDEX), // 0: A = ifindex
+        F::new(0x15, 0, 7, ifindex), // 1: A == ifindex ? 2 : drop
+        F::new(0x30, 0, 0, 9),       // 2: A = ip protocol
+        F::new(0x15, 0, 5, 17),      // 3: A == UDP ? 4 : drop
+        F::new(0x28, 0, 0, 6),       // 4: A = flags and fragment offset
+        F::new(0x45, 3, 0, 0x1FFF),  // 5: a fragment after the first ? drop : 6
+        F::new(0xB1, 0, 0, 0),       // 6: X = IP header length
+        F::new(0x48, 0, 0, 2),       // 7: A = UDP destination port
+        F::new(0x15, 1, 0, 67),      // 8: A == 67 ? accept : drop
+        F::new(0x06, 0, 0, 0),       // 9: drop
+        F::new(0x06, 0, 0, 0xFFFF),  // 10: accept
+    ]
 }
 
-/// Serves on `dev` (port 67) until `stop` is set. Replies go to the client's address with a
-/// neighbour entry for its hardware address, because the tunnel carries no broadcasts from
-/// the gateway (its VXLAN device has no flood list; it learns where each client is).
-/// `ready` is set once the socket is bound.
+/// The Internet checksum (RFC 1071) of `parts`, laid end to end (each part of even length
+/// but the last).
+fn checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u32 = 0;
+    for part in parts {
+        let mut chunks = part.chunks_exact(2);
+        for c in &mut chunks {
+            sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+        if let [last] = chunks.remainder() {
+            sum += u32::from(*last) << 8;
+        }
+    }
+    while sum > 0xFFFF {
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IPv4/UDP packet from `src`:67 to `dst`:68 carrying `payload` (a DHCP reply), checksums
+/// filled in; what a packet socket sends below the link header.
+pub fn reply_packet(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    let udp_len = 8 + payload.len();
+    let total = 20 + udp_len;
+    let mut p = Vec::with_capacity(total);
+    p.extend_from_slice(&[0x45, 0]);
+    p.extend_from_slice(&(total as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 0, 64, 17, 0, 0]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    let ip_sum = checksum(&[&p[..20]]);
+    p[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+    p.extend_from_slice(&super::SERVER_PORT.to_be_bytes());
+    p.extend_from_slice(&CLIENT_PORT.to_be_bytes());
+    p.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(payload);
+    let pseudo = [
+        &src.octets()[..],
+        &dst.octets()[..],
+        &[0, 17],
+        &(udp_len as u16).to_be_bytes()[..],
+    ]
+    .concat();
+    let udp_sum = match checksum(&[&pseudo, &p[20..]]) {
+        0 => 0xFFFF,
+        s => s,
+    };
+    p[26..28].copy_from_slice(&udp_sum.to_be_bytes());
+    p
+}
+
+/// Serves on `dev` (port 67) until `stop` is set. Requests are read from a packet socket
+/// (filtered in the kernel to UDP port 67 on `dev`), and each reply goes back on it as an
+/// IPv4/UDP packet to the link-layer address the request came from, with the client's
+/// address as the IP destination. No neighbour entry is needed: the tunnel carries no
+/// broadcasts from the gateway (its VXLAN device has no flood list; it learns where each
+/// client is), and an entry per client — what this server added before — fills the kernel's
+/// neighbour table, which is one for all namespaces (gc_thresh3, 1,024 by default): past it
+/// the entry cannot be added and the client gets no answer. A UDP socket holds port 67 on
+/// `dev` (never read), so that unicast renewals meet no ICMP port unreachable. `ready` is set
+/// once both sockets are bound.
 pub fn serve(
     dev: &str,
     leases: std::sync::Arc<std::sync::Mutex<Leases>>,
@@ -319,19 +393,36 @@ pub fn serve(
     ready: &std::sync::atomic::AtomicBool,
 ) -> std::io::Result<()> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    sock.set_reuse_address(true)?;
-    sock.set_broadcast(true)?;
-    sock.bind_device(Some(dev.as_bytes()))?;
-    sock.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, super::SERVER_PORT).into())?;
+    use std::io::Read;
+    let ifindex = crate::iproute::link(dev)
+        .map_err(std::io::Error::other)?
+        .and_then(|l| l["ifindex"].as_u64())
+        .and_then(|i| u32::try_from(i).ok())
+        .ok_or_else(|| std::io::Error::other(format!("no interface {dev}")))?;
+    let hold = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    hold.set_reuse_address(true)?;
+    hold.bind_device(Some(dev.as_bytes()))?;
+    hold.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, super::SERVER_PORT).into())?;
+    hold.set_recv_buffer_size(0)?;
+    let sock = Socket::new(
+        Domain::PACKET,
+        Type::DGRAM,
+        Some(Protocol::from(ETH_P_IP_BE)),
+    )?;
+    sock.attach_filter(&request_filter(ifindex))?;
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
-    let sock: std::net::UdpSocket = sock.into();
+    let server = leases
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .cfg
+        .tunnel
+        .gateway;
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
-    let mut neigh: BTreeMap<Ipv4Addr, Vec<u8>> = BTreeMap::new();
-    let mut buf = [0u8; 1500];
+    let mut buf = [0u8; 2048];
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let n = match sock.recv_from(&mut buf) {
-            Ok((n, _)) => n,
+        // The sender's link-layer address, then the packet itself (both safe calls).
+        let from = match sock.peek_sender() {
+            Ok(a) => a,
             Err(e)
                 if matches!(
                     e.kind(),
@@ -342,8 +433,13 @@ pub fn serve(
             }
             Err(e) => return Err(e),
         };
-        let Ok(req) = Message::from_bytes(&buf[..n]) else {
-            tracing::debug!(bytes = n, "not a DHCP message; ignored");
+        let n = (&sock).read(&mut buf)?;
+        // What was queued before the filter was attached is checked here too.
+        let Some(payload) = super::client::udp_payload(&buf[..n], super::SERVER_PORT) else {
+            continue;
+        };
+        let Ok(req) = Message::from_bytes(payload) else {
+            tracing::debug!(bytes = payload.len(), "not a DHCP message; ignored");
             continue;
         };
         let reply = {
@@ -354,19 +450,8 @@ pub fn serve(
         let Ok(bytes) = reply.msg.to_vec() else {
             continue;
         };
-        if neigh.get(&reply.to) != Some(&reply.chaddr) && reply.chaddr.len() == 6 {
-            let script = format!(
-                "neigh replace {} lladdr {} dev {dev} nud reachable\n",
-                reply.to,
-                mac_text(&reply.chaddr)
-            );
-            if let Err(e) = crate::iproute::batch("", &script) {
-                tracing::warn!(error = %e, "cannot add the neighbour entry for a DHCP reply");
-                continue;
-            }
-            neigh.insert(reply.to, reply.chaddr.clone());
-        }
-        if let Err(e) = sock.send_to(&bytes, SocketAddrV4::new(reply.to, CLIENT_PORT)) {
+        let packet = reply_packet(server, reply.to, &bytes);
+        if let Err(e) = sock.send_to(&packet, &from) {
             tracing::warn!(to = %reply.to, error = %e, "cannot send a DHCP reply");
         }
     }
@@ -598,6 +683,31 @@ mod tests {
         late.set_xid(1);
         assert!(l.handle(&late, now).is_none());
         assert!(l.handle(&late, now + Duration::from_secs(61)).is_some());
+    }
+
+    #[test]
+    fn a_reply_packet_has_right_headers_and_checksums() {
+        let (src, dst) = (GW, Ipv4Addr::new(172, 16, 0, 20));
+        for payload in [&b"odd"[..], &[7u8; 300][..]] {
+            let p = reply_packet(src, dst, payload);
+            assert_eq!(p.len(), 28 + payload.len());
+            assert_eq!(checksum(&[&p[..20]]), 0, "IPv4 header checksum");
+            assert_eq!(&p[12..16], &src.octets());
+            assert_eq!(&p[16..20], &dst.octets());
+            let udp_len = (8 + payload.len()) as u16;
+            let pseudo = [
+                &src.octets()[..],
+                &dst.octets()[..],
+                &[0, 17],
+                &udp_len.to_be_bytes()[..],
+            ]
+            .concat();
+            assert_eq!(checksum(&[&pseudo, &p[20..]]), 0, "UDP checksum");
+            assert_eq!(
+                crate::dhcp::client::udp_payload(&p, CLIENT_PORT),
+                Some(payload)
+            );
+        }
     }
 
     #[test]
