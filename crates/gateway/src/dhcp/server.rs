@@ -421,19 +421,24 @@ pub fn serve(
     let mut buf = [0u8; 2048];
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         // The sender's link-layer address, then the packet itself (both safe calls).
+        let again = |e: &std::io::Error| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::Interrupted
+            )
+        };
         let from = match sock.peek_sender() {
             Ok(a) => a,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue;
-            }
+            Err(e) if again(&e) => continue,
             Err(e) => return Err(e),
         };
-        let n = (&sock).read(&mut buf)?;
+        let n = match (&sock).read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if again(&e) => continue,
+            Err(e) => return Err(e),
+        };
         // What was queued before the filter was attached is checked here too.
         let Some(payload) = super::client::udp_payload(&buf[..n], super::SERVER_PORT) else {
             continue;
