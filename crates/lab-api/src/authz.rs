@@ -149,6 +149,7 @@ pub fn attributes(method: &str, path: &str, watch: bool) -> Attributes {
     let resource = parts[0];
     let name = parts.get(1).copied().unwrap_or_default();
     let subresource = parts.get(2).copied().unwrap_or_default();
+    let other;
     let verb = match (method, name.is_empty()) {
         ("GET" | "HEAD", _) if watch => "watch",
         ("GET" | "HEAD", true) => "list",
@@ -158,25 +159,12 @@ pub fn attributes(method: &str, path: &str, watch: bool) -> Attributes {
         ("PATCH", _) => "patch",
         ("DELETE", true) => "deletecollection",
         ("DELETE", false) => "delete",
-        (other, _) => {
-            return Attributes::Resource {
-                verb: other.to_ascii_lowercase(),
-                group: group.into(),
-                resource: resource.into(),
-                subresource: subresource.into(),
-                namespace: namespace.into(),
-                name: name.into(),
-            };
+        (method, _) => {
+            other = method.to_ascii_lowercase();
+            &other
         }
     };
-    Attributes::Resource {
-        verb: verb.into(),
-        group: group.into(),
-        resource: resource.into(),
-        subresource: subresource.into(),
-        namespace: namespace.into(),
-        name: name.into(),
-    }
+    Attributes::resource(verb, group, resource, subresource, namespace, name)
 }
 
 /// The compiled policy and the store's RBAC generation it was built at.
@@ -240,14 +228,7 @@ pub fn confirm_no_escalation(
         decide(
             state,
             user,
-            &Attributes::Resource {
-                verb: verb.into(),
-                group: RBAC_GROUP.into(),
-                resource: resource.into(),
-                subresource: String::new(),
-                namespace: ns.into(),
-                name: object.into(),
-            },
+            &Attributes::resource(verb, RBAC_GROUP, resource, "", ns, object),
         )
         .allowed
     };
@@ -397,14 +378,7 @@ fn check(state: &State, user: &UserInfo, a: &Attributes) -> Result<(), ApiError>
 }
 
 fn impersonation(verb: &str, group: &str, resource: &str, ns: &str, name: &str) -> Attributes {
-    Attributes::Resource {
-        verb: verb.into(),
-        group: group.into(),
-        resource: resource.into(),
-        subresource: String::new(),
-        namespace: ns.into(),
-        name: name.into(),
-    }
+    Attributes::resource(verb, group, resource, "", ns, name)
 }
 
 /// The user a request acts as after its `Impersonate-*` headers, each checked with the
@@ -461,14 +435,14 @@ fn impersonate(state: &State, requester: UserInfo, c: &Credentials) -> Result<Us
     }
     for (key, values) in &c.as_extra {
         for v in values {
-            let a = Attributes::Resource {
-                verb: "impersonate".into(),
-                group: "authentication.k8s.io".into(),
-                resource: "userextras".into(),
-                subresource: key.clone(),
-                namespace: String::new(),
-                name: v.clone(),
-            };
+            let a = Attributes::resource(
+                "impersonate",
+                "authentication.k8s.io",
+                "userextras",
+                key,
+                "",
+                v,
+            );
             check(state, &requester, &a)?;
         }
         user.extra.insert(key.clone(), values.clone());
@@ -500,35 +474,21 @@ pub fn admit(state: &State, creds: &Credentials, req: &Request) -> Result<UserIn
 /// A list or watch whose field selector asks for `metadata.name=X` is a request for X, as
 /// kube-apiserver's RequestInfo has it, so `resourceNames` rules can allow it (a kubelet, or
 /// an agent watching one ConfigMap).
-pub fn named_by_selector(attrs: Attributes, field_selector: Option<&str>) -> Attributes {
-    match attrs {
-        Attributes::Resource {
-            verb,
-            group,
-            resource,
-            subresource,
-            namespace,
-            name,
-        } if name.is_empty() && matches!(verb.as_str(), "list" | "watch") => {
-            let name = field_selector
-                .unwrap_or_default()
-                .split(',')
-                .find_map(|term| {
-                    let (k, v) = term.split_once("==").or_else(|| term.split_once('='))?;
-                    (k.trim() == "metadata.name" && !k.ends_with('!')).then(|| v.trim().to_string())
-                })
-                .unwrap_or_default();
-            Attributes::Resource {
-                verb,
-                group,
-                resource,
-                subresource,
-                namespace,
-                name,
-            }
-        }
-        other => other,
+pub fn named_by_selector(mut attrs: Attributes, field_selector: Option<&str>) -> Attributes {
+    if let Attributes::Resource { verb, name, .. } = &mut attrs
+        && name.is_empty()
+        && matches!(verb.as_str(), "list" | "watch")
+    {
+        *name = field_selector
+            .unwrap_or_default()
+            .split(',')
+            .find_map(|term| {
+                let (k, v) = term.split_once("==").or_else(|| term.split_once('='))?;
+                (k.trim() == "metadata.name" && !k.ends_with('!')).then(|| v.trim().to_string())
+            })
+            .unwrap_or_default();
     }
+    attrs
 }
 
 /// Authenticates, impersonates and authorizes a streaming upgrade: `create` on `pods/exec`,
@@ -543,14 +503,7 @@ pub fn admit_stream(
 ) -> Result<UserInfo, ApiError> {
     let requester = authenticate(state, creds)?;
     let user = impersonate(state, requester, creds)?;
-    let a = Attributes::Resource {
-        verb: "create".into(),
-        group: String::new(),
-        resource: "pods".into(),
-        subresource: kind.subresource().into(),
-        namespace: namespace.into(),
-        name: name.into(),
-    };
+    let a = Attributes::resource("create", "", "pods", kind.subresource(), namespace, name);
     check(state, &user, &a)?;
     Ok(user)
 }
@@ -905,34 +858,23 @@ pub fn aggregates(rt: &ResourceType) -> bool {
 mod tests {
     use super::*;
 
-    fn res(verb: &str, group: &str, resource: &str, sub: &str, ns: &str, name: &str) -> Attributes {
-        Attributes::Resource {
-            verb: verb.into(),
-            group: group.into(),
-            resource: resource.into(),
-            subresource: sub.into(),
-            namespace: ns.into(),
-            name: name.into(),
-        }
-    }
-
     #[test]
     fn request_attributes() {
         #[rustfmt::skip]
         let table = [
-            ("GET", "/api/v1/namespaces/shop/pods", false, res("list", "", "pods", "", "shop", "")),
-            ("GET", "/api/v1/namespaces/shop/pods", true, res("watch", "", "pods", "", "shop", "")),
-            ("GET", "/api/v1/namespaces/shop/pods/web", false, res("get", "", "pods", "", "shop", "web")),
-            ("GET", "/api/v1/namespaces/shop/pods/web/log", false, res("get", "", "pods", "log", "shop", "web")),
-            ("POST", "/api/v1/namespaces/shop/serviceaccounts/sa/token", false, res("create", "", "serviceaccounts", "token", "shop", "sa")),
-            ("PATCH", "/apis/apps/v1/namespaces/shop/deployments/web/scale", false, res("patch", "apps", "deployments", "scale", "shop", "web")),
-            ("DELETE", "/api/v1/namespaces/shop/pods", false, res("deletecollection", "", "pods", "", "shop", "")),
-            ("DELETE", "/api/v1/namespaces/shop/pods/p", false, res("delete", "", "pods", "", "shop", "p")),
-            ("PUT", "/api/v1/namespaces/shop/status", false, res("update", "", "namespaces", "status", "shop", "shop")),
-            ("GET", "/api/v1/namespaces/shop", false, res("get", "", "namespaces", "", "shop", "shop")),
-            ("GET", "/api/v1/namespaces", false, res("list", "", "namespaces", "", "", "")),
-            ("GET", "/api/v1/nodes/lab-node", false, res("get", "", "nodes", "", "", "lab-node")),
-            ("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", false, res("create", "authorization.k8s.io", "selfsubjectaccessreviews", "", "", "")),
+            ("GET", "/api/v1/namespaces/shop/pods", false, Attributes::resource("list", "", "pods", "", "shop", "")),
+            ("GET", "/api/v1/namespaces/shop/pods", true, Attributes::resource("watch", "", "pods", "", "shop", "")),
+            ("GET", "/api/v1/namespaces/shop/pods/web", false, Attributes::resource("get", "", "pods", "", "shop", "web")),
+            ("GET", "/api/v1/namespaces/shop/pods/web/log", false, Attributes::resource("get", "", "pods", "log", "shop", "web")),
+            ("POST", "/api/v1/namespaces/shop/serviceaccounts/sa/token", false, Attributes::resource("create", "", "serviceaccounts", "token", "shop", "sa")),
+            ("PATCH", "/apis/apps/v1/namespaces/shop/deployments/web/scale", false, Attributes::resource("patch", "apps", "deployments", "scale", "shop", "web")),
+            ("DELETE", "/api/v1/namespaces/shop/pods", false, Attributes::resource("deletecollection", "", "pods", "", "shop", "")),
+            ("DELETE", "/api/v1/namespaces/shop/pods/p", false, Attributes::resource("delete", "", "pods", "", "shop", "p")),
+            ("PUT", "/api/v1/namespaces/shop/status", false, Attributes::resource("update", "", "namespaces", "status", "shop", "shop")),
+            ("GET", "/api/v1/namespaces/shop", false, Attributes::resource("get", "", "namespaces", "", "shop", "shop")),
+            ("GET", "/api/v1/namespaces", false, Attributes::resource("list", "", "namespaces", "", "", "")),
+            ("GET", "/api/v1/nodes/lab-node", false, Attributes::resource("get", "", "nodes", "", "", "lab-node")),
+            ("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", false, Attributes::resource("create", "authorization.k8s.io", "selfsubjectaccessreviews", "", "", "")),
         ];
         for (m, p, w, want) in table {
             assert_eq!(attributes(m, p, w), want, "{m} {p}");
@@ -966,26 +908,30 @@ mod tests {
         };
         assert_eq!(
             named("GET", true, "metadata.name=web-ai"),
-            res("watch", "", "configmaps", "", "shop", "web-ai")
+            Attributes::resource("watch", "", "configmaps", "", "shop", "web-ai")
         );
         assert_eq!(
             named("GET", false, "a=b,metadata.name==web-ai"),
-            res("list", "", "configmaps", "", "shop", "web-ai")
+            Attributes::resource("list", "", "configmaps", "", "shop", "web-ai")
         );
         assert_eq!(
             named("GET", false, "metadata.name!=web-ai"),
-            res("list", "", "configmaps", "", "shop", "")
+            Attributes::resource("list", "", "configmaps", "", "shop", "")
         );
         assert_eq!(
             named("DELETE", false, "metadata.name=x"),
-            res("deletecollection", "", "configmaps", "", "shop", "")
+            Attributes::resource("deletecollection", "", "configmaps", "", "shop", "")
         );
     }
 
     #[test]
     fn forbidden_messages_match_the_real_server() {
         let u = UserInfo::service_account("shop", "web", "");
-        let e = forbidden(&u, &res("list", "", "pods", "", "shop", ""), "");
+        let e = forbidden(
+            &u,
+            &Attributes::resource("list", "", "pods", "", "shop", ""),
+            "",
+        );
         assert_eq!(
             e.message,
             "pods is forbidden: User \"system:serviceaccount:shop:web\" cannot list resource \"pods\" in API group \"\" in the namespace \"shop\""
@@ -993,7 +939,7 @@ mod tests {
         assert_eq!(e.to_status()["details"], json!({"kind": "pods"}));
         let e = forbidden(
             &u,
-            &res("patch", "apps", "deployments", "scale", "shop", "web"),
+            &Attributes::resource("patch", "apps", "deployments", "scale", "shop", "web"),
             "",
         );
         assert_eq!(
@@ -1004,7 +950,11 @@ mod tests {
             e.to_status()["details"],
             json!({"kind": "deployments", "group": "apps", "name": "web"})
         );
-        let e = forbidden(&u, &res("get", "", "nodes", "", "", "n1"), "RBAC: x");
+        let e = forbidden(
+            &u,
+            &Attributes::resource("get", "", "nodes", "", "", "n1"),
+            "RBAC: x",
+        );
         assert_eq!(
             e.message,
             "nodes \"n1\" is forbidden: User \"system:serviceaccount:shop:web\" cannot get resource \"nodes\" in API group \"\" at the cluster scope: RBAC: x"

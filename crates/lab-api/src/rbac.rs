@@ -36,6 +36,25 @@ pub enum Attributes {
 }
 
 impl Attributes {
+    /// A request on a resource (`subresource` and `namespace` empty where there is none).
+    pub fn resource(
+        verb: &str,
+        group: &str,
+        resource: &str,
+        subresource: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Self {
+        Attributes::Resource {
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+            subresource: subresource.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
     fn namespace(&self) -> &str {
         match self {
             Attributes::Resource { namespace, .. } => namespace,
@@ -356,14 +375,7 @@ pub fn not_covered(owner: &[PolicyRule], wanted: &[PolicyRule]) -> Vec<String> {
                 let (res, sub) = resource.split_once('/').unwrap_or((resource, ""));
                 for name in &names {
                     for verb in &rule.verbs {
-                        let a = Attributes::Resource {
-                            verb: verb.clone(),
-                            group: group.clone(),
-                            resource: res.into(),
-                            subresource: sub.into(),
-                            namespace: String::new(),
-                            name: name.clone(),
-                        };
+                        let a = Attributes::resource(verb, group, res, sub, "", name);
                         if allowed(&a) {
                             continue;
                         }
@@ -522,14 +534,7 @@ mod tests {
 
     fn res(verb: &str, group: &str, resource: &str, ns: &str, name: &str) -> Attributes {
         let (resource, sub) = resource.split_once('/').unwrap_or((resource, ""));
-        Attributes::Resource {
-            verb: verb.into(),
-            group: group.into(),
-            resource: resource.into(),
-            subresource: sub.into(),
-            namespace: ns.into(),
-            name: name.into(),
-        }
+        Attributes::resource(verb, group, resource, sub, ns, name)
     }
 
     fn path(verb: &str, p: &str) -> Attributes {
