@@ -110,9 +110,10 @@ fn records(mut wire: &[u8]) -> Vec<(u8, Vec<u8>)> {
     out
 }
 
-/// What the kernel does with a TLS 1.3 record and the crypto-info: (inner type, plaintext).
-/// `n` counts records from the one the crypto-info's sequence number names (-1: the one before).
-fn open(info: &TlsCryptoInfo, n: i64, record: &[u8]) -> (u8, Vec<u8>) {
+/// The AEAD key of a crypto-info and the nonce of the record `n` records after the one its
+/// sequence number names (-1: the one before), as the kernel derives them (TLS 1.3: the
+/// salt and IV make the static nonce, XORed with the record's sequence number).
+fn record_key(info: &TlsCryptoInfo, n: i64) -> (ring::aead::LessSafeKey, ring::aead::Nonce) {
     let (alg, key, salt, iv, rec_seq): (_, &[u8], &[u8], &[u8], _) = match info {
         TlsCryptoInfo::Aes128Gcm(i) => {
             (&ring::aead::AES_128_GCM, &i.key, &i.salt, &i.iv, i.rec_seq)
@@ -135,14 +136,19 @@ fn open(info: &TlsCryptoInfo, n: i64, record: &[u8]) -> (u8, Vec<u8>) {
     for (n, s) in nonce[4..].iter_mut().zip(seq.to_be_bytes()) {
         *n ^= s;
     }
-    let key = ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(alg, key).unwrap());
+    (
+        ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(alg, key).unwrap()),
+        ring::aead::Nonce::assume_unique_for_key(nonce),
+    )
+}
+
+/// What the kernel does with a TLS 1.3 record and the crypto-info: (inner type, plaintext).
+/// `n` counts records from the one the crypto-info's sequence number names (-1: the one before).
+fn open(info: &TlsCryptoInfo, n: i64, record: &[u8]) -> (u8, Vec<u8>) {
+    let (key, nonce) = record_key(info, n);
     let mut buf = record[5..].to_vec();
     let plain = key
-        .open_in_place(
-            ring::aead::Nonce::assume_unique_for_key(nonce),
-            ring::aead::Aad::from(&record[..5]),
-            &mut buf,
-        )
+        .open_in_place(nonce, ring::aead::Aad::from(&record[..5]), &mut buf)
         .expect("the crypto-info decrypts rustls' record");
     let end = plain.iter().rposition(|b| *b != 0).unwrap();
     (plain[end], plain[..end].to_vec())
@@ -306,40 +312,14 @@ fn without_the_kernel_module_the_session_stays_in_userspace_and_is_counted() {
 /// What the kernel does when it sends: seals `plain` as one application-data record with the
 /// crypto-info, `n` records after the one its sequence number names.
 fn seal(info: &TlsCryptoInfo, n: u64, plain: &[u8]) -> Vec<u8> {
-    let (alg, key, salt, iv, rec_seq): (_, &[u8], &[u8], &[u8], _) = match info {
-        TlsCryptoInfo::Aes128Gcm(i) => {
-            (&ring::aead::AES_128_GCM, &i.key, &i.salt, &i.iv, i.rec_seq)
-        }
-        TlsCryptoInfo::Aes256Gcm(i) => {
-            (&ring::aead::AES_256_GCM, &i.key, &i.salt, &i.iv, i.rec_seq)
-        }
-        TlsCryptoInfo::Chacha20Poly1305(i) => (
-            &ring::aead::CHACHA20_POLY1305,
-            &i.key,
-            &i.salt,
-            &i.iv,
-            i.rec_seq,
-        ),
-    };
-    let seq = u64::from_be_bytes(rec_seq) + n;
-    let mut nonce = [0u8; 12];
-    nonce[..salt.len()].copy_from_slice(salt);
-    nonce[salt.len()..].copy_from_slice(iv);
-    for (n, s) in nonce[4..].iter_mut().zip(seq.to_be_bytes()) {
-        *n ^= s;
-    }
-    let key = ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(alg, key).unwrap());
+    let (key, nonce) = record_key(info, n as i64);
     let mut body = plain.to_vec();
     body.push(23);
-    let len = (body.len() + alg.tag_len()) as u16;
+    let len = (body.len() + key.algorithm().tag_len()) as u16;
     let mut header = vec![23, 3, 3];
     header.extend_from_slice(&len.to_be_bytes());
-    key.seal_in_place_append_tag(
-        ring::aead::Nonce::assume_unique_for_key(nonce),
-        ring::aead::Aad::from(&header[..]),
-        &mut body,
-    )
-    .unwrap();
+    key.seal_in_place_append_tag(nonce, ring::aead::Aad::from(&header[..]), &mut body)
+        .unwrap();
     header.extend_from_slice(&body);
     header
 }
