@@ -79,9 +79,27 @@ pub async fn run(s: ProxySettings) -> Result<(), Exit> {
         }
         _ => None,
     };
-    mesh_proxy::run(s, store, source, identity, crate::injector::stop_signal())
+    let ai_pod = s.ai_pod.clone();
+    let mut proxy = mesh_proxy::Proxy::bind_with(s, store, source, identity)
         .await
         .code(Code::Failure)?;
+    if let Some((namespace, pod)) = ai_pod {
+        // The Pod's LLM rewriting policy, followed through the API with the Pod's account
+        // (the same watch as the identity agent's).
+        let client = kube_util::client().await.code(Code::Api)?;
+        let (tx, policy) = identity::ai::handle();
+        tracing::info!(%namespace, %pod, "AI rewriting follows the Pod's policy");
+        tokio::spawn(identity::ai::follow(
+            client,
+            namespace,
+            pod,
+            tx,
+            proxy.llm_policy_errors(),
+        ));
+        proxy = proxy.with_llm(policy);
+    }
+    tracing::info!(admin = %proxy.admin_addr(), "proxy listening");
+    proxy.serve(crate::injector::stop_signal()).await;
     tracing::info!("proxy stopped");
     Ok(())
 }

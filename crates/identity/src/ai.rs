@@ -22,11 +22,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-/// Annotations that turn rewriting on: ours (`"true"`), the seed's (present and not `"false"`).
-pub const AI: &str = "ghostwire.dev/ai";
-pub const SEED_AI: &str = "kube-gateway.io/ai";
-/// The model override annotations, ours first.
-pub const MODEL: [&str; 2] = ["ghostwire.dev/ai-model", "kube-gateway.io/ai-model"];
+pub use mesh_config::ai::{AI, MODEL, SEED_AI, opted_in};
+
 /// The ConfigMap's key.
 pub const KEY: &str = "config";
 
@@ -45,12 +42,6 @@ pub enum AiError {
         #[source]
         source: llm_rewrite::ConfigError,
     },
-}
-
-/// Whether the Pod asks for rewriting.
-pub fn opted_in(annotations: &BTreeMap<String, String>) -> bool {
-    annotations.get(AI).is_some_and(|v| v == "true")
-        || annotations.get(SEED_AI).is_some_and(|v| v != "false")
 }
 
 /// The policy in force for `pod` given its ConfigMaps (ours, the seed's), pure.

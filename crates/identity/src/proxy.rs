@@ -429,24 +429,6 @@ pub fn mesh_settings(s: &AgentSettings) -> mesh_config::ProxySettings {
     m
 }
 
-/// Whether the Pod is opted in to AI rewriting (read once, retried until the API answers).
-async fn ai_wanted(client: &kube::Client, s: &AgentSettings) -> bool {
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &s.namespace);
-    loop {
-        match pods.get(&s.pod).await {
-            Ok(p) => {
-                return p
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .is_some_and(crate::ai::opted_in);
-            }
-            Err(e) => tracing::warn!(error = %e, pod = %s.pod, "cannot read the Pod yet; retrying"),
-        }
-        tokio::time::sleep(s.reload).await;
-    }
-}
-
 /// Runs the proxy until the process is stopped. The mesh proxy listens only once the first
 /// list of peers is in, so no connection to an encrypting Pod goes out in plaintext for want
 /// of knowing it; until the Pod's certificate is loaded, such connections fail (closed).
@@ -478,23 +460,17 @@ pub async fn run(s: AgentSettings, client: kube::Client) -> Result<(), ProxyErro
         Some(identity.clone() as Arc<dyn IdentitySource>),
     )
     .await?;
-    // AI rewriting when the Pod asks for it at start (the annotation is read once; the policy
-    // itself follows the Pod and its ConfigMap).
-    let ai = ai_wanted(&client, &s).await;
-    let ai_task: Pin<Box<dyn Future<Output = ()> + Send>> = if ai {
-        let (tx, policy) = crate::ai::handle();
-        mesh = mesh.with_llm(policy);
-        tracing::info!("AI rewriting on for the Pod's outbound HTTP");
-        Box::pin(crate::ai::follow(
-            client.clone(),
-            s.namespace.clone(),
-            s.pod.clone(),
-            tx,
-            metrics.ai_policy_errors.clone(),
-        ))
-    } else {
-        Box::pin(std::future::pending())
-    };
+    // AI rewriting follows the Pod's annotations and its ConfigMap live: while the Pod is
+    // not opted in there is no policy, and the L4 proxy keeps its connections opaque.
+    let (tx, policy) = crate::ai::handle();
+    mesh = mesh.with_llm(policy);
+    let ai_task = crate::ai::follow(
+        client.clone(),
+        s.namespace.clone(),
+        s.pod.clone(),
+        tx,
+        metrics.ai_policy_errors.clone(),
+    );
     let tls_l = TcpListener::bind(("0.0.0.0", s.tls_port)).await?;
     let admin_l = TcpListener::bind(s.admin_addr).await?;
     tracing::info!(outbound = s.local_port, inbound = s.inbound_port, tls = s.tls_port, admin = %s.admin_addr, mesh_admin = %s.mesh_admin_addr, "proxy listening");

@@ -46,6 +46,8 @@ const TRUST_DOMAIN: &str = "cluster.local";
 pub const TOKEN_VOLUME: &str = "ghostwire-mesh-token";
 /// Where the routes ConfigMap is mounted in the proxy.
 pub const ROUTES_PATH: &str = "/etc/ghostwire/mesh";
+/// The proxy's own Pod name (downward API), for [`mesh_config::AI_POD`].
+pub const POD_NAME_ENV: &str = "GW_POD_NAME";
 /// The uid the validator runs as: neither root nor the proxy's (as linkerd2-proxy-init's).
 pub const VALIDATOR_UID: i64 = 2102;
 
@@ -115,6 +117,7 @@ impl Capability for Mesh {
     fn annotations(&self) -> Vec<&'static str> {
         [MESH, MESH_ROUTES, MESH_NATIVE_SIDECAR]
             .into_iter()
+            .chain([mesh_config::ai::AI, mesh_config::ai::MODEL[0]])
             .chain(KNOBS.iter().filter_map(|k| k.annotation))
             .collect()
     }
@@ -253,6 +256,15 @@ impl Capability for Mesh {
             proxy_env.push(json!({
                 "name": mesh_config::PREVIEW_MAP,
                 "value": crate::preview_switch::map_path(w),
+            }));
+        }
+        if mesh_config::ai::opted_in(&w.annotations) && !knobs.contains_key(mesh_config::AI_POD) {
+            // LLM rewriting: the proxy follows this Pod's annotations and ConfigMap through
+            // the API (the Pod's name is only known once it exists: the downward API).
+            proxy_env.push(json!({"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}));
+            proxy_env.push(json!({
+                "name": mesh_config::AI_POD,
+                "value": format!("{}/$({POD_NAME_ENV})", w.namespace),
             }));
         }
         let mut proxy = self.container(PROXY, &["proxy"], &proxy_env);
@@ -399,6 +411,40 @@ mod tests {
             "app-a-routes"
         );
         assert_eq!(doc["spec"]["containers"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_ai_pod_gets_its_own_name_for_the_proxys_policy_watch() {
+        let env = |ann: &[(&str, &str)]| {
+            let doc = patched(&workload(ann, &[]));
+            doc["spec"]["initContainers"][2]["env"]
+                .as_array()
+                .unwrap()
+                .clone()
+        };
+        let ai = env(&[(MESH, "true"), (mesh_config::ai::AI, "true")]);
+        let at = |name: &str| ai.iter().position(|e| e["name"] == name);
+        // The Pod's name from the downward API, defined before the knob that expands it.
+        let name = at(POD_NAME_ENV).expect("the downward API name");
+        assert_eq!(
+            ai[name]["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.name"
+        );
+        let knob = at(mesh_config::AI_POD).unwrap();
+        assert!(name < knob);
+        assert_eq!(ai[knob]["value"], "app-a/$(GW_POD_NAME)");
+        for ann in [
+            &[(MESH, "true")][..],
+            &[(MESH, "true"), (mesh_config::ai::AI, "false")],
+        ] {
+            assert!(
+                env(ann)
+                    .iter()
+                    .all(|e| e["name"] != mesh_config::AI_POD && e["name"] != POD_NAME_ENV),
+                "{ann:?}"
+            );
+        }
+        assert!(cap().annotations().contains(&"ghostwire.dev/ai-model"));
     }
 
     #[test]

@@ -73,8 +73,29 @@ knobs::knobs! {
         "Proxy: L4 only (the identity agent's mode): no protocol detection, every connection is opaque TCP; a Service address goes to one endpoint the proxy picks, with that endpoint's identity; an inbound mesh client must present the identity the routing config's `pods` gives its source address.";
     KTLS = "GW_MESH_KTLS", "ktls", "false",
         "Proxy: hand mesh TLS sessions to the kernel (kTLS: TCP_ULP tls, then TLS_TX/TLS_RX) where the kernel has the TLS module; without it they stay in userspace TLS, logged once and counted in `ghostwire_proxy_ktls_offloads_total{result=\"userspace\"}`.";
+    AI_POD = "GW_MESH_AI_POD", "ai-pod", "",
+        "Proxy: NAMESPACE/NAME of the Pod whose LLM rewriting policy applies to the proxy's outbound HTTP (its `ghostwire.dev/ai*` annotations and its ConfigMap `NAME-ghostwire-ai`, followed through the API with the Pod's ServiceAccount). The injector sets it from the downward API for Pods annotated `ghostwire.dev/ai: \"true\"`. Empty: no rewriting.";
     TOKEN = "GW_MESH_TOKEN", "token", "/var/run/secrets/ghostwire/mesh/token",
         "Proxy: the projected ServiceAccount token (with the mesh's audience) presented to the controller; the injector mounts it there when a controller is set.", @"mesh-token";
+}
+
+/// LLM rewriting's opt-in, shared by the identity agent (`identity::ai`) and the injector's
+/// mesh sidecar ([`AI_POD`]).
+pub mod ai {
+    use std::collections::BTreeMap;
+
+    /// Annotations that turn rewriting on: ours (`"true"`), the seed's (present and not
+    /// `"false"`).
+    pub const AI: &str = "ghostwire.dev/ai";
+    pub const SEED_AI: &str = "kube-gateway.io/ai";
+    /// The model override annotations, ours first.
+    pub const MODEL: [&str; 2] = ["ghostwire.dev/ai-model", "kube-gateway.io/ai-model"];
+
+    /// Whether the Pod asks for rewriting.
+    pub fn opted_in(annotations: &BTreeMap<String, String>) -> bool {
+        annotations.get(AI).is_some_and(|v| v == "true")
+            || annotations.get(SEED_AI).is_some_and(|v| v != "false")
+    }
 }
 
 /// The audience of the projected token the proxy presents to the controller (the controller's
@@ -175,6 +196,8 @@ pub struct ProxySettings {
     /// Hand mesh TLS sessions to the kernel (kTLS) where it can take them ([`KTLS`]; the
     /// identity agent's from the Pod's `ghostwire.dev/ktls`).
     pub ktls: bool,
+    /// The Pod whose LLM rewriting policy the proxy follows ([`AI_POD`]): (namespace, name).
+    pub ai_pod: Option<(String, String)>,
 }
 
 /// Where raw values come from.
@@ -280,6 +303,25 @@ impl Sources {
         Ok(ProxySettings {
             l4_only: r.parse(L4_ONLY, parse_bool)?,
             ktls: r.parse(KTLS, parse_bool)?,
+            ai_pod: r.parse(AI_POD, |s| {
+                let s = s.trim();
+                if s.is_empty() {
+                    return Ok(None);
+                }
+                let dns = |p: &str| {
+                    !p.is_empty()
+                        && p.len() <= 253
+                        && p.bytes().all(|b| {
+                            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                        })
+                };
+                match s.split_once('/') {
+                    Some((ns, name)) if dns(ns) && dns(name) => {
+                        Ok(Some((ns.to_string(), name.to_string())))
+                    }
+                    _ => Err("expected NAMESPACE/NAME of a Pod".to_string()),
+                }
+            })?,
             inbound_port: r.parse(INBOUND_PORT, port)?,
             outbound_port: r.parse(OUTBOUND_PORT, port)?,
             admin_addr: r.parse(ADMIN_ADDR, |s| {
@@ -439,6 +481,19 @@ mod tests {
             .proxy_settings()
             .unwrap_err();
         assert_eq!(e.knob, IDENTITY);
+        for pod in ["web", "shop/", "/web", "Shop/web", "a/b/c"] {
+            let e = given(&[(AI_POD, pod)]).proxy_settings().unwrap_err();
+            assert_eq!(e.knob, AI_POD, "{pod}");
+            assert!(e.to_string().contains("NAMESPACE/NAME"), "{e}");
+        }
+        assert_eq!(
+            given(&[(AI_POD, "shop/web-7d9c")])
+                .proxy_settings()
+                .unwrap()
+                .ai_pod,
+            Some(("shop".into(), "web-7d9c".into()))
+        );
+        assert_eq!(given(&[]).proxy_settings().unwrap().ai_pod, None);
         let s = given(&[(IPV6, "false")]).init_settings().unwrap();
         assert!(s.skip_outbound_cidrs.iter().all(|c| c.addr().is_ipv4()));
     }

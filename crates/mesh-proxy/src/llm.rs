@@ -95,6 +95,11 @@ impl LlmLayer {
     pub fn new(policy: PolicyHandle, counter: Family<Labels, Counter>) -> LlmLayer {
         LlmLayer { policy, counter }
     }
+
+    /// Whether a policy is in force now (the Pod is opted in and its policy is known).
+    pub fn active(&self) -> bool {
+        self.policy.0.borrow().is_some()
+    }
 }
 
 impl<S> tower::Layer<S> for LlmLayer {

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub llm_requests: Family<Labels, Counter>,
     pub config_generation: Gauge,
     pub config_errors: Counter,
+    pub llm_policy_errors: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -49,6 +50,7 @@ impl Metrics {
             llm_requests: Family::default(),
             config_generation: Gauge::default(),
             config_errors: Counter::default(),
+            llm_policy_errors: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("proxy");
         r.register(
@@ -117,6 +119,11 @@ impl Metrics {
             "Routing configs refused",
             m.config_errors.clone(),
         );
+        r.register(
+            "llm_policy_errors",
+            "AI rewriting policies refused (a ConfigMap that does not parse); the last good one stays in force",
+            m.llm_policy_errors.clone(),
+        );
         m
     }
 }
@@ -168,6 +175,7 @@ mod tests {
             "ghostwire_proxy_llm_requests_total",
             "ghostwire_proxy_config_generation",
             "ghostwire_proxy_config_errors_total",
+            "ghostwire_proxy_llm_policy_errors_total",
         ] {
             assert!(out.contains(name), "{name} missing from:\n{out}");
         }

@@ -195,9 +195,19 @@ impl Proxy {
     /// Rewrites the Pod's outbound model API requests by `policy` ([`crate::llm`]). In L4
     /// mode this turns protocol detection back on for outbound connections (except on the
     /// opaque ports), so plaintext HTTP takes the HTTP path and its layer.
+    ///
+    /// In L4 mode the choice is made per connection: HTTP only while a policy is in force
+    /// (the Pod is opted in now), opaque TCP otherwise, so an opt-in or opt-out applies to
+    /// the next connection.
     pub fn with_llm(mut self, policy: PolicyHandle) -> Proxy {
         self.llm = Some(policy);
         self
+    }
+
+    /// The counter of refused AI policies (`ghostwire_proxy_llm_policy_errors_total`), for
+    /// whoever feeds the [`PolicyHandle`].
+    pub fn llm_policy_errors(&self) -> prometheus_client::metrics::counter::Counter {
+        self.metrics.llm_policy_errors.clone()
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -410,8 +420,9 @@ impl Ctx {
             }
             Direction::Inbound => orig,
         };
-        // L4 mode is opaque, but for the outbound of a Pod with AI rewriting, which needs HTTP.
-        let l4 = self.settings.l4_only && self.llm.is_none();
+        // L4 mode is opaque, but for the outbound of a Pod with AI rewriting in force, which
+        // needs HTTP.
+        let l4 = self.settings.l4_only && !self.llm.as_ref().is_some_and(LlmLayer::active);
         let opaque_port = l4 || self.settings.opaque_ports.contains(&orig.port());
         let (protocol, mut prefix) = match (opaque_port, self.direction, &self.tls) {
             // Server-speaks-first: the client may wait for the server, so do not wait for it.

@@ -1,0 +1,363 @@
+//! LLM request rewriting in the lab (issue 17 points 5 and 7): a client Pod with
+//! `ghostwire.dev/ai: "true"` and the identity agent attached, the lab's fake OpenAI/Ollama
+//! server as a Pod behind a Service. What the client really receives: a non-streaming OpenAI
+//! chat with its model overridden, its prompt rewritten and a banned word masked; a streaming
+//! Ollama chat whose banned phrase the server sends in separate chunks, masked; a change of the
+//! ConfigMap picked up by the same proxy process; a request to another path whose body arrives
+//! byte for byte.
+
+mod common;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use lab_node::scenario::{apply, wait_ready};
+use lab_node::{Cluster, ClusterOptions};
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+async fn until<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    f: impl FnMut() -> F,
+) -> T {
+    common::until(what, TIMEOUT.as_secs(), f).await
+}
+
+/// Answers every POST with what it received: the path, the Content-Encoding and the body.
+const MIRROR: &str = r#"
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.reply(b"ok")
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        enc = (self.headers.get("Content-Encoding") or "").encode()
+        self.reply(self.path.encode() + b"\n" + enc + b"\n" + body)
+    def reply(self, out):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
+"#;
+
+/// One HTTP/1.1 request from the current network namespace; the status and the body
+/// (de-chunked), or an error.
+fn post(
+    to: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), String> {
+    let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    s.write_all(body).map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of headers")?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("no status")?;
+    let mut body = raw[split + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        body = dechunk(&body)?;
+    }
+    Ok((status, body))
+}
+
+fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n").ok_or("bad chunk")?;
+        let size = usize::from_str_radix(
+            String::from_utf8_lossy(&b[..eol])
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim(),
+            16,
+        )
+        .map_err(|e| e.to_string())?;
+        if size == 0 {
+            return Ok(out);
+        }
+        let start = eol + 2;
+        out.extend_from_slice(b.get(start..start + size).ok_or("short chunk")?);
+        b = &b[start + size + 2..];
+    }
+}
+
+/// The text of an Ollama NDJSON stream, and its lines.
+fn ollama_text(body: &[u8]) -> (String, Vec<String>) {
+    let lines: Vec<String> = String::from_utf8_lossy(body)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    let text = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["message"]["content"].as_str().map(str::to_string))
+        .collect();
+    (text, lines)
+}
+
+fn gzip(b: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(b).unwrap();
+    e.finish().unwrap()
+}
+
+fn metric(pod: &lab_net::Pod, ip: IpAddr, api: &str, outcome: &str) -> f64 {
+    let text = pod
+        .http_get(SocketAddr::new(ip, 18091), "/metrics")
+        .unwrap_or_default();
+    common::metric(
+        &common::parse_metrics(&text),
+        "ghostwire_proxy_llm_requests_total",
+        &[("api", api), ("outcome", outcome)],
+    )
+    .unwrap_or(0.0)
+}
+
+fn policy(banned: &[&str]) -> Value {
+    let config = json!({
+        "request": {"userPromptReplace": [{"orig": "joke", "new": "fact"}]},
+        "response": {"bannedWords": banned},
+    });
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web-ghostwire-ai"},
+           "data": {"config": config.to_string()}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ai_pod_requests_are_rewritten_and_answers_filtered() {
+    let mut opts = ClusterOptions::new("ai", env!("CARGO_BIN_EXE_ghostwire").into());
+    opts.backoff_initial = Duration::from_millis(300);
+    let c = Cluster::start(opts)
+        .await
+        .expect("lab cluster (needs root)");
+    let client = c.client().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(policy(&["secret", "rabbit stew"])).unwrap(),
+    )
+    .await
+    .unwrap();
+    let llm = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "llm", "labels": {"app": "llm"}},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "llm",
+            "image": "lab/fake-llm", "args": ["--chunk-delay-ms", "20"],
+            "ports": [{"name": "openai", "containerPort": 8080}, {"name": "ollama", "containerPort": 11434}],
+            "readinessProbe": {"httpGet": {"path": "/", "port": "openai"}, "periodSeconds": 1}}]}});
+    let llm_svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "llm"},
+        "spec": {"selector": {"app": "llm"}, "ports": [
+            {"name": "openai", "port": 8080, "targetPort": "openai"},
+            {"name": "ollama", "port": 11434, "targetPort": "ollama"}]}});
+    let mirror = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "mirror", "labels": {"app": "mirror"}},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "mirror",
+            "image": "python:3", "command": ["python3", "-c", MIRROR],
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1}}]}});
+    let mirror_svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "mirror"},
+        "spec": {"selector": {"app": "mirror"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}});
+    let web = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web", "annotations": {
+            "ghostwire.dev/ai": "true", "ghostwire.dev/ai-model": "tiny"}},
+        "spec": {"terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "app", "image": "busybox", "command": ["sleep", "1000000"]}]}});
+    for o in [&llm, &llm_svc, &mirror, &mirror_svc, &web] {
+        apply(&client, "default", o).await.unwrap();
+    }
+    wait_ready(&client, "default", &["llm", "mirror", "web"], TIMEOUT)
+        .await
+        .unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let cluster_ip =
+        |s: Service| -> IpAddr { s.spec.unwrap().cluster_ip.unwrap().parse().unwrap() };
+    let llm_ip = cluster_ip(services.get("llm").await.unwrap());
+    let mirror_ip = cluster_ip(services.get("mirror").await.unwrap());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let web_ip: IpAddr = pods
+        .get("web")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .pod_ip
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ghostwire"))
+        .args(["attach", "web", "--reload", "500ms"])
+        .env("KUBECONFIG", c.kubeconfig_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let web_ns = c.node().pod_netns("default", "web").unwrap();
+    let llm_ns = c.node().pod_netns("default", "llm").unwrap();
+    let netns_ino = web_ns
+        .netns()
+        .run(|| std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino())
+        .unwrap();
+    let in_web = |to: SocketAddr,
+                  path: &'static str,
+                  headers: Vec<(&'static str, &'static str)>,
+                  body: Vec<u8>| {
+        web_ns
+            .netns()
+            .run(move || post(to, path, &headers, &body))
+            .unwrap()
+    };
+    let json_ct = vec![("Content-Type", "application/json")];
+
+    // A non-streaming OpenAI chat: the model is the annotation's, "joke" became "fact", the
+    // banned word comes back masked.
+    let chat = json!({"model": "gpt-4o", "messages": [
+        {"role": "user", "content": "tell a joke about the secret"}]});
+    let answer = until("a rewritten OpenAI chat through the attached proxy", || {
+        let body = chat.to_string().into_bytes();
+        let json_ct = json_ct.clone();
+        async move {
+            let (status, b) = in_web(
+                SocketAddr::new(llm_ip, 8080),
+                "/v1/chat/completions",
+                json_ct,
+                body,
+            )
+            .ok()?;
+            let v: Value = serde_json::from_slice(&b).ok()?;
+            (status == 200 && v["model"] == "tiny").then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(
+        answer["choices"][0]["message"]["content"], "user: tell a fact about the ******",
+        "{answer}"
+    );
+    let first = common::proxies(netns_ino);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(metric(&web_ns, web_ip, "openai-chat", "rewritten") >= 1.0);
+
+    // A streaming Ollama chat: the server sends "rabbit" and " stew" as separate chunks (seen
+    // directly, without the proxy); the client gets the phrase masked.
+    let stream_req = json!({"model": "llama3", "messages": [
+        {"role": "user", "content": "cook rabbit stew tonight"}]})
+    .to_string()
+    .into_bytes();
+    let ollama = SocketAddr::new(llm_ip, 11434);
+    let pod_ollama = {
+        let ip: IpAddr = pods
+            .get("llm")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .pod_ip
+            .unwrap()
+            .parse()
+            .unwrap();
+        SocketAddr::new(ip, 11434)
+    };
+    let direct = {
+        let body = stream_req.clone();
+        llm_ns
+            .netns()
+            .run(move || post(pod_ollama, "/api/chat", &[], &body))
+            .unwrap()
+            .unwrap()
+    };
+    let (text, lines) = ollama_text(&direct.1);
+    assert_eq!(text, "user: cook rabbit stew tonight");
+    let at = |w: &str| lines.iter().position(|l| l.contains(w)).unwrap();
+    assert!(at("rabbit") < at("stew"), "{lines:?}");
+    let (status, body) = in_web(ollama, "/api/chat", vec![], stream_req.clone()).unwrap();
+    assert_eq!(status, 200);
+    let (text, lines) = ollama_text(&body);
+    assert_eq!(text, "user: cook *********** tonight", "{lines:?}");
+    assert!(lines.len() > 2, "still a stream: {lines:?}");
+    assert!(!String::from_utf8_lossy(&body).contains("rabbit"));
+
+    // The ConfigMap changes: the same proxy process applies the new policy.
+    cms.patch(
+        "web-ghostwire-ai",
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(policy(&["tonight"])),
+    )
+    .await
+    .unwrap();
+    let text = until("the new banned word in force", || {
+        let body = stream_req.clone();
+        async move {
+            let (_, b) = in_web(ollama, "/api/chat", vec![], body).ok()?;
+            let (text, _) = ollama_text(&b);
+            text.contains("*******").then_some(text)
+        }
+    })
+    .await;
+    assert_eq!(text, "user: cook rabbit stew *******");
+    assert_eq!(
+        common::proxies(netns_ino),
+        first,
+        "the proxy was not restarted"
+    );
+
+    // Another path: the body the server gets is the one sent, byte for byte, compressed and
+    // with words the policy would rewrite; and a model path with a body that is not JSON.
+    let sent = gzip(br#"{"model":"gpt-4o","input":"a joke about tonight"}"#);
+    let (status, got) = in_web(
+        SocketAddr::new(mirror_ip, 80),
+        "/v1/embeddings",
+        vec![
+            ("Content-Type", "application/json"),
+            ("Content-Encoding", "gzip"),
+        ],
+        sent.clone(),
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let mut want = b"/v1/embeddings\ngzip\n".to_vec();
+    want.extend_from_slice(&sent);
+    assert_eq!(got, want);
+    let (_, got) = in_web(
+        SocketAddr::new(mirror_ip, 80),
+        "/v1/chat/completions",
+        vec![],
+        b"joke tonight {".to_vec(),
+    )
+    .unwrap();
+    assert_eq!(got, b"/v1/chat/completions\n\njoke tonight {");
+    assert!(metric(&web_ns, web_ip, "other", "passed") >= 1.0);
+    assert!(metric(&web_ns, web_ip, "openai-chat", "passed") >= 1.0);
+}
