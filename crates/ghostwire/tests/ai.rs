@@ -4,14 +4,17 @@
 //! chat with its model overridden, its prompt rewritten and a banned word masked; a streaming
 //! Ollama chat whose banned phrase the server sends in separate chunks, masked; a change of the
 //! ConfigMap picked up by the same proxy process; a request to another path whose body arrives
-//! byte for byte.
+//! byte for byte; the opt-in annotation turned off and on again, followed by the same proxy.
+//! And the injected path: a Pod with the mesh sidecar (the real injector as the cluster's
+//! webhook) and `ghostwire.dev/ai: "true"`, running as deploy/'s `ghostwire-ai` account, whose
+//! own requests get its model override and its own ConfigMap's policy.
 
 mod common;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use lab_node::scenario::workload_rbac;
 use lab_node::scenario::{apply, wait_ready};
-use lab_node::{Cluster, ClusterOptions};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -133,9 +136,11 @@ fn gzip(b: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
-fn metric(pod: &lab_net::Pod, ip: IpAddr, api: &str, outcome: &str) -> f64 {
+/// `ghostwire_proxy_llm_requests_total{api, outcome}` of the mesh proxy whose admin port is
+/// `port` (18091: the attached agent's; 4191: the injected sidecar's).
+fn metric(pod: &lab_net::Pod, ip: IpAddr, port: u16, api: &str, outcome: &str) -> f64 {
     let text = pod
-        .http_get(SocketAddr::new(ip, 18091), "/metrics")
+        .http_get(SocketAddr::new(ip, port), "/metrics")
         .unwrap_or_default();
     common::metric(
         &common::parse_metrics(&text),
@@ -145,27 +150,71 @@ fn metric(pod: &lab_net::Pod, ip: IpAddr, api: &str, outcome: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
-fn policy(banned: &[&str]) -> Value {
+fn pod_ip(p: &Pod) -> IpAddr {
+    let ip = p.status.as_ref().and_then(|s| s.pod_ip.as_ref());
+    ip.expect("a Pod IP").parse().unwrap()
+}
+
+/// One request from `pod`'s network namespace (so through its proxy).
+fn ask(
+    pod: &lab_net::Pod,
+    to: SocketAddr,
+    path: &'static str,
+    headers: Vec<(&'static str, &'static str)>,
+    body: Vec<u8>,
+) -> Result<(u16, Vec<u8>), String> {
+    pod.netns()
+        .run(move || post(to, path, &headers, &body))
+        .unwrap()
+}
+
+/// A non-streaming OpenAI chat from `pod` to `to`, asked until the answer names `model` (the
+/// fake LLM answers with the model it was asked for); the answer.
+async fn chat_until(pod: &lab_net::Pod, to: SocketAddr, model: &str, what: &str) -> Value {
+    let chat = json!({"model": "gpt-4o", "messages": [
+        {"role": "user", "content": "tell a joke about the secret"}]})
+    .to_string()
+    .into_bytes();
+    until(what, || {
+        let body = chat.clone();
+        async move {
+            let ct = vec![("Content-Type", "application/json")];
+            let (status, b) = ask(pod, to, "/v1/chat/completions", ct, body).ok()?;
+            let v: Value = serde_json::from_slice(&b).ok()?;
+            (status == 200 && v["model"] == model).then_some(v)
+        }
+    })
+    .await
+}
+
+fn policy(configmap: &str, banned: &[&str]) -> Value {
     let config = json!({
         "request": {"userPromptReplace": [{"orig": "joke", "new": "fact"}]},
         "response": {"bannedWords": banned},
     });
-    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web-ghostwire-ai"},
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": configmap},
            "data": {"config": config.to_string()}})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ai_pod_requests_are_rewritten_and_answers_filtered() {
-    let mut opts = ClusterOptions::new("ai", env!("CARGO_BIN_EXE_ghostwire").into());
-    opts.backoff_initial = Duration::from_millis(300);
-    let c = Cluster::start(opts)
-        .await
-        .expect("lab cluster (needs root)");
+    let c = common::target::lab_cluster("ai").await;
     let client = c.client().await.unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     cms.create(
         &PostParams::default(),
-        &serde_json::from_value(policy(&["secret", "rabbit stew"])).unwrap(),
+        &serde_json::from_value(policy("web-ghostwire-ai", &["secret", "rabbit stew"])).unwrap(),
+    )
+    .await
+    .unwrap();
+    // The injected path: the injector as the cluster's webhook (Pods labelled app=shop),
+    // deploy/'s workload RBAC (the account ghostwire-ai reads the namespace's Pods and
+    // ConfigMaps), and that Pod's own policy.
+    let _injector = common::injector(&c).await;
+    workload_rbac(&client, "default").await.unwrap();
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(policy("meshed-ghostwire-ai", &["secret"])).unwrap(),
     )
     .await
     .unwrap();
@@ -195,36 +244,40 @@ async fn ai_pod_requests_are_rewritten_and_answers_filtered() {
     for o in [&llm, &llm_svc, &mirror, &mirror_svc, &web] {
         apply(&client, "default", o).await.unwrap();
     }
-    wait_ready(&client, "default", &["llm", "mirror", "web"], TIMEOUT)
-        .await
-        .unwrap();
+    let meshed = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "meshed", "labels": {"app": "shop"}, "annotations": {
+            "ghostwire.dev/mesh": "true", "ghostwire.dev/ai": "true",
+            "ghostwire.dev/ai-model": "small"}},
+        "spec": {"serviceAccountName": "ghostwire-ai", "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "app", "image": "busybox", "command": ["sleep", "1000000"]}]}});
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(meshed).unwrap(),
+    )
+    .await
+    .unwrap();
+    wait_ready(
+        &client,
+        "default",
+        &["llm", "mirror", "web", "meshed"],
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
     let cluster_ip =
         |s: Service| -> IpAddr { s.spec.unwrap().cluster_ip.unwrap().parse().unwrap() };
     let llm_ip = cluster_ip(services.get("llm").await.unwrap());
     let mirror_ip = cluster_ip(services.get("mirror").await.unwrap());
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let web_ip: IpAddr = pods
-        .get("web")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .pod_ip
-        .unwrap()
-        .parse()
-        .unwrap();
+    let web_ip = pod_ip(&pods.get("web").await.unwrap());
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ghostwire"))
         .args(["attach", "web", "--reload", "500ms"])
         .env("KUBECONFIG", c.kubeconfig_path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out, "ghostwire attach web");
     let web_ns = c.node().pod_netns("default", "web").unwrap();
     let llm_ns = c.node().pod_netns("default", "llm").unwrap();
     let netns_ino = web_ns
@@ -234,33 +287,17 @@ async fn ai_pod_requests_are_rewritten_and_answers_filtered() {
     let in_web = |to: SocketAddr,
                   path: &'static str,
                   headers: Vec<(&'static str, &'static str)>,
-                  body: Vec<u8>| {
-        web_ns
-            .netns()
-            .run(move || post(to, path, &headers, &body))
-            .unwrap()
-    };
-    let json_ct = vec![("Content-Type", "application/json")];
+                  body: Vec<u8>| ask(&web_ns, to, path, headers, body);
 
     // A non-streaming OpenAI chat: the model is the annotation's, "joke" became "fact", the
     // banned word comes back masked.
-    let chat = json!({"model": "gpt-4o", "messages": [
-        {"role": "user", "content": "tell a joke about the secret"}]});
-    let answer = until("a rewritten OpenAI chat through the attached proxy", || {
-        let body = chat.to_string().into_bytes();
-        let json_ct = json_ct.clone();
-        async move {
-            let (status, b) = in_web(
-                SocketAddr::new(llm_ip, 8080),
-                "/v1/chat/completions",
-                json_ct,
-                body,
-            )
-            .ok()?;
-            let v: Value = serde_json::from_slice(&b).ok()?;
-            (status == 200 && v["model"] == "tiny").then_some(v)
-        }
-    })
+    let llm_openai = SocketAddr::new(llm_ip, 8080);
+    let answer = chat_until(
+        &web_ns,
+        llm_openai,
+        "tiny",
+        "a rewritten OpenAI chat through the attached proxy",
+    )
     .await;
     assert_eq!(
         answer["choices"][0]["message"]["content"], "user: tell a fact about the ******",
@@ -268,7 +305,7 @@ async fn ai_pod_requests_are_rewritten_and_answers_filtered() {
     );
     let first = common::proxies(netns_ino);
     assert_eq!(first.len(), 1, "{first:?}");
-    assert!(metric(&web_ns, web_ip, "openai-chat", "rewritten") >= 1.0);
+    assert!(metric(&web_ns, web_ip, 18091, "openai-chat", "rewritten") >= 1.0);
 
     // A streaming Ollama chat: the server sends "rabbit" and " stew" as separate chunks (seen
     // directly, without the proxy); the client gets the phrase masked.
@@ -277,19 +314,7 @@ async fn ai_pod_requests_are_rewritten_and_answers_filtered() {
     .to_string()
     .into_bytes();
     let ollama = SocketAddr::new(llm_ip, 11434);
-    let pod_ollama = {
-        let ip: IpAddr = pods
-            .get("llm")
-            .await
-            .unwrap()
-            .status
-            .unwrap()
-            .pod_ip
-            .unwrap()
-            .parse()
-            .unwrap();
-        SocketAddr::new(ip, 11434)
-    };
+    let pod_ollama = SocketAddr::new(pod_ip(&pods.get("llm").await.unwrap()), 11434);
     let direct = {
         let body = stream_req.clone();
         llm_ns
@@ -313,7 +338,7 @@ async fn ai_pod_requests_are_rewritten_and_answers_filtered() {
     cms.patch(
         "web-ghostwire-ai",
         &PatchParams::apply("test").force(),
-        &Patch::Apply(policy(&["tonight"])),
+        &Patch::Apply(policy("web-ghostwire-ai", &["tonight"])),
     )
     .await
     .unwrap();
@@ -322,7 +347,8 @@ async fn ai_pod_requests_are_rewritten_and_answers_filtered() {
         async move {
             let (_, b) = in_web(ollama, "/api/chat", vec![], body).ok()?;
             let (text, _) = ollama_text(&b);
-            text.contains("*******").then_some(text)
+            // The old policy masks "rabbit stew" (11 stars) and leaves "tonight".
+            (!text.is_empty() && !text.contains("tonight")).then_some(text)
         }
     })
     .await;
@@ -358,6 +384,58 @@ async fn ai_pod_requests_are_rewritten_and_answers_filtered() {
     )
     .unwrap();
     assert_eq!(got, b"/v1/chat/completions\n\njoke tonight {");
-    assert!(metric(&web_ns, web_ip, "other", "passed") >= 1.0);
-    assert!(metric(&web_ns, web_ip, "openai-chat", "passed") >= 1.0);
+    assert!(metric(&web_ns, web_ip, 18091, "other", "passed") >= 1.0);
+    assert!(metric(&web_ns, web_ip, 18091, "openai-chat", "passed") >= 1.0);
+
+    // The opt-in is live: turned off, the same proxy passes the chat as it came (L4 again);
+    // turned on again, rewritten.
+    let opt_in =
+        |on: &str| Patch::Merge(json!({"metadata": {"annotations": {"ghostwire.dev/ai": on}}}));
+    pods.patch("web", &PatchParams::default(), &opt_in("false"))
+        .await
+        .unwrap();
+    let answer = chat_until(&web_ns, llm_openai, "gpt-4o", "the opt-out in force").await;
+    assert_eq!(
+        answer["choices"][0]["message"]["content"], "user: tell a joke about the secret",
+        "{answer}"
+    );
+    pods.patch("web", &PatchParams::default(), &opt_in("true"))
+        .await
+        .unwrap();
+    chat_until(&web_ns, llm_openai, "tiny", "the opt-in in force again").await;
+    assert_eq!(common::proxies(netns_ino), first, "the proxy was restarted");
+
+    // The injected mesh sidecar: it has the Pod's name from the downward API, and follows
+    // its annotations and its own ConfigMap with the Pod's account.
+    let injected = pods.get("meshed").await.unwrap();
+    let sidecar = injected
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == "ghostwire-proxy"))
+        .expect("the injected mesh sidecar");
+    assert!(
+        sidecar
+            .env
+            .iter()
+            .flatten()
+            .any(|e| e.name == "GW_MESH_AI_POD"
+                && e.value.as_deref() == Some("default/$(GW_POD_NAME)")),
+        "{:?}",
+        sidecar.env
+    );
+    let meshed_ip = pod_ip(&injected);
+    let meshed_ns = c.node().pod_netns("default", "meshed").unwrap();
+    let answer = chat_until(
+        &meshed_ns,
+        llm_openai,
+        "small",
+        "a rewritten OpenAI chat through the injected mesh sidecar",
+    )
+    .await;
+    assert_eq!(
+        answer["choices"][0]["message"]["content"], "user: tell a fact about the ******",
+        "{answer}"
+    );
+    assert!(metric(&meshed_ns, meshed_ip, 4191, "openai-chat", "rewritten") >= 1.0);
 }

@@ -29,25 +29,6 @@ async fn until<T, F: std::future::Future<Output = Option<T>>>(
     common::until(what, TIMEOUT.as_secs(), f).await
 }
 
-/// The pids of the attached proxies in the network namespace `ns` (an inode).
-fn proxies(ns: u64) -> Vec<u32> {
-    let mut out = vec![];
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if !(args.contains(&&b"identity-agent"[..]) && args.contains(&&b"--proxy"[..])) {
-            continue;
-        }
-        if std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| m.ino() == ns) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 /// Outbound connections the attached mesh proxy took (0 when unreachable).
 fn proxied(pod: &lab_net::Pod, ip: IpAddr) -> f64 {
     let text = pod
@@ -211,7 +192,7 @@ async fn attach_redirects_serves_renews_and_never_black_holes() {
         let ok = web_ns.http_get(srv, "/").is_ok();
         let n = proxied(&web_ns, web_ip);
         (ok && n >= 1.0)
-            .then(|| proxies(netns_ino))
+            .then(|| common::proxies(netns_ino))
             .filter(|p| p.len() == 1)
     })
     .await[0];
@@ -253,7 +234,7 @@ async fn attach_redirects_serves_renews_and_never_black_holes() {
     })
     .await;
     assert_ne!(renewed, serial);
-    assert_eq!(proxies(netns_ino), [first]);
+    assert_eq!(common::proxies(netns_ino), [first]);
 
     // Killing the proxy: the supervisor restarts it and traffic flows through the new one.
     std::process::Command::new("kill")
@@ -261,7 +242,7 @@ async fn attach_redirects_serves_renews_and_never_black_holes() {
         .status()
         .unwrap();
     let second = until("a restarted proxy carrying traffic", || async {
-        let p = proxies(netns_ino);
+        let p = common::proxies(netns_ino);
         let ok = web_ns.http_get(srv, "/").is_ok();
         let n = proxied(&web_ns, web_ip);
         (ok && n >= 1.0 && p.len() == 1 && p[0] != first).then(|| p[0])
@@ -285,7 +266,7 @@ async fn attach_redirects_serves_renews_and_never_black_holes() {
         done.then_some(())
     })
     .await;
-    assert!(proxies(netns_ino).is_empty());
+    assert!(common::proxies(netns_ino).is_empty());
     web_ns
         .http_get(srv, "/")
         .expect("the Pod's traffic flows without the proxy");

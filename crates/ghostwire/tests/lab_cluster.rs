@@ -348,61 +348,7 @@ async fn injector_with_kubectl() {
     // The injected containers get exactly deploy/'s Roles (through the Pod's account).
     apply_stdin(&c, lab_node::scenario::WORKLOAD_RBAC).await;
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut injector = tokio::process::Command::new(env!("CARGO_BIN_EXE_ghostwire"))
-        .args([
-            "injector",
-            "--self-signed",
-            "--listen",
-            &listen,
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--tls-san",
-            "127.0.0.1",
-            "--namespace",
-            "default",
-            "--defaults-configmap",
-            "",
-        ])
-        .args(["--image", "ghostwire:dev"])
-        .env("KUBECONFIG", c.kubeconfig_path())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let webhook = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../docs/lab/injector.yaml"
-    ))
-    .unwrap()
-    .replace("127.0.0.1:8443", &listen);
-    apply_stdin(&c, &webhook).await;
-    let ca = || {
-        kubectl(
-            &c,
-            &[
-                "get",
-                "mutatingwebhookconfiguration",
-                "ghostwire-injector",
-                "-o",
-                "jsonpath={.webhooks[0].clientConfig.caBundle}",
-            ],
-        )
-    };
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while ca().await.1.is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the injector never set the caBundle"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut injector = common::injector(&c).await;
 
     // Deployment (annotated) → ReplicaSet → Pod, made by the lab's Deployment controller.
     let shop_cmd = r#"while :; do curl -s --max-time 2 "http://$ORDERS_SERVICE_HOST/" || echo unreachable; sleep 0.2; done"#;

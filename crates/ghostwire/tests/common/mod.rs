@@ -203,3 +203,77 @@ pub async fn until<T, F: std::future::Future<Output = Option<T>>>(
     }
     panic!("timed out waiting for {what}");
 }
+
+/// The pids of the attached proxies in the network namespace `ns` (an inode).
+pub fn proxies(ns: u64) -> Vec<u32> {
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if !(args.contains(&&b"identity-agent"[..]) && args.contains(&&b"--proxy"[..])) {
+            continue;
+        }
+        if std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == ns)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The real `ghostwire injector` on loopback as the lab cluster's webhook for Pods labelled
+/// `app=shop` (docs/lab/injector.yaml, its port replaced), once it has written its CA into the
+/// webhook configuration; killed when the child is dropped.
+pub async fn injector(c: &lab_node::Cluster) -> tokio::process::Child {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use kube::api::{Api, Patch, PatchParams};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = tokio::process::Command::new(ghostwire())
+        .args(["injector", "--self-signed", "--listen", &listen])
+        .args(["--admin-listen", "127.0.0.1:0", "--tls-san", "127.0.0.1"])
+        .args(["--namespace", "default", "--defaults-configmap", ""])
+        .args(["--image", "ghostwire:dev"])
+        .env("KUBECONFIG", c.kubeconfig_path())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/lab/injector.yaml"
+    ))
+    .unwrap()
+    .replace("127.0.0.1:8443", &listen);
+    let webhook: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    let api: Api<MutatingWebhookConfiguration> = Api::all(c.client().await.unwrap());
+    api.patch(
+        "ghostwire-injector",
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&webhook),
+    )
+    .await
+    .unwrap();
+    until(
+        "the injector's CA in its webhook configuration",
+        90,
+        || async {
+            let hook = api.get("ghostwire-injector").await.ok()?;
+            hook.webhooks?
+                .first()?
+                .client_config
+                .ca_bundle
+                .as_ref()
+                .map(|_| ())
+        },
+    )
+    .await;
+    child
+}
