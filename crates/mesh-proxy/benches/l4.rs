@@ -34,20 +34,18 @@
 mod common;
 mod support;
 
-use common::{Ca, metric, proxy_init};
+use common::{Ca, metric};
 use lab_net::{Lab, Pod, ServicePort};
-use mesh_config::Sources;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use support::{
-    PROXY_UID, Proc, Run, env_or, ghostwire_proxy, load_average, measured, median, open_loop,
-    wait_until,
+    Run, env_or, ghostwire_proxy, load_average, measured, median, open_loop, proxy_metrics,
+    redirect, spawn, wait_until,
 };
 
 const CLIENT_ID: &str = "spiffe://td.bench/ns/l4/sa/client";
@@ -86,20 +84,6 @@ fn routes(vips: &[(&str, SocketAddr, SocketAddr, bool)], client_ip: SocketAddr) 
     }
     out += &format!("pods:\n  \"{}\": \"{CLIENT_ID}\"\n", client_ip.ip());
     out
-}
-
-fn spawn(pod: &Pod, program: &Path, args: &[&str], env: &[(&str, String)]) -> Proc {
-    let mut c = pod.command(program);
-    c.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    Proc {
-        child: c.spawn().unwrap(),
-    }
 }
 
 /// One iperf3 TCP stream to `to` for `seconds`: bits per second received.
@@ -246,19 +230,13 @@ fn main() {
         iperf: ep(IPERF_DIRECT),
     };
     let skipped = format!("{HTTP_DIRECT},{IPERF_DIRECT}");
-    let s = Sources {
-        given: [
-            (mesh_config::PROXY_UID, PROXY_UID.to_string()),
+    redirect(
+        &[&client, &server],
+        &[
             (mesh_config::SKIP_INBOUND_PORTS, format!("4191,{skipped}")),
             (mesh_config::SKIP_OUTBOUND_PORTS, skipped),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect(),
-        ..Sources::default()
-    };
-    proxy_init(&client, &s);
-    proxy_init(&server, &s);
+        ],
+    );
     let cfg = dir.join("routes.yaml");
     std::fs::write(
         &cfg,
@@ -284,13 +262,9 @@ fn main() {
     let outbound = ghostwire_proxy(&bin, &client, &dir, &env("client", CLIENT_ID), "outbound");
     let inbound = ghostwire_proxy(&bin, &server, &dir, &env("server", SERVER_ID), "inbound");
     let proxies = [&outbound, &inbound];
-    let metrics = |pod: &Pod| {
-        pod.http_get(SocketAddr::new(pod.ipv4.into(), 4191), "/metrics")
-            .unwrap_or_default()
-    };
     let handshakes = || {
         metric(
-            &metrics(&server),
+            &proxy_metrics(&server),
             "ghostwire_proxy_tls_handshakes_total{direction=\"inbound\",result=\"ok\"}",
         )
     };
@@ -348,7 +322,7 @@ fn main() {
     }
     if ktls {
         for (pod, name) in [(&client, "outbound"), (&server, "inbound")] {
-            let text = metrics(pod);
+            let text = proxy_metrics(pod);
             for l in text
                 .lines()
                 .filter(|l| l.starts_with("ghostwire_proxy_ktls"))

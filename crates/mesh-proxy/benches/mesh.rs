@@ -29,16 +29,14 @@
 mod common;
 mod support;
 
-use common::{Ca, metric, proxy_init, routes};
+use common::{Ca, metric, routes};
 use lab_net::{Lab, Pod, ServicePort};
-use mesh_config::Sources;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use support::{
-    PROXY_UID, Proc, Run, as_proxy, env_or, ghostwire_proxy, load_average, measured, median,
-    open_loop, quantiles, wait_until,
+    Proc, Run, as_proxy, env_or, ghostwire_proxy, load_average, measured, median, open_loop,
+    proxy_metrics, quantiles, redirect, spawn, wait_until,
 };
 
 const CLIENT_ID: &str = "spiffe://td.bench/ns/app-a/sa/client";
@@ -117,16 +115,12 @@ impl Setup {
         let client = self.lab.add_pod(&format!("{name}-c")).unwrap();
         let server = self.lab.add_pod(&format!("{name}-s")).unwrap();
         // The app: `ghostwire lab app-b` (hyper, HTTP/1.1 and HTTP/2), answering its name.
-        let app = server
-            .command(&self.app)
-            .args(["lab", "app-b"])
-            .env("HOSTNAME", name)
-            .env("PORT", APP_PORT.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.apps.push(Proc { child: app });
+        self.apps.push(spawn(
+            &server,
+            &self.app,
+            &["lab", "app-b"],
+            &[("HOSTNAME", name.into()), ("PORT", APP_PORT.to_string())],
+        ));
         let svc = self
             .lab
             .add_service(name, &[ServicePort::tcp(80, APP_PORT)], &[&server])
@@ -134,14 +128,7 @@ impl Setup {
         let vip = svc.addr_v4(80);
         let ep = SocketAddr::new(server.ipv4.into(), APP_PORT);
         if kind != Kind::Direct {
-            let s = Sources {
-                given: [(mesh_config::PROXY_UID.to_string(), PROXY_UID.to_string())]
-                    .into_iter()
-                    .collect(),
-                ..Sources::default()
-            };
-            proxy_init(&client, &s);
-            proxy_init(&server, &s);
+            redirect(&[&client, &server], &[]);
         }
         let dir = self.dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
@@ -234,12 +221,8 @@ impl Setup {
                 "{name}: not through both haproxies"
             ),
             Kind::Ghostwire => {
-                let text = |pod: &Pod| {
-                    pod.http_get(SocketAddr::new(pod.ipv4.into(), 4191), "/metrics")
-                        .unwrap()
-                };
-                let out = text(&p.client);
-                let inb = text(&server);
+                let out = proxy_metrics(&p.client);
+                let inb = proxy_metrics(&server);
                 assert!(
                     metric(
                         &out,

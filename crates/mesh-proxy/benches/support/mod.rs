@@ -53,6 +53,43 @@ impl Drop for Proc {
     }
 }
 
+/// `program args…` in `pod` with `env` (as root, so proxy-init's rules apply to it), its
+/// output discarded; killed on drop. The benches' apps and peers.
+pub fn spawn(pod: &Pod, program: &Path, args: &[&str], env: &[(&str, String)]) -> Proc {
+    let mut c = pod.command(program);
+    c.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    Proc {
+        child: c.spawn().unwrap(),
+    }
+}
+
+/// proxy-init's rules in each of `pods`, for the proxy's uid and the `given` mesh knobs.
+pub fn redirect(pods: &[&Pod], given: &[(&str, String)]) {
+    let s = mesh_config::Sources {
+        given: [(mesh_config::PROXY_UID, PROXY_UID.to_string())]
+            .iter()
+            .chain(given)
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        ..mesh_config::Sources::default()
+    };
+    for pod in pods {
+        crate::common::proxy_init(pod, &s);
+    }
+}
+
+/// The `/metrics` text of the proxy's admin port (4191) in `pod`; empty when it does not answer.
+pub fn proxy_metrics(pod: &Pod) -> String {
+    pod.http_get(SocketAddr::new(pod.ipv4.into(), 4191), "/metrics")
+        .unwrap_or_default()
+}
+
 /// `program args…` in `pod` as the proxy's uid (so proxy-init does not redirect it), logging
 /// to `log`.
 pub fn as_proxy(pod: &Pod, program: &Path, log: &Path) -> Command {
