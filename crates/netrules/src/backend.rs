@@ -206,8 +206,20 @@ impl Backend {
     fn read_named(&self, table: &str, families: &BTreeSet<Family>) -> Result<Observed> {
         match self.kind {
             BackendKind::Nftables => {
-                match run("nft", &["-j", "list", "table", "inet", table], None) {
-                    Ok(json) => nft::parse(&json),
+                // `nft -t` lists the declarations, chains and rules but leaves out the
+                // elements of named sets and maps; those are dumped over netlink, which
+                // costs milliseconds where nft builds and prints an expression each.
+                match run("nft", &["-j", "-t", "list", "table", "inet", table], None) {
+                    Ok(json) => {
+                        let mut o = nft::parse(&json)?;
+                        nft::fill_elements(&mut o, |set| {
+                            crate::netlink::nft_set_elements(table, set).map_err(|e| Error::Parse {
+                                tool: "netlink",
+                                reason: format!("reading the elements of {table} {set}: {e}"),
+                            })
+                        })?;
+                        Ok(o)
+                    }
                     Err(crate::ExecError::Failed { stderr, .. })
                         if stderr.contains("No such file or directory") =>
                     {

@@ -15,6 +15,7 @@ mod iptables;
 #[cfg(test)]
 mod kernel_tests;
 mod model;
+pub mod netlink;
 mod nft;
 
 pub use backend::{Backend, BackendKind, IptablesFlavour, Observed};

@@ -11,6 +11,7 @@ use crate::model::{
     Action, AddrSet, Chain, DnatEntry, DnatMap, Family, Match, Protocol, Table, addr_port,
     family_of_net,
 };
+use crate::netlink::SetElem;
 use crate::{Error, Observed, Result};
 use ipnet::IpNet;
 use serde_json::Value;
@@ -647,6 +648,156 @@ pub fn parse(json: &str) -> Result<Observed> {
         }
     }
     Ok(o)
+}
+
+/// Fills the elements of every set and map of `o` (read with `nft -t`, which leaves
+/// them out) from `elements`, which dumps one set's elements by name over netlink.
+pub fn fill_elements(
+    o: &mut Observed,
+    mut elements: impl FnMut(&str) -> Result<Vec<SetElem>>,
+) -> Result<()> {
+    for (name, decl) in o.decls.clone() {
+        let raw = elements(&name)?;
+        let decoded = if decl.contains(" : ") {
+            raw.iter()
+                .map(|e| decode_map_elem(&name, e))
+                .collect::<Result<BTreeSet<_>>>()
+                .map(|entries| {
+                    o.maps.insert(name.clone(), entries);
+                })
+        } else {
+            decode_intervals(&name, &raw).map(|nets| {
+                o.sets.insert(name.clone(), nets);
+            })
+        };
+        // Elements of another shape than the switch writes (a set replaced by one of
+        // another type): a difference to repair, not a read that failed.
+        if let Err(e) = decoded {
+            o.decls.insert(name, format!("{decl} ({e})"));
+        }
+    }
+    Ok(())
+}
+
+fn ip_of(b: &[u8]) -> Option<IpAddr> {
+    match b.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(b).ok()?)),
+        _ => None,
+    }
+}
+
+/// A DNAT map element: key `addr . proto . port`, data `addr . port`, each field
+/// padded to 4 bytes (4 + 4 + 4 or 16 + 4 + 4; data 4 + 4 or 16 + 4).
+fn decode_map_elem(map: &str, e: &SetElem) -> Result<DnatEntry> {
+    let bad = || perr(format!("map {map}: unexpected element {e:?}"));
+    let a = match e.key.len() {
+        12 => 4,
+        24 => 16,
+        _ => return Err(bad()),
+    };
+    let data = e
+        .data
+        .as_deref()
+        .filter(|d| d.len() == a + 4)
+        .ok_or_else(bad)?;
+    let protocol = match e.key[a] {
+        6 => Protocol::Tcp,
+        17 => Protocol::Udp,
+        132 => Protocol::Sctp,
+        _ => return Err(bad()),
+    };
+    Ok(DnatEntry {
+        dst: ip_of(&e.key[..a]).ok_or_else(bad)?,
+        protocol,
+        port: u16::from_be_bytes([e.key[a + 4], e.key[a + 5]]),
+        to: SocketAddr::new(
+            ip_of(&data[..a]).ok_or_else(bad)?,
+            u16::from_be_bytes([data[a], data[a + 1]]),
+        ),
+    })
+}
+
+/// An interval set's elements (starts, and exclusive ends flagged as such) as the
+/// prefixes that cover exactly the same addresses.
+fn decode_intervals(set: &str, raw: &[SetElem]) -> Result<BTreeSet<IpNet>> {
+    let mut bounds: Vec<(u128, bool, u8)> = Vec::new();
+    for e in raw {
+        let (v, bits) = match ip_of(&e.key) {
+            Some(IpAddr::V4(a)) => (u128::from(u32::from(a)), 32),
+            Some(IpAddr::V6(a)) => (u128::from(a), 128),
+            None => return Err(perr(format!("set {set}: unexpected element {e:?}"))),
+        };
+        bounds.push((v, !e.interval_end, bits));
+    }
+    // At one address an end closes the previous interval before a start opens the next.
+    bounds.sort();
+    let mut out = BTreeSet::new();
+    let mut open: Option<(u128, u8)> = None;
+    for (v, start, bits) in bounds {
+        match (start, open) {
+            (true, None) => open = Some((v, bits)),
+            (true, Some(_)) => {
+                return Err(perr(format!(
+                    "set {set}: two interval starts without an end"
+                )));
+            }
+            (false, Some((s, b))) if v > s => {
+                cover(s, v - 1, b, &mut out);
+                open = None;
+            }
+            // An end with nothing open (nft may mark the bottom of the address space).
+            (false, _) => open = None,
+        }
+    }
+    if let Some((s, b)) = open {
+        let max = if b == 32 {
+            u128::from(u32::MAX)
+        } else {
+            u128::MAX
+        };
+        cover(s, max, b, &mut out);
+    }
+    Ok(out)
+}
+
+/// The prefixes covering `first..=last` exactly, in a `bits`-wide address space.
+fn cover(mut first: u128, last: u128, bits: u8, out: &mut BTreeSet<IpNet>) {
+    let low = |n: u8| {
+        if n >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << n) - 1
+        }
+    };
+    loop {
+        let mut n = 0u8;
+        while n < bits
+            && first & low(n + 1) == 0
+            && first.checked_add(low(n + 1)).is_some_and(|x| x <= last)
+        {
+            n += 1;
+        }
+        let len = bits - n;
+        let net = if bits == 32 {
+            IpNet::from(
+                ipnet::Ipv4Net::new(
+                    std::net::Ipv4Addr::from(u32::try_from(first).unwrap_or(u32::MAX)),
+                    len,
+                )
+                .expect("prefix length"),
+            )
+        } else {
+            IpNet::from(
+                ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(first), len).expect("prefix length"),
+            )
+        };
+        out.insert(net);
+        match first.checked_add(low(n)).and_then(|x| x.checked_add(1)) {
+            Some(next) if next <= last => first = next,
+            _ => break,
+        }
+    }
 }
 
 #[cfg(test)]

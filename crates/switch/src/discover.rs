@@ -123,7 +123,7 @@ pub fn pod_ips(pod_ips_env: Option<&str>) -> Vec<std::net::IpAddr> {
         }
         return ips;
     }
-    match crate::netlink::global_addresses() {
+    match netrules::netlink::global_addresses() {
         Ok(ips) => ips,
         Err(e) => {
             tracing::warn!(error = %e, "cannot list the Pod's addresses; GW_IPV6=auto maps IPv4 only");

@@ -9,7 +9,6 @@ pub mod config;
 pub mod discover;
 pub mod dnat_map;
 pub mod init;
-pub mod netlink;
 pub mod pairing;
 pub mod rules;
 pub mod watcher;

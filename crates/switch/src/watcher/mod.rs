@@ -336,7 +336,7 @@ impl Reconciler {
     async fn probe_sock_destroy(&self) -> bool {
         let got = self
             .kernel
-            .run(|_| crate::netlink::sock_destroy_supported())
+            .run(|_| netrules::netlink::sock_destroy_supported())
             .await
             .and_then(|r| r.map_err(|e| e.to_string()));
         let ok = match got {
@@ -376,13 +376,13 @@ impl Reconciler {
             .run(move |_| -> Result<(usize, usize), String> {
                 let (mut entries, mut sockets) = (0, 0);
                 for (dst, proto) in &pairs {
-                    entries +=
-                        crate::netlink::conntrack_delete(*dst, crate::netlink::ip_proto(*proto))
-                            .map_err(|e| {
-                                format!("deleting the conntrack entries of {dst}/{proto}: {e}")
-                            })?;
+                    entries += netrules::netlink::conntrack_delete(
+                        *dst,
+                        netrules::netlink::ip_proto(*proto),
+                    )
+                    .map_err(|e| format!("deleting the conntrack entries of {dst}/{proto}: {e}"))?;
                     if destroy && *proto == netrules::Protocol::Tcp {
-                        sockets += crate::netlink::destroy_tcp_to(*dst)
+                        sockets += netrules::netlink::destroy_tcp_to(*dst)
                             .map_err(|e| format!("destroying the TCP sockets to {dst}: {e}"))?;
                     }
                 }

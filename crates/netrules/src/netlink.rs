@@ -1,7 +1,8 @@
-//! A small netlink client for what a flip and init need from the kernel, in the
-//! calling thread's network namespace: the interfaces' addresses (rtnetlink), the
-//! conntrack entries of a destination (ctnetlink: dump, delete) and the TCP
-//! sockets connected to it (sock_diag: dump, SOCK_DESTROY).
+//! A small netlink client, in the calling thread's network namespace: the elements of
+//! an nftables set or map (nf_tables: dump; the read-back of large maps), the
+//! interfaces' addresses (rtnetlink), the conntrack entries of a destination
+//! (ctnetlink: dump, delete) and the TCP sockets connected to it (sock_diag: dump,
+//! SOCK_DESTROY).
 //!
 //! No `unsafe`: the socket comes from socket2 and is never bound or connected (the
 //! kernel autobinds it on the first send, and an unconnected netlink socket sends to
@@ -195,11 +196,11 @@ pub fn global_addresses() -> io::Result<Vec<IpAddr>> {
 }
 
 /// The IP protocol number of `p`.
-pub fn ip_proto(p: netrules::Protocol) -> u8 {
+pub fn ip_proto(p: crate::Protocol) -> u8 {
     match p {
-        netrules::Protocol::Tcp => 6,
-        netrules::Protocol::Udp => 17,
-        netrules::Protocol::Sctp => 132,
+        crate::Protocol::Tcp => 6,
+        crate::Protocol::Udp => 17,
+        crate::Protocol::Sctp => 132,
     }
 }
 
@@ -329,6 +330,78 @@ pub fn destroy_tcp_to(dst: SocketAddr) -> io::Result<usize> {
         }
     }
     Ok(destroyed)
+}
+
+/// nf_tables: subsystem 10, message GETSETELEM = 13, family NFPROTO_INET = 1.
+const NFT_GETSETELEM: u16 = (10 << 8) | 13;
+const NFPROTO_INET: u8 = 1;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_FLAGS: u16 = 3;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
+
+fn push_str_attr(buf: &mut Vec<u8>, ty: u16, s: &str) {
+    let len = 4 + s.len() + 1;
+    buf.extend_from_slice(&u16::try_from(len).unwrap_or(u16::MAX).to_ne_bytes());
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    buf.extend_from_slice(s.as_bytes());
+    buf.push(0);
+    buf.resize(align(buf.len()), 0);
+}
+
+/// One element of an nftables set or map, as the kernel holds it: the key's and the
+/// data's raw bytes (each field padded to 4 bytes, network order), and whether it is
+/// the (exclusive) end of an interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetElem {
+    pub key: Vec<u8>,
+    pub data: Option<Vec<u8>>,
+    pub interval_end: bool,
+}
+
+/// The elements of set (or map) `set` of the `inet` table `table`, in one netlink dump,
+/// without `nft`: reading 10,000 elements this way costs milliseconds, where `nft list`
+/// builds and prints an expression per element.
+pub fn nft_set_elements(table: &str, set: &str) -> io::Result<Vec<SetElem>> {
+    let mut nl = Nl::open(NETLINK_NETFILTER)?;
+    let mut req = vec![NFPROTO_INET, 0, 0, 0];
+    push_str_attr(&mut req, NFTA_SET_ELEM_LIST_TABLE, table);
+    push_str_attr(&mut req, NFTA_SET_ELEM_LIST_SET, set);
+    let msgs = nl.request(NFT_GETSETELEM, NLM_F_DUMP, &req)?;
+    let mut out = Vec::new();
+    for m in &msgs {
+        let Some(list) = m
+            .payload
+            .get(4..)
+            .and_then(|b| find(b, NFTA_SET_ELEM_LIST_ELEMENTS))
+        else {
+            continue;
+        };
+        for (ty, e, _) in attrs(list) {
+            if ty != NFTA_LIST_ELEM {
+                continue;
+            }
+            let value = |a: u16| {
+                find(e, a)
+                    .and_then(|k| find(k, NFTA_DATA_VALUE))
+                    .map(<[u8]>::to_vec)
+            };
+            let flags = find(e, NFTA_SET_ELEM_FLAGS)
+                .and_then(|f| Some(u32::from_be_bytes(f.get(..4)?.try_into().ok()?)))
+                .unwrap_or(0);
+            out.push(SetElem {
+                key: value(NFTA_SET_ELEM_KEY).unwrap_or_default(),
+                data: value(NFTA_SET_ELEM_DATA),
+                interval_end: flags & NFT_SET_ELEM_INTERVAL_END != 0,
+            });
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
