@@ -478,3 +478,141 @@ fn nft_steady_state_updates_keep_the_hook_registered() {
     assert_eq!(handles, ns.run(base_chain_handles), "hook re-registered");
     ns.run(|| b.cleanup(&t.name)).unwrap();
 }
+
+/// The read-back over netlink knows every rule shape the workspace writes (the sample's
+/// sets and DNAT maps, the gateway's filter and NAT statements, the mesh's and identity
+/// agent's redirects): each reads back without `nft`, equal to the model. A rule changed
+/// behind our back is not one of the model's, so it is left to `nft -j`, which reports it.
+#[test]
+fn nft_netlink_read_back_knows_every_rule_shape() {
+    use crate::{Chain, Family, Hook, Match, Protocol, Rule};
+    let rule = |matches: Vec<Match>, action: Action, comment: &str| Rule {
+        matches,
+        action,
+        comment: comment.into(),
+    };
+    let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+    let mut t = sample();
+    t.chains.push(Chain {
+        name: "forward".into(),
+        hook: Some(Hook::FilterForward),
+        rules: vec![
+            rule(vec![Match::TcpSyn], Action::ClampMss, "clamp"),
+            rule(vec![Match::Established], Action::Accept, "est"),
+            rule(
+                vec![
+                    Match::InIface("vxlan0".into()),
+                    Match::OutIface("tun0".into()),
+                ],
+                Action::Accept,
+                "out",
+            ),
+            rule(vec![Match::Dst(net("fd00::/64"))], Action::Accept, "v6"),
+            rule(vec![Match::Dst(net("fd00::/60"))], Action::Accept, "v6 odd"),
+            rule(vec![Match::Dst(net("10.0.0.1/32"))], Action::Accept, "host"),
+            rule(vec![Match::Src(net("10.16.0.0/12"))], Action::Accept, "odd"),
+            rule(vec![Match::Src(net("0.0.0.0/0"))], Action::Accept, "all"),
+            rule(
+                vec![Match::DstPort(Protocol::Udp, 443)],
+                Action::Accept,
+                "port",
+            ),
+            rule(vec![Match::L4(Protocol::Udp)], Action::Drop, "udp"),
+        ],
+    });
+    t.chains.push(Chain {
+        name: "prerouting".into(),
+        hook: Some(Hook::Prerouting),
+        rules: vec![
+            rule(
+                vec![
+                    Match::InIface("tun0".into()),
+                    Match::DstPort(Protocol::Tcp, 8080),
+                ],
+                Action::Dnat("172.16.0.10:80".parse().unwrap()),
+                "fwd",
+            ),
+            rule(
+                vec![
+                    Match::InIface("tun0".into()),
+                    Match::Dst(net("fd00::1/128")),
+                    Match::DstPort(Protocol::Udp, 53),
+                ],
+                Action::Dnat("[fd00::a]:5353".parse().unwrap()),
+                "fwd6",
+            ),
+        ],
+    });
+    t.chains.push(Chain {
+        name: "MESH".into(),
+        hook: None,
+        rules: vec![
+            rule(vec![Match::SkUid(1337)], Action::Return, "proxy"),
+            rule(vec![Match::OutIface("lo".into())], Action::Return, "lo"),
+            rule(
+                vec![Match::DstInSet("exclude4".into()), Match::L4(Protocol::Tcp)],
+                Action::Return,
+                "excluded",
+            ),
+            rule(
+                vec![Match::Nfproto(Family::Ipv4), Match::L4(Protocol::Tcp)],
+                Action::Redirect(15001),
+                "redirect",
+            ),
+            rule(
+                vec![Match::L4(Protocol::Tcp)],
+                Action::Jump("CANARY_DNAT".into()),
+                "jump",
+            ),
+        ],
+    });
+    t.chains.push(Chain {
+        name: "postrouting".into(),
+        hook: Some(Hook::Postrouting),
+        rules: vec![
+            rule(
+                vec![
+                    Match::OutIface("tun0".into()),
+                    Match::Src(net("172.16.0.0/24")),
+                ],
+                Action::Masquerade,
+                "masq",
+            ),
+            rule(
+                vec![Match::OutIface("eth1".into())],
+                Action::Snat("192.0.2.7".parse().unwrap()),
+                "snat",
+            ),
+            rule(
+                vec![Match::Src(net("fd00::/8"))],
+                Action::Snat("fd00::7".parse().unwrap()),
+                "snat6",
+            ),
+        ],
+    });
+    t.validate().unwrap();
+    let ns = TestNs::new("nlread", BackendKind::Nftables);
+    let b = Backend::new(BackendKind::Nftables);
+    ns.run(|| crate::exec::run("nft", &["-f", "-"], Some(&crate::nft::render_table(&t))))
+        .unwrap();
+    let fast = ns.run(|| crate::nft_read::read(&t)).unwrap();
+    let want = b.expected(&t).unwrap();
+    match fast {
+        Some(got) => assert_eq!(got, want, "{}", want.diff(&got)),
+        None => panic!(
+            "a rule of the model did not read back over netlink:{}",
+            ns.run(|| crate::nft_read::mismatches(&t))
+        ),
+    }
+    // The fast read agrees with nft's own listing.
+    ns.run(|| {
+        let json =
+            crate::exec::run("nft", &["-j", "list", "table", "inet", "ghostwire"], None).unwrap();
+        assert_eq!(crate::nft::parse(&json).unwrap().chains, want.chains);
+    });
+    // Tampered: no longer the model's rule, so the slow path answers, and reports it.
+    ns.run(|| nft_replace_rule("output", 0, "jump CANARY_DNAT comment \"other\""));
+    assert_eq!(ns.run(|| crate::nft_read::read(&t)).unwrap(), None);
+    assert!(matches!(ns.run(|| b.verify(&t)), Err(Error::Verify { .. })));
+    ns.run(|| b.cleanup(&t.name)).unwrap();
+}

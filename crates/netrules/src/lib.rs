@@ -15,8 +15,10 @@ mod iptables;
 #[cfg(test)]
 mod kernel_tests;
 mod model;
+mod nat_users;
 pub mod netlink;
 mod nft;
+mod nft_read;
 
 pub use backend::{Backend, BackendKind, IptablesFlavour, Observed};
 pub use exec::ExecError;
@@ -25,6 +27,7 @@ pub use model::{
     Action, AddrSet, Chain, DnatEntry, DnatMap, Family, Hook, Match, ModelError, Protocol, Rule,
     Table, check_name, normalize_prefixes,
 };
+pub use nat_users::{NatUser, nat_users};
 
 /// Errors from applying, reading or removing rules.
 #[derive(Debug, thiserror::Error)]

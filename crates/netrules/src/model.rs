@@ -67,6 +67,13 @@ pub enum Hook {
     Output,
     /// Packets arriving on an interface, before routing.
     Prerouting,
+    /// [`Hook::Output`] at priority dstnat - 10 (-110): runs before the NAT chains that
+    /// sit at dstnat (iptables' `nat` table, a mesh's redirect). Netfilter applies only
+    /// the first NAT binding of a connection, so this one wins whatever was registered
+    /// first. iptables has no priorities: there it is [`Hook::Output`].
+    EarlyOutput,
+    /// [`Hook::Prerouting`] at priority dstnat - 10, as [`Hook::EarlyOutput`].
+    EarlyPrerouting,
     /// Packets leaving, after routing.
     Postrouting,
     /// Filter: packets for this host.
@@ -81,8 +88,8 @@ impl Hook {
     /// The iptables built-in chain (of the `nat` table, or `filter` for filter hooks).
     pub fn iptables_chain(self) -> &'static str {
         match self {
-            Hook::Output | Hook::FilterOutput => "OUTPUT",
-            Hook::Prerouting => "PREROUTING",
+            Hook::Output | Hook::EarlyOutput | Hook::FilterOutput => "OUTPUT",
+            Hook::Prerouting | Hook::EarlyPrerouting => "PREROUTING",
             Hook::Postrouting => "POSTROUTING",
             Hook::FilterInput => "INPUT",
             Hook::FilterForward => "FORWARD",
@@ -91,8 +98,8 @@ impl Hook {
 
     pub fn nft_hook(self) -> &'static str {
         match self {
-            Hook::Output | Hook::FilterOutput => "output",
-            Hook::Prerouting => "prerouting",
+            Hook::Output | Hook::EarlyOutput | Hook::FilterOutput => "output",
+            Hook::Prerouting | Hook::EarlyPrerouting => "prerouting",
             Hook::Postrouting => "postrouting",
             Hook::FilterInput => "input",
             Hook::FilterForward => "forward",
@@ -112,11 +119,12 @@ impl Hook {
         if self.is_filter() { "filter" } else { "nat" }
     }
 
-    /// nftables priority: dstnat (-100) for rewriting destinations, srcnat (100) after
-    /// routing, filter (0).
+    /// nftables priority: dstnat (-100) for rewriting destinations (-110 for the early
+    /// ones), srcnat (100) after routing, filter (0).
     pub fn nft_priority(self) -> i32 {
         match self {
             Hook::Output | Hook::Prerouting => -100,
+            Hook::EarlyOutput | Hook::EarlyPrerouting => -110,
             Hook::Postrouting => 100,
             Hook::FilterInput | Hook::FilterForward | Hook::FilterOutput => 0,
         }
@@ -515,7 +523,12 @@ fn check_placement(c: &Chain, r: &Rule) -> Result<(), ModelError> {
         Action::Masquerade | Action::Snat(_) if c.hook != Some(Hook::Postrouting) => {
             bad("source NAT belongs in the postrouting chain")
         }
-        Action::Dnat(_) if !matches!(c.hook, Some(Hook::Prerouting | Hook::Output)) => {
+        Action::Dnat(_)
+            if !matches!(
+                c.hook,
+                Some(Hook::Prerouting | Hook::Output | Hook::EarlyPrerouting | Hook::EarlyOutput)
+            ) =>
+        {
             bad("destination NAT belongs in the prerouting or output chain")
         }
         Action::Dnat(_)

@@ -252,6 +252,61 @@ pub fn conntrack_delete(dst: SocketAddr, protocol: u8) -> io::Result<usize> {
     Ok(deleted)
 }
 
+/// One conntrack entry: the original direction's protocol, source and destination, and
+/// the reply direction's source (where a DNAT sent the connection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CtEntry {
+    pub protocol: u8,
+    pub orig_src: SocketAddr,
+    pub orig_dst: SocketAddr,
+    pub reply_src: SocketAddr,
+}
+
+/// This namespace's conntrack entries of one family (IPv4 or IPv6).
+pub fn conntrack_entries(ipv6: bool) -> io::Result<Vec<CtEntry>> {
+    const CTA_TUPLE_REPLY: u16 = 2;
+    const CTA_IP_V4_SRC: u16 = 1;
+    const CTA_IP_V6_SRC: u16 = 3;
+    const CTA_PROTO_SRC_PORT: u16 = 2;
+    let mut nl = Nl::open(NETLINK_NETFILTER)?;
+    let family = if ipv6 { AF_INET6 } else { AF_INET };
+    let msgs = nl.request(CT_GET, NLM_F_DUMP, &[family, 0, 0, 0])?;
+    let tuple = |t: &[u8]| -> Option<(u8, SocketAddr, SocketAddr)> {
+        let ip = find(t, CTA_TUPLE_IP)?;
+        let proto = find(t, CTA_TUPLE_PROTO)?;
+        let port = |ty| {
+            Some(u16::from_be_bytes(
+                find(proto, ty)?.get(..2)?.try_into().ok()?,
+            ))
+        };
+        let src = find(ip, CTA_IP_V4_SRC)
+            .or_else(|| find(ip, CTA_IP_V6_SRC))
+            .and_then(ip_from)?;
+        let dst = find(ip, CTA_IP_V4_DST)
+            .or_else(|| find(ip, CTA_IP_V6_DST))
+            .and_then(ip_from)?;
+        Some((
+            *find(proto, CTA_PROTO_NUM)?.first()?,
+            SocketAddr::new(src, port(CTA_PROTO_SRC_PORT)?),
+            SocketAddr::new(dst, port(CTA_PROTO_DST_PORT)?),
+        ))
+    };
+    Ok(msgs
+        .iter()
+        .filter_map(|m| {
+            let body = m.payload.get(4..)?;
+            let (protocol, orig_src, orig_dst) = tuple(find(body, CTA_TUPLE_ORIG)?)?;
+            let (_, reply_src, _) = tuple(find(body, CTA_TUPLE_REPLY)?)?;
+            Some(CtEntry {
+                protocol,
+                orig_src,
+                orig_dst,
+                reply_src,
+            })
+        })
+        .collect())
+}
+
 /// TCP states whose sockets are cut: every one with a peer (not LISTEN, not CLOSE).
 const CONNECTED_STATES: u32 = (1 << 1) // ESTABLISHED
     | (1 << 2) // SYN_SENT
@@ -402,6 +457,72 @@ pub fn nft_set_elements(table: &str, set: &str) -> io::Result<Vec<SetElem>> {
         }
     }
     Ok(out)
+}
+
+/// nf_tables messages (subsystem 10): GETCHAIN = 4, GETRULE = 7, GETSET = 10.
+pub const NFT_GETCHAIN: u16 = (10 << 8) | 4;
+pub const NFT_GETRULE: u16 = (10 << 8) | 7;
+pub const NFT_GETSET: u16 = (10 << 8) | 10;
+
+/// A netlink attribute: raw bytes, or the attributes inside a nested one. nf_tables does
+/// not flag all of its nested attributes as such, so [`Attr::parse_all`] keeps every
+/// attribute as bytes and the reader, who knows which ones nest, opens them with
+/// [`Attr::inner`]. Types are without their flag bits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attr {
+    Bytes(Vec<u8>),
+    Nested(Vec<(u16, Attr)>),
+}
+
+impl Attr {
+    /// The attributes in `b`, each as bytes.
+    pub fn parse_all(b: &[u8]) -> Vec<(u16, Attr)> {
+        attrs(b)
+            .into_iter()
+            .map(|(ty, body, _)| (ty, Attr::Bytes(body.to_vec())))
+            .collect()
+    }
+
+    /// The attributes inside this one.
+    pub fn inner(&self) -> Vec<(u16, Attr)> {
+        match self {
+            Attr::Bytes(b) => Attr::parse_all(b),
+            Attr::Nested(v) => v.clone(),
+        }
+    }
+}
+
+/// Every object of one kind (chains, rules, sets) of the `inet` table `table`, as
+/// attribute lists, in the kernel's order (rules: chain order), in one netlink dump.
+/// The table is asked for by name and filtered again here (attribute 1 of chains,
+/// rules and sets names their table).
+pub fn nft_dump(msg: u16, table: &str) -> io::Result<Vec<Vec<(u16, Attr)>>> {
+    let mut nl = Nl::open(NETLINK_NETFILTER)?;
+    let mut req = vec![NFPROTO_INET, 0, 0, 0];
+    push_str_attr(&mut req, 1, table);
+    let msgs = nl.request(msg, NLM_F_DUMP, &req)?;
+    let mut want = table.as_bytes().to_vec();
+    want.push(0);
+    Ok(msgs
+        .iter()
+        .filter_map(|m| m.payload.get(4..))
+        .map(Attr::parse_all)
+        .filter(|a| {
+            a.iter()
+                .any(|(t, v)| *t == 1 && *v == Attr::Bytes(want.clone()))
+        })
+        .collect())
+}
+
+/// Every object of one kind in every table of every family (NFPROTO_UNSPEC), each with
+/// its family (NFPROTO_*) and attributes.
+pub fn nft_dump_all(msg: u16) -> io::Result<Vec<(u8, Vec<(u16, Attr)>)>> {
+    let mut nl = Nl::open(NETLINK_NETFILTER)?;
+    let msgs = nl.request(msg, NLM_F_DUMP, &[0, 0, 0, 0])?;
+    Ok(msgs
+        .iter()
+        .filter_map(|m| Some((*m.payload.first()?, Attr::parse_all(m.payload.get(4..)?))))
+        .collect())
 }
 
 #[cfg(test)]

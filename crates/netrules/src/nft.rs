@@ -351,6 +351,14 @@ pub fn expected(t: &Table) -> Observed {
         );
         o.maps.insert(m.name.clone(), m.entries.clone());
     }
+    o.chains = chain_signatures(t);
+    o
+}
+
+/// What the read-back of `t`'s chains must look like: per chain, the base chain's hook
+/// line, then one signature per rule.
+pub fn chain_signatures(t: &Table) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut chains = std::collections::BTreeMap::new();
     for c in &t.chains {
         let mut sigs = Vec::new();
         if let Some(h) = c.hook {
@@ -370,9 +378,9 @@ pub fn expected(t: &Table) -> Observed {
             let _ = write!(sig, " # {}", r.comment);
             sigs.push(sig);
         }
-        o.chains.insert(c.name.clone(), sigs);
+        chains.insert(c.name.clone(), sigs);
     }
-    o
+    chains
 }
 
 fn perr(reason: impl Into<String>) -> Error {
