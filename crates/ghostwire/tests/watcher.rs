@@ -504,3 +504,63 @@ fn ipv6_only_pod_maps_ipv6_and_probes_answer_on_both_loopbacks() {
     c.label(Some("active"));
     c.wait_reaches(orders, "orders");
 }
+
+/// Emulated eBPF socket load balancing (Cilium's kube-proxy replacement): a cgroup
+/// `connect4` program sends connections to the orders ClusterIP straight to its backend,
+/// so the switch's chain never sees them. Without it the self-test passes; with it the
+/// watcher says so (error log, metric) and is not ready, init exits 5, and
+/// GW_SELF_TEST=warn lets both go on.
+#[test]
+fn ebpf_socket_load_balancing_fails_the_self_test() {
+    use lab_net::socket_lb::SocketLb;
+    use std::net::SocketAddrV4;
+    let c = Cluster::new("wsocklb");
+    c.init(&[]);
+    let w = Watcher::start(&c, &[]);
+    wait_for("self-test passed", 20, || {
+        metric(&w.metrics(), "ghostwire_self_test", &[("result", "passed")]) == Some(1.0)
+    });
+    drop(w);
+
+    let orders = SocketAddrV4::new(c.orders.ipv4, 80);
+    let be = c.lab.pods().iter().find(|p| p.name.ends_with("orders-be"));
+    let backend = SocketAddrV4::new(be.expect("the orders backend pod").ipv4, 8080);
+    let lb = SocketLb::new("wsocklb", orders, backend).expect("load the connect4 program");
+    // The processes started from here are born in the cgroup.
+    lb.enter().unwrap();
+    let w = Watcher::spawn(&c, &[]);
+    let warn = Watcher::spawn(&c, &[("GW_SELF_TEST", "warn")]);
+    let file = c.dir.path("services.json").display().to_string();
+    let init = run_in(&c.client, &["init", "--from-file", &file], &[]);
+    lb.leave().unwrap();
+
+    wait_for("self-test rewritten", 30, || {
+        metric(
+            &w.metrics(),
+            "ghostwire_self_test",
+            &[("result", "rewritten")],
+        ) == Some(1.0)
+    });
+    let (status, body) = w.get("/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("self-test failed"), "{body}");
+    assert!(w.logs().contains("self-test FAILED"), "{}", w.logs());
+    assert_eq!(
+        init.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    assert!(String::from_utf8_lossy(&init.stderr).contains("rewrites ClusterIPs before netfilter"));
+    // GW_SELF_TEST=warn: the same finding, and ready anyway.
+    wait_for("warn: ready anyway", 30, || warn.get("/readyz").0 == 200);
+    assert_eq!(
+        metric(
+            &warn.metrics(),
+            "ghostwire_self_test",
+            &[("result", "rewritten")]
+        ),
+        Some(1.0)
+    );
+    drop((w, warn, lb));
+}

@@ -35,6 +35,7 @@ pub mod internet;
 pub mod kube_json;
 pub mod network;
 pub mod nft;
+pub mod socket_lb;
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;

@@ -56,6 +56,8 @@ knobs::knobs! {
         "How long to keep retrying an unreachable Kubernetes API before giving up. Watcher: the bound on one API call (at most 10 s) and on a silent watch; /readyz fails when the Pod was not heard of for twice this.";
     API_UNREACHABLE = "GW_API_UNREACHABLE", "api-unreachable", "fail",
         "Init: when the API cannot be reached within GW_API_TIMEOUT, `fail` (exit 3: the Pod does not start, and the kubelet retries it) or `active` (start with no pairs, so every Service reaches its active backend; a watcher fills the pairs in once the API answers, without one the Pod stays on active).", @"apiUnreachable";
+    SELF_TEST = "GW_SELF_TEST", "self-test", "fail",
+        "Whether connections to ClusterIPs really reach the switch's chain here (they do not where eBPF socket load balancing, such as Cilium's kube-proxy replacement, rewrites them in connect()): a probe connection to an active ClusterIP, found in conntrack. `fail`: when they do not, init exits 5 and the watcher is not ready. `warn`: an error log and the metric, and the Pod starts anyway. `off`: no probe.";
     MODE = "GW_SWITCH_MODE", "switch-mode", "dnat",
         "`dnat`: a DNAT chain and one jump in the kernel. `mesh`: no kernel rules; init and watcher write the mapping and whether it is on to GW_IPTABLES_DNAT_MAP as JSON, and the mesh proxy routes by it (the injector sets this when a Pod also asks for the mesh).";
 }
@@ -162,6 +164,17 @@ pub enum Mode {
     Mesh,
 }
 
+/// What a failed self-test does (`GW_SELF_TEST`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelfTest {
+    /// Init exits 5; the watcher is not ready.
+    Fail,
+    /// Logged at error and counted; nothing stops.
+    Warn,
+    /// No probe.
+    Off,
+}
+
 /// What init does when the API cannot be reached (`GW_API_UNREACHABLE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApiUnreachable {
@@ -204,6 +217,7 @@ pub struct Settings {
     pub on_flip: OnFlip,
     pub strict_pairing: bool,
     pub api_unreachable: ApiUnreachable,
+    pub self_test: SelfTest,
     pub mode: Mode,
     /// Init: the downward-API labels file (`GW_LABELS_FILE`).
     pub labels_file: Option<PathBuf>,
@@ -419,6 +433,12 @@ impl Settings {
                 _ => Err("expected keep or cut (false or true)".to_string()),
             })?,
             strict_pairing: parsed(&raw, STRICT_PAIRING, parse_bool)?,
+            self_test: parsed(&raw, SELF_TEST, |s| match s.trim() {
+                "fail" => Ok(SelfTest::Fail),
+                "warn" => Ok(SelfTest::Warn),
+                "off" => Ok(SelfTest::Off),
+                _ => Err("expected fail, warn or off".to_string()),
+            })?,
             api_unreachable: parsed(&raw, API_UNREACHABLE, |s| match s.trim() {
                 "fail" => Ok(ApiUnreachable::Fail),
                 "active" => Ok(ApiUnreachable::Active),

@@ -152,3 +152,34 @@ pub fn apply_mesh(plan: &Plan, s: &Settings, jump: Jump) -> Result<(), InitError
 pub fn cleanup(backend: &Backend) -> Result<(), netrules::Error> {
     backend.cleanup(TABLE)
 }
+
+/// Logs every other NAT chain on the switch's hook in this namespace at warn, saying
+/// which runs first; returns them for the metric.
+pub fn report_nat_users(s: &Settings) -> Vec<(netrules::NatUser, crate::selftest::Order)> {
+    match crate::selftest::other_nat_users(s.jump_hook) {
+        Ok(users) => {
+            crate::selftest::log_other_nat_users(&users);
+            users
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the other NAT chains in this namespace");
+            Vec::new()
+        }
+    }
+}
+
+/// The self-test (`GW_SELF_TEST`), logged: `None` when it is off.
+pub fn self_test(plan: &Plan, s: &Settings) -> Option<crate::selftest::Outcome> {
+    if s.self_test == crate::config::SelfTest::Off {
+        return None;
+    }
+    let outcome = match crate::selftest::target(plan, s.api_server) {
+        Some(t) => crate::selftest::probe(t, std::time::Duration::from_secs(2)),
+        None => crate::selftest::Outcome::Inconclusive {
+            reason: "no active TCP Service with a preview and no KUBERNETES_SERVICE_HOST to probe"
+                .into(),
+        },
+    };
+    outcome.log();
+    Some(outcome)
+}

@@ -11,4 +11,5 @@ pub mod dnat_map;
 pub mod init;
 pub mod pairing;
 pub mod rules;
+pub mod selftest;
 pub mod watcher;

@@ -19,6 +19,24 @@ pub fn base_chain(s: &Settings) -> &'static str {
     }
 }
 
+/// The hook of the switch's base chain: `GW_JUMP_HOOK` at priority dstnat - 10, so the
+/// switch's DNAT runs before other NAT users at dstnat (iptables' nat table, a mesh's
+/// redirect) whichever registered first: netfilter applies only the first NAT binding.
+pub fn base_hook(s: &Settings) -> Hook {
+    match s.jump_hook {
+        Hook::Prerouting | Hook::EarlyPrerouting => Hook::EarlyPrerouting,
+        _ => Hook::EarlyOutput,
+    }
+}
+
+/// The nftables priority of the switch's base chain on `hook` (`GW_JUMP_HOOK`).
+pub fn base_priority(hook: Hook) -> i32 {
+    match hook {
+        Hook::Prerouting | Hook::EarlyPrerouting => Hook::EarlyPrerouting.nft_priority(),
+        _ => Hook::EarlyOutput.nft_priority(),
+    }
+}
+
 /// The switch's whole table. Exclusions come first, then one map lookup per
 /// family; the base chain holds the single jump when `jump` is on.
 pub fn table(plan: &Plan, s: &Settings, jump: bool) -> Table {
@@ -93,7 +111,7 @@ pub fn table(plan: &Plan, s: &Settings, jump: bool) -> Table {
     t.chains.push(nat);
     t.chains.push(Chain {
         name: base_chain(s).to_string(),
-        hook: Some(s.jump_hook),
+        hook: Some(base_hook(s)),
         rules: jump_rules,
     });
     t
@@ -178,7 +196,8 @@ mod tests {
         let t = table(&Plan::default(), &s, true);
         t.validate().unwrap();
         let base = t.chain("prerouting").unwrap();
-        assert_eq!(base.hook, Some(Hook::Prerouting));
+        assert_eq!(base.hook, Some(Hook::EarlyPrerouting));
+        assert_eq!(base.hook.unwrap().nft_priority(), -110);
         assert_eq!(base.rules[0].action, Action::Jump("CANARY_V2".into()));
         assert!(t.map("preview6").is_none());
     }

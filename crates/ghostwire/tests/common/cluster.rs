@@ -158,6 +158,13 @@ pub struct Watcher {
 
 impl Watcher {
     pub fn start(c: &Cluster, env: &[(&str, &str)]) -> Watcher {
+        let w = Watcher::spawn(c, env);
+        wait_for("watcher ready", 30, || w.get("/readyz").0 == 200);
+        w
+    }
+
+    /// Starts the watcher and waits for its admin endpoints, not for it to be ready.
+    pub fn spawn(c: &Cluster, env: &[(&str, &str)]) -> Watcher {
         let mut cmd = Command::new(ghostwire());
         cmd.args([
             "watcher",
@@ -196,9 +203,7 @@ impl Watcher {
         let admin = rx
             .recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("watcher did not start: {:?}", logs.lock().unwrap()));
-        let w = Watcher { child, admin, logs };
-        wait_for("watcher ready", 30, || w.get("/readyz").0 == 200);
-        w
+        Watcher { child, admin, logs }
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {

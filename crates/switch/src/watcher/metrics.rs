@@ -24,6 +24,8 @@ pub struct Metrics {
     rebuilds: Counter,
     cut: Family<Labels, Counter>,
     sock_destroy: Gauge,
+    self_test: Family<Labels, Gauge>,
+    other_nat: Family<Labels, Gauge>,
 }
 
 impl Metrics {
@@ -41,6 +43,8 @@ impl Metrics {
             rebuilds: Counter::default(),
             cut: Family::default(),
             sock_destroy: Gauge::default(),
+            self_test: Family::default(),
+            other_nat: Family::default(),
         };
         registry.register(
             "dnat_rules",
@@ -82,6 +86,20 @@ impl Metrics {
             "1 when the kernel can destroy sockets (CONFIG_INET_DIAG_DESTROY), so cut ends TCP connections; 0 when it cannot",
             m.sock_destroy.clone(),
         );
+        registry.register(
+            "self_test",
+            "The self-test's outcome (GW_SELF_TEST), 1 for the current one: passed (connections to ClusterIPs reach the switch's chain), rewritten (something, such as eBPF socket load balancing, rewrites them before netfilter: the switch does nothing), inconclusive, or pending",
+            m.self_test.clone(),
+        );
+        registry.register(
+            "other_nat_chains",
+            "Other NAT chains with rules on the switch's hook in this Pod, by where they run: before (they win for what they rewrite), after (the switch wins), same-priority (the one registered last runs first)",
+            m.other_nat.clone(),
+        );
+        m.set_self_test("pending");
+        for o in ["before", "after", "same-priority"] {
+            let _ = m.other_nat.get_or_create(&label("order", o));
+        }
         for w in ["conntrack", "socket"] {
             let _ = m.cut.get_or_create(&label("what", w));
         }
@@ -125,6 +143,29 @@ impl Metrics {
 
     pub fn set_sock_destroy(&self, supported: bool) {
         self.sock_destroy.set(i64::from(supported));
+    }
+
+    /// Marks `result` (passed, rewritten, inconclusive, pending) as the current outcome.
+    pub fn set_self_test(&self, result: &str) {
+        for r in ["passed", "rewritten", "inconclusive", "pending"] {
+            self.self_test
+                .get_or_create(&label("result", r))
+                .set(i64::from(r == result));
+        }
+    }
+
+    /// Counts the other NAT chains by where they run relative to the switch's.
+    pub fn set_other_nat(&self, users: &[(netrules::NatUser, crate::selftest::Order)]) {
+        for o in [
+            crate::selftest::Order::Before,
+            crate::selftest::Order::After,
+            crate::selftest::Order::Tie,
+        ] {
+            let n = users.iter().filter(|(_, x)| *x == o).count();
+            self.other_nat
+                .get_or_create(&label("order", o.as_str()))
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     pub fn rebuilt(&self) {

@@ -16,7 +16,7 @@ pub mod role;
 pub use metrics::Metrics;
 pub use role::Role;
 
-use crate::config::{Mode, OnFlip, Settings};
+use crate::config::{Mode, OnFlip, SelfTest, Settings};
 use crate::dnat_map::MeshMap;
 use crate::init::{self as sw};
 use crate::pairing::{Plan, Svc};
@@ -81,6 +81,9 @@ struct Status {
     /// Whether the Pod's labels are known to be current (the watch, or a poll, heard
     /// from the API recently); see [`labels_health`].
     labels: Result<(), String>,
+    /// The self-test's verdict (`GW_SELF_TEST=fail`): an error while connections to
+    /// ClusterIPs do not reach the switch's chain.
+    self_test: Result<(), String>,
 }
 
 #[derive(Clone)]
@@ -93,6 +96,7 @@ impl Default for Health {
             healthz: not_yet.clone(),
             readyz: not_yet,
             labels: Ok(()),
+            self_test: Ok(()),
         })))
     }
 }
@@ -103,6 +107,10 @@ impl Health {
         let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
         s.healthz = d.healthz.clone();
         s.readyz = d.readyz.clone();
+    }
+
+    fn set_self_test(&self, r: Result<(), String>) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).self_test = r;
     }
 
     fn set_labels(&self, labels: Result<(), String>) {
@@ -119,10 +127,14 @@ impl admin::Health for Health {
             .clone()
     }
 
-    /// Ready: the rules match the label, and the label is known to be current.
+    /// Ready: the rules match the label, the label is known to be current, and the
+    /// self-test did not find the switch bypassed.
     fn readyz(&self) -> Result<(), String> {
         let s = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        s.readyz.clone().and(s.labels.clone())
+        s.readyz
+            .clone()
+            .and(s.labels.clone())
+            .and(s.self_test.clone())
     }
 }
 
@@ -144,6 +156,8 @@ struct Reconciler {
     last: Option<Last>,
     /// Whether the kernel can destroy sockets (probed at start with `cut`).
     sock_destroy: bool,
+    /// Whether the self-test ran (once, when the Services are first known).
+    self_tested: bool,
 }
 
 impl Reconciler {
@@ -306,6 +320,12 @@ impl Reconciler {
             d.clone()
         };
         self.health.set(&in_step);
+        if let Some(p) = plan
+            && !self.self_tested
+        {
+            self.self_tested = true;
+            self.self_test(p).await;
+        }
         if in_step.act != Act::Nothing {
             return;
         }
@@ -330,6 +350,39 @@ impl Reconciler {
             plan: plan.cloned(),
             jump: d.jump,
         });
+    }
+
+    /// The self-test (`GW_SELF_TEST`) in the Pod's namespace: its metric, and with `fail`
+    /// not ready while connections to ClusterIPs do not reach the switch's chain.
+    async fn self_test(&self, plan: &Plan) {
+        if self.s.mode != Mode::Dnat || self.s.self_test == SelfTest::Off {
+            return;
+        }
+        let (p, s) = (plan.clone(), self.s.clone());
+        let outcome = match self.kernel.run(move |_| sw::self_test(&p, &s)).await {
+            Ok(Some(o)) => o,
+            Ok(None) => return,
+            Err(e) => crate::selftest::Outcome::Inconclusive { reason: e },
+        };
+        self.metrics.set_self_test(outcome.label());
+        if let crate::selftest::Outcome::Rewritten { target, seen } = &outcome
+            && self.s.self_test == SelfTest::Fail
+        {
+            self.health.set_self_test(Err(format!(
+                "self-test failed: a connection to ClusterIP {target} reached netfilter as one to {seen}: \
+                 something (eBPF socket load balancing) rewrites ClusterIPs before the switch's chain \
+                 (GW_SELF_TEST=warn makes this ready anyway)"
+            )));
+        }
+    }
+
+    /// Lists the other NAT chains on the switch's hook: logged, and counted in the metric.
+    async fn report_nat_users(&self) {
+        let s = self.s.clone();
+        match self.kernel.run(move |_| sw::report_nat_users(&s)).await {
+            Ok(users) => self.metrics.set_other_nat(&users),
+            Err(e) => tracing::warn!(error = %e, "cannot list the other NAT chains"),
+        }
     }
 
     /// Probes CONFIG_INET_DIAG_DESTROY in the Pod's namespace; says so when it is absent.
@@ -576,7 +629,11 @@ pub async fn run(
         health,
         last: None,
         sock_destroy: false,
+        self_tested: false,
     };
+    if s.mode == Mode::Dnat {
+        r.report_nat_users().await;
+    }
     if s.on_flip == OnFlip::Cut && s.mode == Mode::Dnat {
         r.sock_destroy = r.probe_sock_destroy().await;
     }
