@@ -492,6 +492,9 @@ impl Attr {
     }
 }
 
+/// A message's attributes, by type.
+pub type Attrs = Vec<(u16, Attr)>;
+
 /// Every object of one kind (chains, rules, sets) of the `inet` table `table`, as
 /// attribute lists, in the kernel's order (rules: chain order), in one netlink dump.
 /// The table is asked for by name and filtered again here (attribute 1 of chains,
@@ -516,7 +519,7 @@ pub fn nft_dump(msg: u16, table: &str) -> io::Result<Vec<Vec<(u16, Attr)>>> {
 
 /// Every object of one kind in every table of every family (NFPROTO_UNSPEC), each with
 /// its family (NFPROTO_*) and attributes.
-pub fn nft_dump_all(msg: u16) -> io::Result<Vec<(u8, Vec<(u16, Attr)>)>> {
+pub fn nft_dump_all(msg: u16) -> io::Result<Vec<(u8, Attrs)>> {
     let mut nl = Nl::open(NETLINK_NETFILTER)?;
     let msgs = nl.request(msg, NLM_F_DUMP, &[0, 0, 0, 0])?;
     Ok(msgs

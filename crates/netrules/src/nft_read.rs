@@ -359,7 +359,7 @@ pub fn encode_rule(t: &Table, r: &crate::Rule) -> Vec<Expr> {
     out
 }
 
-pub(crate) fn get<'a>(attrs: &'a [(u16, Attr)], ty: u16) -> Option<&'a Attr> {
+pub(crate) fn get(attrs: &[(u16, Attr)], ty: u16) -> Option<&Attr> {
     attrs.iter().find(|a| a.0 == ty).map(|a| &a.1)
 }
 
