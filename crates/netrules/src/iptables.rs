@@ -219,9 +219,19 @@ pub fn render(want: &Owned, current: &Owned) -> String {
     for c in own_now.difference(&own_want) {
         out.push_str(&format!("-X {c}\n"));
     }
-    for lines in want.chains.values() {
-        for l in lines {
-            out.push_str(l);
+    // Our rules in a built-in chain go to its top, in order (`-I chain 1`, `-I chain 2`…):
+    // iptables runs a chain's rules in order and the first NAT of a connection wins, so
+    // appending would let whatever another NAT user put there first (a mesh's redirect
+    // of all TCP) take the connection before our jump is reached.
+    for (c, lines) in &want.chains {
+        for (i, l) in lines.iter().enumerate() {
+            match l
+                .strip_prefix(&format!("-A {c} "))
+                .filter(|_| is_builtin(c))
+            {
+                Some(rest) => out.push_str(&format!("-I {c} {} {rest}", i + 1)),
+                None => out.push_str(l),
+            }
             out.push('\n');
         }
     }
@@ -302,6 +312,11 @@ COMMIT
             "-D OUTPUT -m comment --comment \"ghostwire: ghostwire: preview jump\" -j CANARY_DNAT\n"
         ));
         assert!(s.contains("-X OLD_GW\n"));
+        // Our jump goes to the top of the built-in chain, ahead of other NAT users' rules.
+        assert!(s.contains(
+            "-I OUTPUT 1 -m comment --comment \"ghostwire: ghostwire: preview jump\" -j CANARY_DNAT\n"
+        ));
+        assert!(!s.contains("-A OUTPUT"));
         assert!(!s.contains("THEIRS"));
         assert!(s.ends_with("COMMIT\n"));
         // Removing everything is the same mechanism with nothing wanted.

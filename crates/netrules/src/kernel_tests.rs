@@ -79,6 +79,27 @@ fn apply_is_verified_idempotent_and_leaves_others_alone() {
         );
         // Foreign rules survive both the applies and the cleanup.
         assert!(after_one.to_lowercase().contains("theirs"), "{kind}");
+        if let BackendKind::Iptables(flavour) = kind {
+            // Our jump runs before the foreign rule that was in OUTPUT first.
+            let bin = match flavour {
+                IptablesFlavour::Legacy => "iptables-legacy-save",
+                _ => "iptables-nft-save",
+            };
+            let save = ns.run(|| {
+                std::process::Command::new(bin)
+                    .args(["-t", "nat"])
+                    .output()
+                    .unwrap()
+            });
+            let save = String::from_utf8_lossy(&save.stdout).into_owned();
+            let output: Vec<&str> = save
+                .lines()
+                .filter(|l| l.starts_with("-A OUTPUT"))
+                .collect();
+            assert_eq!(output.len(), 2, "{kind}: {save}");
+            assert!(output[0].ends_with("-j CANARY_DNAT"), "{kind}: {save}");
+            assert!(output[1].ends_with("-j THEIRS"), "{kind}: {save}");
+        }
         ns.run(|| b.cleanup(&t.name)).unwrap();
         assert_eq!(
             before,
@@ -206,95 +227,107 @@ fn failed_transaction_changes_nothing() {
     }
 }
 
-/// A gateway-like table: filter chains with accept/drop, MSS clamping, masquerade, SNAT and
-/// DNAT to a port. nftables applies, reads back and verifies it; iptables refuses it whole.
-#[test]
-fn filter_and_nat_statements_round_trip_through_nftables() {
-    use crate::{Chain, Hook, Match, Protocol, Rule, Table};
-    let rule = |matches: Vec<Match>, action: Action, comment: &str| Rule {
+fn rule(matches: Vec<crate::Match>, action: Action, comment: &str) -> crate::Rule {
+    crate::Rule {
         matches,
         action,
         comment: comment.into(),
-    };
-    let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
-    let t = Table {
+    }
+}
+
+fn net(s: &str) -> ipnet::IpNet {
+    s.parse().unwrap()
+}
+
+/// A gateway's chains: filter chains with accept/drop, MSS clamping, masquerade, SNAT and
+/// DNAT to a port.
+fn gateway_chains() -> Vec<crate::Chain> {
+    use crate::{Chain, Hook, Match, Protocol};
+    vec![
+        Chain {
+            name: "forward".into(),
+            hook: Some(Hook::FilterForward),
+            rules: vec![
+                rule(vec![Match::TcpSyn], Action::ClampMss, "clamp"),
+                rule(vec![Match::Established], Action::Accept, "est"),
+                rule(
+                    vec![
+                        Match::InIface("vxlan0".into()),
+                        Match::OutIface("tun0".into()),
+                    ],
+                    Action::Accept,
+                    "out",
+                ),
+                rule(vec![Match::Dst(net("fd00::/64"))], Action::Accept, "v6"),
+                rule(vec![Match::Dst(net("10.0.0.1/32"))], Action::Accept, "host"),
+                rule(vec![], Action::Drop, "rest"),
+            ],
+        },
+        Chain {
+            name: "output".into(),
+            hook: Some(Hook::FilterOutput),
+            rules: vec![
+                rule(
+                    vec![Match::DstPort(Protocol::Udp, 443)],
+                    Action::Accept,
+                    "vpn",
+                ),
+                rule(vec![Match::L4(Protocol::Udp)], Action::Drop, "udp"),
+            ],
+        },
+        Chain {
+            name: "prerouting".into(),
+            hook: Some(Hook::Prerouting),
+            rules: vec![
+                rule(
+                    vec![
+                        Match::InIface("tun0".into()),
+                        Match::DstPort(Protocol::Tcp, 8080),
+                    ],
+                    Action::Dnat("172.16.0.10:80".parse().unwrap()),
+                    "fwd",
+                ),
+                rule(
+                    vec![
+                        Match::InIface("tun0".into()),
+                        Match::DstPort(Protocol::Udp, 53),
+                    ],
+                    Action::Dnat("[fd00::a]:5353".parse().unwrap()),
+                    "fwd6",
+                ),
+            ],
+        },
+        Chain {
+            name: "postrouting".into(),
+            hook: Some(Hook::Postrouting),
+            rules: vec![
+                rule(
+                    vec![
+                        Match::OutIface("tun0".into()),
+                        Match::Src(net("172.16.0.0/24")),
+                    ],
+                    Action::Masquerade,
+                    "masq",
+                ),
+                rule(
+                    vec![Match::OutIface("eth1".into())],
+                    Action::Snat("192.0.2.7".parse().unwrap()),
+                    "snat",
+                ),
+            ],
+        },
+    ]
+}
+
+/// A gateway-like table (see [`gateway_chains`]). nftables applies, reads back and
+/// verifies it; iptables refuses it whole.
+#[test]
+fn filter_and_nat_statements_round_trip_through_nftables() {
+    let t = crate::Table {
         name: "gwtest".into(),
         sets: vec![],
         maps: vec![],
-        chains: vec![
-            Chain {
-                name: "forward".into(),
-                hook: Some(Hook::FilterForward),
-                rules: vec![
-                    rule(vec![Match::TcpSyn], Action::ClampMss, "clamp"),
-                    rule(vec![Match::Established], Action::Accept, "est"),
-                    rule(
-                        vec![
-                            Match::InIface("vxlan0".into()),
-                            Match::OutIface("tun0".into()),
-                        ],
-                        Action::Accept,
-                        "out",
-                    ),
-                    rule(vec![Match::Dst(net("fd00::/64"))], Action::Accept, "v6"),
-                    rule(vec![Match::Dst(net("10.0.0.1/32"))], Action::Accept, "host"),
-                    rule(vec![], Action::Drop, "rest"),
-                ],
-            },
-            Chain {
-                name: "output".into(),
-                hook: Some(Hook::FilterOutput),
-                rules: vec![
-                    rule(
-                        vec![Match::DstPort(Protocol::Udp, 443)],
-                        Action::Accept,
-                        "vpn",
-                    ),
-                    rule(vec![Match::L4(Protocol::Udp)], Action::Drop, "udp"),
-                ],
-            },
-            Chain {
-                name: "prerouting".into(),
-                hook: Some(Hook::Prerouting),
-                rules: vec![
-                    rule(
-                        vec![
-                            Match::InIface("tun0".into()),
-                            Match::DstPort(Protocol::Tcp, 8080),
-                        ],
-                        Action::Dnat("172.16.0.10:80".parse().unwrap()),
-                        "fwd",
-                    ),
-                    rule(
-                        vec![
-                            Match::InIface("tun0".into()),
-                            Match::DstPort(Protocol::Udp, 53),
-                        ],
-                        Action::Dnat("[fd00::a]:5353".parse().unwrap()),
-                        "fwd6",
-                    ),
-                ],
-            },
-            Chain {
-                name: "postrouting".into(),
-                hook: Some(Hook::Postrouting),
-                rules: vec![
-                    rule(
-                        vec![
-                            Match::OutIface("tun0".into()),
-                            Match::Src(net("172.16.0.0/24")),
-                        ],
-                        Action::Masquerade,
-                        "masq",
-                    ),
-                    rule(
-                        vec![Match::OutIface("eth1".into())],
-                        Action::Snat("192.0.2.7".parse().unwrap()),
-                        "snat",
-                    ),
-                ],
-            },
-        ],
+        chains: gateway_chains(),
     };
     let ns = TestNs::new("filter", BackendKind::Nftables);
     let b = Backend::new(BackendKind::Nftables);
@@ -485,64 +518,36 @@ fn nft_steady_state_updates_keep_the_hook_registered() {
 /// behind our back is not one of the model's, so it is left to `nft -j`, which reports it.
 #[test]
 fn nft_netlink_read_back_knows_every_rule_shape() {
-    use crate::{Chain, Family, Hook, Match, Protocol, Rule};
-    let rule = |matches: Vec<Match>, action: Action, comment: &str| Rule {
-        matches,
-        action,
-        comment: comment.into(),
-    };
-    let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+    use crate::{Chain, Family, Match, Protocol};
     let mut t = sample();
-    t.chains.push(Chain {
-        name: "forward".into(),
-        hook: Some(Hook::FilterForward),
-        rules: vec![
-            rule(vec![Match::TcpSyn], Action::ClampMss, "clamp"),
-            rule(vec![Match::Established], Action::Accept, "est"),
-            rule(
-                vec![
-                    Match::InIface("vxlan0".into()),
-                    Match::OutIface("tun0".into()),
-                ],
-                Action::Accept,
-                "out",
-            ),
-            rule(vec![Match::Dst(net("fd00::/64"))], Action::Accept, "v6"),
-            rule(vec![Match::Dst(net("fd00::/60"))], Action::Accept, "v6 odd"),
-            rule(vec![Match::Dst(net("10.0.0.1/32"))], Action::Accept, "host"),
-            rule(vec![Match::Src(net("10.16.0.0/12"))], Action::Accept, "odd"),
-            rule(vec![Match::Src(net("0.0.0.0/0"))], Action::Accept, "all"),
-            rule(
-                vec![Match::DstPort(Protocol::Udp, 443)],
-                Action::Accept,
-                "port",
-            ),
-            rule(vec![Match::L4(Protocol::Udp)], Action::Drop, "udp"),
+    let mut gw = gateway_chains();
+    // The gateway's filter output chain would clash with the sample's NAT output chain.
+    let out = gw.remove(1);
+    let [forward, prerouting, postrouting] = &mut gw[..] else {
+        panic!("the gateway has forward, prerouting and postrouting besides output")
+    };
+    forward.rules.extend(out.rules);
+    // Prefixes that are not on a byte boundary, a source match, everything (/0).
+    forward.rules.extend([
+        rule(vec![Match::Dst(net("fd00::/60"))], Action::Accept, "v6 odd"),
+        rule(vec![Match::Src(net("10.16.0.0/12"))], Action::Accept, "odd"),
+        rule(vec![Match::Src(net("0.0.0.0/0"))], Action::Accept, "all"),
+    ]);
+    prerouting.rules.push(rule(
+        vec![
+            Match::InIface("tun0".into()),
+            Match::Dst(net("fd00::1/128")),
+            Match::DstPort(Protocol::Udp, 53),
         ],
-    });
-    t.chains.push(Chain {
-        name: "prerouting".into(),
-        hook: Some(Hook::Prerouting),
-        rules: vec![
-            rule(
-                vec![
-                    Match::InIface("tun0".into()),
-                    Match::DstPort(Protocol::Tcp, 8080),
-                ],
-                Action::Dnat("172.16.0.10:80".parse().unwrap()),
-                "fwd",
-            ),
-            rule(
-                vec![
-                    Match::InIface("tun0".into()),
-                    Match::Dst(net("fd00::1/128")),
-                    Match::DstPort(Protocol::Udp, 53),
-                ],
-                Action::Dnat("[fd00::a]:5353".parse().unwrap()),
-                "fwd6",
-            ),
-        ],
-    });
+        Action::Dnat("[fd00::a]:5354".parse().unwrap()),
+        "fwd6 host",
+    ));
+    postrouting.rules.push(rule(
+        vec![Match::Src(net("fd00::/8"))],
+        Action::Snat("fd00::7".parse().unwrap()),
+        "snat6",
+    ));
+    t.chains.extend(gw);
     t.chains.push(Chain {
         name: "MESH".into(),
         hook: None,
@@ -563,30 +568,6 @@ fn nft_netlink_read_back_knows_every_rule_shape() {
                 vec![Match::L4(Protocol::Tcp)],
                 Action::Jump("CANARY_DNAT".into()),
                 "jump",
-            ),
-        ],
-    });
-    t.chains.push(Chain {
-        name: "postrouting".into(),
-        hook: Some(Hook::Postrouting),
-        rules: vec![
-            rule(
-                vec![
-                    Match::OutIface("tun0".into()),
-                    Match::Src(net("172.16.0.0/24")),
-                ],
-                Action::Masquerade,
-                "masq",
-            ),
-            rule(
-                vec![Match::OutIface("eth1".into())],
-                Action::Snat("192.0.2.7".parse().unwrap()),
-                "snat",
-            ),
-            rule(
-                vec![Match::Src(net("fd00::/8"))],
-                Action::Snat("fd00::7".parse().unwrap()),
-                "snat6",
             ),
         ],
     });
