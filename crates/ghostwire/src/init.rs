@@ -5,7 +5,7 @@ use crate::knobs::KnobArgs;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
-use switch::config::{ApiUnreachable, SelfTest, Settings, Sources, read_defaults_file};
+use switch::config::{ApiUnreachable, Settings, Sources, read_defaults_file};
 use switch::init::{self as sw, Jump};
 use switch::{discover, dnat_map};
 
@@ -174,14 +174,14 @@ pub async fn run(args: InitArgs) -> Result<(), Exit> {
         },
     })?;
     sw::report_nat_users(&s);
-    if let Some(outcome @ switch::selftest::Outcome::Rewritten { .. }) = sw::self_test(&plan, &s)
-        && s.self_test == SelfTest::Fail
+    if let Some(outcome) = sw::self_test(&plan, &s)
+        && outcome.fails_init(s.self_test)
     {
         return Err(Exit {
             code: Code::Validate,
             error: anyhow::anyhow!(
                 "self-test: {outcome:?}: connections to ClusterIPs do not reach the switch's chain \
-                 (GW_SELF_TEST=warn starts the Pod anyway)"
+                 (GW_SELF_TEST=unready starts the Pod and keeps the watcher not ready)"
             ),
         });
     }

@@ -508,8 +508,9 @@ fn ipv6_only_pod_maps_ipv6_and_probes_answer_on_both_loopbacks() {
 /// Emulated eBPF socket load balancing (Cilium's kube-proxy replacement): a cgroup
 /// `connect4` program sends connections to the orders ClusterIP straight to its backend,
 /// so the switch's chain never sees them. Without it the self-test passes; with it the
-/// watcher says so (error log, metric) and is not ready, init exits 5, and
-/// GW_SELF_TEST=warn lets both go on.
+/// watcher says so (error log, metric) and, by default (GW_SELF_TEST=unready), fails
+/// /healthz (the Pod's readiness probe) while init goes on with the error logged;
+/// GW_SELF_TEST=fail makes init exit 5, and GW_SELF_TEST=warn keeps the watcher healthy.
 #[test]
 fn ebpf_socket_load_balancing_fails_the_self_test() {
     use lab_net::socket_lb::SocketLb;
@@ -532,6 +533,11 @@ fn ebpf_socket_load_balancing_fails_the_self_test() {
     let warn = Watcher::spawn(&c, &[("GW_SELF_TEST", "warn")]);
     let file = c.dir.path("services.json").display().to_string();
     let init = run_in(&c.client, &["init", "--from-file", &file], &[]);
+    let init_fail = run_in(
+        &c.client,
+        &["init", "--from-file", &file],
+        &[("GW_SELF_TEST", "fail")],
+    );
     lb.leave().unwrap();
 
     wait_for("self-test rewritten", 30, || {
@@ -541,19 +547,31 @@ fn ebpf_socket_load_balancing_fails_the_self_test() {
             &[("result", "rewritten")],
         ) == Some(1.0)
     });
-    let (status, body) = w.get("/readyz");
+    // /healthz (the Pod's readiness probe) fails with the reason; /readyz (the native
+    // sidecar's startup gate) does not, so the app still starts.
+    let (status, body) = w.get("/healthz");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("self-test failed"), "{body}");
     assert!(w.logs().contains("self-test FAILED"), "{}", w.logs());
+    wait_for("default: /readyz in step", 30, || w.get("/readyz").0 == 200);
+    assert_eq!(w.get("/healthz").0, 503);
+    // Init, by default: the error, and the Pod starts.
+    assert_ok(&init, "init with the default GW_SELF_TEST");
+    assert!(String::from_utf8_lossy(&init.stderr).contains("self-test FAILED"));
+    // GW_SELF_TEST=fail: init exits 5.
     assert_eq!(
-        init.status.code(),
+        init_fail.status.code(),
         Some(5),
         "{}",
-        String::from_utf8_lossy(&init.stderr)
+        String::from_utf8_lossy(&init_fail.stderr)
     );
-    assert!(String::from_utf8_lossy(&init.stderr).contains("rewrites ClusterIPs before netfilter"));
+    assert!(
+        String::from_utf8_lossy(&init_fail.stderr).contains("rewrites ClusterIPs before netfilter")
+    );
     // GW_SELF_TEST=warn: the same finding, and ready anyway.
-    wait_for("warn: ready anyway", 30, || warn.get("/readyz").0 == 200);
+    wait_for("warn: healthy anyway", 30, || {
+        warn.get("/healthz").0 == 200 && warn.get("/readyz").0 == 200
+    });
     assert_eq!(
         metric(
             &warn.metrics(),

@@ -56,8 +56,8 @@ knobs::knobs! {
         "How long to keep retrying an unreachable Kubernetes API before giving up. Watcher: the bound on one API call (at most 10 s) and on a silent watch; /readyz fails when the Pod was not heard of for twice this.";
     API_UNREACHABLE = "GW_API_UNREACHABLE", "api-unreachable", "fail",
         "Init: when the API cannot be reached within GW_API_TIMEOUT, `fail` (exit 3: the Pod does not start, and the kubelet retries it) or `active` (start with no pairs, so every Service reaches its active backend; a watcher fills the pairs in once the API answers, without one the Pod stays on active).", @"apiUnreachable";
-    SELF_TEST = "GW_SELF_TEST", "self-test", "fail",
-        "Whether connections to ClusterIPs really reach the switch's chain here (they do not where eBPF socket load balancing, such as Cilium's kube-proxy replacement, rewrites them in connect()): a probe connection to an active ClusterIP, found in conntrack. `fail`: when they do not, init exits 5 and the watcher is not ready. `warn`: an error log and the metric, and the Pod starts anyway. `off`: no probe.";
+    SELF_TEST = "GW_SELF_TEST", "self-test", "unready",
+        "Whether connections to ClusterIPs really reach the switch's chain here (they do not where eBPF socket load balancing, such as Cilium's kube-proxy replacement, rewrites them in connect()): a probe connection to an active ClusterIP, found in conntrack. Only a proven rewrite counts; an inconclusive probe is a warning and never stops a Pod. `unready`: an error log, the metric, and the watcher is not ready (init goes on). `fail`: the same, and init exits 5 so the Pod does not start. `warn`: the error log and the metric only. `off`: no probe.";
     MODE = "GW_SWITCH_MODE", "switch-mode", "dnat",
         "`dnat`: a DNAT chain and one jump in the kernel. `mesh`: no kernel rules; init and watcher write the mapping and whether it is on to GW_IPTABLES_DNAT_MAP as JSON, and the mesh proxy routes by it (the injector sets this when a Pod also asks for the mesh).";
 }
@@ -164,11 +164,14 @@ pub enum Mode {
     Mesh,
 }
 
-/// What a failed self-test does (`GW_SELF_TEST`).
+/// What a failed self-test does (`GW_SELF_TEST`); see `selftest::Outcome::fails_init`
+/// and `selftest::Outcome::makes_unready`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SelfTest {
     /// Init exits 5; the watcher is not ready.
     Fail,
+    /// The watcher is not ready; init goes on (the default).
+    Unready,
     /// Logged at error and counted; nothing stops.
     Warn,
     /// No probe.
@@ -435,9 +438,10 @@ impl Settings {
             strict_pairing: parsed(&raw, STRICT_PAIRING, parse_bool)?,
             self_test: parsed(&raw, SELF_TEST, |s| match s.trim() {
                 "fail" => Ok(SelfTest::Fail),
+                "unready" => Ok(SelfTest::Unready),
                 "warn" => Ok(SelfTest::Warn),
                 "off" => Ok(SelfTest::Off),
-                _ => Err("expected fail, warn or off".to_string()),
+                _ => Err("expected unready, fail, warn or off".to_string()),
             })?,
             api_unreachable: parsed(&raw, API_UNREACHABLE, |s| match s.trim() {
                 "fail" => Ok(ApiUnreachable::Fail),

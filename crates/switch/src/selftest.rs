@@ -13,6 +13,7 @@
 //! [`other_nat_users`]: every other NAT chain in the namespace, and whether it runs
 //! before or after the switch's (see `netrules::nat_users`).
 
+use crate::config::SelfTest;
 use crate::pairing::Plan;
 use crate::rules;
 use netrules::{Hook, NatUser, Protocol};
@@ -37,6 +38,19 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Whether init fails the Pod (exit 5) on this outcome: only a proven rewrite, and only
+    /// with `GW_SELF_TEST=fail`. An inconclusive probe never does.
+    pub fn fails_init(&self, mode: SelfTest) -> bool {
+        matches!(self, Outcome::Rewritten { .. }) && mode == SelfTest::Fail
+    }
+
+    /// Whether the watcher reports not ready on this outcome: only a proven rewrite, with
+    /// `GW_SELF_TEST=unready` (the default) or `fail`.
+    pub fn makes_unready(&self, mode: SelfTest) -> bool {
+        matches!(self, Outcome::Rewritten { .. })
+            && matches!(mode, SelfTest::Unready | SelfTest::Fail)
+    }
+
     /// The metric label.
     pub fn label(&self) -> &'static str {
         match self {
@@ -222,5 +236,47 @@ pub fn log_other_nat_users(users: &[(NatUser, Order)]) {
             rules = %rules,
             "another NAT chain in this Pod: {what} (netfilter applies only the first NAT binding of a connection)"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only a proven rewrite stops anything; an inconclusive or passed probe never does,
+    /// whatever the mode.
+    #[test]
+    fn only_a_proven_rewrite_fails_init_or_readiness() {
+        let t: SocketAddr = "10.96.0.1:443".parse().unwrap();
+        let passed = Outcome::Passed { target: t, to: t };
+        let rewritten = Outcome::Rewritten {
+            target: t,
+            seen: "10.244.0.9:6443".parse().unwrap(),
+        };
+        let inconclusive = Outcome::Inconclusive {
+            reason: "no conntrack entry".into(),
+        };
+        let modes = [
+            SelfTest::Fail,
+            SelfTest::Unready,
+            SelfTest::Warn,
+            SelfTest::Off,
+        ];
+        for mode in modes {
+            for o in [&passed, &inconclusive] {
+                assert!(!o.fails_init(mode), "{o:?} {mode:?}");
+                assert!(!o.makes_unready(mode), "{o:?} {mode:?}");
+            }
+            assert_eq!(
+                rewritten.fails_init(mode),
+                mode == SelfTest::Fail,
+                "{mode:?}"
+            );
+            assert_eq!(
+                rewritten.makes_unready(mode),
+                matches!(mode, SelfTest::Fail | SelfTest::Unready),
+                "{mode:?}"
+            );
+        }
     }
 }

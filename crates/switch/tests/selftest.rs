@@ -242,3 +242,32 @@ fn self_test_fails_under_ebpf_socket_load_balancing() {
         Outcome::Passed { .. }
     ));
 }
+
+/// A probe that cannot tell (no route to the ClusterIP; no conntrack entry because nothing
+/// in the namespace uses connection tracking yet) is inconclusive, and an inconclusive
+/// probe never fails init or readiness, whatever GW_SELF_TEST says.
+#[test]
+fn an_inconclusive_self_test_never_stops_a_pod() {
+    use switch::config::SelfTest;
+    let ns = Ns::new("inconcl");
+    // Nothing registered a NAT or conntrack hook here: the SYN leaves untracked.
+    let untracked = ns.run(|| probe(ACTIVE.into(), Duration::from_millis(500)));
+    assert!(
+        matches!(&untracked, Outcome::Inconclusive { reason } if reason.contains("no conntrack entry")),
+        "{untracked:?}"
+    );
+    ns.ip("route del default dev v0");
+    let unroutable = ns.run(|| probe(ACTIVE.into(), Duration::from_millis(500)));
+    assert!(
+        matches!(&unroutable, Outcome::Inconclusive { reason } if reason.contains(&ACTIVE.to_string())),
+        "{unroutable:?}"
+    );
+    for o in [&untracked, &unroutable] {
+        for mode in [SelfTest::Fail, SelfTest::Unready, SelfTest::Warn] {
+            assert!(
+                !o.fails_init(mode) && !o.makes_unready(mode),
+                "{o:?} {mode:?}"
+            );
+        }
+    }
+}

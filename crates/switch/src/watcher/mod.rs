@@ -81,7 +81,7 @@ struct Status {
     /// Whether the Pod's labels are known to be current (the watch, or a poll, heard
     /// from the API recently); see [`labels_health`].
     labels: Result<(), String>,
-    /// The self-test's verdict (`GW_SELF_TEST=fail`): an error while connections to
+    /// The self-test's verdict (`GW_SELF_TEST=unready` or `fail`): an error while connections to
     /// ClusterIPs do not reach the switch's chain.
     self_test: Result<(), String>,
 }
@@ -119,22 +119,20 @@ impl Health {
 }
 
 impl admin::Health for Health {
+    /// Healthy (the Pod's readiness probe): the rules in place are verified, and the
+    /// self-test did not find the switch bypassed, so a Pod where the switch cannot work
+    /// is taken out of its Services' endpoints.
     fn healthz(&self) -> Result<(), String> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .healthz
-            .clone()
+        let s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        s.healthz.clone().and(s.self_test.clone())
     }
 
-    /// Ready: the rules match the label, the label is known to be current, and the
-    /// self-test did not find the switch bypassed.
+    /// Ready (a native sidecar's startup probe): the rules match the label and the label
+    /// is known to be current. The self-test's verdict is not part of it: the app still
+    /// starts (only `GW_SELF_TEST=fail` stops the Pod, at init).
     fn readyz(&self) -> Result<(), String> {
         let s = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        s.readyz
-            .clone()
-            .and(s.labels.clone())
-            .and(s.self_test.clone())
+        s.readyz.clone().and(s.labels.clone())
     }
 }
 
@@ -319,13 +317,15 @@ impl Reconciler {
         } else {
             d.clone()
         };
-        self.health.set(&in_step);
+        // The self-test's verdict goes in before the first healthy state, so a readiness
+        // probe cannot pass before it is known.
         if let Some(p) = plan
             && !self.self_tested
         {
             self.self_tested = true;
             self.self_test(p).await;
         }
+        self.health.set(&in_step);
         if in_step.act != Act::Nothing {
             return;
         }
@@ -352,8 +352,8 @@ impl Reconciler {
         });
     }
 
-    /// The self-test (`GW_SELF_TEST`) in the Pod's namespace: its metric, and with `fail`
-    /// not ready while connections to ClusterIPs do not reach the switch's chain.
+    /// The self-test (`GW_SELF_TEST`) in the Pod's namespace: its metric, and with `unready`
+    /// or `fail` /healthz (the Pod's readiness) failing while connections to ClusterIPs do not reach the switch's chain.
     async fn self_test(&self, plan: &Plan) {
         if self.s.mode != Mode::Dnat || self.s.self_test == SelfTest::Off {
             return;
@@ -362,18 +362,23 @@ impl Reconciler {
         let outcome = match self.kernel.run(move |_| sw::self_test(&p, &s)).await {
             Ok(Some(o)) => o,
             Ok(None) => return,
-            Err(e) => crate::selftest::Outcome::Inconclusive { reason: e },
+            Err(e) => {
+                let o = crate::selftest::Outcome::Inconclusive { reason: e };
+                o.log();
+                o
+            }
         };
-        self.metrics.set_self_test(outcome.label());
+        // Health before the metric: whoever sees the metric sees the health too.
         if let crate::selftest::Outcome::Rewritten { target, seen } = &outcome
-            && self.s.self_test == SelfTest::Fail
+            && outcome.makes_unready(self.s.self_test)
         {
             self.health.set_self_test(Err(format!(
                 "self-test failed: a connection to ClusterIP {target} reached netfilter as one to {seen}: \
                  something (eBPF socket load balancing) rewrites ClusterIPs before the switch's chain \
-                 (GW_SELF_TEST=warn makes this ready anyway)"
+                 (GW_SELF_TEST=warn makes the Pod ready anyway)"
             )));
         }
+        self.metrics.set_self_test(outcome.label());
     }
 
     /// Lists the other NAT chains on the switch's hook: logged, and counted in the metric.
