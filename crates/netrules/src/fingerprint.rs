@@ -7,7 +7,7 @@ use serde_json::Value;
 
 /// Every rule, set, map and user chain in the namespace, from nftables (which
 /// includes iptables-nft) and from legacy iptables, sorted, with kernel handles
-/// dropped. Tables and built-in chains are left out: iptables-nft creates
+/// and counter values dropped. Tables and built-in chains are left out: iptables-nft creates
 /// those on first use and leaves them empty, which changes no packet.
 pub fn fingerprint() -> Result<String> {
     let json: Value = serde_json::from_str(&run("nft", &["-j", "list", "ruleset"], None)?)
@@ -31,6 +31,18 @@ pub fn fingerprint() -> Result<String> {
                 for v in obj.values_mut() {
                     if let Some(inner) = v.as_object_mut() {
                         inner.remove("handle");
+                        // Counters count packets, not rules: a packet through a chain
+                        // (the switch's self-test probe, say) changes no rule.
+                        for e in inner
+                            .get_mut("expr")
+                            .and_then(Value::as_array_mut)
+                            .into_iter()
+                            .flatten()
+                        {
+                            if let Some(c) = e.get_mut("counter") {
+                                *c = Value::Null;
+                            }
+                        }
                     }
                 }
             }
