@@ -56,7 +56,7 @@ async fn repeated_events_are_counted_and_shown_by_kubectl_and_python() {
     // The scheduler's recorder is another task: wait (bounded) until its event is there.
     let kc = server.kubeconfig_path().to_path_buf();
     let mut out = String::new();
-    for _ in 0..100 {
+    for _ in 0..600 {
         out = kubectl(&kc, &["get", "events"]).await;
         if out.contains("Scheduled") {
             break;

@@ -84,7 +84,7 @@ async fn outside_names_are_refused_without_an_upstream_and_forwarded_with_one() 
     let (_s, addr) = serve(Upstream::Forward(dnsmasq.addr()));
     // dnsmasq may take a moment to bind; a bounded number of tries, no timing asserted.
     let mut got = String::new();
-    for _ in 0..50 {
+    for _ in 0..300 {
         got = dig(addr, &["+short", "outside.test", "A"]).await;
         if got.trim() == "192.0.2.7" {
             break;

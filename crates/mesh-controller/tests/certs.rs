@@ -413,7 +413,7 @@ async fn deploy_rbac_is_all_the_controller_needs() {
     })
     .await;
     let mut written = false;
-    for _ in 0..400 {
+    for _ in 0..1200 {
         let r = routes.get("api").await.unwrap();
         if r.status.is_some_and(|s| !s.parents.is_empty()) {
             written = true;

@@ -76,7 +76,7 @@ async fn wait_status(api: &Api<HTTPRoute>, name: &str, want: &[(&str, &str, &str
         .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
         .collect();
     let mut last = vec![];
-    for _ in 0..400 {
+    for _ in 0..1200 {
         last = conditions(&api.get(name).await.unwrap());
         if last == want {
             return;
@@ -258,7 +258,7 @@ async fn http_and_grpc_routes_become_routes_with_status_and_weight_changes_follo
             .is_some_and(|r| r.r#match.as_ref().unwrap().path_prefix == "/pkg.Echo/Say")
     })
     .await;
-    for _ in 0..400 {
+    for _ in 0..1200 {
         let s = grpc.get("echo").await.unwrap().status;
         if s.is_some_and(|s| {
             s.parents.iter().any(|p| {

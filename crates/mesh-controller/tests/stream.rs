@@ -122,7 +122,7 @@ async fn snapshot_deltas_acks_nacks_and_resync() {
     // ... and shown on the Pod as a Warning Event naming the version and the reason.
     let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(admin.clone(), "default");
     let mut refused = None;
-    for _ in 0..200 {
+    for _ in 0..1200 {
         let list = events.list(&Default::default()).await.unwrap();
         refused = list.items.into_iter().find(|e| {
             e.reason.as_deref() == Some("ConfigRefused")

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..400 {
+    for _ in 0..1200 {
         if f() {
             return;
         }

@@ -1,4 +1,4 @@
-"""HTTP/1.1 backend for the drain test: /slow answers after 1.5 s, anything else at once."""
+"""HTTP/1.1 backend for the drain test: /slow answers after 3 s, anything else at once."""
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -10,7 +10,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.path.startswith("/slow"):
-            time.sleep(1.5)
+            time.sleep(3)
         body = b"done\n"
         self.send_response(200)
         self.send_header("content-length", str(len(body)))

@@ -96,7 +96,7 @@ pub async fn start(controller: Controller, addr: SocketAddr) -> Running {
 
 /// Waits (bounded) until `f` holds.
 pub async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..400 {
+    for _ in 0..1200 {
         if f() {
             return;
         }

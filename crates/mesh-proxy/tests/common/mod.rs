@@ -118,7 +118,8 @@ impl Meshed {
     pub fn configure(&self, yaml: &str) {
         let before = self.store.load().generation;
         std::fs::write(&self.config, yaml).unwrap();
-        for _ in 0..100 {
+        // Bounded generously: a machine under load may take seconds to notice the file.
+        for _ in 0..600 {
             if self.store.load().generation > before {
                 return;
             }
