@@ -1,22 +1,30 @@
 //! Pod addresses wrap around after 10.244.0.254; a reused address must reach the new pod.
 
-use lab_net::Lab;
+use lab_net::{EchoServer, Lab, Pod};
+use std::net::{IpAddr, SocketAddr};
+
+/// A lab with a client and a pod `first` that serves its name on port 8080, which the client
+/// has reached (so its neighbour table holds first's MAC).
+fn lab_with_first(name: &str) -> (Lab, Pod, Pod, EchoServer) {
+    let mut lab = Lab::new(name).unwrap();
+    let client = lab.add_pod("client").unwrap();
+    let first = lab.add_pod("first").unwrap();
+    let echo = first.serve_echo("first", &[8080], &[]).unwrap();
+    answers(&client, &first, "first");
+    (lab, client, first, echo)
+}
+
+/// `pod`, serving `name` on port 8080, answers the client on both its addresses.
+fn answers(client: &Pod, pod: &Pod, name: &str) {
+    for ip in [IpAddr::V4(pod.ipv4), IpAddr::V6(pod.ipv6)] {
+        let got = client.tcp_request(SocketAddr::new(ip, 8080));
+        assert_eq!(got.unwrap(), name, "{ip}");
+    }
+}
 
 #[test]
 fn reused_address_reaches_the_new_pod() {
-    let mut lab = Lab::new("wrap").unwrap();
-    let client = lab.add_pod("client").unwrap();
-    let first = lab.add_pod("first").unwrap();
-    let _first = first.serve_echo("first", &[8080], &[]).unwrap();
-    // The client learns first's MAC.
-    assert_eq!(
-        client.tcp_request((first.ipv4, 8080).into()).unwrap(),
-        "first"
-    );
-    assert_eq!(
-        client.tcp_request((first.ipv6, 8080).into()).unwrap(),
-        "first"
-    );
+    let (mut lab, client, first, _first) = lab_with_first("wrap");
     // Use up the rest of the range, free first's address, and take it again.
     for i in 4..=254 {
         lab.add_pod(&format!("p{i}")).unwrap();
@@ -25,14 +33,7 @@ fn reused_address_reaches_the_new_pod() {
     let second = lab.add_pod("second").unwrap();
     assert_eq!(second.ipv4, first.ipv4);
     let _second = second.serve_echo("second", &[8080], &[]).unwrap();
-    assert_eq!(
-        client.tcp_request((second.ipv4, 8080).into()).unwrap(),
-        "second"
-    );
-    assert_eq!(
-        client.tcp_request((second.ipv6, 8080).into()).unwrap(),
-        "second"
-    );
+    answers(&client, &second, "second");
     assert!(matches!(
         lab.add_pod("full"),
         Err(lab_net::Error::Exhausted { .. })
@@ -41,14 +42,7 @@ fn reused_address_reaches_the_new_pod() {
 
 #[test]
 fn a_pod_may_ask_for_a_freed_address() {
-    let mut lab = Lab::new("ask").unwrap();
-    let client = lab.add_pod("client").unwrap();
-    let first = lab.add_pod("first").unwrap();
-    let _first = first.serve_echo("first", &[8080], &[]).unwrap();
-    assert_eq!(
-        client.tcp_request((first.ipv4, 8080).into()).unwrap(),
-        "first"
-    );
+    let (mut lab, client, first, _first) = lab_with_first("ask");
     // Taken, or outside the pod range: refused, naming the address.
     let e = lab.add_pod_at("again", Some(first.ipv4)).unwrap_err();
     assert!(e.to_string().contains(&first.ipv4.to_string()), "{e}");
@@ -62,8 +56,5 @@ fn a_pod_may_ask_for_a_freed_address() {
     let second = lab.add_pod_at("second", Some(first.ipv4)).unwrap();
     assert_eq!((second.ipv4, second.ipv6), (first.ipv4, first.ipv6));
     let _second = second.serve_echo("second", &[8080], &[]).unwrap();
-    assert_eq!(
-        client.tcp_request((second.ipv4, 8080).into()).unwrap(),
-        "second"
-    );
+    answers(&client, &second, "second");
 }
