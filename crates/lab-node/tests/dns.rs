@@ -135,20 +135,7 @@ print(json.dumps({"phase": p.status.phase,
 "#;
 
 async fn python_probe(cluster: &Cluster) -> serde_json::Value {
-    let out = tokio::process::Command::new("python3")
-        .args(["-c", PY_CLIENT])
-        .arg(cluster.kubeconfig_path())
-        .arg(PY_PROBE)
-        .output()
-        .await
-        .expect("python3 runs");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    python_json(cluster.kubeconfig_path(), PY_CLIENT, &[PY_PROBE]).await
 }
 
 fn sections(log: &str) -> HashMap<String, String> {

@@ -431,14 +431,7 @@ for e in client.CoreV1Api().list_namespaced_event("default").items:
         out["Unhealthy"] = [e.type, o.field_path, e.reporting_component, e.source.host, e.count >= 2]
 print(json.dumps(out, sort_keys=True))
 "#;
-    let out = tokio::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(cluster.kubeconfig_path())
-        .output()
-        .await
-        .unwrap();
-    let got: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let got = python_json(cluster.kubeconfig_path(), script, &[]).await;
     assert_eq!(
         got,
         serde_json::json!({

@@ -191,15 +191,7 @@ async fn python_app_and_openvpn_peers_run_from_the_image_table() {
     let a_ip = a.status.unwrap().pod_ip.unwrap();
     // The second peer from the official Python client: Ready only once a ping through the
     // tunnel answers (its readiness probe), then asked through exec for its tun0 address.
-    let out = tokio::process::Command::new("python3")
-        .args(["-c", PY_OPENVPN])
-        .arg(cluster.kubeconfig_path())
-        .arg(&a_ip)
-        .output()
-        .await
-        .expect("python3 runs");
-    let got: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let got = python_json(cluster.kubeconfig_path(), PY_OPENVPN, &[&a_ip]).await;
     let (_, logs, _) = kubectl(&cluster, &["logs", "vpn-b"]).await;
     assert_eq!(got["ready"], true, "{got}\n{logs}");
     assert!(

@@ -90,14 +90,7 @@ print(json.dumps({"phase": p.status.phase,
                               s.last_state.terminated.exit_code, s.state.terminated.exit_code],
                   "main": p.status.container_statuses[0].state.terminated.exit_code}))
 "#;
-    let out = tokio::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(cluster.kubeconfig_path())
-        .output()
-        .await
-        .unwrap();
-    let got: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let got = python_json(cluster.kubeconfig_path(), script, &[]).await;
     assert_eq!(
         got,
         json!({"phase": "Succeeded", "sidecar": ["Always", 1, 1, 0], "main": 0})
@@ -226,14 +219,6 @@ from kubernetes import client, config
 config.load_kube_config(config_file=sys.argv[1])
 host = sys.argv[2]
 core = client.CoreV1Api()
-def wait(what, f, timeout=90):
-    deadline = time.time() + timeout
-    while True:
-        v = f()
-        if v:
-            return v
-        assert time.time() < deadline, what
-        time.sleep(0.2)
 def pod():
     return core.read_namespaced_pod("hooks", "default")
 def main(p):
@@ -319,15 +304,8 @@ async fn python_client_startup_probe_hooks_and_ephemeral_container() {
     for f in ["poststart-main", "prestop-main", "prestop-web", "ephemeral"] {
         std::fs::write(host.join(f), "ok\n").unwrap();
     }
-    let out = tokio::process::Command::new("python3")
-        .args(["-c", PY_LIFECYCLE])
-        .arg(cluster.kubeconfig_path())
-        .arg(&host)
-        .output()
-        .await
-        .expect("python3 runs");
-    let got: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let host = host.to_str().expect("a UTF-8 path");
+    let got = python_json(cluster.kubeconfig_path(), PY_LIFECYCLE, &[host]).await;
     // Before the file exists: running, the startup probe failing, neither started nor Ready;
     // the HTTP postStart hook has already run.
     assert_eq!(

@@ -276,14 +276,7 @@ print(json.dumps({"done": done(apps.read_namespaced_deployment("web", "default")
                   "sizes": sorted(r.spec.replicas for r in rss),
                   "owners": sorted({o.kind for r in rss for o in r.metadata.owner_references})}))
 "#;
-    let out = tokio::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(cluster.kubeconfig_path())
-        .output()
-        .await
-        .unwrap();
-    let got: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let got = python_json(cluster.kubeconfig_path(), script, &[]).await;
     assert_eq!(got["done"], true, "{got}");
     assert!(
         got["min_available"].as_i64() >= Some(2),
@@ -368,14 +361,6 @@ from kubernetes.stream import stream
 config.load_kube_config(config_file=sys.argv[1])
 core, apps, batch = client.CoreV1Api(), client.AppsV1Api(), client.BatchV1Api()
 ns = "py"
-def wait(what, f, timeout=90):
-    deadline = time.time() + timeout
-    while True:
-        v = f()
-        if v:
-            return v
-        assert time.time() < deadline, what
-        time.sleep(0.2)
 def ready(p):
     return p.metadata.deletion_timestamp is None and any(
         c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))
@@ -477,11 +462,8 @@ print(json.dumps({
 async fn statefulset_daemonset_job_and_orphans() {
     let cluster = cluster("workloads").await;
     let client = cluster.client().await.unwrap();
-    let python = tokio::process::Command::new("python3")
-        .args(["-c", PY_WORKLOADS])
-        .arg(cluster.kubeconfig_path())
-        .output();
-    let python = tokio::spawn(python);
+    let kubeconfig = cluster.kubeconfig_path().to_path_buf();
+    let python = tokio::spawn(async move { python_json(&kubeconfig, PY_WORKLOADS, &[]).await });
     let manifests = r#"
 apiVersion: apps/v1
 kind: StatefulSet
@@ -672,9 +654,7 @@ spec:
     assert!(pods.get("db-0").await.is_ok(), "the orphan stays");
 
     // What the Python client saw in its namespace meanwhile.
-    let out = python.await.unwrap().expect("python3 runs");
-    let got: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let got = python.await.unwrap();
     assert_eq!(got["order"], json!(["pydb-0", "pydb-1", "pydb-2"]), "{got}");
     assert_eq!(got["early"], json!([]), "OrderedReady broken: {got}");
     assert_eq!(

@@ -9,7 +9,7 @@ use kube::runtime::wait::{await_condition, conditions};
 pub use lab_node::scenario::kubectl;
 use lab_node::{Cluster, ClusterOptions};
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const TIMEOUT: Duration = Duration::from_secs(60);
@@ -96,4 +96,37 @@ pub async fn wait_gone(client: &kube::Client, ns: &str, name: &str) {
     .await
     .expect("pod deleted in time")
     .expect("watch");
+}
+
+/// What every script [`python_json`] runs may use: `wait(what, f)` polls `f` until it gives
+/// something true (bounded; the assertion names `what`).
+const PY_PRELUDE: &str = r#"
+import time
+def wait(what, f, timeout=90):
+    deadline = time.time() + timeout
+    while True:
+        v = f()
+        if v:
+            return v
+        assert time.time() < deadline, what
+        time.sleep(0.2)
+"#;
+
+/// Runs `script` with the host's python3 (which has the official `kubernetes` client), a
+/// kubeconfig as its first argument and then `args`; what it printed, as JSON.
+pub async fn python_json(kubeconfig: &Path, script: &str, args: &[&str]) -> Value {
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", &format!("{PY_PRELUDE}{script}")])
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .await
+        .expect("python3 runs");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }
