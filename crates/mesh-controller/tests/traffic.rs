@@ -252,22 +252,11 @@ impl InPod {
         Fut: Future<Output = ()>,
     {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let pod = pod.clone();
-        let thread = std::thread::spawn(move || {
-            pod.netns()
-                .run(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .unwrap();
-                    rt.block_on(async move {
-                        tokio::select! {
-                            _ = task() => {}
-                            _ = stopped => {}
-                        }
-                    });
-                })
-                .unwrap()
+        let thread = meshed::spawn_in(pod, move || async move {
+            tokio::select! {
+                _ = task() => {}
+                _ = stopped => {}
+            }
         });
         InPod {
             stop: Some(stop),

@@ -73,36 +73,26 @@ impl Meshed {
         let store = Store::default();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (p, st, cfg) = (pod.clone(), store.clone(), config.clone());
+        let (st, cfg) = (store.clone(), config.clone());
         let poll = settings.config_poll;
-        let thread = std::thread::spawn(move || {
-            p.netns()
-                .run(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .unwrap();
-                    rt.block_on(async move {
-                        let src: Box<dyn ConfigSource> = match source {
-                            Some(s) => s,
-                            None => {
-                                let src = FileSource { path: cfg, poll };
-                                src.load_once(&st).unwrap();
-                                Box::new(src)
-                            }
-                        };
-                        let proxy = Proxy::bind_with(settings, st, Some(src), identity)
-                            .await
-                            .unwrap();
-                        ready_tx.send(()).unwrap();
-                        proxy
-                            .serve(async {
-                                let _ = stop_rx.await;
-                            })
-                            .await;
-                    })
+        let thread = spawn_in(pod, move || async move {
+            let src: Box<dyn ConfigSource> = match source {
+                Some(s) => s,
+                None => {
+                    let src = FileSource { path: cfg, poll };
+                    src.load_once(&st).unwrap();
+                    Box::new(src)
+                }
+            };
+            let proxy = Proxy::bind_with(settings, st, Some(src), identity)
+                .await
+                .unwrap();
+            ready_tx.send(()).unwrap();
+            proxy
+                .serve(async {
+                    let _ = stop_rx.await;
                 })
-                .unwrap()
+                .await;
         });
         ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
         Meshed {
@@ -154,6 +144,27 @@ impl Drop for Meshed {
         self.join();
         let _ = std::fs::remove_dir_all(self.config.parent().unwrap());
     }
+}
+
+/// Runs `task` on its own thread, on a current-thread runtime inside `pod`'s network namespace
+/// (what it binds and dials is the pod's), until it ends.
+pub fn spawn_in<F, Fut>(pod: &Pod, task: F) -> std::thread::JoinHandle<()>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let pod = pod.clone();
+    std::thread::spawn(move || {
+        pod.netns()
+            .run(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(task())
+            })
+            .unwrap()
+    })
 }
 
 /// proxy-init's rules (nftables) in `pod`, from the knobs in `sources`.
