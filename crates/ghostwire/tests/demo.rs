@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 fn leftovers(pid: u32) -> Vec<String> {
@@ -228,18 +229,63 @@ fn sigterm_removes_the_lab() {
     let procs = descendants(pid);
     assert!(!procs.is_empty());
     nix_kill(pid);
+    stops_and_removes_its_lab(child, &procs);
+}
+
+/// Ctrl-C in a terminal, in the middle of a capability: SIGINT to the demo's whole process
+/// group, so the helpers it runs at that moment (`ip`, `nft`, `kubectl`…) get it as well. The
+/// demo removes its lab all the same and exits 130, as it does on SIGTERM.
+#[test]
+fn ctrl_c_in_the_middle_removes_the_lab() {
+    let mut child = Held(
+        Command::new(common::ghostwire())
+            .args(["demo", "--backend", "iptables-legacy"])
+            // Its own process group, as a shell's foreground job has.
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.0.id();
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+    lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("=== ghostwire demo mesh ==="))
+        .expect("the demo never reached the mesh");
+    // Keep reading its output (a full pipe would stall it) while the mesh's lab comes up.
+    let drain = std::thread::spawn(move || lines.map_while(Result::ok).count());
+    let mut procs = Vec::new();
+    common::wait_for("the mesh's lab with containers running", 120, || {
+        procs = descendants(pid);
+        !leftovers(pid).is_empty() && !procs.is_empty()
+    });
+    let st = Command::new("kill")
+        .args(["-INT", "--", &format!("-{pid}")])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    stops_and_removes_its_lab(child, &procs);
+    let _ = drain.join();
+}
+
+/// The signalled demo exits 130 having removed its lab: no namespace of its run, and none of
+/// `procs` (its container processes) left running.
+fn stops_and_removes_its_lab(mut child: Held, procs: &[u32]) {
+    let pid = child.0.id();
     let status = child.0.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     assert!(leftovers(pid).is_empty(), "{:?}", leftovers(pid));
     // SIGKILL is delivered before the demo exits, but a killed process leaves /proc only once
     // it has died; give the kernel a bounded moment (no timing is asserted).
-    let mut left = alive(&procs);
-    for _ in 0..100 {
+    let mut left = alive(procs);
+    for _ in 0..400 {
         if left.is_empty() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
-        left = alive(&procs);
+        left = alive(procs);
     }
     assert!(left.is_empty(), "processes left: {left:?}");
 }
