@@ -956,13 +956,24 @@ fn delete_namespaces(names: &[String]) -> Result<()> {
     if names.is_empty() {
         return Ok(());
     }
-    let script: String = names.iter().map(|n| format!("netns del {n}\n")).collect();
-    let result = run_command(
-        Command::new("ip").args(["-force", "-batch", "-"]),
-        &names.join(","),
-        Some(&script),
-    );
-    let left: Vec<&String> = names.iter().filter(|n| Netns::exists(n)).collect();
+    let delete = |names: &[&String]| {
+        let script: String = names.iter().map(|n| format!("netns del {n}\n")).collect();
+        let shown: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+        run_command(
+            Command::new("ip").args(["-force", "-batch", "-"]),
+            &shown.join(","),
+            Some(&script),
+        )
+    };
+    let all: Vec<&String> = names.iter().collect();
+    let mut result = delete(&all);
+    // Once more for what is left: a terminal's Ctrl-C reaches every process of the foreground
+    // group, so the first `ip` may have been killed half-way; this one starts after the signal.
+    let mut left: Vec<&String> = names.iter().filter(|n| Netns::exists(n)).collect();
+    if !left.is_empty() {
+        result = delete(&left);
+        left.retain(|n| Netns::exists(n));
+    }
     match (left.is_empty(), result) {
         (true, _) => Ok(()),
         (false, Err(e)) => Err(e),
