@@ -247,6 +247,21 @@ impl Registry {
         Ok(())
     }
 
+    /// Registers and creates a namespace of this lab. A shutdown on another thread (a Ctrl-C
+    /// handler) that ran while `ip netns add` did deleted only what existed then, and a
+    /// terminal's Ctrl-C may kill `ip netns add` half-way: either way the name is deleted here.
+    fn create(&self, name: &str) -> Result<Netns> {
+        self.add(name)?;
+        let created: Result<Netns> = Netns::create(name).map_err(Into::into);
+        if created.is_err() || lock(&self.state).shut_down {
+            let _ = delete_namespaces(&[name.to_owned()]);
+            self.forget(name);
+            created?;
+            return Err(Error::ShutDown(self.prefix.clone()));
+        }
+        created
+    }
+
     fn forget(&self, name: &str) {
         lock(&self.state).namespaces.retain(|n| n != name);
     }
@@ -340,10 +355,9 @@ impl Lab {
             live.push(Arc::downgrade(&registry));
         }
         let node_name = format!("{prefix}-node");
-        registry.add(&node_name)?;
         // From here on, an early return drops `registry`'s owner below and cleans up.
         let mut guard = ShutdownOnDrop(Some(registry.clone()));
-        let node = Netns::create(&node_name)?;
+        let node = registry.create(&node_name)?;
         ip_batch(
             &node_name,
             &format!(
@@ -481,9 +495,9 @@ impl Lab {
             }
         }
         let ns_name = format!("{}-{name}", self.prefix);
-        self.registry.add(&ns_name)?;
+        self.registry.check_live()?;
         let setup = || -> Result<Netns> {
-            let netns = Netns::create(&ns_name)?;
+            let netns = self.registry.create(&ns_name)?;
             ip_batch(
                 &format!("{}-node", self.prefix),
                 &format!(

@@ -110,6 +110,12 @@ async fn run_all(args: &DemoArgs) -> Result<(), Exit> {
 /// Runs after the demo's future (and with it the cluster: containers killed, namespaces
 /// removed) was dropped.
 fn interrupted() -> Result<(), Exit> {
+    // A lab still held by a task that was running when the future was dropped (a blocking task
+    // keeps its handle until it returns) would outlive the exit below: remove every lab of this
+    // process first.
+    if let Err(e) = lab_net::shutdown_all() {
+        eprintln!("ghostwire demo: lab cleanup incomplete: {e}");
+    }
     eprintln!("\nghostwire demo: interrupted, lab removed");
     std::process::exit(130);
 }
