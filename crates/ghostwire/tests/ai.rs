@@ -21,14 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
-const TIMEOUT: Duration = Duration::from_secs(90);
-
-async fn until<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    f: impl FnMut() -> F,
-) -> T {
-    common::until(what, TIMEOUT.as_secs(), f).await
-}
+use common::{LAB_TIMEOUT as TIMEOUT, until_lab as until};
 
 /// Answers every POST with what it received: the path, the Content-Encoding and the body.
 const MIRROR: &str = r#"

@@ -20,14 +20,7 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-const TIMEOUT: Duration = Duration::from_secs(90);
-
-async fn until<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    f: impl FnMut() -> F,
-) -> T {
-    common::until(what, TIMEOUT.as_secs(), f).await
-}
+use common::{LAB_TIMEOUT as TIMEOUT, until_lab as until};
 
 /// Outbound connections the attached mesh proxy took (0 when unreachable).
 fn proxied(pod: &lab_net::Pod, ip: IpAddr) -> f64 {

@@ -188,6 +188,17 @@ pub fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The bound of the lab-cluster tests' waits (Pods start slowly on a loaded 2-core machine).
+pub const LAB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// [`until`] within [`LAB_TIMEOUT`].
+pub async fn until_lab<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    f: impl FnMut() -> F,
+) -> T {
+    until(what, LAB_TIMEOUT.as_secs(), f).await
+}
+
 /// Waits (async) for `f` to give a value, checking every 200 ms, for at most `secs` seconds.
 pub async fn until<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
