@@ -7,6 +7,8 @@ if ! command -v kubectl >/dev/null; then
   echo "warning: kubectl not found; the lab API's kubectl tests need it at /usr/bin/kubectl" >&2
 fi
 start=$(date +%s)
+# Lab Pods bind-mount volumes over host paths such as /shared; nothing may be written beneath them.
+shared_before=$(ls -A /shared 2>/dev/null || true)
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
@@ -20,6 +22,12 @@ left=$(ip netns list | grep -E '^(gwl[0-9]|gwt-)' || true)
 if [ -n "$left" ]; then
   echo "tests left network namespaces behind:" >&2
   echo "$left" >&2
+  exit 1
+fi
+shared_after=$(ls -A /shared 2>/dev/null || true)
+if [ "$shared_after" != "$shared_before" ]; then
+  echo "tests wrote to the host's /shared (a ghostwire init outside a Pod's mounts?):" >&2
+  ls -la /shared >&2
   exit 1
 fi
 echo "all checks passed in $(( $(date +%s) - start ))s"

@@ -532,12 +532,11 @@ fn ebpf_socket_load_balancing_fails_the_self_test() {
     let w = Watcher::spawn(&c, &[]);
     let warn = Watcher::spawn(&c, &[("GW_SELF_TEST", "warn")]);
     let file = c.dir.path("services.json").display().to_string();
-    let init = run_in(&c.client, &["init", "--from-file", &file], &[]);
-    let init_fail = run_in(
-        &c.client,
-        &["init", "--from-file", &file],
-        &[("GW_SELF_TEST", "fail")],
-    );
+    // The map goes to the test's directory: its default, /shared/dnat.map, is the host's here.
+    let map = c.dir.path("dnat.map").display().to_string();
+    let init_args = ["init", "--from-file", &file, "--dnat-map", &map];
+    let init = run_in(&c.client, &init_args, &[]);
+    let init_fail = run_in(&c.client, &init_args, &[("GW_SELF_TEST", "fail")]);
     lb.leave().unwrap();
 
     wait_for("self-test rewritten", 30, || {
