@@ -899,7 +899,7 @@ mod tests {
         let svc = snap.service("10.96.0.10:80".parse().unwrap()).unwrap();
         let route = |path: &str| {
             let req = tonic::codegen::http::Request::get(path).body(()).unwrap();
-            svc.route(&req.into_parts().0).name.clone()
+            svc.route(&req.into_parts().0).name.to_string()
         };
         let ours = &s.routes[0].name;
         assert_eq!(&route("/api"), ours);

@@ -4,7 +4,7 @@
 use crate::Direction;
 use crate::balance;
 use crate::config::idempotent;
-use crate::metrics::{Labels, Metrics};
+use crate::metrics::{Labels, Metrics, ResponseLabels, RouteLabels};
 use crate::pool::{Body, BoxError, Pool, SendError, Target};
 use crate::store::{Route, Service, Store};
 use crate::tls::CLIENT_ID_HEADER;
@@ -34,37 +34,40 @@ pub struct Http {
     pub metrics: Metrics,
 }
 
-/// RFC 9110 §7.6.1: the connection-specific fields, and whatever `Connection` names.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
+/// RFC 9110 §7.6.1: the connection-specific fields, and whatever `Connection` names. Names,
+/// not strings: a `&str` key is parsed again on every lookup, twice per request per hop.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
 ];
 
 /// Removes hop-by-hop headers. `keep_upgrade` keeps `Connection: upgrade` and `Upgrade` for a
 /// request (or 101 response) that switches protocols.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-        .collect();
-    for n in named {
-        h.remove(n);
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
     }
     // `TE: trailers` is end-to-end in effect for gRPC over HTTP/2 (RFC 9113 §8.2.2).
     let te_trailers = h
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for n in HOP_BY_HOP {
+    for n in &HOP_BY_HOP {
         h.remove(n);
     }
     if te_trailers {
@@ -80,6 +83,12 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
 fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.method() == http::Method::CONNECT
         || (req.version() <= http::Version::HTTP_11 && req.headers().contains_key(header::UPGRADE))
+}
+
+/// The empty label value (no service, route or backend), shared.
+fn none() -> Arc<str> {
+    static NONE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| "".into());
+    NONE.clone()
 }
 
 fn status_class(s: StatusCode) -> &'static str {
@@ -200,7 +209,7 @@ impl Http {
                 };
                 let req = Request::from_parts(parts, body);
                 let resp = self.pool.send(&target, conn.h2, upgrade, req).await;
-                (String::new(), resp.map_err(Failure::Send), String::new())
+                (none(), resp.map_err(Failure::Send), none())
             }
         };
         let mut resp = match resp {
@@ -240,21 +249,20 @@ impl Http {
         if conn.h2 {
             *resp.version_mut() = http::Version::HTTP_2;
         }
-        let labels: Labels = vec![
-            ("direction", conn.direction.as_str().into()),
-            (
-                "service",
-                service.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
-            ),
-            ("route", route_name),
-        ];
+        let route = RouteLabels {
+            direction: conn.direction.as_str(),
+            service: service.as_ref().map_or_else(none, |s| s.name.clone()),
+            route: route_name,
+        };
         self.metrics
             .latency
-            .get_or_create(&labels)
+            .get_or_create(&route)
             .observe(started.elapsed().as_secs_f64());
-        let mut labels = labels;
-        labels.push(("backend", backend));
-        labels.push(("status_class", status_class(resp.status()).into()));
+        let labels = ResponseLabels {
+            route,
+            backend,
+            status_class: status_class(resp.status()),
+        };
         self.metrics.requests.get_or_create(&labels).inc();
         resp
     }
@@ -267,7 +275,7 @@ impl Http {
         route: &Route,
         parts: http::request::Parts,
         body: Body,
-    ) -> (Result<Response<Incoming>, Failure>, String) {
+    ) -> Attempted {
         let split = if route.split.is_empty() {
             &svc.default_split
         } else {
@@ -286,7 +294,7 @@ impl Http {
             {
                 match collect(body, p.max_body_bytes).await {
                     Ok(c) => Replay::Buffered(c),
-                    Err(e) => return (Err(Failure::Body(e.to_string())), String::new()),
+                    Err(e) => return (Err(Failure::Body(e.to_string())), none()),
                 }
             }
             _ => Replay::Once(Some(body)),
@@ -295,13 +303,18 @@ impl Http {
             (Replay::Buffered(_), Some(p)) => p.attempts + 1,
             _ => 1,
         };
-        let labels =
-            || -> Labels { vec![("service", svc.name.clone()), ("route", route.name.clone())] };
+        let labels = || -> Labels {
+            vec![
+                ("service", svc.name.to_string()),
+                ("route", route.name.to_string()),
+            ]
+        };
         let now = Instant::now();
         svc.budget.deposit(now);
         let deadline = route.timeout.map(|t| now + t);
+        let mut head = Some(parts);
         let work = async {
-            let mut last: Option<(Result<Response<Incoming>, Failure>, String)> = None;
+            let mut last: Option<Attempted> = None;
             for attempt in 0..attempts {
                 if attempt > 0 {
                     if !svc.budget.withdraw(Instant::now()) {
@@ -319,7 +332,14 @@ impl Http {
                 };
                 let backend = svc.backends[bi].name.clone();
                 let Some(body) = replay.take() else { break };
-                let mut req = Request::from_parts(parts.clone(), body);
+                // The head is copied only for an attempt that may be followed by another.
+                let head = if attempt + 1 < attempts {
+                    head.clone()
+                } else {
+                    head.take()
+                };
+                let Some(head) = head else { break };
+                let mut req = Request::from_parts(head, body);
                 *req.extensions_mut() = http::Extensions::new();
                 let sent_at = Instant::now();
                 let guard = ep.start();
@@ -341,7 +361,7 @@ impl Http {
                     tracing::warn!(endpoint = %ep.addr, service = %svc.name, "endpoint ejected after consecutive failures");
                     self.metrics
                         .ejections
-                        .get_or_create(&vec![("service", svc.name.clone())])
+                        .get_or_create(&vec![("service", svc.name.to_string())])
                         .inc();
                 }
                 last = Some((res.map_err(Failure::Send), backend));
@@ -355,7 +375,7 @@ impl Http {
                         addr: conn.orig_dst,
                         source: std::io::Error::other("no endpoint to send to"),
                     })),
-                    String::new(),
+                    none(),
                 )
             })
         };
@@ -364,7 +384,7 @@ impl Http {
                 Ok(r) => r,
                 Err(_) => (
                     Err(Failure::Timeout(route.timeout.unwrap_or_default())),
-                    String::new(),
+                    none(),
                 ),
             },
             None => work.await,
@@ -378,6 +398,14 @@ impl Http {
 pub struct HttpService {
     pub http: Arc<Http>,
     pub conn: Conn,
+}
+
+impl HttpService {
+    /// [`tower::Service::call`] without `&mut`: the service holds nothing a call changes.
+    pub fn serve(&self, req: Request<Body>) -> <Self as tower::Service<Request<Body>>>::Future {
+        let (http, conn) = (self.http.clone(), self.conn.clone());
+        Box::pin(async move { Ok(http.handle(conn, req).await) })
+    }
 }
 
 impl tower::Service<Request<Body>> for HttpService {
@@ -395,10 +423,12 @@ impl tower::Service<Request<Body>> for HttpService {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let (http, conn) = (self.http.clone(), self.conn.clone());
-        Box::pin(async move { Ok(http.handle(conn, req).await) })
+        self.serve(req)
     }
 }
+
+/// The last attempt's outcome, and the backend it went to.
+type Attempted = (Result<Response<Incoming>, Failure>, Arc<str>);
 
 enum Failure {
     Send(SendError),

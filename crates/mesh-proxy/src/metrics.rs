@@ -1,17 +1,37 @@
 //! The proxy's Prometheus metrics (names pinned by a test: dashboards depend on them).
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 
 pub type Labels = Vec<(&'static str, String)>;
 
+/// A request's latency labels. The names are the routing snapshot's own `Arc<str>`s, so
+/// building them per request allocates nothing.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub direction: &'static str,
+    pub service: Arc<str>,
+    pub route: Arc<str>,
+}
+
+/// A response's labels: its route's, and where it came from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    #[prometheus(flatten)]
+    pub route: RouteLabels,
+    pub backend: Arc<str>,
+    pub status_class: &'static str,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
-    pub requests: Family<Labels, Counter>,
-    pub latency: Family<Labels, Histogram>,
+    pub requests: Family<ResponseLabels, Counter>,
+    pub latency: Family<RouteLabels, Histogram>,
     pub retries: Family<Labels, Counter>,
     pub budget_exhausted: Family<Labels, Counter>,
     pub ejections: Family<Labels, Counter>,
@@ -136,12 +156,19 @@ mod tests {
     fn names_are_pinned() {
         let mut reg = Registry::with_prefix("ghostwire");
         let m = Metrics::new(&mut reg);
+        let route = RouteLabels {
+            direction: "outbound",
+            service: "app-b".into(),
+            route: "default".into(),
+        };
         m.requests
-            .get_or_create(&vec![("direction", "outbound".into())])
+            .get_or_create(&ResponseLabels {
+                route: route.clone(),
+                backend: "v1".into(),
+                status_class: "2xx",
+            })
             .inc();
-        m.latency
-            .get_or_create(&vec![("direction", "outbound".into())])
-            .observe(0.01);
+        m.latency.get_or_create(&route).observe(0.01);
         for f in [
             &m.retries,
             &m.budget_exhausted,
@@ -179,5 +206,13 @@ mod tests {
         ] {
             assert!(out.contains(name), "{name} missing from:\n{out}");
         }
+        // Dashboards select on these labels, in this order.
+        assert!(
+            out.contains(
+                "ghostwire_proxy_requests_total{direction=\"outbound\",service=\"app-b\",\
+                 route=\"default\",backend=\"v1\",status_class=\"2xx\"} 1"
+            ),
+            "{out}"
+        );
     }
 }

@@ -604,18 +604,19 @@ impl Ctx {
             http: self.http.clone(),
             conn,
         };
-        // Boxed: hyper's connection future then holds one concrete service type, which keeps
-        // rustc's `Send` check of this async body from tripping on the layers' bounds.
-        let svc: tower::util::BoxCloneService<_, _, std::convert::Infallible> =
-            tower::util::BoxCloneService::new(
-                tower::ServiceBuilder::new()
-                    .option_layer(self.llm.clone())
-                    .service(base),
-            );
         // Every service in this stack is always ready (no back-pressure layer), so `call`
-        // goes without `poll_ready`; the future it gives is a plain boxed one.
+        // goes without `poll_ready`. Both arms give the same boxed future: without the AI
+        // layer a request costs no service clone and no second box.
+        let llm = self
+            .llm
+            .as_ref()
+            .map(|l| tower::Layer::layer(l, base.clone()));
         let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            tower::Service::call(&mut svc.clone(), req.map(boxed))
+            let req = req.map(boxed);
+            match &llm {
+                Some(l) => tower::Service::call(&mut l.clone(), req),
+                None => base.serve(req),
+            }
         });
         let io = TokioIo::new(io);
         let s = &self.settings;

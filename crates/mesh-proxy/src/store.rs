@@ -17,14 +17,15 @@ use tokio::sync::watch;
 /// One backend, compiled.
 #[derive(Debug)]
 pub struct Backend {
-    pub name: String,
+    /// Shared with the metrics' labels, so a request's labels cost no allocation.
+    pub name: Arc<str>,
     pub endpoints: Vec<Arc<Endpoint>>,
 }
 
 /// Request matching, compiled.
 #[derive(Debug)]
 pub struct Route {
-    pub name: String,
+    pub name: Arc<str>,
     pub path_prefix: Option<String>,
     pub method: Option<http::Method>,
     pub headers: Vec<(http::HeaderName, String)>,
@@ -45,7 +46,7 @@ pub struct RetryPolicy {
 
 #[derive(Debug)]
 pub struct Service {
-    pub name: String,
+    pub name: Arc<str>,
     pub backends: Vec<Backend>,
     pub routes: Vec<Route>,
     /// The backends' own weights, for requests no route takes.
@@ -194,7 +195,7 @@ impl Store {
                 .backends
                 .iter()
                 .map(|b| Backend {
-                    name: b.name.clone(),
+                    name: b.name.as_str().into(),
                     endpoints: b
                         .endpoints
                         .iter()
@@ -222,7 +223,7 @@ impl Store {
                     None => None,
                 };
                 routes.push(Route {
-                    name: r.name.clone(),
+                    name: r.name.as_str().into(),
                     path_prefix: r.matches.path_prefix.clone(),
                     method: r
                         .matches
@@ -253,7 +254,7 @@ impl Store {
                 Budget::new(s.retry_budget.ratio, s.retry_budget.min_per_second)
             });
             let svc = Arc::new(Service {
-                name: s.name.clone(),
+                name: s.name.as_str().into(),
                 default_split: s
                     .backends
                     .iter()
@@ -411,12 +412,27 @@ services:
         store.replace(cfg(10)).unwrap();
         let snap = store.load();
         let svc = snap.service("10.96.0.11:80".parse().unwrap()).unwrap();
-        assert_eq!(svc.route(&parts("/hello", Some("true"))).name, "canary");
-        assert_eq!(svc.route(&parts("/hello", Some("false"))).name, "default");
-        assert_eq!(svc.route(&parts("/other", Some("true"))).name, "default");
-        assert_eq!(svc.route(&parts("/hello", None)).name, "default");
-        assert_eq!(svc.route(&parts("/hello/x", Some("true"))).name, "canary");
-        assert_eq!(svc.route(&parts("/hellox", Some("true"))).name, "default");
+        assert_eq!(
+            svc.route(&parts("/hello", Some("true"))).name,
+            "canary".into()
+        );
+        assert_eq!(
+            svc.route(&parts("/hello", Some("false"))).name,
+            "default".into()
+        );
+        assert_eq!(
+            svc.route(&parts("/other", Some("true"))).name,
+            "default".into()
+        );
+        assert_eq!(svc.route(&parts("/hello", None)).name, "default".into());
+        assert_eq!(
+            svc.route(&parts("/hello/x", Some("true"))).name,
+            "canary".into()
+        );
+        assert_eq!(
+            svc.route(&parts("/hellox", Some("true"))).name,
+            "default".into()
+        );
     }
 
     #[test]
