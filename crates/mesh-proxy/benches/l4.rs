@@ -44,7 +44,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use support::{
-    Run, env_or, ghostwire_proxy, load_average, measured, median, open_loop, proxy_metrics,
+    Proto, Run, env_or, ghostwire_proxy, load_average, measured, median, open_loop, proxy_metrics,
     redirect, spawn, wait_until,
 };
 
@@ -315,7 +315,9 @@ fn main() {
             );
             record(
                 "fixed rate",
-                measured(&proxies, || open_loop(&client, p.http, rate, seconds)),
+                measured(&proxies, || {
+                    open_loop(&client, p.http, Proto::Http1, rate, seconds)
+                }),
             );
         }
         println!("load average after round {round}: {}", load_average());

@@ -15,8 +15,9 @@
 //!   threads), behind the same rules, configured with the app's endpoint as ghostwire's routes
 //!   name it (haproxy checks the peer's chain but no SPIFFE ID).
 //!
-//! Loads, per path: `wrk` (HTTP/1.1) and `h2load` (HTTP/2) at saturation; HTTP/1.1 at fixed
-//! rates from the open-loop generator below; HTTP/2 at fixed rates from `h2load --rps`.
+//! Loads, per path: `wrk` (HTTP/1.1) and `h2load` (HTTP/2) at saturation; HTTP/1.1 and HTTP/2
+//! at fixed rates from the open-loop generators in `support` (`h2load --rps` sends in bursts
+//! and times from the burst, so it is not used for fixed rates).
 //! Reported: req/s, p50/p99/p99.9, the proxies' CPU (utime+stime from /proc) and RSS.
 //!
 //! Knobs: `GW_BENCH_SECONDS` (per load, default 10), `GW_BENCH_ROUNDS` (default 2),
@@ -35,7 +36,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use support::{
-    Proc, Run, as_proxy, env_or, ghostwire_proxy, load_average, measured, median, open_loop,
+    Proc, Proto, Run, as_proxy, env_or, ghostwire_proxy, load_average, measured, median, open_loop,
     proxy_metrics, quantiles, redirect, spawn, wait_until,
 };
 
@@ -300,17 +301,14 @@ fn wrk(p: &Pair, script: &Path, seconds: u64) -> Run {
     }
 }
 
-/// h2load (HTTP/2 with prior knowledge); `rps` per client for a fixed rate, else saturation.
-fn h2load(p: &Pair, dir: &Path, seconds: u64, rate: Option<u64>) -> Run {
+/// h2load (HTTP/2 with prior knowledge) at saturation.
+fn h2load(p: &Pair, dir: &Path, seconds: u64) -> Run {
     let log = dir.join("h2load.log");
     let _ = std::fs::remove_file(&log);
-    let mut c = p.client.command("h2load");
-    match rate {
-        // 10 clients with up to 10 streams each: the rate is split between them.
-        Some(r) => c.args(["-c10", "-m10", &format!("--rps={}", r / 10)]),
-        None => c.args([&format!("-c{H2_CLIENTS}"), &format!("-m{H2_STREAMS}")]),
-    };
-    let out = c
+    let out = p
+        .client
+        .command("h2load")
+        .args([&format!("-c{H2_CLIENTS}"), &format!("-m{H2_STREAMS}")])
         .args(["-D", &seconds.to_string(), "--log-file"])
         .arg(&log)
         .arg(format!("http://{}/hello", p.vip))
@@ -432,16 +430,20 @@ fn main() {
             );
             record(
                 "h2 saturation (h2load)".into(),
-                measured(&p.procs(), || h2load(p, &dir, seconds, None)),
+                measured(&p.procs(), || h2load(p, &dir, seconds)),
             );
             for &r in &rates {
                 record(
                     format!("h1 {r}/s (open loop)"),
-                    measured(&p.procs(), || open_loop(&p.client, p.vip, r, seconds)),
+                    measured(&p.procs(), || {
+                        open_loop(&p.client, p.vip, Proto::Http1, r, seconds)
+                    }),
                 );
                 record(
-                    format!("h2 {r}/s (h2load)"),
-                    measured(&p.procs(), || h2load(p, &dir, seconds, Some(r))),
+                    format!("h2 {r}/s (open loop)"),
+                    measured(&p.procs(), || {
+                        open_loop(&p.client, p.vip, Proto::Http2, r, seconds)
+                    }),
                 );
             }
         }
