@@ -206,31 +206,29 @@ impl Pool {
             .await
             .map_err(|source| SendError::Http { addr, source })?;
         if !upgrade {
-            // Back to the pool once the response body is read and the connection is free.
-            let pool = self.clone();
-            let target = target.clone();
-            tokio::spawn(async move {
-                if sender.ready().await.is_ok() {
-                    let mut idle = lock(&pool.h1_idle);
-                    let v = idle.entry(target).or_default();
-                    if v.len() < pool.max_idle_per_endpoint {
-                        v.push(sender);
-                    }
+            // Back to the pool now, still busy with the response body: a checkout takes only
+            // a ready one. (Waiting for readiness in a task of its own cost a spawn and two
+            // polls per request.)
+            let mut idle = lock(&self.h1_idle);
+            match idle.get_mut(target) {
+                Some(v) if v.len() < self.max_idle_per_endpoint => v.push(sender),
+                Some(_) => {}
+                None => {
+                    idle.insert(target.clone(), vec![sender]);
                 }
-            });
+            }
         }
         Ok(resp)
     }
 
+    /// The most recently returned connection to `target` that is free; closed ones are
+    /// dropped, busy ones stay.
     fn h1_checkout(&self, target: &Target) -> Option<http1::SendRequest<Body>> {
         let mut idle = lock(&self.h1_idle);
         let v = idle.get_mut(target)?;
-        while let Some(s) = v.pop() {
-            if s.is_ready() {
-                return Some(s);
-            }
-        }
-        None
+        v.retain(|s| !s.is_closed());
+        let i = v.iter().rposition(|s| s.is_ready())?;
+        Some(v.swap_remove(i))
     }
 
     async fn h2_sender(&self, target: &Target) -> Result<http2::SendRequest<Body>, SendError> {

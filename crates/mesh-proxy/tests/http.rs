@@ -14,7 +14,7 @@ fn http_routing_split_retries_budget_and_timeouts() {
     let client = lab.add_pod("client").unwrap();
     let v1 = lab.add_pod("v1").unwrap();
     let v2 = lab.add_pod("v2").unwrap();
-    let _b1 = http_backend(&rt, &v1, "v1", 8080);
+    let b1 = http_backend(&rt, &v1, "v1", 8080);
     let b2 = http_backend(&rt, &v2, "v2", 8080);
     let svc = lab
         .add_service("app-b", &[ServicePort::tcp(80, 8080)], &[&v1])
@@ -80,6 +80,13 @@ services:
     assert_eq!(out.lines().count(), n, "{out}");
     // Binomial(400, 0.1): mean 40, sd 6; five sd either side.
     assert!((10..=70).contains(&v2_hits), "v2 got {v2_hits} of {n}");
+    // Upstream connections are pooled: one client connection in turn, so a connection or
+    // two per backend, not one per request.
+    let conns = [&b1, &b2].map(|b| b.conns.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(
+        conns.iter().sum::<u64>() <= 8,
+        "{n} requests took {conns:?} connections"
+    );
     // The same service over IPv6.
     assert!(matches!(
         curl(&client, &[&format!("http://{vip6}/hello")]).as_str(),

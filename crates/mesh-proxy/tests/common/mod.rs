@@ -267,6 +267,8 @@ pub fn curl(pod: &Pod, args: &[&str]) -> String {
 /// `/slow` answers after 2 s; `/headers` lists the request's headers.
 pub struct Backend2 {
     pub hits: Arc<AtomicU64>,
+    /// Connections accepted.
+    pub conns: Arc<AtomicU64>,
 }
 
 pub fn http_backend(rt: &tokio::runtime::Runtime, pod: &Pod, name: &str, port: u16) -> Backend2 {
@@ -277,11 +279,13 @@ pub fn http_backend(rt: &tokio::runtime::Runtime, pod: &Pod, name: &str, port: u
         .unwrap();
     l.set_nonblocking(true).unwrap();
     let hits = Arc::new(AtomicU64::new(0));
-    let (name, h) = (Arc::<str>::from(name), hits.clone());
+    let conns = Arc::new(AtomicU64::new(0));
+    let (name, h, c) = (Arc::<str>::from(name), hits.clone(), conns.clone());
     rt.spawn(async move {
         let l = tokio::net::TcpListener::from_std(l).unwrap();
         loop {
             let Ok((s, _)) = l.accept().await else { return };
+            c.fetch_add(1, Ordering::SeqCst);
             let (name, h) = (name.clone(), h.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -320,5 +324,5 @@ pub fn http_backend(rt: &tokio::runtime::Runtime, pod: &Pod, name: &str, port: u
             });
         }
     });
-    Backend2 { hits }
+    Backend2 { hits, conns }
 }
