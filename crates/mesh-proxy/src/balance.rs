@@ -126,6 +126,11 @@ pub fn pick(
     endpoints: &[std::sync::Arc<Endpoint>],
     now: Instant,
 ) -> Option<&std::sync::Arc<Endpoint>> {
+    if let [only] = endpoints {
+        // Ejected or not, the only endpoint is the one to try (and no list is built per
+        // request for it).
+        return Some(only);
+    }
     let live: Vec<&std::sync::Arc<Endpoint>> =
         endpoints.iter().filter(|e| !e.ejected(now)).collect();
     let pool: Vec<&std::sync::Arc<Endpoint>> = if live.is_empty() {

@@ -442,6 +442,13 @@ pub(crate) fn pick_endpoint(
     split: &[(usize, u32)],
     now: Instant,
 ) -> Option<(usize, Arc<balance::Endpoint>)> {
+    if let [(b, w)] = *split {
+        // One backend: no weights to draw.
+        return (w > 0)
+            .then(|| balance::pick(&svc.backends[b].endpoints, now))
+            .flatten()
+            .map(|e| (b, e.clone()));
+    }
     let weights: Vec<u32> = split
         .iter()
         .map(|&(b, w)| {

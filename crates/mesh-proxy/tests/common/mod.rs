@@ -107,7 +107,11 @@ impl Meshed {
     /// Writes a new routing config and waits until the proxy has swapped it in.
     pub fn configure(&self, yaml: &str) {
         let before = self.store.load().generation;
-        std::fs::write(&self.config, yaml).unwrap();
+        // Whole or not at all (as the kubelet swaps a ConfigMap volume): a poll that read a
+        // half-written file cut at a line could take its first services for the new config.
+        let tmp = self.config.with_extension("tmp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
         // Bounded generously: a machine under load may take seconds to notice the file.
         for _ in 0..600 {
             if self.store.load().generation > before {
