@@ -117,6 +117,9 @@ impl AppB {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
+            // As Go's net/http and nginx do: a reply is not held back by Nagle's algorithm
+            // while an earlier one on the same (HTTP/2: shared) connection awaits its ACK.
+            let _ = stream.set_nodelay(true);
             let app = app.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
