@@ -23,6 +23,8 @@
 //! Knobs: `GW_BENCH_SECONDS` (per load, default 10), `GW_BENCH_ROUNDS` (default 2),
 //! `GW_BENCH_PATHS` (comma list, default all), `GW_BENCH_RATES` (default 1000,10000),
 //! `GW_BENCH_GHOSTWIRE` (the proxies' binary, default target/release/ghostwire),
+//! `GW_BENCH_BASELINE` (another build of it: adds a plaintext path `baseline` run with it, for
+//! an A/B in one run),
 //! `GW_BENCH_APP` (the binary that runs `lab app-b`, default the proxies' binary: set it when
 //! the proxies come from a production build without the lab, e.g. the `image` profile).
 
@@ -112,7 +114,9 @@ struct Setup {
 }
 
 impl Setup {
-    fn path(&mut self, name: &'static str, kind: Kind, tls: bool) -> Pair {
+    /// A path; `bin` overrides the proxies' binary (the baseline of an A/B run).
+    fn path(&mut self, name: &'static str, kind: Kind, tls: bool, bin: Option<&Path>) -> Pair {
+        let proxy_bin = bin.unwrap_or(&self.bin).to_path_buf();
         let client = self.lab.add_pod(&format!("{name}-c")).unwrap();
         let server = self.lab.add_pod(&format!("{name}-s")).unwrap();
         // The app: `ghostwire lab app-b` (hyper, HTTP/1.1 and HTTP/2), answering its name.
@@ -151,11 +155,11 @@ impl Setup {
                 vec![
                     (
                         "outbound",
-                        ghostwire_proxy(&self.bin, &client, &dir, &env, "outbound"),
+                        ghostwire_proxy(&proxy_bin, &client, &dir, &env, "outbound"),
                     ),
                     (
                         "inbound",
-                        ghostwire_proxy(&self.bin, &server, &dir, &sf, "inbound"),
+                        ghostwire_proxy(&proxy_bin, &server, &dir, &sf, "inbound"),
                     ),
                 ]
             }
@@ -389,8 +393,19 @@ fn main() {
     let mut paths: Vec<Pair> = Vec::new();
     for (name, kind, tls) in all {
         if only.is_empty() || only.split(',').any(|o| o == name) {
-            paths.push(setup.path(name, kind, tls));
+            paths.push(setup.path(name, kind, tls, None));
         }
+    }
+    // An A/B of two builds in one run: the baseline's rounds interleave with the others', so
+    // the machine's drift hits both alike.
+    if let Ok(base) = std::env::var("GW_BENCH_BASELINE") {
+        let base = PathBuf::from(base);
+        assert!(
+            base.exists(),
+            "GW_BENCH_BASELINE={}: no such file",
+            base.display()
+        );
+        paths.push(setup.path("baseline", Kind::Ghostwire, false, Some(&base)));
     }
     println!("load average at start: {}", load_average());
     for p in &paths {
