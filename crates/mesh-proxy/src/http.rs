@@ -231,9 +231,8 @@ impl Http {
                         }
                     });
                 }
-                let (mut p, b) = r.into_parts();
-                strip_hop_by_hop(&mut p.headers, switching);
-                Response::from_parts(p, boxed(b))
+                strip_hop_by_hop(r.headers_mut(), switching);
+                r
             }
             Err(Failure::Timeout(after)) => error_response(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -428,7 +427,7 @@ impl tower::Service<Request<Body>> for HttpService {
 }
 
 /// The last attempt's outcome, and the backend it went to.
-type Attempted = (Result<Response<Incoming>, Failure>, Arc<str>);
+type Attempted = (Result<Response<Body>, Failure>, Arc<str>);
 
 enum Failure {
     Send(SendError),

@@ -14,6 +14,7 @@
 pub mod balance;
 pub mod config;
 pub mod detect;
+pub mod h1;
 pub mod http;
 pub mod llm;
 pub mod metrics;

@@ -1,12 +1,13 @@
 //! Upstream connections, pooled per endpoint: HTTP/1.1 keeps idle connections for reuse,
-//! HTTP/2 shares one multiplexed connection per endpoint. Every dial goes through
+//! HTTP/2 shares one multiplexed connection per endpoint. Most HTTP/1.1 requests take the
+//! proxy's own client ([`crate::h1`]); the rest (upgrades, bodies of unknown length, HTTP/1.0)
+//! take hyper's, each with its own idle connections. Every dial goes through
 //! [`Pool::connect`], which only the proxy's own logic (original destination or configured
 //! endpoint) ever calls. A meshed endpoint (one with an identity) is reached over mesh TLS,
 //! and its connections are pooled apart from plaintext ones.
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::HashMap;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::h1;
 use crate::tls::MeshTls;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -52,6 +54,13 @@ pub enum SendError {
         #[source]
         source: hyper::Error,
     },
+    /// Through the proxy's own HTTP/1.1 client: the request may have reached the server.
+    #[error("request to {addr}: {source}")]
+    H1 {
+        addr: SocketAddr,
+        #[source]
+        source: crate::h1::Error,
+    },
 }
 
 impl SendError {
@@ -59,6 +68,7 @@ impl SendError {
     pub fn not_sent(&self) -> bool {
         match self {
             SendError::Http { source, .. } => source.is_canceled(),
+            SendError::H1 { source, .. } => matches!(source, crate::h1::Error::RequestBody(_)),
             _ => true,
         }
     }
@@ -82,12 +92,14 @@ impl Target {
 }
 
 /// A byte stream upstream: plain TCP or mesh TLS.
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+pub trait Io: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static> Io for T {}
 pub type Upstream = Box<dyn Io>;
 
 pub struct Pool {
     h1_idle: Mutex<HashMap<Target, Vec<http1::SendRequest<Body>>>>,
+    /// Idle connections of the proxy's own HTTP/1.1 client, the most recent last.
+    h1_conns: Mutex<HashMap<Target, Vec<h1::Conn>>>,
     h2: Mutex<HashMap<Target, http2::SendRequest<Body>>>,
     connect_timeout: Duration,
     max_idle_per_endpoint: usize,
@@ -109,6 +121,7 @@ impl Pool {
     ) -> Pool {
         Pool {
             h1_idle: Mutex::default(),
+            h1_conns: Mutex::default(),
             h2: Mutex::default(),
             connect_timeout,
             max_idle_per_endpoint,
@@ -138,6 +151,11 @@ impl Pool {
     /// is on), else plain TCP.
     pub async fn open(&self, target: &Target) -> Result<Upstream, SendError> {
         let tcp = self.connect(target.addr).await?;
+        self.secure(tcp, target).await
+    }
+
+    /// Mesh TLS on `tcp` when `target` is meshed (and mesh TLS is on), else `tcp` as it is.
+    async fn secure(&self, tcp: TcpStream, target: &Target) -> Result<Upstream, SendError> {
         match (&self.tls, &target.identity) {
             (Some(tls), Some(id)) => {
                 let addr = target.addr;
@@ -176,14 +194,18 @@ impl Pool {
         h2: bool,
         upgrade: bool,
         req: http::Request<Body>,
-    ) -> Result<http::Response<Incoming>, SendError> {
+    ) -> Result<http::Response<Body>, SendError> {
         let addr = target.addr;
         if h2 {
             let mut sender = self.h2_sender(target).await?;
             return sender
                 .send_request(req)
                 .await
+                .map(|r| r.map(crate::http::boxed))
                 .map_err(|source| SendError::Http { addr, source });
+        }
+        if !upgrade && h1::eligible(&req) {
+            return self.h1_send(target, req).await;
         }
         let mut sender = match self.h1_checkout(target) {
             Some(s) => s,
@@ -218,7 +240,71 @@ impl Pool {
                 }
             }
         }
-        Ok(resp)
+        Ok(resp.map(crate::http::boxed))
+    }
+
+    /// A request through the proxy's own HTTP/1.1 client. A reused connection that turns out
+    /// to be closed by the server (it failed before any byte of a response) is replaced by a
+    /// new one once, for an idempotent request (RFC 9110 §9.2.2), as browsers do.
+    async fn h1_send(
+        self: &Arc<Self>,
+        target: &Target,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, SendError> {
+        let addr = target.addr;
+        let method = req.method().clone();
+        let wire = h1::encode(req)
+            .await
+            .map_err(|source| SendError::H1 { addr, source })?;
+        let mut may_reuse = true;
+        loop {
+            let pooled = if may_reuse { self.h1_take(target) } else { None };
+            let reused = pooled.is_some();
+            let conn = match pooled {
+                Some(c) => c,
+                None => self.h1_open(target).await?,
+            };
+            match h1::exchange(self, target, conn, &wire, &method).await {
+                Err(h1::Error::NoResponse(_)) if reused && crate::config::idempotent(&method) => {
+                    may_reuse = false;
+                }
+                r => return r.map_err(|source| SendError::H1 { addr, source }),
+            }
+        }
+    }
+
+    /// A new connection for the proxy's own HTTP/1.1 client, with a second handle on its
+    /// socket that tells, while it is idle, whether the server closed it.
+    async fn h1_open(&self, target: &Target) -> Result<h1::Conn, SendError> {
+        let addr = target.addr;
+        let tcp = self.connect(addr).await?;
+        let io_err = |source| SendError::Connect { addr, source };
+        let std = tcp.into_std().map_err(io_err)?;
+        let probe = std.try_clone().map_err(io_err)?;
+        let tcp = TcpStream::from_std(std).map_err(io_err)?;
+        let tls = self.tls.is_some() && target.identity.is_some();
+        Ok(h1::Conn::new(self.secure(tcp, target).await?, Some(probe), tls))
+    }
+
+    /// The most recently returned idle connection to `target` that is still usable.
+    fn h1_take(&self, target: &Target) -> Option<h1::Conn> {
+        let mut idle = lock(&self.h1_conns);
+        let v = idle.get_mut(target)?;
+        while let Some(c) = v.pop() {
+            if c.reusable() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn` for the next request to `target`, up to the pool's limit per endpoint.
+    pub(crate) fn h1_put(&self, target: Target, conn: h1::Conn) {
+        let mut idle = lock(&self.h1_conns);
+        let v = idle.entry(target).or_default();
+        if v.len() < self.max_idle_per_endpoint {
+            v.push(conn);
+        }
     }
 
     /// The most recently returned connection to `target` that is free; closed ones are
