@@ -12,8 +12,8 @@ use crate::pool::{Body, BoxError, Pool, Target, Upstream};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body::{Frame, SizeHint};
 use http_body::Body as _;
+use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use std::io::{self, Write};
 use std::pin::Pin;
@@ -265,9 +265,14 @@ fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 impl Head {
     /// The response's parts, how its body is framed (RFC 9112 §6.3) and whether the
     /// connection can carry another request after it.
-    fn into_response(self, method: &Method) -> Result<(http::response::Parts, Framing, bool), Error> {
+    fn into_response(
+        self,
+        method: &Method,
+    ) -> Result<(http::response::Parts, Framing, bool), Error> {
         if self.status == StatusCode::SWITCHING_PROTOCOLS {
-            return Err(Error::malformed("101 Switching Protocols to a request without Upgrade"));
+            return Err(Error::malformed(
+                "101 Switching Protocols to a request without Upgrade",
+            ));
         }
         let h = &self.headers;
         let mut keep_alive = match self.version {
@@ -456,8 +461,8 @@ impl Framing {
                         };
                         let mut trailers = HeaderMap::new();
                         for f in parsed {
-                            let name =
-                                HeaderName::from_bytes(f.name.as_bytes()).map_err(Error::malformed)?;
+                            let name = HeaderName::from_bytes(f.name.as_bytes())
+                                .map_err(Error::malformed)?;
                             let value = HeaderValue::from_maybe_shared(bytes.slice_ref(f.value))
                                 .map_err(Error::malformed)?;
                             trailers.append(name, value);
@@ -676,7 +681,12 @@ mod tests {
         assert_eq!(t["x-t"], "1");
         let (data, _) = decode_bytewise(Framing::Length(4), b"abcd").unwrap();
         assert_eq!(data, b"abcd");
-        for bad in [&b"zz\r\n"[..], b"3\r\nabcXY", b"\r\n", b"1ffffffffffffffff\r\n"] {
+        for bad in [
+            &b"zz\r\n"[..],
+            b"3\r\nabcXY",
+            b"\r\n",
+            b"1ffffffffffffffff\r\n",
+        ] {
             assert!(
                 decode_bytewise(Framing::Chunked(Chunked::Size), bad).is_err(),
                 "{bad:?}"
@@ -827,19 +837,33 @@ mod tests {
             let (status, body, _) = call(&pool, addr, Method::GET, "/len", "").await.unwrap();
             assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one kept-alive connection");
-        let (_, body, trailers) = call(&pool, addr, Method::GET, "/chunked", "").await.unwrap();
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one kept-alive connection"
+        );
+        let (_, body, trailers) = call(&pool, addr, Method::GET, "/chunked", "")
+            .await
+            .unwrap();
         assert_eq!(body, b"hello world");
         assert_eq!(trailers.expect("trailers")["x-t"], "1");
-        let (_, body, _) = call(&pool, addr, Method::POST, "/echo", "ping").await.unwrap();
+        let (_, body, _) = call(&pool, addr, Method::POST, "/echo", "ping")
+            .await
+            .unwrap();
         assert_eq!(body, b"ping");
-        let (status, body, _) = call(&pool, addr, Method::GET, "/continue", "").await.unwrap();
+        let (status, body, _) = call(&pool, addr, Method::GET, "/continue", "")
+            .await
+            .unwrap();
         assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
         let (status, body, _) = call(&pool, addr, Method::GET, "/empty", "").await.unwrap();
         assert_eq!((status, body.len()), (StatusCode::NO_CONTENT, 0));
         let (status, _, _) = call(&pool, addr, Method::HEAD, "/len", "").await.unwrap();
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(accepted.load(Ordering::SeqCst), 1, "still the one connection");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "still the one connection"
+        );
         // A body until the server closes: read whole, and that connection is not reused.
         let (_, body, _) = call(&pool, addr, Method::GET, "/eof", "").await.unwrap();
         assert_eq!(body, b"until the end");
@@ -855,15 +879,22 @@ mod tests {
         call(&pool, addr, Method::GET, "/bye", "").await.unwrap();
         // Let the server's FIN arrive: the probe then sees the close before the next request.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let (_, body, _) = call(&pool, addr, Method::POST, "/echo", "a post").await.unwrap();
-        assert_eq!(body, b"a post", "a POST, never retried, still went out on a live connection");
+        let (_, body, _) = call(&pool, addr, Method::POST, "/echo", "a post")
+            .await
+            .unwrap();
+        assert_eq!(
+            body, b"a post",
+            "a POST, never retried, still went out on a live connection"
+        );
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         // The close comes only once the request is on its way: an idempotent request is sent
         // again on a new connection, a POST is not.
         let (status, _, _) = call(&pool, addr, Method::GET, "/drop", "").await.unwrap();
         assert_eq!(status, StatusCode::OK);
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
-        let err = call(&pool, addr, Method::POST, "/drop", "").await.unwrap_err();
+        let err = call(&pool, addr, Method::POST, "/drop", "")
+            .await
+            .unwrap_err();
         assert!(
             matches!(
                 err,
@@ -875,5 +906,4 @@ mod tests {
             "{err}"
         );
     }
-
 }

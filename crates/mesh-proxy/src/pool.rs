@@ -258,7 +258,11 @@ impl Pool {
             .map_err(|source| SendError::H1 { addr, source })?;
         let mut may_reuse = true;
         loop {
-            let pooled = if may_reuse { self.h1_take(target) } else { None };
+            let pooled = if may_reuse {
+                self.h1_take(target)
+            } else {
+                None
+            };
             let reused = pooled.is_some();
             let conn = match pooled {
                 Some(c) => c,
@@ -283,7 +287,11 @@ impl Pool {
         let probe = std.try_clone().map_err(io_err)?;
         let tcp = TcpStream::from_std(std).map_err(io_err)?;
         let tls = self.tls.is_some() && target.identity.is_some();
-        Ok(h1::Conn::new(self.secure(tcp, target).await?, Some(probe), tls))
+        Ok(h1::Conn::new(
+            self.secure(tcp, target).await?,
+            Some(probe),
+            tls,
+        ))
     }
 
     /// The most recently returned idle connection to `target` that is still usable.
