@@ -16,6 +16,7 @@ pub mod config;
 pub mod detect;
 pub mod h1;
 pub mod http;
+pub mod http2;
 pub mod llm;
 pub mod metrics;
 pub mod pool;

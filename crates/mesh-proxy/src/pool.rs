@@ -1,7 +1,8 @@
 //! Upstream connections, pooled per endpoint: HTTP/1.1 keeps idle connections for reuse,
 //! HTTP/2 shares one multiplexed connection per endpoint. Most HTTP/1.1 requests take the
 //! proxy's own client ([`crate::h1`]); the rest (upgrades, bodies of unknown length, HTTP/1.0)
-//! take hyper's, each with its own idle connections. Every dial goes through
+//! take hyper's, each with its own idle connections. HTTP/2 requests take the proxy's own
+//! client on the `h2` crate ([`crate::http2`]), CONNECT tunnels hyper's. Every dial goes through
 //! [`Pool::connect`], which only the proxy's own logic (original destination or configured
 //! endpoint) ever calls. A meshed endpoint (one with an identity) is reached over mesh TLS,
 //! and its connections are pooled apart from plaintext ones.
@@ -12,6 +13,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -54,6 +56,14 @@ pub enum SendError {
         #[source]
         source: hyper::Error,
     },
+    /// Through the proxy's own HTTP/2 client: the request may have reached the server, unless
+    /// the server refused the stream.
+    #[error("HTTP/2 with {addr}: {source}")]
+    H2 {
+        addr: SocketAddr,
+        #[source]
+        source: h2::Error,
+    },
     /// Through the proxy's own HTTP/1.1 client: the request may have reached the server.
     #[error("request to {addr}: {source}")]
     H1 {
@@ -68,6 +78,8 @@ impl SendError {
     pub fn not_sent(&self) -> bool {
         match self {
             SendError::Http { source, .. } => source.is_canceled(),
+            // RFC 9113 §8.7: a refused stream was not processed.
+            SendError::H2 { source, .. } => source.reason() == Some(h2::Reason::REFUSED_STREAM),
             SendError::H1 { source, .. } => matches!(source, crate::h1::Error::RequestBody(_)),
             _ => true,
         }
@@ -100,7 +112,11 @@ pub struct Pool {
     h1_idle: Mutex<HashMap<Target, Vec<http1::SendRequest<Body>>>>,
     /// Idle connections of the proxy's own HTTP/1.1 client, the most recent last.
     h1_conns: Mutex<HashMap<Target, Vec<h1::Conn>>>,
-    h2: Mutex<HashMap<Target, http2::SendRequest<Body>>>,
+    /// The shared HTTP/2 connection per endpoint, numbered so that only a dead one is evicted.
+    h2_conns: Mutex<HashMap<Target, (u64, h2::client::SendRequest<Bytes>)>>,
+    h2_opened: AtomicU64,
+    /// hyper's HTTP/2 connections, for CONNECT tunnels only.
+    h2_tunnels: Mutex<HashMap<Target, http2::SendRequest<Body>>>,
     connect_timeout: Duration,
     max_idle_per_endpoint: usize,
     tls: Option<Arc<MeshTls>>,
@@ -122,7 +138,9 @@ impl Pool {
         Pool {
             h1_idle: Mutex::default(),
             h1_conns: Mutex::default(),
-            h2: Mutex::default(),
+            h2_conns: Mutex::default(),
+            h2_opened: AtomicU64::new(0),
+            h2_tunnels: Mutex::default(),
             connect_timeout,
             max_idle_per_endpoint,
             tls,
@@ -196,8 +214,11 @@ impl Pool {
         req: http::Request<Body>,
     ) -> Result<http::Response<Body>, SendError> {
         let addr = target.addr;
+        if h2 && !upgrade {
+            return self.h2_send(target, req).await;
+        }
         if h2 {
-            let mut sender = self.h2_sender(target).await?;
+            let mut sender = self.h2_tunnel(target).await?;
             return sender
                 .send_request(req)
                 .await
@@ -325,8 +346,66 @@ impl Pool {
         Some(v.swap_remove(i))
     }
 
-    async fn h2_sender(&self, target: &Target) -> Result<http2::SendRequest<Body>, SendError> {
-        if let Some(s) = lock(&self.h2).get(target).filter(|s| !s.is_closed()) {
+    /// A request on the shared HTTP/2 connection to `target`. A connection found dead (the
+    /// server went away) is replaced once by a new one; the request was not sent on it.
+    async fn h2_send(
+        &self,
+        target: &Target,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, SendError> {
+        let addr = target.addr;
+        let h2_err = |source| SendError::H2 { addr, source };
+        let mut fresh = false;
+        let ready = loop {
+            let cached = match fresh {
+                false => lock(&self.h2_conns).get(target).cloned(),
+                true => None,
+            };
+            let (id, send) = match cached {
+                Some(c) => c,
+                None => {
+                    fresh = true;
+                    self.h2_open(target).await?
+                }
+            };
+            match send.ready().await {
+                Ok(s) => break s,
+                Err(e) => {
+                    let mut conns = lock(&self.h2_conns);
+                    if conns.get(target).is_some_and(|(i, _)| *i == id) {
+                        conns.remove(target);
+                    }
+                    drop(conns);
+                    if fresh {
+                        return Err(h2_err(e));
+                    }
+                    fresh = true;
+                }
+            }
+        };
+        crate::http2::send(ready, req).await.map_err(h2_err)
+    }
+
+    /// A new shared HTTP/2 connection to `target`, kept for the requests that follow.
+    async fn h2_open(
+        &self,
+        target: &Target,
+    ) -> Result<(u64, h2::client::SendRequest<Bytes>), SendError> {
+        let addr = target.addr;
+        let io = self.open(target).await?;
+        let send = crate::http2::handshake(io, addr)
+            .await
+            .map_err(|source| SendError::H2 { addr, source })?;
+        let id = self.h2_opened.fetch_add(1, Ordering::Relaxed);
+        lock(&self.h2_conns).insert(target.clone(), (id, send.clone()));
+        Ok((id, send))
+    }
+
+    async fn h2_tunnel(&self, target: &Target) -> Result<http2::SendRequest<Body>, SendError> {
+        if let Some(s) = lock(&self.h2_tunnels)
+            .get(target)
+            .filter(|s| !s.is_closed())
+        {
             return Ok(s.clone());
         }
         let addr = target.addr;
@@ -340,7 +419,7 @@ impl Pool {
                 tracing::debug!(error = %e, %addr, "upstream HTTP/2 connection ended");
             }
         });
-        lock(&self.h2).insert(target.clone(), sender.clone());
+        lock(&self.h2_tunnels).insert(target.clone(), sender.clone());
         Ok(sender)
     }
 }
