@@ -41,8 +41,26 @@ pub fn runtime(s: &ProxySettings) -> std::io::Result<tokio::runtime::Runtime> {
     .build()
 }
 
+/// Lifts the soft limit on open files to the hard one, as Go's runtime does at start. The
+/// proxy holds two descriptors per proxied connection, and one more for each upstream
+/// HTTP/1.1 connection of its own client (the probe that sees a server's close while the
+/// connection is idle), so the soft default of 1,024 found in many containers is far below
+/// what a busy sidecar needs. Returns the soft and hard limits now in force.
+fn raise_open_files_limit() -> nix::Result<(u64, u64)> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok((soft.max(hard), hard))
+}
+
 pub async fn run(s: ProxySettings) -> Result<(), Exit> {
     tracing::info!(threads = s.threads, "proxy starting");
+    match raise_open_files_limit() {
+        Ok((soft, hard)) => tracing::info!(soft, hard, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
     let store = Store::default();
     let source: Option<Box<dyn ConfigSource>> = match &s.config {
         _ if !s.controller.is_empty() => {
@@ -102,4 +120,17 @@ pub async fn run(s: ProxySettings) -> Result<(), Exit> {
     proxy.serve(crate::injector::stop_signal()).await;
     tracing::info!("proxy stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_one() {
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        setrlimit(Resource::RLIMIT_NOFILE, hard.min(256), hard).unwrap();
+        assert_eq!(super::raise_open_files_limit().unwrap(), (hard, hard));
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (hard, hard));
+    }
 }
