@@ -3,8 +3,8 @@
 //! Per connection: the original destination (`SO_ORIGINAL_DST`) → protocol detection →
 //! opaque TCP, or HTTP/1.1 / HTTP/2 served by hyper → per request: the destination's service
 //! in the config snapshot → route match → weighted backend → endpoint (peak-EWMA, power of two
-//! choices, failure accrual) → pooled upstream connection, with per-route timeouts and
-//! budgeted retries. A destination without config is proxied to its original destination
+//! choices, failure accrual) → pooled upstream connection ([`h1`] and [`http2`], the proxy's
+//! own clients driven from the request's task), with per-route timeouts and budgeted retries. A destination without config is proxied to its original destination
 //! unchanged. Only original destinations of intercepted connections, and endpoints the config
 //! names for them, are ever dialled: the proxy is never an open relay.
 //!
