@@ -213,10 +213,26 @@ impl Pool {
         upgrade: bool,
         req: http::Request<Body>,
     ) -> Result<http::Response<Body>, SendError> {
-        let addr = target.addr;
         if h2 && !upgrade {
             return self.h2_send(target, req).await;
         }
+        if !h2 && !upgrade && h1::eligible(&req) {
+            return self.h1_send(target, req).await;
+        }
+        // Boxed: the request's future stays the size of the common paths above (a future is
+        // as large as its largest await, and hyper's handshakes are large).
+        Box::pin(self.send_hyper(target, h2, upgrade, req)).await
+    }
+
+    /// A request through hyper's client: CONNECT, upgrades, bodies of unknown length, HTTP/1.0.
+    async fn send_hyper(
+        &self,
+        target: &Target,
+        h2: bool,
+        upgrade: bool,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, SendError> {
+        let addr = target.addr;
         if h2 {
             let mut sender = self.h2_tunnel(target).await?;
             return sender
@@ -224,9 +240,6 @@ impl Pool {
                 .await
                 .map(|r| r.map(crate::http::boxed))
                 .map_err(|source| SendError::Http { addr, source });
-        }
-        if !upgrade && h1::eligible(&req) {
-            return self.h1_send(target, req).await;
         }
         let mut sender = match self.h1_checkout(target) {
             Some(s) => s,
@@ -287,7 +300,7 @@ impl Pool {
             let reused = pooled.is_some();
             let conn = match pooled {
                 Some(c) => c,
-                None => self.h1_open(target).await?,
+                None => Box::pin(self.h1_open(target)).await?,
             };
             match h1::exchange(self, target, conn, &wire, &method).await {
                 Err(h1::Error::NoResponse(_)) if reused && crate::config::idempotent(&method) => {
@@ -365,7 +378,7 @@ impl Pool {
                 Some(c) => c,
                 None => {
                     fresh = true;
-                    self.h2_open(target).await?
+                    Box::pin(self.h2_open(target)).await?
                 }
             };
             match send.ready().await {
