@@ -315,4 +315,26 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
+
+    /// A stream the server refuses (RST_STREAM REFUSED_STREAM, RFC 9113 §8.7) was not
+    /// processed: the error says so, and the retry policy may send the request again.
+    #[tokio::test]
+    async fn a_refused_stream_counts_as_not_sent() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let mut conn = h2::server::handshake(s).await.unwrap();
+            while let Some(Ok((_, mut respond))) = conn.accept().await {
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+            }
+        });
+        let pool = Arc::new(Pool::new(std::time::Duration::from_secs(5), 8, None));
+        let empty = http_body_util::Empty::new().map_err(|e| match e {}).boxed();
+        let err = call(&pool, addr, Method::GET, "/", empty)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SendError::H2 { .. }), "{err}");
+        assert!(err.not_sent(), "{err}");
+    }
 }
