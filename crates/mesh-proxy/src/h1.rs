@@ -111,12 +111,12 @@ pub struct Conn {
     buf: BytesMut,
     /// A second handle on the TCP socket: tells a connection that the server closed while it
     /// sat idle, without reading from it.
-    probe: Option<std::net::TcpStream>,
+    probe: std::net::TcpStream,
     tls: bool,
 }
 
 impl Conn {
-    pub fn new(io: Upstream, probe: Option<std::net::TcpStream>, tls: bool) -> Conn {
+    pub fn new(io: Upstream, probe: std::net::TcpStream, tls: bool) -> Conn {
         Conn {
             io,
             buf: BytesMut::new(),
@@ -132,10 +132,7 @@ impl Conn {
         if !self.buf.is_empty() {
             return false;
         }
-        let Some(probe) = &self.probe else {
-            return true;
-        };
-        match probe.peek(&mut [0u8; 1]) {
+        match self.probe.peek(&mut [0u8; 1]) {
             Err(e) => e.kind() == io::ErrorKind::WouldBlock,
             Ok(0) => false,
             Ok(_) => self.tls,

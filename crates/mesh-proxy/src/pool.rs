@@ -321,11 +321,7 @@ impl Pool {
         let probe = std.try_clone().map_err(io_err)?;
         let tcp = TcpStream::from_std(std).map_err(io_err)?;
         let tls = self.tls.is_some() && target.identity.is_some();
-        Ok(h1::Conn::new(
-            self.secure(tcp, target).await?,
-            Some(probe),
-            tls,
-        ))
+        Ok(h1::Conn::new(self.secure(tcp, target).await?, probe, tls))
     }
 
     /// The most recently returned idle connection to `target` that is still usable.
