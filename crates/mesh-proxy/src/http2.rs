@@ -190,6 +190,14 @@ mod tests {
         http_body_util::StreamBody::new(futures::stream::iter(frames)).boxed()
     }
 
+    fn empty() -> Body {
+        http_body_util::Empty::new().map_err(|e| match e {}).boxed()
+    }
+
+    fn pool() -> Arc<Pool> {
+        Arc::new(Pool::new(std::time::Duration::from_secs(5), 8, None))
+    }
+
     fn trailers(name: &'static str, value: &'static str) -> HeaderMap {
         let mut t = HeaderMap::new();
         t.insert(name, HeaderValue::from_static(value));
@@ -274,8 +282,7 @@ mod tests {
     #[tokio::test]
     async fn streams_bodies_and_trailers_both_ways_on_one_connection() {
         let (addr, accepted) = upstream().await;
-        let pool = Arc::new(Pool::new(std::time::Duration::from_secs(5), 8, None));
-        let empty = || http_body_util::Empty::new().map_err(|e| match e {}).boxed();
+        let pool = pool();
         let (status, body, t) = call(&pool, addr, Method::GET, "/hello", empty())
             .await
             .unwrap();
@@ -301,8 +308,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_server_closed_is_replaced() {
         let (addr, accepted) = upstream().await;
-        let pool = Arc::new(Pool::new(std::time::Duration::from_secs(5), 8, None));
-        let empty = || http_body_util::Empty::new().map_err(|e| match e {}).boxed();
+        let pool = pool();
         let (_, body, _) = call(&pool, addr, Method::GET, "/goaway", empty())
             .await
             .unwrap();
@@ -329,9 +335,7 @@ mod tests {
                 respond.send_reset(h2::Reason::REFUSED_STREAM);
             }
         });
-        let pool = Arc::new(Pool::new(std::time::Duration::from_secs(5), 8, None));
-        let empty = http_body_util::Empty::new().map_err(|e| match e {}).boxed();
-        let err = call(&pool, addr, Method::GET, "/", empty)
+        let err = call(&pool(), addr, Method::GET, "/", empty())
             .await
             .unwrap_err();
         assert!(matches!(err, SendError::H2 { .. }), "{err}");
