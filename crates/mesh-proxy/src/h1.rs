@@ -19,7 +19,7 @@ use std::io::{self, Write};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt};
 
 /// The largest request body this client takes. It is read whole before the request is sent
 /// (so a stale connection can be retried), and a body this small fits the socket buffers, so
@@ -109,34 +109,33 @@ fn encode_parts(parts: &http::request::Parts, body: &[u8]) -> Vec<u8> {
 pub struct Conn {
     io: Upstream,
     buf: BytesMut,
-    /// A second handle on the TCP socket: tells a connection that the server closed while it
-    /// sat idle, without reading from it.
-    probe: std::net::TcpStream,
-    tls: bool,
 }
 
 impl Conn {
-    pub fn new(io: Upstream, probe: std::net::TcpStream, tls: bool) -> Conn {
+    pub fn new(io: Upstream) -> Conn {
         Conn {
             io,
             buf: BytesMut::new(),
-            probe,
-            tls,
         }
     }
 
-    /// Whether an idle connection can carry another request: no close or error from the
-    /// server, and over plaintext no stray bytes either (over TLS, bytes may be a session
-    /// ticket that the TLS layer reads later).
-    pub fn reusable(&self) -> bool {
+    /// Whether an idle connection can carry another request: nothing from the server since
+    /// the last response, neither bytes nor a close nor an error.
+    ///
+    /// One read that must not wait: it answers from the runtime's readiness, without a system
+    /// call, when nothing arrived since the last read drained the socket. Over TLS it goes
+    /// through the TLS layer, which takes session tickets in and reports a close_notify as
+    /// the end of the stream.
+    pub fn reusable(&mut self) -> bool {
         if !self.buf.is_empty() {
             return false;
         }
-        match self.probe.peek(&mut [0u8; 1]) {
-            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
-            Ok(0) => false,
-            Ok(_) => self.tls,
-        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut one = [0u8; 1];
+        let mut buf = tokio::io::ReadBuf::new(&mut one);
+        Pin::new(&mut self.io)
+            .poll_read(&mut cx, &mut buf)
+            .is_pending()
     }
 }
 
@@ -874,7 +873,8 @@ mod tests {
         let (addr, accepted) = upstream().await;
         let pool = Arc::new(Pool::new(std::time::Duration::from_secs(5), 8, None));
         call(&pool, addr, Method::GET, "/bye", "").await.unwrap();
-        // Let the server's FIN arrive: the probe then sees the close before the next request.
+        // Let the server's FIN arrive: the idle check then sees the close before the next
+        // request.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let (_, body, _) = call(&pool, addr, Method::POST, "/echo", "a post")
             .await
@@ -902,5 +902,60 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    /// A TLS server closing an idle connection sends close_notify before its FIN: bytes on
+    /// the socket, which only the TLS layer can tell for a close.
+    #[tokio::test]
+    async fn an_idle_tls_connection_that_the_server_closed_is_not_reused() {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+        use tokio::io::AsyncWriteExt;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let der = cert.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (close, closing) = tokio::sync::oneshot::channel::<()>();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let _ = closing.await;
+            tls.shutdown().await.unwrap();
+        });
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .await
+            .unwrap();
+        let mut conn = Conn::new(Box::new(tls));
+        // TLS 1.3 session tickets come after the handshake: the TLS layer takes them in.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(
+            conn.reusable(),
+            "an idle connection, nothing from the server"
+        );
+        close.send(()).unwrap();
+        server.await.unwrap();
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while conn.reusable() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        });
+        assert!(seen.await.is_ok(), "the close_notify was never seen");
     }
 }

@@ -311,24 +311,17 @@ impl Pool {
         }
     }
 
-    /// A new connection for the proxy's own HTTP/1.1 client, with a second handle on its
-    /// socket that tells, while it is idle, whether the server closed it.
+    /// A new connection for the proxy's own HTTP/1.1 client.
     async fn h1_open(&self, target: &Target) -> Result<h1::Conn, SendError> {
-        let addr = target.addr;
-        let tcp = self.connect(addr).await?;
-        let io_err = |source| SendError::Connect { addr, source };
-        let std = tcp.into_std().map_err(io_err)?;
-        let probe = std.try_clone().map_err(io_err)?;
-        let tcp = TcpStream::from_std(std).map_err(io_err)?;
-        let tls = self.tls.is_some() && target.identity.is_some();
-        Ok(h1::Conn::new(self.secure(tcp, target).await?, probe, tls))
+        let tcp = self.connect(target.addr).await?;
+        Ok(h1::Conn::new(self.secure(tcp, target).await?))
     }
 
     /// The most recently returned idle connection to `target` that is still usable.
     fn h1_take(&self, target: &Target) -> Option<h1::Conn> {
         let mut idle = lock(&self.h1_conns);
         let v = idle.get_mut(target)?;
-        while let Some(c) = v.pop() {
+        while let Some(mut c) = v.pop() {
             if c.reusable() {
                 return Some(c);
             }
