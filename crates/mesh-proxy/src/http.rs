@@ -168,14 +168,17 @@ impl Http {
     pub async fn handle(&self, conn: Conn, mut req: Request<Body>) -> Response<Body> {
         let started = Instant::now();
         let upgrade = is_upgrade(&req);
-        let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        // On HTTP/2 a CONNECT tunnel is the stream itself: its bodies carry the bytes both
+        // ways, so it is sent as a streamed request (RFC 9113 §8.5). On HTTP/1 the connection
+        // becomes the tunnel once both sides agree.
+        let down_upgrade = (upgrade && !conn.h2).then(|| hyper::upgrade::on(&mut req));
         let snap = self.store.load();
         let service = match conn.direction {
             Direction::Outbound => snap.service(conn.orig_dst).cloned(),
             Direction::Inbound => None,
         };
         let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers, upgrade);
+        strip_hop_by_hop(&mut parts.headers, down_upgrade.is_some());
         if conn.direction == Direction::Inbound {
             // Only this proxy says who the client is: a copy from the client is a forgery.
             parts.headers.remove(CLIENT_ID_HEADER);
@@ -208,7 +211,10 @@ impl Http {
                     },
                 };
                 let req = Request::from_parts(parts, body);
-                let resp = self.pool.send(&target, conn.h2, upgrade, req).await;
+                let resp = self
+                    .pool
+                    .send(&target, conn.h2, down_upgrade.is_some(), req)
+                    .await;
                 (none(), resp.map_err(Failure::Send), none())
             }
         };

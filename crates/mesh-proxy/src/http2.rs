@@ -1,21 +1,30 @@
-//! The proxy's HTTP/2 client: the `h2` crate, driven from the request's own task.
+//! The proxy's HTTP/2 client and server: the `h2` crate, driven directly.
 //!
-//! Why not hyper's client here: on HTTP/2 it hands each request to the connection's task over
-//! a channel, spawns a task per request to wait for the response, and sends the response back
-//! over a oneshot. Here the request's task opens the stream and awaits the response itself;
-//! only the connection, and a request body that is still streaming, have tasks of their own.
-//! CONNECT (a tunnel) still goes through hyper's client ([`crate::pool`]).
+//! Why not hyper's: on HTTP/2 its client hands each request to the connection's task over a
+//! channel, spawns a task per request to wait for the response, and sends the response back
+//! over a oneshot; its server spawns a task per stream besides the connection's. Here the
+//! client's request task opens the stream and awaits the response itself, and the server runs
+//! every stream of a connection in the connection's own task ([`serve`]).
+//!
+//! CONNECT needs nothing of its own: on HTTP/2 a tunnel is a stream whose request and response
+//! bodies are the two directions (RFC 9113 §8.5), so it passes through as any streamed request.
 
 use crate::pool::{Body, BoxError, Upstream};
 use bytes::Bytes;
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 use h2::client::SendRequest;
+use http::HeaderValue;
+use http::header::CONTENT_LENGTH;
 use http::{Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
-use std::future::poll_fn;
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Flow-control windows and buffers, as hyper's client sets them: large enough that a single
 /// connection carrying many streams is not held back by WINDOW_UPDATE round trips.
@@ -23,6 +32,8 @@ const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const CONN_WINDOW: u32 = 5 * 1024 * 1024;
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
 const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Streams a client may have open at once on one downstream connection (hyper's default).
+const MAX_CONCURRENT_STREAMS: u32 = 200;
 
 /// Opens an HTTP/2 connection on `io`; its task runs until the connection ends.
 pub async fn handshake(io: Upstream, addr: SocketAddr) -> Result<SendRequest<Bytes>, h2::Error> {
@@ -56,17 +67,100 @@ pub async fn send(
         tokio::spawn(pipe(body, stream));
     }
     let response = response.await?;
-    Ok(response.map(|recv| {
-        RecvBody {
-            recv,
-            data_done: false,
-        }
-        .boxed()
-    }))
+    let (parts, recv) = response.into_parts();
+    let body = RecvBody::open(recv, &parts.headers);
+    Ok(Response::from_parts(parts, body))
 }
 
-/// Sends a request body on its stream, within the peer's flow-control window; stops when the
-/// peer resets the stream.
+/// Serves HTTP/2 on `io` (its preface not read yet) until the client goes or `stop` resolves:
+/// each stream's request goes to `handle`, every stream in this one task. After `drain`
+/// resolves, a GOAWAY refuses new streams and those in flight finish.
+pub async fn serve<I, H, F>(
+    io: I,
+    max_header_list: u32,
+    handle: H,
+    drain: impl Future<Output = ()>,
+    stop: impl Future<Output = ()>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin,
+    H: Fn(Request<Body>) -> F,
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    tokio::pin!(drain, stop);
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONN_WINDOW)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_header_list_size(max_header_list)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .handshake::<_, Bytes>(io);
+    let mut conn = tokio::select! {
+        c = handshake => match c {
+            Ok(c) => c,
+            Err(e) => return tracing::debug!(error = %e, "HTTP/2 handshake failed"),
+        },
+        _ = &mut stop => return,
+    };
+    let mut streams = FuturesUnordered::new();
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            next = conn.accept() => match next {
+                Some(Ok((req, respond))) => streams.push(answer(req, respond, &handle)),
+                Some(Err(e)) => return tracing::debug!(error = %e, "HTTP/2 connection failed"),
+                // Closed, or drained: every stream is done.
+                None => return,
+            },
+            Some(()) = streams.next(), if !streams.is_empty() => {}
+            _ = &mut drain, if !draining => {
+                draining = true;
+                conn.graceful_shutdown();
+            }
+            _ = &mut stop => return,
+        }
+    }
+}
+
+/// One stream: the request to `handle`, its response back. A reset from the client while the
+/// response is awaited drops the work (and with it the upstream request).
+async fn answer<H, F>(
+    req: Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    handle: &H,
+) where
+    H: Fn(Request<Body>) -> F,
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    let (parts, recv) = req.into_parts();
+    let body = RecvBody::open(recv, &parts.headers);
+    let work = handle(Request::from_parts(parts, body));
+    let resp = tokio::select! {
+        r = work => match r {
+            Ok(r) => r,
+            Err(e) => match e {},
+        },
+        _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
+    };
+    let (mut parts, body) = resp.into_parts();
+    let eos = body.is_end_stream();
+    if !eos && let Some(n) = body.size_hint().exact() {
+        parts
+            .headers
+            .entry(CONTENT_LENGTH)
+            .or_insert_with(|| HeaderValue::from(n));
+    }
+    match respond.send_response(Response::from_parts(parts, ()), eos) {
+        Ok(tx) if !eos => pipe(body, tx).await,
+        Ok(_) => {}
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot send the response head");
+            respond.send_reset(h2::Reason::INTERNAL_ERROR);
+        }
+    }
+}
+
+/// Sends a body on its stream (a request's upstream, a response's downstream), within the
+/// peer's flow-control window; stops when the peer resets the stream.
 async fn pipe(mut body: Body, mut tx: h2::SendStream<Bytes>) {
     loop {
         let frame = tokio::select! {
@@ -79,7 +173,7 @@ async fn pipe(mut body: Body, mut tx: h2::SendStream<Bytes>) {
                 return;
             }
             Some(Err(e)) => {
-                tracing::debug!(error = %e, "request body failed; resetting the upstream stream");
+                tracing::debug!(error = %e, "body failed; resetting its stream");
                 tx.send_reset(h2::Reason::CANCEL);
                 return;
             }
@@ -121,10 +215,28 @@ async fn pipe(mut body: Body, mut tx: h2::SendStream<Bytes>) {
     }
 }
 
-/// A response body read from its stream, handing the flow-control window back as it goes.
+/// A body read from its stream (a response upstream, a request downstream), handing the
+/// flow-control window back as it goes.
 struct RecvBody {
     recv: h2::RecvStream,
     data_done: bool,
+    /// What Content-Length still promises (the h2 crate holds the peer to it), so that the
+    /// size is known exactly: retries buffer only bodies of known size.
+    remaining: Option<u64>,
+}
+
+impl RecvBody {
+    fn open(recv: h2::RecvStream, headers: &http::HeaderMap) -> Body {
+        let remaining = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        RecvBody {
+            recv,
+            data_done: false,
+            remaining,
+        }
+        .boxed()
+    }
 }
 
 impl http_body::Body for RecvBody {
@@ -139,6 +251,9 @@ impl http_body::Body for RecvBody {
             match ready!(self.recv.poll_data(cx)) {
                 Some(Ok(data)) => {
                     let _ = self.recv.flow_control().release_capacity(data.len());
+                    if let Some(n) = &mut self.remaining {
+                        *n = n.saturating_sub(data.len() as u64);
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 // A reset with NO_ERROR or CANCEL ends the body without failing it (the server
@@ -167,10 +282,10 @@ impl http_body::Body for RecvBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.recv.is_end_stream() {
-            SizeHint::with_exact(0)
-        } else {
-            SizeHint::default()
+        match self.remaining {
+            _ if self.recv.is_end_stream() => SizeHint::with_exact(0),
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
         }
     }
 }
@@ -183,11 +298,15 @@ mod tests {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    use tokio::sync::watch;
 
     type Frames = Vec<Result<Frame<Bytes>, BoxError>>;
 
     fn streamed(frames: Frames) -> Body {
-        http_body_util::StreamBody::new(futures::stream::iter(frames)).boxed()
+        BodyExt::boxed(http_body_util::StreamBody::new(futures::stream::iter(
+            frames,
+        )))
     }
 
     fn empty() -> Body {
@@ -340,5 +459,223 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, SendError::H2 { .. }), "{err}");
         assert!(err.not_sent(), "{err}");
+    }
+
+    /// [`serve`] on loopback with `handle`, one task per connection; the drain switch, and
+    /// whether every connection's `serve` has returned.
+    async fn server<H, F>(handle: H) -> (SocketAddr, watch::Sender<bool>, Arc<AtomicUsize>)
+    where
+        H: Fn(Request<Body>) -> F + Send + Sync + 'static,
+        F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+    {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (drain, draining) = watch::channel(false);
+        let open = Arc::new(AtomicUsize::new(0));
+        let handle = Arc::new(handle);
+        let count = open.clone();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                let (h, mut d, count) = (handle.clone(), draining.clone(), count.clone());
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let drain = async move {
+                        let _ = d.wait_for(|v| *v).await;
+                    };
+                    serve(s, 16 * 1024, move |r| h(r), drain, std::future::pending()).await;
+                    count.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        (addr, drain, open)
+    }
+
+    /// A client connection (the `h2` crate's) to `addr`.
+    async fn client(addr: SocketAddr) -> SendRequest<Bytes> {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        send
+    }
+
+    fn get(path: &str) -> Request<()> {
+        Request::get(format!("http://test{path}")).body(()).unwrap()
+    }
+
+    fn text(s: &'static str) -> Response<Body> {
+        Response::new(
+            http_body_util::Full::new(Bytes::from_static(s.as_bytes()))
+                .map_err(|e| match e {})
+                .boxed(),
+        )
+    }
+
+    async fn read_all(mut body: h2::RecvStream) -> Result<Vec<u8>, h2::Error> {
+        let mut out = Vec::new();
+        while let Some(d) = body.data().await {
+            let d = d?;
+            let _ = body.flow_control().release_capacity(d.len());
+            out.extend_from_slice(&d);
+        }
+        Ok(out)
+    }
+
+    /// CONNECT through the server and the client: the tunnel is one stream, its bytes the two
+    /// bodies, to an upstream that answers each chunk in upper case.
+    #[tokio::test]
+    async fn a_connect_tunnel_passes_through_as_a_stream() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let mut conn = h2::server::handshake(s).await.unwrap();
+            while let Some(Ok((req, mut respond))) = conn.accept().await {
+                assert_eq!(req.method(), Method::CONNECT);
+                assert_eq!(req.uri().authority().unwrap(), "tunnel.test:7");
+                tokio::spawn(async move {
+                    let mut tx = respond.send_response(Response::new(()), false).unwrap();
+                    let mut rx = req.into_body();
+                    while let Some(Ok(d)) = rx.data().await {
+                        let _ = rx.flow_control().release_capacity(d.len());
+                        tx.send_data(Bytes::from(d.to_ascii_uppercase()), false)
+                            .unwrap();
+                    }
+                    let _ = tx.send_data(Bytes::new(), true);
+                });
+            }
+        });
+        let pool = pool();
+        let (addr, _drain, _) = server(move |req| {
+            let pool = pool.clone();
+            async move {
+                let r = pool.send(&Target::plain(up), true, false, req).await;
+                Ok(r.unwrap())
+            }
+        })
+        .await;
+        let mut send = client(addr).await.ready().await.unwrap();
+        let req = Request::connect("tunnel.test:7").body(()).unwrap();
+        let (resp, mut tx) = send.send_request(req, false).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut rx = resp.into_body();
+        for word in ["ping", "pong"] {
+            tx.send_data(Bytes::from_static(word.as_bytes()), false)
+                .unwrap();
+            let mut got = Vec::new();
+            while got.len() < 4 {
+                let d = rx.data().await.expect("open").unwrap();
+                let _ = rx.flow_control().release_capacity(d.len());
+                got.extend_from_slice(&d);
+            }
+            assert_eq!(got, word.to_ascii_uppercase().as_bytes());
+        }
+        // Our side ends; the upstream ends its side, and the tunnel closes both ways.
+        tx.send_data(Bytes::new(), true).unwrap();
+        assert_eq!(read_all(rx).await.unwrap(), b"");
+    }
+
+    /// A drain: the stream in flight gets its answer, a new one is refused once the final
+    /// GOAWAY is out, and the connection ends after the last stream.
+    #[tokio::test]
+    async fn a_drain_finishes_streams_in_flight_and_refuses_new_ones() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let r = release.clone();
+        let (addr, drain, open) = server(move |req| {
+            let r = r.clone();
+            async move {
+                if req.uri().path() == "/slow" {
+                    r.notified().await;
+                    return Ok(text("late"));
+                }
+                Ok(text("quick"))
+            }
+        })
+        .await;
+        let send = client(addr).await;
+        let (slow, _) = send
+            .clone()
+            .ready()
+            .await
+            .unwrap()
+            .send_request(get("/slow"), true)
+            .unwrap();
+        let slow = tokio::spawn(slow);
+        let quick = |send: SendRequest<Bytes>| async move {
+            let (r, _) = send.ready().await?.send_request(get("/quick"), true)?;
+            read_all(r.await?.into_body()).await
+        };
+        assert_eq!(quick(send.clone()).await.unwrap(), b"quick");
+        drain.send(true).unwrap();
+        let refused = tokio::time::timeout(Duration::from_secs(10), async {
+            while quick(send.clone()).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        assert!(
+            refused.await.is_ok(),
+            "new streams still taken while draining"
+        );
+        assert_eq!(
+            open.load(Ordering::SeqCst),
+            1,
+            "the slow stream holds it open"
+        );
+        release.notify_one();
+        let slow = slow.await.unwrap().unwrap();
+        assert_eq!(read_all(slow.into_body()).await.unwrap(), b"late");
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            while open.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        assert!(closed.await.is_ok(), "the drained connection did not end");
+    }
+
+    /// A client reset drops the work for its stream; a request's Content-Length makes its
+    /// body's size exact (retries buffer only such bodies).
+    #[tokio::test]
+    async fn a_reset_drops_the_work_and_lengths_are_exact() {
+        struct Dropped(Arc<AtomicUsize>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let d = dropped.clone();
+        let (addr, _drain, _) = server(move |req| {
+            let guard = Dropped(d.clone());
+            async move {
+                if req.uri().path() == "/hang" {
+                    std::future::pending::<()>().await;
+                }
+                drop(guard);
+                let exact = req.body().size_hint().exact();
+                Ok(text(if exact == Some(5) { "exact" } else { "unknown" }))
+            }
+        })
+        .await;
+        let mut send = client(addr).await.ready().await.unwrap();
+        let post = Request::post("http://test/len")
+            .header("content-length", "5")
+            .body(())
+            .unwrap();
+        let (resp, mut tx) = send.send_request(post, false).unwrap();
+        tx.send_data(Bytes::from_static(b"hello"), true).unwrap();
+        let body = read_all(resp.await.unwrap().into_body()).await.unwrap();
+        assert_eq!(body, b"exact");
+        assert_eq!(dropped.load(Ordering::SeqCst), 1);
+        let mut send = send.ready().await.unwrap();
+        let (resp, mut tx) = send.send_request(get("/hang"), false).unwrap();
+        tx.send_reset(h2::Reason::CANCEL);
+        drop(resp);
+        let gone = tokio::time::timeout(Duration::from_secs(10), async {
+            while dropped.load(Ordering::SeqCst) < 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        assert!(gone.await.is_ok(), "the reset stream's work was kept");
     }
 }

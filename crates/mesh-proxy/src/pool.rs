@@ -1,16 +1,16 @@
 //! Upstream connections, pooled per endpoint: HTTP/1.1 keeps idle connections for reuse,
 //! HTTP/2 shares one multiplexed connection per endpoint. Most HTTP/1.1 requests take the
 //! proxy's own client ([`crate::h1`]); the rest (upgrades, bodies of unknown length, HTTP/1.0)
-//! take hyper's, each with its own idle connections. HTTP/2 requests take the proxy's own
-//! client on the `h2` crate ([`crate::http2`]), CONNECT tunnels hyper's. Every dial goes through
+//! take hyper's, each with its own idle connections. HTTP/2 requests, CONNECT tunnels among
+//! them, take the proxy's own client on the `h2` crate ([`crate::http2`]). Every dial goes through
 //! [`Pool::connect`], which only the proxy's own logic (original destination or configured
 //! endpoint) ever calls. A meshed endpoint (one with an identity) is reached over mesh TLS,
 //! and its connections are pooled apart from plaintext ones.
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -115,8 +115,6 @@ pub struct Pool {
     /// The shared HTTP/2 connection per endpoint, numbered so that only a dead one is evicted.
     h2_conns: Mutex<HashMap<Target, (u64, h2::client::SendRequest<Bytes>)>>,
     h2_opened: AtomicU64,
-    /// hyper's HTTP/2 connections, for CONNECT tunnels only.
-    h2_tunnels: Mutex<HashMap<Target, http2::SendRequest<Body>>>,
     connect_timeout: Duration,
     max_idle_per_endpoint: usize,
     tls: Option<Arc<MeshTls>>,
@@ -140,7 +138,6 @@ impl Pool {
             h1_conns: Mutex::default(),
             h2_conns: Mutex::default(),
             h2_opened: AtomicU64::new(0),
-            h2_tunnels: Mutex::default(),
             connect_timeout,
             max_idle_per_endpoint,
             tls,
@@ -204,8 +201,9 @@ impl Pool {
         Ok(s)
     }
 
-    /// Sends one request to `addr`, over HTTP/2 when `h2`, else HTTP/1.1. With `upgrade` the
-    /// HTTP/1 connection is not returned to the pool (it becomes the tunnel).
+    /// Sends one request to `addr`, over HTTP/2 when `h2`, else HTTP/1.1. With `upgrade` (an
+    /// HTTP/1 upgrade or CONNECT) the connection is not returned to the pool: it becomes the
+    /// tunnel.
     pub async fn send(
         self: &std::sync::Arc<Self>,
         target: &Target,
@@ -213,34 +211,26 @@ impl Pool {
         upgrade: bool,
         req: http::Request<Body>,
     ) -> Result<http::Response<Body>, SendError> {
-        if h2 && !upgrade {
+        if h2 {
             return self.h2_send(target, req).await;
         }
-        if !h2 && !upgrade && h1::eligible(&req) {
+        if !upgrade && h1::eligible(&req) {
             return self.h1_send(target, req).await;
         }
         // Boxed: the request's future stays the size of the common paths above (a future is
         // as large as its largest await, and hyper's handshakes are large).
-        Box::pin(self.send_hyper(target, h2, upgrade, req)).await
+        Box::pin(self.send_hyper(target, upgrade, req)).await
     }
 
-    /// A request through hyper's client: CONNECT, upgrades, bodies of unknown length, HTTP/1.0.
+    /// An HTTP/1 request through hyper's client: upgrades, CONNECT, bodies of unknown length,
+    /// HTTP/1.0.
     async fn send_hyper(
         &self,
         target: &Target,
-        h2: bool,
         upgrade: bool,
         req: http::Request<Body>,
     ) -> Result<http::Response<Body>, SendError> {
         let addr = target.addr;
-        if h2 {
-            let mut sender = self.h2_tunnel(target).await?;
-            return sender
-                .send_request(req)
-                .await
-                .map(|r| r.map(crate::http::boxed))
-                .map_err(|source| SendError::Http { addr, source });
-        }
         let mut sender = match self.h1_checkout(target) {
             Some(s) => s,
             None => {
@@ -401,27 +391,5 @@ impl Pool {
         let id = self.h2_opened.fetch_add(1, Ordering::Relaxed);
         lock(&self.h2_conns).insert(target.clone(), (id, send.clone()));
         Ok((id, send))
-    }
-
-    async fn h2_tunnel(&self, target: &Target) -> Result<http2::SendRequest<Body>, SendError> {
-        if let Some(s) = lock(&self.h2_tunnels)
-            .get(target)
-            .filter(|s| !s.is_closed())
-        {
-            return Ok(s.clone());
-        }
-        let addr = target.addr;
-        let io = TokioIo::new(self.open(target).await?);
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .handshake(io)
-            .await
-            .map_err(|source| SendError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %addr, "upstream HTTP/2 connection ended");
-            }
-        });
-        lock(&self.h2_tunnels).insert(target.clone(), sender.clone());
-        Ok(sender)
     }
 }

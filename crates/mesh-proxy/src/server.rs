@@ -5,11 +5,12 @@ use crate::detect::{self, Prefixed, Protocol};
 use crate::http::{Conn, Http, HttpService, boxed};
 use crate::llm::{LlmLayer, PolicyHandle};
 use crate::metrics::{Labels, Metrics};
-use crate::pool::Pool;
+use crate::pool::{Body, Pool};
 use crate::preview::Preview;
 use crate::store::{ConfigSource, Store};
 use crate::tls::{self, FileIdentity, IdentitySource, MeshTls};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use http::Request;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use mesh_config::{ProxySettings, TlsMode};
 use prometheus_client::registry::Registry;
 use std::future::Future;
@@ -611,47 +612,36 @@ impl Ctx {
             .llm
             .as_ref()
             .map(|l| tower::Layer::layer(l, base.clone()));
-        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let req = req.map(boxed);
-            match &llm {
-                Some(l) => tower::Service::call(&mut l.clone(), req),
-                None => base.serve(req),
-            }
-        });
-        let io = TokioIo::new(io);
+        let handle = move |req: Request<Body>| match &llm {
+            Some(l) => tower::Service::call(&mut l.clone(), req),
+            None => base.serve(req),
+        };
         let s = &self.settings;
         let mut drain = self.drain.clone();
         let mut stop = self.stop.clone();
         if h2 {
-            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            b.timer(TokioTimer::new())
-                .max_header_list_size(s.max_header_bytes as u32);
-            let c = b.serve_connection(io, svc);
-            tokio::pin!(c);
-            tokio::select! {
-                _ = c.as_mut() => return,
-                _ = until(&mut drain) => c.as_mut().graceful_shutdown(),
-            }
-            tokio::select! {
-                _ = c.as_mut() => {}
-                _ = until(&mut stop) => {}
-            }
-        } else {
-            let mut b = hyper::server::conn::http1::Builder::new();
-            b.timer(TokioTimer::new())
-                .header_read_timeout(s.header_read_timeout)
-                .max_buf_size(s.max_header_bytes)
-                .max_headers(s.max_headers);
-            let c = b.serve_connection(io, svc).with_upgrades();
-            tokio::pin!(c);
-            tokio::select! {
-                _ = c.as_mut() => return,
-                _ = until(&mut drain) => c.as_mut().graceful_shutdown(),
-            }
-            tokio::select! {
-                _ = c.as_mut() => {}
-                _ = until(&mut stop) => {}
-            }
+            let max_header_list = u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX);
+            let drain = async move { until(&mut drain).await };
+            let stop = async move { until(&mut stop).await };
+            return crate::http2::serve(io, max_header_list, handle, drain, stop).await;
+        }
+        let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            handle(req.map(boxed))
+        });
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .header_read_timeout(s.header_read_timeout)
+            .max_buf_size(s.max_header_bytes)
+            .max_headers(s.max_headers);
+        let c = b.serve_connection(TokioIo::new(io), svc).with_upgrades();
+        tokio::pin!(c);
+        tokio::select! {
+            _ = c.as_mut() => return,
+            _ = until(&mut drain) => c.as_mut().graceful_shutdown(),
+        }
+        tokio::select! {
+            _ = c.as_mut() => {}
+            _ = until(&mut stop) => {}
         }
     }
 

@@ -276,3 +276,92 @@ fn preview_switch_as_a_route() {
     expect("active");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// CONNECT over HTTP/2 (RFC 9113 §8.5) through the inbound proxy: the tunnel is one stream
+/// whose bodies carry the bytes both ways, to an app that answers each chunk in upper case.
+#[test]
+fn http2_connect_tunnels_through_the_proxy() {
+    use bytes::Bytes;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut lab = Lab::new("mesh-h2con").unwrap();
+    let client = lab.add_pod("client").unwrap();
+    let server = lab.add_pod("server").unwrap();
+    let app = server
+        .netns()
+        .run(|| std::net::TcpListener::bind(("::", 8443)))
+        .unwrap()
+        .unwrap();
+    app.set_nonblocking(true).unwrap();
+    rt.spawn(async move {
+        let l = tokio::net::TcpListener::from_std(app).unwrap();
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(s).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    tokio::spawn(async move {
+                        let ok = req.method() == http::Method::CONNECT
+                            && req.uri().authority().is_some_and(|a| a == "tunnel.test:7");
+                        let status = if ok { 200 } else { 400 };
+                        let head = http::Response::builder().status(status).body(()).unwrap();
+                        let mut tx = respond.send_response(head, !ok).unwrap();
+                        let mut rx = req.into_body();
+                        while let Some(Ok(d)) = rx.data().await {
+                            let _ = rx.flow_control().release_capacity(d.len());
+                            let _ = tx.send_data(Bytes::from(d.to_ascii_uppercase()), false);
+                        }
+                        let _ = tx.send_data(Bytes::new(), true);
+                    });
+                }
+            });
+        }
+    });
+    let mesh = Meshed::start(&server, &[]);
+    let to = SocketAddr::new(server.ipv4.into(), 8443);
+    let tcp = client
+        .netns()
+        .run(|| std::net::TcpStream::connect(to))
+        .unwrap()
+        .unwrap();
+    tcp.set_nonblocking(true).unwrap();
+    let echoed = rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::from_std(tcp).unwrap();
+        let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let mut send = send.ready().await.unwrap();
+        let req = http::Request::connect("tunnel.test:7").body(()).unwrap();
+        let (resp, mut tx) = send.send_request(req, false).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut rx = resp.into_body();
+        let mut echoed = Vec::new();
+        for word in ["ping", "tunnel"] {
+            tx.send_data(Bytes::from_static(word.as_bytes()), false)
+                .unwrap();
+            let mut got = Vec::new();
+            while got.len() < word.len() {
+                let d = rx.data().await.expect("the tunnel is open").unwrap();
+                let _ = rx.flow_control().release_capacity(d.len());
+                got.extend_from_slice(&d);
+            }
+            echoed.push(String::from_utf8(got).unwrap());
+        }
+        tx.send_data(Bytes::new(), true).unwrap();
+        // The app ends its side too (an empty DATA frame that ends the stream is still one).
+        while let Some(d) = rx.data().await {
+            assert_eq!(d.unwrap(), "", "nothing more from the app");
+        }
+        echoed
+    });
+    assert_eq!(echoed, ["PING", "TUNNEL"]);
+    let m = mesh.metrics();
+    assert!(
+        metric(
+            &m,
+            "ghostwire_proxy_connections_total{direction=\"inbound\",protocol=\"http2\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+}
