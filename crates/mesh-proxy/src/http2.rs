@@ -103,22 +103,35 @@ pub async fn serve<I, H, F>(
     };
     let mut streams = FuturesUnordered::new();
     let mut draining = false;
-    loop {
-        tokio::select! {
-            next = conn.accept() => match next {
-                Some(Ok((req, respond))) => streams.push(answer(req, respond, &handle)),
-                Some(Err(e)) => return tracing::debug!(error = %e, "HTTP/2 connection failed"),
-                // Closed, or drained: every stream is done.
-                None => return,
-            },
-            Some(()) = streams.next(), if !streams.is_empty() => {}
-            _ = &mut drain, if !draining => {
-                draining = true;
-                conn.graceful_shutdown();
-            }
-            _ = &mut stop => return,
+    // One poll: new streams, then every stream that can move. What those queue wakes this
+    // task again, and the next poll's accept writes it out: one write for many responses.
+    // (A select over the two would write after each stream.)
+    poll_fn(|cx| {
+        if stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
         }
-    }
+        if !draining && drain.as_mut().poll(cx).is_ready() {
+            draining = true;
+            conn.graceful_shutdown();
+        }
+        loop {
+            match conn.poll_accept(cx) {
+                Poll::Ready(Some(Ok((req, respond)))) => {
+                    streams.push(answer(req, respond, &handle));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::debug!(error = %e, "HTTP/2 connection failed");
+                    return Poll::Ready(());
+                }
+                // Closed, or drained: every stream is done.
+                Poll::Ready(None) => return Poll::Ready(()),
+                Poll::Pending => break,
+            }
+        }
+        while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+        Poll::Pending
+    })
+    .await
 }
 
 /// One stream: the request to `handle`, its response back. A reset from the client while the
