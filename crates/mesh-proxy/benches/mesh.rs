@@ -413,7 +413,7 @@ fn main() {
             .proxies
             .iter()
             .zip(&p.idle_rss)
-            .map(|((n, _), kb)| format!("{n} {:.1} MB", *kb as f64 / 1024.0))
+            .map(|((n, _), kb)| format!("{n} {:.1} MiB", *kb as f64 / 1024.0))
             .collect();
         println!("idle RSS after one request, {}: {}", p.name, rss.join(", "));
     }
@@ -479,7 +479,7 @@ fn main() {
 /// adds over direct, requests per CPU-second and CPU per 1k req/s.
 fn summary(paths: &[Pair], results: &BTreeMap<(usize, String), Vec<Run>>) {
     println!(
-        "\n| path | load | req/s | p50 µs | p99 µs | p99.9 µs | errors | proxies' CPU s | req per proxy CPU-s | CPU % per 1k req/s | RSS under load, MB (out / in) |"
+        "\n| path | load | req/s | p50 µs | p99 µs | p99.9 µs | errors | proxies' CPU s | req per proxy CPU-s | CPU % per 1k req/s | RSS under load, MiB (out / in) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for ((i, load), runs) in results {
