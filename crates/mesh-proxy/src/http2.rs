@@ -15,7 +15,7 @@ use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use h2::client::SendRequest;
 use http::HeaderValue;
-use http::header::CONTENT_LENGTH;
+use http::header::{CONTENT_LENGTH, DATE};
 use http::{Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -24,6 +24,7 @@ use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::SystemTime;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Flow-control windows and buffers, as hyper's client sets them: large enough that a single
@@ -155,6 +156,13 @@ async fn answer<H, F>(
         _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
     };
     let (mut parts, body) = resp.into_parts();
+    // A response forwarded without a Date gets one (RFC 9110 §6.6.1), as hyper's HTTP/1
+    // server does.
+    if !parts.headers.contains_key(DATE)
+        && let Ok(now) = HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now()))
+    {
+        parts.headers.insert(DATE, now);
+    }
     let eos = body.is_end_stream();
     if !eos && let Some(n) = body.size_hint().exact() {
         parts
@@ -647,7 +655,7 @@ mod tests {
     }
 
     /// A client reset drops the work for its stream; a request's Content-Length makes its
-    /// body's size exact (retries buffer only such bodies).
+    /// body's size exact (retries buffer only such bodies); a response gets a Date.
     #[tokio::test]
     async fn a_reset_drops_the_work_and_lengths_are_exact() {
         struct Dropped(Arc<AtomicUsize>);
@@ -677,7 +685,9 @@ mod tests {
             .unwrap();
         let (resp, mut tx) = send.send_request(post, false).unwrap();
         tx.send_data(Bytes::from_static(b"hello"), true).unwrap();
-        let body = read_all(resp.await.unwrap().into_body()).await.unwrap();
+        let resp = resp.await.unwrap();
+        assert!(resp.headers().contains_key("date"), "{:?}", resp.headers());
+        let body = read_all(resp.into_body()).await.unwrap();
         assert_eq!(body, b"exact");
         assert_eq!(dropped.load(Ordering::SeqCst), 1);
         let mut send = send.ready().await.unwrap();
