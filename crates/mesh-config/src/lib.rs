@@ -48,7 +48,7 @@ knobs::knobs! {
     HEADER_READ_TIMEOUT = "GW_MESH_HEADER_READ_TIMEOUT", "header-read-timeout", "10s",
         "Proxy: time a client has to send a request's headers (else 408).";
     IDLE_TIMEOUT = "GW_MESH_IDLE_TIMEOUT", "idle-timeout", "300s",
-        "Proxy: an opaque TCP connection with no bytes either way for this long is closed.";
+        "Proxy: an opaque TCP connection with no bytes either way, or an HTTP/2 connection with no stream open, for this long is closed.";
     MAX_HEADER_BYTES = "GW_MESH_MAX_HEADER_BYTES", "max-header-bytes", "65536",
         "Proxy: largest request head accepted (else 431).";
     MAX_HEADERS = "GW_MESH_MAX_HEADERS", "max-headers", "100",

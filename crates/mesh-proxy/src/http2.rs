@@ -24,7 +24,7 @@ use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Flow-control windows and buffers, as hyper's client sets them: large enough that a single
@@ -75,10 +75,12 @@ pub async fn send(
 
 /// Serves HTTP/2 on `io` (its preface not read yet) until the client goes or `stop` resolves:
 /// each stream's request goes to `handle`, every stream in this one task. After `drain`
-/// resolves, a GOAWAY refuses new streams and those in flight finish.
+/// resolves, or once no stream has been open for `idle`, a GOAWAY refuses new streams and
+/// those in flight finish.
 pub async fn serve<I, H, F>(
     io: I,
     max_header_list: u32,
+    idle: Duration,
     handle: H,
     drain: impl Future<Output = ()>,
     stop: impl Future<Output = ()>,
@@ -104,6 +106,9 @@ pub async fn serve<I, H, F>(
     };
     let mut streams = FuturesUnordered::new();
     let mut draining = false;
+    // Re-armed only when the last stream ends, so a busy connection costs no timer work.
+    let mut idle_timer = Box::pin(tokio::time::sleep(idle));
+    let mut busy = false;
     // One poll: new streams, then every stream that can move. What those queue wakes this
     // task again, and the next poll's accept writes it out: one write for many responses.
     // (A select over the two would write after each stream.)
@@ -130,6 +135,22 @@ pub async fn serve<I, H, F>(
             }
         }
         while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+        if !streams.is_empty() {
+            busy = true;
+        } else if !draining {
+            if busy {
+                busy = false;
+                idle_timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + idle);
+            }
+            if idle_timer.as_mut().poll(cx).is_ready() {
+                draining = true;
+                conn.graceful_shutdown();
+                // The GOAWAY is written, and the connection closed, by the next poll.
+                cx.waker().wake_by_ref();
+            }
+        }
         Poll::Pending
     })
     .await
@@ -319,7 +340,6 @@ mod tests {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Duration;
     use tokio::sync::watch;
 
     type Frames = Vec<Result<Frame<Bytes>, BoxError>>;
@@ -484,7 +504,10 @@ mod tests {
 
     /// [`serve`] on loopback with `handle`, one task per connection; the drain switch, and
     /// whether every connection's `serve` has returned.
-    async fn server<H, F>(handle: H) -> (SocketAddr, watch::Sender<bool>, Arc<AtomicUsize>)
+    async fn server<H, F>(
+        idle: Duration,
+        handle: H,
+    ) -> (SocketAddr, watch::Sender<bool>, Arc<AtomicUsize>)
     where
         H: Fn(Request<Body>) -> F + Send + Sync + 'static,
         F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
@@ -504,13 +527,17 @@ mod tests {
                     let drain = async move {
                         let _ = d.wait_for(|v| *v).await;
                     };
-                    serve(s, 16 * 1024, move |r| h(r), drain, std::future::pending()).await;
+                    let handle = move |r| h(r);
+                    serve(s, 16 * 1024, idle, handle, drain, std::future::pending()).await;
                     count.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
         (addr, drain, open)
     }
+
+    /// An idle timeout no test reaches.
+    const LONG: Duration = Duration::from_secs(300);
 
     /// A client connection (the `h2` crate's) to `addr`.
     async fn client(addr: SocketAddr) -> SendRequest<Bytes> {
@@ -567,7 +594,7 @@ mod tests {
             }
         });
         let pool = pool();
-        let (addr, _drain, _) = server(move |req| {
+        let (addr, _drain, _) = server(LONG, move |req| {
             let pool = pool.clone();
             async move {
                 let r = pool.send(&Target::plain(up), true, false, req).await;
@@ -603,7 +630,7 @@ mod tests {
     async fn a_drain_finishes_streams_in_flight_and_refuses_new_ones() {
         let release = Arc::new(tokio::sync::Notify::new());
         let r = release.clone();
-        let (addr, drain, open) = server(move |req| {
+        let (addr, drain, open) = server(LONG, move |req| {
             let r = r.clone();
             async move {
                 if req.uri().path() == "/slow" {
@@ -666,7 +693,7 @@ mod tests {
         }
         let dropped = Arc::new(AtomicUsize::new(0));
         let d = dropped.clone();
-        let (addr, _drain, _) = server(move |req| {
+        let (addr, _drain, _) = server(LONG, move |req| {
             let guard = Dropped(d.clone());
             async move {
                 if req.uri().path() == "/hang" {
@@ -700,5 +727,37 @@ mod tests {
             }
         });
         assert!(gone.await.is_ok(), "the reset stream's work was kept");
+    }
+
+    /// A connection with no stream open for the idle timeout is closed with a GOAWAY; one whose
+    /// stream outlasts the timeout stays open for the next request.
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_and_a_busy_one_is_not() {
+        let idle = Duration::from_millis(500);
+        let (addr, _drain, open) = server(idle, |req: Request<Body>| async move {
+            if req.uri().path() == "/slow" {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+            Ok(text("ok"))
+        })
+        .await;
+        let send = client(addr).await;
+        for path in ["/slow", "/quick"] {
+            let (resp, _) = send
+                .clone()
+                .ready()
+                .await
+                .unwrap()
+                .send_request(get(path), true)
+                .unwrap();
+            let body = read_all(resp.await.unwrap().into_body()).await.unwrap();
+            assert_eq!(body, b"ok", "{path}");
+        }
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            while open.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        assert!(closed.await.is_ok(), "the idle connection stayed open");
     }
 }

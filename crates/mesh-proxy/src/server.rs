@@ -623,7 +623,8 @@ impl Ctx {
             let max_header_list = u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX);
             let drain = async move { until(&mut drain).await };
             let stop = async move { until(&mut stop).await };
-            return crate::http2::serve(io, max_header_list, handle, drain, stop).await;
+            let idle = s.idle_timeout;
+            return crate::http2::serve(io, max_header_list, idle, handle, drain, stop).await;
         }
         let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
             handle(req.map(boxed))
