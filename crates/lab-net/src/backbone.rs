@@ -10,8 +10,8 @@
 //! [`cleanup_stale`](crate::cleanup_stale)); nothing touches the host's namespace.
 
 use crate::{
-    Error, LAB_COUNTER, LIVE_LABS, Network, Registry, Result, ShutdownOnDrop, invalid, ip_batch,
-    lock, sanitize_label, set_sysctls,
+    Error, LAB_COUNTER, Network, Registry, Result, ShutdownOnDrop, invalid, ip_batch, lock,
+    sanitize_label, set_sysctls,
 };
 use netns::Netns;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -61,19 +61,10 @@ impl Backbone {
                 break prefix;
             }
         };
-        let registry = Arc::new(Registry {
-            prefix: prefix.clone(),
-            state: Mutex::default(),
-        });
-        {
-            let mut live = lock(&LIVE_LABS);
-            live.retain(|w| w.strong_count() > 0);
-            live.push(Arc::downgrade(&registry));
-        }
+        let registry = Registry::live(&prefix);
         let name = format!("{prefix}-wan");
-        registry.add(&name)?;
+        let netns = registry.create(&name)?;
         let mut guard = ShutdownOnDrop(Some(registry.clone()));
-        let netns = Netns::create(&name)?;
         ip_batch(
             &name,
             &format!(

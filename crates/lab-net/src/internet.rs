@@ -39,8 +39,7 @@ impl Lab {
     pub fn add_internet(&mut self) -> Result<Internet> {
         self.registry.check_live()?;
         let name = format!("{}-inet", self.prefix);
-        self.registry.add(&name)?;
-        let netns = Netns::create(&name)?;
+        let netns = self.registry.create(&name)?;
         ip_batch(
             self.node.name(),
             &format!(

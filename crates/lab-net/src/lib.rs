@@ -43,7 +43,7 @@ use std::io::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 pub use backbone::Backbone;
 pub use client::HttpResponse;
@@ -221,13 +221,20 @@ pub struct Pod {
 struct Registry {
     prefix: String,
     state: Mutex<RegistryState>,
+    /// Signalled when a namespace of this lab is no longer being created.
+    created: Condvar,
 }
 
 #[derive(Debug, Default)]
 struct RegistryState {
     namespaces: Vec<String>,
     shut_down: bool,
+    /// Namespaces whose `ip netns add` is running now.
+    creating: usize,
 }
+
+/// How long a shutdown waits for `ip netns add`s already running.
+const CREATE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 static LIVE_LABS: Mutex<Vec<Weak<Registry>>> = Mutex::new(Vec::new());
 static LAB_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -238,22 +245,40 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Registry {
-    fn add(&self, name: &str) -> Result<()> {
-        let mut state = lock(&self.state);
-        if state.shut_down {
-            return Err(Error::ShutDown(self.prefix.clone()));
-        }
-        state.namespaces.push(name.to_owned());
-        Ok(())
+    /// A new lab's registry, known to [`shutdown_all`].
+    fn live(prefix: &str) -> Arc<Registry> {
+        let registry = Arc::new(Registry {
+            prefix: prefix.to_owned(),
+            state: Mutex::default(),
+            created: Condvar::new(),
+        });
+        let mut live = lock(&LIVE_LABS);
+        live.retain(|w| w.strong_count() > 0);
+        live.push(Arc::downgrade(&registry));
+        drop(live);
+        registry
     }
 
     /// Registers and creates a namespace of this lab. A shutdown on another thread (a Ctrl-C
-    /// handler) that ran while `ip netns add` did deleted only what existed then, and a
-    /// terminal's Ctrl-C may kill `ip netns add` half-way: either way the name is deleted here.
+    /// handler) waits for it (see [`Registry::shutdown`]), and a terminal's Ctrl-C may kill
+    /// `ip netns add` half-way: either way the name is deleted here too.
     fn create(&self, name: &str) -> Result<Netns> {
-        self.add(name)?;
+        {
+            let mut state = lock(&self.state);
+            if state.shut_down {
+                return Err(Error::ShutDown(self.prefix.clone()));
+            }
+            state.namespaces.push(name.to_owned());
+            state.creating += 1;
+        }
         let created: Result<Netns> = Netns::create(name).map_err(Into::into);
-        if created.is_err() || lock(&self.state).shut_down {
+        let shut_down = {
+            let mut state = lock(&self.state);
+            state.creating -= 1;
+            self.created.notify_all();
+            state.shut_down
+        };
+        if created.is_err() || shut_down {
             let _ = delete_namespaces(&[name.to_owned()]);
             self.forget(name);
             created?;
@@ -273,10 +298,25 @@ impl Registry {
         Ok(())
     }
 
+    /// Deletes every namespace of the lab, after the `ip netns add`s already running: one that
+    /// finished after the deletion would outlive a process that exits next (the demo on
+    /// Ctrl-C), its creating thread gone before it could delete it.
     fn shutdown(&self) -> Result<()> {
         let names = {
             let mut state = lock(&self.state);
             state.shut_down = true;
+            let deadline = std::time::Instant::now() + CREATE_WAIT;
+            while state.creating > 0 {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                state = self
+                    .created
+                    .wait_timeout(state, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
             std::mem::take(&mut state.namespaces)
         };
         delete_namespaces(&names)
@@ -345,15 +385,7 @@ impl Lab {
                 break prefix;
             }
         };
-        let registry = Arc::new(Registry {
-            prefix: prefix.clone(),
-            state: Mutex::default(),
-        });
-        {
-            let mut live = lock(&LIVE_LABS);
-            live.retain(|w| w.strong_count() > 0);
-            live.push(Arc::downgrade(&registry));
-        }
+        let registry = Registry::live(&prefix);
         let node_name = format!("{prefix}-node");
         // From here on, an early return drops `registry`'s owner below and cleans up.
         let mut guard = ShutdownOnDrop(Some(registry.clone()));
