@@ -65,16 +65,19 @@ pub fn eligible(req: &Request<Body>) -> bool {
 
 /// The request's bytes on the wire, its body read whole first. `Content-Length` is written
 /// from the body itself, so a layer that rewrote the body cannot leave a stale one.
-pub async fn encode(req: Request<Body>) -> Result<Vec<u8>, Error> {
+pub fn encode(req: Request<Body>) -> impl Future<Output = Result<Vec<u8>, Error>> + Send {
     let (parts, body) = req.into_parts();
-    let body = if body.is_end_stream() {
-        Bytes::new()
-    } else {
-        crate::http::collect(body, MAX_BODY as usize)
+    // The usual request has no body: its bytes are ready now, and the future holds no body.
+    let ready = body.is_end_stream().then(|| encode_parts(&parts, &[]));
+    async move {
+        if let Some(wire) = ready {
+            return Ok(wire);
+        }
+        let body = crate::http::collect(body, MAX_BODY as usize)
             .await
-            .map_err(Error::RequestBody)?
-    };
-    Ok(encode_parts(&parts, &body))
+            .map_err(Error::RequestBody)?;
+        Ok(encode_parts(&parts, &body))
+    }
 }
 
 fn encode_parts(parts: &http::request::Parts, body: &[u8]) -> Vec<u8> {

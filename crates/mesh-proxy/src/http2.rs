@@ -54,12 +54,13 @@ pub async fn handshake(io: Upstream, addr: SocketAddr) -> Result<SendRequest<Byt
     Ok(send)
 }
 
-/// Sends `req` as a new stream on `send` and waits for the response head.
-pub async fn send(
-    send: SendRequest<Bytes>,
+/// Sends `req` as a new stream on `send`, which must be ready (`SendRequest::ready`); the
+/// future waits for the response head.
+pub fn send(
+    mut send: SendRequest<Bytes>,
     req: Request<Body>,
-) -> Result<Response<Body>, h2::Error> {
-    let mut send = send.ready().await?;
+) -> Result<impl Future<Output = Result<Response<Body>, h2::Error>> + Send, h2::Error> {
+    // The request goes out now, so the future that waits for the response does not hold it.
     let (parts, body) = req.into_parts();
     let eos = body.is_end_stream();
     let (response, stream) = send.send_request(Request::from_parts(parts, ()), eos)?;
@@ -67,10 +68,12 @@ pub async fn send(
         // A body that may stream for as long as the response does (gRPC client streams).
         tokio::spawn(pipe(body, stream));
     }
-    let response = response.await?;
-    let (parts, recv) = response.into_parts();
-    let body = RecvBody::open(recv, &parts.headers);
-    Ok(Response::from_parts(parts, body))
+    Ok(async move {
+        let response = response.await?;
+        let (parts, recv) = response.into_parts();
+        let body = RecvBody::open(recv, &parts.headers);
+        Ok(Response::from_parts(parts, body))
+    })
 }
 
 /// Serves HTTP/2 on `io` (its preface not read yet) until the client goes or `stop` resolves:

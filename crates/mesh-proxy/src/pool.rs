@@ -8,6 +8,7 @@
 //! and its connections are pooled apart from plaintext ones.
 
 use bytes::Bytes;
+use futures::future::Either;
 use http_body_util::combinators::BoxBody;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -204,22 +205,25 @@ impl Pool {
     /// Sends one request to `addr`, over HTTP/2 when `h2`, else HTTP/1.1. With `upgrade` (an
     /// HTTP/1 upgrade or CONNECT) the connection is not returned to the pool: it becomes the
     /// tunnel.
-    pub async fn send(
-        self: &std::sync::Arc<Self>,
-        target: &Target,
+    pub fn send<'a>(
+        self: &'a Arc<Self>,
+        target: &'a Target,
         h2: bool,
         upgrade: bool,
         req: http::Request<Body>,
-    ) -> Result<http::Response<Body>, SendError> {
+    ) -> impl Future<Output = Result<http::Response<Body>, SendError>> + Send + 'a {
+        // Not an `async fn`: that would keep the request in this future beside the copy in
+        // the one it picks, and every layer above holds this future by value, copied into
+        // place once per request. Boxed: hyper's client, as its handshakes are large.
         if h2 {
-            return self.h2_send(target, req).await;
+            Either::Left(self.h2_send(target, req))
+        } else if !upgrade && h1::eligible(&req) {
+            Either::Right(Either::Left(self.h1_send(target, req)))
+        } else {
+            Either::Right(Either::Right(Box::pin(
+                self.send_hyper(target, upgrade, req),
+            )))
         }
-        if !upgrade && h1::eligible(&req) {
-            return self.h1_send(target, req).await;
-        }
-        // Boxed: the request's future stays the size of the common paths above (a future is
-        // as large as its largest await, and hyper's handshakes are large).
-        Box::pin(self.send_hyper(target, upgrade, req)).await
     }
 
     /// An HTTP/1 request through hyper's client: upgrades, CONNECT, bodies of unknown length,
@@ -270,33 +274,38 @@ impl Pool {
     /// A request through the proxy's own HTTP/1.1 client. A reused connection that turns out
     /// to be closed by the server (it failed before any byte of a response) is replaced by a
     /// new one once, for an idempotent request (RFC 9110 §9.2.2), as browsers do.
-    async fn h1_send(
-        self: &Arc<Self>,
-        target: &Target,
+    fn h1_send<'a>(
+        self: &'a Arc<Self>,
+        target: &'a Target,
         req: http::Request<Body>,
-    ) -> Result<http::Response<Body>, SendError> {
+    ) -> impl Future<Output = Result<http::Response<Body>, SendError>> + Send + 'a {
         let addr = target.addr;
         let method = req.method().clone();
-        let wire = h1::encode(req)
-            .await
-            .map_err(|source| SendError::H1 { addr, source })?;
-        let mut may_reuse = true;
-        loop {
-            let pooled = if may_reuse {
-                self.h1_take(target)
-            } else {
-                None
-            };
-            let reused = pooled.is_some();
-            let conn = match pooled {
-                Some(c) => c,
-                None => Box::pin(self.h1_open(target)).await?,
-            };
-            match h1::exchange(self, target, conn, &wire, &method).await {
-                Err(h1::Error::NoResponse(_)) if reused && crate::config::idempotent(&method) => {
-                    may_reuse = false;
+        let wire = h1::encode(req);
+        async move {
+            let wire = wire
+                .await
+                .map_err(|source| SendError::H1 { addr, source })?;
+            let mut may_reuse = true;
+            loop {
+                let pooled = if may_reuse {
+                    self.h1_take(target)
+                } else {
+                    None
+                };
+                let reused = pooled.is_some();
+                let conn = match pooled {
+                    Some(c) => c,
+                    None => Box::pin(self.h1_open(target)).await?,
+                };
+                match h1::exchange(self, target, conn, &wire, &method).await {
+                    Err(h1::Error::NoResponse(_))
+                        if reused && crate::config::idempotent(&method) =>
+                    {
+                        may_reuse = false;
+                    }
+                    r => return r.map_err(|source| SendError::H1 { addr, source }),
                 }
-                r => return r.map_err(|source| SendError::H1 { addr, source }),
             }
         }
     }
@@ -340,42 +349,47 @@ impl Pool {
 
     /// A request on the shared HTTP/2 connection to `target`. A connection found dead (the
     /// server went away) is replaced once by a new one; the request was not sent on it.
-    async fn h2_send(
-        &self,
-        target: &Target,
+    fn h2_send<'a>(
+        &'a self,
+        target: &'a Target,
         req: http::Request<Body>,
-    ) -> Result<http::Response<Body>, SendError> {
+    ) -> impl Future<Output = Result<http::Response<Body>, SendError>> + Send + 'a {
         let addr = target.addr;
-        let h2_err = |source| SendError::H2 { addr, source };
-        let mut fresh = false;
-        let ready = loop {
-            let cached = match fresh {
-                false => lock(&self.h2_conns).get(target).cloned(),
-                true => None,
-            };
-            let (id, send) = match cached {
-                Some(c) => c,
-                None => {
-                    fresh = true;
-                    Box::pin(self.h2_open(target)).await?
+        let h2_err = move |source| SendError::H2 { addr, source };
+        async move {
+            let mut fresh = false;
+            let ready = loop {
+                let cached = match fresh {
+                    false => lock(&self.h2_conns).get(target).cloned(),
+                    true => None,
+                };
+                let (id, send) = match cached {
+                    Some(c) => c,
+                    None => {
+                        fresh = true;
+                        Box::pin(self.h2_open(target)).await?
+                    }
+                };
+                match send.ready().await {
+                    Ok(s) => break s,
+                    Err(e) => {
+                        let mut conns = lock(&self.h2_conns);
+                        if conns.get(target).is_some_and(|(i, _)| *i == id) {
+                            conns.remove(target);
+                        }
+                        drop(conns);
+                        if fresh {
+                            return Err(h2_err(e));
+                        }
+                        fresh = true;
+                    }
                 }
             };
-            match send.ready().await {
-                Ok(s) => break s,
-                Err(e) => {
-                    let mut conns = lock(&self.h2_conns);
-                    if conns.get(target).is_some_and(|(i, _)| *i == id) {
-                        conns.remove(target);
-                    }
-                    drop(conns);
-                    if fresh {
-                        return Err(h2_err(e));
-                    }
-                    fresh = true;
-                }
-            }
-        };
-        crate::http2::send(ready, req).await.map_err(h2_err)
+            crate::http2::send(ready, req)
+                .map_err(h2_err)?
+                .await
+                .map_err(h2_err)
+        }
     }
 
     /// A new shared HTTP/2 connection to `target`, kept for the requests that follow.
