@@ -11,8 +11,8 @@
 //!   proxy` (inbound) → app, both Pods redirected by proxy-init's rules, the proxies run from
 //!   the release binary as uid 1337;
 //! - `ghostwire-mtls`: the same with mesh TLS between the two proxies;
-//! - `haproxy`, `haproxy-mtls`: Debian's haproxy in place of each proxy (uid 1337, 2
-//!   threads), behind the same rules, configured with the app's endpoint as ghostwire's routes
+//! - `haproxy`, `haproxy-mtls`: Debian's haproxy in place of each proxy (uid 1337, one
+//!   thread like ghostwire's proxy), behind the same rules, configured with the app's endpoint as ghostwire's routes
 //!   name it (haproxy checks the peer's chain but no SPIFFE ID).
 //!
 //! Loads, per path: `wrk` (HTTP/1.1) and `h2load` (HTTP/2) at saturation; HTTP/1.1 and HTTP/2
@@ -26,7 +26,12 @@
 //! `GW_BENCH_BASELINE` (another build of it: adds a plaintext path `baseline` run with it, for
 //! an A/B in one run),
 //! `GW_BENCH_APP` (the binary that runs `lab app-b`, default the proxies' binary: set it when
-//! the proxies come from a production build without the lab, e.g. the `image` profile).
+//! the proxies come from a production build without the lab, e.g. the `image` profile),
+//! `GW_BENCH_PIN` (a CPU list, e.g. `1`: every path's proxies run on those CPUs only, and the
+//! apps, the load generators and this harness on the others, so the proxies never wait for a
+//! core behind the load that measures them),
+//! `GW_BENCH_HAPROXY_THREADS` (haproxy's `nbthread`, default 1: one thread, as ghostwire's
+//! proxy runs; until the eleventh session's runs it was 2, which costs haproxy CPU).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -73,6 +78,7 @@ struct Pair {
 /// `bind_tls` and `server_tls_*` are the TLS options of the bind and server lines (empty for
 /// plaintext).
 fn haproxy_config(
+    threads: usize,
     port: u16,
     hop: &str,
     ep: SocketAddr,
@@ -81,7 +87,7 @@ fn haproxy_config(
     server_tls_h2: &str,
 ) -> String {
     format!(
-        "global\n  nbthread 2\n  maxconn 4096\n\
+        "global\n  nbthread {threads}\n  maxconn 4096\n\
          defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
          frontend hop\n  bind 0.0.0.0:{port}{bind_tls}\n  http-response set-header x-hop-{hop} 1\n\
          \x20 use_backend app-h2 if {{ req.ver 2.0 }}\n  default_backend app-h1\n\
@@ -111,6 +117,42 @@ struct Setup {
     app: PathBuf,
     ca: Ca,
     apps: Vec<Proc>,
+    haproxy_threads: usize,
+}
+
+/// `GW_BENCH_PIN`: the CPUs for the proxies, and the rest for everything else.
+fn cpu_split() -> Option<(String, String)> {
+    let pin: String = env_or("GW_BENCH_PIN", String::new());
+    if pin.is_empty() {
+        return None;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let proxies: Vec<usize> = pin
+        .split(',')
+        .map(|c| match c.trim().parse() {
+            Ok(n) if n < cpus => n,
+            _ => panic!("GW_BENCH_PIN={pin}: {c:?} is not a CPU of 0..{cpus}"),
+        })
+        .collect();
+    let rest: Vec<String> = (0..cpus)
+        .filter(|c| !proxies.contains(c))
+        .map(|c| c.to_string())
+        .collect();
+    assert!(
+        !rest.is_empty(),
+        "GW_BENCH_PIN={pin}: no CPU left for the load"
+    );
+    Some((pin, rest.join(",")))
+}
+
+/// Every thread of process `pid` on `cpus` (util-linux's taskset).
+fn pin(pid: u32, cpus: &str) {
+    let ok = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "taskset -a -p -c {cpus} {pid} failed");
 }
 
 impl Setup {
@@ -190,7 +232,7 @@ impl Setup {
                             &client,
                             &dir,
                             "outbound",
-                            &haproxy_config(5000, "out", ep, "", &h1, &h2),
+                            &haproxy_config(self.haproxy_threads, 5000, "out", ep, "", &h1, &h2),
                         ),
                     ),
                     (
@@ -199,7 +241,7 @@ impl Setup {
                             &server,
                             &dir,
                             "inbound",
-                            &haproxy_config(4000, "in", ep, &bind, "", ""),
+                            &haproxy_config(self.haproxy_threads, 4000, "in", ep, &bind, "", ""),
                         ),
                     ),
                 ]
@@ -373,6 +415,11 @@ fn main() {
         bin.display()
     );
     let app: PathBuf = env_or("GW_BENCH_APP", bin.clone());
+    // Before any thread or child: both inherit this process's CPUs.
+    let split = cpu_split();
+    if let Some((_, rest)) = &split {
+        pin(std::process::id(), rest);
+    }
     let dir = std::env::temp_dir().join(format!("gw-meshbench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut setup = Setup {
@@ -382,6 +429,7 @@ fn main() {
         app,
         ca: Ca::new("bench mesh CA"),
         apps: Vec::new(),
+        haproxy_threads: env_or("GW_BENCH_HAPROXY_THREADS", 1),
     };
     let all = [
         ("direct", Kind::Direct, false),
@@ -406,6 +454,14 @@ fn main() {
             base.display()
         );
         paths.push(setup.path("baseline", Kind::Ghostwire, false, Some(&base)));
+    }
+    if let Some((proxies, rest)) = &split {
+        for p in &paths {
+            for q in p.procs() {
+                pin(q.pid(), proxies);
+            }
+        }
+        println!("CPUs: proxies {proxies}, everything else {rest}");
     }
     println!("load average at start: {}", load_average());
     for p in &paths {
