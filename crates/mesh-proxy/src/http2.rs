@@ -204,6 +204,9 @@ async fn answer<H, F>(
     }
 }
 
+/// A last chunk up to this size is sent without waiting for flow-control capacity.
+const SMALL_LAST: usize = 16 * 1024;
+
 /// Sends a body on its stream (a request's upstream, a response's downstream), within the
 /// peer's flow-control window; stops when the peer resets the stream.
 async fn pipe(mut body: Body, mut tx: h2::SendStream<Bytes>) {
@@ -239,6 +242,13 @@ async fn pipe(mut body: Body, mut tx: h2::SendStream<Bytes>) {
                 return;
             }
             continue;
+        }
+        // A small last chunk (most responses' whole body) goes without asking for capacity
+        // first: h2 holds it until the peer's window allows, and nothing follows it, so at
+        // most SMALL_LAST bytes wait beyond the window.
+        if last && data.len() <= SMALL_LAST {
+            let _ = tx.send_data(data, true);
+            return;
         }
         while !data.is_empty() {
             tx.reserve_capacity(data.len());
