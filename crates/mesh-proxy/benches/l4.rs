@@ -171,6 +171,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    support::clean_up_on_signal();
     let seconds: u64 = env_or("GW_BENCH_SECONDS", 10);
     let rounds: u32 = env_or("GW_BENCH_ROUNDS", 2);
     let rate: u64 = env_or("GW_BENCH_RATE", 2000);

@@ -105,9 +105,7 @@ fn haproxy(pod: &Pod, dir: &Path, name: &str, config: &str) -> Proc {
         &dir.join(format!("{name}.log")),
     );
     c.args(["-db", "-f"]).arg(&cfg);
-    Proc {
-        child: c.spawn().unwrap(),
-    }
+    Proc::start(c)
 }
 
 struct Setup {
@@ -420,6 +418,7 @@ fn main() {
     if let Some((_, rest)) = &split {
         pin(std::process::id(), rest);
     }
+    support::clean_up_on_signal();
     let dir = std::env::temp_dir().join(format!("gw-meshbench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut setup = Setup {
@@ -429,7 +428,10 @@ fn main() {
         app,
         ca: Ca::new("bench mesh CA"),
         apps: Vec::new(),
-        haproxy_threads: env_or("GW_BENCH_HAPROXY_THREADS", 1),
+        haproxy_threads: match env_or("GW_BENCH_HAPROXY_THREADS", 1) {
+            0 => panic!("GW_BENCH_HAPROXY_THREADS=0: haproxy needs at least one thread"),
+            n => n,
+        },
     };
     let all = [
         ("direct", Kind::Direct, false),

@@ -1,5 +1,5 @@
 //! What the benchmarks in this directory share (`#[path]`-included by each): processes in lab
-//! Pods (as the proxy's uid, killed on drop), `ghostwire proxy` started and waited for, the
+//! Pods (as the proxy's uid, killed on drop or on a signal), `ghostwire proxy` started and waited for, the
 //! open-loop generators (HTTP/1.1 and HTTP/2), and the statistics.
 
 #![allow(dead_code)]
@@ -11,8 +11,8 @@ use lab_net::bench::{TICKS_PER_SECOND, cpu_ticks, status_kib};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const PROXY_UID: &str = "1337";
@@ -20,18 +20,28 @@ pub const PROXY_UID: &str = "1337";
 pub const OPEN_LOOP_CONNECTIONS: usize = 64;
 
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?}: not a valid value")),
+        Err(_) => default,
+    }
 }
 
-/// A process started in a Pod; killed on drop.
+/// A process started in a Pod; killed on drop, or by [`clean_up_on_signal`].
 pub struct Proc {
     pub child: Child,
 }
 
+/// The pids of the [`Proc`]s alive, for the signal handler, which holds none of them.
+static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
 impl Proc {
+    pub fn start(mut c: Command) -> Proc {
+        let child = c.spawn().unwrap();
+        RUNNING.lock().unwrap().push(child.id());
+        Proc { child }
+    }
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -50,7 +60,37 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        RUNNING.lock().unwrap().retain(|&p| p != self.child.id());
     }
+}
+
+/// On SIGINT or SIGTERM: kills every [`Proc`] still running and removes every lab of this
+/// process, then exits 130. Without it an interrupted run left its namespaces behind, and, on
+/// a SIGTERM, its proxies and apps running in them.
+pub fn clean_up_on_signal() {
+    std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = signal(SignalKind::terminate()).unwrap();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        });
+        for pid in RUNNING.lock().unwrap().drain(..) {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        if let Err(e) = lab_net::shutdown_all() {
+            eprintln!("bench: lab cleanup incomplete: {e}");
+        }
+        eprintln!("bench: interrupted, processes killed and labs removed");
+        std::process::exit(130);
+    });
 }
 
 /// `program args…` in `pod` with `env` (as root, so proxy-init's rules apply to it), its
@@ -64,9 +104,7 @@ pub fn spawn(pod: &Pod, program: &Path, args: &[&str], env: &[(&str, String)]) -
     for (k, v) in env {
         c.env(k, v);
     }
-    Proc {
-        child: c.spawn().unwrap(),
-    }
+    Proc::start(c)
 }
 
 /// proxy-init's rules in each of `pods`, for the proxy's uid and the `given` mesh knobs.
@@ -127,9 +165,7 @@ pub fn ghostwire_proxy(
     for (k, v) in env {
         c.env(k, v);
     }
-    let p = Proc {
-        child: c.spawn().unwrap(),
-    };
+    let p = Proc::start(c);
     let admin = SocketAddr::new(pod.ipv4.into(), 4191);
     wait_until(&format!("{name} ready"), || {
         pod.http_get(admin, "/ready").is_ok()
