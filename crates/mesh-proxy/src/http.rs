@@ -221,11 +221,18 @@ impl Http {
             }
         };
         drop(snap);
+        let asked = Asked {
+            conn,
+            started,
+            upgrade,
+            down_upgrade,
+            service: service_name,
+        };
         async move {
             let (route_name, resp, backend) = match dest {
                 Dest::Routed(svc) => {
                     let route = svc.route(&parts);
-                    let (resp, backend) = this.routed(&conn, &svc, route, parts, body).await;
+                    let (resp, backend) = this.routed(&asked.conn, &svc, route, parts, body).await;
                     (route.name.clone(), resp, backend)
                 }
                 Dest::Direct(target) => {
@@ -233,41 +240,34 @@ impl Http {
                         .pool
                         .send(
                             &target,
-                            conn.h2,
-                            down_upgrade.is_some(),
+                            asked.conn.h2,
+                            asked.down_upgrade.is_some(),
                             Request::from_parts(parts, body),
                         )
                         .await;
                     (none(), resp.map_err(Failure::Send), none())
                 }
             };
-            this.respond(
-                conn,
-                started,
-                upgrade,
-                down_upgrade,
-                service_name,
-                route_name,
-                resp,
-                backend,
-            )
+            this.respond(asked, route_name, resp, backend)
         }
     }
 
     /// The response to a handled request: an upgrade joined, an error turned into a
     /// response, and the request counted.
-    #[allow(clippy::too_many_arguments)]
     fn respond(
         &self,
-        conn: Conn,
-        started: Instant,
-        upgrade: bool,
-        down_upgrade: Option<hyper::upgrade::OnUpgrade>,
-        service: Arc<str>,
+        asked: Asked,
         route_name: Arc<str>,
         resp: Result<Response<Body>, Failure>,
         backend: Arc<str>,
     ) -> Response<Body> {
+        let Asked {
+            conn,
+            started,
+            upgrade,
+            down_upgrade,
+            service,
+        } = asked;
         let mut resp = match resp {
             Ok(mut r) => {
                 let switching = r.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -497,6 +497,15 @@ impl tower::Service<Request<Body>> for HttpService {
 
 /// The last attempt's outcome, and the backend it went to.
 type Attempted = (Result<Response<Body>, Failure>, Arc<str>);
+
+/// What [`Http::respond`] needs of the request, taken before it was sent.
+struct Asked {
+    conn: Conn,
+    started: Instant,
+    upgrade: bool,
+    down_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    service: Arc<str>,
+}
 
 /// Where a request goes: through a configured service's routes, or to one address as it is.
 enum Dest {
