@@ -44,6 +44,7 @@ pub struct Metrics {
     pub llm_requests: Family<Labels, Counter>,
     pub config_generation: Gauge,
     pub config_errors: Counter,
+    pub tls_identity_errors: Counter,
     pub llm_policy_errors: Counter,
 }
 
@@ -70,6 +71,7 @@ impl Metrics {
             llm_requests: Family::default(),
             config_generation: Gauge::default(),
             config_errors: Counter::default(),
+            tls_identity_errors: Counter::default(),
             llm_policy_errors: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("proxy");
@@ -140,6 +142,11 @@ impl Metrics {
             m.config_errors.clone(),
         );
         r.register(
+            "tls_identity_errors",
+            "Mesh TLS identity files refused (unreadable, inconsistent); the previous identity stays in use",
+            m.tls_identity_errors.clone(),
+        );
+        r.register(
             "llm_policy_errors",
             "AI rewriting policies refused (a ConfigMap that does not parse); the last good one stays in force",
             m.llm_policy_errors.clone(),
@@ -202,6 +209,7 @@ mod tests {
             "ghostwire_proxy_llm_requests_total",
             "ghostwire_proxy_config_generation",
             "ghostwire_proxy_config_errors_total",
+            "ghostwire_proxy_tls_identity_errors_total",
             "ghostwire_proxy_llm_policy_errors_total",
         ] {
             assert!(out.contains(name), "{name} missing from:\n{out}");

@@ -8,7 +8,7 @@ use crate::metrics::{Labels, Metrics};
 use crate::pool::{Body, Pool};
 use crate::preview::Preview;
 use crate::store::{ConfigSource, Store};
-use crate::tls::{self, FileIdentity, IdentitySource, MeshTls};
+use crate::tls::{self, FileIdentity, IdentityMetrics, IdentitySource, MeshTls};
 use http::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use mesh_config::{ProxySettings, TlsMode};
@@ -130,6 +130,8 @@ impl Proxy {
         source: Option<Box<dyn ConfigSource>>,
         identity: Option<Arc<dyn IdentitySource>>,
     ) -> Result<Proxy, Error> {
+        let mut registry = Registry::with_prefix("ghostwire");
+        let metrics = Metrics::new(&mut registry);
         let mut tls_task: Option<Task> = None;
         let identity = match (identity, &settings.tls_files) {
             (Some(i), _) => Some(i),
@@ -140,12 +142,22 @@ impl Proxy {
                     f.roots.clone(),
                 ));
                 files.reload()?;
-                tls_task = Some(Box::pin(files.clone().follow(settings.config_poll, |_| {})));
+                let errors = metrics.tls_identity_errors.clone();
+                tls_task = Some(Box::pin(files.clone().follow(
+                    settings.config_poll,
+                    move |_| {
+                        errors.inc();
+                    },
+                )));
                 Some(files as Arc<dyn IdentitySource>)
             }
             (None, None) => None,
         };
-        let mut registry = Registry::with_prefix("ghostwire");
+        if let Some(i) = &identity {
+            registry
+                .sub_registry_with_prefix("proxy")
+                .register_collector(Box::new(IdentityMetrics(i.clone())));
+        }
         let ktls = settings.ktls.then(|| {
             let m = ktls::Metrics::default();
             m.register(registry.sub_registry_with_prefix("proxy"));
@@ -160,7 +172,6 @@ impl Proxy {
         let inbound = listen("inbound", SocketAddr::new(any, settings.inbound_port)).await?;
         let outbound = listen("outbound", SocketAddr::new(any, settings.outbound_port)).await?;
         let admin = listen("admin", settings.admin_addr).await?;
-        let metrics = Metrics::new(&mut registry);
         let http = Arc::new(Http {
             store: store.clone(),
             pool: Arc::new(

@@ -12,6 +12,9 @@
 
 use crate::detect::Prefixed;
 use crate::pool::Upstream;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
 use rustls::client::UnbufferedClientConnection;
 use rustls::client::danger::ServerCertVerified;
 use rustls::crypto::CryptoProvider;
@@ -368,6 +371,12 @@ impl MeshTls {
             .with_cert_resolver(Arc::new(Presents(source.clone())));
         server.alpn_protocols = vec![ALPN.to_vec()];
         server.enable_secret_extraction = ktls.is_some();
+        // No session resumption, on either side: a resumed TLS 1.3 session carries the peer
+        // identity of the handshake it came from, so a rotated certificate (renewed, renamed,
+        // its CA dropped) would live on in new connections. Mesh connections are pooled, so
+        // full handshakes are rare; ztunnel makes the same choice.
+        server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        server.send_tls13_tickets = 0;
         MeshTls {
             source,
             provider,
@@ -401,6 +410,8 @@ impl MeshTls {
             .with_client_cert_resolver(Arc::new(Presents(self.source.clone())));
         c.alpn_protocols = vec![ALPN.to_vec()];
         c.enable_secret_extraction = self.ktls.is_some();
+        // See the server's config: no resumption.
+        c.resumption = rustls::client::Resumption::disabled();
         let c = Arc::new(c);
         if m.len() > 4096 {
             m.clear();
@@ -476,6 +487,34 @@ impl MeshTls {
     }
 }
 
+/// The identity in use, read at each scrape: `tls_identity_expiration_timestamp_seconds{id}`,
+/// the leaf's notAfter, labelled with its SPIFFE ID. One series (none before the first
+/// identity), so a rotation that did not happen, or a stale one, is one alert rule away.
+#[derive(Debug)]
+pub struct IdentityMetrics(pub Arc<dyn IdentitySource>);
+
+impl Collector for IdentityMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let Some(key) = self.0.certified_key() else {
+            return Ok(());
+        };
+        let Some((id, not_after)) = key.cert.first().and_then(|leaf| {
+            let (_, c) = X509Certificate::from_der(leaf).ok()?;
+            Some((spiffe_id(leaf).ok()?, c.validity().not_after.timestamp()))
+        }) else {
+            return Ok(());
+        };
+        let gauge = ConstGauge::new(not_after);
+        let mut m = encoder.encode_descriptor(
+            "tls_identity_expiration_timestamp_seconds",
+            "When the mesh TLS certificate in use expires (Unix seconds), by its SPIFFE ID",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(m.encode_family(&vec![("id", id)])?)
+    }
+}
+
 /// The SPIFFE ID of a verified client's leaf.
 fn client_id(certs: Option<&[CertificateDer<'_>]>) -> io::Result<String> {
     certs
@@ -535,5 +574,163 @@ mod tests {
         assert_eq!(offers_mesh_alpn(&hello(&[b"h2", b"http/1.1"])), Some(false));
         assert_eq!(offers_mesh_alpn(&hello(&[])), Some(false));
         assert_eq!(offers_mesh_alpn(b"\x16\x03\x01\x00\x05hello"), Some(false));
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        SanType,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An identity whose certificate the test swaps, as a reload does.
+    #[derive(Debug)]
+    struct Swappable {
+        key: RwLock<Arc<CertifiedKey>>,
+        anchor: CertificateDer<'static>,
+    }
+
+    impl IdentitySource for Swappable {
+        fn certified_key(&self) -> Option<Arc<CertifiedKey>> {
+            Some(self.key.read().unwrap().clone())
+        }
+        fn trust_anchors(&self) -> Vec<CertificateDer<'static>> {
+            vec![self.anchor.clone()]
+        }
+    }
+
+    struct TestCa {
+        issuer: Issuer<'static, KeyPair>,
+        anchor: CertificateDer<'static>,
+    }
+
+    impl TestCa {
+        fn new() -> TestCa {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::default();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let anchor = p.self_signed(&key).unwrap().der().clone();
+            TestCa {
+                issuer: Issuer::new(p, key),
+                anchor,
+            }
+        }
+
+        fn identity(&self, id: &str) -> Arc<CertifiedKey> {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::default();
+            p.not_after = rcgen::date_time_ymd(2031, 1, 2);
+            p.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
+            p.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let cert = p.signed_by(&key, &self.issuer).unwrap();
+            let der = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+            let signer = rustls::crypto::ring::sign::any_supported_type(&der).unwrap();
+            Arc::new(CertifiedKey::new(vec![cert.der().clone()], signer))
+        }
+
+        fn source(&self, id: &str) -> Arc<Swappable> {
+            Arc::new(Swappable {
+                key: RwLock::new(self.identity(id)),
+                anchor: self.anchor.clone(),
+            })
+        }
+    }
+
+    /// One connection from `client` to `server`, which answers with the client identity it
+    /// verified; read to the end, so the client has any session tickets the server sent.
+    async fn seen_by_server(client: Arc<ClientConfig>, server: Arc<ServerConfig>) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let accept = tokio::spawn(async move {
+            let (tcp, _) = l.accept().await.unwrap();
+            let mut s = tokio_rustls::TlsAcceptor::from(server)
+                .accept(tcp)
+                .await
+                .unwrap();
+            let id = client_id(s.get_ref().1.peer_certificates()).unwrap();
+            s.write_all(id.as_bytes()).await.unwrap();
+            s.shutdown().await.unwrap();
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut s = tokio_rustls::TlsConnector::from(client)
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .await
+            .unwrap();
+        let mut seen = String::new();
+        s.read_to_string(&mut seen).await.unwrap();
+        accept.await.unwrap();
+        seen
+    }
+
+    const SERVER: &str = "spiffe://td.test/ns/b/sa/server";
+    const OLD: &str = "spiffe://td.test/ns/a/sa/old";
+    const NEW: &str = "spiffe://td.test/ns/a/sa/new";
+
+    /// Connects twice as `OLD`, rotates the client to `NEW`, and returns who the server saw
+    /// on the connection after. `resuming_peer`: the side not under test keeps its rustls
+    /// default (session cache, tickets), so only the side under test can refuse resumption.
+    async fn seen_after_rotation(client_side_under_test: bool) -> String {
+        let ca = TestCa::new();
+        let server = MeshTls::new(ca.source(SERVER));
+        let ids = ca.source(OLD);
+        let client = MeshTls::new(ids.clone());
+        let (mut c, mut s) = ((*client.client(SERVER)).clone(), (*server.server).clone());
+        if client_side_under_test {
+            s.session_storage = rustls::server::ServerSessionMemoryCache::new(64);
+            s.send_tls13_tickets = 2;
+        } else {
+            c.resumption = rustls::client::Resumption::default();
+        }
+        let (c, s) = (Arc::new(c), Arc::new(s));
+        for _ in 0..2 {
+            assert_eq!(seen_by_server(c.clone(), s.clone()).await, OLD);
+        }
+        *ids.key.write().unwrap() = ca.identity(NEW);
+        seen_by_server(c, s).await
+    }
+
+    // A resumed TLS 1.3 session carries the identity of the handshake it came from: a rotated
+    // (renamed, renewed, revoked) certificate would stay in use on new connections.
+    #[tokio::test]
+    async fn the_client_never_resumes_so_a_rotated_identity_is_presented_at_once() {
+        assert_eq!(seen_after_rotation(true).await, NEW);
+    }
+
+    #[tokio::test]
+    async fn the_server_never_resumes_so_a_rotated_client_is_seen_at_once() {
+        assert_eq!(seen_after_rotation(false).await, NEW);
+    }
+
+    #[test]
+    fn the_identity_in_use_is_a_metric_with_its_expiry() {
+        let ca = TestCa::new();
+        let ids = ca.source(OLD);
+        let mut reg = prometheus_client::registry::Registry::with_prefix("ghostwire");
+        reg.sub_registry_with_prefix("proxy")
+            .register_collector(Box::new(IdentityMetrics(ids.clone())));
+        let scrape = || {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+            out
+        };
+        // 2031-01-02T00:00:00Z, the test certificates' notAfter.
+        let series = |id: &str| {
+            format!(
+                "ghostwire_proxy_tls_identity_expiration_timestamp_seconds{{id=\"{id}\"}} 1925078400\n"
+            )
+        };
+        assert!(scrape().contains(&series(OLD)), "{}", scrape());
+        *ids.key.write().unwrap() = ca.identity(NEW);
+        let after = scrape();
+        assert!(
+            after.contains(&series(NEW)) && !after.contains(OLD),
+            "{after}"
+        );
     }
 }

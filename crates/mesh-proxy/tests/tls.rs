@@ -268,15 +268,32 @@ fn mesh_tls_between_pods() {
         ) >= 1.0
     );
 
-    // New files are picked up: the client now presents another identity on new connections
-    // (pooled ones keep the session they made; the IPv6 endpoint is a new one).
+    // Files that do not make an identity are refused, counted, and the previous one stays.
+    let in_use = |id: &str| {
+        format!("ghostwire_proxy_tls_identity_expiration_timestamp_seconds{{id=\"{id}\"}}")
+    };
+    assert!(c.metrics().contains(&in_use(CLIENT_ID)), "{}", c.metrics());
+    std::fs::write(dir.join("client.crt"), "not a certificate\n").unwrap();
+    eventually("the broken certificate file is refused", || {
+        metric(&c.metrics(), "ghostwire_proxy_tls_identity_errors_total") >= 1.0
+    });
+    assert!(c.metrics().contains(&in_use(CLIENT_ID)), "{}", c.metrics());
+
+    // New files are picked up: once the proxy says it presents the new identity, every new
+    // connection carries it (no TLS session resumes the old one). Pooled connections keep
+    // the handshake they made, so the IPv6 endpoint makes a new one.
     let other = "spiffe://td.test/ns/app-a/sa/renamed";
     ca.issue(&dir, "client", other);
+    eventually("the client proxy presents the reloaded identity", || {
+        c.metrics().contains(&in_use(other))
+    });
     let ep6 = SocketAddr::new(server.ipv6.into(), 8080);
     c.configure(&routes(vip, ep6, Some(SERVER_ID)));
-    eventually("the reloaded client identity reaches the app", || {
-        curl(&client, &[&url]).contains(&format!("x-ghostwire-client-id: {other}"))
-    });
+    let out = curl(&client, &[&url]);
+    assert!(
+        out.contains(&format!("x-ghostwire-client-id: {other}")),
+        "{out}"
+    );
 
     // Strict: plaintext is refused, mesh TLS still passes.
     s.join();
