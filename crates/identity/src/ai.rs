@@ -9,7 +9,8 @@
 //!   overrides every request's model.
 //! - [`follow`] watches the Pod and both ConfigMaps by name (the Pod's ServiceAccount may
 //!   get/list/watch just those: `ghostwire attach` grants it) and swaps the policy whole on
-//!   every change. A policy that does not parse is logged with the field and value and counted;
+//!   every change, from the moment all three watches have listed (until then nothing is
+//!   rewritten, never half a policy). A policy that does not parse is logged with the field and value and counted;
 //!   the last good one stays in force.
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -83,6 +84,8 @@ pub fn rewriter(
 struct Watched<K> {
     now: Option<K>,
     relist: Option<Option<K>>,
+    /// A first listing completed: `now` is known, not just not seen yet.
+    listed: bool,
 }
 
 impl<K> Watched<K> {
@@ -90,6 +93,7 @@ impl<K> Watched<K> {
         Watched {
             now: None,
             relist: None,
+            listed: false,
         }
     }
 
@@ -106,6 +110,7 @@ impl<K> Watched<K> {
             }
             watcher::Event::InitDone => {
                 self.now = self.relist.take().flatten();
+                self.listed = true;
                 true
             }
             watcher::Event::Apply(o) => {
@@ -124,6 +129,42 @@ enum Ev {
     Pod(Box<watcher::Event<Pod>>),
     Ours(watcher::Event<ConfigMap>),
     Seed(watcher::Event<ConfigMap>),
+}
+
+/// What the Pod's and both ConfigMaps' watches say so far.
+struct Seen {
+    pod: Watched<Pod>,
+    ours: Watched<ConfigMap>,
+    seed: Watched<ConfigMap>,
+}
+
+impl Seen {
+    fn new() -> Seen {
+        Seen {
+            pod: Watched::new(),
+            ours: Watched::new(),
+            seed: Watched::new(),
+        }
+    }
+
+    /// Applies one event; the policy in force when it may have changed, and only once all
+    /// three watches have listed. Before that a ConfigMap not listed yet would look absent,
+    /// and the Pod's model override would be rewritten in without the ConfigMap's rules.
+    fn apply(&mut self, ev: Ev) -> Option<Result<Option<Rewriter>, AiError>> {
+        let changed = match ev {
+            Ev::Pod(e) => self.pod.apply(*e),
+            Ev::Ours(e) => self.ours.apply(e),
+            Ev::Seed(e) => self.seed.apply(e),
+        };
+        let all_listed = self.pod.listed && self.ours.listed && self.seed.listed;
+        if !(changed && all_listed) {
+            return None;
+        }
+        Some(match self.pod.now.as_ref() {
+            None => Ok(None),
+            Some(pod) => rewriter(pod, self.ours.now.as_ref(), self.seed.now.as_ref()),
+        })
+    }
 }
 
 /// A handle for the proxy (no policy until the Pod is seen) and the sender [`follow`] feeds.
@@ -157,25 +198,19 @@ pub async fn follow(
         .map(|e| e.map(Ev::Seed))
         .boxed();
     let mut events = futures::stream::select_all([pods, ours, seed]);
-    let (mut p, mut o, mut s) = (Watched::new(), Watched::new(), Watched::new());
+    let mut seen = Seen::new();
     while let Some(ev) = events.next().await {
-        let changed = match ev {
-            Ok(Ev::Pod(e)) => p.apply(*e),
-            Ok(Ev::Ours(e)) => o.apply(e),
-            Ok(Ev::Seed(e)) => s.apply(e),
+        let ev = match ev {
+            Ok(ev) => ev,
             Err(e) => {
                 tracing::warn!(error = %e, "AI policy watch (retrying)");
-                false
+                continue;
             }
         };
-        if !changed {
-            continue;
-        }
-        let Some(pod_now) = p.now.as_ref() else {
-            tx.send_replace(None);
+        let Some(now) = seen.apply(ev) else {
             continue;
         };
-        match rewriter(pod_now, o.now.as_ref(), s.now.as_ref()) {
+        match now {
             Ok(r) => {
                 let same = match (&r, tx.borrow().as_deref()) {
                     (Some(a), Some(b)) => {
@@ -284,5 +319,35 @@ mod tests {
         assert_eq!(w.now, Some(2));
         assert!(w.apply(watcher::Event::Delete(2)));
         assert_eq!(w.now, None);
+    }
+
+    #[test]
+    fn no_policy_is_in_force_before_every_watch_has_listed() {
+        use watcher::Event::{InitApply, InitDone};
+        let rules = cm(
+            "web-ghostwire-ai",
+            json!({KEY: r#"{"response": {"bannedWords": ["secret"]}}"#}),
+        );
+        let mut seen = Seen::new();
+        let pod = pod(json!({AI: "true", MODEL[0]: "tiny"}));
+        assert!(seen.apply(Ev::Pod(Box::new(InitApply(pod)))).is_none());
+        // The Pod is listed first: its model override alone would be half the policy.
+        assert!(seen.apply(Ev::Pod(Box::new(InitDone))).is_none());
+        assert!(seen.apply(Ev::Seed(InitDone)).is_none());
+        assert!(seen.apply(Ev::Ours(InitApply(rules))).is_none());
+        let now = seen.apply(Ev::Ours(InitDone)).unwrap().unwrap().unwrap();
+        assert_eq!(now.model_override.as_deref(), Some("tiny"));
+        let with_rules = rewriter(seen.pod.now.as_ref().unwrap(), seen.ours.now.as_ref(), None)
+            .unwrap()
+            .unwrap();
+        assert!(now.policy == with_rules.policy && now.policy != Policy::default());
+        // Later events apply at once; the Pod gone is no policy.
+        let gone = seen.pod.now.clone().unwrap();
+        assert!(
+            seen.apply(Ev::Pod(Box::new(watcher::Event::Delete(gone))))
+                .unwrap()
+                .unwrap()
+                .is_none()
+        );
     }
 }
