@@ -18,8 +18,8 @@
 //!
 //! Loads, per path: throughput (one `iperf3` TCP stream for the run's length); connections per
 //! second (closed loop, `GW_BENCH_CONNECTIONS` workers, each a new TCP connection carrying one
-//! HTTP/1.1 request with `Connection: close`: on `l4-mtls` one mesh TLS handshake each,
-//! resumed or not as rustls' ticket cache decides); latency at a fixed rate (the open-loop
+//! HTTP/1.1 request with `Connection: close`: on `l4-mtls` one full mesh TLS handshake each,
+//! as mesh TLS never resumes a session); latency at a fixed rate (the open-loop
 //! HTTP/1.1 generator of `support`). Reported: medians over the rounds, the p99 each proxied
 //! path adds over `direct`, and the throughput ratio `l4-mtls / l4-plain` (the target:
 //! at least 80 %).
