@@ -174,7 +174,10 @@ fn main() {
     support::clean_up_on_signal();
     let seconds: u64 = env_or("GW_BENCH_SECONDS", 10);
     let rounds: u32 = env_or("GW_BENCH_ROUNDS", 2);
-    let rate: u64 = env_or("GW_BENCH_RATE", 2000);
+    let rate = support::parse_rate(
+        "GW_BENCH_RATE",
+        &env_or("GW_BENCH_RATE", String::from("2000")),
+    );
     let workers: usize = env_or("GW_BENCH_CONNECTIONS", 16);
     let ktls = env_or("GW_BENCH_KTLS", String::new()) == "1";
     let bin: PathBuf = env_or(

@@ -400,7 +400,7 @@ fn main() {
     let rounds: u32 = env_or("GW_BENCH_ROUNDS", 2);
     let rates: Vec<u64> = env_or("GW_BENCH_RATES", "1000,10000".to_string())
         .split(',')
-        .map(|r| r.trim().parse().expect("GW_BENCH_RATES: numbers"))
+        .map(|r| support::parse_rate("GW_BENCH_RATES", r))
         .collect();
     let only: String = env_or("GW_BENCH_PATHS", String::new());
     let bin: PathBuf = env_or(

@@ -28,6 +28,14 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     }
 }
 
+/// A fixed rate from the knob `name`: a whole number of requests/s, at least 1.
+pub fn parse_rate(name: &str, v: &str) -> u64 {
+    match v.trim().parse() {
+        Ok(r) if r > 0 => r,
+        _ => panic!("{name}: {v:?} is not a rate (a whole number of requests/s, at least 1)"),
+    }
+}
+
 /// A process started in a Pod; killed on drop, or by [`clean_up_on_signal`].
 pub struct Proc {
     pub child: Child,
