@@ -10,8 +10,8 @@
 //! - [`follow`] watches the Pod and both ConfigMaps by name (the Pod's ServiceAccount may
 //!   get/list/watch just those: `ghostwire attach` grants it) and swaps the policy whole on
 //!   every change, from the moment all three watches have listed (until then nothing is
-//!   rewritten, never half a policy). A policy that does not parse is logged with the field and value and counted;
-//!   the last good one stays in force.
+//!   rewritten, never half a policy). A policy that does not parse is logged with the field
+//!   and value and counted; the last good one stays in force.
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::Api;
