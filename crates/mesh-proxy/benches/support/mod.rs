@@ -36,7 +36,8 @@ pub fn parse_rate(name: &str, v: &str) -> u64 {
     }
 }
 
-/// A process started in a Pod; killed on drop, or by [`clean_up_on_signal`].
+/// A process started in a Pod; stopped on drop (see [`STOP_GRACE`]), or killed by
+/// [`clean_up_on_signal`].
 pub struct Proc {
     pub child: Child,
 }
@@ -64,8 +65,21 @@ impl Proc {
     }
 }
 
+/// How long a stopped [`Proc`] has between SIGTERM and SIGKILL. A proxy stopped by SIGTERM
+/// exits through its drain and `main`, which is when a build instrumented for profile-guided
+/// optimisation writes what it counted (scripts/pgo.sh, which also shortens the drain).
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
+
 impl Drop for Proc {
     fn drop(&mut self) {
+        use nix::sys::signal::{Signal, kill};
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        if kill(pid, Signal::SIGTERM).is_ok() {
+            let deadline = Instant::now() + STOP_GRACE;
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         RUNNING.lock().unwrap().retain(|&p| p != self.child.id());
