@@ -236,3 +236,31 @@ fn overlays_say_what_they_promise() {
         "ghostwire-injector-tls"
     );
 }
+
+/// deploy/pgo/ghostwire.profdata, which the image's build optimises with
+/// (scripts/image-build.sh), is a profile this toolchain reads. rustc only warns about a
+/// truncated, foreign or newer-format profile and builds without it, so a broken file would
+/// ship a slower image without failing its build.
+#[test]
+fn the_image_build_profile_is_one_rustc_reads() {
+    let profile = deploy_dir().join("pgo/ghostwire.profdata");
+    assert!(profile.is_file(), "{} is missing", profile.display());
+    let dir = std::env::temp_dir().join(format!("gw-pgo-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("main.rs"), "fn main() {}\n").unwrap();
+    let out = Command::new(std::env::var_os("RUSTC").unwrap_or("rustc".into()))
+        .arg("-O")
+        .arg(format!("-Cprofile-use={}", profile.display()))
+        .arg("-o")
+        .arg(dir.join("main"))
+        .arg(dir.join("main.rs"))
+        .output();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let out = out.expect("rustc runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "rustc -Cprofile-use={}: {stderr}",
+        profile.display()
+    );
+}
