@@ -17,6 +17,7 @@ command -v wrk >/dev/null || need="$need wrk"
 command -v h2load >/dev/null || need="$need nghttp2-client"
 if [ -n "$need" ]; then
   echo "pgo: installing$need"
+  apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
 fi
 work=$(mktemp -d /tmp/ghostwire-pgo.XXXXXX)
