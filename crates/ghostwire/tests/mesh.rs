@@ -1,8 +1,11 @@
 //! The real `ghostwire proxy-init` and `ghostwire proxy` (as uid 1337) in lab pods: protocols
 //! through both proxies (HTTP/1.1, gRPC from grpcio, opaque TCP, a server-first protocol),
-//! no loops, malformed input and bounds, and the drain on SIGTERM.
+//! no loops, malformed input and bounds, and the drain on SIGTERM; mesh TLS with certificates
+//! the mesh controller signed.
 
 mod common;
+#[path = "../../mesh-controller/tests/common/mod.rs"]
+mod ctl;
 
 use common::{TempDir, ghostwire};
 use lab_net::{Lab, Pod};
@@ -358,4 +361,163 @@ fn malformed_input_bounds_and_drain() {
         &format!("curl -s --max-time 3 -o /dev/null -w '%{{http_code}}' http://{to}/"),
     );
     assert_eq!(out, "000");
+}
+
+/// Mesh TLS with the controller's certificates, end to end (issue 13 point 4): the mesh
+/// controller (what `ghostwire controller` runs: the API watch, TokenReview, the CA in a
+/// Secret) serves from a lab pod's namespace; two meshed lab pods run proxy-init and the real
+/// `ghostwire proxy --controller … --identity …` with a Pod-bound token and no certificate
+/// files, as the injector sets them up. The client's request reaches the server's app over mesh
+/// TLS made with certificates the controller signed: the app is told the client's SPIFFE ID.
+#[test]
+fn controller_signed_certificates_carry_the_client_identity() {
+    use k8s_openapi::api::core::v1::{Namespace, Pod as ApiPod, Service, ServiceAccount};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::{Api, PostParams};
+    use mesh_controller::auth::TokenReviewer;
+    use mesh_controller::ca::{CaHandle, CaSettings, spiffe_id};
+    use serde_json::json;
+
+    const TRUST_DOMAIN: &str = "cluster.local";
+    let id = |sa: &str| spiffe_id(TRUST_DOMAIN, "default", sa);
+    let tmp = TempDir::new("mesh-ctl-tls");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut lab = Lab::new("mesh-ctl").unwrap();
+    let ctl_pod = lab.add_pod("ctl").unwrap();
+    let client = lab.add_pod("client").unwrap();
+    let server = lab.add_pod("server").unwrap();
+    let _app = Peer::start(
+        &server,
+        "python3",
+        &[&format!("{PEERS}/slow_http.py"), "8080"],
+    );
+    let server_ip = server.ipv4.to_string();
+    let (_api, tokens, vip) = rt.block_on(async {
+        let api = lab_api::Server::start(lab_api::Options::default())
+            .await
+            .unwrap();
+        let admin = api.client().await.unwrap();
+        let create = PostParams::default();
+        let ns = serde_json::from_value(json!({"metadata": {"name": "mesh-system"}})).unwrap();
+        Api::<Namespace>::all(admin.clone())
+            .create(&create, &ns)
+            .await
+            .unwrap();
+        let pods: Api<ApiPod> = Api::namespaced(admin.clone(), "default");
+        let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "default");
+        let mut tokens = Vec::new();
+        for name in ["client", "server"] {
+            let sa = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+            sas.create(&create, &sa).await.unwrap();
+            // What the injector gives a meshed Pod when a controller is set: GW_MESH_IDENTITY
+            // on its proxy, which is how the controller knows the Pod's endpoints are meshed.
+            let pod = serde_json::from_value(json!({"metadata": {"name": name}, "spec": {
+                "serviceAccountName": name,
+                "containers": [{"name": "app", "image": "app"}, {"name": "ghostwire-proxy",
+                    "image": "ghostwire", "env": [{"name": "GW_MESH_IDENTITY", "value": id(name)}]}]}}))
+            .unwrap();
+            pods.create(&create, &pod).await.unwrap();
+            let (token, _) = ctl::pod_token_as(&admin, name, name, &[ctl::AUDIENCE]).await;
+            tokens.push(token);
+        }
+        let svc = serde_json::from_value(json!({"metadata": {"name": "app-b"}, "spec": {
+            "selector": {"app": "app-b"},
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}))
+        .unwrap();
+        let made = Api::<Service>::namespaced(admin.clone(), "default")
+            .create(&create, &svc)
+            .await
+            .unwrap();
+        let vip = made.spec.unwrap().cluster_ip.unwrap();
+        let slice = serde_json::from_value(json!({"metadata": {"name": "app-b-1",
+            "labels": {"kubernetes.io/service-name": "app-b"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [{"addresses": [server_ip], "conditions": {"ready": true},
+                "targetRef": {"kind": "Pod", "namespace": "default", "name": "server"}}]}))
+        .unwrap();
+        Api::<EndpointSlice>::namespaced(admin.clone(), "default")
+            .create(&create, &slice)
+            .await
+            .unwrap();
+
+        let model = mesh_controller::model::Model::default();
+        tokio::spawn(mesh_controller::watch::run(
+            admin.clone(),
+            model.clone(),
+            TRUST_DOMAIN.into(),
+        ));
+        let ca = CaSettings {
+            namespace: "mesh-system".into(),
+            secret: "mesh-ca".into(),
+            trust_domain: TRUST_DOMAIN.into(),
+            lifetime: Duration::from_secs(3600),
+            reload: Duration::from_secs(1),
+        };
+        let (authority, _) = mesh_controller::ca::load_or_create(&admin, &ca)
+            .await
+            .unwrap();
+        let auth = std::sync::Arc::new(TokenReviewer::new(admin.clone(), ctl::AUDIENCE));
+        let controller = mesh_controller::server::Controller::new(
+            model,
+            auth,
+            mesh_controller::metrics::Metrics::default(),
+        )
+        .with_ca(CaHandle::new(authority));
+        // Its gRPC listener lives in the ctl pod's namespace, where the lab pods reach it.
+        let l = ctl_pod
+            .netns()
+            .run(|| std::net::TcpListener::bind(("0.0.0.0", 8090)))
+            .unwrap()
+            .unwrap();
+        l.set_nonblocking(true).unwrap();
+        let l = tokio::net::TcpListener::from_std(l).unwrap();
+        tokio::spawn(mesh_controller::server::serve(
+            controller,
+            l,
+            std::future::pending(),
+        ));
+        (api, tokens, vip)
+    });
+
+    let url = format!("http://{}:8090", ctl_pod.ipv4);
+    let start = |pod: &Pod, token: &str| {
+        let file = tmp.path(&format!("{}-token", pod.name));
+        std::fs::write(&file, token).unwrap();
+        // The routes file is ignored with a controller; ready once its first config arrived.
+        let args = [
+            "--controller",
+            url.as_str(),
+            "--identity",
+            &id(&pod.name),
+            "--token",
+            file.to_str().unwrap(),
+        ];
+        MeshedPod::start(pod, &tmp, "services: []\n", &args)
+    };
+    let s = start(&server, &tokens[1]);
+    let c = start(&client, &tokens[0]);
+    let want = format!("x-ghostwire-client-id: {}", id("client"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out = String::new();
+    while !out.contains(&want) {
+        assert!(
+            Instant::now() < deadline,
+            "the app never saw {want}; last answer: {out:?}\nclient proxy config: {:?}",
+            c.get("/config_dump").map(|r| r.body)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        out = sh(
+            &client,
+            &format!("curl -s --max-time 5 http://{vip}/headers"),
+        );
+    }
+    let handshakes = |m: &MeshedPod, dir: &str| {
+        metric(
+            &m.metrics(),
+            &format!("ghostwire_proxy_tls_handshakes_total{{direction=\"{dir}\",result=\"ok\"}}"),
+        )
+    };
+    assert!(handshakes(&c, "outbound") >= 1.0 && handshakes(&s, "inbound") >= 1.0);
+    drop((c, s));
+    drop(rt);
 }

@@ -1,4 +1,5 @@
-"""HTTP/1.1 backend for the drain test: /slow answers after 3 s, anything else at once."""
+"""HTTP/1.1 backend for the mesh tests: /slow answers after 3 s (the drain test), /headers
+lists the request's headers (what the proxy told the app), anything else "done" at once."""
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,6 +13,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.startswith("/slow"):
             time.sleep(3)
         body = b"done\n"
+        if self.path.startswith("/headers"):
+            body = "".join(f"{k.lower()}: {v}\n" for k, v in self.headers.items()).encode()
         self.send_response(200)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
