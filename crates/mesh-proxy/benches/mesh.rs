@@ -55,6 +55,25 @@ const WRK_CONNECTIONS: u32 = 32;
 const H2_CLIENTS: u32 = 4;
 const H2_STREAMS: u32 = 8;
 
+/// One load of a round.
+#[derive(Clone, Copy)]
+enum Load {
+    H1Saturation,
+    H2Saturation,
+    Fixed(Proto, u64),
+}
+
+impl Load {
+    fn label(&self) -> String {
+        match self {
+            Load::H1Saturation => "h1 saturation (wrk)".into(),
+            Load::H2Saturation => "h2 saturation (h2load)".into(),
+            Load::Fixed(Proto::Http1, r) => format!("h1 {r}/s (open loop)"),
+            Load::Fixed(Proto::Http2, r) => format!("h2 {r}/s (open loop)"),
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
     Direct,
@@ -476,17 +495,30 @@ fn main() {
         println!("idle RSS after one request, {}: {}", p.name, rss.join(", "));
     }
     let script = wrk_script(&dir);
-    // (path, load) → runs
+    let mut loads = vec![Load::H1Saturation, Load::H2Saturation];
+    for &r in &rates {
+        loads.extend([Load::Fixed(Proto::Http1, r), Load::Fixed(Proto::Http2, r)]);
+    }
+    // (path, load) → runs, one per round in order
     let mut results: BTreeMap<(usize, String), Vec<Run>> = BTreeMap::new();
     for round in 1..=rounds {
-        for (i, p) in paths.iter().enumerate() {
+        for p in &paths {
             // Warm-up: pools filled, caches hot.
             wrk(p, &script, 1);
-            let mut record = |load: String, run: Run| {
+        }
+        // Load after load, every path in turn: the runs compared for a target are seconds
+        // apart, not a whole path's loads apart, so the machine's drift splits them less.
+        for load in &loads {
+            for (i, p) in paths.iter().enumerate() {
+                let run = measured(&p.procs(), || match *load {
+                    Load::H1Saturation => wrk(p, &script, seconds),
+                    Load::H2Saturation => h2load(p, &dir, seconds),
+                    Load::Fixed(proto, r) => open_loop(&p.client, p.vip, proto, r, seconds),
+                });
                 println!(
                     "round {round} {:>15} {:<22} {:>9.0} req/s  p50 {:>7.0} µs  p99 {:>7.0} µs  p99.9 {:>7.0} µs  errors {:>4}  proxy CPU {:>5.2} s  RSS max {:?} kB",
                     p.name,
-                    load,
+                    load.label(),
                     run.rate(),
                     run.q[0],
                     run.q[1],
@@ -495,34 +527,13 @@ fn main() {
                     run.cpu,
                     run.rss
                 );
-                results.entry((i, load)).or_default().push(run);
-            };
-            record(
-                "h1 saturation (wrk)".into(),
-                measured(&p.procs(), || wrk(p, &script, seconds)),
-            );
-            record(
-                "h2 saturation (h2load)".into(),
-                measured(&p.procs(), || h2load(p, &dir, seconds)),
-            );
-            for &r in &rates {
-                record(
-                    format!("h1 {r}/s (open loop)"),
-                    measured(&p.procs(), || {
-                        open_loop(&p.client, p.vip, Proto::Http1, r, seconds)
-                    }),
-                );
-                record(
-                    format!("h2 {r}/s (open loop)"),
-                    measured(&p.procs(), || {
-                        open_loop(&p.client, p.vip, Proto::Http2, r, seconds)
-                    }),
-                );
+                results.entry((i, load.label())).or_default().push(run);
             }
         }
         println!("load average after round {round}: {}", load_average());
     }
     summary(&paths, &results);
+    targets(&paths, &results);
     for p in &mut paths {
         for (n, q) in &mut p.proxies {
             assert!(q.alive(), "{}: the {n} proxy died during the run", p.name);
@@ -610,5 +621,57 @@ fn summary(paths: &[Pair], results: &BTreeMap<(usize, String), Vec<Run>>) {
                 add(2)
             );
         }
+    }
+}
+
+/// Issue 13's targets read off the run, each ghostwire path against the haproxy path of the
+/// same mode: per load, the medians and in how many rounds ghostwire met the target against
+/// the haproxy run of the same round (the runs are seconds apart). Added p99 is the path's p99
+/// minus direct's of that round, so the pair compares as their p99s do.
+fn targets(paths: &[Pair], results: &BTreeMap<(usize, String), Vec<Run>>) {
+    let find = |name: &str| paths.iter().position(|p| p.name == name);
+    println!("\n| target | path | load | ghostwire (median) | haproxy (median) | met in rounds |");
+    println!("|---|---|---|---|---|---|");
+    for (ours, theirs) in [("ghostwire", "haproxy"), ("ghostwire-mtls", "haproxy-mtls")] {
+        let (Some(g), Some(h)) = (find(ours), find(theirs)) else {
+            continue;
+        };
+        for ((i, load), runs) in results.range((g, String::new())..(g + 1, String::new())) {
+            let Some(rival) = results.get(&(h, load.clone())) else {
+                continue;
+            };
+            let per_cpu = |r: &Run| r.requests as f64 / r.cpu.max(0.01);
+            let mut rows: Vec<(&str, fn(f64, f64) -> bool, Box<dyn Fn(&Run) -> f64>)> =
+                vec![("req per proxy CPU-s ≥", |a, b| a >= b, Box::new(per_cpu))];
+            if load.contains("/s (open loop)") {
+                rows.push(("p99 µs ≤", |a, b| a <= b, Box::new(|r: &Run| r.q[1])));
+            }
+            for (what, met, f) in rows {
+                let ok = runs
+                    .iter()
+                    .zip(rival)
+                    .filter(|(a, b)| met(f(a), f(b)))
+                    .count();
+                println!(
+                    "| {what} haproxy's | {} | {load} | {:.0} | {:.0} | {ok} of {} |",
+                    paths[*i].name,
+                    median(runs.iter().map(&f).collect()),
+                    median(rival.iter().map(&f).collect()),
+                    runs.len().min(rival.len()),
+                );
+            }
+        }
+        let idle: Vec<String> = paths[g]
+            .idle_rss
+            .iter()
+            .map(|kb| format!("{:.1}", *kb as f64 / 1024.0))
+            .collect();
+        // The issue's 12 MB, in bytes (VmRSS is in KiB).
+        let ok = paths[g].idle_rss.iter().all(|kb| kb * 1024 <= 12_000_000);
+        println!(
+            "| idle RSS ≤ 12 MB | {ours} | after one request | {} MiB | – | {} |",
+            idle.join(" / "),
+            if ok { "yes" } else { "no" }
+        );
     }
 }
