@@ -15,10 +15,11 @@
 //!   thread like ghostwire's proxy), behind the same rules, configured with the app's endpoint as ghostwire's routes
 //!   name it (haproxy checks the peer's chain but no SPIFFE ID).
 //!
-//! Loads, per path: `wrk` (HTTP/1.1) and `h2load` (HTTP/2) at saturation; HTTP/1.1 and HTTP/2
+//! Loads, each on every path in turn: `wrk` (HTTP/1.1) and `h2load` (HTTP/2) at saturation; HTTP/1.1 and HTTP/2
 //! at fixed rates from the open-loop generators in `support` (`h2load --rps` sends in bursts
 //! and times from the burst, so it is not used for fixed rates).
-//! Reported: req/s, p50/p99/p99.9, the proxies' CPU (utime+stime from /proc) and RSS.
+//! Reported: req/s, p50/p99/p99.9, the proxies' CPU (utime+stime from /proc) and RSS, and
+//! issue 13's targets with the rounds in which each was met.
 //!
 //! Knobs: `GW_BENCH_SECONDS` (per load, default 10), `GW_BENCH_ROUNDS` (default 2),
 //! `GW_BENCH_PATHS` (comma list, default all), `GW_BENCH_RATES` (default 1000,10000),
@@ -508,8 +509,12 @@ fn main() {
         }
         // Load after load, every path in turn: the runs compared for a target are seconds
         // apart, not a whole path's loads apart, so the machine's drift splits them less.
+        // Each round starts the turn one path later, so over as many rounds as paths every
+        // path runs once in every place: none always follows the same path or a load change.
         for load in &loads {
-            for (i, p) in paths.iter().enumerate() {
+            for k in 0..paths.len() {
+                let i = (k + round as usize - 1) % paths.len();
+                let p = &paths[i];
                 let run = measured(&p.procs(), || match *load {
                     Load::H1Saturation => wrk(p, &script, seconds),
                     Load::H2Saturation => h2load(p, &dir, seconds),
