@@ -509,11 +509,11 @@ fn main() {
         }
         // Load after load, every path in turn: the runs compared for a target are seconds
         // apart, not a whole path's loads apart, so the machine's drift splits them less.
-        // Each round starts the turn one path later, so over as many rounds as paths every
-        // path runs once in every place: none always follows the same path or a load change.
-        for load in &loads {
-            for k in 0..paths.len() {
-                let i = (k + round as usize - 1) % paths.len();
+        // The turn is shuffled per round and load (the same every run), so a path's place in
+        // it and the run before it (haproxy with mTLS at 10,000/s is overloaded) change from
+        // round to round instead of favouring one path throughout.
+        for (l, load) in loads.iter().enumerate() {
+            for i in shuffled(paths.len(), (u64::from(round) << 32) | l as u64) {
                 let p = &paths[i];
                 let run = measured(&p.procs(), || match *load {
                     Load::H1Saturation => wrk(p, &script, seconds),
@@ -679,4 +679,21 @@ fn targets(paths: &[Pair], results: &BTreeMap<(usize, String), Vec<Run>>) {
             if ok { "yes" } else { "no" }
         );
     }
+}
+
+/// 0..n in an order drawn from `seed` (Fisher-Yates over splitmix64).
+fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+    let mut state = seed;
+    let mut next = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut v: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        v.swap(i, (next() % (i as u64 + 1)) as usize);
+    }
+    v
 }
