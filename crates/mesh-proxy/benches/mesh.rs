@@ -633,6 +633,9 @@ fn summary(paths: &[Pair], results: &BTreeMap<(usize, String), Vec<Run>>) {
 /// same mode: per load, the medians and in how many rounds ghostwire met the target against
 /// the haproxy run of the same round (the runs are seconds apart). Added p99 is the path's p99
 /// minus direct's of that round, so the pair compares as their p99s do.
+/// One target: its name, whether ours meets it against theirs, and the number compared.
+type Check<'a> = (&'static str, fn(f64, f64) -> bool, &'a dyn Fn(&Run) -> f64);
+
 fn targets(paths: &[Pair], results: &BTreeMap<(usize, String), Vec<Run>>) {
     let find = |name: &str| paths.iter().position(|p| p.name == name);
     println!("\n| target | path | load | ghostwire (median) | haproxy (median) | met in rounds |");
@@ -646,10 +649,10 @@ fn targets(paths: &[Pair], results: &BTreeMap<(usize, String), Vec<Run>>) {
                 continue;
             };
             let per_cpu = |r: &Run| r.requests as f64 / r.cpu.max(0.01);
-            let mut rows: Vec<(&str, fn(f64, f64) -> bool, Box<dyn Fn(&Run) -> f64>)> =
-                vec![("req per proxy CPU-s ≥", |a, b| a >= b, Box::new(per_cpu))];
+            let p99 = |r: &Run| r.q[1];
+            let mut rows: Vec<Check> = vec![("req per proxy CPU-s ≥", |a, b| a >= b, &per_cpu)];
             if load.contains("/s (open loop)") {
-                rows.push(("p99 µs ≤", |a, b| a <= b, Box::new(|r: &Run| r.q[1])));
+                rows.push(("p99 µs ≤", |a, b| a <= b, &p99));
             }
             for (what, met, f) in rows {
                 let ok = runs
@@ -660,8 +663,8 @@ fn targets(paths: &[Pair], results: &BTreeMap<(usize, String), Vec<Run>>) {
                 println!(
                     "| {what} haproxy's | {} | {load} | {:.0} | {:.0} | {ok} of {} |",
                     paths[*i].name,
-                    median(runs.iter().map(&f).collect()),
-                    median(rival.iter().map(&f).collect()),
+                    median(runs.iter().map(f).collect()),
+                    median(rival.iter().map(f).collect()),
                     runs.len().min(rival.len()),
                 );
             }
