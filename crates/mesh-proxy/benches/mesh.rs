@@ -15,9 +15,9 @@
 //!   thread like ghostwire's proxy), behind the same rules, configured with the app's endpoint as ghostwire's routes
 //!   name it (haproxy checks the peer's chain but no SPIFFE ID).
 //!
-//! Loads, each on every path in turn: `wrk` (HTTP/1.1) and `h2load` (HTTP/2) at saturation; HTTP/1.1 and HTTP/2
-//! at fixed rates from the open-loop generators in `support` (`h2load --rps` sends in bursts
-//! and times from the burst, so it is not used for fixed rates).
+//! Loads, each on every path in turn: `wrk` (HTTP/1.1) and `h2load` (HTTP/2) at saturation;
+//! HTTP/1.1 and HTTP/2 at fixed rates from the open-loop generators in `support` (`h2load
+//! --rps` sends in bursts and times from the burst, so it is not used for fixed rates).
 //! Reported: req/s, p50/p99/p99.9, the proxies' CPU (utime+stime from /proc) and RSS, and
 //! issue 13's targets with the rounds in which each was met.
 //!
@@ -629,13 +629,13 @@ fn summary(paths: &[Pair], results: &BTreeMap<(usize, String), Vec<Run>>) {
     }
 }
 
+/// One target: its name, whether ours meets it against theirs, and the number compared.
+type Check<'a> = (&'static str, fn(f64, f64) -> bool, &'a dyn Fn(&Run) -> f64);
+
 /// Issue 13's targets read off the run, each ghostwire path against the haproxy path of the
 /// same mode: per load, the medians and in how many rounds ghostwire met the target against
 /// the haproxy run of the same round (the runs are seconds apart). Added p99 is the path's p99
 /// minus direct's of that round, so the pair compares as their p99s do.
-/// One target: its name, whether ours meets it against theirs, and the number compared.
-type Check<'a> = (&'static str, fn(f64, f64) -> bool, &'a dyn Fn(&Run) -> f64);
-
 fn targets(paths: &[Pair], results: &BTreeMap<(usize, String), Vec<Run>>) {
     let find = |name: &str| paths.iter().position(|p| p.name == name);
     println!("\n| target | path | load | ghostwire (median) | haproxy (median) | met in rounds |");
@@ -684,19 +684,10 @@ fn targets(paths: &[Pair], results: &BTreeMap<(usize, String), Vec<Run>>) {
     }
 }
 
-/// 0..n in an order drawn from `seed` (Fisher-Yates over splitmix64).
+/// 0..n in an order drawn from `seed`, the same every run.
 fn shuffled(n: usize, seed: u64) -> Vec<usize> {
-    let mut state = seed;
-    let mut next = move || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
+    use rand::{SeedableRng, seq::SliceRandom};
     let mut v: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        v.swap(i, (next() % (i as u64 + 1)) as usize);
-    }
+    v.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
     v
 }
