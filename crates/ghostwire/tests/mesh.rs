@@ -136,9 +136,7 @@ fn protocols_pass_through_both_proxies() {
     // A server-first protocol on a default opaque port (Redis): it greets before the client
     // says anything.
     let banner = server
-        .netns()
-        .run(|| std::net::TcpListener::bind(("::", 6379)))
-        .unwrap()
+        .listen_tcp((std::net::Ipv6Addr::UNSPECIFIED, 6379))
         .unwrap();
     std::thread::spawn(move || {
         for s in banner.incoming() {
@@ -465,9 +463,7 @@ fn controller_signed_certificates_carry_the_client_identity() {
         .with_ca(CaHandle::new(authority));
         // Its gRPC listener lives in the ctl pod's namespace, where the lab pods reach it.
         let l = ctl_pod
-            .netns()
-            .run(|| std::net::TcpListener::bind(("0.0.0.0", 8090)))
-            .unwrap()
+            .listen_tcp((std::net::Ipv4Addr::UNSPECIFIED, 8090))
             .unwrap();
         l.set_nonblocking(true).unwrap();
         let l = tokio::net::TcpListener::from_std(l).unwrap();

@@ -762,6 +762,16 @@ impl Pod {
         cmd
     }
 
+    /// A TCP listener bound inside the pod, e.g. at `(Ipv6Addr::UNSPECIFIED, port)` for all of
+    /// its addresses (dual-stack). Blocking, as std makes it: set it non-blocking before
+    /// handing it to tokio.
+    pub fn listen_tcp(&self, addr: impl Into<SocketAddr>) -> Result<std::net::TcpListener> {
+        let addr = addr.into();
+        self.netns
+            .run(|| std::net::TcpListener::bind(addr))?
+            .map_err(|e| self.io_error(format!("bind tcp {addr}"), e))
+    }
+
     /// Serves the echo protocol on `[::]` (dual-stack) at the given ports; port 0 picks one
     /// (see [`EchoServer::tcp_addrs`]). Stops on drop.
     pub fn serve_echo(

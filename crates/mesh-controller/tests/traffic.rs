@@ -102,11 +102,7 @@ fn controller(
     ca: Option<mesh_controller::ca::CaHandle>,
 ) -> (String, Vec<tokio::task::JoinHandle<()>>) {
     let model = mesh_controller::model::Model::default();
-    let listener = pod
-        .netns()
-        .run(|| std::net::TcpListener::bind("0.0.0.0:8090"))
-        .unwrap()
-        .unwrap();
+    let listener = pod.listen_tcp((Ipv4Addr::UNSPECIFIED, 8090)).unwrap();
     listener.set_nonblocking(true).unwrap();
     let mut c = mesh_controller::server::Controller::new(
         model.clone(),

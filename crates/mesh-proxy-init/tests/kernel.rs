@@ -7,7 +7,7 @@ use mesh_config::{InitSettings, Sources};
 use mesh_proxy_init::{rules, validate};
 use netrules::{Backend, BackendKind, IptablesFlavour};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv6Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 const KINDS: [BackendKind; 2] = [
@@ -55,11 +55,7 @@ fn apply_is_idempotent_verified_and_cleaned_up_on_both_backends() {
 
 /// A listener on the proxy's port that reports the original destination of what it accepts.
 fn fake_proxy(pod: &Pod, port: u16) -> std::thread::JoinHandle<Vec<SocketAddr>> {
-    let l = pod
-        .netns()
-        .run(|| TcpListener::bind(("::", port)))
-        .unwrap()
-        .unwrap();
+    let l = pod.listen_tcp((Ipv6Addr::UNSPECIFIED, port)).unwrap();
     std::thread::spawn(move || {
         let mut seen = Vec::new();
         l.set_nonblocking(false).unwrap();

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use lab_net::{Lab, ServicePort};
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 
 #[test]
 fn http_routing_split_retries_budget_and_timeouts() {
@@ -286,11 +286,7 @@ fn http2_connect_tunnels_through_the_proxy() {
     let mut lab = Lab::new("mesh-h2con").unwrap();
     let client = lab.add_pod("client").unwrap();
     let server = lab.add_pod("server").unwrap();
-    let app = server
-        .netns()
-        .run(|| std::net::TcpListener::bind(("::", 8443)))
-        .unwrap()
-        .unwrap();
+    let app = server.listen_tcp((Ipv6Addr::UNSPECIFIED, 8443)).unwrap();
     app.set_nonblocking(true).unwrap();
     rt.spawn(async move {
         let l = tokio::net::TcpListener::from_std(app).unwrap();

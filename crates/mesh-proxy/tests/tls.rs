@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use lab_net::capture::Capture;
 use lab_net::{Lab, Pod, ServicePort};
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -140,11 +140,7 @@ fn mesh_tls_between_pods() {
     // A server-speaks-first protocol on a default opaque port (Redis, 6379), the app greeting
     // and closing. Meshed (its endpoint has an identity): mesh TLS to the server's proxy, which
     // passes what it carries to the app at once instead of waiting for the client's bytes.
-    let greeter = server
-        .netns()
-        .run(|| std::net::TcpListener::bind(("::", 6379)))
-        .unwrap()
-        .unwrap();
+    let greeter = server.listen_tcp((Ipv6Addr::UNSPECIFIED, 6379)).unwrap();
     std::thread::spawn(move || {
         for conn in greeter.incoming() {
             let Ok(mut conn) = conn else { return };

@@ -17,7 +17,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     SanType,
 };
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Arc;
@@ -276,11 +276,7 @@ pub struct Backend2 {
 }
 
 pub fn http_backend(rt: &tokio::runtime::Runtime, pod: &Pod, name: &str, port: u16) -> Backend2 {
-    let l = pod
-        .netns()
-        .run(|| std::net::TcpListener::bind(("::", port)))
-        .unwrap()
-        .unwrap();
+    let l = pod.listen_tcp((Ipv6Addr::UNSPECIFIED, port)).unwrap();
     l.set_nonblocking(true).unwrap();
     let hits = Arc::new(AtomicU64::new(0));
     let conns = Arc::new(AtomicU64::new(0));
