@@ -23,6 +23,8 @@
 //!
 //! Knobs: `GW_BENCH_SECONDS` (per load, default 10), `GW_BENCH_ROUNDS` (default 2),
 //! `GW_BENCH_PATHS` (comma list, default all), `GW_BENCH_RATES` (default 1000,10000),
+//! `GW_BENCH_LOADS` (comma list of `h1-saturation`, `h2-saturation`, `h1-<rate>`,
+//! `h2-<rate>`: only those loads, e.g. `h1-10000` for many short rounds of one target),
 //! `GW_BENCH_GHOSTWIRE` (the proxies' binary, default target/release/ghostwire),
 //! `GW_BENCH_BASELINE` (another build of it: adds a plaintext path `baseline` run with it, for
 //! an A/B in one run),
@@ -73,6 +75,41 @@ impl Load {
             Load::Fixed(Proto::Http2, r) => format!("h2 {r}/s (open loop)"),
         }
     }
+
+    /// A load as `GW_BENCH_LOADS` names it: `h1-saturation`, `h2-saturation`, `h1-<rate>` or
+    /// `h2-<rate>`.
+    fn parse(name: &str) -> Load {
+        match name.trim() {
+            "h1-saturation" => Load::H1Saturation,
+            "h2-saturation" => Load::H2Saturation,
+            n => match n.split_once('-') {
+                Some(("h1", r)) => {
+                    Load::Fixed(Proto::Http1, support::parse_rate("GW_BENCH_LOADS", r))
+                }
+                Some(("h2", r)) => {
+                    Load::Fixed(Proto::Http2, support::parse_rate("GW_BENCH_LOADS", r))
+                }
+                _ => panic!(
+                    "GW_BENCH_LOADS: {n:?} is not a load (h1-saturation, h2-saturation, h1-<rate>, h2-<rate>)"
+                ),
+            },
+        }
+    }
+}
+
+/// The loads of a round: those `GW_BENCH_LOADS` names, in its order, else both saturations
+/// and both protocols at each of `GW_BENCH_RATES`.
+fn loads() -> Vec<Load> {
+    let named: String = env_or("GW_BENCH_LOADS", String::new());
+    if !named.is_empty() {
+        return named.split(',').map(Load::parse).collect();
+    }
+    let mut loads = vec![Load::H1Saturation, Load::H2Saturation];
+    for r in env_or("GW_BENCH_RATES", "1000,10000".to_string()).split(',') {
+        let r = support::parse_rate("GW_BENCH_RATES", r);
+        loads.extend([Load::Fixed(Proto::Http1, r), Load::Fixed(Proto::Http2, r)]);
+    }
+    loads
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -418,10 +455,7 @@ fn main() {
     }
     let seconds: u64 = env_or("GW_BENCH_SECONDS", 10);
     let rounds: u32 = env_or("GW_BENCH_ROUNDS", 2);
-    let rates: Vec<u64> = env_or("GW_BENCH_RATES", "1000,10000".to_string())
-        .split(',')
-        .map(|r| support::parse_rate("GW_BENCH_RATES", r))
-        .collect();
+    let loads = loads();
     let only: String = env_or("GW_BENCH_PATHS", String::new());
     let bin: PathBuf = env_or(
         "GW_BENCH_GHOSTWIRE",
@@ -496,10 +530,6 @@ fn main() {
         println!("idle RSS after one request, {}: {}", p.name, rss.join(", "));
     }
     let script = wrk_script(&dir);
-    let mut loads = vec![Load::H1Saturation, Load::H2Saturation];
-    for &r in &rates {
-        loads.extend([Load::Fixed(Proto::Http1, r), Load::Fixed(Proto::Http2, r)]);
-    }
     // (path, load) → runs, one per round in order
     let mut results: BTreeMap<(usize, String), Vec<Run>> = BTreeMap::new();
     for round in 1..=rounds {
