@@ -4,9 +4,8 @@
 //! first failing line, so a step is applied in order and reports the exact line that failed.
 
 use serde_json::Value;
-use std::io::Write;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpError {
@@ -19,21 +18,8 @@ pub enum IpError {
 }
 
 fn run(args: &[&str], stdin: Option<&str>) -> Result<String, IpError> {
-    let mut child = Command::new("ip")
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    let out = netns::output(Command::new("ip").args(args), stdin.map(str::as_bytes))
         .map_err(IpError::Spawn)?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        let _ = pipe.write_all(input.as_bytes());
-    }
-    let out = child.wait_with_output().map_err(IpError::Spawn)?;
     if !out.status.success() {
         let mut args = args.join(" ");
         if let Some(s) = stdin {

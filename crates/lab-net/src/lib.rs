@@ -39,9 +39,8 @@ pub mod socket_lb;
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
-use std::io::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
@@ -1056,26 +1055,11 @@ fn run_command(cmd: &mut Command, netns: &str, stdin: Option<&str>) -> Result<St
             .collect::<Vec<_>>()
             .join(" ")
     );
-    let spawn_err = |source| Error::Spawn {
+    let output = netns::output(cmd, stdin.map(str::as_bytes)).map_err(|source| Error::Spawn {
         command: shown.clone(),
         netns: netns.to_owned(),
         source,
-    };
-    let mut child = cmd
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn_err)?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // A write error shows up as the command's failure below.
-        let _ = pipe.write_all(input.as_bytes());
-    }
-    let output = child.wait_with_output().map_err(spawn_err)?;
+    })?;
     tracing::trace!(command = shown, netns, status = %output.status, "ran");
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())

@@ -7,9 +7,10 @@
 
 use std::fs::File;
 use std::io;
+use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
 use nix::sched::{CloneFlags, setns};
@@ -228,6 +229,31 @@ fn ip_netns(name: &str, verb: &str) -> Result<()> {
     }
 }
 
+/// Runs `cmd` to its end, feeding it `stdin` if given, and collects its stdout and stderr.
+/// The input is written from another thread: a tool that answers before it has read all of
+/// its input (`nft -e -f -`, `cat`) would otherwise block on a full pipe, and so would we.
+/// A write that fails because the tool has exited shows as the tool's own failure.
+pub fn output(cmd: &mut Command, stdin: Option<&[u8]>) -> io::Result<Output> {
+    let mut child = cmd
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pipe = child.stdin.take();
+    std::thread::scope(|s| {
+        if let (Some(input), Some(mut pipe)) = (stdin, pipe) {
+            s.spawn(move || {
+                let _ = pipe.write_all(input);
+            });
+        }
+        child.wait_with_output()
+    })
+}
+
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
@@ -241,6 +267,26 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_feeds_input_larger_than_a_pipe_while_reading_the_answer() {
+        // `cat` answers as it reads: with the input written before the output is read, both
+        // sides would wait on a full pipe for ever.
+        let input: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
+        let out = output(&mut Command::new("cat"), Some(&input)).unwrap();
+        assert!(out.status.success());
+        assert!(
+            out.stdout == input,
+            "{} bytes back of {}",
+            out.stdout.len(),
+            input.len()
+        );
+        let out = output(Command::new("sh").args(["-c", "echo no >&2; exit 3"]), None).unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(out.stderr, b"no\n");
+        let err = output(&mut Command::new("/nonexistent/tool"), Some(b"x")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
 
     #[test]
     fn rejects_bad_names() {

@@ -1,7 +1,6 @@
 //! Running the rule tools. One process per transaction, never per rule.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -25,26 +24,12 @@ pub fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, 
         .chain(args.iter().copied())
         .collect::<Vec<_>>()
         .join(" ");
-    let spawn_err = |source| ExecError::Spawn {
-        program: program.to_string(),
-        source,
-    };
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn_err)?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // A write error here shows up as the tool's own failure below.
-        let _ = pipe.write_all(input.as_bytes());
-    }
-    let out = child.wait_with_output().map_err(spawn_err)?;
+    let out = netns::output(Command::new(program).args(args), stdin.map(str::as_bytes)).map_err(
+        |source| ExecError::Spawn {
+            program: program.to_string(),
+            source,
+        },
+    )?;
     if !out.status.success() {
         return Err(ExecError::Failed {
             command,
