@@ -40,9 +40,9 @@ where
         .and_then(|p| p.self_signed(&key))
         .map_err(|e| e.to_string())?;
     let (crt_path, key_path) = (scratch.join("tls.crt"), scratch.join("tls.key"));
-    std::fs::write(&crt_path, cert.pem()).map_err(|e| format!("{}: {e}", crt_path.display()))?;
-    std::fs::write(&key_path, key.serialize_pem())
-        .map_err(|e| format!("{}: {e}", key_path.display()))?;
+    for (path, pem) in [(&crt_path, cert.pem()), (&key_path, key.serialize_pem())] {
+        atomic_file::write(path, pem, 0o600).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     let crt = format!("--cert={}", crt_path.display());
     let pem = format!("--key={}", key_path.display());
     #[rustfmt::skip]

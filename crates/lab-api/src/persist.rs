@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +111,7 @@ impl Persist {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&log_path)
             .map_err(io_err(&log_path))?;
         log.set_len(good_len).map_err(io_err(&log_path))?;
@@ -138,22 +140,16 @@ impl Persist {
         self.entries >= COMPACT_AFTER
     }
 
-    /// Writes a new snapshot (temp file, fsync, rename, fsync dir), then empties the log.
+    /// Writes a new snapshot whole (see [`atomic_file`]), then empties the log.
     pub fn compact(&mut self, rv: u64, objects: &[(Key, Value)]) -> Result<(), PersistError> {
-        let tmp = self.dir.join("snapshot.json.tmp");
         let dst = self.dir.join("snapshot.json");
         let bytes = serde_json::to_vec(&Snapshot {
             rv,
             objects: objects.to_vec(),
         })
         .expect("JSON values always serialize");
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(&bytes).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&self.dir))?;
+        // Secrets are among the objects: readable by root alone.
+        atomic_file::write(&dst, bytes, 0o600).map_err(io_err(&dst))?;
         self.log.set_len(0).map_err(io_err(&dst))?;
         self.log.sync_all().map_err(io_err(&dst))?;
         self.entries = 0;

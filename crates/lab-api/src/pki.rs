@@ -81,9 +81,8 @@ fn kept(
                 source,
             };
             fs::create_dir_all(dir).map_err(io)?;
-            let tmp = dir.join(format!("{name}.tmp"));
-            fs::write(&tmp, &value).map_err(io)?;
-            fs::rename(&tmp, &path).map_err(io)?;
+            // Keys and the token among them: readable by root alone.
+            atomic_file::write(&path, &value, 0o600).map_err(io)?;
             Ok(value)
         }
         Err(source) => Err(PkiError::Io { path, source }),

@@ -364,10 +364,8 @@ fn scratch_dir() -> Result<PathBuf, Error> {
     Ok(dir)
 }
 
-/// Writes a secret-bearing file (mode 0600) atomically.
+/// Writes a secret-bearing file (mode 0600) whole, creating its directory.
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), Error> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -375,16 +373,5 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), Error> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    Ok(())
+    atomic_file::write(path, bytes, 0o600).map_err(io)
 }

@@ -285,10 +285,8 @@ pub(crate) fn renamed(
     kc
 }
 
-/// Writes a kubeconfig (as JSON, which kubectl and kube-rs read) atomically, mode 0600.
+/// Writes a kubeconfig (as JSON, which kubectl and kube-rs read) whole, mode 0600.
 pub(crate) fn write_kubeconfig(path: &Path, kc: &kube::config::Kubeconfig) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let io = |source| Error::Io {
         what: path.display().to_string(),
         source,
@@ -297,16 +295,7 @@ pub(crate) fn write_kubeconfig(path: &Path, kc: &kube::config::Kubeconfig) -> Re
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(&text).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    atomic_file::write(path, text, 0o600).map_err(io)
 }
 
 /// What a crashed run left behind: processes in lab namespaces whose owner is gone are killed,

@@ -148,11 +148,8 @@ pub fn pod_files(
             .zip([resolv.as_str(), hosts.as_str(), pod_files::NSSWITCH_CONF])
     {
         let path = etc.join(file);
-        // Written aside and renamed: a container starting meanwhile never sees half a file.
-        let tmp = etc.join(format!(".{file}.tmp"));
-        std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        // Written whole: a container starting meanwhile never sees half a file.
+        atomic_file::write(&path, text, 0o644).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(())
 }

@@ -25,9 +25,9 @@ fn write_file(dir: &Path, rel: &str, bytes: &[u8], mode: u32) -> Result<(), Stri
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     }
-    std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("{}: {e}", path.display()))
+    // The mode is set as the file is made: a Secret's key is never readable by others, not
+    // even for a moment, and a container reading meanwhile sees the whole file.
+    atomic_file::write(&path, bytes, mode & 0o7777).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn mode(v: &Value, default: u32) -> u32 {

@@ -3,9 +3,11 @@
 use crate::config::Settings;
 use crate::pairing::{Mapping, Plan};
 use serde::Serialize;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+/// The map's permission bits: readable by the Pod's other containers (the proxy reads it in
+/// mesh mode), writable only by init.
+pub const MODE: u32 = 0o644;
 
 fn fqdn(name: &str, s: &Settings) -> String {
     format!("{name}.{}{}", s.namespace, s.dns_suffix)
@@ -104,62 +106,7 @@ impl MeshMap {
     /// Writes the map atomically (readers see the old file or the whole new one).
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         let text = serde_json::to_string_pretty(self).expect("plain data serialises") + "\n";
-        Staged::write(path, &text)?.commit()
-    }
-}
-
-/// A file written beside its destination and renamed into place on
-/// [`Staged::commit`]; dropped without commit, it is removed. Readers only
-/// ever see the old file or the whole new one.
-#[derive(Debug)]
-pub struct Staged {
-    tmp: PathBuf,
-    dest: PathBuf,
-    done: bool,
-}
-
-impl Staged {
-    pub fn write(dest: &Path, content: &str) -> std::io::Result<Staged> {
-        let name = dest
-            .file_name()
-            .ok_or_else(|| std::io::Error::other("the path names no file"))?;
-        let tmp = dest.with_file_name(format!(
-            ".{}.{}.tmp",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        let staged = Staged {
-            tmp: tmp.clone(),
-            dest: dest.to_path_buf(),
-            done: false,
-        };
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.write_all(content.as_bytes())?;
-        f.sync_all()?;
-        Ok(staged)
-    }
-
-    pub fn commit(mut self) -> std::io::Result<()> {
-        std::fs::rename(&self.tmp, &self.dest)?;
-        self.done = true;
-        if let Some(dir) = self.dest.parent().filter(|d| !d.as_os_str().is_empty()) {
-            // Make the rename itself durable.
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+        atomic_file::write(path, text, MODE)
     }
 }
 
@@ -210,26 +157,6 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&render_json(&p, &s)).unwrap();
         assert_eq!(json["mappings"][0]["preview_addr"], "10.96.0.6:8080");
         assert_eq!(json["mappings"][1]["protocol"], "tcp");
-    }
-
-    #[test]
-    fn staged_write_is_all_or_nothing() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("gw-map-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let dest = dir.join("dnat.map");
-        std::fs::write(&dest, "old\n").unwrap();
-        // Not committed: the old file stays, the temp file is gone.
-        drop(Staged::write(&dest, "new\n").unwrap());
-        assert_eq!(std::fs::read_to_string(&dest).unwrap(), "old\n");
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
-        Staged::write(&dest, "new\n").unwrap().commit().unwrap();
-        assert_eq!(std::fs::read_to_string(&dest).unwrap(), "new\n");
-        let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode & 0o022, 0, "writable by others: {mode:o}");
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
-        assert!(Staged::write(&dir.join("missing/dnat.map"), "x").is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Mesh mode: init writes the map for the proxy, keeping `on` as the file has it (as

@@ -1,9 +1,10 @@
 //! `ghostwire init`: discover → pair → rules + map → apply → verify → commit the map.
 
 use crate::config::{BackendChoice, Settings, TABLE};
-use crate::dnat_map::{self, Staged};
+use crate::dnat_map;
 use crate::pairing::{self, Plan, Svc};
 use crate::rules;
+use atomic_file::Staged;
 use k8s_openapi::api::core::v1::Service;
 use netrules::Backend;
 
@@ -100,9 +101,11 @@ pub fn apply(
 ) -> Result<(), InitError> {
     let staged = match &s.dnat_map {
         Some(path) => Some(
-            Staged::write(path, &dnat_map::render(plan, s)).map_err(|source| InitError::Map {
-                path: path.display().to_string(),
-                source,
+            Staged::write(path, dnat_map::render(plan, s), dnat_map::MODE).map_err(|source| {
+                InitError::Map {
+                    path: path.display().to_string(),
+                    source,
+                }
             })?,
         ),
         None => None,

@@ -102,7 +102,9 @@ pub fn save_original(resolv: &Path, copy: &Path) -> std::io::Result<String> {
         return Ok(t);
     }
     let t = std::fs::read_to_string(resolv)?;
-    std::fs::write(copy, &t)?;
+    // Whole or not at all: a crash mid-write must not leave half a file that the next start
+    // would take for the original.
+    atomic_file::write(copy, &t, 0o644)?;
     Ok(t)
 }
 
