@@ -747,6 +747,23 @@ async fn state_and_watchers_survive_a_restart() {
     assert_eq!(next_named(&mut events, "before").await, "apply");
     let rv_before: u64 = created.metadata.resource_version.unwrap().parse().unwrap();
     first.shutdown().await;
+    // The CA key, the token, the objects (Secrets among them) and the admin kubeconfig: root's
+    // alone, from the moment each file was made.
+    let mut private = vec![dir.0.join("kubeconfig")];
+    for sub in ["pki", "store"] {
+        for entry in std::fs::read_dir(dir.0.join("data").join(sub)).unwrap() {
+            private.push(entry.unwrap().path());
+        }
+    }
+    assert!(
+        private.iter().any(|p| p.ends_with("pki/ca.key")),
+        "{private:?}"
+    );
+    for path in &private {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}: {mode:o}", path.display());
+    }
 
     let second = Server::start(Options {
         listen: addr,
