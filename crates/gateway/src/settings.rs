@@ -55,9 +55,9 @@ knobs::knobs! {
     VXLAN_IPV6_NETWORK = "VXLAN_IPV6_NETWORK", "vxlan-ipv6-network", "",
         "Tunnel IPv6 network (a CIDR, /64 to /120). Empty: IPv4 only in the tunnel (clients still lose their IPv6 default route). (ghostwire; not in pod-gateway)";
     NAT_CONF = "NAT_CONF", "nat-conf", "/config/nat.conf",
-        "Static addresses and port forwards (`name octet type:port[:target],...`). A missing file means none. (ghostwire; not in pod-gateway)";
+        "Static addresses and port forwards (`name octet type:port[:target],...`). Missing at the default path: none; a path set otherwise must exist (exit 2). (ghostwire; not in pod-gateway)";
     NAT6_CONF = "NAT6_CONF", "nat6-conf", "/config/nat6.conf",
-        "The IPv6 twin of nat.conf (`name hex-host-id type:port[:target],...`). A missing file means none. (ghostwire; not in pod-gateway)";
+        "The IPv6 twin of nat.conf (`name hex-host-id type:port[:target],...`). Missing at the default path: none; a path set otherwise must exist (exit 2). (ghostwire; not in pod-gateway)";
     DHCP_LEASE_TIME = "DHCP_LEASE_TIME", "dhcp-lease-time", "12h",
         "DHCP lease time (`90s`, `30m`, `12h`, `1d`). (ghostwire; not in pod-gateway)";
     CLIENT_PROBE_INTERVAL = "CLIENT_PROBE_INTERVAL", "client-probe-interval", "150ms",

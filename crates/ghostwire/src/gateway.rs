@@ -5,7 +5,7 @@ use crate::knobs::{Gateway, KnobArgs};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use gateway::natconf::{self, NatEntry, Plan};
-use gateway::settings::Settings;
+use gateway::settings::{KNOBS, NAT_CONF, NAT6_CONF, Settings};
 use gateway::sidecar::{ClientInputs, ClientMetrics, GatewayState};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct CommonArgs {
     #[command(flatten)]
     pub knobs: KnobArgs<Gateway>,
-    /// pod-gateway's settings file (read, never run).
+    /// pod-gateway's settings file (read, never run). Missing at the default path: every setting
+    /// takes its default; a path set otherwise must exist (exit 2).
     #[arg(long, env = "GW_SETTINGS_FILE", default_value = gateway::settings::SETTINGS_FILE)]
     pub settings: PathBuf,
     /// Work in this named network namespace (/run/netns/NAME) instead of the process's own.
@@ -54,6 +55,23 @@ struct Loaded {
     nat6: Vec<NatEntry>,
 }
 
+/// Only a config file at its default path may be missing, and then means none (every default
+/// for settings.sh, no entries for nat.conf). A path someone named must exist: a typo must not
+/// pass for "no file", which for settings.sh means every default, the kill switch included.
+fn named_file_exists(path: &Path, default: &str, env: &str, flag: &str) -> Result<(), Exit> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && path != Path::new(default) => {
+            Err(anyhow::anyhow!(
+                "{env}={:?} is invalid: no such file; only the default, {default}, may be \
+                 missing (flag --{flag})",
+                path.display().to_string()
+            ))
+            .code(Code::Config)
+        }
+        _ => Ok(()),
+    }
+}
+
 fn read_optional(path: &Path) -> Result<String, Exit> {
     match std::fs::read_to_string(path) {
         Ok(t) => Ok(t),
@@ -67,7 +85,17 @@ fn read_optional(path: &Path) -> Result<String, Exit> {
 fn load(a: &CommonArgs) -> Result<Loaded, Exit> {
     let given = a.knobs.0.clone();
     let env = move |n: &str| given.get(n).cloned().or_else(|| std::env::var(n).ok());
+    named_file_exists(
+        &a.settings,
+        gateway::settings::SETTINGS_FILE,
+        "GW_SETTINGS_FILE",
+        "settings",
+    )?;
     let s = Settings::load(&a.settings, &env).code(Code::Config)?;
+    for (path, env) in [(&s.nat_conf, NAT_CONF), (&s.nat6_conf, NAT6_CONF)] {
+        let knob = KNOBS.iter().find(|k| k.env == env).expect("a gateway knob");
+        named_file_exists(path, knob.default, env, knob.flag)?;
+    }
     let nat4 = natconf::parse(
         &s.nat_conf.display().to_string(),
         &read_optional(&s.nat_conf)?,

@@ -32,21 +32,68 @@ fn shell_in_settings_sh_is_refused_with_exit_2_and_its_place() {
 #[test]
 fn bad_nat_conf_is_refused_with_exit_2() {
     let d = tmpdir("nat");
+    std::fs::write(d.join("settings.sh"), "").unwrap();
     std::fs::write(d.join("nat.conf"), "web 10 tcp:99999\n").unwrap();
     let out = ghostwire()
-        .args([
-            "client",
-            "init",
-            "--settings",
-            "/nonexistent/settings.sh",
-            "--nat-conf",
-        ])
+        .args(["client", "init", "--settings"])
+        .arg(d.join("settings.sh"))
+        .arg("--nat-conf")
         .arg(d.join("nat.conf"))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("nat.conf:1") && err.contains("99999"), "{err}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// A settings.sh or nat.conf named by flag or env must exist: with a typo, init would otherwise
+/// go on with every default (the kill switch on). Only the default paths may be missing. Run in a
+/// lab Pod, so that a regression changes a throwaway namespace, not this machine.
+#[test]
+fn a_named_config_file_that_is_missing_is_refused_with_exit_2() {
+    let mut lab = lab_net::Lab::new("gw_cli_missing").unwrap();
+    let gw = lab.add_pod("gw").unwrap();
+    let d = tmpdir("missing");
+    std::fs::write(d.join("settings.sh"), "").unwrap();
+    let missing = d.join("setings.sh");
+    let runs: [(&[&str], &str, &str); 3] = [
+        (
+            &["--settings", missing.to_str().unwrap()],
+            "GW_SETTINGS_FILE",
+            "--settings",
+        ),
+        (
+            &["--nat-conf", "/nonexistent/nat.conf"],
+            "NAT_CONF",
+            "--nat-conf",
+        ),
+        (
+            &["--nat6-conf", "/nonexistent/nat6.conf"],
+            "NAT6_CONF",
+            "--nat6-conf",
+        ),
+    ];
+    for (args, env, flag) in runs {
+        let mut cmd = ghostwire();
+        cmd.args(["gateway", "init", "--netns", gw.netns().name()]);
+        if env != "GW_SETTINGS_FILE" {
+            cmd.arg("--settings").arg(d.join("settings.sh"));
+        }
+        let out = cmd.args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(env) && err.contains(flag) && err.contains("no such file"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains(args[1]), "the path is named: {err}");
+    }
+    // Nothing was applied: no table in the Pod.
+    let tables = gw.command("nft").args(["list", "tables"]).output().unwrap();
+    assert!(tables.status.success());
+    let tables = String::from_utf8_lossy(&tables.stdout);
+    assert!(!tables.contains("ghostwire_gateway"), "{tables}");
     std::fs::remove_dir_all(&d).unwrap();
 }
 
