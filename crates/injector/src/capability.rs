@@ -54,6 +54,26 @@ pub enum Denial {
     NoSpec,
 }
 
+/// Capabilities that program the Pod's network namespace refuse a hostNetwork Pod: there that
+/// namespace is the node's own, and their rules or routes would take the node's traffic.
+pub(crate) fn deny_host_network(
+    pod: &Pod,
+    annotation: &str,
+    value: &str,
+    what: &str,
+) -> Result<(), Denial> {
+    if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+        return Err(Denial::Annotation {
+            annotation: annotation.into(),
+            value: value.into(),
+            reason: format!(
+                "the Pod uses hostNetwork: {what} the node's own network namespace; drop the opt-in or hostNetwork"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// A capability's knobs as one workload sets them, keyed by env name: by its annotations, and
 /// by the injector's defaults ConfigMap below them.
 pub struct KnobValues {

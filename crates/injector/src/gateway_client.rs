@@ -9,7 +9,7 @@
 //! `VXLAN_IP_NETWORK`, `K8S_DNS_IPS`, … keys, pod-gateway's names), validated here so a bad
 //! value denies the Pod instead of failing its init container.
 
-use crate::capability::{Capability, Denial, PodPatch, Workload};
+use crate::capability::{Capability, Denial, PodPatch, Workload, deny_host_network};
 use gateway::settings::{Raw, Settings};
 use k8s_openapi::api::core::v1::{Container, Pod, Volume};
 use serde_json::json;
@@ -148,9 +148,15 @@ impl Capability for GatewayClient {
         Ok(true)
     }
 
-    fn patch(&self, _pod: &Pod, w: &Workload, out: &mut PodPatch) -> Result<(), Denial> {
-        let s = self.settings(w)?;
+    fn patch(&self, pod: &Pod, w: &Workload, out: &mut PodPatch) -> Result<(), Denial> {
         let service = &w.annotations[GATEWAY];
+        deny_host_network(
+            pod,
+            GATEWAY,
+            service,
+            "client init would send through the tunnel the default route of",
+        )?;
+        let s = self.settings(w)?;
         let fqdn = if service.contains('.') {
             format!("{service}.svc.{}", self.cluster_domain)
         } else {

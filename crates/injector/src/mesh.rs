@@ -21,7 +21,7 @@
 //! whether it is on (the Pod's role says preview) to the shared volume, and the proxy, which
 //! mounts it read-only, sends connections to an active Service's address to its preview.
 
-use crate::capability::{Capability, Denial, KnobValues, PodPatch, Workload};
+use crate::capability::{Capability, Denial, KnobValues, PodPatch, Workload, deny_host_network};
 use k8s_openapi::api::core::v1::{Container, Pod, Volume};
 use mesh_config::{ADMIN_ADDR, KNOBS, SEED_LABEL, Sources};
 use serde_json::json;
@@ -131,13 +131,12 @@ impl Capability for Mesh {
     }
 
     fn patch(&self, pod: &Pod, w: &Workload, out: &mut PodPatch) -> Result<(), Denial> {
-        if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
-            return Err(Denial::Annotation {
-                annotation: MESH.into(),
-                value: "true".into(),
-                reason: "the Pod uses hostNetwork: proxy-init would redirect the node's own traffic; drop the opt-in or hostNetwork".into(),
-            });
-        }
+        deny_host_network(
+            pod,
+            MESH,
+            "true",
+            "proxy-init would redirect the traffic of",
+        )?;
         let native = flag(w, MESH_NATIVE_SIDECAR)?.unwrap_or(true);
         let knobs = self.env(w)?;
         let settings = Sources {

@@ -2,7 +2,7 @@
 //! `ghostwire watcher` sidecar and the volume they share, configured from the workload's
 //! `ghostwire.dev/*` annotations through the switch's own knob table.
 
-use crate::capability::{Capability, Denial, KnobValues, PodPatch, Workload};
+use crate::capability::{Capability, Denial, KnobValues, PodPatch, Workload, deny_host_network};
 use k8s_openapi::api::core::v1::{Container, Pod, Volume, VolumeMount};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -187,14 +187,7 @@ impl Capability for PreviewSwitch {
     }
 
     fn patch(&self, pod: &Pod, w: &Workload, out: &mut PodPatch) -> Result<(), Denial> {
-        // In a hostNetwork Pod both containers would program the node's own namespace.
-        if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
-            return Err(Denial::Annotation {
-                annotation: ENABLED.into(),
-                value: "true".into(),
-                reason: "the Pod uses hostNetwork: the switch's rules would change the node's own network namespace; drop the annotation or hostNetwork".into(),
-            });
-        }
+        deny_host_network(pod, ENABLED, "true", "the switch's rules would change")?;
         // The watcher's address is the injector's to choose: its port is also the probe's
         // and the declared containerPort's, so a GW_HTTP_ADDR default does not apply.
         let mut env = self.env(w)?;

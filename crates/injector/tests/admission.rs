@@ -444,13 +444,22 @@ async fn only_pod_create_is_mutated() {
 #[tokio::test]
 async fn host_network_pods_are_denied_not_injected() {
     let h = Harness::start("hostnet").await;
-    let mut input = pod("hostnet", json!({"ghostwire.dev/enabled": "true"}));
-    input["spec"]["hostNetwork"] = json!(true);
-    let resp = h.admit(input).await;
-    // Injecting would program the node's own network namespace.
-    assert_eq!(resp["allowed"], false, "{resp}");
-    let msg = resp["status"]["message"].to_string();
-    assert!(msg.contains("hostNetwork"), "{msg}");
+    // Every capability that programs the Pod's namespace: there it is the node's own.
+    for (i, ann) in [
+        ("ghostwire.dev/enabled", "true"),
+        ("ghostwire.dev/mesh", "true"),
+        ("ghostwire.dev/gateway", "vpn-gateway"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut input = pod(&format!("hostnet-{i}"), json!({ann.0: ann.1}));
+        input["spec"]["hostNetwork"] = json!(true);
+        let resp = h.admit(input).await;
+        assert_eq!(resp["allowed"], false, "{ann:?}: {resp}");
+        let msg = resp["status"]["message"].to_string();
+        assert!(msg.contains("hostNetwork") && msg.contains(ann.0), "{msg}");
+    }
     // Not opted in: a hostNetwork Pod is admitted untouched.
     let mut input = pod("hostnet2", json!({}));
     input["spec"]["hostNetwork"] = json!(true);
