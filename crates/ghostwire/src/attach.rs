@@ -49,9 +49,11 @@ pub async fn attach(args: AttachArgs) -> Result<(), Exit> {
             );
             Ok(())
         }
-        Err(e @ (AttachError::Config(_) | AttachError::Annotation { .. })) => {
-            Err(e).code(Code::Config)
-        }
+        Err(
+            e @ (AttachError::Config(_)
+            | AttachError::Annotation { .. }
+            | AttachError::HostNetwork(_)),
+        ) => Err(e).code(Code::Config),
         Err(e) => Err(e).code(Code::Api),
     }
 }

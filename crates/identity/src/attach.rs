@@ -40,6 +40,10 @@ pub enum AttachError {
     NotFound(String),
     #[error("Pod {0} has no containers to attach beside")]
     NoContainers(String),
+    #[error(
+        "Pod {0} uses hostNetwork: its network namespace is the node's, and the agent would redirect the node's own TCP; attach refuses"
+    )]
+    HostNetwork(String),
     #[error("Pod {pod}: annotation {annotation}={value:?} is invalid: {reason}")]
     Annotation {
         pod: String,
@@ -74,6 +78,9 @@ pub fn container(pod: &Pod, given: &BTreeMap<String, String>) -> Result<Value, A
         pod.metadata.name.as_deref().unwrap_or_default()
     );
     let spec = pod.spec.as_ref();
+    if spec.and_then(|s| s.host_network) == Some(true) {
+        return Err(AttachError::HostNetwork(name));
+    }
     let target = spec
         .and_then(|s| s.containers.first())
         .map(|c| c.name.clone())
@@ -344,6 +351,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("ghostwire.dev/ktls=\"maybe\""), "{e}");
+    }
+
+    #[test]
+    fn a_host_network_pod_is_refused() {
+        let mut p = pod(json!({}), json!([]));
+        p.spec.as_mut().unwrap().host_network = Some(true);
+        let e = container(&p, &BTreeMap::new()).unwrap_err();
+        assert!(matches!(e, AttachError::HostNetwork(_)), "{e}");
+        assert!(e.to_string().contains("shop/web uses hostNetwork"), "{e}");
     }
 
     #[test]
