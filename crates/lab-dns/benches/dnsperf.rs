@@ -62,9 +62,8 @@ async fn main() {
     std::fs::write(&hosts_file, &hosts).unwrap();
     std::fs::write(&queries_file, &queries).unwrap();
 
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (udp, tcp) = lab_dns::loopback_pair().unwrap();
     let lab_addr = udp.local_addr().unwrap();
-    let tcp = std::net::TcpListener::bind(lab_addr).unwrap();
     let _lab = DnsServer::start(vec![udp], vec![tcp], ZoneHandle::new(zone), Upstream::None)
         .expect("lab DNS starts");
     let dnsmasq = Dnsmasq::start(&[

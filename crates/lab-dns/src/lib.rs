@@ -20,4 +20,4 @@ pub mod rewrite;
 pub mod server;
 
 pub use records::{Answer, QType, Rdata, Zone, ZoneConfig};
-pub use server::{DnsServer, Upstream, ZoneHandle};
+pub use server::{DnsServer, Upstream, ZoneHandle, loopback_pair};

@@ -277,6 +277,22 @@ pub struct DnsServer {
     server: Server<Handler>,
 }
 
+/// A UDP socket and a TCP listener on one free loopback port, as a DNS server on a port of its
+/// own wants them (tests, benches). The port is the UDP socket's, picked by the kernel; its TCP
+/// twin may already be taken (by a connection of a parallel test), and then another port is
+/// tried.
+pub fn loopback_pair() -> std::io::Result<(std::net::UdpSocket, std::net::TcpListener)> {
+    let mut tries = 0;
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        match std::net::TcpListener::bind(udp.local_addr()?) {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 20 => tries += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl DnsServer {
     /// Serves on already-bound sockets (the caller binds them, e.g. inside a network namespace).
     /// Must be called within a tokio runtime.

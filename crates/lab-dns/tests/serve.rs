@@ -14,9 +14,8 @@ fn zone() -> lab_dns::Zone {
 }
 
 fn serve(upstream: Upstream) -> (DnsServer, SocketAddr) {
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (udp, tcp) = lab_dns::loopback_pair().unwrap();
     let addr = udp.local_addr().unwrap();
-    let tcp = std::net::TcpListener::bind(addr).unwrap();
     let s = DnsServer::start(vec![udp], vec![tcp], ZoneHandle::new(zone()), upstream).unwrap();
     (s, addr)
 }
