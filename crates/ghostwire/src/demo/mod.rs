@@ -91,7 +91,11 @@ async fn run_all(args: &DemoArgs) -> Result<(), Exit> {
     for cap in &selected {
         println!("\n=== ghostwire demo {} ===", cap.name());
         if let Err(e) = cap.run(args).await {
-            eprintln!("ghostwire demo {}: error: {:#}", cap.name(), e.error);
+            eprintln!(
+                "ghostwire demo {}: error: {}",
+                cap.name(),
+                crate::exit::chain(&e.error)
+            );
             failed.push(cap.name());
         }
     }
