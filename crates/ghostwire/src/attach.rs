@@ -49,12 +49,22 @@ pub async fn attach(args: AttachArgs) -> Result<(), Exit> {
             );
             Ok(())
         }
-        Err(
-            e @ (AttachError::Config(_)
-            | AttachError::Annotation { .. }
-            | AttachError::HostNetwork(_)),
-        ) => Err(e).code(Code::Config),
-        Err(e) => Err(e).code(Code::Api),
+        Err(e) => {
+            let code = code_of(&e);
+            Err(e).code(code)
+        }
+    }
+}
+
+/// What the Pod is (no containers, hostNetwork) or what was given (a knob, an annotation) is
+/// bad input, exit 2; the API's refusals and a missing Pod (its 404) are exit 3.
+fn code_of(e: &AttachError) -> Code {
+    match e {
+        AttachError::Config(_)
+        | AttachError::Annotation { .. }
+        | AttachError::NoContainers(_)
+        | AttachError::HostNetwork(_) => Code::Config,
+        AttachError::NotFound(_) | AttachError::Api { .. } => Code::Api,
     }
 }
 
@@ -75,5 +85,18 @@ pub async fn agent(args: AgentArgs) -> Result<(), Exit> {
         Ok(()) => Ok(()),
         Err(e @ AgentError::Rules(_)) => Err(e).code(Code::Kernel),
         Err(e) => Err(e).code(Code::Failure),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pod_and_the_input_are_exit_2_the_api_exit_3() {
+        let pod = || "shop/web".to_string();
+        assert_eq!(code_of(&AttachError::NoContainers(pod())), Code::Config);
+        assert_eq!(code_of(&AttachError::HostNetwork(pod())), Code::Config);
+        assert_eq!(code_of(&AttachError::NotFound(pod())), Code::Api);
     }
 }
