@@ -270,13 +270,20 @@ fn ctrl_c_in_the_middle_removes_the_lab() {
     let _ = drain.join();
 }
 
-/// The signalled demo exits 130 having removed its lab: no namespace of its run, and none of
-/// `procs` (its container processes) left running.
+/// The signalled demo exits 130 having removed its lab: no namespace and no directory of its
+/// run, and none of `procs` (its container processes) left running.
 fn stops_and_removes_its_lab(mut child: Held, procs: &[u32]) {
     let pid = child.0.id();
     let status = child.0.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     assert!(leftovers(pid).is_empty(), "{:?}", leftovers(pid));
+    // Nor its directories (kubeconfig, the node's pod directories).
+    let dirs: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&format!("gw-lab-{pid}-")))
+        .collect();
+    assert!(dirs.is_empty(), "left in the temp dir: {dirs:?}");
     // SIGKILL is delivered before the demo exits, but a killed process leaves /proc only once
     // it has died; give the kernel a bounded moment (no timing is asserted).
     let mut left = alive(procs);

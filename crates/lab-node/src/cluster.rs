@@ -67,14 +67,28 @@ pub struct Cluster {
     gate: Option<Gate>,
     api: Option<lab_api::RunningServer>,
     kubeconfig: PathBuf,
-    scratch: Option<PathBuf>,
+    /// Last, so that it is removed after the node and the API have stopped.
+    _scratch: Scratch,
     data_dir: PathBuf,
+}
+
+/// The cluster's own directory in the temp dir (when no data dir is given), removed when
+/// dropped: with the [`Cluster`], or by [`Cluster::start`] when it fails or is cancelled half
+/// way (Ctrl-C while the lab comes up).
+struct Scratch(Option<PathBuf>);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(d) = &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }
 
 impl Cluster {
     pub async fn start(opts: ClusterOptions) -> Result<Cluster> {
         let (scratch, data_dir) = match &opts.data_dir {
-            Some(d) => (None, d.clone()),
+            Some(d) => (Scratch(None), d.clone()),
             None => {
                 let d = std::env::temp_dir().join(format!(
                     "gw-lab-{}-{}",
@@ -82,7 +96,7 @@ impl Cluster {
                     lab_net::sanitize_label(&opts.label)
                 ));
                 let _ = std::fs::remove_dir_all(&d);
-                (Some(d.clone()), d)
+                (Scratch(Some(d.clone())), d)
             }
         };
         std::fs::create_dir_all(&data_dir).map_err(|source| Error::Io {
@@ -172,7 +186,7 @@ impl Cluster {
             gate,
             api: Some(api),
             kubeconfig,
-            scratch,
+            _scratch: scratch,
             data_dir,
         })
     }
@@ -246,9 +260,6 @@ impl Drop for Cluster {
         drop(self.node.take());
         drop(self.gate.take());
         drop(self.api.take());
-        if let Some(d) = &self.scratch {
-            let _ = std::fs::remove_dir_all(d);
-        }
     }
 }
 

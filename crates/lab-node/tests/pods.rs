@@ -91,6 +91,42 @@ async fn simple_pod_runs_reports_status_and_is_removed() {
     drop(cluster);
 }
 
+/// A cluster's own directory goes with it: when it stops, when its start fails, and when its
+/// start is cancelled half way (as Ctrl-C during `ghostwire demo` does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_directory_is_removed_however_the_cluster_ends() {
+    let dir =
+        |label: &str| std::env::temp_dir().join(format!("gw-lab-{}-{label}", std::process::id()));
+    // A failed start: the node's resolv.conf is missing, after the directory was made.
+    let mut opts = lab_node::ClusterOptions::new("dir-failed", ghostwire_bin());
+    opts.node_resolv_conf = Some("/nonexistent/resolv.conf".into());
+    let err = lab_node::Cluster::start(opts)
+        .await
+        .err()
+        .expect("no resolv.conf");
+    assert!(
+        err.to_string().contains("/nonexistent/resolv.conf"),
+        "{err}"
+    );
+    assert!(!dir("dir-failed").exists());
+    // A cancelled start: dropped at its first await, the API server not yet up.
+    let opts = lab_node::ClusterOptions::new("dir-cancelled", ghostwire_bin());
+    let mut start = Some(Box::pin(lab_node::Cluster::start(opts)));
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(start.as_mut().unwrap().as_mut().poll(cx).is_pending())
+    })
+    .await;
+    assert!(first, "the start finished in one poll");
+    assert!(dir("dir-cancelled").exists(), "made before the first await");
+    drop(start.take());
+    assert!(!dir("dir-cancelled").exists());
+    // A cluster that ran and stopped.
+    let cluster = cluster("dir-stopped").await;
+    assert!(dir("dir-stopped").exists());
+    drop(cluster);
+    assert!(!dir("dir-stopped").exists());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ignored_means_sigkill_after_grace() {
     let cluster = cluster("grace").await;
