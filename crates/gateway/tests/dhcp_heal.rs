@@ -622,6 +622,7 @@ fn dnssec_validates_a_self_signed_zone_and_fails_a_tampered_answer() {
         format!(
             "server:\n  ip-address: 203.0.113.53\n  port: 53\n  zonesdir: \"{d}\"\n  \
              pidfile: \"{d}/nsd.pid\"\n  database: \"\"\n  xfrdfile: \"{d}/xfrd.state\"\n  \
+             xfrdir: \"{d}\"\n  \
              zonelistfile: \"{d}/zone.list\"\n  username: \"\"\n  chroot: \"\"\n  \
              logfile: \"{d}/nsd.log\"\n  server-count: 1\n\
              remote-control:\n  control-enable: no\n\

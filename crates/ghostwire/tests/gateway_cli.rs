@@ -1,50 +1,45 @@
 //! The gateway subcommands as a user runs them: settings.sh and nat.conf from files, exit
 //! codes, and `gateway init` applied to a lab pod through `--netns`.
 
+mod common;
+
+use common::TempDir;
 use std::process::Command;
 
 fn ghostwire() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ghostwire"))
-}
-
-fn tmpdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("gw-cli-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    Command::new(common::ghostwire())
 }
 
 #[test]
 fn shell_in_settings_sh_is_refused_with_exit_2_and_its_place() {
-    let d = tmpdir("shell");
-    std::fs::write(d.join("settings.sh"), "VXLAN_ID=42\nVXLAN_PORT=$(curl x)\n").unwrap();
+    let d = TempDir::new("cli-shell");
+    std::fs::write(d.path("settings.sh"), "VXLAN_ID=42\nVXLAN_PORT=$(curl x)\n").unwrap();
     let out = ghostwire()
         .args(["gateway", "init", "--settings"])
-        .arg(d.join("settings.sh"))
+        .arg(d.path("settings.sh"))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("settings.sh:2:12"), "{err}");
     assert!(err.contains("command substitution"), "{err}");
-    std::fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
 fn bad_nat_conf_is_refused_with_exit_2() {
-    let d = tmpdir("nat");
-    std::fs::write(d.join("settings.sh"), "").unwrap();
-    std::fs::write(d.join("nat.conf"), "web 10 tcp:99999\n").unwrap();
+    let d = TempDir::new("cli-nat");
+    std::fs::write(d.path("settings.sh"), "").unwrap();
+    std::fs::write(d.path("nat.conf"), "web 10 tcp:99999\n").unwrap();
     let out = ghostwire()
         .args(["client", "init", "--settings"])
-        .arg(d.join("settings.sh"))
+        .arg(d.path("settings.sh"))
         .arg("--nat-conf")
-        .arg(d.join("nat.conf"))
+        .arg(d.path("nat.conf"))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("nat.conf:1") && err.contains("99999"), "{err}");
-    std::fs::remove_dir_all(&d).unwrap();
 }
 
 /// A settings.sh or nat.conf named by flag or env must exist: with a typo, init would otherwise
@@ -54,9 +49,9 @@ fn bad_nat_conf_is_refused_with_exit_2() {
 fn a_named_config_file_that_is_missing_is_refused_with_exit_2() {
     let mut lab = lab_net::Lab::new("gw_cli_missing").unwrap();
     let gw = lab.add_pod("gw").unwrap();
-    let d = tmpdir("missing");
-    std::fs::write(d.join("settings.sh"), "").unwrap();
-    let missing = d.join("setings.sh");
+    let d = TempDir::new("cli-missing");
+    std::fs::write(d.path("settings.sh"), "").unwrap();
+    let missing = d.path("setings.sh");
     let runs: [(&[&str], &str, &str); 3] = [
         (
             &["--settings", missing.to_str().unwrap()],
@@ -78,7 +73,7 @@ fn a_named_config_file_that_is_missing_is_refused_with_exit_2() {
         let mut cmd = ghostwire();
         cmd.args(["gateway", "init", "--netns", gw.netns().name()]);
         if env != "GW_SETTINGS_FILE" {
-            cmd.arg("--settings").arg(d.join("settings.sh"));
+            cmd.arg("--settings").arg(d.path("settings.sh"));
         }
         let out = cmd.args(args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
@@ -94,21 +89,20 @@ fn a_named_config_file_that_is_missing_is_refused_with_exit_2() {
     assert!(tables.status.success());
     let tables = String::from_utf8_lossy(&tables.stdout);
     assert!(!tables.contains("ghostwire_gateway"), "{tables}");
-    std::fs::remove_dir_all(&d).unwrap();
 }
 
 #[test]
 fn gateway_init_in_a_lab_pod_with_a_seed_settings_file() {
     let mut lab = lab_net::Lab::new("gw_cli").unwrap();
     let gw = lab.add_pod("gw").unwrap();
-    let d = tmpdir("init");
+    let d = TempDir::new("cli-init");
     // pod-gateway's own style, unchanged.
     std::fs::write(
-        d.join("settings.sh"),
+        d.path("settings.sh"),
         "#!/bin/sh\nexport VXLAN_ID=\"${VXLAN_ID:-42}\"\nexport VXLAN_IP_NETWORK=\"${VXLAN_IP_NETWORK:-172.16.0}\"\nexport VPN_INTERFACE=\"${VPN_INTERFACE:-tun0}\"\nexport VPN_BLOCK_OTHER_TRAFFIC=\"${VPN_BLOCK_OTHER_TRAFFIC:-true}\"\n",
     )
     .unwrap();
-    std::fs::write(d.join("nat.conf"), "transmission 10 tcp:18289,udp:18289\n").unwrap();
+    std::fs::write(d.path("nat.conf"), "transmission 10 tcp:18289,udp:18289\n").unwrap();
     let out = ghostwire()
         .args([
             "gateway",
@@ -117,13 +111,12 @@ fn gateway_init_in_a_lab_pod_with_a_seed_settings_file() {
             gw.netns().name(),
             "--settings",
         ])
-        .arg(d.join("settings.sh"))
+        .arg(d.path("settings.sh"))
         .arg("--nat-conf")
-        .arg(d.join("nat.conf"))
+        .arg(d.path("nat.conf"))
         .env("GW_LOG", "info")
         .output()
         .unwrap();
-    std::fs::remove_dir_all(&d).unwrap();
     assert!(
         out.status.success(),
         "{}",
