@@ -67,7 +67,7 @@ pub struct Cluster {
     gate: Option<Gate>,
     api: Option<lab_api::RunningServer>,
     kubeconfig: PathBuf,
-    /// Last, so that it is removed after the node and the API have stopped.
+    /// A field, so that it is removed after `Drop::drop` has stopped the node and the API.
     _scratch: Scratch,
     data_dir: PathBuf,
 }
